@@ -1,0 +1,101 @@
+"""The dtype policy: the one place that knows about float formats.
+
+Every public op asks this module three things and nothing else:
+
+* which dtypes it accepts (:data:`FLOAT_DTYPES`);
+* which dtype it computes in (:func:`compute_dtype`): float16 and bfloat16
+  are widened to float32, computed there and rounded once on the way out, so
+  their results are within 1 ULP of the output dtype (contract C3);
+* where its domain is clamped (:func:`tiny`, :func:`below_one`, ...): every
+  bound is derived from ``finfo`` of the *input* dtype, never written as a
+  literal epsilon anywhere else.
+
+Why the clamp bounds are what they are
+--------------------------------------
+The lower clamp for ``log`` and its relatives is the smallest *normal* number
+of the input dtype, ``finfo(dtype).tiny``:
+
+* every normal number is left unchanged, so ordinary inputs give the exact
+  result (there is no ``1e-7`` style floor that shifts ``log(1e-9)``);
+* TensorFlow on CPU flushes subnormals to zero, in eager and XLA alike
+  (TF 2.21: float32 ``log(1e-40)`` returns -103.97, float64 ``log(1e-310)``
+  returns ``-inf``). Treating a subnormal as 0, and so as a clamped point,
+  makes every device and mode agree;
+* the boundary gradient ``1/tiny`` is finite in every dtype: 16384 for
+  float16, about 8.5e37 for float32 and bfloat16, about 4.5e307 for float64.
+
+The upper clamp of the open unit interval is the largest number below 1,
+``1 - eps/2``, for the same reason: nothing representable inside (0, 1) moves.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import tensorflow as tf
+
+#: The float dtypes every safeops op accepts, narrowest first.
+FLOAT_DTYPES: tuple[tf.DType, ...] = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+#: Dtypes that are computed in float32 and rounded once on output.
+HALF_DTYPES: tuple[tf.DType, ...] = (tf.float16, tf.bfloat16)
+
+
+def finfo(dtype: tf.DType):
+    """Machine limits of a float dtype (``numpy.finfo``, or ml_dtypes' for bfloat16)."""
+    dtype = tf.as_dtype(dtype)
+    if dtype == tf.bfloat16:
+        return ml_dtypes.finfo(ml_dtypes.bfloat16)
+    return np.finfo(dtype.as_numpy_dtype)
+
+
+def compute_dtype(dtype: tf.DType) -> tf.DType:
+    """The dtype an op computes in: float32 for the half dtypes, else ``dtype``."""
+    dtype = tf.as_dtype(dtype)
+    return tf.float32 if dtype in HALF_DTYPES else dtype
+
+
+def to_compute(x: tf.Tensor) -> tf.Tensor:
+    """Widens a half-precision tensor to float32; other tensors pass unchanged."""
+    return tf.cast(x, tf.float32) if x.dtype in HALF_DTYPES else x
+
+
+def from_compute(y: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Rounds a result computed in :func:`compute_dtype` back to ``dtype`` (once)."""
+    return y if y.dtype == dtype else tf.cast(y, dtype)
+
+
+def tiny(dtype: tf.DType) -> float:
+    """Smallest positive normal number of ``dtype``: the lower clamp of log-like ops."""
+    return float(finfo(dtype).tiny)
+
+
+def eps(dtype: tf.DType) -> float:
+    """Distance from 1 to the next larger number of ``dtype``."""
+    return float(finfo(dtype).eps)
+
+
+def max_value(dtype: tf.DType) -> float:
+    """Largest finite number of ``dtype``: the bound gradients saturate at."""
+    return float(finfo(dtype).max)
+
+
+def below_one(dtype: tf.DType) -> float:
+    """Largest number of ``dtype`` below 1 (``1 - eps/2``): the upper clamp of (0, 1)."""
+    return 1.0 - eps(dtype) / 2.0
+
+
+def log_max(dtype: tf.DType) -> float:
+    """``log(max_value(dtype))``: the largest ``x`` whose ``exp(x)`` is finite."""
+    return float(np.log(max_value(dtype)))
+
+
+def saturate(g: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Clips ``g`` to the finite range of ``dtype``, keeping NaN.
+
+    Used on second derivatives, whose exact value (``-1/x**2`` for ``log`` at
+    ``x = 1e-30``) can overflow a dtype whose first derivative still fits.
+    ``tf.clip_by_value`` propagates NaN on CPU, in graph mode and under XLA.
+    """
+    bound = tf.constant(max_value(dtype), g.dtype)
+    return tf.clip_by_value(g, -bound, bound)

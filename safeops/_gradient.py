@@ -1,0 +1,79 @@
+"""The custom-gradient helper: the only place that calls ``tf.custom_gradient``.
+
+An op is written as two plain functions of differentiable TensorFlow ops:
+
+* ``forward(*xs) -> y``, the stable rewrite of the formula;
+* ``backward(dy, y, *xs) -> (dx1, dx2, ...)``, the vector-Jacobian product
+  that the op wants (the boundary gradient at a clamp, zero at a masked
+  entry), one gradient per input, each of its input's shape.
+
+:func:`custom_op` joins them. Second derivatives come from differentiating
+``backward`` itself (with ``forward`` recomputed inside the tape, so the
+dependence of ``y`` on ``xs`` is kept), which is why ``backward`` must use
+differentiable ops only. Two things are added at second order:
+
+* **saturation**: the exact second derivative may overflow where the first
+  does not (``log`` at ``x = 1e-30`` in float32 has ``-1/x**2 = -1e60``), so
+  it is clipped to the finite range of the *output* dtype (float16's 65504
+  for a float16 op computed in float32). NaN passes through the clip;
+* **NaN is kept** (contract C2): clamps written with ``tf.maximum`` have a
+  zero derivative at a NaN input, so where an input is NaN its second
+  derivative is set to NaN.
+
+The first-order path costs nothing beyond ``forward`` and ``backward``: the
+second-order wrapper is an identity in the graph. The grad closure keeps
+``y`` and ``xs`` alive until the backward pass, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from safeops import _dtypes
+
+Forward = Callable[..., tf.Tensor]
+Backward = Callable[..., Sequence[tf.Tensor]]
+
+
+def custom_op(forward: Forward, backward: Backward, output_dtype: tf.DType) -> Callable[..., tf.Tensor]:
+    """Returns ``op(*xs)``: value ``forward(*xs)``, gradient ``backward``.
+
+    Args:
+      forward: ``forward(*xs) -> y`` in differentiable TensorFlow ops.
+      backward: ``backward(dy, y, *xs) -> tuple`` of one gradient per input.
+      output_dtype: the dtype the user sees (before any half-precision
+        widening); second derivatives saturate at its largest finite value.
+    """
+
+    @tf.custom_gradient
+    def op(*xs):
+        y = forward(*xs)
+
+        def first_order(dy):
+            @tf.custom_gradient
+            def gradients(dy, *xs):
+                grads = tuple(backward(dy, y, *xs))
+
+                def second_order(*ddx):
+                    with tf.GradientTape() as tape:
+                        tape.watch([dy, *xs])
+                        redo = tuple(backward(dy, forward(*xs), *xs))
+                    dd = tape.gradient(
+                        redo, [dy, *xs], output_gradients=list(ddx),
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                    ddy = _dtypes.saturate(dd[0], output_dtype)
+                    ddxs = [
+                        tf.where(tf.math.is_nan(x), x, _dtypes.saturate(d, output_dtype))
+                        for x, d in zip(xs, dd[1:])
+                    ]
+                    return (ddy, *ddxs)
+
+                return grads, second_order
+
+            return gradients(dy, *xs)
+
+        return y, first_order
+
+    return op

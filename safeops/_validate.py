@@ -1,0 +1,150 @@
+"""The validation helper: one way to take arguments in, one message shape out.
+
+Every public op converts its arguments here and every error it raises is
+built by :func:`message`, so they all read the same way::
+
+    safeops.math.log: x must be a floating-point tensor (float16, bfloat16,
+    float32 or float64), got int32
+
+Checks that need only shapes and dtypes run in Python at trace time, so they
+also fire inside ``tf.function(jit_compile=True)``. Checks that need values
+are graph ops (``tf.debugging.assert_*``): they run in eager mode and inside
+``tf.function``. TensorFlow 2.21 drops assert ops inside ``jit_compile=True``
+functions, so value checks are silent there; :func:`set_validation` turns them
+off everywhere for speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from safeops import _dtypes
+
+_FLOAT_NAMES = "a floating-point tensor (float16, bfloat16, float32 or float64)"
+
+_validation = {"enabled": True}
+
+
+def set_validation(enabled: bool) -> None:
+    """Turns the value checks (graph assertions) of every op on or off.
+
+    Shape and dtype checks always run; they cost nothing at run time.
+    """
+    _validation["enabled"] = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    """Whether value checks are currently on (the default)."""
+    return _validation["enabled"]
+
+
+def message(op: str, arg: str, expected: str, got: Any) -> str:
+    """The one error-message shape: ``'<op>: <arg> must be <expected>, got <got>'``."""
+    return f"{op}: {arg} must be {expected}, got {got}"
+
+
+@contextlib.contextmanager
+def op_scope(op: str, name: str | None) -> Iterator[None]:
+    """Opens ``safeops/<name>`` so a user's graph shows which safeops op made what.
+
+    ``op`` is the public name (``'safeops.math.log'``); its last part is the
+    default scope name when the user gives none.
+    """
+    with tf.name_scope("safeops"), tf.name_scope(name or op.rsplit(".", 1)[-1]):
+        yield
+
+
+def _dtype_name(value: Any) -> str:
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        return getattr(dtype, "name", str(dtype))
+    return type(value).__name__
+
+
+def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None) -> tf.Tensor:
+    """Converts ``value`` to a float tensor, or raises ``TypeError`` naming ``arg``.
+
+    Tensors, variables and NumPy arrays keep their dtype, which must be one
+    of the four float dtypes. Python floats become ``dtype`` when given (the
+    dtype of the other operand of a binary op), else float32 as in
+    TensorFlow. Integers, booleans, strings and complex numbers are refused:
+    ``tf.math`` refuses them too, only with a message that names the kernel.
+    """
+    if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "dtype"):
+        got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
+        if got is None or got not in _dtypes.FLOAT_DTYPES:
+            raise TypeError(message(op, arg, _FLOAT_NAMES, _dtype_name(value)))
+        if dtype is not None and got != dtype:
+            raise TypeError(message(op, arg, f"of dtype {dtype.name} like the other operand", got.name))
+        return tf.convert_to_tensor(value, dtype=got)
+    if isinstance(value, bool) or not isinstance(value, (float, int, list, tuple)):
+        raise TypeError(message(op, arg, _FLOAT_NAMES, _dtype_name(value)))
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        if array.dtype.kind in "iu" and dtype is not None:
+            # A Python int next to a float tensor (``xlogy(0, y)``) is a
+            # scalar literal, as TensorFlow treats it.
+            return tf.constant(array, dtype=dtype)
+        raise TypeError(message(op, arg, _FLOAT_NAMES, f"{array.dtype.name} {value!r}"))
+    return tf.constant(array, dtype=dtype or tf.float32)
+
+
+def _is_tf_dtype_like(dtype: Any) -> bool:
+    try:
+        tf.as_dtype(dtype)
+    except TypeError:
+        return False
+    return True
+
+
+def float_tensors(op: str, **named: Any) -> list[tf.Tensor]:
+    """Converts several operands that must share one float dtype.
+
+    Tensors fix the dtype; Python scalars and lists adopt it. Mismatched
+    tensor dtypes raise ``TypeError`` naming the second argument.
+    """
+    dtype = None
+    for arg, value in named.items():
+        if hasattr(value, "dtype"):
+            dtype = float_tensor(value, op, arg).dtype
+            break
+    return [float_tensor(value, op, arg, dtype) for arg, value in named.items()]
+
+
+def broadcast_shape(op: str, a_name: str, a: tf.Tensor, b_name: str, b: tf.Tensor) -> tf.TensorShape:
+    """Static broadcast check of two operands; ``ValueError`` naming both if they cannot."""
+    try:
+        return tf.broadcast_static_shape(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(
+            message(op, f"{a_name} and {b_name}", "broadcast-compatible shapes",
+                    f"{a.shape} and {b.shape}")
+        ) from None
+
+
+def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> None:
+    """Checks static integer axes against a known rank; ``ValueError`` if out of range."""
+    if rank is None or axis is None or isinstance(axis, tf.Tensor):
+        return
+    for a in np.atleast_1d(np.asarray(axis)):
+        if not -rank <= int(a) < max(rank, 1):
+            raise ValueError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
+
+
+def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.Tensor | None = None) -> list:
+    """A graph assertion with the standard message, or ``[]`` when checks are off.
+
+    Returns a list of control dependencies for ``tf.control_dependencies``.
+    In eager mode a failed check raises ``tf.errors.InvalidArgumentError``
+    at once; in a ``tf.function`` it raises when the graph runs.
+    """
+    if not validation_enabled():
+        return []
+    data = [f"{op}: {arg} must be {expected}, got"]
+    if got is not None:
+        data.append(got)
+    return [tf.debugging.Assert(condition, data, summarize=8)]
