@@ -4,8 +4,21 @@ Same names, argument names, order and defaults as ``tf.math``; results equal
 wherever TensorFlow's are finite, finite results and live gradients where
 they are not. Ops that TensorFlow lacks (``logit``, ``log1mexp``,
 ``logaddexp``, ``softplus_inverse``) follow NumPy/SciPy/TFP naming.
+
+The ops live in topic modules: logarithms with clamped domains
+(``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
+softmax family (``_logsumexp``), and roots, norms and safe division
+(``_roots``).
 """
 
-from safeops.math._logarithms import log
+from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
+from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
+from safeops.math._roots import divide_no_nan, l2_normalize, norm, sqrt
+from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
-__all__ = ["log"]
+__all__ = [
+    "log", "log1p", "logit", "xlogy", "xlog1py", "log1mexp", "logaddexp",
+    "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
+    "reduce_logsumexp", "softmax", "log_softmax",
+    "sqrt", "norm", "l2_normalize", "divide_no_nan",
+]

@@ -69,3 +69,28 @@ def _clamped_log(floor: float, dtype: tf.DType):
         lambda dy, y, x: (dy / tf.maximum(x, floor),),
         dtype,
     )
+
+
+# Placeholders, being written: each raises NotImplementedError until then.
+def log1p(x, name=None):
+    raise NotImplementedError("log1p is not written yet")
+
+
+def logit(x, name=None):
+    raise NotImplementedError("logit is not written yet")
+
+
+def xlogy(x, y, name=None):
+    raise NotImplementedError("xlogy is not written yet")
+
+
+def xlog1py(x, y, name=None):
+    raise NotImplementedError("xlog1py is not written yet")
+
+
+def log1mexp(x, name=None):
+    raise NotImplementedError("log1mexp is not written yet")
+
+
+def logaddexp(x1, x2, name=None):
+    raise NotImplementedError("logaddexp is not written yet")
