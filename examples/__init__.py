@@ -1,0 +1,1 @@
+"""Runnable scenarios shown by `make demo`."""

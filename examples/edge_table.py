@@ -1,0 +1,128 @@
+"""Naive formulas against safeops on the inputs that turn training into NaN.
+
+Each row evaluates a value and its gradient with ``tf.GradientTape`` in
+eager mode, for the formula people write and for the safeops drop-in, and
+prints what came back. Nothing here is hard-coded: run it and see.
+
+    python -m examples.edge_table
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+import safeops
+import safeops.math as tfm
+from safeops import nn
+
+
+@dataclass
+class Case:
+    """One edge: a formula written two ways, evaluated at one input."""
+
+    what: str
+    at: str
+    x: list
+    naive: Callable[[tf.Tensor], tf.Tensor]
+    safe: Callable[[tf.Tensor], tf.Tensor]
+
+
+def _value_and_grad(fn, x):
+    x = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(fn(x))
+    g = tape.gradient(y, x)
+    return float(y), (np.zeros(x.shape, np.float32) if g is None else g.numpy())
+
+
+def _fmt(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.4g}"
+
+
+def _fmt_grad(g: np.ndarray) -> str:
+    flat = g.ravel()
+    if not np.all(np.isfinite(flat)):
+        bad = "NaN" if np.isnan(flat).any() else "inf"
+        return f"{bad} ✗"
+    if np.all(flat == 0):
+        return "0"
+    return "[" + ", ".join(_fmt(float(v)) for v in flat[:3]) + (", …]" if flat.size > 3 else "]")
+
+
+def _bce_on_probabilities(p):
+    y = tf.zeros_like(p)
+    return keras.losses.binary_crossentropy(y[:, None], p[:, None])
+
+
+def _safe_bce_on_probabilities(p):
+    y = tf.zeros_like(p)
+    return safeops.losses.binary_crossentropy(y[:, None], p[:, None])
+
+
+CASES = [
+    Case("log(p)", "p = 0", [0.0],
+         tf.math.log, tfm.log),
+    Case("log(clip(p, 1e-8, 1)): gradient 0, p is stuck", "p = 0", [0.0],
+         lambda p: tf.math.log(tf.clip_by_value(p, 1e-8, 1.0)), tfm.log),
+    Case("log(softmax(x))[1]", "x = [0, -200]", [0.0, -200.0],
+         lambda x: tf.math.log(tf.nn.softmax(x))[1], lambda x: tfm.log_softmax(x)[1]),
+    Case("log(sigmoid(x))", "x = -200", [-200.0],
+         lambda x: tf.math.log(tf.math.sigmoid(x)), tfm.log_sigmoid),
+    Case("log(1 - sigmoid(x))", "x = 40", [40.0],
+         lambda x: tf.math.log(1.0 - tf.math.sigmoid(x)), lambda x: tfm.log_sigmoid(-x)),
+    Case("reduce_logsumexp", "all -inf row", [-math.inf, -math.inf],
+         tf.math.reduce_logsumexp, tfm.reduce_logsumexp),
+    Case("softmax", "all -inf row", [-math.inf, -math.inf],
+         lambda x: tf.nn.softmax(x)[0], lambda x: tfm.softmax(x)[0]),
+    Case("softmax_cross_entropy", "masked logit -inf", [0.0, -math.inf],
+         lambda x: tf.nn.softmax_cross_entropy_with_logits([1.0, 0.0], x),
+         lambda x: nn.softmax_cross_entropy_with_logits([1.0, 0.0], x)),
+    Case("sqrt(x)", "x = 0", [0.0],
+         tf.math.sqrt, tfm.sqrt),
+    Case("norm(x)", "x = [0, 0]", [0.0, 0.0],
+         tf.norm, tfm.norm),
+    Case("x / y", "x = 1, y = 0", [0.0],
+         lambda y: 1.0 / y, lambda y: tfm.divide_no_nan(1.0, y)),
+    Case("logit(p)", "p = 1", [1.0],
+         lambda p: tf.math.log(p / (1.0 - p)), tfm.logit),
+    Case("keras binary_crossentropy", "p = 1, label 0", [1.0],
+         _bce_on_probabilities, _safe_bce_on_probabilities),
+]
+
+
+def rows() -> list[tuple[str, str, str, str, str, str]]:
+    """Evaluates every case: (formula, input, naive value, naive grad, safeops value, safeops grad)."""
+    out = []
+    for case in CASES:
+        nv, ng = _value_and_grad(case.naive, case.x)
+        sv, sg = _value_and_grad(case.safe, case.x)
+        out.append((case.what, case.at, _fmt(nv), _fmt_grad(ng), _fmt(sv), _fmt_grad(sg)))
+    return out
+
+
+def table() -> str:
+    """The rows as a Markdown table."""
+    head = ("formula", "input", "naive value", "naive gradient", "safeops value", "safeops gradient")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print("Naive TensorFlow against safeops on edge inputs (float32, eager):\n")
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
