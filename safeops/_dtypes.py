@@ -99,3 +99,14 @@ def saturate(g: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """
     bound = tf.constant(max_value(dtype), g.dtype)
     return tf.clip_by_value(g, -bound, bound)
+
+
+def log_inv_eps(dtype: tf.DType) -> float:
+    """``-log(eps(dtype))``: beyond it ``exp(-x) < eps``, so ``x + log1p(exp(-x))`` rounds to ``x``.
+
+    The switch point of softplus-like ops (``softplus``, ``log_sigmoid``,
+    ``softplus_inverse``): above it they return ``x`` itself (error below
+    1/8 ULP) instead of forming an ``exp(x)`` that overflows further on.
+    15.9 for float32, 36.0 for float64 (ask with the compute dtype).
+    """
+    return float(-np.log(eps(dtype)))

@@ -46,20 +46,37 @@ def custom_op(forward: Forward, backward: Backward, output_dtype: tf.DType) -> C
       output_dtype: the dtype the user sees (before any half-precision
         widening); second derivatives saturate at its largest finite value.
     """
+    return custom_op_with_residuals(
+        lambda *xs: (forward(*xs), ()),
+        lambda dy, y, residuals, *xs: backward(dy, y, *xs),
+        output_dtype,
+    )
+
+
+def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Callable[..., tf.Tensor]:
+    """Like :func:`custom_op`, with intermediate results handed to ``backward``.
+
+    ``forward(*xs) -> (y, residuals)`` returns the value and a tuple of
+    tensors the backward pass reuses (a softmax numerator, a row sum) instead
+    of recomputing them; ``backward(dy, y, residuals, *xs)`` returns one
+    gradient per input. Only the residuals, ``y`` and ``xs`` are kept alive.
+    Second derivatives recompute ``forward`` inside the tape, exactly as
+    :func:`custom_op` does, with the same saturation and NaN rules.
+    """
 
     @tf.custom_gradient
     def op(*xs):
-        y = forward(*xs)
+        y, residuals = forward(*xs)
 
         def first_order(dy):
             @tf.custom_gradient
             def gradients(dy, *xs):
-                grads = tuple(backward(dy, y, *xs))
+                grads = tuple(backward(dy, y, residuals, *xs))
 
                 def second_order(*ddx):
                     with tf.GradientTape() as tape:
                         tape.watch([dy, *xs])
-                        redo = tuple(backward(dy, forward(*xs), *xs))
+                        redo = tuple(backward(dy, *forward(*xs), *xs))
                     dd = tape.gradient(
                         redo, [dy, *xs], output_gradients=list(ddx),
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -148,3 +148,26 @@ def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.
     if got is not None:
         data.append(got)
     return [tf.debugging.Assert(condition, data, summarize=8)]
+
+
+_INTEGER_NAMES = "an integer tensor (int32 or int64)"
+
+
+def integer_tensor(value: Any, op: str, arg: str) -> tf.Tensor:
+    """Converts class indices to an int32/int64 tensor, or raises ``TypeError`` naming ``arg``.
+
+    Tensors and arrays of any integer dtype are accepted (the narrow and
+    unsigned ones are widened to int64); Python ints and lists of them
+    become int32, as in TensorFlow. Floats, booleans and strings are refused.
+    """
+    if hasattr(value, "dtype"):
+        got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
+        if got is None or not got.is_integer:
+            raise TypeError(message(op, arg, _INTEGER_NAMES, _dtype_name(value)))
+        tensor = tf.convert_to_tensor(value, dtype=got)
+        return tensor if got in (tf.int32, tf.int64) else tf.cast(tensor, tf.int64)
+    array = np.asarray(value)
+    if isinstance(value, bool) or array.dtype.kind not in "iu":
+        raise TypeError(message(op, arg, _INTEGER_NAMES, f"{array.dtype.name} {value!r}"))
+    fits = array.size == 0 or (array.min() >= -(2**31) and array.max() < 2**31)
+    return tf.constant(array, dtype=tf.int32 if fits else tf.int64)

@@ -9,6 +9,8 @@ from :mod:`safeops._dtypes`.
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
@@ -62,6 +64,337 @@ def log(x, name=None):
         return _dtypes.from_compute(y, x.dtype)
 
 
+def log1p(x, name=None):
+    r"""``log(1 + x)`` with the domain clamped just above -1 and a live gradient there.
+
+    Formula: :math:`\log(1 + x)`.
+
+    Stable rewrite: :math:`\operatorname{log1p}(\max(x, c))` with
+    :math:`c = -(1 - \epsilon/2)`, the successor of -1 in ``x.dtype``
+    (``-below_one``), and the gradient :math:`1/(1 + \max(x, c))`. Forming
+    ``1 + x`` first (``log(1 + x)``) rounds away every digit of a small ``x``
+    (``log(1 + 1e-8)`` is 0 in float32); ``tf.math.log1p`` keeps them but is
+    ``-inf`` at -1 and NaN below, with a NaN gradient downstream. Every
+    representable ``x > -1`` is unchanged here.
+
+    Edges:
+      * ``x <= -1``, ``-inf`` included: value ``log1p(c)`` (-16.64 in float32,
+        -36.74 in float64, -7.62 in float16, -4.85 in bfloat16), gradient
+        ``1/(1 + c) = 2/eps`` (1.7e7, 9.0e15, 2048, 256): finite, positive,
+        pointing back into the domain.
+      * ``+inf``: value ``+inf``, gradient 0. ``NaN``: NaN value and gradient.
+      * Second derivative ``-1/(1 + x)**2``, saturated at the dtype's largest
+        finite value where it overflows; 0 at clamped points.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.log1p([-1.0, 1e-8, 1.0]).numpy()
+    array([-1.6635532e+01,  1.0000000e-08,  6.9314718e-01], dtype=float32)
+    """
+    op = "safeops.math.log1p"
+    with _validate.op_scope(op, name):
+        x = _validate.float_tensor(x, op, "x")
+        floor = -_dtypes.below_one(x.dtype)
+        y = _clamped_log1p(floor, x.dtype)(_dtypes.to_compute(x))
+        return _dtypes.from_compute(y, x.dtype)
+
+
+def logit(x, name=None):
+    r"""Log-odds ``log(x / (1 - x))`` with the domain clamped inside (0, 1).
+
+    Formula: :math:`\operatorname{logit}(x) = \log x - \log(1 - x)`, the
+    inverse of the sigmoid.
+
+    Stable rewrite: ``x`` is clamped to :math:`[t, 1 - \epsilon/2]`
+    (``tiny`` and ``below_one`` of ``x.dtype``), then
+
+    * :math:`x < 1/4`: :math:`\log x - \operatorname{log1p}(-x)`;
+    * :math:`x \ge 1/4`: :math:`\operatorname{log1p}\big((2x - 1)/(1 - x)\big)`,
+      where ``2x - 1`` and (for ``x >= 1/2``) ``1 - x`` are exact
+      (Sterbenz), so neither the zero at 1/2 nor the pole at 1 loses digits.
+
+    The naive ``log(x / (1 - x))`` or ``log(x) - log(1 - x)`` cancels
+    catastrophically near 1/2 (``logit(0.5 + d)`` is about ``4d``, formed as
+    the difference of two numbers near -0.69) and loses every digit of
+    ``1 - x`` when ``x`` is small; both are ``±inf`` at 0 and 1 with NaN
+    gradients. The gradient is :math:`1/(x (1 - x))` at the clamped ``x``.
+
+    Edges:
+      * ``x <= tiny`` (0, subnormals, negatives, ``-inf``): value
+        ``logit(tiny)`` (-87.34 in float32, -708.40 in float64), gradient
+        ``1/tiny`` (8.5e37, 4.5e307; 16384 in float16): positive, so a step
+        that increases ``logit`` moves ``x`` back into (0, 1).
+      * ``x >= 1`` (``+inf`` included): value ``logit(1 - eps/2)`` (16.64 in
+        float32, 36.74 in float64), gradient ``2/eps`` (1.7e7, 9.0e15):
+        positive, so a step that decreases ``logit`` moves ``x`` back below 1.
+      * ``NaN``: NaN value and gradient.
+      * Second derivative :math:`(2x - 1)/(x (1 - x))^2`, saturated where it
+        overflows; 0 at clamped points.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.logit([0.0, 0.5, 0.75, 1.0]).numpy()
+    array([-87.33655  ,   0.       ,   1.0986123,  16.635532 ], dtype=float32)
+    """
+    op = "safeops.math.logit"
+    with _validate.op_scope(op, name):
+        x = _validate.float_tensor(x, op, "x")
+        floor, ceiling = _dtypes.tiny(x.dtype), _dtypes.below_one(x.dtype)
+        y = _clamped_logit(floor, ceiling, x.dtype)(_dtypes.to_compute(x))
+        return _dtypes.from_compute(y, x.dtype)
+
+
+def xlogy(x, y, name=None):
+    r"""``x * log(y)``, 0 where ``x == 0``, with a clamped ``log`` and finite gradients.
+
+    Formula: :math:`x \log y`, defined as 0 where :math:`x = 0`, even for
+    :math:`y = 0` (``tf.math.xlogy``); ``x`` and ``y`` broadcast.
+
+    Stable rewrite: :math:`x \log(\max(y, t))` with :math:`t` = ``tiny`` of
+    the dtype, through TensorFlow's ``xlogy`` kernel (which supplies the 0 at
+    ``x == 0``). Gradients: :math:`\partial/\partial x = \log(\max(y, t))`
+    and :math:`\partial/\partial y = x / \max(y, t)`, each summed back to its
+    input's shape. TensorFlow's own gradient is NaN or ``inf`` with respect
+    to ``y`` at ``y = 0`` and 0 with respect to ``x`` at ``x = 0``; a weight
+    ``x`` that starts at 0 can then never move. Here the gradient with
+    respect to ``x`` is ``log(y)`` everywhere, also at ``x == 0``.
+
+    Edges:
+      * ``x == 0``: value 0 for every ``y`` but NaN (``y = 0``, negative
+        and ``+inf`` included); gradient with respect to ``y`` is 0, with
+        respect to ``x`` is ``log(max(y, tiny))`` (finite unless ``y = +inf``).
+      * ``y <= tiny`` with ``x != 0`` (0, subnormals, negatives, ``-inf``):
+        ``y`` is clamped to ``tiny``: value ``x * log(tiny)`` (``-87.34 x``
+        in float32, ``-708.40 x`` in float64), gradient with respect to
+        ``y`` is ``x / tiny``: finite and live, it pushes ``y`` back into the
+        domain when ``x > 0`` and the loss decreases with ``x log y``. The
+        gradient with respect to ``x`` is ``log(tiny)``.
+      * ``y = +inf``: value ``±inf`` (``x != 0``), gradient with respect to
+        ``y`` is 0 and with respect to ``x`` is ``+inf``. ``x = ±inf``: value
+        ``x * log(y)`` (NaN at ``y == 1``, as in TensorFlow).
+      * ``NaN`` in ``x`` or ``y``: NaN value and gradients, also at
+        ``x == 0`` (TensorFlow returns 0 for ``xlogy(0, NaN)``; safeops never
+        hides a NaN).
+      * Second derivatives saturate at the dtype's largest finite value.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      y: A float tensor of the same dtype, broadcastable against ``x``.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the broadcast shape and the dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` or ``y`` is not a float tensor, or their dtypes differ.
+      ValueError: the shapes do not broadcast.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.xlogy([0.0, 2.0, 1.0], [0.0, 1.0, 0.0]).numpy()
+    array([  0.     ,   0.     , -87.33655], dtype=float32)
+    """
+    op = "safeops.math.xlogy"
+    with _validate.op_scope(op, name):
+        x, y = _validate.float_tensors(op, x=x, y=y)
+        _validate.broadcast_shape(op, "x", x, "y", y)
+        dtype = x.dtype
+        z = _x_times_clamped_log(tf.math.xlogy, tf.math.log, 0.0, _dtypes.tiny(dtype), dtype)(
+            _dtypes.to_compute(x), _dtypes.to_compute(y))
+        return _dtypes.from_compute(z, dtype)
+
+
+def xlog1py(x, y, name=None):
+    r"""``x * log1p(y)``, 0 where ``x == 0``, with a clamped ``log1p`` and finite gradients.
+
+    Formula: :math:`x \log(1 + y)`, defined as 0 where :math:`x = 0`, even
+    for :math:`y = -1` (``tf.math.xlog1py``); ``x`` and ``y`` broadcast.
+
+    Stable rewrite: :math:`x \operatorname{log1p}(\max(y, c))` with
+    :math:`c = -(1 - \epsilon/2)`, the successor of -1 (as in :func:`log1p`),
+    through TensorFlow's ``xlog1py`` kernel. Gradients:
+    :math:`\partial/\partial x = \operatorname{log1p}(\max(y, c))` and
+    :math:`\partial/\partial y = x / (1 + \max(y, c))`, each summed back to
+    its input's shape. TensorFlow's gradient is NaN or ``inf`` with respect
+    to ``y`` at ``y = -1`` and 0 with respect to ``x`` at ``x == 0``.
+
+    Edges:
+      * ``x == 0``: value 0 for every ``y`` but NaN (``y = -1``, below and
+        ``+inf`` included); gradient with respect to ``y`` is 0, with respect
+        to ``x`` is ``log1p(max(y, c))``.
+      * ``y <= -1`` with ``x != 0`` (``-inf`` included): ``y`` is clamped to
+        ``c``: value ``x * log1p(c)`` (``-16.64 x`` in float32, ``-36.74 x``
+        in float64), gradient with respect to ``y`` is ``x * 2/eps``: finite
+        and live. The gradient with respect to ``x`` is ``log1p(c)``.
+      * ``y = +inf``: value ``±inf`` (``x != 0``), gradient with respect to
+        ``y`` is 0 and with respect to ``x`` is ``+inf``.
+      * ``NaN`` in ``x`` or ``y``: NaN value and gradients, also at ``x == 0``
+        (TensorFlow returns 0 there).
+      * Second derivatives saturate at the dtype's largest finite value.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      y: A float tensor of the same dtype, broadcastable against ``x``.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the broadcast shape and the dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` or ``y`` is not a float tensor, or their dtypes differ.
+      ValueError: the shapes do not broadcast.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.xlog1py([0.0, 2.0, 1.0], [-1.0, 0.0, -1.0]).numpy()
+    array([  0.      ,   0.      , -16.635532], dtype=float32)
+    """
+    op = "safeops.math.xlog1py"
+    with _validate.op_scope(op, name):
+        x, y = _validate.float_tensors(op, x=x, y=y)
+        _validate.broadcast_shape(op, "x", x, "y", y)
+        dtype = x.dtype
+        z = _x_times_clamped_log(tf.math.xlog1py, tf.math.log1p, 1.0, -_dtypes.below_one(dtype), dtype)(
+            _dtypes.to_compute(x), _dtypes.to_compute(y))
+        return _dtypes.from_compute(z, dtype)
+
+
+def log1mexp(x, name=None):
+    r"""``log(1 - exp(-|x|))``, accurate for every ``|x|``, finite at 0.
+
+    Formula: :math:`\log(1 - e^{-|x|})`, the log of the probability
+    complementary to :math:`e^{-|x|}`.
+
+    Stable rewrite (Mächler 2012, "Accurately computing
+    :math:`\log(1 - \exp(-|a|))`", CRAN Rmpfr vignette), with
+    :math:`a = \max(|x|, t)`, :math:`t` = ``tiny`` of the dtype:
+
+    * :math:`a \le \log 2`: :math:`\log(-\operatorname{expm1}(-a))`;
+    * :math:`a > \log 2`: :math:`\operatorname{log1p}(-e^{-a})`.
+
+    The naive ``log(1 - exp(-a))`` loses every digit of ``1 - exp(-a)`` for
+    small ``a`` (0 at ``a = 1e-8`` in float32, so ``-inf``) and
+    ``log(-expm1(-a))`` loses the tiny ``exp(-a)`` for large ``a`` (0 at
+    ``a = 20`` in float32); each form is accurate on its own side of log 2.
+    The gradient :math:`\operatorname{sign}(x)/\operatorname{expm1}(a)` is
+    computed as :math:`\operatorname{sign}(x)\, e^{-a} / (-\operatorname{expm1}(-a))`,
+    which stays finite (and its own derivative NaN-free) where ``expm1(a)``
+    overflows.
+
+    Edges:
+      * ``|x| <= tiny`` (0 and subnormals): ``|x|`` is clamped to ``tiny``:
+        value ``log(-expm1(-tiny))`` = ``log(tiny)`` (-87.34 in float32,
+        -708.40 in float64), gradient ``±1/tiny`` with ``sign(0) = +1``
+        (8.5e37, 4.5e307): finite, pointing away from the pole at 0.
+      * ``±inf``: value 0, gradient 0. ``NaN``: NaN value and gradient.
+      * Second derivative :math:`-e^{a}/\operatorname{expm1}(a)^2`,
+        saturated where it overflows; 0 at clamped points.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.log1mexp([1e-8, 0.5, 20.0]).numpy()
+    array([-1.8420681e+01, -9.3275672e-01, -2.0611537e-09], dtype=float32)
+    """
+    op = "safeops.math.log1mexp"
+    with _validate.op_scope(op, name):
+        x = _validate.float_tensor(x, op, "x")
+        y = _log1mexp_clamped(_dtypes.tiny(x.dtype), x.dtype)(_dtypes.to_compute(x))
+        return _dtypes.from_compute(y, x.dtype)
+
+
+def logaddexp(x1, x2, name=None):
+    r"""``log(exp(x1) + exp(x2))`` without overflow, exact at infinities.
+
+    Formula: :math:`\log(e^{x_1} + e^{x_2})`; ``x1`` and ``x2`` broadcast
+    (``numpy.logaddexp``, ``tf.experimental.numpy.logaddexp``).
+
+    Stable rewrite: :math:`\max(x_1, x_2) + \operatorname{log1p}(e^{-|d|})`
+    with :math:`d = x_1 - x_2`, taken as 0 where :math:`x_1 = x_2` (so two
+    equal infinities give no ``inf - inf``). The naive form overflows for
+    ``x > 88.7`` in float32 and is ``-inf`` for ``x < -103``; the max shift
+    (Blanchard, Higham & Higham 2021, "Accurately computing the log-sum-exp
+    and softmax functions", IMA J. Numer. Anal. 41(4)) keeps every term in
+    range. The gradients are :math:`\sigma(d)` and :math:`\sigma(-d)` (each
+    formed directly, so the small one keeps its digits), summed back to each
+    input's shape.
+
+    Edges:
+      * ``x1 = x2 = -inf``: value ``-inf``, gradient 0 for both (never NaN).
+      * one argument ``-inf``, the other finite ``a``: value ``a``, gradient
+        1 for ``a`` and 0 for the ``-inf``.
+      * ``+inf`` in either: value ``+inf``; gradient 1 for the ``+inf`` and 0
+        for a finite other; 1/2 each when both are ``+inf``.
+      * ``NaN`` in either: NaN value and gradients.
+      * Second derivative :math:`\pm\sigma(d)\sigma(-d)`: finite everywhere.
+
+    Args:
+      x1: A float tensor (float16, bfloat16, float32 or float64).
+      x2: A float tensor of the same dtype, broadcastable against ``x1``.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the broadcast shape and the dtype of ``x1``.
+
+    Raises:
+      TypeError: ``x1`` or ``x2`` is not a float tensor, or their dtypes differ.
+      ValueError: the shapes do not broadcast.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.logaddexp([1000.0, 0.0, float("-inf")], [1000.0, 0.0, float("-inf")]).numpy()
+    array([1000.6931   ,    0.6931472,         -inf], dtype=float32)
+    """
+    op = "safeops.math.logaddexp"
+    with _validate.op_scope(op, name):
+        x1, x2 = _validate.float_tensors(op, x1=x1, x2=x2)
+        _validate.broadcast_shape(op, "x1", x1, "x2", x2)
+        dtype = x1.dtype
+        y = _log_add_exp(dtype)(_dtypes.to_compute(x1), _dtypes.to_compute(x2))
+        return _dtypes.from_compute(y, dtype)
+
+
+# ----------------------------------------------------------------------------
+# Private helpers.
+
+_LOG_2 = math.log(2.0)
+
+
 def _clamped_log(floor: float, dtype: tf.DType):
     """``log(max(x, floor))`` whose gradient below ``floor`` is ``1/floor``."""
     return custom_op(
@@ -71,26 +404,95 @@ def _clamped_log(floor: float, dtype: tf.DType):
     )
 
 
-# Placeholders, being written: each raises NotImplementedError until then.
-def log1p(x, name=None):
-    raise NotImplementedError("log1p is not written yet")
+def _clamped_log1p(floor: float, dtype: tf.DType):
+    """``log1p(max(x, floor))`` whose gradient below ``floor`` is ``1/(1 + floor)``."""
+    return custom_op(
+        lambda x: tf.math.log1p(tf.maximum(x, floor)),
+        lambda dy, y, x: (dy / (1.0 + tf.maximum(x, floor)),),
+        dtype,
+    )
 
 
-def logit(x, name=None):
-    raise NotImplementedError("logit is not written yet")
+def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
+    """``logit(clip(x, floor, ceiling))`` with the gradient of the clipped point."""
+
+    def forward(x):
+        x = tf.clip_by_value(x, floor, ceiling)
+        near_zero = tf.math.log(x) - tf.math.log1p(-x)
+        elsewhere = tf.math.log1p((2.0 * x - 1.0) / (1.0 - x))
+        return tf.where(x < 0.25, near_zero, elsewhere)
+
+    def backward(dy, y, x):
+        x = tf.clip_by_value(x, floor, ceiling)
+        return (dy / (x * (1.0 - x)),)
+
+    return custom_op(forward, backward, dtype)
 
 
-def xlogy(x, y, name=None):
-    raise NotImplementedError("xlogy is not written yet")
+def _x_times_clamped_log(x_log_fn, log_fn, shift: float, floor: float, dtype: tf.DType):
+    """``x * log_fn(max(y, floor))``, 0 where ``x == 0``, NaN of ``y`` kept.
+
+    ``x_log_fn`` is TensorFlow's kernel (``xlogy``/``xlog1py``) that supplies
+    the 0 at ``x == 0``; ``log_fn`` is ``log``/``log1p``, whose derivative is
+    ``1/(shift + y)``.
+    """
+
+    def forward(x, y):
+        z = x_log_fn(x, tf.maximum(y, floor))
+        return tf.where(tf.math.is_nan(y), y, z)
+
+    def backward(dz, z, x, y):
+        clamped = tf.maximum(y, floor)
+        gx = dz * log_fn(clamped)
+        gy = dz * x / (clamped + shift if shift else clamped)
+        return _sum_to_shape(gx, x), _sum_to_shape(gy, y)
+
+    return custom_op(forward, backward, dtype)
 
 
-def xlog1py(x, y, name=None):
-    raise NotImplementedError("xlog1py is not written yet")
+def _log1mexp_clamped(floor: float, dtype: tf.DType):
+    """Mächler's two-branch ``log(1 - exp(-max(|x|, floor)))`` and its gradient."""
+
+    def forward(x):
+        a = tf.maximum(tf.abs(x), floor)
+        return tf.where(a <= _LOG_2, tf.math.log(-tf.math.expm1(-a)), tf.math.log1p(-tf.exp(-a)))
+
+    def backward(dy, y, x):
+        a = tf.maximum(tf.abs(x), floor)
+        g = dy * tf.exp(-a) / -tf.math.expm1(-a)
+        return (tf.where(x < 0.0, -g, g),)
+
+    return custom_op(forward, backward, dtype)
 
 
-def log1mexp(x, name=None):
-    raise NotImplementedError("log1mexp is not written yet")
+def _log_add_exp(dtype: tf.DType):
+    """Max-shifted ``log(exp(x1) + exp(x2))``; zero gradient where the result is ``-inf``."""
+
+    def forward(x1, x2):
+        d = _difference(x1, x2)
+        return tf.maximum(x1, x2) + tf.math.log1p(tf.exp(-tf.abs(d)))
+
+    def backward(dy, y, x1, x2):
+        d = _difference(x1, x2)
+        dy = tf.where(tf.equal(y, -math.inf), tf.zeros_like(dy), dy)
+        # SoftplusGrad(g, d) is g * sigmoid(d) in one fused, accurate kernel
+        # (g / (1 + exp(-d))); both weights are formed directly, so the
+        # small one is never 1 minus the large one.
+        g1 = tf.raw_ops.SoftplusGrad(gradients=dy, features=d)
+        g2 = tf.raw_ops.SoftplusGrad(gradients=dy, features=-d)
+        return _sum_to_shape(g1, x1), _sum_to_shape(g2, x2)
+
+    return custom_op(forward, backward, dtype)
 
 
-def logaddexp(x1, x2, name=None):
-    raise NotImplementedError("logaddexp is not written yet")
+def _difference(x1: tf.Tensor, x2: tf.Tensor) -> tf.Tensor:
+    """``x1 - x2``, 0 where they are equal (two equal infinities give 0, not NaN)."""
+    return tf.where(tf.equal(x1, x2), tf.zeros((), x1.dtype), x1 - x2)
+
+
+def _sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Sums a broadcast gradient ``g`` back to the shape of the input ``like``."""
+    if like.shape.is_fully_defined() and g.shape.is_fully_defined() and g.shape == like.shape:
+        return g
+    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(like), s1=tf.shape(g))
+    return tf.reshape(tf.reduce_sum(g, axes), tf.shape(like))

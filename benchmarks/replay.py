@@ -1,0 +1,342 @@
+"""``python -m benchmarks replay DIR``: time exported XLA programs through jaxlib.
+
+Runs where TensorFlow is absent (the GPU machine has jax, jaxlib and numpy
+only; Python 3.12): this module must not import TensorFlow. For each program
+of ``DIR/manifest.json`` (written by :mod:`benchmarks.xla_export`):
+
+1. compile the StableHLO text with the jaxlib backend's ``compile_and_load``
+   for the first device jaxlib sees;
+2. rebuild the inputs (the saved ones, or from their specs and seeds) and put
+   them on the device;
+3. if TensorFlow's outputs were saved, run once and compare;
+4. time it: each sample is enough back-to-back ``execute_sharded`` calls to
+   last ``min_sample_s`` (so launch overhead does not dominate), ended by
+   waiting for the last outputs; the programs of one case, size and pass are
+   interleaved sample by sample; median, min and max per call.
+
+A copy program (``x * s``, read N and write N) written here in StableHLO gives
+the device's copy bandwidth in the same run. Every figure is labelled "XLA
+program replayed through jaxlib on <device>".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from benchmarks import _inputs
+
+COPY_ELEMENTS = 10**7
+_COPY_PROGRAM = """module @copy_bandwidth {{
+  func.func @main(%arg0: tensor<{n}xf32>, %arg1: tensor<f32>) -> tensor<{n}xf32> {{
+    %0 = stablehlo.broadcast_in_dim %arg1, dims = [] : (tensor<f32>) -> tensor<{n}xf32>
+    %1 = stablehlo.multiply %arg0, %0 : tensor<{n}xf32>
+    return %1 : tensor<{n}xf32>
+  }}
+}}
+"""
+
+
+# ------------------------------------------------------------------ jaxlib glue
+
+def _xla_client():
+    try:
+        from jaxlib import xla_client
+    except ImportError:  # layouts of older/newer wheels
+        from jax._src.lib import xla_client
+    return xla_client
+
+
+def backend_and_device(platform_name: str | None = None):
+    """The jaxlib client and its first device (``platform_name``: cpu, gpu, ...)."""
+    import jax
+
+    try:
+        from jax.extend import backend as jex_backend
+
+        client = jex_backend.get_backend(platform_name)
+    except (ImportError, AttributeError):
+        client = jax.devices(platform_name)[0].client
+    return client, client.local_devices()[0]
+
+
+def compile_program(client, device, text: str):
+    """``compile_and_load`` of StableHLO text for one device (jaxlib 0.4.3x .. 0.12)."""
+    xc = _xla_client()
+    options = xc.CompileOptions()
+    attempts = []
+    device_list = getattr(xc, "DeviceList", None)
+    if device_list is not None:
+        attempts += [lambda: client.compile_and_load(text, device_list((device,)), options),
+                     lambda: client.compile_and_load(text.encode(), device_list((device,)), options)]
+    attempts += [lambda: client.compile_and_load(text, [device], options),
+                 lambda: client.compile(text, options)]
+    errors = []
+    for attempt in attempts:
+        try:
+            return attempt()
+        except (TypeError, AttributeError) as error:  # signature mismatch: try the next form
+            errors.append(str(error).splitlines()[0])
+    raise RuntimeError("no compile entry point of this jaxlib accepted the program: " + " | ".join(errors))
+
+
+class Runner:
+    """Executes one compiled program on device buffers, whichever API this jaxlib has."""
+
+    def __init__(self, executable, args: list):
+        self.executable, self.args = executable, args
+        self._call = None
+        for form in (self._arrays, self._lists, self._plain):
+            try:
+                outs = form()
+                self._call = form
+                self.first = outs
+                break
+            except TypeError:
+                continue
+        if self._call is None:
+            raise RuntimeError("execute_sharded accepted neither arrays nor per-device lists")
+
+    def _arrays(self):
+        results = self.executable.execute_sharded(self.args)
+        return [shards[0] for shards in results.disassemble_into_single_device_arrays()]
+
+    def _lists(self):
+        results = self.executable.execute_sharded([[a] for a in self.args])
+        return [shards[0] for shards in results.disassemble_into_single_device_arrays()]
+
+    def _plain(self):
+        return list(self.executable.execute(self.args))
+
+    def __call__(self):
+        return self._call()
+
+
+def _block(outs) -> None:
+    for o in outs:
+        if hasattr(o, "block_until_ready"):
+            o.block_until_ready()
+
+
+def load_arrays(path: str, dtypes: list) -> list:
+    with np.load(path) as data:
+        arrays = [data[f"a{i}"] for i in range(len(data.files))]
+    return [a.view(_inputs.np_dtype(d)) if d == "bfloat16" else a.astype(_inputs.np_dtype(d), copy=False)
+            for a, d in zip(arrays, dtypes)]
+
+
+# ------------------------------------------------------------------ timing
+
+class _Timed:
+    def __init__(self, entry: dict, run: Runner):
+        self.entry, self.run, self.inner, self.times = entry, run, 1, []
+
+    def calibrate(self, min_sample_s: float) -> None:
+        _block(self.run())
+        start = time.perf_counter()
+        _block(self.run())
+        once = max(time.perf_counter() - start, 1e-7)
+        self.inner = int(min(100000, max(1, math.ceil(min_sample_s / once))))
+
+    def sample(self) -> None:
+        run = self.run
+        start = time.perf_counter()
+        for _ in range(self.inner):
+            outs = run()
+        _block(outs)
+        self.times.append((time.perf_counter() - start) / self.inner)
+
+
+def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, platform_name: str | None = None,
+           check_only: bool = False, out_dir: str | None = None, progress: bool = True) -> dict:
+    """Compiles, checks and times every program of ``directory``; writes replay.json/.md."""
+    import jax
+
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
+    client, device = backend_and_device(platform_name)
+    device_name = f"{device.platform.upper()} {getattr(device, 'device_kind', '')}".strip()
+    label = f"XLA program replayed through jaxlib on {device_name}"
+
+    groups = defaultdict(list)
+    for entry in manifest["programs"]:
+        groups[(entry["case"], entry["size"], entry["pass"])].append(entry)
+
+    results, checks, failures = [], [], []
+    copy_gbps = None if check_only else _copy_bandwidth(client, device, repeats, min_sample_s)
+    done = 0
+    for (case, size, pass_), entries in groups.items():
+        timed = []
+        for entry in entries:
+            try:
+                with open(os.path.join(directory, entry["file"])) as f:
+                    executable = compile_program(client, device, f.read())
+                dtypes = [s["dtype"] for s in entry["inputs"]]
+                if "data" in entry:
+                    arrays = load_arrays(os.path.join(directory, entry["data"]["inputs"]), dtypes)
+                else:
+                    arrays = [_inputs.make_array(s, s["seed"]) for s in entry["inputs"]]
+                args = [jax.device_put(a, device) for a in arrays]
+                run = Runner(executable, args)
+                if "data" in entry:
+                    checks.append(_check(entry, run.first, directory))
+                timed.append(_Timed(entry, run))
+            except Exception as error:  # noqa: BLE001 - recorded and reported
+                failures.append(f"{entry['id']}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        if not check_only and timed:
+            for t in timed:
+                t.calibrate(min_sample_s)
+            for r in range(repeats):
+                for t in timed[r % len(timed):] + timed[:r % len(timed)]:
+                    t.sample()
+            variants = {}
+            for t in timed:
+                median = statistics.median(t.times)
+                gbps = t.entry["bytes"] / median / 1e9
+                variants[t.entry["variant"]] = {
+                    "median_s": median, "min_s": min(t.times), "max_s": max(t.times), "samples": len(t.times),
+                    "calls_per_sample": t.inner, "bytes": t.entry["bytes"], "gbps": gbps,
+                    "copy_fraction": gbps / copy_gbps if copy_gbps else None,
+                }
+            results.append({"case": case, "size": size, "pass": pass_, "mode": "xla", "group": entries[0]["group"],
+                            "shape": entries[0]["shape"], "dtype": entries[0]["dtype"], "variants": variants})
+        done += 1
+        if progress:
+            sys.stderr.write(f"\rreplay {done}/{len(groups)} {case} {pass_} {size:<20}")
+            sys.stderr.flush()
+    if progress:
+        sys.stderr.write("\n")
+    data = {
+        "label": label,
+        "meta": {"device": device_name, "platform": device.platform, "jax": jax.__version__,
+                 "jaxlib": _jaxlib_version(), "python": platform.python_version(), "host": platform.node(),
+                 "producer": manifest.get("producer"), "repeats": repeats, "min_sample_s": min_sample_s,
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+        "copy_bandwidth_gbps": copy_gbps,
+        "results": results, "checks": checks, "failures": failures,
+    }
+    out_dir = out_dir or directory
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "replay.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out_dir, "replay.md"), "w") as f:
+        f.write(markdown(data))
+    return data
+
+
+def _jaxlib_version() -> str:
+    try:
+        import jaxlib
+
+        return getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _check(entry: dict, outs: list, directory: str) -> dict:
+    expected = load_arrays(os.path.join(directory, entry["data"]["expected"]), [o["dtype"] for o in entry["outputs"]])
+    got = [np.asarray(o) for o in outs]
+    worst, equal = 0.0, len(got) == len(expected)
+    for g, e in zip(got, expected):
+        g64, e64 = g.astype(np.float64), e.astype(np.float64)
+        if g.shape != e.shape:
+            equal = False
+            continue
+        rtol = 1e-5 if e.dtype.itemsize >= 4 else 1e-2
+        equal &= bool(np.allclose(g64, e64, rtol=rtol, atol=rtol * 1e-1, equal_nan=True))
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(g64 - e64)
+        diff = diff[np.isfinite(diff)]
+        worst = max(worst, float(diff.max()) if diff.size else 0.0)
+    return {"id": entry["id"], "allclose": equal, "max_abs_diff": worst}
+
+
+def _copy_bandwidth(client, device, repeats: int, min_sample_s: float) -> float | None:
+    import jax
+
+    try:
+        executable = compile_program(client, device, _COPY_PROGRAM.format(n=COPY_ELEMENTS))
+        args = [jax.device_put(np.ones(COPY_ELEMENTS, np.float32), device),
+                jax.device_put(np.float32(1.5), device)]
+        t = _Timed({}, Runner(executable, args))
+        t.calibrate(min_sample_s)
+        for _ in range(repeats):
+            t.sample()
+        return 2 * COPY_ELEMENTS * 4 / statistics.median(t.times) / 1e9
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _ratio(variants: dict, a: str, b: str):
+    if a in variants and b in variants and variants[b]["median_s"] > 0:
+        return variants[a]["median_s"] / variants[b]["median_s"]
+    return None
+
+
+def _fmt(v, spec="{:.2f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def _ms(v):
+    return "-" if v is None else (f"{v * 1e6:.1f} us" if v < 1e-3 else f"{v * 1e3:.2f} ms")
+
+
+def markdown(data: dict) -> str:
+    meta = data["meta"]
+    lines = [
+        f"# {data['label']}",
+        "",
+        f"- jax {meta['jax']}, jaxlib {meta['jaxlib']}, Python {meta['python']}; programs from {meta['producer']}",
+        f"- Copy bandwidth (x * s, 1e7 float32): {_fmt(data['copy_bandwidth_gbps'], '{:.1f}')} GB/s; "
+        f"{meta['repeats']} interleaved samples per program, each of back-to-back executions lasting "
+        f">= {meta['min_sample_s']} s",
+        "",
+        "| op | pass | size | safeops | naive | builtin | trivial (roofline) | safeops/builtin | safeops/naive "
+        "| safeops/trivial | safeops GB/s | of copy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in data["results"]:
+        v = e["variants"]
+        s = v.get("safeops", {})
+        lines.append("| " + " | ".join([
+            e["case"], e["pass"], e["size"],
+            *(_ms(v.get(n, {}).get("median_s")) for n in ("safeops", "naive", "builtin", "roofline")),
+            _fmt(_ratio(v, "safeops", "builtin")), _fmt(_ratio(v, "safeops", "naive")),
+            _fmt(_ratio(v, "safeops", "roofline")), _fmt(s.get("gbps"), "{:.1f}"),
+            _fmt(s.get("copy_fraction"), "{:.0%}")]) + " |")
+    if data["checks"]:
+        bad = [c for c in data["checks"] if not c["allclose"]]
+        lines += ["", f"Outputs checked against TensorFlow's for {len(data['checks'])} programs: "
+                      f"{len(data['checks']) - len(bad)} equal (allclose)" + (f"; differ: {bad}" if bad else "")]
+    if data["failures"]:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in data["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks replay", description=__doc__.split("\n")[0])
+    parser.add_argument("directory")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--min-sample", type=float, default=0.05, help="seconds per sample (default 0.05)")
+    parser.add_argument("--platform", default=None, help="jaxlib platform (cpu, gpu, cuda, ...); default: jax's")
+    parser.add_argument("--check-only", action="store_true", help="compile, run and compare; no timing")
+    parser.add_argument("--out", default=None, help="where replay.json/.md go (default: DIR)")
+    args = parser.parse_args(argv)
+    data = replay(args.directory, repeats=max(args.repeats, 1), min_sample_s=args.min_sample,
+                  platform_name=args.platform, check_only=args.check_only, out_dir=args.out)
+    print(markdown(data))
+    bad = [c for c in data["checks"] if not c["allclose"]]
+    return 1 if data["failures"] or bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

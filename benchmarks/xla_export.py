@@ -1,0 +1,104 @@
+"""``python -m benchmarks export DIR``: the XLA programs of every jit_compile case.
+
+For each case, size, pass (forward, forward+backward) and variant (plus the
+same-I/O trivial program of each forward+backward), writes the StableHLO that
+TensorFlow produces for ``tf.function(body, jit_compile=True)``
+(``experimental_get_compiler_ir(*args)(stage='stablehlo')``) to
+``DIR/<id>.mlir`` and describes it in ``DIR/manifest.json``: the input specs
+(shape, dtype, distribution, seed; :mod:`benchmarks._inputs` rebuilds them
+without TensorFlow) and the output shapes and dtypes. For programs whose
+inputs are small (``data_limit`` bytes), the inputs and TensorFlow's outputs
+are saved too (``<id>.npz``), so the replay can check it computes what
+TensorFlow computed.
+
+``python -m benchmarks replay DIR`` (:mod:`benchmarks.replay`) compiles and
+times them through jaxlib on another machine (the GPU one has no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import _inputs
+from benchmarks import cases as cases_lib
+from benchmarks import runner
+
+EXPORT_PASSES = ("fwd", "fwdbwd")
+FORMAT = 1
+
+
+def _program_id(index: int, case: str, variant: str, pass_: str, size: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{index:04d}_{case}_{variant}_{pass_}_{size}")
+
+
+def save_arrays(path: str, arrays: list) -> None:
+    """npz of arrays; bfloat16 stored as its uint16 bits (npz cannot name it)."""
+    np.savez(path, **{f"a{i}": (a.view(np.uint16) if a.dtype.name == "bfloat16" else a)
+                      for i, a in enumerate(arrays)})
+
+
+def export(out_dir: str, cases: list, *, dtype: str = "float32", quick: bool = False, smoke: bool = False,
+           sizes: set | None = None, data_limit: int = 4 * 2**20, progress: bool = True) -> dict:
+    """Writes the programs and the manifest; returns the manifest."""
+    os.makedirs(out_dir, exist_ok=True)
+    programs, failures = [], []
+    jobs = []
+    for case in cases:
+        for label, shape in case.shapes(quick=quick, smoke=smoke):
+            if sizes and label not in sizes:
+                continue
+            jobs.append((case, label, shape))
+    bar = runner._Progress(len(jobs), progress)
+    with tf.device("/CPU:0"):
+        for case, label, shape in jobs:
+            tensors, specs = cases_lib.make_tensors(case, label, shape, dtype)
+            seeds = [_inputs.seed_for(case.name, label, i) for i in range(len(specs))]
+            for pass_ in EXPORT_PASSES:
+                bodies = {name: runner.build_body(fn, case.wrt, pass_) for name, fn in case.variants.items()}
+                if pass_ == "fwdbwd":
+                    bodies["roofline"] = runner.roofline_body(case.wrt)
+                for variant, body in bodies.items():
+                    pid = _program_id(len(programs), case.name, variant, pass_, label)
+                    try:
+                        fn = tf.function(body, jit_compile=True)
+                        text = fn.experimental_get_compiler_ir(*tensors)(stage="stablehlo")
+                        outs = runner._flat(fn(*tensors))
+                    except Exception as error:  # noqa: BLE001 - recorded and reported
+                        failures.append(f"{case.name} {variant} {pass_} {label}: {type(error).__name__}: {error}"
+                                        .splitlines()[0])
+                        continue
+                    with open(os.path.join(out_dir, pid + ".mlir"), "w") as f:
+                        f.write(text)
+                    entry = {
+                        "id": pid, "file": pid + ".mlir", "case": case.name, "group": case.group,
+                        "variant": variant, "pass": pass_, "size": label, "shape": list(shape),
+                        "dtype": dtype,
+                        "inputs": [dict(s, seed=seed) for s, seed in zip(specs, seeds)],
+                        "outputs": [{"shape": list(o.shape), "dtype": o.dtype.name} for o in outs],
+                        "bytes": sum(_inputs.nbytes(s) for s in specs)
+                        + sum(int(np.prod(o.shape)) * o.dtype.size for o in outs),
+                    }
+                    if sum(_inputs.nbytes(s) for s in specs) <= data_limit:
+                        save_arrays(os.path.join(out_dir, pid + ".inputs.npz"), [t.numpy() for t in tensors])
+                        save_arrays(os.path.join(out_dir, pid + ".expected.npz"), [o.numpy() for o in outs])
+                        entry["data"] = {"inputs": pid + ".inputs.npz", "expected": pid + ".expected.npz"}
+                    programs.append(entry)
+            bar.update(f"{case.name} {label}")
+    bar.close()
+    manifest = {
+        "format": FORMAT,
+        "producer": f"TensorFlow {tf.__version__} tf.function(jit_compile=True).experimental_get_compiler_ir"
+                    "(...)(stage='stablehlo')",
+        "cpu_model": runner.cpu_model(),
+        "dtype": dtype,
+        "programs": programs,
+        "failures": failures,
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest

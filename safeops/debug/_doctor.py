@@ -1,0 +1,343 @@
+"""``doctor``: one call that lints, checks the inputs, trains a few guarded steps and ranks the causes.
+
+The guarded steps run on the user's own model and are undone: every model,
+optimizer and metric variable is copied before and written back after, bit
+for bit (the test suite checks this), and the learning rate is put back. So
+``doctor`` can be called on the model that is about to be trained.
+
+When the guarded run fails, ``doctor`` tries the two commonest cures on the
+same steps, each from the same starting weights: the inputs standardised
+with training-split statistics, and the learning rate divided by 10. A cure
+that makes the run finite is evidence for its cause, and the ranking uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from safeops._validate import message
+from safeops.debug._guard import GuardEvent, NaNGuard, _dedupe, _tf_variable
+from safeops.debug._preflight import InputReport, check_inputs
+
+
+@dataclasses.dataclass
+class Cause:
+    """One likely cause, with the evidence for it and the fix.
+
+    ``score`` orders the report: 90+ confirmed by an experiment or seen in
+    the data, 60-89 consistent with what the guarded run showed, below 60 a
+    latent hazard that did not fire in the steps run.
+    """
+
+    title: str
+    score: int
+    evidence: str
+    fix: str
+    source: str   # 'inputs', 'lint', 'training', 'locate'
+
+    def __str__(self) -> str:
+        return f"{self.title}  [score {self.score}, from {self.source}]\n     evidence: {self.evidence}\n" \
+               f"     fix: {self.fix}"
+
+
+@dataclasses.dataclass
+class DoctorReport:
+    """What :func:`doctor` found, as data; ``str(report)`` reads as a report.
+
+    Attributes:
+      causes: :class:`Cause` list, most likely first.
+      lint: the findings of :func:`safeops.debug.lint` on the model and loss.
+      inputs: the :class:`~safeops.debug.InputReport` of the training inputs.
+      training: the guarded run: ``steps`` run, ``finite`` (no event),
+        ``losses`` (batch losses), ``events`` (:class:`GuardEvent` list).
+      experiments: for a failed run, ``{'standardised inputs': finite?,
+        'learning rate / 10': finite?}`` (only those that could be tried).
+      located: the :func:`safeops.debug.locate_nonfinite` report on the
+        offending batch when an op (not the optimizer) made the NaN.
+    """
+
+    causes: list
+    lint: list
+    inputs: InputReport | None
+    training: dict
+    experiments: dict
+    located: Any = None
+
+    @property
+    def top(self) -> Cause | None:
+        """The most likely cause, or None when nothing was found."""
+        return self.causes[0] if self.causes else None
+
+    def __str__(self) -> str:
+        t = self.training
+        state = "stayed finite" if t.get("finite") else f"went wrong at step {t['events'][0].step}"
+        lines = [f"safeops.debug.doctor: {t.get('steps', 0)} guarded training steps {state}"]
+        if t.get("losses"):
+            finite = [v for v in t["losses"] if math.isfinite(v)]
+            if finite:
+                lines.append(f"  batch loss: first {t['losses'][0]:.4g}, last finite {finite[-1]:.4g}")
+        for name, ok in self.experiments.items():
+            lines.append(f"  experiment, {name}: {'finite' if ok else 'still non-finite'}")
+        if not self.causes:
+            lines.append("  no likely cause found")
+        else:
+            lines.append("Likely causes, most likely first:")
+            lines += [f"  {i + 1}. {c}" for i, c in enumerate(self.causes)]
+        if self.inputs is not None and self.inputs.fix and any(c.source == "inputs" for c in self.causes):
+            lines += ["", self.inputs.fix]
+        return "\n".join(lines)
+
+
+def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, batch_size: int = 32,
+           spike_factor: float = 100.0, experiments: bool = True, feature_names=None,
+           preflight_rows: int = 10_000, verbose: bool = True) -> DoctorReport:
+    """Lints the model, checks its inputs, trains a few guarded steps, and ranks the likely causes.
+
+    Args:
+      model: a compiled Keras model (its optimizer and loss are used).
+      data: ``(x, y)`` arrays, or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+      loss: the loss to lint (default: the compiled one).
+      steps: guarded training steps to run.
+      batch_size: batch size for array data.
+      spike_factor: a batch loss this many times the recent median counts as
+        divergence (see :class:`NaNGuard`).
+      experiments: when the run fails, retry with standardised inputs and
+        with the learning rate / 10 to confirm the cause.
+      feature_names: names for :func:`check_inputs`.
+      preflight_rows: for a dataset, how many leading rows :func:`check_inputs` reads.
+      verbose: print the report.
+
+    Returns:
+      A :class:`DoctorReport`. The model's variables, optimizer state and
+      learning rate are exactly what they were before the call.
+    """
+    x, y, dataset = _split_data(data, preflight_rows)
+    x_sample = _first(x, batch_size)
+    loss_fn = loss if loss is not None else getattr(model, "loss", None)
+
+    lint_findings = _run_lint(model, x_sample, loss_fn)
+    inputs = check_inputs(x, feature_names=feature_names) if _is_matrix(x) else None
+
+    if not model.built:
+        model(x_sample)   # create the weights, so that they are saved and restored too
+    state = _ModelState(model)
+    try:
+        training = _guarded_run(model, x, y, dataset, steps, batch_size, spike_factor)
+        located = None
+        tried: dict = {}
+        if not training["finite"]:
+            event = training["events"][0]
+            if not _diverged(event):
+                located = _run_locate(model, training["batch"])
+            if experiments:
+                if inputs is not None and {"scale", "spread"} & inputs.kinds():
+                    state.restore()
+                    xs = _standardise(x)
+                    tried["standardised inputs"] = _guarded_run(
+                        model, xs, y, None, steps, batch_size, spike_factor)["finite"]
+                state.restore()
+                with _learning_rate_scaled(model.optimizer, 0.1):
+                    tried["learning rate / 10"] = _guarded_run(
+                        model, x, y, dataset, steps, batch_size, spike_factor)["finite"]
+    finally:
+        state.restore()
+    training.pop("batch", None)
+    report = DoctorReport(causes=_rank(lint_findings, inputs, training, tried, located),
+                          lint=lint_findings, inputs=inputs, training=training, experiments=tried,
+                          located=located)
+    if verbose:
+        print(report)
+    return report
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def _run_lint(model, x_sample, loss_fn) -> list:
+    try:
+        from safeops.debug._lint import lint
+        return list(lint(model, x_sample, loss=loss_fn))
+    except (ImportError, NotImplementedError):   # DEV ONLY: while safeops.debug.lint is being written
+        return []
+
+
+def _run_locate(model, batch):
+    if batch is None:
+        return None
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+    try:
+        from safeops.debug._locate import locate_nonfinite
+        return locate_nonfinite(model, x, y)
+    except (ImportError, NotImplementedError):   # DEV ONLY: while locate_nonfinite is being written
+        return None
+
+
+class _LossRecorder(keras.callbacks.Callback):
+    """Keeps each batch's loss (from the guard's view) and the offending batch."""
+
+    def __init__(self, guard: NaNGuard):
+        super().__init__()
+        self.guard = guard
+        self.losses: list[float] = []
+        self.batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        n = len(self.guard.events)
+        if n and self.guard.events[-1].step == len(self.losses):
+            self.losses.append(self.guard.events[-1].loss)
+            self.batch = self.guard._batches[0] if self.guard._batches else None
+        else:
+            self.losses.append(self.guard._recent[-1] if self.guard._recent else math.nan)
+
+
+def _guarded_run(model, x, y, dataset, steps, batch_size, spike_factor) -> dict:
+    guard = NaNGuard("stop", spike_factor=spike_factor, verbose=0)
+    recorder = _LossRecorder(guard)
+    callbacks = [guard, recorder]
+    if dataset is None:   # arrays: the first batches in order, cycling, exactly `steps` of them
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    model.fit(dataset.repeat().take(steps), epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    return {"steps": len(recorder.losses), "finite": not guard.events, "losses": recorder.losses,
+            "events": guard.events, "batch": recorder.batch}
+
+
+class _ModelState:
+    """Every model, optimizer and metric variable, copied to host once and written back."""
+
+    def __init__(self, model):
+        opt = model.optimizer
+        if opt is not None and not getattr(opt, "built", True):
+            opt.build(model.trainable_variables)   # what fit would do first anyway
+        variables = list(model.variables) + (list(opt.variables) if opt is not None else [])
+        variables += [v for m in model.metrics for v in m.variables]
+        self.variables = [_tf_variable(v) for v in _dedupe(variables)]
+        self.values = [v.numpy() for v in self.variables]
+        self.model = model
+        self.history = getattr(model, "history", None)
+        self.stop_training = getattr(model, "stop_training", False)
+
+    def restore(self) -> None:
+        for v, value in zip(self.variables, self.values):
+            v.assign(value)
+        self.model.history = self.history
+        self.model.stop_training = self.stop_training
+
+
+class _learning_rate_scaled:
+    """Context: the optimizer's float learning rate times ``factor`` (restored by _ModelState)."""
+
+    def __init__(self, optimizer, factor):
+        self.opt = getattr(optimizer, "inner_optimizer", optimizer)
+        self.factor = factor
+
+    def __enter__(self):
+        lr = getattr(self.opt, "_learning_rate", None)
+        self.value = None
+        if isinstance(lr, (keras.Variable, tf.Variable)):
+            self.value = lr.numpy()
+            lr.assign(self.value * self.factor)
+
+    def __exit__(self, *exc):
+        if self.value is not None:
+            self.opt._learning_rate.assign(self.value)
+
+
+def _diverged(event: GuardEvent) -> bool:
+    return event.cause.startswith("training diverged") or event.cause.startswith("the optimizer step")
+
+
+def _split_data(data, preflight_rows):
+    if isinstance(data, tf.data.Dataset):
+        xs, rows = [], 0
+        for batch in data:          # the first `preflight_rows` rows (the dataset may be endless)
+            bx, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            xs.append(np.asarray(bx) if not isinstance(bx, (dict, list, tuple)) else None)
+            rows += len(bx) if xs[-1] is not None else 0
+            if xs[-1] is None or rows >= preflight_rows:
+                break
+        x = np.concatenate(xs) if xs and all(v is not None for v in xs) else None
+        return x, None, data
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        return data[0], data[1], None
+    raise TypeError(message("safeops.debug.doctor", "data",
+                            "(x, y) or a tf.data.Dataset of (x, y) batches", type(data).__name__))
+
+
+def _first(x, n):
+    if isinstance(x, dict):
+        return {k: v[:n] for k, v in x.items()}
+    return x[:n]
+
+
+def _is_matrix(x) -> bool:
+    return x is not None and not isinstance(x, (dict, list, tuple)) and np.asarray(x).dtype.kind in "fiub"
+
+
+def _standardise(x):
+    """Training-split standardisation with Keras' own layer (the fix the report recommends)."""
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(np.asarray(x, np.float32))
+    return np.asarray(norm(np.asarray(x, np.float32)))
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _rank(lint_findings, inputs, training, tried, located) -> list:
+    failed = not training["finite"]
+    event = training["events"][0] if failed else None
+    causes: list[Cause] = []
+
+    if inputs is not None:
+        for f in inputs.findings:
+            if f.kind == "nonfinite":
+                causes.append(Cause("non-finite input values", 98, f.message, f.fix, "inputs"))
+            elif f.kind in ("scale", "spread"):
+                confirmed = tried.get("standardised inputs")
+                score = 95 if confirmed else (75 if failed else 45)
+                why = f.message + ("; the same steps on standardised inputs stay finite" if confirmed else "")
+                causes.append(Cause(
+                    "input features on a large or uneven scale" if f.kind == "scale"
+                    else "feature scales differ by orders of magnitude",
+                    score - (1 if f.kind == "spread" else 0), why,
+                    "standardise: keras.layers.Normalization().adapt(x_train) or "
+                    "StandardScaler().fit(x_train), fitted on the training split only, applied to both splits",
+                    "inputs"))
+            elif f.kind == "constant":
+                causes.append(Cause("constant input columns", 20, f.message, f.fix, "inputs"))
+
+    for finding in lint_findings:
+        fired = failed and not _diverged(event)
+        where = getattr(finding, "location", "")
+        causes.append(Cause(
+            f"hazardous op: {getattr(finding, 'pattern', 'pattern')} ({getattr(finding, 'op_type', '')})",
+            85 if fired else 50,
+            f"{getattr(finding, 'message', '')}" + (f" at {where}" if where else ""),
+            str(getattr(finding, "fix", "")), "lint"))
+
+    if located is not None and getattr(located, "found", False):
+        causes.append(Cause(
+            f"first non-finite op: {located.op_name} ({located.op_type})", 92,
+            f"{located.cause} (in the {located.phase} pass" + (f", {located.location})" if
+                                                                 located.location else ")"),
+            str(located.fix), "locate"))
+
+    if failed:
+        lr_cured = tried.get("learning rate / 10")
+        if _diverged(event) or lr_cured:
+            causes.append(Cause(
+                "learning rate too high", 90 if lr_cured else 70,
+                event.cause + ("; the same steps at a tenth of the learning rate stay finite"
+                               if lr_cured else ""),
+                "lower the learning rate, or train with NaNGuard(policy='rollback')", "training"))
+        elif not any(c.source in ("lint", "locate") and c.score >= 85 for c in causes):
+            causes.append(Cause(f"non-finite step ({event.trigger})", 60, event.cause, event.fix, "training"))
+
+    causes.sort(key=lambda c: -c.score)
+    return causes

@@ -1,0 +1,733 @@
+"""``NaNGuard``: a Keras callback that catches a non-finite step and keeps training alive.
+
+How it sees a bad step
+----------------------
+Keras callbacks see neither the gradients nor the batch, so the guard adds
+two things while ``fit`` runs and removes them when it ends:
+
+* **The batch.** At ``on_train_begin`` it wraps ``model.train_function``
+  (Keras 3, TensorFlow backend): the wrapper takes the next element(s) from
+  the data iterator in Python, keeps a reference to them, and hands them to
+  Keras' own compiled step (the same ``tf.function``, XLA included when the
+  model compiles with ``jit_compile``). Nothing is copied; the reference is
+  dropped at the next batch. ``on_train_end`` puts the original back.
+* **The gradients, by their effect.** Every Keras optimizer that applies a
+  NaN or infinite gradient leaves a NaN or infinite weight or slot variable
+  (SGD: ``w - lr * inf``; Adam: ``inf / sqrt(inf)``; a clipped norm of NaN
+  is NaN). So after each batch one on-device reduction checks that the
+  batch loss, every model variable and every optimizer variable is finite.
+  Only when that check fails does the guard recompute, eagerly, the loss and
+  the gradients at the weights from before the batch, on the kept batch, to
+  say which layer's gradients went non-finite first and why.
+
+State and what "nothing is lost" means
+--------------------------------------
+Before each batch the guard copies, on the device, every model variable
+(weights, BatchNorm statistics, seed states), every optimizer variable (slots,
+``iterations``, the learning rate) and every metric variable. ``skip``
+restores that copy: the run continues exactly as if the batch had not been in
+the data. ``rollback`` restores the model and optimizer variables of the last
+*checkpoint* (taken at the start of training and then every
+``checkpoint_every`` finite steps, or at each finite epoch end), bit for bit,
+lowers the learning rate by ``factor`` and continues; the running metrics of
+the epoch come from the pre-batch copy, so the bad batch does not poison the
+epoch's mean loss. Memory: two copies of the model and optimizer state.
+
+Learning rates: a float learning rate (a variable in Keras 3) is multiplied
+by ``factor``. A ``LearningRateSchedule`` is wrapped, at the start of
+training, in :class:`ScaledSchedule` whose scale variable is multiplied by
+``factor``, so every later value of the schedule is lowered; the wrapper stays
+on the optimizer after ``fit`` (it serialises with the model). A rollback also
+rewinds ``optimizer.iterations`` and so the schedule's step.
+
+Limits: with ``steps_per_execution > 1`` the guard checks once per execution
+and a skip drops the whole execution; under a multi-replica
+``tf.distribute`` strategy the batch statistics cover the local replicas.
+
+Practice this follows: restarting from an earlier checkpoint with a lower
+learning rate or skipping the offending batches is how large runs survive
+loss spikes (Chowdhery et al. 2022, "PaLM", sec. 5.1).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from safeops import _dtypes
+from safeops._validate import message
+
+POLICIES = ("stop", "skip", "rollback")
+_OP = "safeops.debug.NaNGuard"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclasses.dataclass
+class GuardEvent:
+    """One non-finite step and what the guard did about it.
+
+    Attributes:
+      step: index of the training step (counted over the whole ``fit``).
+      epoch, batch: where it happened.
+      action: ``'stop'``, ``'skip'``, ``'rollback'`` or ``'give_up'``.
+      trigger: what went wrong: ``'non-finite loss'``, ``'loss spike'``,
+        ``'non-finite weights'`` (the optimizer applied a non-finite gradient),
+        or two of them joined by a comma.
+      loss: the batch's loss as Keras computed it (NaN/inf, or finite when
+        only the weights went bad).
+      nonfinite_weights: layers whose weights were non-finite after the
+        batch, in layer order; ``nonfinite_weights[0]`` came first.
+      nonfinite_gradients: layers whose gradients, recomputed at the
+        pre-batch weights on the same batch, are non-finite, nearest the loss
+        first (the order back-propagation reaches them).
+      nonfinite_activations: layers whose forward output is non-finite
+        (Sequential models), in forward order.
+      loss_before: the batch's loss recomputed at the pre-batch weights.
+      gradient_norms: per layer, the global norm of its gradients there.
+      update_ratios: per layer, ``lr * |grad| / |w|``: far above 1 means
+        one step rewrote the layer (learning rate too high for the scale).
+      batch_stats: statistics of the offending batch (see :func:`batch_statistics`).
+      cause: the likely cause in plain words; ``fix``: what to do.
+      learning_rate_before, learning_rate_after: around a rollback.
+      restored_to_step: the step of the state that was put back.
+      recent_losses: the finite batch losses just before the event (up to 20).
+    """
+
+    step: int
+    epoch: int
+    batch: int
+    action: str
+    trigger: str
+    loss: float
+    nonfinite_weights: list = dataclasses.field(default_factory=list)
+    nonfinite_gradients: list = dataclasses.field(default_factory=list)
+    nonfinite_activations: list = dataclasses.field(default_factory=list)
+    loss_before: float = math.nan
+    gradient_norms: dict = dataclasses.field(default_factory=dict)
+    update_ratios: dict = dataclasses.field(default_factory=dict)
+    batch_stats: dict = dataclasses.field(default_factory=dict)
+    cause: str = ""
+    fix: str = ""
+    learning_rate_before: float = math.nan
+    learning_rate_after: float = math.nan
+    restored_to_step: int | None = None
+    recent_losses: list = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"NaNGuard: {self.trigger} at epoch {self.epoch}, batch {self.batch} "
+            f"(step {self.step}); action: {self.action}",
+            f"  batch loss {self.loss:.4g}; loss at the pre-batch weights {self.loss_before:.4g}",
+        ]
+        if self.nonfinite_weights:
+            lines.append(f"  weights non-finite after the batch: {', '.join(self.nonfinite_weights)} "
+                         f"(first: {self.nonfinite_weights[0]})")
+        if self.nonfinite_activations:
+            lines.append(f"  forward output non-finite first in: {self.nonfinite_activations[0]}")
+        if self.nonfinite_gradients:
+            lines.append(f"  gradients non-finite (nearest the loss first): "
+                         f"{', '.join(self.nonfinite_gradients)}")
+        if self.recent_losses:
+            lines.append(f"  recent batch losses: {', '.join(f'{v:.3g}' for v in self.recent_losses[-6:])}")
+        finite_ratios = {k: v for k, v in self.update_ratios.items() if math.isfinite(v)}
+        if finite_ratios and not self.nonfinite_gradients:
+            worst = max(finite_ratios, key=finite_ratios.get)
+            lines.append(f"  largest update/weight ratio: {worst} ({self.update_ratios[worst]:.3g}) "
+                         f"at learning rate {self.learning_rate_before:.3g}")
+        for name, stats in self.batch_stats.items():
+            lines.append(f"  batch {name}: {_format_stats(stats)}")
+        if self.action == "rollback":
+            lines.append(f"  restored step {self.restored_to_step}; learning rate "
+                         f"{self.learning_rate_before:.3g} -> {self.learning_rate_after:.3g}")
+        if self.cause:
+            lines.append(f"  likely cause: {self.cause}")
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        return "\n".join(lines)
+
+
+def batch_statistics(array: Any, columns: bool = True) -> dict:
+    """Summary of one batch tensor: shape, min, max, mean, std, max |x|, counts of NaN, inf, zeros.
+
+    For a 2-D batch and ``columns`` it also names the columns of largest
+    magnitude (``top_columns``: ``[(column, max |x|), ...]``).
+    """
+    a = np.asarray(array)
+    stats: dict = {"shape": tuple(a.shape), "dtype": str(a.dtype)}
+    if a.size == 0 or a.dtype.kind not in "fiub":
+        return stats
+    a = a.astype(np.float64)
+    finite = a[np.isfinite(a)]
+    stats.update(
+        n_nan=int(np.isnan(a).sum()),
+        n_inf=int(np.isinf(a).sum()),
+        n_zero=int((a == 0).sum()),
+        n_negative=int((a < 0).sum()),
+        min=float(finite.min()) if finite.size else math.nan,
+        max=float(finite.max()) if finite.size else math.nan,
+        mean=float(finite.mean()) if finite.size else math.nan,
+        std=float(finite.std()) if finite.size else math.nan,
+        abs_max=float(np.abs(finite).max()) if finite.size else math.nan,
+    )
+    if columns and a.ndim == 2 and a.shape[1] > 1:
+        col_max = np.nanmax(np.where(np.isfinite(a), np.abs(a), np.nan), axis=0)
+        col_max = np.nan_to_num(col_max, nan=0.0)
+        order = np.argsort(-col_max)[:3]
+        stats["top_columns"] = [(int(j), float(col_max[j])) for j in order]
+    return stats
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a scale that :class:`NaNGuard` lowers on rollback.
+
+    ``lr(step) = scale * schedule(step)``; ``scale`` is a variable, so lowering
+    it takes effect inside an already traced training step.
+    """
+
+    def __init__(self, schedule, scale: float = 1.0):
+        self.schedule = schedule
+        self.scale = keras.Variable(float(scale), dtype="float32", trainable=False,
+                                    name="nanguard_lr_scale")
+
+    def __call__(self, step):
+        value = self.schedule(step)
+        return value * tf.cast(self.scale, value.dtype)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "scale": float(self.scale.numpy())}
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(schedule, config.get("scale", 1.0))
+
+
+# --------------------------------------------------------------------------- state copies
+
+
+def _tf_variable(v):
+    """The ``tf.Variable`` under a Keras variable (TensorFlow backend)."""
+    inner = getattr(v, "value", v)
+    return inner if isinstance(inner, tf.Variable) else v
+
+
+class _StateCopy:
+    """An on-device copy of a list of variables, saved and restored bit for bit."""
+
+    def __init__(self, variables: list):
+        self.sources = [_tf_variable(v) for v in variables]
+        self.copies = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False) for s in self.sources]
+        self.step: int | None = None
+
+    def save(self, step: int | None = None) -> None:
+        # Eager device-to-device copies: exact, and no tf.function to trace per guard.
+        for copy, source in zip(self.copies, self.sources):
+            copy.assign(source)
+        self.step = step
+
+    def restore(self) -> None:
+        for copy, source in zip(self.copies, self.sources):
+            source.assign(copy)
+
+    def numpy(self) -> list[np.ndarray]:
+        return [c.numpy() for c in self.copies]
+
+
+def _dedupe(variables) -> list:
+    seen, out = set(), []
+    for v in variables:
+        key = id(_tf_variable(v))
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Catches a non-finite loss or gradient during ``fit`` and acts by policy.
+
+    Policies:
+      * ``'stop'``: put back the weights and optimizer state from before the
+        bad batch, print a diagnosis and stop training.
+      * ``'skip'``: put back the state from before the batch (weights,
+        optimizer, running metrics) and go on with the next batch.
+      * ``'rollback'``: put back the weights and optimizer state of the last
+        finite checkpoint exactly, multiply the learning rate by ``factor``
+        and go on; after ``max_rollbacks`` rollbacks, give up (restore the
+        checkpoint and stop).
+
+    Every event is appended to :attr:`events` (a :class:`GuardEvent`: the
+    layer whose weights or gradients went non-finite first, the batch's
+    statistics, the likely cause) and, with ``log_dir``, written to
+    TensorBoard as the scalars ``safeops.NaNGuard/events`` and
+    ``safeops.NaNGuard/learning_rate`` and the text ``safeops.NaNGuard/event``
+    (written with core ``tf.summary.write``, so the ``tensorboard`` package is
+    needed only to view them).
+    See the module docstring for how the batch and gradients are observed.
+
+    Args:
+      policy: ``'stop'``, ``'skip'`` or ``'rollback'``.
+      factor: learning-rate multiplier on each rollback, in (0, 1).
+      max_rollbacks: rollbacks allowed before giving up.
+      checkpoint_every: ``'epoch'`` (checkpoint at the start of training and
+        at every epoch end whose state is finite) or a number of consecutive
+        finite steps between checkpoints.
+      max_loss: optional bound; a batch loss above it counts as divergence
+        (catches a run that is blowing up before it reaches inf).
+      spike_factor: optional; a batch loss above ``spike_factor`` times the
+        median of the last 20 finite batch losses counts as divergence.
+      log_dir: optional TensorBoard log directory.
+      verbose: print each event's diagnosis when true.
+
+    Example:
+      >>> guard = NaNGuard(policy="rollback", factor=0.1)  # doctest: +SKIP
+      >>> model.fit(x, y, callbacks=[guard])               # doctest: +SKIP
+      >>> guard.events[0].nonfinite_weights                # doctest: +SKIP
+    """
+
+    def __init__(self, policy: str = "stop", *, factor: float = 0.1, max_rollbacks: int = 5,
+                 checkpoint_every: int | str = "epoch", max_loss: float | None = None,
+                 spike_factor: float | None = None, log_dir: str | None = None, verbose: int = 1):
+        super().__init__()
+        if policy not in POLICIES:
+            raise ValueError(message(_OP, "policy", f"one of {POLICIES}", repr(policy)))
+        if not 0.0 < factor < 1.0:
+            raise ValueError(message(_OP, "factor", "in (0, 1)", repr(factor)))
+        if checkpoint_every != "epoch" and not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+            raise ValueError(message(_OP, "checkpoint_every", "'epoch' or a positive integer",
+                                     repr(checkpoint_every)))
+        self.policy = policy
+        self.factor = float(factor)
+        self.max_rollbacks = int(max_rollbacks)
+        self.checkpoint_every = checkpoint_every
+        self.max_loss = max_loss
+        self.spike_factor = spike_factor
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.events: list[GuardEvent] = []
+        self.rollbacks = 0
+        self.stopped = False
+        #: The last offending batch (as the data pipeline yielded it), for
+        #: ``locate_nonfinite(model, *unpack_x_y_sample_weight(guard.bad_batch)[:2])``.
+        self.bad_batch = None
+        self._writer = None
+
+    # ---- what the guard exposes
+
+    @property
+    def diagnosis(self) -> str:
+        """The text of the last event ('' when none)."""
+        return str(self.events[-1]) if self.events else ""
+
+    def checkpoint_weights(self) -> list[np.ndarray]:
+        """Copies of the model variables at the last checkpoint (``model.variables`` order)."""
+        return self._checkpoint.numpy()[: self._n_model_vars]
+
+    def checkpoint_optimizer_variables(self) -> list[np.ndarray]:
+        """Copies of the optimizer variables at the last checkpoint."""
+        return self._checkpoint.numpy()[self._n_model_vars:]
+
+    # ---- fit hooks
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        self._optimizer = model.optimizer
+        if self.policy == "rollback":
+            self._install_scaled_schedule()
+        if not getattr(self._optimizer, "built", True):
+            # Keras builds the slots on the first step; build them now so they are copied too.
+            self._optimizer.build(model.trainable_variables)
+        model_vars = _dedupe(model.variables)
+        opt_vars = _dedupe(v for v in self._optimizer.variables if id(_tf_variable(v)) not in
+                           {id(_tf_variable(m)) for m in model_vars})
+        metric_vars = _dedupe(v for m in model.metrics for v in m.variables)
+        self._n_model_vars = len(model_vars)
+        self._before = _StateCopy(model_vars + opt_vars + metric_vars)
+        self._checkpoint = _StateCopy(model_vars + opt_vars)
+        self._checked = [_tf_variable(v) for v in model_vars + opt_vars if v.dtype in _FLOATS]
+        checked = self._checked
+
+        def state_finite() -> bool:
+            # One device-to-host transfer: the AND of every variable's finiteness.
+            flags = [tf.reduce_all(tf.math.is_finite(v)) for v in checked]
+            return bool(tf.reduce_all(tf.stack(flags))) if flags else True
+
+        self._state_finite = state_finite
+        self._layer_of = _layer_names_by_variable(model)
+        self._step = 0
+        self._good_steps = 0
+        self._epoch = 0
+        self._recent = collections.deque(maxlen=20)
+        self._batches: list = []
+        self._checkpoint.save(step=0)
+        self._wrap_train_function()
+        if self.log_dir and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_train_end(self, logs=None):
+        fn = getattr(self.model, "train_function", None)
+        original = getattr(fn, "_nanguard_original", None)
+        if original is not None:
+            self.model.train_function = original
+        self._batches = []
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.checkpoint_every == "epoch" and bool(self._state_finite()):
+            self._checkpoint.save(step=self._step)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._before.save(step=self._step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs if logs is not None else {}
+        loss = self._batch_loss(logs)
+        finite_state = bool(self._state_finite())
+        spike = self._is_spike(loss)
+        bad_loss = not math.isfinite(loss) or spike
+        if finite_state and not bad_loss:
+            self._recent.append(loss)
+            self._step += 1
+            self._good_steps += 1
+            if isinstance(self.checkpoint_every, int) and self._good_steps % self.checkpoint_every == 0:
+                self._checkpoint.save(step=self._step)
+            return
+        trigger = ", ".join(t for t, bad in (("loss spike" if spike else "non-finite loss", bad_loss),
+                                             ("non-finite weights", not finite_state)) if bad)
+        event = self._diagnose(batch, trigger, loss)
+        self.bad_batch = self._batches[0] if len(self._batches) == 1 else _concat_batches(self._batches)
+        self._act(event)
+        self.events.append(event)
+        self._log_event(event)
+        if self.verbose:
+            print(str(event))
+        self._refresh_logs(logs)
+        self._step += 1
+
+    def _is_spike(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
+        if self.max_loss is not None and loss > self.max_loss:
+            return True
+        if self.spike_factor is not None and self._recent:
+            return loss > self.spike_factor * float(np.median(self._recent))
+        return False
+
+    # ---- actions
+
+    def _act(self, event: GuardEvent) -> None:
+        event.learning_rate_after = event.learning_rate_before
+        if self.policy == "skip":
+            self._before.restore()
+            event.restored_to_step = self._before.step
+            return
+        if self.policy == "stop":
+            self._before.restore()
+            event.restored_to_step = self._before.step
+            self._stop()
+            return
+        if self.rollbacks >= self.max_rollbacks:
+            event.action = "give_up"
+            self._before.restore()
+            self._checkpoint.restore()
+            event.restored_to_step = self._checkpoint.step
+            event.fix = (f"gave up after {self.rollbacks} rollbacks; " + event.fix).strip("; ")
+            self._stop()
+            return
+        self._before.restore()          # running metrics of this epoch, without the bad batch
+        self._checkpoint.restore()      # weights and optimizer state, bit for bit
+        event.restored_to_step = self._checkpoint.step
+        self.rollbacks += 1
+        # The checkpoint holds an older learning rate: lower the one in use.
+        event.learning_rate_after = _scale_learning_rate(self._optimizer, self.factor,
+                                                         event.learning_rate_before)
+        self._good_steps = 0
+        self._recent.clear()
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self.model.stop_training = True
+
+    def _refresh_logs(self, logs: dict) -> None:
+        """After a restore, shows the restored running metrics to the callbacks after this one."""
+        try:
+            results = self.model.get_metrics_result()
+        except Exception:  # noqa: BLE001 - best effort, the state is already restored
+            return
+        for key, value in results.items():
+            if key in logs:
+                logs[key] = float(np.asarray(value))
+
+    # ---- observation
+
+    def _wrap_train_function(self) -> None:
+        model = self.model
+        fn = model.train_function
+        fn = getattr(fn, "_nanguard_original", fn)
+        steps = int(getattr(model, "steps_per_execution", 1) or 1)
+        guard = self
+
+        def guarded_train_function(iterator):
+            if hasattr(iterator, "get_next_as_optional"):
+                batches = []
+                for _ in range(steps):
+                    optional = iterator.get_next_as_optional()
+                    if not optional.has_value():
+                        break
+                    batches.append(optional.get_value())
+            else:
+                batches = list(itertools.islice(iterator, steps))
+            if not batches:
+                raise StopIteration
+            guard._batches = batches
+            return fn(batches)
+
+        guarded_train_function._nanguard_original = fn
+        model.train_function = guarded_train_function
+
+    def _batch_loss(self, logs: dict) -> float:
+        """This batch's loss, from the loss tracker's total and count before and after it."""
+        tracker = getattr(self.model, "_loss_tracker", None)
+        if tracker is not None and len(tracker.variables) == 2 and self._before.sources:
+            total, count = (_tf_variable(v) for v in tracker.variables)
+            index = {id(s): i for i, s in enumerate(self._before.sources)}
+            if id(total) in index and id(count) in index:
+                t0 = float(self._before.copies[index[id(total)]].numpy())
+                c0 = float(self._before.copies[index[id(count)]].numpy())
+                t1, c1 = float(total.numpy()), float(count.numpy())
+                if c1 > c0:
+                    return (t1 - t0) / (c1 - c0) if math.isfinite(t1) else t1
+        value = logs.get("loss", math.nan)
+        return float(np.asarray(value))
+
+    def _diagnose(self, batch: int, trigger: str, loss: float) -> GuardEvent:
+        event = GuardEvent(step=self._step, epoch=self._epoch, batch=batch, action=self.policy,
+                           trigger=trigger, loss=loss)
+        event.learning_rate_before = _get_learning_rate(self._optimizer)
+        event.recent_losses = list(self._recent)
+        model = self.model
+        event.nonfinite_weights = [
+            layer.name for layer in _layers(model)
+            if any(not np.all(np.isfinite(np.asarray(w))) for w in layer.weights
+                   if tf.as_dtype(w.dtype) in _FLOATS)
+        ]
+        data = self._batches[0] if len(self._batches) == 1 else _concat_batches(self._batches)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data) if data is not None else (None,) * 3
+        for label, part in (("x", x), ("y", y)):
+            for i, leaf in enumerate(tf.nest.flatten(part) if part is not None else []):
+                name = label if len(tf.nest.flatten(part)) == 1 else f"{label}[{i}]"
+                event.batch_stats[name] = batch_statistics(_to_numpy(leaf), columns=label == "x")
+        if x is not None:
+            self._before.restore()
+            try:
+                self._recompute(event, x, y, sample_weight)
+            finally:
+                self._before.restore()   # the diagnosis must not move BatchNorm statistics or seeds
+        event.cause, event.fix = _likely_cause(event)
+        return event
+
+    def _recompute(self, event: GuardEvent, x, y, sample_weight) -> None:
+        model = self.model
+        if isinstance(model, keras.Sequential):
+            h = x
+            for layer in model.layers:
+                h = layer(h, training=True)
+                if not np.all(np.isfinite(_to_numpy(h))):
+                    event.nonfinite_activations.append(layer.name)
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        event.loss_before = float(np.asarray(loss))
+        grads = tape.gradient(loss, variables)
+        lr = _get_learning_rate(self._optimizer)
+        per_layer: dict[str, list] = {}
+        for v, g in zip(variables, grads):
+            if g is None:
+                continue
+            per_layer.setdefault(self._layer_of.get(id(_tf_variable(v)), v.path), []).append(
+                (np.asarray(v.numpy(), np.float64), np.asarray(tf.convert_to_tensor(g), np.float64)))
+        bad = []
+        for name, pairs in per_layer.items():
+            g_norm = math.sqrt(sum(float(np.sum(g * g)) for _, g in pairs))
+            w_norm = math.sqrt(sum(float(np.sum(w * w)) for w, _ in pairs))
+            event.gradient_norms[name] = g_norm
+            event.update_ratios[name] = lr * g_norm / max(w_norm, _TINY)
+            if any(not np.all(np.isfinite(g)) for _, g in pairs):
+                bad.append(name)
+        order = [layer.name for layer in _layers(model)]
+        event.nonfinite_gradients = sorted(bad, key=lambda n: -order.index(n) if n in order else 0)
+
+    def _log_event(self, event: GuardEvent) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default():
+            _write_summary("safeops.NaNGuard/events", float(len(self.events)), event.step, "scalars")
+            _write_summary("safeops.NaNGuard/learning_rate", event.learning_rate_after, event.step, "scalars")
+            _write_summary("safeops.NaNGuard/event", str(event), event.step, "text")
+        self._writer.flush()
+
+    def _install_scaled_schedule(self) -> None:
+        opt = _inner_optimizer(self._optimizer)
+        current = getattr(opt, "_learning_rate", None)
+        if isinstance(current, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
+                current, ScaledSchedule):
+            opt.learning_rate = ScaledSchedule(current)
+            # The compiled step captured the old schedule: trace it again.
+            self.model.make_train_function(force=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_TINY = _dtypes.tiny(tf.float64)
+_DIVERGED = 1e3      # recent batch losses that grew this much: a divergence, not a bad op
+_LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
+
+
+def _write_summary(tag: str, value, step: int, plugin: str) -> None:
+    """``tf.summary.scalar`` / ``text`` without the ``tensorboard`` package: the same
+    record (a tensor tagged with the TensorBoard plugin that shows it), written
+    with core TensorFlow's ``tf.summary.write``."""
+    metadata = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin))
+    tensor = tf.constant(value, tf.float32) if plugin == "scalars" else tf.constant(value)
+    tf.summary.write(tag, tensor, step=step, metadata=metadata.SerializeToString())
+
+
+def _format_stats(stats: dict) -> str:
+    if "min" not in stats:
+        return f"shape {stats['shape']}"
+    text = (f"shape {stats['shape']}, min {stats['min']:.4g}, max {stats['max']:.4g}, "
+            f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, NaN {stats['n_nan']}, inf {stats['n_inf']}, "
+            f"zeros {stats['n_zero']}")
+    if "top_columns" in stats:
+        text += ", largest columns " + ", ".join(f"#{j} ({m:.4g})" for j, m in stats["top_columns"])
+    return text
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "values") and isinstance(getattr(value, "values"), tuple):  # PerReplica
+        return np.concatenate([np.asarray(v) for v in value.values])
+    return np.asarray(value)
+
+
+def _concat_batches(batches: list):
+    if not batches:
+        return None
+    return tf.nest.map_structure(lambda *parts: np.concatenate([_to_numpy(p) for p in parts]), *batches)
+
+
+def _layers(model) -> list:
+    """Layers in forward order, nested models flattened."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.extend(_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def _layer_names_by_variable(model) -> dict:
+    names = {}
+    for layer in _layers(model):
+        for v in layer.weights:
+            names.setdefault(id(_tf_variable(v)), layer.name)
+    return names
+
+
+def _inner_optimizer(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def _get_learning_rate(optimizer) -> float:
+    try:
+        return float(np.asarray(_inner_optimizer(optimizer).learning_rate))
+    except Exception:  # noqa: BLE001 - an exotic optimizer without a readable rate
+        return math.nan
+
+
+def _scale_learning_rate(optimizer, factor: float, base: float) -> float:
+    """Sets the learning rate to ``base * factor`` (a float rate, or the scale of a
+    :class:`ScaledSchedule`, which is not an optimizer variable and so was not
+    restored); returns the new value."""
+    opt = _inner_optimizer(optimizer)
+    current = getattr(opt, "_learning_rate", None)
+    if isinstance(current, ScaledSchedule):
+        current.scale.assign(current.scale * factor)
+    elif isinstance(current, keras.optimizers.schedules.LearningRateSchedule) or callable(current):
+        raise TypeError(message(_OP, "the optimizer's learning_rate",
+                                "a float or a LearningRateSchedule to be lowered", type(current).__name__))
+    else:
+        opt.learning_rate = base * factor
+    return _get_learning_rate(optimizer)
+
+
+def _likely_cause(event: GuardEvent) -> tuple[str, str]:
+    """Plain-words cause and fix, from the most specific evidence to the least."""
+    x_stats = [s for k, s in event.batch_stats.items() if k.startswith("x")]
+    y_stats = [s for k, s in event.batch_stats.items() if k.startswith("y")]
+    bad_inputs = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in x_stats)
+    bad_targets = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in y_stats)
+    x_max = max((s.get("abs_max", 0.0) for s in x_stats), default=0.0)
+    if bad_inputs or bad_targets:
+        where = "inputs" if bad_inputs else "targets"
+        return (f"the batch's {where} contain {bad_inputs or bad_targets} NaN/inf entries",
+                "clean the data (safeops.debug.check_inputs flags non-finite columns); "
+                "NaNGuard(policy='skip') drops such batches meanwhile")
+    growth = (max(event.recent_losses) / max(min(event.recent_losses), _TINY)
+              if event.recent_losses else 1.0)
+    if "spike" in event.trigger or growth >= _DIVERGED:
+        scale = (f"; the inputs reach |x| = {x_max:.4g}, so gradients and updates are that large too"
+                 if x_max > _LARGE_INPUT else "")
+        path = [min(event.recent_losses), event.recent_losses[-1]] if event.recent_losses else []
+        path = ([path[0]] if len(path) == 2 and path[0] == path[1] else path) + [event.loss]
+        history = " (batch losses " + " -> ".join(f"{v:.3g}" for v in path) + ")"
+        return (f"training diverged: the learning rate {event.learning_rate_before:.3g} is too high "
+                f"for this model and data{history}{scale}",
+                "lower the learning rate (policy='rollback' does it for you)"
+                + (" and standardise the inputs with statistics of the training split only "
+                   "(safeops.debug.check_inputs shows how)" if x_max > _LARGE_INPUT else ""))
+    if event.nonfinite_activations:
+        return (f"the forward pass turns finite inputs into NaN/inf in layer "
+                f"'{event.nonfinite_activations[0]}'",
+                "find the op with safeops.debug.locate_nonfinite and replace it by its safeops "
+                "equivalent (safeops.debug.lint lists the hazardous patterns)")
+    if not math.isfinite(event.loss_before):
+        return ("the loss itself is non-finite at finite weights (log of 0, division by 0, "
+                "cross-entropy on probabilities)",
+                "run safeops.debug.lint / locate_nonfinite and use the safeops drop-in for the op they name")
+    if event.nonfinite_gradients:
+        return (f"the loss is finite but its gradient is not, first in layer "
+                f"'{event.nonfinite_gradients[0]}' (sqrt or norm at 0, tf.where over a NaN branch)",
+                "run safeops.debug.locate_nonfinite; safeops.math.sqrt / norm / divide_no_nan keep "
+                "gradients finite")
+    worst = max(event.update_ratios.values(), default=0.0)
+    scale = f"; the inputs reach |x| = {x_max:.4g}" if x_max > _LARGE_INPUT else ""
+    return (f"the optimizer step overflowed: the gradients were finite but one update moved the weights "
+            f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}{scale}",
+            "lower the learning rate (policy='rollback' does it for you)"
+            + (" and standardise the inputs, fitted on the training split only "
+               "(safeops.debug.check_inputs shows how)" if x_max > _LARGE_INPUT else ""))

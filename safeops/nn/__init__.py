@@ -1,0 +1,26 @@
+"""Drop-in replacements for ``tf.nn`` cross-entropies: ``from safeops import nn``.
+
+Same names, argument names, order and defaults as TensorFlow 2.21's
+``tf.nn``; the same values and gradients wherever TensorFlow's are finite,
+and finite ones where they are not (``-inf`` logits used as masks). The
+cross-entropies live in two topic modules: the softmax family
+(:mod:`safeops.nn._softmax_xent`) and the sigmoid family
+(:mod:`safeops.nn._sigmoid_xent`). The activations are the ones of
+:mod:`safeops.math`, re-exported so that ``nn.softmax`` works as
+``tf.nn.softmax`` does.
+"""
+
+from safeops.math import l2_normalize, log_sigmoid, log_softmax, sigmoid, softmax, softplus
+from safeops.nn._sigmoid_xent import sigmoid_cross_entropy_with_logits, weighted_cross_entropy_with_logits
+from safeops.nn._softmax_xent import (
+    softmax_cross_entropy_with_logits,
+    sparse_softmax_cross_entropy_with_logits,
+)
+
+__all__ = [
+    "softmax_cross_entropy_with_logits",
+    "sparse_softmax_cross_entropy_with_logits",
+    "sigmoid_cross_entropy_with_logits",
+    "weighted_cross_entropy_with_logits",
+    "softmax", "log_softmax", "sigmoid", "log_sigmoid", "softplus", "l2_normalize",
+]

@@ -1,0 +1,284 @@
+"""Softmax cross-entropies from logits: dense (soft) labels and class indices.
+
+Both are written on one shifted log-sum-exp, computed once in the forward
+pass and reused by the custom gradient, so the pair costs less than
+TensorFlow's fused kernels (which compute the gradient even when only the
+loss is asked for) and never meets ``0 * inf``:
+
+* the shift is the row maximum, replaced by 0 on a row whose every logit is
+  ``-inf`` (JAX's ``logsumexp`` does the same), so ``x - max`` is never
+  ``-inf - (-inf)``;
+* the sum ``s = sum(exp(x - max))`` is split as ``1 + rest`` and its log
+  taken as ``log1p(rest)`` (Blanchard, Higham and Higham 2021, "Accurately
+  computing the log-sum-exp and softmax functions", IMA J. Numer. Anal.
+  41(4), Algorithm 2), so a confident correct prediction keeps its small
+  loss to full relative accuracy instead of rounding it against 1;
+* a label that puts no weight on a logit never multiplies it
+  (``multiply_no_nan``), so ``-inf`` mask logits add 0, not NaN.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from safeops import _dtypes, _validate
+from safeops._gradient import custom_op_with_residuals
+
+
+def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
+    r"""Softmax cross-entropy between soft labels and logits, safe with ``-inf`` masks.
+
+    Formula: for each slice along ``axis``,
+    :math:`L = -\sum_j y_j \log \mathrm{softmax}(x)_j
+    = \sum_j y_j \,(\mathrm{lse}(x) - x_j)`, with gradient
+    :math:`\partial L / \partial x = (\sum_j y_j)\,\mathrm{softmax}(x) - y`
+    and :math:`\partial L / \partial y = -\log\mathrm{softmax}(x)`.
+    Labels need not sum to 1 (TensorFlow accepts that too); the gradient is
+    the exact derivative of the loss for any labels. TensorFlow's fused
+    kernel returns ``softmax(x) - y`` instead, which is the derivative only
+    when the labels sum to 1.
+
+    Stable rewrite: with :math:`m` the slice maximum and :math:`d = x - m`,
+    :math:`L = S \log s - \sum_{y_j \ne 0} y_j d_j` where :math:`S = \sum y`
+    and :math:`s = \sum e^{d}`; both terms are non-negative for non-negative
+    labels, so nothing cancels. :math:`\log s` is :math:`\mathrm{log1p}` of
+    the sum of the non-maximal terms (Blanchard, Higham and Higham 2021,
+    IMA J. Numer. Anal.). The naive ``-sum(y * log(softmax(x)))`` overflows
+    in ``exp`` for logits above ~88 (float32), gives ``log(0) = -inf`` and
+    then NaN for very negative logits, and ``0 * -inf = NaN`` at ``-inf``
+    mask logits; TensorFlow's fused kernel shares the last failure.
+
+    Edges:
+      * ``-inf`` logit where the label is 0 (a mask): adds 0 to the loss;
+        gradient 0 there. Finite loss and gradients for the rest of the row.
+      * ``-inf`` logit where the label is nonzero: loss ``+inf`` (exact),
+        logit gradient ``-y_j`` there (the limit), finite elsewhere.
+      * A slice whose every logit is ``-inf``: loss 0 if every label in it is
+        0, else ``+inf``; the softmax is taken as 0, so the logit gradient is
+        ``-y`` (0 for an all-zero label slice). Never NaN.
+      * ``+inf`` logit: the softmax is undefined (``inf - inf``); loss and
+        gradients of that slice are NaN, as in TensorFlow. ``NaN`` in a
+        logit or label: NaN loss and gradients for that slice.
+      * Gradient with respect to the labels is ``-log softmax(x)``: ``+inf``
+        at a ``-inf`` logit, saturated to the dtype's largest finite value so
+        that a label computed by another op (a teacher's softmax) receives
+        ``0 * max = 0``, never NaN.
+      * Second derivatives are exact (autodiff of the custom gradient) in
+        eager, ``tf.function`` and XLA.
+
+    Args:
+      labels: A float tensor of the dtype of ``logits``, broadcastable to it
+        (usually the same shape): a distribution per slice along ``axis``.
+        Python lists are converted to ``logits.dtype``.
+      logits: A float tensor (float16, bfloat16, float32 or float64) of
+        unscaled log-probabilities. float16 and bfloat16 are computed in
+        float32 and rounded once.
+      axis: The class dimension. Defaults to -1, the last one.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of ``logits.dtype`` with the broadcast shape of ``labels`` and
+      ``logits`` without ``axis``.
+
+    Raises:
+      TypeError: ``logits`` is not a float tensor, or ``labels`` is not one
+        of the same dtype.
+      ValueError: the shapes do not broadcast, ``logits`` is a scalar, or
+        ``axis`` is out of range.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from safeops import nn
+    >>> logits = [[2.0, 0.5, -np.inf]]          # third class masked out
+    >>> nn.softmax_cross_entropy_with_logits([[1.0, 0.0, 0.0]], logits).numpy()
+    array([0.20141329], dtype=float32)
+    """
+    op = "safeops.nn.softmax_cross_entropy_with_logits"
+    with _validate.op_scope(op, name):
+        logits = _validate.float_tensor(logits, op, "logits")
+        labels = _validate.float_tensor(labels, op, "labels", logits.dtype)
+        rank = logits.shape.rank
+        if rank == 0:
+            raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
+        _validate.broadcast_shape(op, "labels", labels, "logits", logits)
+        if not isinstance(axis, int):
+            raise TypeError(_validate.message(op, "axis", "a Python int", type(axis).__name__))
+        _validate.axis_in_range(op, axis, rank)
+        if rank is not None and axis < 0:
+            axis += rank
+        labels, logits = _broadcast_pair(labels, logits)
+        loss = _soft_label_xent(axis, logits.dtype)(_dtypes.to_compute(labels), _dtypes.to_compute(logits))
+        return _dtypes.from_compute(loss, logits.dtype)
+
+
+def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
+    r"""Softmax cross-entropy for class indices, safe with masks and loud on bad labels.
+
+    Formula: :math:`L = \mathrm{lse}(x) - x_{k}` for the class index
+    :math:`k` of each example, with gradient
+    :math:`\partial L / \partial x = \mathrm{softmax}(x) - \mathrm{onehot}(k)`.
+
+    Stable rewrite: :math:`L = \log s - d_k` with :math:`d = x - \max x`
+    and :math:`s = \sum e^{d}`, :math:`\log s` taken as ``log1p`` of the
+    non-maximal terms (Blanchard, Higham and Higham 2021, IMA J. Numer.
+    Anal.); both terms are non-negative, so a confident correct prediction
+    keeps its small loss to full relative accuracy. The softmax numerator is
+    kept for the gradient; nothing else is materialised.
+
+    Edges:
+      * ``-inf`` logits at other classes (masks): no effect on the loss,
+        gradient 0 there.
+      * ``-inf`` logit at the labelled class: loss ``+inf`` (exact), gradient
+        ``-1`` there. A row whose every logit is ``-inf``: loss ``+inf``, the
+        softmax taken as 0, gradient ``-onehot(k)``. Never NaN.
+      * ``+inf`` logit: NaN loss and gradient for that row, as in TensorFlow.
+        ``NaN`` logit: NaN loss and gradient for that row.
+      * A label outside ``[0, num_classes)``: in eager mode and inside
+        ``tf.function`` an ``InvalidArgumentError`` naming ``labels``, the
+        range and the first bad value, on every device (TensorFlow raises on
+        CPU but returns NaN silently on GPU). TensorFlow 2.21 drops assert
+        ops inside ``jit_compile=True`` functions, and
+        :func:`safeops.set_validation` can turn the check off: in both cases
+        the loss and the gradient of that row are NaN, so the error shows in
+        the first loss printed instead of training on a wrong class.
+      * Second derivatives are exact in eager, ``tf.function`` and XLA.
+
+    Args:
+      labels: An integer tensor (int32 or int64; other integer dtypes are
+        widened) of class indices in ``[0, num_classes)``, of shape
+        ``logits.shape[:-1]``.
+      logits: A float tensor (float16, bfloat16, float32 or float64) of shape
+        ``[..., num_classes]`` and rank >= 1. float16 and bfloat16 are
+        computed in float32 and rounded once.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of ``logits.dtype`` and the shape of ``labels``.
+
+    Raises:
+      TypeError: ``labels`` is not an integer tensor or ``logits`` not a
+        float one.
+      ValueError: ``labels`` does not have the shape ``logits.shape[:-1]``.
+      tf.errors.InvalidArgumentError: a label is out of range (eager and
+        ``tf.function``, while validation is on).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from safeops import nn
+    >>> nn.sparse_softmax_cross_entropy_with_logits([0], [[2.0, 0.5, -np.inf]]).numpy()
+    array([0.20141329], dtype=float32)
+    """
+    op = "safeops.nn.sparse_softmax_cross_entropy_with_logits"
+    with _validate.op_scope(op, name):
+        labels = _validate.integer_tensor(labels, op, "labels")
+        logits = _validate.float_tensor(logits, op, "logits")
+        _check_sparse_shapes(op, labels, logits)
+        num_classes = logits.shape[-1]
+        expected = f"in [0, {num_classes})" if num_classes is not None else "in [0, num_classes)"
+        if num_classes is None:
+            num_classes = tf.shape(logits, out_type=labels.dtype)[-1]
+        flat_labels = tf.reshape(labels, [-1])
+        flat_logits = tf.reshape(logits, tf.stack([-1, tf.shape(logits)[-1]]))
+        valid = tf.logical_and(flat_labels >= 0, flat_labels < tf.cast(num_classes, labels.dtype))
+        first_bad = tf.gather(flat_labels, tf.argmax(tf.cast(tf.logical_not(valid), tf.int32)))
+        checks = _validate.assert_that(tf.reduce_all(valid), op, "labels", expected, first_bad)
+        with tf.control_dependencies(checks):
+            safe_labels = tf.where(valid, flat_labels, tf.zeros_like(flat_labels))
+        loss = _index_xent(safe_labels, valid, logits.dtype)(_dtypes.to_compute(flat_logits))
+        loss = tf.reshape(_dtypes.from_compute(loss, logits.dtype), tf.shape(labels))
+        return loss
+
+
+def _soft_label_xent(axis: int, dtype: tf.DType):
+    """Cross-entropy along ``axis`` with the shifted sum kept for the gradient."""
+
+    def forward(y, x):
+        shift, d, e, s, log_s = _shifted_log_sum_exp(x, axis)
+        total = tf.reduce_sum(y, axis, keepdims=True)
+        dot = tf.reduce_sum(tf.math.multiply_no_nan(d, y), axis, keepdims=True)
+        # An all -inf slice has s == 0: its loss is |dot|, 0 without label
+        # weight, +inf with it (dot is -inf then).
+        loss = tf.where(s == 0, tf.abs(dot), total * log_s - dot)
+        return tf.squeeze(loss, axis), (shift, e, s, log_s, total)
+
+    def backward(dy, loss, residuals, y, x):
+        shift, e, s, log_s, total = residuals
+        dy = tf.expand_dims(dy, axis)
+        dx = e * _safe_ratio(total * dy, s) - dy * y
+        dlabels = dy * _dtypes.saturate(log_s - (x - shift), dtype)
+        return dlabels, dx
+
+    return custom_op_with_residuals(forward, backward, dtype)
+
+
+def _index_xent(labels, valid, dtype: tf.DType):
+    """Cross-entropy of ``[n, C]`` logits at class ``labels``; NaN rows where not ``valid``."""
+    rows = tf.range(tf.size(labels, out_type=labels.dtype), dtype=labels.dtype)
+    at_label = tf.stack([rows, labels], axis=1)
+
+    def forward(x):
+        _, d, e, s, log_s = _shifted_log_sum_exp(x, -1)
+        loss = tf.squeeze(log_s, -1) - tf.gather_nd(d, at_label)
+        return tf.where(valid, loss, tf.constant(float("nan"), loss.dtype)), (e, s)
+
+    def backward(dy, loss, residuals, x):
+        e, s = residuals
+        scale = tf.where(valid, dy, tf.constant(float("nan"), dy.dtype))
+        dx = e * _safe_ratio(tf.expand_dims(scale, -1), s)
+        return (tf.tensor_scatter_nd_sub(dx, at_label, dy),)
+
+    return custom_op_with_residuals(forward, backward, dtype)
+
+
+def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
+    """``(shift, d, e, s, log s)`` with ``d = x - shift``, ``e = exp(d)``, ``s = sum(e)``.
+
+    ``shift`` is the slice maximum, or 0 where the slice is all ``-inf``
+    (then ``s = 0`` and ``log s`` is returned as 0, never ``-inf``, so
+    nothing downstream meets ``inf - inf``). ``log s`` is
+    ``log1p(rest + ties - 1)`` where ``rest`` sums the terms below the
+    maximum and ``ties`` counts the terms equal to it (each exactly 1): the
+    accurate variant of Blanchard, Higham and Higham (2021).
+    """
+    shift = tf.reduce_max(x, axis, keepdims=True)
+    shift = tf.stop_gradient(tf.where(shift == float("-inf"), tf.zeros_like(shift), shift))
+    d = x - shift
+    e = tf.exp(d)
+    s = tf.reduce_sum(e, axis, keepdims=True)
+    rest = tf.reduce_sum(tf.where(d < 0, e, tf.zeros([], e.dtype)), axis, keepdims=True)
+    ties = tf.round(s - rest)
+    log_s = tf.math.log1p(tf.where(s == 0, tf.zeros_like(s), rest + (ties - 1)))
+    return shift, d, e, s, log_s
+
+
+def _safe_ratio(numerator: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+    """``numerator / s``, 0 where ``s == 0`` (an all ``-inf`` slice), NaN kept.
+
+    The denominator is replaced before dividing so that second derivatives do
+    not meet ``0 * inf`` in the branch ``tf.where`` discards.
+    """
+    empty = s == 0
+    ratio = numerator / tf.where(empty, tf.ones_like(s), s)
+    return tf.where(empty, tf.zeros_like(ratio), ratio)
+
+
+def _broadcast_pair(labels: tf.Tensor, logits: tf.Tensor):
+    """Broadcasts ``labels`` and ``logits`` to one shape (a no-op when equal)."""
+    if labels.shape.is_fully_defined() and labels.shape == logits.shape:
+        return labels, logits
+    shape = tf.broadcast_dynamic_shape(tf.shape(labels), tf.shape(logits))
+    return tf.broadcast_to(labels, shape), tf.broadcast_to(logits, shape)
+
+
+def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> None:
+    """``ValueError`` naming both arguments unless ``labels.shape == logits.shape[:-1]``."""
+    if logits.shape.rank == 0:
+        raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
+    if labels.shape.rank is None or logits.shape.rank is None:
+        return
+    if labels.shape.rank != logits.shape.rank - 1 or not labels.shape.is_compatible_with(logits.shape[:-1]):
+        raise ValueError(_validate.message(
+            op, "labels and logits", "shapes [d0, ..., dn] and [d0, ..., dn, num_classes]",
+            f"{labels.shape} and {logits.shape}"))

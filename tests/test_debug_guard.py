@@ -1,0 +1,208 @@
+"""NaNGuard: detection, the three policies, bitwise restores, learning rates, TensorBoard."""
+
+from __future__ import annotations
+
+import glob
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from safeops.debug import NaNGuard, ScaledSchedule
+
+BATCH = 16
+
+
+def _data(n_batches=6, seed=0, poison=None, where="x"):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_batches * BATCH, 4)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0], "float32"))[:, None]
+    if poison is not None:
+        target = x if where == "x" else y
+        target[poison * BATCH + 3, 0] = np.nan
+    return x, y
+
+
+def _model(optimizer=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="first"),
+                              keras.layers.Dense(1, name="out")])
+    model.compile(optimizer or keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+def _state(model):
+    return ([v.numpy().copy() for v in model.variables],
+            [v.numpy().copy() for v in model.optimizer.variables])
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Placed after the guard: the state every later callback sees at each batch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.states.append(_state(self.model))
+
+
+def _bitwise_equal(a, b):
+    return len(a) == len(b) and all(x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="policy"):
+        NaNGuard("retry")
+    with pytest.raises(ValueError, match="factor"):
+        NaNGuard("rollback", factor=1.5)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        NaNGuard("rollback", checkpoint_every=0)
+
+
+def test_skip_is_exactly_training_without_the_batch():
+    x, y = _data(poison=2)
+    guarded = _model()
+    guard = NaNGuard("skip", verbose=0)
+    history = guarded.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+
+    keep = np.r_[0:2 * BATCH, 3 * BATCH:len(x)]
+    reference = _model()
+    reference.fit(x[keep], y[keep], batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[NaNGuard("skip", verbose=0)])
+    assert [e.action for e in guard.events] == ["skip"]
+    assert _bitwise_equal(_state(guarded)[0], _state(reference)[0])
+    assert _bitwise_equal(_state(guarded)[1], _state(reference)[1])
+    # The running loss of the epoch does not contain the skipped batch.
+    assert math.isfinite(history.history["loss"][0])
+
+
+def test_event_names_layer_and_batch_statistics():
+    x, y = _data(poison=1)
+    model = _model()
+    guard = NaNGuard("skip", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    event = guard.events[0]
+    assert (event.epoch, event.batch, event.step) == (0, 1, 1)
+    assert "non-finite" in event.trigger
+    assert event.nonfinite_weights[0] == "first"          # forward order: first layer first
+    assert event.nonfinite_gradients[0] == "out"           # backward order: nearest the loss first
+    assert event.batch_stats["x"]["n_nan"] == 1 and event.batch_stats["x"]["shape"] == (BATCH, 4)
+    assert event.batch_stats["y"]["n_nan"] == 0
+    assert "NaN/inf" in event.cause and "inputs" in event.cause
+    assert np.isnan(np.asarray(guard.bad_batch[0])).sum() == 1
+    assert "first" in str(event) and "batch x" in str(event)
+
+
+def test_rollback_restores_checkpoint_bitwise_and_lowers_float_learning_rate():
+    x, y = _data(n_batches=6, poison=3)
+    model = _model(keras.optimizers.Adam(0.01))
+    guard = NaNGuard("rollback", factor=0.5, checkpoint_every=1, verbose=0)
+    recorder = _Recorder()
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard, recorder])
+    (event,) = guard.events
+    assert event.action == "rollback" and event.step == 3 and event.restored_to_step == 3
+    weights_ckpt, opt_ckpt = recorder.states[2]      # the state after the last finite batch
+    weights_now, opt_now = recorder.states[3]        # what the guard left after the bad batch
+    assert _bitwise_equal(weights_now, weights_ckpt)
+    lr_index = [i for i, v in enumerate(model.optimizer.variables) if "learning_rate" in v.path]
+    others = [i for i in range(len(opt_now)) if i not in lr_index]
+    assert _bitwise_equal([opt_now[i] for i in others], [opt_ckpt[i] for i in others])
+    # checkpoint_every=1: the guard's checkpoint is the state after the last (finite) batch.
+    assert _bitwise_equal(guard.checkpoint_weights(), recorder.states[-1][0])
+    assert _bitwise_equal(guard.checkpoint_optimizer_variables(), recorder.states[-1][1])
+    assert event.learning_rate_before == pytest.approx(0.01)
+    assert event.learning_rate_after == pytest.approx(0.005)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.005)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_rollback_goes_to_epoch_checkpoint_and_gives_up_after_max_rollbacks():
+    x, y = _data(n_batches=4)
+    y[:] = np.nan                                  # every batch is bad
+    model = _model(keras.optimizers.SGD(0.1))
+    initial = _state(model)[0]
+    guard = NaNGuard("rollback", factor=0.1, max_rollbacks=2, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[guard])
+    assert [e.action for e in guard.events] == ["rollback", "rollback", "give_up"]
+    assert guard.stopped and model.stop_training
+    assert _bitwise_equal(_state(model)[0], initial)   # the checkpoint at the start of training
+    assert guard.events[1].learning_rate_after == pytest.approx(0.001)
+    assert "NaN/inf" in guard.events[0].cause and "targets" in guard.events[0].cause
+
+
+def test_stop_restores_pre_batch_weights_and_stops():
+    x, y = _data(n_batches=5, poison=2)
+    model = _model()
+    recorder = _Recorder()
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[guard, recorder])
+    assert guard.stopped and len(guard.events) == 1 and len(recorder.states) == 3
+    assert _bitwise_equal(recorder.states[2][0], recorder.states[1][0])
+    assert guard.diagnosis.startswith("NaNGuard: non-finite")
+
+
+def test_nan_gradient_with_finite_loss_is_caught():
+    # The norm of an all-zero vector: finite loss, NaN gradient (0 * inf).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(3, kernel_initializer="ones", bias_initializer="zeros", name="proj")(inputs)
+    norm = keras.layers.Lambda(lambda t: tf.sqrt(tf.reduce_sum(tf.square(t), -1, keepdims=True)),
+                               name="norm")(h)
+    model = keras.Model(inputs, norm)
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    x = np.zeros((8, 3), "float32")
+    y = np.ones((8, 1), "float32")
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[guard])
+    (event,) = guard.events
+    assert event.trigger == "non-finite weights"
+    assert math.isfinite(event.loss) and math.isfinite(event.loss_before)
+    assert event.nonfinite_gradients == ["proj"]
+    assert "gradient" in event.cause
+
+
+def test_rollback_with_schedule_scales_it():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
+    model = _model(keras.optimizers.SGD(schedule))
+    x, y = _data(n_batches=4, poison=2)
+    guard = NaNGuard("rollback", factor=0.1, checkpoint_every=1, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    wrapped = model.optimizer._learning_rate
+    assert isinstance(wrapped, ScaledSchedule)
+    assert float(wrapped.scale.numpy()) == pytest.approx(0.1)
+    step = model.optimizer.iterations
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1 * float(schedule(step)), rel=1e-6)
+    restored = ScaledSchedule.from_config(wrapped.get_config())
+    assert float(restored(step)) == pytest.approx(float(wrapped(step)), rel=1e-6)
+
+
+def test_train_function_is_put_back_and_clean_runs_have_no_event():
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    original = model.train_function
+    guard = NaNGuard("rollback", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[guard])
+    assert guard.events == [] and not guard.stopped
+    assert model.train_function is original
+
+
+def test_events_reach_tensorboard(tmp_path):
+    x, y = _data(poison=1)
+    model = _model()
+    guard = NaNGuard("skip", log_dir=str(tmp_path), verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    tags = {}
+    for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                tags[value.tag] = (value.metadata.plugin_data.plugin_name,
+                                   tf.make_ndarray(value.tensor), event.step)
+    assert tags["safeops.NaNGuard/events"][:2] == ("scalars", 1.0)
+    assert tags["safeops.NaNGuard/learning_rate"][0] == "scalars"
+    plugin, text, step = tags["safeops.NaNGuard/event"]
+    assert plugin == "text" and step == 1 and b"epoch 0, batch 1" in text.item()

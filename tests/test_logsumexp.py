@@ -1,0 +1,238 @@
+"""Edge and reference tests for safeops.math.reduce_logsumexp, softmax, log_softmax."""
+
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.math as tfm
+
+INF, NAN = np.inf, np.nan
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+MODES = ["eager", "function", "jit"]
+mpmath.mp.dps = 50
+
+
+def run(mode, fn):
+    if mode == "eager":
+        return fn
+    return tf.function(fn, jit_compile=(mode == "jit"), reduce_retracing=True)
+
+
+def derivatives(fn, x, mode="eager"):
+    """Value, gradient and diagonal second derivative (nested tapes) of sum(fn(x))."""
+
+    def body(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = fn(x)
+            g = inner.gradient(y, x)
+        return y, g, outer.gradient(g, x)
+
+    return [t.numpy().astype(np.float64) for t in run(mode, body)(tf.convert_to_tensor(x))]
+
+
+def mp_lse(row):
+    return float(mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in row)))
+
+
+class TestReduceLogSumExp:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_finite_value_gradient_second_derivative(self, dtype, mode):
+        x = tf.constant([[0.0, -3.0, 2.0], [50.0, 49.0, -60.0]], dtype)
+        y, g, h = derivatives(lambda t: tfm.reduce_logsumexp(t, axis=1), x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        want = tf.reduce_logsumexp(tf.cast(x, tf.float64), axis=1).numpy()
+        np.testing.assert_allclose(y, want, rtol=1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-6)
+        np.testing.assert_allclose(g.sum(axis=1), [1.0, 1.0], rtol=1e-2)
+        assert y.dtype == np.float64 and tfm.reduce_logsumexp(x).dtype == dtype
+
+    @pytest.mark.parametrize("row", [[0.0, -20.0], [1.0, 2.0, 3.0], [-1e3, -1e3 + 1.0], [88.0, 89.0, 0.0], [0.0, -30.0, -40.0]])
+    def test_against_mpmath(self, row):
+        for dtype, ulp in ((np.float64, 4), (np.float32, 4)):
+            got = tfm.reduce_logsumexp(np.array(row, dtype)).numpy()
+            want = mp_lse(np.array(row, dtype))
+            assert abs(got - want) <= ulp * np.spacing(dtype(abs(want))), (row, got, want)
+
+    def test_dominated_slice_keeps_tiny_remainder(self):
+        # naive max shift + log returns exactly 0 here (Blanchard, Higham & Higham 2021)
+        got = tfm.reduce_logsumexp(tf.constant([0.0, -20.0])).numpy()
+        assert got == pytest.approx(2.0611536e-09, rel=1e-6)
+        assert tf.reduce_logsumexp(tf.constant([0.0, -20.0])).numpy() == 0.0
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_all_minus_inf_slice(self, mode):
+        y, g, h = derivatives(lambda t: tfm.reduce_logsumexp(t, axis=-1), [[-INF, -INF], [0.0, -INF]], mode)
+        assert y[0] == -INF and y[1] == 0.0
+        np.testing.assert_array_equal(g, [[0, 0], [1, 0]])
+        np.testing.assert_array_equal(h, np.zeros((2, 2)))
+
+    def test_plus_inf(self):
+        y, g, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, axis=-1), [[INF, 1.0, -INF]])
+        assert y[0] == INF
+        np.testing.assert_array_equal(g, [[1, 0, 0]])
+
+    def test_nan_propagates_to_its_slice_only(self):
+        y, g, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, axis=-1), [[NAN, 1.0], [1.0, 2.0]])
+        assert np.isnan(y[0]) and np.isfinite(y[1])
+        assert np.isnan(g[0]).all() and np.isfinite(g[1]).all()
+
+    def test_empty_input(self):
+        assert tfm.reduce_logsumexp(tf.zeros([0])).numpy() == -INF
+        assert tfm.reduce_logsumexp(tf.zeros([2, 0]), axis=1).numpy().tolist() == [-INF, -INF]
+
+    @pytest.mark.parametrize("axis", [None, 0, 1, -1, -3, [0, 2], (1, -1)])
+    @pytest.mark.parametrize("keepdims", [False, True])
+    def test_axis_keepdims_match_tf(self, axis, keepdims):
+        x = tf.random.stateless_normal([2, 3, 4], seed=[1, 2], dtype=tf.float64) * 5
+        got = tfm.reduce_logsumexp(x, axis=axis, keepdims=keepdims)
+        want = tf.reduce_logsumexp(x, axis=axis, keepdims=keepdims)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-13)
+
+    def test_zero_weights_drop_entries(self):
+        y, g, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, weights=[0.0, 1.0, 0.0]), [1e3, 0.0, -INF])
+        assert y == 0.0
+        np.testing.assert_array_equal(g, [0, 1, 0])
+
+    def test_weights_match_scipy_formula(self):
+        x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
+        w = np.array([0.5, 2.0, 1.5])
+        got = tfm.reduce_logsumexp(x, axis=1, weights=w).numpy()
+        np.testing.assert_allclose(got, np.log((w * np.exp(x)).sum(axis=1)), rtol=1e-13)
+
+    def test_weight_gradient(self):
+        x = tf.constant([1.0, 2.0], tf.float64)
+        w = tf.Variable([0.5, 2.0], dtype=tf.float64)
+        with tf.GradientTape() as tape:
+            y = tfm.reduce_logsumexp(x, weights=w)
+        np.testing.assert_allclose(tape.gradient(y, w).numpy(), np.exp(x.numpy()) / np.exp(y.numpy()), rtol=1e-13)
+
+    def test_negative_weights_without_sign_give_nan(self):
+        assert np.isnan(tfm.reduce_logsumexp([0.0, 0.0], weights=[1.0, -2.0]).numpy())
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_return_sign(self, mode):
+        f = run(mode, lambda x, w: tfm.reduce_logsumexp(x, axis=1, weights=w, return_sign=True))
+        x = tf.constant([[0.0, 0.0], [0.0, 0.0], [0.0, 1.0], [1.0, 1.0]], tf.float64)
+        w = tf.constant([[1.0, -2.0], [1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]], tf.float64)
+        lse, sign = f(x, w)
+        np.testing.assert_array_equal(sign.numpy(), [-1, 0, 1, -1])
+        np.testing.assert_allclose(lse.numpy(), [0.0, -INF, np.log(1 + np.e), 1 + np.log(2)], rtol=1e-14)
+
+    def test_return_sign_gradient(self):
+        x = tf.constant([0.0, 1.0], tf.float64)
+        y, g, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, weights=[1.0, -1.0], return_sign=True)[0], x)
+        s = 1 - np.e
+        np.testing.assert_allclose(g, [1 / s, -np.e / s], rtol=1e-13)
+        y0, g0, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, weights=[1.0, -1.0], return_sign=True)[0], [0.0, 0.0])
+        assert y0 == -INF and (g0 == 0).all()
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="input_tensor"):
+            tfm.reduce_logsumexp(tf.constant([1, 2]))
+        with pytest.raises(TypeError, match="weights"):
+            tfm.reduce_logsumexp([1.0, 2.0], weights=tf.constant([1, 2]))
+        with pytest.raises(ValueError, match="axis"):
+            tfm.reduce_logsumexp(tf.zeros([2, 3]), axis=2)
+        with pytest.raises(ValueError, match="broadcast"):
+            tfm.reduce_logsumexp(tf.zeros([2, 3]), weights=tf.zeros([4]))
+
+
+class TestSoftmax:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_matches_tf_and_finite(self, dtype, mode):
+        x = tf.constant([[1.0, -2.0, 3.0], [100.0, 99.0, -100.0]], dtype)
+        y, g, h = derivatives(lambda t: tfm.softmax(t) * tf.constant([1.0, 2.0, 3.0], dtype), x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        want = tf.nn.softmax(tf.cast(x, tf.float64)).numpy() * [1, 2, 3]
+        np.testing.assert_allclose(y, want, rtol=1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-6, atol=1e-30)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_all_minus_inf_row(self, mode):
+        y, g, h = derivatives(lambda t: tfm.softmax(t) * [1.0, 2.0], [[-INF, -INF]], mode)
+        np.testing.assert_array_equal(y, [[0, 0]])
+        np.testing.assert_array_equal(g, [[0, 0]])
+        np.testing.assert_array_equal(h, [[0, 0]])
+
+    def test_partly_masked_row(self):
+        y, g, h = derivatives(lambda t: tfm.softmax(t) * [1.0, 2.0, 3.0], [[0.0, -INF, 0.0]])
+        np.testing.assert_allclose(y, [[0.5, 0, 1.5]])
+        assert g[0, 1] == 0 and np.isfinite(g).all() and np.isfinite(h).all()
+
+    def test_nan_and_inf_rows(self):
+        y = tfm.softmax([[NAN, 1.0], [INF, 1.0], [1.0, 2.0]]).numpy()
+        assert np.isnan(y[:2]).all() and np.isfinite(y[2]).all()
+
+    @pytest.mark.parametrize("axis", [0, 1, -2])
+    def test_axis(self, axis):
+        x = tf.random.stateless_normal([3, 4], seed=[3, 4])
+        np.testing.assert_allclose(tfm.softmax(x, axis=axis), tf.nn.softmax(x, axis=axis), rtol=1e-6)
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="logits"):
+            tfm.softmax(tf.constant([1, 2]))
+        with pytest.raises(ValueError, match="axis"):
+            tfm.softmax(tf.zeros([2, 3]), axis=2)
+        with pytest.raises(ValueError, match="logits"):
+            tfm.softmax(tf.constant(1.0))
+
+
+class TestLogSoftmax:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_matches_tf_and_finite(self, dtype, mode):
+        x = tf.constant([[1.0, -2.0, 3.0], [100.0, 99.0, -100.0]], dtype)
+        y, g, h = derivatives(lambda t: tfm.log_softmax(t) * tf.constant([1.0, 2.0, 3.0], dtype), x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        want = tf.nn.log_softmax(tf.cast(x, tf.float64)).numpy() * [1, 2, 3]
+        np.testing.assert_allclose(y, want, rtol=1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-6)
+
+    @pytest.mark.parametrize("row", [[0.0, -20.0], [0.0, -30.0, -40.0], [1.0, 2.0, 3.0], [5.0, 5.0, -1.0]])
+    def test_against_mpmath(self, row):
+        for dtype in (np.float32, np.float64):
+            got = tfm.log_softmax(np.array(row, dtype)).numpy()
+            lse = mp_lse(np.array(row, dtype))
+            for v, gv in zip(np.array(row, dtype), got):
+                want = float(mpmath.mpf(float(v)) - lse)
+                assert abs(gv - want) <= 4 * np.spacing(dtype(abs(want))), (row, gv, want)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_all_minus_inf_row(self, mode):
+        y, g, h = derivatives(lambda t: tfm.log_softmax(t)[:, :1] * 2.0, [[-INF, -INF]], mode)
+        assert y[0, 0] == -INF
+        np.testing.assert_array_equal(g, [[0, 0]])
+        np.testing.assert_array_equal(h, [[0, 0]])
+
+    def test_partly_masked_row(self):
+        def loss(t):  # weight only on the live entries
+            return tf.reduce_sum(tfm.log_softmax(t) * tf.constant([1.0, 0.0, 1.0]) * tf.cast(t > -INF, t.dtype))
+        x = tf.constant([[0.0, -INF, 1.0]])
+        y = tfm.log_softmax(x).numpy()
+        assert y[0, 1] == -INF and np.isfinite(y[0, [0, 2]]).all()
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tfm.log_softmax(x)
+        g = tape.gradient(out, x).numpy()  # dy = 1 everywhere, also on the -inf output
+        assert g[0, 1] == 0 and np.isfinite(g).all()
+        assert np.isfinite(derivatives(loss, x)[1]).all()
+
+    def test_nan_row(self):
+        y, g, _ = derivatives(tfm.log_softmax, [[NAN, 1.0], [1.0, 2.0]])
+        assert np.isnan(y[0]).all() and np.isnan(g[0]).all() and np.isfinite(y[1]).all()
+
+    @pytest.mark.parametrize("axis", [None, 0, -1])
+    def test_axis(self, axis):
+        x = tf.random.stateless_normal([3, 4], seed=[5, 6], dtype=tf.float64)
+        want = tf.nn.log_softmax(x, axis=-1 if axis is None else axis)
+        np.testing.assert_allclose(tfm.log_softmax(x, axis=axis), want, rtol=1e-13)
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="logits"):
+            tfm.log_softmax(tf.constant([1, 2]))
+        with pytest.raises(ValueError, match="axis"):
+            tfm.log_softmax(tf.zeros([2, 3]), axis=-3)

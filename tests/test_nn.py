@@ -1,0 +1,439 @@
+"""safeops.nn cross-entropies: against tf.nn where TF is finite, the edges where it is not."""
+
+from __future__ import annotations
+
+import inspect
+
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import safeops
+from safeops import nn
+
+INF, NAN = np.inf, np.nan
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+# Value and gradient tolerances per dtype (relative, absolute) against TF's
+# kernels, which compute the half dtypes in the half dtype itself.
+TOL = {tf.float16: (1e-2, 1e-2), tf.bfloat16: (4e-2, 4e-2), tf.float32: (1e-5, 1e-6),
+       tf.float64: (1e-12, 1e-13)}
+MODES = ["eager", "function", "xla"]
+
+DENSE = nn.softmax_cross_entropy_with_logits
+SPARSE = nn.sparse_softmax_cross_entropy_with_logits
+SIGMOID = nn.sigmoid_cross_entropy_with_logits
+WEIGHTED = nn.weighted_cross_entropy_with_logits
+
+
+def _in_mode(mode, fn):
+    if mode == "eager":
+        return fn
+    return tf.function(fn, jit_compile=(mode == "xla"))
+
+
+def _value_and_grad(loss_fn, labels, logits, mode="eager"):
+    """Loss and d(sum loss)/d logits, run in ``mode``."""
+
+    def run(labels, logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = loss_fn(labels, logits)
+        return loss, tape.gradient(loss, logits)
+
+    loss, grad = _in_mode(mode, run)(labels, logits)
+    return loss.numpy().astype(np.float64), grad.numpy().astype(np.float64)
+
+
+def _close(actual, expected, dtype):
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(6, 5)) * 3
+    soft = rng.uniform(size=(6, 5))
+    soft /= soft.sum(-1, keepdims=True)
+    return {"logits": logits, "soft": soft, "index": rng.integers(0, 5, size=6),
+            "binary": rng.uniform(size=(6, 5)), "wide": rng.normal(size=(6, 5)) * 30}
+
+
+# --------------------------------------------------------------------------- drop-in
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy_with_logits", "sparse_softmax_cross_entropy_with_logits",
+                                  "sigmoid_cross_entropy_with_logits", "weighted_cross_entropy_with_logits"])
+def test_signature_is_tensorflows(name):
+    assert inspect.signature(getattr(nn, name)) == inspect.signature(getattr(tf.nn, name))
+
+
+def test_activations_are_safeops_math():
+    for name in ["softmax", "log_softmax", "sigmoid", "log_sigmoid", "softplus", "l2_normalize"]:
+        assert getattr(nn, name) is getattr(safeops.math, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+class TestMatchesTensorFlow:
+    def test_dense(self, batch, dtype):
+        labels, logits = tf.constant(batch["soft"], dtype), tf.constant(batch["logits"], dtype)
+        got = _value_and_grad(DENSE, labels, logits)
+        want = _value_and_grad(tf.nn.softmax_cross_entropy_with_logits, labels, logits)
+        assert got[0].shape == (6,)
+        _close(got[0], want[0], dtype)
+        _close(got[1], want[1], dtype)
+
+    def test_dense_other_axis(self, batch, dtype):
+        labels, logits = tf.constant(batch["soft"].T, dtype), tf.constant(batch["logits"].T, dtype)
+        got = DENSE(labels, logits, axis=0)
+        assert got.dtype == dtype and got.shape == (6,)
+        _close(got.numpy().astype(float), tf.nn.softmax_cross_entropy_with_logits(labels, logits, 0).numpy(), dtype)
+
+    def test_sparse(self, batch, dtype):
+        labels, logits = tf.constant(batch["index"]), tf.constant(batch["logits"], dtype)
+        got = _value_and_grad(SPARSE, labels, logits)
+        want = _value_and_grad(tf.nn.sparse_softmax_cross_entropy_with_logits, labels, logits)
+        _close(got[0], want[0], dtype)
+        _close(got[1], want[1], dtype)
+
+    def test_sigmoid(self, batch, dtype):
+        labels, logits = tf.constant(batch["binary"], dtype), tf.constant(batch["wide"], dtype)
+        got = _value_and_grad(SIGMOID, labels, logits)
+        want = _value_and_grad(lambda z, x: tf.nn.sigmoid_cross_entropy_with_logits(z, x), labels, logits)
+        _close(got[0], want[0], dtype)
+        _close(got[1], want[1], dtype)
+
+    def test_weighted(self, batch, dtype):
+        labels, logits = tf.constant(batch["binary"], dtype), tf.constant(batch["wide"], dtype)
+        got = _value_and_grad(lambda z, x: WEIGHTED(z, x, 2.5), labels, logits)
+        want = _value_and_grad(lambda z, x: tf.nn.weighted_cross_entropy_with_logits(z, x, 2.5), labels, logits)
+        _close(got[0], want[0], dtype)
+        _close(got[1], want[1], dtype)
+
+
+def test_sparse_higher_rank_and_scalar_label(batch):
+    logits = tf.constant(batch["logits"].reshape(2, 3, 5))
+    labels = tf.constant(batch["index"].reshape(2, 3))
+    np.testing.assert_allclose(SPARSE(labels, logits), tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    assert SPARSE(2, [1.0, 2.0, 3.0]).shape == ()
+
+
+def test_dense_broadcasts_labels_like_tensorflow(batch):
+    logits = tf.constant(batch["logits"])
+    labels = tf.constant(batch["soft"][:1])
+    np.testing.assert_allclose(DENSE(labels, logits), tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+
+
+def test_weighted_with_per_class_pos_weight_gradient(batch):
+    labels, logits = tf.constant(batch["binary"]), tf.constant(batch["wide"])
+    q = tf.constant(np.linspace(0.5, 3.0, 5))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(q)
+        ours = tf.reduce_sum(WEIGHTED(labels, logits, q))
+        theirs = tf.reduce_sum(tf.nn.weighted_cross_entropy_with_logits(labels, logits, q))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(ours, q), tape.gradient(theirs, q), rtol=1e-10)
+
+
+def test_dense_label_gradient_is_minus_log_softmax(batch):
+    labels, logits = tf.constant(batch["soft"]), tf.constant(batch["logits"])
+    with tf.GradientTape() as tape:
+        tape.watch(labels)
+        loss = DENSE(labels, logits)
+    np.testing.assert_allclose(tape.gradient(loss, labels), -tf.nn.log_softmax(logits), rtol=1e-12)
+
+
+def test_dense_unnormalised_labels_get_the_exact_gradient():
+    # TF's fused kernel returns softmax - y, the derivative only when sum(y) == 1.
+    labels, logits = tf.constant([[0.2, 0.3, 0.9]], tf.float64), tf.constant([[1.0, 2.0, 3.0]], tf.float64)
+    loss, grad = _value_and_grad(DENSE, labels, logits)
+    np.testing.assert_allclose(loss, tf.nn.softmax_cross_entropy_with_logits(labels, logits), rtol=1e-14)
+    np.testing.assert_allclose(grad, 1.4 * tf.nn.softmax(logits) - labels, rtol=1e-13)
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def _mp_xent(labels, logits):
+    mpmath.mp.dps = 50
+    lse = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in logits))
+    return float(mpmath.fsum(mpmath.mpf(y) * (lse - mpmath.mpf(v)) for y, v in zip(labels, logits) if y))
+
+
+@pytest.mark.parametrize("logits", [[20.0, 0.0, 0.0], [30.0, 1.0, -5.0, 2.0], [1.0, 1.0, 40.0]])
+def test_confident_prediction_keeps_its_small_loss(logits):
+    dtype = tf.float32
+    labels = np.eye(len(logits))[int(np.argmax(logits))]
+    want = _mp_xent(labels, logits)
+    got = DENSE(tf.constant([labels], dtype), tf.constant([logits], dtype)).numpy()[0]
+    got_sparse = SPARSE([int(np.argmax(logits))], tf.constant([logits], dtype)).numpy()[0]
+    ulp = np.spacing(np.float32(want))
+    assert abs(got - want) <= 4 * ulp and abs(got_sparse - want) <= 4 * ulp
+
+
+def test_ties_at_the_maximum_are_exact():
+    want = _mp_xent([0.5, 0.5, 0.0], [3.0, 3.0, -2.0])
+    got = DENSE([[0.5, 0.5, 0.0]], tf.constant([[3.0, 3.0, -2.0]], tf.float64)).numpy()[0]
+    assert abs(got - want) <= 4 * np.spacing(want)
+
+
+# --------------------------------------------------------------------------- masks and infinities
+
+
+@pytest.mark.parametrize("mode", MODES)
+class TestMasks:
+    def test_dense_masked_logits_are_finite_with_zero_gradient(self, mode):
+        logits = tf.constant([[2.0, -INF, 0.5, -INF], [-INF, 1.0, 1.0, 0.0]])
+        labels = tf.constant([[0.7, 0.0, 0.3, 0.0], [0.0, 0.5, 0.25, 0.25]])
+        loss, grad = _value_and_grad(DENSE, labels, logits, mode)
+        assert np.isfinite(loss).all() and np.isfinite(grad).all()
+        assert (grad[0, [1, 3]] == 0).all() and grad[1, 0] == 0
+        unmasked = _value_and_grad(DENSE, tf.constant([[0.7, 0.3]]), tf.constant([[2.0, 0.5]]), mode)
+        np.testing.assert_allclose(loss[0], unmasked[0][0], rtol=1e-6)
+        np.testing.assert_allclose(grad[0, [0, 2]], unmasked[1][0], rtol=1e-6)
+
+    def test_tensorflow_gives_nan_at_the_mask(self, mode):
+        tf_loss = tf.nn.softmax_cross_entropy_with_logits([[1.0, 0.0]], [[0.0, -INF]])
+        assert np.isnan(tf_loss.numpy()).all()
+
+    def test_sparse_masked_logits(self, mode):
+        loss, grad = _value_and_grad(SPARSE, tf.constant([0, 2]),
+                                     tf.constant([[2.0, -INF, 0.5], [-INF, -INF, 1.0]]), mode)
+        np.testing.assert_allclose(loss[0], tf.nn.sparse_softmax_cross_entropy_with_logits([0], [[2.0, 0.5]])[0],
+                                   rtol=1e-6)
+        assert loss[1] == 0 and grad[0, 1] == 0 and (grad[1] == 0).all()
+
+    def test_all_masked_row(self, mode):
+        logits = tf.fill([3, 4], -INF)
+        labels = tf.constant([[0.0] * 4, [1.0, 0, 0, 0], [0.5, 0.5, 0, 0]])
+        loss, grad = _value_and_grad(DENSE, labels, logits, mode)
+        assert list(loss) == [0.0, INF, INF]
+        np.testing.assert_array_equal(grad, -labels.numpy())
+        loss, grad = _value_and_grad(SPARSE, tf.constant([0, 3, 1]), logits, mode)
+        assert (loss == INF).all()
+        np.testing.assert_array_equal(grad, -np.eye(4)[[0, 3, 1]])
+
+    def test_weight_on_a_masked_logit_is_an_infinite_loss(self, mode):
+        logits = tf.constant([[1.0, -INF, 0.0]])
+        loss, grad = _value_and_grad(DENSE, tf.constant([[0.5, 0.5, 0.0]]), logits, mode)
+        assert loss[0] == INF and np.isfinite(grad).all() and grad[0, 1] == -0.5
+        loss, grad = _value_and_grad(SPARSE, tf.constant([1]), logits, mode)
+        assert loss[0] == INF and grad[0, 1] == -1.0
+
+    def test_sigmoid_masks(self, mode):
+        logits = tf.constant([-INF, INF, -INF, INF, 5.0])
+        labels = tf.constant([0.0, 1.0, 1.0, 0.0, 1.0])
+        for fn in (SIGMOID, lambda z, x: WEIGHTED(z, x, 3.0)):
+            loss, grad = _value_and_grad(fn, labels, logits, mode)
+            assert loss[0] == 0 and loss[1] == 0 and grad[0] == 0 and grad[1] == 0
+            assert loss[2] == INF and loss[3] == INF and np.isfinite(grad).all()
+        assert _value_and_grad(SIGMOID, labels, logits, mode)[1][2] == -1.0
+        assert _value_and_grad(lambda z, x: WEIGHTED(z, x, 3.0), labels, logits, mode)[1][2] == -3.0
+
+
+def test_tensorflow_sigmoid_is_nan_at_masks():
+    assert np.isnan(tf.nn.sigmoid_cross_entropy_with_logits([0.0, 1.0], [-INF, INF]).numpy()).all()
+
+
+def test_label_gradients_saturate_at_masks():
+    logits = tf.constant([[1.0, -INF, 0.0]])
+    labels = tf.constant([[1.0, 0.0, 0.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(labels)
+        dense, sig = DENSE(labels, logits), SIGMOID(labels, logits)
+    for g in (tape.gradient(dense, labels), tape.gradient(sig, labels)):
+        assert np.isfinite(g.numpy()).all()
+    assert tape.gradient(dense, labels).numpy()[0, 1] == np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize("bad", [INF, NAN])
+def test_plus_inf_and_nan_logits_make_their_row_nan(bad):
+    logits = tf.constant([[1.0, bad, 0.0], [1.0, 2.0, 3.0]])
+    for fn, labels in ((DENSE, tf.constant([[1.0, 0, 0], [1.0, 0, 0]])), (SPARSE, tf.constant([0, 0]))):
+        loss, grad = _value_and_grad(fn, labels, logits)
+        assert np.isnan(loss[0]) and np.isnan(grad[0]).all()
+        assert np.isfinite(loss[1]) and np.isfinite(grad[1]).all()
+
+
+def test_nan_propagates_in_sigmoid_family():
+    for labels, logits in (([0.0], [NAN]), ([NAN], [1.0]), ([NAN], [-INF])):
+        for fn in (SIGMOID, lambda z, x: WEIGHTED(z, x, 2.0)):
+            loss, grad = _value_and_grad(fn, tf.constant(labels), tf.constant(logits))
+            assert np.isnan(loss).all() and np.isnan(grad).all()
+
+
+def test_nan_label_propagates_in_dense():
+    loss, grad = _value_and_grad(DENSE, tf.constant([[NAN, 0.0]]), tf.constant([[1.0, 0.0]]))
+    assert np.isnan(loss).all() and np.isnan(grad).all()
+
+
+# --------------------------------------------------------------------------- labels out of range
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("bad", [3, -1])
+def test_out_of_range_label_raises(mode, bad):
+    pattern = rf"(?s)labels must be in \[0, 3\), got.*{bad}"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        _in_mode(mode, SPARSE)(tf.constant([0, bad]), tf.ones([2, 3]))
+
+
+@pytest.mark.parametrize("bad", [3, -1, 1000])
+def test_out_of_range_label_under_xla_is_a_nan_row(bad):
+    loss, grad = _value_and_grad(SPARSE, tf.constant([0, bad]), tf.ones([2, 3]), "xla")
+    assert np.isfinite(loss[0]) and np.isfinite(grad[0]).all()
+    assert np.isnan(loss[1]) and np.isnan(grad[1]).all()
+
+
+def test_out_of_range_label_without_validation_is_a_nan_row():
+    safeops.set_validation(False)
+    try:
+        loss, grad = _value_and_grad(SPARSE, tf.constant([7, 1]), tf.ones([2, 3]))
+    finally:
+        safeops.set_validation(True)
+    assert np.isnan(loss[0]) and np.isnan(grad[0]).all() and np.isfinite(loss[1])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_sparse_labels_must_be_integers():
+    with pytest.raises(TypeError, match=r"sparse_softmax_cross_entropy_with_logits: labels must be an integer"):
+        SPARSE(tf.constant([0.0, 1.0]), tf.ones([2, 3]))
+    with pytest.raises(TypeError, match=r"logits must be a floating-point tensor"):
+        SPARSE([0, 1], tf.ones([2, 3], tf.int32))
+    assert SPARSE(tf.constant([0, 1], tf.uint8), tf.ones([2, 3])).shape == (2,)
+
+
+def test_shape_errors_name_both_arguments():
+    with pytest.raises(ValueError, match=r"sparse_softmax.*labels and logits must be shapes.*\(3,\) and \(2, 3\)"):
+        SPARSE([0, 1, 2], tf.ones([2, 3]))
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy_with_logits: labels and logits"):
+        DENSE(tf.ones([2, 4]), tf.ones([2, 3]))
+    with pytest.raises(ValueError, match=r"sigmoid_cross_entropy_with_logits: labels and logits"):
+        SIGMOID(tf.ones([1, 3]), tf.ones([2, 3]))
+    with pytest.raises(ValueError, match=r"weighted_cross_entropy_with_logits: pos_weight and logits"):
+        WEIGHTED(tf.ones([2, 3]), tf.ones([2, 3]), tf.ones([4]))
+    with pytest.raises(ValueError, match=r"axis must be in \[-2, 2\)"):
+        DENSE(tf.ones([2, 3]), tf.ones([2, 3]), axis=2)
+    with pytest.raises(ValueError, match=r"logits must be given"):
+        SIGMOID(labels=tf.ones([2]))
+
+
+def test_dense_dtype_errors_name_the_argument():
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy_with_logits: labels must be of dtype float32"):
+        DENSE(tf.ones([2, 3], tf.float64), tf.ones([2, 3]))
+    with pytest.raises(TypeError, match=r"logits must be a floating-point tensor"):
+        DENSE(tf.ones([2, 3]), tf.ones([2, 3], tf.int32))
+    with pytest.raises(TypeError, match=r"sigmoid_cross_entropy_with_logits: labels must be a floating-point"):
+        SIGMOID(tf.ones([3], tf.int32), tf.ones([3]))
+    with pytest.raises(TypeError, match=r"pos_weight must be"):
+        WEIGHTED(tf.ones([3]), tf.ones([3]), "2")
+
+
+# --------------------------------------------------------------------------- second derivatives
+
+
+def _hessian_vector(loss_fn, labels, logits, v, mode):
+    def run(labels, logits):
+        with tf.GradientTape() as outer:
+            outer.watch(logits)
+            with tf.GradientTape() as inner:
+                inner.watch(logits)
+                loss = tf.reduce_sum(loss_fn(labels, logits))
+            g = inner.gradient(loss, logits)
+            gv = tf.reduce_sum(g * v)
+        return outer.gradient(gv, logits)
+
+    return _in_mode(mode, run)(labels, logits).numpy()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_second_derivatives_match_tensorflow(batch, mode):
+    logits = tf.constant(batch["logits"])
+    v = tf.constant(np.random.default_rng(1).normal(size=(6, 5)))
+    cases = [
+        (DENSE, tf.nn.softmax_cross_entropy_with_logits, tf.constant(batch["soft"])),
+        (SPARSE, tf.nn.sparse_softmax_cross_entropy_with_logits, tf.constant(batch["index"])),
+        (SIGMOID, lambda z, x: tf.nn.sigmoid_cross_entropy_with_logits(z, x), tf.constant(batch["binary"])),
+        (lambda z, x: WEIGHTED(z, x, 2.0), lambda z, x: tf.nn.weighted_cross_entropy_with_logits(z, x, 2.0),
+         tf.constant(batch["binary"])),
+    ]
+    for ours, theirs, labels in cases:
+        np.testing.assert_allclose(_hessian_vector(ours, labels, logits, v, mode),
+                                   _hessian_vector(theirs, labels, logits, v, "eager"), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_second_derivatives_are_finite_at_masks(mode):
+    logits = tf.constant([[2.0, -INF, 0.5], [-INF, -INF, -INF]], tf.float64)
+    v = tf.ones_like(logits)
+    dense = _hessian_vector(DENSE, tf.constant([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], tf.float64), logits, v, mode)
+    sparse = _hessian_vector(SPARSE, tf.constant([0, 1]), logits, v, mode)
+    sig = _hessian_vector(SIGMOID, tf.constant([[0.0] * 3, [0.0] * 3], tf.float64), logits, v, mode)
+    for h in (dense, sparse, sig):
+        assert np.isfinite(h).all()
+        assert h[0, 1] == 0 and (h[1] == 0).all()
+
+
+# --------------------------------------------------------------------------- properties
+
+_finite_logits = st.lists(st.floats(-1e4, 1e4, width=32), min_size=2, max_size=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=_finite_logits, data=st.data())
+def test_property_finite_and_equal_to_naive(logits, data):
+    n = len(logits)
+    weights = data.draw(st.lists(st.floats(0, 1, width=32), min_size=n, max_size=n))
+    labels = np.asarray(weights, np.float64)
+    labels = labels / labels.sum() if labels.sum() > 0 else np.eye(n)[0]
+    index = data.draw(st.integers(0, n - 1))
+    x = tf.constant([logits], tf.float64)
+    for fn, y in ((DENSE, tf.constant([labels])), (SPARSE, tf.constant([index]))):
+        loss, grad = _value_and_grad(fn, y, x)
+        assert np.isfinite(loss).all() and np.isfinite(grad).all()
+        probs = np.exp(np.asarray(logits) - np.max(logits))
+        probs /= probs.sum()
+        target = labels if fn is DENSE else np.eye(n)[index]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            naive = -np.sum(np.where(target > 0, target * np.log(probs), 0.0))
+        if np.isfinite(naive) and naive > 1e-6:
+            np.testing.assert_allclose(loss[0], naive, rtol=1e-9)
+        np.testing.assert_allclose(grad[0], probs - target, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=6), data=st.data())
+def test_property_sigmoid_finite_and_equal_to_naive(logits, data):
+    n = len(logits)
+    labels = np.asarray(data.draw(st.lists(st.floats(0, 1, width=32), min_size=n, max_size=n)), np.float32)
+    x = tf.constant(logits, tf.float32)
+    for fn in (SIGMOID, lambda z, x: WEIGHTED(z, x, 0.5)):
+        loss, grad = _value_and_grad(fn, tf.constant(labels), x)
+        assert np.isfinite(loss).all() and np.isfinite(grad).all()
+    x64 = np.asarray(logits, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        sig = 1 / (1 + np.exp(-x64))
+        naive = -(labels * np.log(sig) + (1 - labels) * np.log1p(-sig))
+    loss, grad = _value_and_grad(SIGMOID, tf.constant(labels), x)
+    ok = np.isfinite(naive) & (naive > 1e-3) & (np.abs(x64) < 30)
+    np.testing.assert_allclose(loss[ok], naive[ok], rtol=1e-5)
+    np.testing.assert_allclose(grad, sig - labels, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(logits=st.lists(st.one_of(st.floats(-50, 50, width=32), st.just(-INF)), min_size=2, max_size=6),
+       data=st.data())
+def test_property_masked_rows_never_nan(logits, data):
+    n = len(logits)
+    x = tf.constant([logits], tf.float32)
+    allowed = [i for i, v in enumerate(logits) if v != -INF] or [0]
+    index = data.draw(st.sampled_from(allowed))
+    for fn, y in ((DENSE, tf.constant([np.eye(n)[index]], tf.float32)), (SPARSE, tf.constant([index]))):
+        loss, grad = _value_and_grad(fn, y, x)
+        assert not np.isnan(loss).any() and np.isfinite(grad).all()
+        assert (grad[0][np.asarray(logits) == -INF][: n - 1] <= 0).all()
