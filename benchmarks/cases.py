@@ -85,12 +85,16 @@ def size_label(n: int) -> str:
     return f"1e{exponent}" if n == 10**exponent else str(n)
 
 
+@tf.autograph.experimental.do_not_convert
+def _lookup(module: str, name: str) -> Callable:
+    return getattr(importlib.import_module(f"safeops.{module}"), name)
+
+
 def _safeops(module: str, name: str, **kwargs) -> Callable:
     """The public safeops function, looked up at call time."""
 
     def call(*args):
-        fn = getattr(importlib.import_module(f"safeops.{module}"), name)
-        return fn(*args, **kwargs)
+        return _lookup(module, name)(*args, **kwargs)
 
     call.__name__ = f"safeops.{module}.{name}"
     return call

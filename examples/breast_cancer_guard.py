@@ -5,7 +5,9 @@ The story, each step a function that returns data (the tests assert on it):
 1. :func:`train_plain`: without a guard the loss goes NaN within a few steps.
 2. :func:`train_guarded`: ``NaNGuard(policy='rollback')`` catches the
    divergence, puts back the last finite weights, lowers the learning rate
-   and training finishes with a finite, falling loss.
+   and training finishes with a finite, falling loss. It needs a learning
+   rate 10^4 times smaller to stay finite on raw features, so it learns
+   little: the guard keeps the run alive, the cure is in the data.
 3. :func:`diagnose`: ``doctor`` ranks the causes; first comes the input
    scale, with the fix: standardisation fitted on the training split only.
 4. :func:`train_standardised`: with that fix the same model at the same
@@ -89,9 +91,9 @@ def train_guarded(seed: int = SEED) -> dict:
 def diagnose(seed: int = SEED, verbose: bool = False):
     """``doctor`` on the raw data: returns its report (and leaves the model untouched)."""
     from safeops.debug import doctor
-    x_train, _, y_train, _, _ = load(seed)
+    x_train, _, y_train, _, names = load(seed)
     model = build_model(seed)
-    return doctor(model, (x_train, y_train), steps=20, verbose=verbose)
+    return doctor(model, (x_train, y_train), steps=20, feature_names=names, verbose=verbose)
 
 
 def train_standardised(seed: int = SEED) -> dict:
@@ -120,10 +122,13 @@ def main() -> None:
     print(guard.events[0])
     print(f"   epoch losses: {', '.join(f'{v:.3g}' for v in guarded['epoch_losses'])}")
     print(f"   training finished with finite weights: {guarded['weights_finite']}, learning rate now "
-          f"{guarded['final_learning_rate']:.3g}, test accuracy {guarded['test_accuracy']:.3f}")
-    x_train, x_test, *_ , names = load()
-    print("\n3. check_inputs and doctor:")
-    print(check_inputs(x_train, x_test, feature_names=names))
+          f"{guarded['final_learning_rate']:.3g}, test accuracy {guarded['test_accuracy']:.3f}:\n"
+          f"   the guard keeps the run alive, but at that learning rate it learns little; the cause is "
+          f"in the data")
+    x_train, x_test, *_, names = load()
+    print("\n3. check_inputs, then doctor:")
+    report = check_inputs(x_train, x_test, feature_names=names)
+    print("\n".join(str(report).splitlines()[:len(report.findings) * 2 + 1]))
     print()
     print(diagnose())
     fixed = train_standardised()

@@ -110,3 +110,14 @@ def log_inv_eps(dtype: tf.DType) -> float:
     15.9 for float32, 36.0 for float64 (ask with the compute dtype).
     """
     return float(-np.log(eps(dtype)))
+
+
+def rsqrt_floor(dtype: tf.DType) -> float:
+    """Smallest ``s`` whose ``1/sqrt(s)`` (``max_value/2``) is finite in ``dtype``.
+
+    The floor under a sum of squares before ``rsqrt`` (``l2_normalize``'s
+    ``epsilon``): TensorFlow's default 1e-12 gives a gradient of 1e6, which
+    is ``inf`` in float16. 5.6e-10 for float16; below ``tiny`` (so no
+    change) for the wider dtypes.
+    """
+    return (2.0 / max_value(dtype)) ** 2

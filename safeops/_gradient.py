@@ -10,7 +10,10 @@ An op is written as two plain functions of differentiable TensorFlow ops:
 :func:`custom_op` joins them. Second derivatives come from differentiating
 ``backward`` itself (with ``forward`` recomputed inside the tape, so the
 dependence of ``y`` on ``xs`` is kept), which is why ``backward`` must use
-differentiable ops only. Two things are added at second order:
+differentiable ops only. Three things are added at second order:
+
+* **float64**: the pass runs in float64 (see :func:`_second_order`), so an
+  intermediate that overflows float32 cannot turn into ``0 * inf = NaN``;
 
 * **saturation**: the exact second derivative may overflow where the first
   does not (``log`` at ``x = 1e-30`` in float32 has ``-1/x**2 = -1e60``), so
@@ -60,8 +63,8 @@ def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Calla
     tensors the backward pass reuses (a softmax numerator, a row sum) instead
     of recomputing them; ``backward(dy, y, residuals, *xs)`` returns one
     gradient per input. Only the residuals, ``y`` and ``xs`` are kept alive.
-    Second derivatives recompute ``forward`` inside the tape, exactly as
-    :func:`custom_op` does, with the same saturation and NaN rules.
+    Second derivatives recompute ``forward`` inside the tape (see
+    :func:`_second_order`), with the saturation and NaN rules of the module.
     """
 
     @tf.custom_gradient
@@ -74,18 +77,7 @@ def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Calla
                 grads = tuple(backward(dy, y, residuals, *xs))
 
                 def second_order(*ddx):
-                    with tf.GradientTape() as tape:
-                        tape.watch([dy, *xs])
-                        redo = tuple(backward(dy, *forward(*xs), *xs))
-                    dd = tape.gradient(
-                        redo, [dy, *xs], output_gradients=list(ddx),
-                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                    ddy = _dtypes.saturate(dd[0], output_dtype)
-                    ddxs = [
-                        tf.where(tf.math.is_nan(x), x, _dtypes.saturate(d, output_dtype))
-                        for x, d in zip(xs, dd[1:])
-                    ]
-                    return (ddy, *ddxs)
+                    return _second_order(forward, backward, output_dtype, dy, xs, ddx)
 
                 return grads, second_order
 
@@ -94,3 +86,31 @@ def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Calla
         return y, first_order
 
     return op
+
+
+def _second_order(forward, backward, output_dtype, dy, xs, ddx):
+    """Differentiates ``backward`` once more, in float64, and saturates.
+
+    The pass runs in float64 whatever the op's compute dtype: the
+    intermediates of a second derivative overflow float32 long before the
+    result does (``2x/y**3`` of ``x / y`` at ``y = 1e-20`` is 2e60), and an
+    overflowed intermediate times a zero upstream gradient is NaN. In float64
+    they stay finite; the result is then clipped to the output dtype's finite
+    range and rounded back. Only second-order gradients pay for this.
+    """
+    wide = tf.float64
+    dy64 = tf.cast(dy, wide)
+    xs64 = [tf.cast(x, wide) for x in xs]
+    with tf.GradientTape() as tape:
+        tape.watch([dy64, *xs64])
+        y64, residuals64 = forward(*xs64)
+        redo = tuple(backward(dy64, y64, residuals64, *xs64))
+    dd = tape.gradient(
+        redo, [dy64, *xs64], output_gradients=[tf.cast(d, wide) for d in ddx],
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    ddy = tf.cast(_dtypes.saturate(dd[0], output_dtype), dy.dtype)
+    ddxs = [
+        tf.where(tf.math.is_nan(x), x, tf.cast(_dtypes.saturate(d, output_dtype), x.dtype))
+        for x, d in zip(xs, dd[1:])
+    ]
+    return (ddy, *ddxs)

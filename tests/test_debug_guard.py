@@ -206,3 +206,32 @@ def test_events_reach_tensorboard(tmp_path):
     assert tags["safeops.NaNGuard/learning_rate"][0] == "scalars"
     plugin, text, step = tags["safeops.NaNGuard/event"]
     assert plugin == "text" and step == 1 and b"epoch 0, batch 1" in text.item()
+
+
+def test_loss_spike_counts_as_divergence():
+    x, y = _data(n_batches=6)
+    y[4 * BATCH:5 * BATCH] *= 1e5                  # batch 4's loss is ~1e10 times the others
+    model = _model()
+    guard = NaNGuard("skip", spike_factor=100.0, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert [(e.step, e.trigger) for e in guard.events] == [(4, "loss spike")]
+    assert math.isfinite(guard.events[0].loss) and guard.events[0].loss > 1e6
+    # Without the option the same run has no event: spikes are opt-in.
+    model = _model()
+    quiet = NaNGuard("skip", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[quiet])
+    assert quiet.events == []
+
+
+def test_steps_per_execution_above_one():
+    x, y = _data(n_batches=6, poison=3)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="first"),
+                              keras.layers.Dense(1, name="out")])
+    model.compile(keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=2)
+    guard = NaNGuard("skip", verbose=0)
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    (event,) = guard.events                        # the execution holding batches 2 and 3
+    assert event.batch_stats["x"]["shape"] == (2 * BATCH, 4) and event.batch_stats["x"]["n_nan"] == 1
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert math.isfinite(history.history["loss"][0])

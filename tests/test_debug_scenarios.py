@@ -140,6 +140,17 @@ class TestDigits:
         assert report.op_type == "Log"
         assert "safeops" in report.fix
 
+    def test_doctor_ranks_the_op_above_the_learning_rate(self):
+        from safeops.debug import doctor
+        x_train, _, y_train, _ = dl.load()
+        report = doctor(dl.build_model(dl.naive_log_loss), (x_train, y_train), steps=10, batch_size=64,
+                        verbose=False)
+        assert not report.training["finite"]
+        assert report.top.source in ("locate", "lint") and "Log" in report.top.title
+        assert report.lint and report.located is not None and report.located.op_type == "Log"
+        titles = [c.title for c in report.causes]
+        assert "learning rate too high" not in titles
+
     def test_safeops_drop_in_trains(self, safe_run):
         assert not safe_run["guard"].events and not safe_run["stopped"]
         losses = safe_run["epoch_losses"]

@@ -330,14 +330,22 @@ def _rank(lint_findings, inputs, training, tried, located) -> list:
 
     if failed:
         lr_cured = tried.get("learning rate / 10")
-        if _diverged(event) or lr_cured:
+        if _diverged(event):
             causes.append(Cause(
                 "learning rate too high", 90 if lr_cured else 70,
                 event.cause + ("; the same steps at a tenth of the learning rate stay finite"
                                if lr_cured else ""),
                 "lower the learning rate, or train with NaNGuard(policy='rollback')", "training"))
-        elif not any(c.source in ("lint", "locate") and c.score >= 85 for c in causes):
-            causes.append(Cause(f"non-finite step ({event.trigger})", 60, event.cause, event.fix, "training"))
+        else:
+            if not any(c.source in ("lint", "locate") and c.score >= 85 for c in causes):
+                causes.append(Cause(f"non-finite step ({event.trigger})", 80, event.cause, event.fix,
+                                    "training"))
+            if lr_cured:
+                causes.append(Cause(
+                    "learning rate (a contributing factor)", 55,
+                    "the same steps at a tenth of the learning rate stay finite, but the weights were finite "
+                    "when the loss went NaN: a smaller rate only delays the op that fails",
+                    "fix the op first; then lower the learning rate if needed", "training"))
 
     causes.sort(key=lambda c: -c.score)
     return causes

@@ -14,11 +14,15 @@ two things while ``fit`` runs and removes them when it ends:
 * **The gradients, by their effect.** Every Keras optimizer that applies a
   NaN or infinite gradient leaves a NaN or infinite weight or slot variable
   (SGD: ``w - lr * inf``; Adam: ``inf / sqrt(inf)``; a clipped norm of NaN
-  is NaN). So after each batch one on-device reduction checks that the
-  batch loss, every model variable and every optimizer variable is finite.
-  Only when that check fails does the guard recompute, eagerly, the loss and
-  the gradients at the weights from before the batch, on the kept batch, to
-  say which layer's gradients went non-finite first and why.
+  is NaN). The exceptions are harmless: ``clipvalue`` turning an inf into a
+  finite value, or a ``LossScaleOptimizer`` skipping the step, means nothing
+  non-finite reached the weights. So after each batch one graph call checks
+  that every model and optimizer variable is finite, and the batch's own
+  loss (from the totals of Keras' loss tracker before and after the batch,
+  not the epoch's running mean) is finite. Only when a check fails does the
+  guard recompute, eagerly, the loss and the gradients at the weights from
+  before the batch, on the kept batch, to say which layer's gradients went
+  non-finite first and why.
 
 State and what "nothing is lost" means
 --------------------------------------
@@ -31,7 +35,12 @@ the data. ``rollback`` restores the model and optimizer variables of the last
 ``checkpoint_every`` finite steps, or at each finite epoch end), bit for bit,
 lowers the learning rate by ``factor`` and continues; the running metrics of
 the epoch come from the pre-batch copy, so the bad batch does not poison the
-epoch's mean loss. Memory: two copies of the model and optimizer state.
+epoch's mean loss.
+
+Cost: two extra copies of the model and optimizer state in device memory;
+per step, one copy of that state and one finiteness check. Measured on a
+shared 2-core CPU (Keras 3.15, Adam, batch 128): about 1 ms per step for a
+100-64-64-1 MLP, about 5 ms per step for a 100-512-512-1 MLP (0.3 M weights).
 
 Learning rates: a float learning rate (a variable in Keras 3) is multiplied
 by ``factor``. A ``LearningRateSchedule`` is wrapped, at the start of
@@ -232,16 +241,24 @@ class _StateCopy:
         self.sources = [_tf_variable(v) for v in variables]
         self.copies = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False) for s in self.sources]
         self.step: int | None = None
+        # One graph call per save or restore (eager assigns cost ~0.25 ms per variable).
+        self._save = tf.function(self._assign_all, autograph=False)
+
+    def _assign_all(self, to_copies: bool):
+        for copy, source in zip(self.copies, self.sources):
+            if to_copies:
+                copy.assign(source)
+            else:
+                source.assign(copy)
 
     def save(self, step: int | None = None) -> None:
-        # Eager device-to-device copies: exact, and no tf.function to trace per guard.
-        for copy, source in zip(self.copies, self.sources):
-            copy.assign(source)
+        if self.sources:
+            self._save(True)
         self.step = step
 
     def restore(self) -> None:
-        for copy, source in zip(self.copies, self.sources):
-            source.assign(copy)
+        if self.sources:
+            self._save(False)
 
     def numpy(self) -> list[np.ndarray]:
         return [c.numpy() for c in self.copies]
@@ -285,7 +302,7 @@ class NaNGuard(keras.callbacks.Callback):
     Args:
       policy: ``'stop'``, ``'skip'`` or ``'rollback'``.
       factor: learning-rate multiplier on each rollback, in (0, 1).
-      max_rollbacks: rollbacks allowed before giving up.
+      max_rollbacks: rollbacks allowed in one ``fit`` before giving up.
       checkpoint_every: ``'epoch'`` (checkpoint at the start of training and
         at every epoch end whose state is finite) or a number of consecutive
         finite steps between checkpoints.
@@ -296,10 +313,19 @@ class NaNGuard(keras.callbacks.Callback):
       log_dir: optional TensorBoard log directory.
       verbose: print each event's diagnosis when true.
 
-    Example:
-      >>> guard = NaNGuard(policy="rollback", factor=0.1)  # doctest: +SKIP
-      >>> model.fit(x, y, callbacks=[guard])               # doctest: +SKIP
-      >>> guard.events[0].nonfinite_weights                # doctest: +SKIP
+    Example (one NaN in the second batch; ``skip`` drops that batch):
+
+    >>> import keras, numpy as np
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="out")])
+    >>> model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    >>> x = np.ones((8, 2), "float32"); x[5, 0] = np.nan
+    >>> guard = NaNGuard("skip", verbose=0)
+    >>> _ = model.fit(x, np.ones((8, 1)), batch_size=4, shuffle=False, verbose=0, callbacks=[guard])
+    >>> [(e.batch, e.action, e.nonfinite_weights) for e in guard.events]
+    [(1, 'skip', ['out'])]
+    >>> bool(np.isfinite(model.get_weights()[0]).all())
+    True
     """
 
     def __init__(self, policy: str = "stop", *, factor: float = 0.1, max_rollbacks: int = 5,
@@ -349,6 +375,10 @@ class NaNGuard(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._optimizer = model.optimizer
+        if self._optimizer is None:
+            raise ValueError(message(_OP, "model", "compiled with an optimizer", "no optimizer"))
+        self.rollbacks = 0          # per fit; self.events keeps the events of every fit
+        self.stopped = False
         if self.policy == "rollback":
             self._install_scaled_schedule()
         if not getattr(self._optimizer, "built", True):
@@ -364,12 +394,12 @@ class NaNGuard(keras.callbacks.Callback):
         self._checked = [_tf_variable(v) for v in model_vars + opt_vars if v.dtype in _FLOATS]
         checked = self._checked
 
-        def state_finite() -> bool:
-            # One device-to-host transfer: the AND of every variable's finiteness.
-            flags = [tf.reduce_all(tf.math.is_finite(v)) for v in checked]
-            return bool(tf.reduce_all(tf.stack(flags))) if flags else True
+        @tf.function(autograph=False)
+        def all_finite():
+            return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in checked]))
 
-        self._state_finite = state_finite
+        # One graph call and one device-to-host transfer per step.
+        self._state_finite = (lambda: bool(all_finite())) if checked else (lambda: True)
         self._layer_of = _layer_names_by_variable(model)
         self._step = 0
         self._good_steps = 0

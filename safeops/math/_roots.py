@@ -184,9 +184,10 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
     Edges:
       * ``sum(x**2) < epsilon``, the zero vector included: value
         ``x * rsqrt(epsilon)``, gradient ``rsqrt(epsilon)`` times the upstream
-        gradient (TensorFlow's, finite: 1e6 for the default). ``epsilon`` below the smallest
-        normal number (e.g. 0) is raised to it, so the zero vector never
-        gives ``0 * inf``.
+        gradient (TensorFlow's, finite: 1e6 for the default). ``epsilon`` is
+        raised to at least the smallest normal number (so ``epsilon=0``
+        never gives ``0 * inf``) and, in float16, to 5.6e-10 (so the
+        gradient ``rsqrt(epsilon)`` stays finite: 32752).
       * ``±inf`` entry: NaN (``inf / inf``), as in TensorFlow.
       * ``NaN``: NaN in the slice, value and gradient.
 
@@ -208,7 +209,7 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
     Example:
 
     >>> import safeops.math as tfm
-    >>> tfm.l2_normalize([3e30, 4e30]).numpy()
+    >>> tfm.l2_normalize([3e30, 4e30]).numpy().round(6)
     array([0.6, 0.8], dtype=float32)
     """
     op = "safeops.math.l2_normalize"
@@ -221,7 +222,7 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         _validate.axis_in_range(op, axis, x.shape.rank)
         dtype = x.dtype
         xc = _dtypes.to_compute(x)
-        floor = max(float(epsilon), _dtypes.tiny(xc.dtype))
+        floor = max(float(epsilon), _dtypes.tiny(xc.dtype), _dtypes.rsqrt_floor(dtype))
         scale = _power_of_two_scale(tf.reduce_max(tf.abs(xc), axis, keepdims=True))
         scaled = xc * scale
         sum_sq = tf.reduce_sum(tf.square(scaled), axis, keepdims=True)
@@ -309,7 +310,9 @@ def _guarded_quotient(dtype: tf.DType):
         zero = tf.equal(y, 0.0)
         safe_y = tf.where(zero, tf.ones_like(y), y)
         dx = tf.where(zero, tf.zeros_like(dq), dq / safe_y)
-        dy = tf.where(zero, tf.zeros_like(dq), -(dq / safe_y) * q)
+        # -x/y**2 overflows where x/y does not (x = 1, y = 1e-20 in float32):
+        # the exact gradient is not representable, so it saturates (C1).
+        dy = tf.where(zero, tf.zeros_like(dq), _dtypes.saturate(-(dq / safe_y) * q, dtype))
         return dx, dy
 
     return custom_op(forward, backward, dtype)

@@ -1,0 +1,186 @@
+"""The benchmark in smoke mode: every case runs, every report file is written.
+
+No timing is asserted anywhere: the targets are evaluated and printed by the
+benchmark's report. Also checked: the StableHLO export of a few cases replays
+through jaxlib on the CPU (without TensorFlow in that process) and computes
+what TensorFlow computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPORTED = r"^math\.log$|^nn\.softmax_cross_entropy_with_logits$"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    return env
+
+
+def _start(args, **kwargs):
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The smoke benchmark and an export of two cases, run side by side."""
+    smoke_dir = tmp_path_factory.mktemp("bench_smoke")
+    export_dir = tmp_path_factory.mktemp("bench_export")
+    smoke = _start(["-m", "benchmarks", "--smoke", "--no-progress", "--out", str(smoke_dir)])
+    export = _start(["-m", "benchmarks", "export", str(export_dir), "--smoke", "--no-progress",
+                     "--filter", EXPORTED])
+    export_result = _finish(export)
+    smoke_result = _finish(smoke)
+    return {"smoke_dir": smoke_dir, "smoke": smoke_result, "export_dir": export_dir, "export": export_result}
+
+
+@pytest.fixture(scope="module")
+def smoke_data(runs):
+    code, out, err = runs["smoke"]
+    path = runs["smoke_dir"] / "benchmark.json"
+    assert path.exists(), f"no benchmark.json; exit {code}\n{err[-4000:]}"
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from benchmarks import cases
+
+    return cases.registry()
+
+
+def test_smoke_run_exits_cleanly(runs, smoke_data):
+    code, out, err = runs["smoke"]
+    assert smoke_data["failures"] == [], "\n".join(smoke_data["failures"])
+    assert code == 0, err[-4000:]
+    assert "## Targets" in out
+
+
+def test_every_case_ran_in_every_mode_and_pass(smoke_data, registry):
+    seen = {}
+    for entry in smoke_data["results"]:
+        seen.setdefault(entry["case"], set()).add((entry["mode"], entry["pass"]))
+        for variant, figures in entry["variants"].items():
+            assert "error" not in figures, f"{entry['case']} {entry['mode']} {entry['pass']} {variant}: {figures}"
+            assert figures["median_s"] > 0 and figures["samples"] == 1
+        if entry["mode"] == "xla" and entry["pass"] == "fwdbwd":
+            assert "roofline" in entry["variants"]
+    for case in registry:
+        assert case.name in seen, f"{case.name} did not run"
+        assert {m for m, _ in seen[case.name]} == {"eager", "graph", "xla"}, case.name
+        passes = {p for _, p in seen[case.name]}
+        assert {"fwd", "fwdbwd"} <= passes, case.name
+        assert ("2nd" in passes) == case.second_order, case.name
+        names = {v for e in smoke_data["results"] if e["case"] == case.name for v in e["variants"]}
+        assert set(case.variants) <= names
+
+
+def test_registry_covers_the_public_api(registry):
+    import safeops.math
+    import safeops.nn
+
+    names = {case.name for case in registry}
+    for name in safeops.math.__all__:
+        assert f"math.{name}" in names, f"safeops.math.{name} has no benchmark case"
+    math_functions = {getattr(safeops.math, n) for n in safeops.math.__all__}
+    for name, fn in inspect.getmembers(safeops.nn, inspect.isfunction):
+        if name.startswith("_") or fn in math_functions:
+            continue  # a re-export of safeops.math, measured there
+        assert f"nn.{name}" in names, f"safeops.nn.{name} has no benchmark case"
+    import safeops.losses
+
+    for name, fn in inspect.getmembers(safeops.losses, inspect.isfunction):
+        if "crossentropy" in name and not name.startswith("_"):
+            assert f"losses.{name}" in names, f"safeops.losses.{name} has no benchmark case"
+    for case in registry:
+        assert {"safeops", "naive"} <= set(case.variants), case.name
+
+
+def test_report_files_are_written_and_well_formed(runs, smoke_data):
+    out_dir = runs["smoke_dir"]
+    meta = smoke_data["meta"]
+    for key in ("cpu_model", "device", "tensorflow", "keras", "malloc", "memory_method", "dtype"):
+        assert meta.get(key), key
+    assert smoke_data["copy_bandwidth"]["start"]["graph"] > 0
+    verdicts = {t["verdict"] for t in smoke_data["targets"]}
+    assert verdicts <= {"PASS", "FAIL", "not measured"} and len(smoke_data["targets"]) >= 5
+    markdown = (out_dir / "benchmark.md").read_text()
+    assert markdown.startswith("# safeops benchmark") and "## Targets" in markdown
+    for case in {e["case"] for e in smoke_data["results"]}:
+        assert f"| {case} |" in markdown
+    mode_passes = {(e["mode"], e["pass"]) for e in smoke_data["results"]}
+    for mode, pass_ in mode_passes:
+        for stem in ("time_vs_size", "ratios"):
+            png = out_dir / f"{stem}_{mode}_{pass_}.png"
+            data = png.read_bytes()
+            assert data.startswith(PNG_MAGIC) and len(data) > 2000, png
+
+
+def test_compare_flags_changes_over_ten_percent(smoke_data):
+    from benchmarks import report
+
+    old = json.loads(json.dumps(smoke_data))
+    entry = old["results"][0]
+    entry["variants"]["safeops"]["median_s"] *= 1.5
+    lines = report.compare(smoke_data, old)
+    flagged = [line for line in lines if line.startswith(f"| {entry['case']} | {entry['mode']} | {entry['pass']}")]
+    assert any("| safeops |" in line for line in flagged)
+    assert all("| naive |" not in line for line in flagged)
+    unchanged = report.compare(smoke_data, smoke_data)
+    assert " 0 changed by more than 10%" in unchanged[2] and not any(line.startswith("| ") for line in unchanged)
+
+
+def test_export_writes_stablehlo_and_manifest(runs):
+    code, out, err = runs["export"]
+    assert code == 0, err[-4000:]
+    with open(runs["export_dir"] / "manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["failures"] == []
+    programs = manifest["programs"]
+    assert {p["case"] for p in programs} == {"math.log", "nn.softmax_cross_entropy_with_logits"}
+    assert {p["variant"] for p in programs} == {"safeops", "naive", "builtin", "roofline"}
+    for p in programs:
+        text = (runs["export_dir"] / p["file"]).read_text()
+        assert "func.func @main" in text and "stablehlo." in text
+        assert p["inputs"] and all("seed" in s and "shape" in s for s in p["inputs"])
+        assert "data" in p
+
+
+def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
+    pytest.importorskip("jax", reason="jax/jaxlib are test dependencies (pyproject [test])")
+    code, _, err = runs["export"]
+    assert code == 0, err[-4000:]
+    # TensorFlow is made unimportable: the replay must run where it is absent.
+    script = ("import sys; sys.modules['tensorflow'] = None; from benchmarks.__main__ import main; "
+              f"sys.exit(main(['replay', {str(runs['export_dir'])!r}, '--repeats', '2', '--min-sample', '0.001', "
+              f"'--out', {str(tmp_path)!r}]))")
+    code, out, err = _finish(_start(["-c", script]), timeout=120)
+    assert code == 0, err[-4000:] + out[-2000:]
+    with open(tmp_path / "replay.json") as f:
+        data = json.load(f)
+    with open(runs["export_dir"] / "manifest.json") as f:
+        manifest = json.load(f)
+    assert data["failures"] == []
+    assert data["label"].startswith("XLA program replayed through jaxlib on ")
+    assert len(data["checks"]) == len(manifest["programs"])
+    assert all(c["allclose"] for c in data["checks"]), data["checks"]
+    for entry in data["results"]:
+        assert entry["variants"]["safeops"]["median_s"] > 0 and entry["variants"]["safeops"]["samples"] == 2
+    assert (tmp_path / "replay.md").read_text().startswith("# XLA program replayed through jaxlib on ")

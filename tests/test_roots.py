@@ -1,0 +1,248 @@
+"""Edge and reference tests for safeops.math.sqrt, norm, l2_normalize, divide_no_nan."""
+
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops import _dtypes
+
+INF, NAN = np.inf, np.nan
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+MODES = ["eager", "function", "jit"]
+mpmath.mp.dps = 50
+
+
+def run(mode, fn):
+    if mode == "eager":
+        return fn
+    return tf.function(fn, jit_compile=(mode == "jit"), reduce_retracing=True)
+
+
+def derivatives(fn, x, mode="eager"):
+    """Value, gradient and diagonal second derivative (nested tapes) of sum(fn(x))."""
+
+    def body(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = fn(x)
+            g = inner.gradient(y, x)
+        return y, g, outer.gradient(g, x)
+
+    return [t.numpy().astype(np.float64) for t in run(mode, body)(tf.convert_to_tensor(x))]
+
+
+def rtol(dtype):
+    return {tf.float16: 2e-3, tf.bfloat16: 1e-2, tf.float32: 1e-6, tf.float64: 1e-14}[dtype]
+
+
+class TestSqrt:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_finite_everywhere_including_zero(self, dtype, mode):
+        x = tf.constant([0.0, -1.0, 0.25, 4.0], dtype)
+        y, g, h = derivatives(tfm.sqrt, x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        np.testing.assert_allclose(y, [0, 0, 0.5, 2], rtol=rtol(dtype))
+        boundary = 0.5 / np.sqrt(_dtypes.tiny(dtype))
+        np.testing.assert_allclose(g, [boundary, boundary, 1.0, 0.25], rtol=rtol(dtype))
+        assert h[2] == pytest.approx(-0.25 * 0.25 ** -1.5, rel=1e-2) and h[0] == 0
+
+    def test_subnormal_is_a_clamped_point(self):
+        y, g, _ = derivatives(tfm.sqrt, tf.constant([1e-40], tf.float32))
+        assert g[0] == pytest.approx(0.5 / np.sqrt(np.finfo(np.float32).tiny), rel=1e-6)
+
+    def test_inf_and_nan(self):
+        y, g, _ = derivatives(tfm.sqrt, [INF, NAN])
+        assert y[0] == INF and g[0] == 0 and np.isnan(y[1]) and np.isnan(g[1])
+
+    @pytest.mark.parametrize("v", [2.0, 3.0, 1e-30, 1e30, 0.7])
+    def test_against_mpmath(self, v):
+        for dtype in (np.float32, np.float64):
+            got = tfm.sqrt(np.array([v], dtype)).numpy()[0]
+            want = float(mpmath.sqrt(mpmath.mpf(float(dtype(v)))))
+            assert abs(got - want) <= np.spacing(dtype(want))
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="x"):
+            tfm.sqrt(tf.constant([1, 2]))
+
+
+class TestNorm:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_zero_vector(self, dtype, mode):
+        y, g, h = derivatives(lambda t: tfm.norm(t, axis=-1), tf.zeros([2, 3], dtype), mode)
+        assert (y == 0).all() and (g == 0).all() and np.isfinite(h).all()
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_matches_tf(self, dtype, mode):
+        x = tf.constant([[3.0, -4.0, 0.0], [1.0, 2.0, 2.0]], dtype)
+        y, g, h = derivatives(lambda t: tfm.norm(t, axis=1), x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        np.testing.assert_allclose(y, [5, 3], rtol=rtol(dtype))
+        np.testing.assert_allclose(g, x.numpy().astype(np.float64) / [[5], [3]], rtol=10 * rtol(dtype), atol=1e-7)
+
+    @pytest.mark.parametrize("scale", [1e30, 1e-30, 1e19, 1e-19])
+    def test_huge_and_tiny_entries_float32(self, scale):
+        x = tf.constant([3 * scale, 4 * scale], tf.float32)
+        y, g, _ = derivatives(tfm.norm, x)
+        assert y == pytest.approx(5 * scale, rel=1e-6)
+        np.testing.assert_allclose(g, [0.6, 0.8], rtol=1e-6)
+        want = float(mpmath.sqrt(sum(mpmath.mpf(float(v)) ** 2 for v in x.numpy())))
+        assert abs(y - want) <= 2 * np.spacing(np.float32(want))
+
+    def test_inf_and_nan(self):
+        assert tfm.norm([INF, 1.0]).numpy() == INF
+        y, g, _ = derivatives(tfm.norm, [NAN, 1.0])
+        assert np.isnan(y) and np.isnan(g).all()
+
+    @pytest.mark.parametrize("ord", ["euclidean", 1, 2, np.inf, 3, 0.5, 2.5])
+    @pytest.mark.parametrize("axis", [None, 0, -1])
+    @pytest.mark.parametrize("keepdims", [False, True])
+    def test_vector_ords_match_tf(self, ord, axis, keepdims):
+        x = tf.random.stateless_normal([3, 4], seed=[7, 8], dtype=tf.float64)
+        got = tfm.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+        want = tf.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+
+    @pytest.mark.parametrize("ord", ["euclidean", "fro", 1, 2, np.inf])
+    @pytest.mark.parametrize("axis", [(0, 1), (-1, -2), [1, 2]])
+    @pytest.mark.parametrize("keepdims", [False, True])
+    def test_matrix_ords_match_tf(self, ord, axis, keepdims):
+        x = tf.random.stateless_normal([2, 3, 4], seed=[9, 10], dtype=tf.float64)
+        got = tfm.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+        want = tf.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+
+    @pytest.mark.parametrize("ord", [3, 0.5])
+    def test_p_norm_zero_entries_finite_gradient(self, ord):
+        y, g, h = derivatives(lambda t: tfm.norm(t, ord=ord, axis=-1), [[0.0, 0.0], [0.0, 2.0]])
+        assert np.isfinite(g).all() and np.isfinite(h).all()
+        np.testing.assert_allclose(y, [0, 2])
+        np.testing.assert_allclose(g, [[0, 0], [0, 1]])
+
+    @pytest.mark.parametrize("ord,axis", [("fro", None), ("fro", 0), (0, None), (-1, 0), ("nuc", (0, 1)), (3, (0, 1))])
+    def test_bad_ord(self, ord, axis):
+        with pytest.raises(ValueError, match="ord"):
+            tfm.norm(tf.ones([2, 2]), ord=ord, axis=axis)
+
+    @pytest.mark.parametrize("axis", [(0, 0), (0, 1, 2), 2, (0, -2), 1.5])
+    def test_bad_axis(self, axis):
+        with pytest.raises(ValueError, match="axis"):
+            tfm.norm(tf.ones([2, 2]), axis=axis)
+
+    def test_type_error(self):
+        with pytest.raises(TypeError, match="tensor"):
+            tfm.norm(tf.constant([1, 2]))
+
+
+class TestL2Normalize:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_zero_vector(self, dtype, mode):
+        y, g, h = derivatives(lambda t: tfm.l2_normalize(t, axis=-1), tf.zeros([2, 3], dtype), mode)
+        assert (y == 0).all() and np.isfinite(g).all() and np.isfinite(h).all()
+        want = 32752.0 if dtype == tf.float16 else 1e6  # TF's rsqrt(epsilon), kept finite
+        np.testing.assert_allclose(g, want, rtol=rtol(dtype))
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_matches_tf(self, dtype, mode):
+        x = tf.constant([[3.0, -4.0, 0.0], [1.0, 2.0, 2.0]], dtype)
+        y, g, h = derivatives(lambda t: tfm.l2_normalize(t, axis=1) * tf.constant([1.0, 2.0, 3.0], dtype), x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        want = tf.math.l2_normalize(tf.cast(x, tf.float64), axis=1).numpy() * [1, 2, 3]
+        np.testing.assert_allclose(y, want, rtol=rtol(dtype), atol=1e-30)
+
+    @pytest.mark.parametrize("scale", [1e30, 1e20, 1e-5])
+    def test_huge_entries_float32(self, scale):
+        y = tfm.l2_normalize(tf.constant([3 * scale, 4 * scale], tf.float32)).numpy()
+        np.testing.assert_allclose(y, [0.6, 0.8], rtol=1e-6)
+        assert tf.math.l2_normalize(tf.constant([3e20, 4e20])).numpy().tolist() == [0.0, 0.0]
+
+    def test_below_epsilon_is_tf_semantics(self):
+        x = tf.constant([3e-30, 4e-30], tf.float32)
+        np.testing.assert_allclose(tfm.l2_normalize(x).numpy(), tf.math.l2_normalize(x).numpy(), rtol=1e-6)
+
+    def test_epsilon_zero_zero_vector_is_finite(self):
+        y, g, _ = derivatives(lambda t: tfm.l2_normalize(t, epsilon=0.0), [0.0, 0.0])
+        assert (y == 0).all() and np.isfinite(g).all()
+
+    @pytest.mark.parametrize("axis", [None, 0, 1, [0, 1]])
+    def test_axis_and_dim(self, axis):
+        x = tf.random.stateless_normal([3, 4], seed=[11, 12], dtype=tf.float64)
+        want = tf.math.l2_normalize(x, axis=axis)
+        np.testing.assert_allclose(tfm.l2_normalize(x, axis=axis), want, rtol=1e-13)
+        np.testing.assert_allclose(tfm.l2_normalize(x, dim=axis), want, rtol=1e-13)
+
+    def test_nan(self):
+        y, g, _ = derivatives(lambda t: tfm.l2_normalize(t, axis=-1), [[NAN, 1.0], [1.0, 1.0]])
+        assert np.isnan(y[0]).all() and np.isnan(g[0]).all() and np.isfinite(y[1]).all()
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="x"):
+            tfm.l2_normalize(tf.constant([1, 2]))
+        with pytest.raises(ValueError, match="axis"):
+            tfm.l2_normalize(tf.zeros([2]), axis=1)
+
+
+class TestDivideNoNan:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_y_zero(self, dtype, mode):
+        def both(x, y):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch([x, y])
+                q = tfm.divide_no_nan(x, y)
+            return q, tape.gradient(q, x), tape.gradient(q, y)
+
+        x = tf.constant([1.0, 0.0, -2.0, 6.0], dtype)
+        y = tf.constant([0.0, 0.0, 0.0, 3.0], dtype)
+        q, gx, gy = [t.numpy().astype(np.float64) for t in run(mode, both)(x, y)]
+        np.testing.assert_array_equal(q, [0, 0, 0, 2])
+        np.testing.assert_allclose(gx, [0, 0, 0, 1 / 3], rtol=rtol(dtype))
+        np.testing.assert_allclose(gy, [0, 0, 0, -6 / 9], rtol=rtol(dtype))
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_second_derivative_finite(self, mode):
+        y, g, h = derivatives(lambda t: tfm.divide_no_nan(tf.constant([1.0, 2.0]), t), [0.0, 2.0], mode)
+        assert np.isfinite(g).all() and np.isfinite(h).all()
+        np.testing.assert_allclose(h, [0, 2 * 2 / 8])
+
+    def test_gradient_without_overflow(self):
+        x = tf.constant([1e-20], tf.float32)
+        y = tf.constant([1e-20], tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            q = tfm.divide_no_nan(x, y)
+        assert tape.gradient(q, y).numpy()[0] == pytest.approx(-1e20, rel=1e-6)
+
+    def test_broadcasting_reduces_gradients(self):
+        x = tf.constant([[1.0], [2.0]])
+        y = tf.constant([0.0, 2.0, 4.0])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, y])
+            q = tfm.divide_no_nan(x, y)
+        assert q.shape == (2, 3)
+        np.testing.assert_allclose(q, tf.math.divide_no_nan(x, y))
+        assert tape.gradient(q, x).shape == x.shape and tape.gradient(q, y).shape == y.shape
+        np.testing.assert_allclose(tape.gradient(q, x).numpy().ravel(), [0.75, 0.75])
+
+    def test_nan_and_inf(self):
+        q = tfm.divide_no_nan([NAN, INF, 1.0, 1.0], [0.0, 0.0, NAN, INF]).numpy()
+        assert np.isnan(q[0]) and q[1] == 0 and np.isnan(q[2]) and q[3] == 0
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="y"):
+            tfm.divide_no_nan(tf.constant([1.0]), tf.constant([1]))
+        with pytest.raises(TypeError, match="x"):
+            tfm.divide_no_nan(tf.constant([1]), [1.0])
+        with pytest.raises(ValueError, match="broadcast"):
+            tfm.divide_no_nan(tf.zeros([2]), tf.zeros([3]))
