@@ -49,7 +49,7 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="sizes 1e5 and 1e7 (cross-entropy 1024x1000) only")
     p.add_argument("--smoke", action="store_true", help="tiny sizes")
     p.add_argument("--sizes", default=None, help="comma list of size labels to keep (1e5,1e7,1024x1000,...)")
-    p.add_argument("--data-limit", type=int, default=4 * 2**20,
+    p.add_argument("--data-limit", type=int, default=256 * 2**10,
                    help="save inputs and TF's outputs for programs with at most this many input bytes")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -63,11 +63,11 @@ def main(argv: list) -> int:
     if argv and argv[0] == "export":
         return _export(argv[1:])
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks import runner
 
     if args.fixed_malloc and not runner.malloc_setting()["fixed"]:
         runner.reexec_with_fixed_malloc(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks import cases, report
 
     device = runner.resolve_device(args.device)

@@ -270,7 +270,15 @@ def registry() -> list:
     """Every case, in a fixed order."""
     global _REGISTRY
     if _REGISTRY is None:
-        _REGISTRY = _build_registry()
+        # The naive composites and built-in calls are straight-line TF code: keep
+        # AutoGraph away from them (it cannot read the source of some lambdas).
+        # safeops variants are converted as a user's code would be.
+        _REGISTRY = [
+            dataclasses.replace(case, variants={
+                name: fn if name == "safeops" else tf.autograph.experimental.do_not_convert(fn)
+                for name, fn in case.variants.items()})
+            for case in _build_registry()
+        ]
     return list(_REGISTRY)
 
 

@@ -43,7 +43,7 @@ def save_arrays(path: str, arrays: list) -> None:
 
 
 def export(out_dir: str, cases: list, *, dtype: str = "float32", quick: bool = False, smoke: bool = False,
-           sizes: set | None = None, data_limit: int = 4 * 2**20, progress: bool = True) -> dict:
+           sizes: set | None = None, data_limit: int = 256 * 2**10, progress: bool = True) -> dict:
     """Writes the programs and the manifest; returns the manifest."""
     os.makedirs(out_dir, exist_ok=True)
     programs, failures = [], []

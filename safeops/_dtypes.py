@@ -121,3 +121,16 @@ def rsqrt_floor(dtype: tf.DType) -> float:
     change) for the wider dtypes.
     """
     return (2.0 / max_value(dtype)) ** 2
+
+
+def variance_floor(dtype: tf.DType) -> float:
+    """``eps(dtype)**2``: the smallest variance a Gaussian likelihood resolves in ``dtype``.
+
+    A mean carried in ``dtype`` is known to a relative ``eps``, so for data
+    of unit scale a standard deviation below ``eps`` only fits rounding
+    noise; below this floor ``(y - mean)**2 / variance`` amplifies rounding
+    errors into the loss. 1.4e-14 for float32 (``log`` -31.9), 9.5e-7 for
+    float16, 6.1e-5 for bfloat16, 4.9e-32 for float64. Used by
+    ``safeops.losses.gaussian_nll`` (ask with the *input* dtype).
+    """
+    return eps(dtype) ** 2

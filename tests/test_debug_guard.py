@@ -164,7 +164,7 @@ def test_nan_gradient_with_finite_loss_is_caught():
     assert "gradient" in event.cause
 
 
-def test_rollback_with_schedule_scales_it():
+def test_rollback_with_schedule_scales_it(tmp_path):
     schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
     model = _model(keras.optimizers.SGD(schedule))
     x, y = _data(n_batches=4, poison=2)
@@ -177,6 +177,11 @@ def test_rollback_with_schedule_scales_it():
     assert float(model.optimizer.learning_rate) == pytest.approx(0.1 * float(schedule(step)), rel=1e-6)
     restored = ScaledSchedule.from_config(wrapped.get_config())
     assert float(restored(step)) == pytest.approx(float(wrapped(step)), rel=1e-6)
+    # The wrapper stays on the optimizer and survives .keras saving.
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer._learning_rate, ScaledSchedule)
+    assert float(loaded.optimizer._learning_rate.scale.numpy()) == pytest.approx(0.1)
 
 
 def test_train_function_is_put_back_and_clean_runs_have_no_event():

@@ -79,7 +79,7 @@ def log1p(x, name=None):
 
     Edges:
       * ``x <= -1``, ``-inf`` included: value ``log1p(c)`` (-16.64 in float32,
-        -36.74 in float64, -7.62 in float16, -4.85 in bfloat16), gradient
+        -36.74 in float64, -7.62 in float16, -5.55 in bfloat16), gradient
         ``1/(1 + c) = 2/eps`` (1.7e7, 9.0e15, 2048, 256): finite, positive,
         pointing back into the domain.
       * ``+inf``: value ``+inf``, gradient 0. ``NaN``: NaN value and gradient.
@@ -119,16 +119,19 @@ def logit(x, name=None):
     Stable rewrite: ``x`` is clamped to :math:`[t, 1 - \epsilon/2]`
     (``tiny`` and ``below_one`` of ``x.dtype``), then
 
-    * :math:`x < 1/4`: :math:`\log x - \operatorname{log1p}(-x)`;
-    * :math:`x \ge 1/4`: :math:`\operatorname{log1p}\big((2x - 1)/(1 - x)\big)`,
-      where ``2x - 1`` and (for ``x >= 1/2``) ``1 - x`` are exact
-      (Sterbenz), so neither the zero at 1/2 nor the pole at 1 loses digits.
+    .. math:: \operatorname{logit}(x) = \operatorname{sign}(2x - 1)\,
+              \operatorname{log1p}\big(|2x - 1| / \min(x, 1 - x)\big),
+
+    the log of the odds (or of their inverse) written as ``log1p`` of a
+    nonnegative number, so it never cancels. ``2x - 1`` is exact for
+    ``x >= 1/4`` and ``1 - x`` for ``x >= 1/2`` (Sterbenz), so neither the
+    zero at 1/2 nor the pole at 1 loses digits; near 0 the rounding of
+    ``1 - 2x`` only perturbs the argument of a large logarithm.
 
     The naive ``log(x / (1 - x))`` or ``log(x) - log(1 - x)`` cancels
     catastrophically near 1/2 (``logit(0.5 + d)`` is about ``4d``, formed as
-    the difference of two numbers near -0.69) and loses every digit of
-    ``1 - x`` when ``x`` is small; both are ``±inf`` at 0 and 1 with NaN
-    gradients. The gradient is :math:`1/(x (1 - x))` at the clamped ``x``.
+    the difference of two numbers near -0.69), and both are ``±inf`` at 0
+    and 1 with NaN gradients. The gradient is :math:`1/(x (1 - x))` at the clamped ``x``.
 
     Edges:
       * ``x <= tiny`` (0, subnormals, negatives, ``-inf``): value
@@ -344,8 +347,8 @@ def logaddexp(x1, x2, name=None):
     (``numpy.logaddexp``, ``tf.experimental.numpy.logaddexp``).
 
     Stable rewrite: :math:`\max(x_1, x_2) + \operatorname{log1p}(e^{-|d|})`
-    with :math:`d = x_1 - x_2`, taken as 0 where :math:`x_1 = x_2` (so two
-    equal infinities give no ``inf - inf``). The naive form overflows for
+    with :math:`d = x_1 - x_2`, taken as 0 where both are the same infinity
+    (so they give no ``inf - inf``). The naive form overflows for
     ``x > 88.7`` in float32 and is ``-inf`` for ``x < -103``; the max shift
     (Blanchard, Higham & Higham 2021, "Accurately computing the log-sum-exp
     and softmax functions", IMA J. Numer. Anal. 41(4)) keeps every term in
@@ -486,8 +489,14 @@ def _log_add_exp(dtype: tf.DType):
 
 
 def _difference(x1: tf.Tensor, x2: tf.Tensor) -> tf.Tensor:
-    """``x1 - x2``, 0 where they are equal (two equal infinities give 0, not NaN)."""
-    return tf.where(tf.equal(x1, x2), tf.zeros((), x1.dtype), x1 - x2)
+    """``x1 - x2``, with 0 for two equal infinities (not NaN).
+
+    Only the infinite case is replaced: at finite ``x1 == x2`` the
+    difference stays ``x1 - x2``, so its derivative (and the second
+    derivative of ``logaddexp``) is not cut by the select.
+    """
+    same_infinity = tf.logical_and(tf.math.is_inf(x1), tf.equal(x1, x2))
+    return tf.where(same_infinity, tf.zeros((), x1.dtype), x1 - x2)
 
 
 def _sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:

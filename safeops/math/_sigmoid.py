@@ -88,7 +88,7 @@ def log_sigmoid(x, name=None):
     :math:`x \ge -c` and :math:`x` itself below, with :math:`c = -\log\epsilon`
     of the compute dtype (15.9 in float32, 36.0 in float64), where
     :math:`e^{x}` no longer changes :math:`x` in the last place. The naive
-    ``log(sigmoid(x))`` is ``-inf`` for ``x < -104`` in float32 (the sigmoid
+    ``log(sigmoid(x))`` is ``-inf`` from ``x = -88`` on in float32 (the sigmoid
     underflows) and loses every digit for large positive ``x`` (``log(1)``
     is 0 while the exact value is ``-e^{-x}``). The gradient
     :math:`\sigma(-x)` is formed directly (``1 / (1 + e^{x})``), never as
@@ -181,21 +181,23 @@ def softplus_inverse(x, name=None):
 
     Stable rewrite, with ``x`` clamped below at ``tiny``:
 
-    * :math:`x < \log 1.5`: :math:`\log(\operatorname{expm1}(x))`;
+    * :math:`x < \log(4/3)`: :math:`\log(\operatorname{expm1}(x))`;
     * up to :math:`c = -\log\epsilon` (15.9 in float32, 36.0 in float64):
-      :math:`\operatorname{log1p}\big(2\operatorname{expm1}(x - \log 2)\big)`,
-      since :math:`e^{x} - 1 = 1 + 2(e^{x - \log 2} - 1)`; ``x - log 2`` is
-      formed in two exact steps (Cody & Waite 1980, "Software Manual for
-      the Elementary Functions": ``log 2`` split into a head that ``x``
-      subtracts exactly and a tail), so the zero at ``x = log 2`` keeps its
-      relative accuracy;
+      :math:`t + \operatorname{log1p}(-\operatorname{expm1}(-t))` with
+      :math:`t = x - \log 2`, since :math:`e^{x} - 1 = e^{t}(2 - e^{-t})`.
+      Both terms have the sign of :math:`t`, so nothing cancels at the zero
+      :math:`x = \log 2`, and ``t`` is formed exactly from a two-part
+      ``log 2`` (Cody & Waite 1980, "Software Manual for the Elementary
+      Functions": a head that ``x`` subtracts exactly and a tail, applied
+      to first order);
     * above :math:`c`: :math:`x` itself (:math:`\log(1 - e^{-x})` is below
       1/8 ULP of ``x``).
 
-    The naive ``log(exp(x) - 1)`` overflows for ``x > 88.7`` in float32,
-    and it and ``x + log(-expm1(-x))`` (TensorFlow Probability's form)
-    cancel near ``x = log 2``, where the result crosses 0. The gradient is
-    :math:`-1/\operatorname{expm1}(-x)`.
+    The switch at :math:`\log(4/3)` is where both forms amplify the error
+    of ``expm1`` equally. The naive ``log(exp(x) - 1)`` overflows for
+    ``x > 88.7`` in float32, and it and ``x + log(-expm1(-x))`` (TensorFlow
+    Probability's form) cancel near ``x = log 2``, where the result crosses
+    0. The gradient is :math:`-1/\operatorname{expm1}(-x)`.
 
     Edges:
       * ``x <= tiny`` (0, subnormals, negatives, ``-inf``): value
@@ -237,9 +239,9 @@ def softplus_inverse(x, name=None):
 # the dtype, which an x near log 2 subtracts exactly) and a tail.
 _LOG_2 = decimal.Decimal("0.6931471805599453094172321214581765680755")
 
-# Below log(1.5) log(expm1(x)) amplifies the error of expm1 less than the
-# log 2-centred form, above it more; both amplify it by 1.44 at the switch.
-_LOG_1_5 = math.log(1.5)
+# Below log(4/3) log(expm1(x)) amplifies the error of expm1 less than the
+# log 2-centred form, above it more; both amplify it by 0.91 at the switch.
+_LOG_4_3 = math.log(4.0 / 3.0)
 
 
 def _scaled_sigmoid(scale: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
@@ -300,12 +302,14 @@ def _softplus_inverse_op(floor: float, dtype: tf.DType):
     def forward(x):
         x = tf.maximum(x, floor)
         small = tf.math.log(tf.math.expm1(x))
-        # expm1(x - log 2) = expm1(t - tail) with t = x - head exact, expanded
-        # to first order in the tail (|tail| < ulp(log 2)): no chain of
-        # constant subtractions that graph optimizers could reassociate.
-        e = tf.math.expm1(x - head)
-        middle = _log1p(2.0 * (e - tail * (1.0 + e)))
-        return tf.where(x < _LOG_1_5, small, tf.where(x > switch, x, middle))
+        # log(e^x - 1) = t + log(2 - e^-t) with t = x - log 2 = (x - head) - tail:
+        # x - head is exact, both terms share the sign of t (no cancellation),
+        # and the tail enters to first order, 2 tail / (2 - e^-t), so no chain
+        # of constant subtractions is left for graph optimizers to reassociate.
+        t = x - head
+        v = -tf.math.expm1(-t)
+        middle = t + (_log1p(v) - 2.0 * tail / (1.0 + v))
+        return tf.where(x < _LOG_4_3, small, tf.where(x > switch, x, middle))
 
     def backward(dy, y, x):
         return (dy / -tf.math.expm1(-tf.maximum(x, floor)),)

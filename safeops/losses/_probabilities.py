@@ -1,0 +1,205 @@
+"""Recovering the logits behind probabilities, so a loss can stay in log space.
+
+A loss called with ``from_logits=False`` receives probabilities. When they
+came straight from a sigmoid or a softmax, the logits that produced them are
+still reachable, and a loss computed from the logits is exact where the
+probabilities have already rounded to 0 or 1 (``sigmoid(-100)`` is 0 in
+float32: the exact binary cross-entropy at label 1 is 100, any formula on
+the probability can only guess). safeops looks for the logits in this order
+and takes the first it finds:
+
+1. **The safeops record** (``_safeops_logits``), attached by
+   :func:`with_logits`: ``(activation, axis, logits)``. Trusted as stated;
+   it works in eager mode, inside ``tf.function`` and under XLA, because it
+   is a Python attribute of the tensor object that the loss receives.
+2. **Keras' attribute** (``_keras_logits``), which Keras 3 sets on the
+   output of ``keras.activations.sigmoid``/``softmax`` (and so of any layer
+   with ``activation="sigmoid"`` or ``"softmax"``), in eager mode and while
+   tracing. Keras does not record *which* activation or axis made it, and
+   uses it for both (a softmax output given to ``binary_crossentropy`` is
+   then scored with sigmoid logits). safeops checks instead: in eager mode
+   the attribute is accepted only if recomputing the activation from it
+   (``tf.nn.sigmoid``, or ``tf.nn.softmax`` on the last axis, Keras'
+   kernels) reproduces the probabilities bit for bit; in a graph the
+   producing op (rule 3) decides, which needs no check.
+3. **The producing op**, in a graph (``tf.function``, ``jit_compile``,
+   Keras ``fit``): ``y_pred.op.type`` is ``"Sigmoid"`` or ``"Softmax"``
+   (the fused softmax always works on the last axis), looking through
+   ``Identity`` and float ``Cast`` ops on the way, so a float16 sigmoid
+   output cast to float32 still yields its logits (Keras loses them).
+
+Otherwise the loss uses the probabilities with the clamped logarithms of
+:mod:`safeops.math` (finite value, live gradient, contract C4). That is what
+happens, and can only happen, in eager mode to probabilities that carry no
+record: the output of a raw ``tf.sigmoid``/``tf.nn.softmax`` call or of
+``safeops.math.sigmoid``/``softmax``, a tensor cast or reshaped by the
+caller, or the outputs of a reloaded SavedModel. Inside a traced function,
+rule 3 also covers raw ``tf.sigmoid``/``tf.nn.softmax``.
+
+Records survive the casts and reshapes that the Loss classes themselves
+apply (:func:`carry`), so a ``mixed_float16`` model whose last layer is a
+sigmoid gets the same loss as a float32 one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from safeops import _validate
+
+_RECORD = "_safeops_logits"
+_KERAS_LOGITS = "_keras_logits"
+_KERAS_MASK = "_keras_mask"
+ACTIVATIONS = ("sigmoid", "softmax")
+_PASS_THROUGH = ("Identity", "Cast")
+
+
+class Logits(NamedTuple):
+    """What produced a tensor of probabilities: ``activation(logits)`` along ``axis``."""
+
+    activation: str
+    axis: int
+    logits: tf.Tensor
+
+
+def with_logits(probabilities, logits, activation, axis=-1):
+    """Attaches the logits that produced ``probabilities``, for the losses to use.
+
+    ``safeops.losses`` read this record (before Keras' ``_keras_logits``
+    attribute and the producing op) when called with ``from_logits=False``,
+    in eager mode, inside ``tf.function`` and under XLA alike. Use it where
+    the probabilities are made by code the losses cannot see through: a raw
+    ``tf.nn.softmax`` in an eager loop, ``safeops.math.sigmoid``, a custom
+    layer. The record is a Python attribute of the tensor object: it does
+    not survive serialisation, ``tf.identity`` or arithmetic, and is not
+    checked (it is trusted as given).
+
+    Args:
+      probabilities: The tensor the loss will receive (returned as given).
+      logits: The tensor with ``probabilities == activation(logits)``, same
+        shape.
+      activation: ``"sigmoid"`` or ``"softmax"``.
+      axis: The softmax axis (ignored for ``"sigmoid"``).
+
+    Returns:
+      ``probabilities``, now carrying the record.
+
+    Raises:
+      ValueError: ``activation`` is not one of the two, or the shapes differ.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from safeops import losses
+    >>> z = tf.constant([[-100.0]])
+    >>> p = losses.with_logits(tf.sigmoid(z), z, "sigmoid")
+    >>> float(losses.binary_crossentropy([[1.0]], p)[0])
+    100.0
+    """
+    op = "safeops.losses.with_logits"
+    if activation not in ACTIVATIONS:
+        raise ValueError(_validate.message(op, "activation", '"sigmoid" or "softmax"', repr(activation)))
+    if not probabilities.shape.is_compatible_with(logits.shape):
+        raise ValueError(_validate.message(
+            op, "logits", f"of the shape of probabilities {probabilities.shape}", logits.shape))
+    setattr(probabilities, _RECORD, Logits(activation, int(axis), logits))
+    return probabilities
+
+
+def recover_logits(y_pred, activation: str, axis: int):
+    """The logits behind ``y_pred`` if ``activation`` along ``axis`` made it, else ``None``."""
+    record = _find_record(y_pred)
+    if record is None or record.activation != activation:
+        return None
+    if activation == "softmax" and not _same_axis(record.axis, axis, y_pred.shape.rank):
+        return None
+    return record.logits
+
+
+def carry(source, target):
+    """Moves what is known about ``source`` (logits, Keras mask) onto ``target``.
+
+    ``target`` is ``source`` cast to another float dtype or reshaped (the
+    rank alignment of the Loss classes). A sigmoid record follows a reshape
+    (the logits are reshaped alike); a softmax record only a shape-keeping
+    cast. Returns ``target``.
+    """
+    if target is source or not isinstance(target, tf.Tensor):
+        return target
+    record = _find_record(source)
+    if record is not None:
+        same_shape = source.shape == target.shape and source.shape.is_fully_defined()
+        if same_shape:
+            setattr(target, _RECORD, record)
+        elif record.activation == "sigmoid":
+            logits = tf.reshape(record.logits, tf.shape(target))
+            setattr(target, _RECORD, Logits("sigmoid", -1, logits))
+    mask = getattr(source, _KERAS_MASK, None)
+    if mask is not None and getattr(target, _KERAS_MASK, None) is None and source.shape == target.shape:
+        setattr(target, _KERAS_MASK, mask)
+    return target
+
+
+def cast_keeping_logits(value, dtype):
+    """``tf.cast(value, dtype)`` for float tensors, with :func:`carry` applied."""
+    if not isinstance(value, (tf.Tensor, tf.Variable)) or not value.dtype.is_floating:
+        return value
+    if value.dtype == tf.as_dtype(dtype):
+        return value
+    return carry(value, tf.cast(value, dtype))
+
+
+def _find_record(y_pred):
+    """Rule 1, then rule 2 (eager) or rule 3 (graph) of the module docstring."""
+    if not isinstance(y_pred, tf.Tensor):
+        return None
+    record = getattr(y_pred, _RECORD, None)
+    if isinstance(record, Logits):
+        return record
+    if isinstance(y_pred, tf.__internal__.EagerTensor):
+        # A value: no op to inspect. (An eager tensor captured by a traced
+        # function has no values to check either.)
+        return _checked_keras_logits(y_pred) if tf.executing_eagerly() else None
+    return _producing_op(y_pred)
+
+
+def _checked_keras_logits(y_pred):
+    """Keras' ``_keras_logits``, if ``tf.nn.sigmoid``/``softmax`` of it is ``y_pred`` exactly."""
+    logits = getattr(y_pred, _KERAS_LOGITS, None)
+    if not isinstance(logits, tf.Tensor) or not logits.dtype.is_floating or logits.shape != y_pred.shape:
+        return None
+    if y_pred.shape.rank is None or y_pred.shape.rank == 0:
+        return None
+    probabilities = tf.cast(y_pred, logits.dtype)
+    if bool(tf.reduce_all(tf.nn.sigmoid(logits) == probabilities)):
+        return Logits("sigmoid", -1, logits)
+    if bool(tf.reduce_all(tf.nn.softmax(logits, axis=-1) == probabilities)):
+        return Logits("softmax", -1, logits)
+    return None
+
+
+def _producing_op(y_pred):
+    """Walks back through Identity and float Cast ops to a Sigmoid or Softmax op."""
+    t = y_pred
+    for _ in range(8):
+        op = getattr(t, "op", None)
+        if op is None:
+            return None
+        if op.type == "Sigmoid":
+            return Logits("sigmoid", -1, op.inputs[0])
+        if op.type == "Softmax":
+            return Logits("softmax", -1, op.inputs[0])
+        if op.type not in _PASS_THROUGH or not op.inputs or not op.inputs[0].dtype.is_floating:
+            return None
+        t = op.inputs[0]
+    return None
+
+
+def _same_axis(a: int, b: int, rank) -> bool:
+    if a == b:
+        return True
+    if rank is None:
+        return False
+    return a % rank == b % rank
