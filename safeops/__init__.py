@@ -1,8 +1,8 @@
 """safeops: numerically stable TensorFlow ops that keep training out of NaN."""
 
-from safeops import math, nn
+from safeops import losses, math, nn
 from safeops._validate import set_validation
 
 __version__ = "0.1.0"
 
-__all__ = ["math", "nn", "set_validation", "__version__"]
+__all__ = ["math", "nn", "losses", "set_validation", "__version__"]

@@ -114,3 +114,16 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
         for x, d in zip(xs, dd[1:])
     ]
     return (ddy, *ddxs)
+
+
+def sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Sums a broadcast gradient ``g`` back to the shape of the input ``like``.
+
+    The reduction a binary op's gradient needs when its inputs were
+    broadcast: the axes come from ``BroadcastGradientArgs``, as in
+    TensorFlow's own gradients, so unknown shapes work too.
+    """
+    if like.shape.is_fully_defined() and g.shape.is_fully_defined() and g.shape == like.shape:
+        return g
+    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(like), s1=tf.shape(g))
+    return tf.reshape(tf.reduce_sum(g, axes), tf.shape(like))

@@ -212,6 +212,7 @@ BINARY_POINTS = {
         "nan_and_finite": (NAN, 1.0), "finite_and_nan": (1.0, NAN),
         "equal_large": (1000.0, 1000.0), "equal_very_negative": (-1e4, -1e4),
         "far_apart": (0.0, -50.0), "regular": (0.5, -0.25), "large_mixed": (100.0, 101.0),
+        "near_zero_result": (-2.300344, -0.10560658),
     },
 }
 
@@ -473,6 +474,16 @@ class TestLogaddexp:
     def test_nan_propagates(self, dtype, mode, point):
         y, g1, g2, *_ = at2("logaddexp", dtype, mode, point)
         assert_all_nan(y, g1, g2)
+
+    def test_near_zero_result_has_small_absolute_error(self, dtype, mode):
+        # exp(x1) + exp(x2) ~ 1: ill-conditioned, so the documented bound is
+        # a few ULP of max(|x1|, |x2|), not of the result.
+        a, b = (mpmath.mpf(input_of(v, dtype)) for v in BINARY_POINTS["logaddexp"]["near_zero_result"])
+        y, g1, g2, *_ = at2("logaddexp", dtype, mode, "near_zero_result")
+        exact = mpmath.log(mpmath.exp(a) + mpmath.exp(b))
+        assert abs(y - float(exact)) <= 4 * ulp(max(abs(a), abs(b)), dtype)
+        assert_grad(g1, mpmath.exp(a - exact), dtype)
+        assert_grad(g2, mpmath.exp(b - exact), dtype)
 
     @pytest.mark.parametrize(
         "point", ["equal_large", "equal_very_negative", "far_apart", "regular", "large_mixed"])

@@ -52,6 +52,7 @@ from safeops import _validate
 _RECORD = "_safeops_logits"
 _KERAS_LOGITS = "_keras_logits"
 _KERAS_MASK = "_keras_mask"
+_SOURCE_DTYPE = "_safeops_source_dtype"
 ACTIVATIONS = ("sigmoid", "softmax")
 _PASS_THROUGH = ("Identity", "Cast")
 
@@ -136,14 +137,29 @@ def carry(source, target):
         elif record.activation == "sigmoid":
             logits = tf.reshape(record.logits, tf.shape(target))
             setattr(target, _RECORD, Logits("sigmoid", -1, logits))
+    source_dtype = getattr(source, _SOURCE_DTYPE, None)
+    if source_dtype is None and source.dtype.is_floating and source.dtype.size < target.dtype.size:
+        source_dtype = source.dtype
+    if source_dtype is not None:
+        setattr(target, _SOURCE_DTYPE, source_dtype)
     mask = getattr(source, _KERAS_MASK, None)
     if mask is not None and getattr(target, _KERAS_MASK, None) is None and source.shape == target.shape:
         setattr(target, _KERAS_MASK, mask)
     return target
 
 
+def source_dtype(value):
+    """The dtype ``value`` had before :func:`carry`'s widening casts (its own if none)."""
+    return getattr(value, _SOURCE_DTYPE, None) or value.dtype
+
+
 def cast_keeping_logits(value, dtype):
-    """``tf.cast(value, dtype)`` for float tensors, with :func:`carry` applied."""
+    """``tf.cast(value, dtype)`` for float tensors, with :func:`carry` applied.
+
+    A widened tensor also remembers its narrower source dtype, whose clamp
+    bounds the probability path uses: a gradient of ``1/tiny(float32)``
+    would be ``inf`` once cast back to a float16 ``y_pred``.
+    """
     if not isinstance(value, (tf.Tensor, tf.Variable)) or not value.dtype.is_floating:
         return value
     if value.dtype == tf.as_dtype(dtype):

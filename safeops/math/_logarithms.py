@@ -5,6 +5,15 @@ Each op that clamps its domain follows contract C4: at a clamped point the
 value is the value at the clamp boundary and the gradient is the gradient at
 the boundary: finite, nonzero, pointing back into the domain. The bounds come
 from :mod:`safeops._dtypes`.
+
+Accuracy, measured against mpmath and float64 references with TF 2.21 on
+CPU (2 million random points per op): float64 within 3 ULP in eager, graph
+and XLA modes; float32 within 4 ULP except where TensorFlow's own float32
+kernels are the limit (Eigen's ``log1p`` is off by up to 4.2 ULP, ``expm1``
+by 4.8, XLA's ``expm1`` by 5.4): ``logit`` 4.3, ``log1mexp`` 4.9 (XLA),
+``xlog1py`` 4.8 (TensorFlow's kernel). XLA's float64 ``log1p`` is off by up
+to 127 ULP on ``[-0.415, -0.355]``; :func:`_log1p` routes around it.
+Gradients: relative error below 5e-7 (float32) and 5e-16 (float64).
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import math
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
-from safeops._gradient import custom_op
+from safeops._gradient import custom_op, sum_to_shape
 
 
 def log(x, name=None):
@@ -356,6 +365,13 @@ def logaddexp(x1, x2, name=None):
     formed directly, so the small one keeps its digits), summed back to each
     input's shape.
 
+    Accuracy: a few ULP of the result, except where the result is near 0
+    (:math:`e^{x_1} + e^{x_2} \approx 1`, both inputs negative): there the
+    problem itself is ill-conditioned (condition number
+    :math:`\sum |x_i| p_i / |y|`, Blanchard, Higham & Higham 2021) and the
+    error is a few ULP of :math:`\max(|x_1|, |x_2|)` instead, as for
+    ``numpy.logaddexp``.
+
     Edges:
       * ``x1 = x2 = -inf``: value ``-inf``, gradient 0 for both (never NaN).
       * one argument ``-inf``, the other finite ``a``: value ``a``, gradient
@@ -448,7 +464,7 @@ def _x_times_clamped_log(x_log_fn, log_fn, shift: float, floor: float, dtype: tf
         clamped = tf.maximum(y, floor)
         gx = dz * log_fn(clamped)
         gy = dz * x / (clamped + shift if shift else clamped)
-        return _sum_to_shape(gx, x), _sum_to_shape(gy, y)
+        return sum_to_shape(gx, x), sum_to_shape(gy, y)
 
     return custom_op(forward, backward, dtype)
 
@@ -483,7 +499,7 @@ def _log_add_exp(dtype: tf.DType):
         # small one is never 1 minus the large one.
         g1 = tf.raw_ops.SoftplusGrad(gradients=dy, features=d)
         g2 = tf.raw_ops.SoftplusGrad(gradients=dy, features=-d)
-        return _sum_to_shape(g1, x1), _sum_to_shape(g2, x2)
+        return sum_to_shape(g1, x1), sum_to_shape(g2, x2)
 
     return custom_op(forward, backward, dtype)
 
@@ -497,14 +513,6 @@ def _difference(x1: tf.Tensor, x2: tf.Tensor) -> tf.Tensor:
     """
     same_infinity = tf.logical_and(tf.math.is_inf(x1), tf.equal(x1, x2))
     return tf.where(same_infinity, tf.zeros((), x1.dtype), x1 - x2)
-
-
-def _sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """Sums a broadcast gradient ``g`` back to the shape of the input ``like``."""
-    if like.shape.is_fully_defined() and g.shape.is_fully_defined() and g.shape == like.shape:
-        return g
-    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(like), s1=tf.shape(g))
-    return tf.reshape(tf.reduce_sum(g, axes), tf.shape(like))
 
 
 def _log1p(u: tf.Tensor) -> tf.Tensor:

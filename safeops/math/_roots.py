@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
-from safeops._gradient import custom_op
+from safeops._gradient import custom_op, sum_to_shape
 
 _VECTOR_ORDS = ("euclidean", 1, 2, np.inf)
 _MATRIX_ORDS = ("euclidean", "fro", 1, 2, np.inf)
@@ -239,13 +239,14 @@ def divide_no_nan(x, y, name=None):
     Formula: :math:`x / y` where :math:`y \ne 0`, else 0
     (``tf.math.divide_no_nan``).
 
-    Stable rewrite: the quotient of ``x`` and ``y`` with ``y = 0`` replaced
-    by 1 in the division, selected away afterwards, so no ``0/0`` is ever
-    formed; the gradient with respect to ``y``, :math:`-x/y^2`, is computed
-    as :math:`-(x/y)/y`, which never forms ``y**2``: in float32 at
-    ``x = y = 1e-20``, ``y**2`` underflows to 0 and ``x/y**2`` is ``inf``,
-    while ``-(x/y)/y`` is the exact -1e20. TensorFlow's own gradient at
-    ``y = 0`` is NaN or ``inf``.
+    Stable rewrite: TensorFlow's fused ``DivNoNan`` kernel, which never
+    forms ``0/0``, and one select that puts a NaN ``x`` back (the kernel
+    returns 0 for it). The gradient is :math:`(dq \oslash y,\; -(dq \oslash y)
+    \cdot q)` with :math:`\oslash` the same no-NaN division: it never
+    forms ``y**2``, which underflows in float32 at ``y = 1e-20`` and turns
+    ``x/y**2`` into ``inf``; where even ``-x/y**2`` overflows (``x = 1``,
+    ``y = 1e-20``) it saturates at the dtype's largest finite value.
+    TensorFlow's own gradient at ``y = 0`` is NaN or ``inf``.
 
     Edges:
       * ``y == 0``: value 0, gradient 0 with respect to both ``x`` and
@@ -277,11 +278,7 @@ def divide_no_nan(x, y, name=None):
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
-        xc, yc = _dtypes.to_compute(x), _dtypes.to_compute(y)
-        if not (xc.shape.is_fully_defined() and yc.shape.is_fully_defined() and xc.shape == yc.shape):
-            shape = tf.broadcast_dynamic_shape(tf.shape(xc), tf.shape(yc))
-            xc, yc = tf.broadcast_to(xc, shape), tf.broadcast_to(yc, shape)
-        q = _guarded_quotient(dtype)(xc, yc)
+        q = _guarded_quotient(dtype)(_dtypes.to_compute(x), _dtypes.to_compute(y))
         return _dtypes.from_compute(q, dtype)
 
 
@@ -302,18 +299,14 @@ def _guarded_quotient(dtype: tf.DType):
     """``x / y`` with 0 (NaN for a NaN ``x``) where ``y == 0``; gradient 0 there."""
 
     def forward(x, y):
-        zero = tf.equal(y, 0.0)
-        q = x / tf.where(zero, tf.ones_like(y), y)
-        return tf.where(zero, tf.where(tf.math.is_nan(x), x, tf.zeros_like(x)), q)
+        return tf.where(tf.math.is_nan(x), x, tf.math.divide_no_nan(x, y))
 
     def backward(dq, q, x, y):
-        zero = tf.equal(y, 0.0)
-        safe_y = tf.where(zero, tf.ones_like(y), y)
-        dx = tf.where(zero, tf.zeros_like(dq), dq / safe_y)
-        # -x/y**2 overflows where x/y does not (x = 1, y = 1e-20 in float32):
-        # the exact gradient is not representable, so it saturates (C1).
-        dy = tf.where(zero, tf.zeros_like(dq), _dtypes.saturate(-(dq / safe_y) * q, dtype))
-        return dx, dy
+        dx = tf.math.divide_no_nan(dq, y)
+        # -x/y**2 as -(dq/y) * q: overflows only where the exact gradient is
+        # not representable (x = 1, y = 1e-20 in float32); it saturates (C1).
+        dy = _dtypes.saturate(-dx * q, dtype)
+        return sum_to_shape(dx, x), sum_to_shape(dy, y)
 
     return custom_op(forward, backward, dtype)
 

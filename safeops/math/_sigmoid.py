@@ -10,6 +10,13 @@ up to 7 ULP near ``|x| = 13.9`` (where their kernel switches from
 ``sigmoid``, ``y * (1 - y)``, is 0 in float32 from ``x = 17`` on although
 the exact value (2.1e-9 at ``x = 20``) is a normal number.
 
+Accuracy of safeops' versions, same references, 2 million random points:
+``sigmoid`` 3.1 ULP, ``softplus`` 4.0, ``log_sigmoid`` 4.1 in float32
+(graph mode; XLA 2.9), ``softplus_inverse`` 4.5 (graph) and 5.2 (XLA) in
+float32 near ``x = 0.3``, where it inherits the error of ``expm1``; float64
+within 3 ULP everywhere. Gradients: relative error below 5e-7 (float32) and
+5e-16 (float64), also at ``|x|`` of 20, 50 and 100.
+
 One fused TensorFlow kernel does much of the work: ``SoftplusGrad(g, x)``
 is ``g / (1 + exp(-x))``, that is ``g * sigmoid(x)`` formed without
 cancellation, with a registered gradient that stays finite; it is the

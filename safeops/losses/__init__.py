@@ -1,0 +1,68 @@
+"""Drop-in replacements for ``keras.losses``: ``from safeops import losses``.
+
+Functions and ``Loss`` classes with Keras 3's names, arguments, defaults,
+reduction and ``sample_weight`` semantics (binary, categorical and sparse
+categorical cross-entropy, both focal cross-entropies, ``kl_divergence``,
+``poisson``), the same values wherever Keras' are finite and its epsilon
+clip is inactive, and finite values with live gradients where they are not.
+Two losses Keras lacks (``gaussian_nll``, ``kl_divergence_with_logits``), a
+helper that turns a per-example function into a Keras ``Loss``
+(``loss_class``, ``LossFunctionWrapper``), and two worked examples built
+with it (``tversky_loss``/``TverskyLoss``, ``info_nce``/``InfoNCE``).
+
+Which path a loss takes with ``from_logits=False``
+---------------------------------------------------
+1. Logits recovered (exact loss, value and gradient, for any logit): the
+   probabilities carry a :func:`with_logits` record; or they are the
+   output of a Keras sigmoid/softmax activation (Keras' ``_keras_logits``,
+   checked bit for bit in eager mode); or, in a traced graph
+   (``tf.function``, ``jit_compile``, ``model.fit``), their producing op is
+   ``Sigmoid``/``Softmax`` (last axis), seen through ``Identity`` and
+   ``Cast``. The Loss classes keep the record through their own float16 ->
+   float32 cast, so mixed precision does not lose it.
+2. Otherwise (raw ``tf.sigmoid``/``tf.nn.softmax`` or ``safeops.math``
+   outputs in eager mode, a tensor the caller cast or reshaped, the outputs
+   of a reloaded SavedModel): the clamped logarithms of ``safeops.math``,
+   whose value at a probability of 0 is ``-log(tiny)`` (87.34 in float32)
+   and whose gradient there is finite and nonzero (contract C4), where Keras
+   gives 16.1 and a gradient of exactly 0.
+
+The details, and why Keras' own recovery is not trusted as is, are in
+:mod:`safeops.losses._probabilities`. Requires Keras 3 with the TensorFlow
+backend.
+"""
+
+from safeops.losses._authoring import LossFunctionWrapper, loss_class
+from safeops.losses._crossentropy import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    SparseCategoricalCrossentropy,
+    binary_crossentropy,
+    categorical_crossentropy,
+    sparse_categorical_crossentropy,
+)
+from safeops.losses._divergence import KLDivergence, Poisson, kl_divergence, poisson
+from safeops.losses._examples import InfoNCE, TverskyLoss, info_nce, tversky_loss
+from safeops.losses._extra import GaussianNLL, KLDivergenceWithLogits, gaussian_nll, kl_divergence_with_logits
+from safeops.losses._focal import (
+    BinaryFocalCrossentropy,
+    CategoricalFocalCrossentropy,
+    binary_focal_crossentropy,
+    categorical_focal_crossentropy,
+)
+from safeops.losses._probabilities import with_logits
+
+__all__ = [
+    "binary_crossentropy", "BinaryCrossentropy",
+    "categorical_crossentropy", "CategoricalCrossentropy",
+    "sparse_categorical_crossentropy", "SparseCategoricalCrossentropy",
+    "binary_focal_crossentropy", "BinaryFocalCrossentropy",
+    "categorical_focal_crossentropy", "CategoricalFocalCrossentropy",
+    "kl_divergence", "KLDivergence",
+    "poisson", "Poisson",
+    "gaussian_nll", "GaussianNLL",
+    "kl_divergence_with_logits", "KLDivergenceWithLogits",
+    "LossFunctionWrapper", "loss_class",
+    "tversky_loss", "TverskyLoss", "info_nce", "InfoNCE",
+    "with_logits",
+]

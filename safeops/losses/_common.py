@@ -1,0 +1,132 @@
+"""Argument handling shared by the loss functions: one way in for every loss.
+
+Each loss converts ``y_pred`` once (a float tensor, ``TypeError`` naming
+``y_pred`` otherwise), widens float16/bfloat16 to float32 for the whole
+computation and rounds the per-example loss once on the way out, converts
+``y_true`` to that compute dtype, and, on the probability path, checks that
+the probabilities lie in ``[0, 1]`` with a graph assertion (NaN passes, so
+that it reaches the output: contract C2).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from safeops import _dtypes, _validate
+from safeops.losses import _probabilities
+
+
+class Prediction:
+    """``y_pred`` converted: its ``dtype``, the compute-dtype ``values`` and recovered ``logits``.
+
+    ``logits`` is ``values`` itself when ``from_logits`` is true, the
+    recovered logits (cast to the compute dtype) when ``y_pred`` came from
+    ``activation``, else ``None`` (the probability path).
+    """
+
+    def __init__(self, op, y_pred, from_logits, activation=None, axis=-1):
+        if from_logits not in (True, False, 0, 1):
+            raise TypeError(_validate.message(op, "from_logits", "a Python bool", repr(from_logits)))
+        recovered = None
+        if not from_logits and activation is not None:
+            recovered = _probabilities.recover_logits(y_pred, activation, axis)
+        y_pred = _validate.float_tensor(y_pred, op, "y_pred")
+        #: The dtype whose clamp bounds the probability path uses: y_pred's
+        #: own, or the half dtype a Loss class widened it from.
+        self.clamp_dtype = _probabilities.source_dtype(y_pred)
+        self.dtype = y_pred.dtype
+        self.compute_dtype = _dtypes.compute_dtype(y_pred.dtype)
+        self.values = _dtypes.to_compute(y_pred)
+        if from_logits:
+            self.logits = self.values
+        elif recovered is not None:
+            self.logits = tf.cast(recovered, self.compute_dtype)
+        else:
+            self.logits = None
+        self.op = op
+
+    def probabilities(self, name="y_pred"):
+        """The values in :attr:`clamp_dtype`, asserted to lie in ``[0, 1]`` (NaN allowed through)."""
+        return checked_unit_interval(self.op, tf.cast(self.values, self.clamp_dtype), name)
+
+    def clamped(self, fn, *args):
+        """``fn(*args)`` (a clamped ``safeops.math`` op) in :attr:`clamp_dtype`, result in the compute dtype.
+
+        The op's clamp and boundary gradient are those of the dtype the
+        caller's ``y_pred`` has, so the gradient stays finite in it (1/tiny
+        is 16384 in float16, ``inf`` once 8.5e37 is cast to it).
+        """
+        result = fn(*[tf.cast(a, self.clamp_dtype) for a in args])
+        return tf.cast(result, self.compute_dtype)
+
+    def output(self, loss):
+        """Rounds a compute-dtype loss to the dtype of ``y_pred`` (once)."""
+        return _dtypes.from_compute(loss, self.dtype)
+
+
+def checked_unit_interval(op, p, name):
+    """``p`` with a graph assertion that every non-NaN entry is in ``[0, 1]``."""
+    inside = tf.logical_or(tf.logical_and(p >= 0, p <= 1), tf.math.is_nan(p))
+    checks = _validate.assert_that(
+        tf.reduce_all(inside), op, name,
+        "probabilities in [0, 1] (pass from_logits=True for logits)", _first_bad(p, inside))
+    if not checks:
+        return p
+    with tf.control_dependencies(checks):
+        return tf.identity(p)
+
+
+def checked_non_negative(op, x, name):
+    """``x`` with a graph assertion that every non-NaN entry is ``>= 0``."""
+    inside = tf.logical_or(x >= 0, tf.math.is_nan(x))
+    checks = _validate.assert_that(tf.reduce_all(inside), op, name, "non-negative", _first_bad(x, inside))
+    if not checks:
+        return x
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
+
+
+def labels_like(op, y_true, prediction, name="y_true"):
+    """``y_true`` in the compute dtype of ``prediction`` (numbers, bools and ints accepted, as Keras)."""
+    if isinstance(y_true, str) or getattr(getattr(y_true, "dtype", None), "name", "") == "string":
+        raise TypeError(_validate.message(op, name, "numeric labels", "a string"))
+    y_true = tf.convert_to_tensor(y_true)
+    if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
+        raise TypeError(_validate.message(op, name, "numeric labels", y_true.dtype.name))
+    return tf.cast(y_true, prediction.compute_dtype)
+
+
+def same_shape(op, y_true, y_pred):
+    """``ValueError`` naming both unless the static shapes are compatible (Keras requires equal)."""
+    if not y_true.shape.is_compatible_with(y_pred.shape):
+        raise ValueError(_validate.message(
+            op, "y_true and y_pred", "tensors of the same shape", f"{y_true.shape} and {y_pred.shape}"))
+
+
+def smoothed_binary(y_true, label_smoothing):
+    """Keras' binary label smoothing: labels squeezed towards 1/2."""
+    if not label_smoothing:
+        return y_true
+    return y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+
+
+def smoothed_categorical(y_true, label_smoothing, axis):
+    """Keras' categorical smoothing: ``y (1 - s) + s / num_classes`` along ``axis``."""
+    if not label_smoothing:
+        return y_true
+    num_classes = tf.cast(tf.shape(y_true)[axis], y_true.dtype)
+    return y_true * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def check_axis(op, axis, rank):
+    """``axis`` must be a Python int in range (Keras refuses bools too)."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(_validate.message(op, "axis", "a Python int", repr(axis)))
+    _validate.axis_in_range(op, axis, rank)
+
+
+def _first_bad(x, inside):
+    """The first entry outside the domain (an appended 0 keeps an empty input gatherable)."""
+    flat_outside = tf.concat([tf.logical_not(tf.reshape(inside, [-1])), [False]], 0)
+    flat = tf.concat([tf.reshape(x, [-1]), tf.zeros([1], x.dtype)], 0)
+    return tf.gather(flat, tf.argmax(tf.cast(flat_outside, tf.int32)))

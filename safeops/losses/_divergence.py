@@ -1,0 +1,141 @@
+"""``kl_divergence`` and ``poisson`` with Keras 3's names, on safeops' clamped logarithms.
+
+Keras clips both arguments of ``kl_divergence`` to ``[1e-7, 1]`` (so a label
+of 0 still contributes ``1e-7 log(1e-7 / p)``) and adds ``1e-7`` inside the
+``log`` of ``poisson``. safeops computes the exact formulas with ``xlogy``
+(0 where the label is 0, a clamped ``log`` with a live gradient where the
+prediction is 0), so the values agree with Keras to about ``1e-7`` relative
+away from those points and are exact at them.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops import _validate
+from safeops.losses import _common
+from safeops.losses._authoring import LossFunctionWrapper
+
+_REDUCTION = "sum_over_batch_size"
+
+
+def kl_divergence(y_true, y_pred):
+    r"""Kullback-Leibler divergence :math:`\sum y \log(y / p)` over the last axis.
+
+    Formula: :math:`\sum_j y_j (\log y_j - \log p_j)`, with
+    :math:`0 \log 0 = 0`.
+
+    Stable rewrite: ``xlogy(y, y) - xlogy(y, p)`` elementwise (safeops'
+    ``xlogy``: 0 where ``y == 0``, the log clamped at ``tiny`` with a live
+    gradient where ``p == 0``). When ``y_pred`` came from a softmax on the
+    last axis, the recovered logits give :math:`\log p` as
+    :func:`safeops.math.log_softmax` (exact where ``p`` underflowed). Keras
+    clips ``y`` and ``p`` to ``[1e-7, 1]``: a zero label then adds
+    ``1e-7 log(1e-7/p)`` and a zero prediction costs at most ``16.1 y``
+    with gradient 0.
+
+    Edges:
+      * ``y_j = 0``: contributes 0, gradient 0 with respect to ``p_j``.
+      * ``p_j = 0`` with ``y_j > 0``: ``y_j (log y_j + 87.34)`` in float32,
+        gradient ``-y_j/tiny`` (finite); with recovered logits, the exact value.
+      * ``y_true`` or ``y_pred`` outside ``[0, 1]``: ``InvalidArgumentError``
+        naming it (not under XLA). NaN gives NaN.
+
+    Args:
+      y_true: Target distribution, the shape of ``y_pred``.
+      y_pred: Predicted distribution (probabilities); any float dtype.
+
+    Returns:
+      The per-example divergence: ``y_pred``'s shape without the last axis.
+
+    Raises:
+      TypeError: ``y_pred`` is not a float tensor.
+      ValueError: the shapes differ.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.kl_divergence([[1.0, 0.0]], [[0.5, 0.5]]).numpy()
+    array([0.6931472], dtype=float32)
+    """
+    op = "safeops.losses.kl_divergence"
+    with _validate.op_scope(op, None):
+        pred = _common.Prediction(op, y_pred, False, "softmax", -1)
+        y = _common.labels_like(op, y_true, pred)
+        _common.same_shape(op, y, pred.values)
+        y = _common.checked_unit_interval(op, y, "y_true")
+        if pred.logits is not None:
+            cross = tf.math.multiply_no_nan(tfm.log_softmax(pred.logits, axis=-1), y)
+        else:
+            cross = pred.clamped(tfm.xlogy, y, pred.probabilities())
+        return pred.output(tf.reduce_sum(tfm.xlogy(y, y) - cross, -1))
+
+
+def poisson(y_true, y_pred):
+    r"""Poisson negative log-likelihood (without :math:`\log y!`), averaged over the last axis.
+
+    Formula: :math:`\operatorname{mean}(p - y \log p)` for rates :math:`p`.
+
+    Stable rewrite: ``p - xlogy(y, p)`` with safeops' ``xlogy``: 0 where
+    ``y == 0`` (so a rate of 0 with count 0 costs 0), and the log clamped at
+    ``tiny`` with a live gradient where ``p == 0 < y``. Keras computes
+    ``log(p + 1e-7)``, which shifts every value by about ``1e-7 y / p`` and
+    bounds the gradient at a zero rate by ``1e7 y``.
+
+    Edges:
+      * ``p = 0``, ``y > 0``: value ``87.34 y`` (float32), gradient ``1 - y/tiny``.
+      * ``p = 0``, ``y = 0``: value 0, gradient 1.
+      * Negative rates: ``InvalidArgumentError`` naming ``y_pred`` (not
+        under XLA). NaN gives NaN.
+
+    Args:
+      y_true: Observed counts, the shape of ``y_pred``.
+      y_pred: Predicted rates, ``>= 0``; any float dtype.
+
+    Returns:
+      The per-example loss: ``y_pred``'s shape without the last axis.
+
+    Raises:
+      TypeError: ``y_pred`` is not a float tensor.
+      ValueError: the shapes differ.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.poisson([[0.0, 2.0]], [[0.0, 2.0]]).numpy()
+    array([0.30685282], dtype=float32)
+    """
+    op = "safeops.losses.poisson"
+    with _validate.op_scope(op, None):
+        pred = _common.Prediction(op, y_pred, False)
+        y = _common.labels_like(op, y_true, pred)
+        _common.same_shape(op, y, pred.values)
+        rate = _common.checked_non_negative(op, tf.cast(pred.values, pred.clamp_dtype), "y_pred")
+        log_term = pred.clamped(tfm.xlogy, y, rate)
+        return pred.output(tf.reduce_mean(tf.cast(rate, pred.compute_dtype) - log_term, -1))
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class KLDivergence(LossFunctionWrapper):
+    """Loss class of :func:`kl_divergence` (Keras 3's arguments and config).
+
+    Args:
+      reduction, name, dtype, check_finite: See :class:`LossFunctionWrapper`.
+    """
+
+    def __init__(self, reduction=_REDUCTION, name="kl_divergence", dtype=None, *, check_finite=False):
+        super().__init__(kl_divergence, reduction=reduction, name=name, dtype=dtype, check_finite=check_finite)
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class Poisson(LossFunctionWrapper):
+    """Loss class of :func:`poisson` (Keras 3's arguments and config).
+
+    Args:
+      reduction, name, dtype, check_finite: See :class:`LossFunctionWrapper`.
+    """
+
+    def __init__(self, reduction=_REDUCTION, name="poisson", dtype=None, *, check_finite=False):
+        super().__init__(poisson, reduction=reduction, name=name, dtype=dtype, check_finite=check_finite)

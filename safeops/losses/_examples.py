@@ -1,0 +1,130 @@
+"""Two worked examples of :func:`safeops.losses.loss_class`, usable as they are.
+
+Writing a custom loss takes two steps: a function of ``(y_true, y_pred)``
+that returns one loss per example, built from ``safeops.math`` so that no
+``0/0`` or ``log 0`` can appear, then ``loss_class(fn)`` for the Keras
+class (reduction, ``sample_weight``, float32 under mixed precision,
+``tf.distribute`` scaling, ``.keras`` saving, an optional finite check).
+
+**Tversky / Dice loss** (Salehi, Erdogmus & Gholipour 2017, "Tversky loss
+function for image segmentation", arXiv:1706.05721; Dice is
+``alpha = beta = 0.5``). The usual code divides by ``TP + alpha FP + beta FN``
+and gets ``0/0 = NaN`` on an image whose mask and prediction are both empty,
+or hides that with a ``smooth`` constant that biases every other image::
+
+    def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
+        axes = list(range(1, y_pred.shape.rank))       # all but the batch axis
+        tp = tf.reduce_sum(y_true * y_pred, axes)
+        fp = tf.reduce_sum((1 - y_true) * y_pred, axes)
+        fn = tf.reduce_sum(y_true * (1 - y_pred), axes)
+        errors = alpha * fp + beta * fn
+        return tfm.divide_no_nan(errors, tp + errors)  # 1 - Tversky index; 0 if both empty
+
+    TverskyLoss = losses.loss_class(tversky_loss)
+
+``1 - TP / (TP + E)`` is written ``E / (TP + E)``, so the one point where
+the denominator is 0 (nothing predicted, nothing to find) is the perfect
+score 0 that ``divide_no_nan`` returns, with a zero gradient there.
+
+**InfoNCE** (van den Oord, Li & Vinyals 2018, "Representation Learning
+with Contrastive Predictive Coding", arXiv:1807.03748), with in-batch
+negatives: row ``i`` of the anchors should match row ``i`` of the positives
+and no other::
+
+    def info_nce(y_true, y_pred, temperature=0.1):
+        anchors, positives = tf.split(y_pred, 2, axis=-1)
+        anchors = tfm.l2_normalize(anchors, axis=-1)    # finite gradient at 0
+        positives = tfm.l2_normalize(positives, axis=-1)
+        scores = tf.matmul(anchors, positives, transpose_b=True) / temperature
+        return tfm.reduce_logsumexp(scores, axis=-1) - tf.linalg.diag_part(scores)
+
+    InfoNCE = losses.loss_class(info_nce)
+
+``log sum exp(scores) - score_ii`` never forms ``exp`` of a large score
+(a temperature of 0.01 makes scores of 100, ``exp`` of which overflows
+float16 and nearly float32) and keeps the tiny loss of a confident match
+(``reduce_logsumexp`` sums the non-maximal terms with ``log1p``). Under
+``tf.distribute`` the negatives are those of each replica's batch.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops.losses._authoring import loss_class
+
+
+def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
+    r"""One minus the Tversky index per example; 0 when mask and prediction are both empty.
+
+    Formula: :math:`1 - TP / (TP + \alpha FP + \beta FN)` over all axes but
+    the first, with soft counts :math:`TP = \sum y p`,
+    :math:`FP = \sum (1 - y) p`, :math:`FN = \sum y (1 - p)`. Dice loss is
+    ``alpha = beta = 0.5``.
+
+    Stable rewrite: :math:`E / (TP + E)` with :math:`E = \alpha FP + \beta FN`,
+    by :func:`safeops.math.divide_no_nan`: 0 (perfect) with gradient 0 where
+    ``TP + E = 0``, never ``0/0``.
+
+    Args:
+      y_true: Masks in ``[0, 1]``, shape ``[batch, ...]``.
+      y_pred: Probabilities, the same shape.
+      alpha: Weight of false positives.
+      beta: Weight of false negatives.
+
+    Returns:
+      The loss per example, shape ``[batch]``.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.tversky_loss(tf.zeros([2, 4]), tf.constant([[0.0] * 4, [0.0, 0.0, 0.0, 1.0]])).numpy()
+    array([0., 1.], dtype=float32)
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    y_true = tf.cast(y_true, y_pred.dtype)
+    axes = list(range(1, y_pred.shape.rank))
+    tp = tf.reduce_sum(y_true * y_pred, axes)
+    fp = tf.reduce_sum((1.0 - y_true) * y_pred, axes)
+    fn = tf.reduce_sum(y_true * (1.0 - y_pred), axes)
+    errors = alpha * fp + beta * fn
+    return tfm.divide_no_nan(errors, tp + errors)
+
+
+def info_nce(y_true, y_pred, temperature=0.1):
+    r"""InfoNCE contrastive loss with in-batch negatives; ``y_true`` is ignored.
+
+    Formula: for anchors :math:`a_i` and positives :math:`b_i` (L2-normalised),
+    :math:`s_{ij} = a_i \cdot b_j / \tau` and
+    :math:`L_i = \log \sum_j e^{s_{ij}} - s_{ii}`.
+
+    Stable rewrite: :func:`safeops.math.reduce_logsumexp` (max shift,
+    ``log1p`` of the non-maximal terms: Blanchard, Higham & Higham 2021) and
+    :func:`safeops.math.l2_normalize` (finite gradient at a zero embedding).
+
+    Args:
+      y_true: Unused (Keras passes one); any tensor.
+      y_pred: ``[batch, 2 d]``: the anchors' embeddings, then the positives'.
+      temperature: The softmax temperature :math:`\tau > 0`.
+
+    Returns:
+      The loss per example, shape ``[batch]``.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> e = tf.constant([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    >>> losses.info_nce(None, e, temperature=0.01).numpy()
+    array([0., 0.], dtype=float32)
+    """
+    del y_true
+    anchors, positives = tf.split(y_pred, 2, axis=-1)
+    anchors = tfm.l2_normalize(anchors, axis=-1)
+    positives = tfm.l2_normalize(positives, axis=-1)
+    scores = tf.matmul(anchors, positives, transpose_b=True) / temperature
+    return tfm.reduce_logsumexp(scores, axis=-1) - tf.linalg.diag_part(scores)
+
+
+TverskyLoss = loss_class(tversky_loss, package="safeops")
+InfoNCE = loss_class(info_nce, name="InfoNCE", package="safeops")

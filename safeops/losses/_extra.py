@@ -1,0 +1,181 @@
+"""Losses Keras lacks, in stable form: ``gaussian_nll`` and ``kl_divergence_with_logits``."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops import _dtypes, _validate
+from safeops._gradient import custom_op
+from safeops.losses import _common
+from safeops.losses._authoring import LossFunctionWrapper
+
+_REDUCTION = "sum_over_batch_size"
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_nll(y_true, y_pred, *, min_variance=None):
+    r"""Gaussian negative log-likelihood of ``y_true`` under a predicted mean and log-variance.
+
+    Formula: with ``y_pred = concat([mean, log_variance], -1)`` (the last
+    axis holds ``2 d`` values for ``d`` targets) and :math:`s` the
+    log-variance,
+    :math:`\operatorname{mean}_{-1}\,\tfrac12\,[\log 2\pi + s + (y - \mu)^2 e^{-s}]`.
+
+    Stable rewrite: the network predicts :math:`s = \log\sigma^2`, so the
+    variance is positive by construction, and :math:`s` is floored at
+    :math:`\log v_{min}` with a straight-through gradient (the gradient at
+    the floor is the gradient of the formula there: finite, live, C4). The
+    residual is scaled before squaring, :math:`((y - \mu) e^{-s/2})^2`, so
+    it overflows only where the loss itself does. The naive
+    ``0.5 * (log(var) + (y - mu)**2 / var)`` on a predicted variance is
+    ``-inf``/``inf``/NaN once ``var`` underflows to 0; a predicted
+    log-variance without a floor lets the loss run to ``-inf`` on a
+    perfectly fitted point (``s -> -inf``) and ``e^{-s}`` overflow for
+    ``s < -88`` (float32).
+
+    Edges:
+      * ``s <= log(min_variance)`` (``-inf`` included): value at the floor,
+        gradient ``0.5 (1 - (y - mu)**2 / min_variance)`` (finite).
+      * ``s = +inf``: ``+inf`` (an infinitely wide Gaussian has no density).
+      * NaN anywhere gives NaN.
+
+    Args:
+      y_true: Targets, shape ``[..., d]``.
+      y_pred: ``[..., 2 d]``: the means, then the log-variances; float16,
+        bfloat16, float32 or float64 (half dtypes computed in float32).
+      min_variance: Keyword-only variance floor. Defaults to
+        ``eps(dtype)**2`` of ``y_pred``'s dtype (1.4e-14 in float32,
+        9.5e-7 in float16): a variance below it resolves only rounding
+        noise of unit-scale data. Pass a value matching the scale of yours.
+
+    Returns:
+      The per-example loss, ``y_pred``'s shape without the last axis.
+
+    Raises:
+      TypeError: ``y_pred`` is not a float tensor.
+      ValueError: the last axis of ``y_pred`` is not twice that of ``y_true``.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.gaussian_nll([[0.0]], [[0.0, 0.0]]).numpy()   # 0.5 * log(2 pi)
+    array([0.9189385], dtype=float32)
+    >>> float(losses.gaussian_nll([[0.0]], [[0.0, -1000.0]])[0])  # floored, not -inf
+    -15.0...
+    """
+    op = "safeops.losses.gaussian_nll"
+    with _validate.op_scope(op, None):
+        pred = _common.Prediction(op, y_pred, True)
+        y = _common.labels_like(op, y_true, pred)
+        d, d2 = y.shape[-1] if y.shape.rank else None, pred.values.shape[-1] if pred.values.shape.rank else None
+        if d is None or d2 is None or d2 != 2 * d:
+            raise ValueError(_validate.message(
+                op, "y_pred", "of shape [..., 2 d] (means, then log-variances) for y_true [..., d]",
+                f"{pred.values.shape} for {y.shape}"))
+        mean, log_variance = pred.values[..., :d], pred.values[..., d:]
+        floor = _dtypes.variance_floor(pred.dtype) if min_variance is None else float(min_variance)
+        if not floor > 0:
+            raise ValueError(_validate.message(op, "min_variance", "a positive number", min_variance))
+        s = _floored(math.log(floor), pred.compute_dtype)(log_variance)
+        z = (y - mean) * tf.exp(-0.5 * s)
+        return pred.output(tf.reduce_mean(0.5 * (_LOG_2PI + s + tf.square(z)), -1))
+
+
+def kl_divergence_with_logits(y_true, y_pred, axis=-1):
+    r"""KL divergence between two categorical distributions given by their logits.
+
+    Formula: :math:`\mathrm{KL}(\operatorname{softmax}(t)\,\|\,\operatorname{softmax}(s))
+    = \sum_j q_j (\log q_j - \log p_j)` with :math:`q = \operatorname{softmax}(t)`
+    from ``y_true`` (a teacher's logits) and :math:`\log p =`
+    ``log_softmax(y_pred)``, along ``axis`` (knowledge distillation, Hinton,
+    Vinyals & Dean 2015, arXiv:1503.02531).
+
+    Stable rewrite: both log-probabilities by :func:`safeops.math.log_softmax`
+    (Blanchard, Higham & Higham 2021), their difference taken elementwise (so
+    two close distributions give a small KL without the cancellation of
+    ``cross_entropy - entropy``), and weighted by ``q`` through
+    ``multiply_no_nan``, so a class masked in the teacher (``t_j = -inf``,
+    ``q_j = 0``) adds 0 even where the student masks it too. The naive
+    ``sum(softmax(t) * (log(softmax(t)) - log(softmax(s))))`` is NaN at any
+    ``-inf`` logit and loses every probability that underflows.
+
+    Edges:
+      * ``t_j = -inf``: no contribution, gradient 0 (also if ``s_j = -inf``).
+      * ``s_j = -inf`` with ``q_j > 0``: ``+inf`` (exact).
+      * A teacher row all ``-inf``: 0. NaN in either gives NaN.
+      * Gradients flow to both arguments (wrap ``y_true`` in
+        ``tf.stop_gradient`` for a fixed teacher).
+
+    Args:
+      y_true: Teacher logits, the shape of ``y_pred``.
+      y_pred: Student logits; float16, bfloat16, float32 or float64.
+      axis: The class axis. Defaults to -1.
+
+    Returns:
+      The per-example divergence, ``y_pred``'s shape without ``axis``.
+
+    Raises:
+      TypeError: ``y_pred`` is not a float tensor.
+      ValueError: the shapes differ or ``axis`` is out of range.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.kl_divergence_with_logits([[0.0, float("-inf")]], [[0.0, 0.0]]).numpy()
+    array([0.6931472], dtype=float32)
+    """
+    op = "safeops.losses.kl_divergence_with_logits"
+    with _validate.op_scope(op, None):
+        pred = _common.Prediction(op, y_pred, True)
+        _common.check_axis(op, axis, pred.values.shape.rank)
+        t = _common.labels_like(op, y_true, pred)
+        _common.same_shape(op, t, pred.values)
+        log_q = tfm.log_softmax(t, axis=axis)
+        log_p = tfm.log_softmax(pred.values, axis=axis)
+        q = tfm.softmax(t, axis=axis)
+        return pred.output(tf.reduce_sum(tf.math.multiply_no_nan(log_q - log_p, q), axis))
+
+
+def _floored(floor: float, dtype: tf.DType):
+    """``max(s, floor)`` with the identity gradient (straight through the floor; NaN kept)."""
+
+    def forward(s):
+        return tf.where(tf.math.is_nan(s), s, tf.maximum(s, floor))
+
+    return custom_op(forward, lambda dy, y, s: (dy,), dtype)
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class GaussianNLL(LossFunctionWrapper):
+    """Loss class of :func:`gaussian_nll`.
+
+    Args:
+      min_variance: See :func:`gaussian_nll` (``None``: the dtype default).
+      reduction, name, dtype, check_finite: See :class:`LossFunctionWrapper`.
+    """
+
+    def __init__(self, reduction=_REDUCTION, name="gaussian_nll", dtype=None, *, min_variance=None,
+                 check_finite=False):
+        super().__init__(gaussian_nll, reduction=reduction, name=name, dtype=dtype,
+                         check_finite=check_finite, min_variance=min_variance)
+        self.min_variance = min_variance
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class KLDivergenceWithLogits(LossFunctionWrapper):
+    """Loss class of :func:`kl_divergence_with_logits` (``y_true`` holds the teacher's logits).
+
+    Args:
+      axis: See :func:`kl_divergence_with_logits`.
+      reduction, name, dtype, check_finite: See :class:`LossFunctionWrapper`.
+    """
+
+    def __init__(self, axis=-1, reduction=_REDUCTION, name="kl_divergence_with_logits", dtype=None, *,
+                 check_finite=False):
+        super().__init__(kl_divergence_with_logits, reduction=reduction, name=name, dtype=dtype,
+                         check_finite=check_finite, axis=axis)
+        self.axis = axis
