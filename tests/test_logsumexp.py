@@ -236,3 +236,38 @@ class TestLogSoftmax:
             tfm.log_softmax(tf.constant([1, 2]))
         with pytest.raises(ValueError, match="axis"):
             tfm.log_softmax(tf.zeros([2, 3]), axis=-3)
+
+
+class TestInnerXlaSwitch:
+    """The inner XLA compilation is an optimisation only: off, the results are the same."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_same_results_with_inner_xla_off(self, mode):
+        from safeops.math import _logsumexp
+
+        x = np.array([[0.0, -20.0, -INF], [-INF, -INF, -INF], [3.0, 1.0, -2.0]], np.float32)
+        fns = [
+            lambda t: tfm.reduce_logsumexp(t, axis=-1),
+            lambda t: tfm.log_softmax(t),
+            lambda t: tfm.softmax(t),
+        ]
+        for fn in fns:
+            on = derivatives(fn, x, mode)
+            old = _logsumexp.set_inner_xla(False)
+            try:
+                off = derivatives(fn, x, mode)
+            finally:
+                _logsumexp.set_inner_xla(old)
+            for a, b in zip(on, off):
+                np.testing.assert_allclose(a, b, rtol=4e-7, atol=1e-12)
+
+    def test_masked_row_takes_the_row_safe_path_in_softmax(self):
+        # A -inf mask makes the input's sum non-finite, so softmax leaves TF's
+        # kernel for the row-safe formula: masked entries 0, gradient 0, no NaN.
+        x = np.array([[1.0, -INF, 0.0], [-INF, -INF, -INF]], np.float32)
+        y, g, h = derivatives(lambda t: tfm.softmax(t) * tf.constant([[1.0, 2.0, 3.0]]), x, "function")
+        e = np.exp([1.0, 0.0])
+        np.testing.assert_allclose(y[0], [e[0] / e.sum(), 0.0, 3.0 * e[1] / e.sum()], rtol=1e-6)
+        np.testing.assert_array_equal(y[1], 0.0)
+        assert np.all(np.isfinite(g)) and np.all(np.isfinite(h))
+        assert g[0, 1] == 0.0 and np.all(g[1] == 0.0)

@@ -47,26 +47,23 @@ from safeops.debug import _trace
 #: Each pattern with why it is hazardous, in one line.
 PATTERNS = {
     "crossentropy-on-probabilities":
-        "cross-entropy computed from probabilities: a probability that underflows to 0 gives log(0) = -inf "
-        "and a NaN loss; clipping it instead gives a zero gradient below the clip",
-    "log-of-softmax": "log of a softmax output: the softmax underflows to exactly 0 for a large logit gap "
-                      "(about 104 in float32), and log(0) = -inf",
-    "log-of-sigmoid": "log of a sigmoid output (or of 1 - sigmoid): sigmoid saturates to exactly 0 or 1 "
-                      "in floating point, and log(0) = -inf",
-    "log-of-clip": "log of a clipped value: below the clip the loss is constant, so its gradient is exactly 0 "
-                   "and training stalls there silently",
-    "log-of-nonpositive": "log of a value not known to be positive: -inf at 0, NaN below, and the gradient "
-                          "1/x is inf at 0",
-    "division-by-zero": "division by a value that can be 0: x/0 = inf and 0/0 = NaN, in the value or in "
-                        "the gradient -x/y**2",
-    "sqrt-at-zero": "sqrt (or a norm) of a value that can be 0: the value is finite but the gradient "
-                    "1/(2 sqrt(x)) is inf at 0, and 0 * inf = NaN in backprop",
-    "exp-overflow": "exp of a value not bounded above: exp(x) overflows to inf above about 88.7 (float32), "
-                    "11.1 (float16)",
-    "fractional-pow-at-zero": "x ** p with a fractional p of a value that can be 0 or negative: the gradient "
-                              "p x**(p-1) is inf at 0 for p < 1, and the value is NaN for x < 0",
-    "double-where": "tf.where selects away a branch whose gradient is inf or NaN, but backprop still "
-                    "multiplies that gradient by 0: 0 * inf = NaN (the double-where problem)",
+        "a probability that underflows to 0 gives log(0) = -inf and a NaN loss and gradient; clipping it "
+        "instead (Keras' from_logits=False) makes the gradient exactly 0 below the clip",
+    "log-of-softmax": "softmax underflows to exactly 0 once a logit trails the largest by about 104 (float32), "
+                      "and log(0) = -inf with gradient inf",
+    "log-of-sigmoid": "sigmoid saturates to exactly 0 (x < -104 in float32) or 1 (x > 17), "
+                      "and log(0) = -inf with gradient inf",
+    "log-of-clip": "below the clip the loss is constant, so its gradient is exactly 0 and the optimizer "
+                   "silently stops moving those entries",
+    "log-of-nonpositive": "log is -inf at 0 and NaN below, and its gradient 1/x is inf at 0",
+    "division-by-zero": "x/0 = inf and 0/0 = NaN, in the value and in the gradient -x/y**2",
+    "sqrt-at-zero": "the value is finite but the gradient 1/(2 sqrt(x)) is inf at 0, and backprop's "
+                    "0 * inf = NaN",
+    "exp-overflow": "exp overflows to inf above about 88.7 (float32) or 11.1 (float16), and inf/inf or "
+                    "inf - inf downstream is NaN",
+    "fractional-pow-at-zero": "the gradient p x**(p-1) is inf at 0 for p < 1, and the value is NaN for x < 0",
+    "double-where": "the where masks the value only: backprop still computes the unselected branch's "
+                    "gradient (inf or NaN there) and multiplies it by 0, and 0 * inf = NaN",
 }
 
 
@@ -173,10 +170,14 @@ def _lint_graph(graph, n_forward: int) -> list:
     findings: list[Finding] = []
     reported: set = set()
     ops = graph.get_operations()
-    for index, op in enumerate(ops):
+    # Selects first: an op inside a tf.where branch is reported as the where's problem, once.
+    ordered = [op for op in ops if op.type in ("Select", "SelectV2")] + \
+        [op for op in ops if op.type not in ("Select", "SelectV2")]
+    position = {op.name: i for i, op in enumerate(ops)}
+    for op in ordered:
         if _trace.in_safeops_scope(op):
             continue
-        if index >= n_forward and _trace.user_frame(op) is None:
+        if position[op.name] >= n_forward and _trace.user_frame(op) is None:
             continue   # a gradient op from TensorFlow's registry, not written by the user
         for finding, culprit in _match(op, ranges):
             if culprit in reported:
@@ -185,7 +186,8 @@ def _lint_graph(graph, n_forward: int) -> list:
             findings.append(finding)
         for sub in _function_graphs(op):
             findings.extend(_lint_graph(sub, len(sub.get_operations())))
-    return _dedupe(findings)
+    order = {op.name: i for i, op in enumerate(ops)}
+    return sorted(_dedupe(findings), key=lambda f: order.get(f.op_name, len(order)))
 
 
 def _dedupe(findings):
@@ -282,10 +284,10 @@ def _match(op, ranges):
         source, clip = _probability_source(arg)
         if kind == "Log" and source is not None:
             what = {"Softmax": "a softmax", "Sigmoid": "a sigmoid", "1-Sigmoid": "1 - sigmoid"}[source]
-            clipped = f", clipped at {clip:g}," if clip is not None else ""
+            clipped = f" (clipped at {clip:g})" if clip is not None else ""
             if _feeds_a_product(op):
                 pattern = "crossentropy-on-probabilities"
-                msg = (f"cross-entropy on probabilities: log of {what} output{clipped} times the labels. "
+                msg = (f"cross-entropy on probabilities: labels times log of {what} output{clipped}; "
                        + PATTERNS[pattern])
                 fix = ("compute it from the logits: safeops.nn.softmax_cross_entropy_with_logits(labels, logits) "
                        "or safeops.losses.categorical_crossentropy(y, logits, from_logits=True)"
@@ -326,6 +328,8 @@ def _match(op, ranges):
     if kind in ("Sqrt", "Rsqrt", "EuclideanNorm"):
         arg = op.inputs[0]
         r = ranges.get(arg)
+        if kind == "Rsqrt" and _bounded_by_minimum(op):
+            return   # rsqrt(x) then minimum(., c): the value is capped (Keras' l2_normalize does this)
         if kind == "EuclideanNorm" or not r.positive():
             is_norm = kind == "EuclideanNorm" or _producer(arg).type == "Sum"
             what = "norm (sqrt of a sum of squares)" if is_norm else "sqrt"
@@ -333,7 +337,7 @@ def _match(op, ranges):
                 msg = f"rsqrt of a value that can be 0 (range {r}): 1/sqrt(0) = inf"
                 fix = "safeops.math.divide_no_nan(1., safeops.math.sqrt(x)), or rsqrt of x plus a positive floor"
             else:
-                msg = f"{what} of a value that can be 0 (range {r}): " + PATTERNS["sqrt-at-zero"].split(": ", 1)[1]
+                msg = f"{what} of a value that can be 0 (range {r}): " + PATTERNS["sqrt-at-zero"]
                 fix = "safeops.math.norm(x, axis=...)" if is_norm else "safeops.math.sqrt(x)"
                 fix += ": finite gradient at 0"
             yield _finding("sqrt-at-zero", op, msg, fix), op.name
@@ -341,8 +345,7 @@ def _match(op, ranges):
     if kind in ("Exp", "Expm1"):
         r = ranges.get(op.inputs[0])
         if r.hi == math.inf:
-            msg = f"{kind.lower()} of a value not bounded above (range {r}): overflows to inf above about " \
-                  "88.7 in float32 (11.1 in float16), and inf / inf = NaN downstream"
+            msg = f"{kind.lower()} of a value not bounded above (range {r}): " + PATTERNS["exp-overflow"]
             fix = ("work in log space: safeops.math.reduce_logsumexp, safeops.math.softmax / log_softmax, "
                    "safeops.math.softplus for log(1 + exp(x)), or exp(x - reduce_max(x))")
             yield _finding("exp-overflow", op, msg, fix), op.name
@@ -361,6 +364,12 @@ def _match(op, ranges):
             yield _finding("fractional-pow-at-zero", op, msg, fix), op.name
 
 
+def _bounded_by_minimum(op) -> bool:
+    consumers = op.outputs[0].consumers()
+    return bool(consumers) and all(c.type == "Minimum" and any(
+        _const_value(i) is not None and math.isfinite(_const_value(i)) for i in c.inputs) for c in consumers)
+
+
 _GRADIENT_HAZARDS = {"Log": 0, "Log1p": 0, "Sqrt": 0, "Rsqrt": 0, "RealDiv": 1, "Div": 1, "Reciprocal": 0,
                      "Inv": 0, "Pow": 0, "Acos": 0, "Asin": 0}
 
@@ -374,8 +383,8 @@ def _double_where(op, ranges):
         for hazard, operand in _branch_hazards(branch, guarded, ranges):
             if _trace.in_safeops_scope(hazard):
                 continue
-            msg = (f"tf.where guards {hazard.type} '{hazard.name}' (of a value in range {ranges.get(operand)}) "
-                   "in its values only: " + PATTERNS["double-where"])
+            msg = (f"tf.where guards {hazard.type} '{hazard.name}' of a value in range {ranges.get(operand)}: "
+                   + PATTERNS["double-where"])
             fix = {"Sqrt": "safeops.math.sqrt(x) (finite gradient at 0), no tf.where needed",
                    "Log": "safeops.math.log(x) (finite gradient at 0), no tf.where needed",
                    "Log1p": "safeops.math.log1p(x)",
@@ -528,6 +537,12 @@ def _maximum(a: _Range, b: _Range) -> _Range:
     return _Range(lo, max(a.hi, b.hi), lo_open, False)
 
 
+def _intersect(a: _Range, b: _Range) -> _Range:
+    lo, lo_open = (a.lo, a.lo_open) if (a.lo, a.lo_open) > (b.lo, b.lo_open) else (b.lo, b.lo_open)
+    hi, hi_open = (a.hi, a.hi_open) if (a.hi, not a.hi_open) < (b.hi, not b.hi_open) else (b.hi, b.hi_open)
+    return _Range(lo, hi, lo_open, hi_open, a.nonzero or b.nonzero)
+
+
 def _minimum(a: _Range, b: _Range) -> _Range:
     return _neg(_maximum(_neg(a), _neg(b)))
 
@@ -615,6 +630,8 @@ class _Ranges:
             return _CONSTANT_RANGES[kind]
         if kind in ("Select", "SelectV2"):
             return self._select(op)
+        if kind == "Split" and len(x) > 1:
+            return x[1]
         if kind in _SAME_RANGE and x:
             return x[0] if kind not in ("ConcatV2", "Pack") else _union(*x[:-1] if kind == "ConcatV2" else x)
         if kind in ("Add", "AddV2", "BiasAdd"):
@@ -679,7 +696,9 @@ class _Ranges:
         out = []
         for branch, refined in zip(branches, refinements):
             if refined:
-                child = _Ranges(self.graph, {name: r for name, r in refined.items()}, parent=self)
+                operand = cond.op.inputs[0] if cond.op.inputs[0].name in refined else cond.op.inputs[1]
+                child = _Ranges(self.graph, {operand.name: _intersect(self.get(operand), refined[operand.name])},
+                                parent=self)
                 out.append(child.get(branch))
             else:
                 out.append(self.get(branch))

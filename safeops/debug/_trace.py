@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import sysconfig
 from typing import Any, Callable
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 _STEP_FRAME = "_safeops_traced_step"
+_SAFEOPS_SCOPE = re.compile(r"(^|/)safeops(_\d+)?/")
 _SAFEOPS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_DIRS = tuple(
     os.path.abspath(p) + os.sep
@@ -92,7 +94,7 @@ def location(op: tf.Operation) -> str:
 
 def in_safeops_scope(op: tf.Operation) -> bool:
     """Ops made by a safeops op (under a ``safeops/`` name scope) are numerically safe."""
-    return op.name.startswith("safeops/") or "/safeops/" in op.name
+    return _SAFEOPS_SCOPE.search(op.name) is not None
 
 
 # --------------------------------------------------------------------------- tracing

@@ -41,6 +41,9 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
       * ``s <= log(min_variance)`` (``-inf`` included): value at the floor,
         gradient ``0.5 (1 - (y - mu)**2 / min_variance)`` (finite).
       * ``s = +inf``: ``+inf`` (an infinitely wide Gaussian has no density).
+      * float16: at the default floor (9.5e-7) a residual above about 0.36
+        makes ``(y - mean)**2 / (2 v)`` exceed 65504, and the float16 result
+        is ``inf``; the Loss class computes and returns float32.
       * NaN anywhere gives NaN.
 
     Args:
@@ -49,7 +52,7 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
         bfloat16, float32 or float64 (half dtypes computed in float32).
       min_variance: Keyword-only variance floor. Defaults to
         ``eps(dtype)**2`` of ``y_pred``'s dtype (1.4e-14 in float32,
-        9.5e-7 in float16): a variance below it resolves only rounding
+        9.5e-7 in float16; the dtype before a Loss class widened it): a variance below it resolves only rounding
         noise of unit-scale data. Pass a value matching the scale of yours.
 
     Returns:
@@ -77,7 +80,7 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
                 op, "y_pred", "of shape [..., 2 d] (means, then log-variances) for y_true [..., d]",
                 f"{pred.values.shape} for {y.shape}"))
         mean, log_variance = pred.values[..., :d], pred.values[..., d:]
-        floor = _dtypes.variance_floor(pred.dtype) if min_variance is None else float(min_variance)
+        floor = _dtypes.variance_floor(pred.clamp_dtype) if min_variance is None else float(min_variance)
         if not floor > 0:
             raise ValueError(_validate.message(op, "min_variance", "a positive number", min_variance))
         s = _floored(math.log(floor), pred.compute_dtype)(log_variance)

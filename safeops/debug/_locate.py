@@ -1,0 +1,336 @@
+"""``locate_nonfinite``: run one step and name the op where NaN or Inf was born, and why.
+
+How it works
+------------
+The function (or a Keras model's training step: ``loss(y, model(x))`` and
+its gradient with respect to the trainable variables) is traced into one
+graph together with its gradient (:func:`safeops.debug._trace.trace_step`),
+in a variant that returns *every* floating-point intermediate tensor. One
+call of that graph computes them all with the very kernels a normal step
+uses; the ops are then read in creation order, which is a topological
+order with the forward pass first. The first op whose float inputs are all
+finite but whose output is not is where the non-finite value was born. Its
+inputs' statistics explain it: ``log`` of an input with zeros, ``x / y``
+with zeros in ``y``, ``exp`` of an input above ``log(max float)``, the
+gradient of ``sqrt`` at 0, ...
+
+A non-finite value that is born and then masked (``tf.where(x > 0,
+log(x), 0)`` in the forward pass) is reported only when the loss or a
+gradient ends up non-finite; then the first op that made one is named, as
+``tf.debugging.enable_check_numerics`` would (it stops at the first
+non-finite output in execution order), but with the cause.
+
+Compared with ``enable_check_numerics``: nothing global is switched on, the
+run does not stop at the first op, the inputs' statistics and a fix come
+with the answer, and a model's variables (including BatchNorm statistics and
+seed generators, which a traced step may update) are restored afterwards.
+Limits: a nested ``tf.function`` inside the user's code is one call op here
+(the report names the call); the values come from one run of the graph, so
+an op whose value depends on randomness (dropout) sees one draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from safeops.debug import _trace
+
+
+@dataclasses.dataclass
+class TensorStats:
+    """Summary of one tensor: range and the counts that explain a NaN."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    min: float
+    max: float
+    zeros: int
+    negatives: int
+    pos_inf: int
+    neg_inf: int
+    nans: int
+    size: int
+
+    @property
+    def infinities(self) -> int:
+        return self.pos_inf + self.neg_inf
+
+    @classmethod
+    def of(cls, name: str, value: np.ndarray) -> "TensorStats":
+        v = np.asarray(value, dtype=np.float64)
+        finite = v[np.isfinite(v)]
+        return cls(name=name, shape=tuple(v.shape), dtype=str(getattr(value, "dtype", v.dtype)),
+                   min=float(finite.min()) if finite.size else math.nan,
+                   max=float(finite.max()) if finite.size else math.nan,
+                   zeros=int(np.sum(v == 0)), negatives=int(np.sum(v < 0)),
+                   pos_inf=int(np.sum(v == np.inf)), neg_inf=int(np.sum(v == -np.inf)),
+                   nans=int(np.sum(np.isnan(v))), size=int(v.size))
+
+    def __str__(self) -> str:
+        return (f"{self.name} {list(self.shape)} {self.dtype}: min {self.min:.4g}, max {self.max:.4g} "
+                f"(finite values); zeros {self.zeros}, negatives {self.negatives}, "
+                f"+inf {self.pos_inf}, -inf {self.neg_inf}, NaN {self.nans} of {self.size}")
+
+
+@dataclasses.dataclass
+class NonFiniteReport:
+    """Where the first NaN or Inf of a step was born, and why.
+
+    ``found`` is False when the loss and every gradient are finite.
+    ``phase`` is ``'forward'`` or ``'backward'``; ``forward_op`` names, for a
+    gradient op, the forward op it differentiates. ``input_stats`` describe
+    the op's float inputs, ``output_stats`` its outputs; ``nonfinite_outputs``
+    lists which of the step's results (the loss, gradients by variable) are
+    not finite.
+    """
+
+    found: bool
+    phase: str | None = None
+    op_name: str | None = None
+    op_type: str | None = None
+    location: str | None = None
+    input_stats: list = dataclasses.field(default_factory=list)
+    cause: str = ""
+    fix: str = ""
+    forward_op: str | None = None
+    output_stats: list = dataclasses.field(default_factory=list)
+    nonfinite_outputs: list = dataclasses.field(default_factory=list)
+    later_sources: int = 0
+
+    def __str__(self) -> str:
+        if not self.found:
+            return "safeops.debug.locate_nonfinite: the loss and all gradients are finite" + \
+                (f" ({self.cause})" if self.cause else "")
+        lines = [f"safeops.debug.locate_nonfinite: first non-finite value made in the {self.phase} pass by",
+                 f"  op {self.op_name} ({self.op_type}) at {self.location}"]
+        if self.forward_op:
+            lines.append(f"  (part of the gradient of {self.forward_op})")
+        lines.append("  inputs:")
+        lines += [f"    {s}" for s in self.input_stats] or ["    (none)"]
+        lines.append("  outputs:")
+        lines += [f"    {s}" for s in self.output_stats]
+        lines.append(f"  cause: {self.cause}")
+        lines.append(f"  fix: {self.fix}")
+        if self.nonfinite_outputs:
+            shown = ", ".join(self.nonfinite_outputs[:6]) + (" ..." if len(self.nonfinite_outputs) > 6 else "")
+            lines.append(f"  non-finite results of the step: {shown}")
+        if self.later_sources:
+            lines.append(f"  ({self.later_sources} later op(s) also turned finite inputs non-finite)")
+        return "\n".join(lines)
+
+
+def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> NonFiniteReport:
+    """Runs ``fn`` forward and backward once and names the op where NaN or Inf first appeared.
+
+    Args:
+      fn: a Python function, a ``tf.function``, or a Keras model. For a
+        model, ``args`` are ``x, y`` (and optionally ``sample_weight``): the
+        step is ``loss(y, model(x, training=True))`` plus the model's own
+        losses, differentiated with respect to its trainable variables.
+      *args: the inputs (real values: this runs the step).
+      loss: for a model, the loss: a callable ``loss(y_true, y_pred)``, a
+        Keras loss or its name. Default: the compiled loss.
+      **kwargs: keyword arguments for ``fn`` (a plain function only).
+
+    Returns:
+      A :class:`NonFiniteReport`. For a plain function the gradient is that
+      of the sum of its float outputs with respect to its float array
+      arguments and the trainable variables it reads.
+
+    Example:
+      >>> import tensorflow as tf
+      >>> report = locate_nonfinite(lambda x: tf.reduce_sum(tf.math.log(x)), tf.constant([1.0, 0.0]))
+      >>> report.phase, report.op_type, report.cause.split(":")[0]
+      ('forward', 'Log', 'Log of 0')
+    """
+    if _trace.is_keras_layer(fn):
+        if loss is None and getattr(fn, "compiled", False) and getattr(fn, "_compile_loss", None) is None:
+            loss = getattr(fn, "loss", None)
+        if loss is not None and not callable(loss):
+            import keras
+            loss = keras.losses.get(loss)
+        traced = _trace.trace_step(fn, args, {}, loss=loss, collect=True)
+    else:
+        traced = _trace.trace_step(fn, args, kwargs, collect=True)
+    saved = [(v, v.numpy()) for v in traced.graph.variables]
+    try:
+        values = traced.concrete(*traced.inputs)
+    finally:
+        for v, value in saved:
+            v.assign(value)
+    return _diagnose(traced, dict(zip(traced.fetch, (np.asarray(v) for v in values))))
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def _finite(value: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+
+
+def _diagnose(traced, values: dict) -> NonFiniteReport:
+    bad_results = [name for name in traced.final if name in values and not _finite(values[name])]
+    if not bad_results:
+        return NonFiniteReport(found=False)
+    ops = traced.graph.get_operations()
+    sources = []
+    for index, op in enumerate(ops):
+        outs = [t for t in op.outputs if t.name in values]
+        if not outs or all(_finite(values[t.name]) for t in outs):
+            continue
+        floats_in = [t for t in op.inputs if t.name in values]
+        if op.type == "Const" or (not floats_in and op.type not in ("Placeholder", "ReadVariableOp")):
+            continue   # a constant -inf (a mask) is intended, not born here
+        if all(_finite(values[t.name]) for t in floats_in):
+            sources.append((index, op))
+    if not sources:   # pragma: no cover - every non-finite value has a first op
+        return NonFiniteReport(found=True, cause="could not attribute the non-finite values to an op",
+                               nonfinite_outputs=_describe_results(traced, bad_results))
+    index, op = sources[0]
+    phase = "forward" if index < traced.n_forward else "backward"
+    forward_op = _differentiated_op(op, ops[:traced.n_forward]) if phase == "backward" else None
+    in_stats = [TensorStats.of(t.name, values[t.name]) for t in op.inputs if t.name in values]
+    out_stats = [TensorStats.of(t.name, values[t.name]) for t in op.outputs if t.name in values]
+    cause, fix = _explain(op, in_stats, out_stats, forward_op)
+    where = _trace.location(forward_op if forward_op is not None and _trace.user_frame(op) is None else op)
+    return NonFiniteReport(
+        found=True, phase=phase, op_name=op.name, op_type=op.type, location=where, input_stats=in_stats,
+        cause=cause, fix=fix, output_stats=out_stats,
+        forward_op=f"{forward_op.type} '{forward_op.name}'" if forward_op is not None else None,
+        nonfinite_outputs=_describe_results(traced, bad_results), later_sources=len(sources) - 1)
+
+
+def _describe_results(traced, names) -> list:
+    return [f"gradient of {traced.gradient_of[n]}" if n in traced.gradient_of else f"output {n}" for n in names]
+
+
+_GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Reciprocal", "TanhGrad": "Tanh",
+            "SigmoidGrad": "Sigmoid", "SoftplusGrad": "Softplus", "ReluGrad": "Relu", "EluGrad": "Elu"}
+_HAZARDOUS_FORWARD = ("Log", "Log1p", "Sqrt", "Rsqrt", "RealDiv", "Div", "Reciprocal", "Pow", "Exp",
+                      "Xlogy", "Xdivy", "Acos", "Asin", "Atan2", "Softmax", "EuclideanNorm")
+
+
+def _differentiated_op(op, forward_ops):
+    """The forward op whose gradient ``op`` belongs to (best effort, from the tensors it reads)."""
+    forward_names = {o.name for o in forward_ops}
+    wanted = _GRAD_OF.get(op.type)
+    read = [t for t in op.inputs if t.op.name in forward_names]
+    for t in read:
+        if wanted and t.op.type == wanted:
+            return t.op
+    for t in read:
+        consumers = [c for c in t.consumers() if c.name in forward_names and c.type in _HAZARDOUS_FORWARD]
+        if consumers:
+            return consumers[0]
+    for t in read:
+        if t.op.type in _HAZARDOUS_FORWARD:
+            return t.op
+    return read[0].op if read else None
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _explain(op, ins: list, outs: list, forward_op) -> tuple:
+    """The likely cause in plain words, and the fix."""
+    kind = op.type
+    nan = any(s.nans for s in outs)
+    made = "NaN" if nan else "inf"
+    x = ins[0] if ins else None
+    fix_log = "safeops.math.log (finite value, live gradient at 0); on a softmax or sigmoid output use " \
+              "safeops.math.log_softmax / log_sigmoid or the safeops.nn cross-entropy from logits"
+    if kind == "Placeholder":
+        return (f"an input of the step already holds non-finite values ({x and x.nans or 0} NaN, "
+                f"{x and x.infinities or 0} inf)" if x else "an input of the step is already non-finite",
+                "clean the data: safeops.debug.check_inputs flags non-finite columns")
+    if kind == "ReadVariableOp":
+        return (f"variable '{op.inputs[0].op.name}' already holds non-finite values: an earlier update diverged",
+                "restart from finite weights; safeops.debug.NaNGuard(policy='rollback') does this during fit")
+    if forward_op is not None:
+        return _explain_gradient(op, ins, outs, forward_op, made)
+    if kind == "Log" and x is not None:
+        if x.zeros and not x.negatives:
+            return f"Log of 0: input has {_count(x.zeros, 'zero')} (log(0) = -inf)", fix_log
+        return (f"Log of a negative number: input has {_count(x.negatives, 'negative value')} (NaN)"
+                + (f" and {_count(x.zeros, 'zero')}" if x.zeros else ""), fix_log)
+    if kind == "Log1p" and x is not None:
+        return (f"Log1p at or below -1: input min is {x.min:.4g} (log1p(-1) = -inf, NaN below)",
+                "safeops.math.log1p")
+    if kind in ("RealDiv", "Div", "Reciprocal", "Inv") and ins:
+        y = ins[-1]
+        if y.zeros:
+            return (f"Division by 0: the denominator has {_count(y.zeros, 'zero')} (x/0 = inf, 0/0 = NaN)",
+                    "safeops.math.divide_no_nan(x, y), or keep the denominator away from 0")
+        return (f"Division overflow: |numerator| up to {max(abs(ins[0].min), abs(ins[0].max)):.4g}, "
+                f"|denominator| down to a value too small for {y.dtype}", "safeops.math.divide_no_nan, rescale")
+    if kind == "Sqrt" and x is not None:
+        return (f"Sqrt of a negative number: input has {_count(x.negatives, 'negative value')} (NaN)",
+                "safeops.math.sqrt, and check why the input is negative (a variance from E[x^2] - E[x]^2?)")
+    if kind == "Rsqrt" and x is not None:
+        return (f"Rsqrt of 0 or a negative number: input has {_count(x.zeros, 'zero')}, "
+                f"{_count(x.negatives, 'negative value')}", "add a positive floor, or safeops.math.sqrt with "
+                                                            "safeops.math.divide_no_nan")
+    if kind in ("Exp", "Expm1") and x is not None:
+        return (f"Exp overflow: input max is {x.max:.4g}, above log(max {x.dtype}) "
+                f"= {_log_max(x.dtype):.4g}",
+                "stay in log space: safeops.math.reduce_logsumexp, softmax, log_softmax, softplus; "
+                "or subtract the max before exp")
+    if kind == "Pow" and len(ins) == 2:
+        base, p = ins
+        if base.zeros and p.negatives:
+            return f"Pow of 0 to a negative power: base has {_count(base.zeros, 'zero')}", \
+                "safeops.math.divide_no_nan, or a positive floor on the base"
+        if base.negatives:
+            return (f"Pow of a negative base to a fractional power: base has "
+                    f"{_count(base.negatives, 'negative value')} (NaN)", "safeops.math.sqrt for p = 0.5; "
+                                                                        "clamp the base at 0")
+        return f"Pow overflow: base up to {base.max:.4g}", "work in log space: exp(p * safeops.math.log(x))"
+    if kind == "Softmax" and x is not None:
+        return ("Softmax of a row with +inf or all -inf entries", "safeops.math.softmax (all -inf rows give 0)")
+    if kind in ("ReduceLogSumExp",):
+        return "log-sum-exp of an all -inf slice", "safeops.math.reduce_logsumexp"
+    biggest = max((max(abs(s.min), abs(s.max)) for s in ins if not math.isnan(s.min)), default=math.nan)
+    return (f"{kind} overflowed to {made} on finite inputs (largest |input| {biggest:.4g}): values grew past "
+            f"the {ins[0].dtype if ins else 'float'} range, typical of exploding activations or a learning "
+            "rate that is too high",
+            "lower the learning rate or clip gradients; standardise the inputs (safeops.debug.check_inputs); "
+            "train under safeops.debug.NaNGuard")
+
+
+def _explain_gradient(op, ins, outs, forward_op, made):
+    ftype = forward_op.type
+    where = f"in the gradient of {ftype}"
+    zeros = max((s.zeros for s in ins), default=0)
+    if ftype == "Sqrt" or op.type == "SqrtGrad":
+        return (f"0 * inf {where} at 0: d sqrt(x)/dx = 1/(2 sqrt(x)) is inf where sqrt(x) = 0 "
+                f"({_count(zeros, 'zero')}); gives {made}",
+                "safeops.math.sqrt / safeops.math.norm: finite gradient at 0")
+    if ftype in ("Log", "Log1p", "Reciprocal"):
+        return (f"1/x {where} at x = {'0' if ftype == 'Log' else '-1'} ({_count(zeros, 'zero')} in the input of "
+                f"the gradient op); gives {made}",
+                "safeops.math.log / log1p: finite gradient at the clamp (a tf.where around tf.math.log does not "
+                "guard the gradient)")
+    if ftype in ("RealDiv", "Div"):
+        return (f"division by 0 {where}: d(x/y)/dy = -x/y**2 with {_count(zeros, 'zero')} in the operands; "
+                f"gives {made}", "safeops.math.divide_no_nan(x, y)")
+    if ftype == "Pow":
+        return (f"p x**(p-1) {where} at x = 0 with p < 1; gives {made}",
+                "safeops.math.sqrt for p = 0.5, else exp(p * safeops.math.log(x))")
+    if ftype == "EuclideanNorm":
+        return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.norm"
+    return (f"{op.type} {where} ('{forward_op.name}') made {made} from finite values",
+            "replace the forward op by its safeops equivalent (safeops.debug.lint lists them)")
+
+
+def _log_max(dtype: str) -> float:
+    try:
+        return math.log(float(np.finfo(np.dtype(dtype)).max))
+    except TypeError:
+        return math.log(float(tf.as_dtype(dtype).max))

@@ -1,0 +1,524 @@
+"""safeops.losses functions: Keras' signatures and values, the edges where Keras fails,
+the logit-recovery rules per mode and precision, errors, and Hypothesis properties."""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import safeops
+import safeops.math as tfm
+from safeops import losses
+
+MODES = ["eager", "function", "xla"]
+PAIRS = [
+    ("binary_crossentropy", "BinaryCrossentropy"),
+    ("categorical_crossentropy", "CategoricalCrossentropy"),
+    ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"),
+    ("binary_focal_crossentropy", "BinaryFocalCrossentropy"),
+    ("categorical_focal_crossentropy", "CategoricalFocalCrossentropy"),
+    ("kl_divergence", "KLDivergence"),
+    ("poisson", "Poisson"),
+]
+TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def _in_mode(mode, fn):
+    return fn if mode == "eager" else tf.function(fn, jit_compile=(mode == "xla"))
+
+
+def _value_and_grad(fn, wrt, mode="eager"):
+    """``fn(wrt)`` and the gradient of its sum with respect to ``wrt``, run in ``mode``."""
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return y, tape.gradient(y, x)
+
+    y, g = _in_mode(mode, run)(tf.convert_to_tensor(wrt))
+    return y.numpy().astype(np.float64), g.numpy().astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(8, 5)) * 3).astype("float32")
+    soft = rng.uniform(0.05, 1, size=(8, 5)).astype("float32")
+    soft /= soft.sum(-1, keepdims=True)
+    onehot = np.eye(5, dtype="float32")[rng.integers(0, 5, 8)]
+    binary = rng.integers(0, 2, size=(8, 5)).astype("float32")
+    probs = rng.uniform(0.01, 0.99, size=(8, 5)).astype("float32")
+    return dict(logits=logits, soft=soft, onehot=onehot, binary=binary, probs=probs,
+                classes=np.argmax(onehot, -1).astype("int32"))
+
+
+# ----------------------------------------------------------------------------
+# Drop-in: Keras 3's names, arguments and defaults.
+
+
+@pytest.mark.parametrize("function, cls", PAIRS)
+def test_signatures_match_keras(function, cls):
+    for name in (function, cls):
+        ours = inspect.signature(getattr(losses, name))
+        theirs = inspect.signature(getattr(keras.losses, name))
+        positional = [p for p in ours.parameters.values() if p.kind != p.KEYWORD_ONLY]
+        assert [(p.name, p.default) for p in positional] == [
+            (p.name, p.default) for p in theirs.parameters.values()], name
+
+
+@pytest.mark.parametrize("function, cls", PAIRS)
+def test_classes_are_keras_losses_with_keras_config_keys(function, cls):
+    ours, theirs = getattr(losses, cls)(), getattr(keras.losses, cls)()
+    assert isinstance(ours, keras.losses.Loss)
+    assert ours.name == theirs.name and ours.reduction == theirs.reduction
+    assert set(theirs.get_config()) <= set(ours.get_config())
+
+
+# ----------------------------------------------------------------------------
+# Same values as Keras where Keras is finite and its clip inactive.
+
+
+def _keras_and_ours(name, y, p, **kw):
+    return (getattr(keras.losses, name)(y, p, **kw).numpy(), getattr(losses, name)(y, p, **kw).numpy())
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_binary_crossentropy_equals_keras(data, from_logits, label_smoothing):
+    p = data["logits"] if from_logits else data["probs"]
+    k, o = _keras_and_ours("binary_crossentropy", data["binary"], p, from_logits=from_logits,
+                           label_smoothing=label_smoothing)
+    np.testing.assert_allclose(o, k, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("labels", ["onehot", "soft"])
+def test_categorical_crossentropy_equals_keras(data, from_logits, labels):
+    p = data["logits"] if from_logits else data["soft"]
+    for smoothing in (0.0, 0.1):
+        k, o = _keras_and_ours("categorical_crossentropy", data[labels], p, from_logits=from_logits,
+                               label_smoothing=smoothing)
+        np.testing.assert_allclose(o, k, rtol=1e-5, atol=1e-6)
+
+
+def test_categorical_crossentropy_axis_0_equals_keras(data):
+    k, o = _keras_and_ours("categorical_crossentropy", data["onehot"].T, data["logits"].T,
+                           from_logits=True, axis=0)
+    np.testing.assert_allclose(o, k, rtol=1e-5)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_sparse_categorical_crossentropy_equals_keras(data, from_logits):
+    p = data["logits"] if from_logits else data["soft"]
+    k, o = _keras_and_ours("sparse_categorical_crossentropy", data["classes"], p, from_logits=from_logits)
+    np.testing.assert_allclose(o, k, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_ignore_class_equals_keras_with_its_mask(data):
+    labels = data["classes"].copy()
+    labels[::3] = -1
+    for reduction in ("sum_over_batch_size", "sum", None):
+        k = keras.losses.SparseCategoricalCrossentropy(True, ignore_class=-1, reduction=reduction)
+        o = losses.SparseCategoricalCrossentropy(True, ignore_class=-1, reduction=reduction)
+        np.testing.assert_allclose(o(labels, data["logits"]), k(labels, data["logits"]), rtol=1e-5)
+
+
+def test_sparse_class_axis_not_last(data):
+    ours = losses.sparse_categorical_crossentropy(data["classes"], data["logits"].T, from_logits=True, axis=0)
+    last = losses.sparse_categorical_crossentropy(data["classes"], data["logits"], from_logits=True)
+    np.testing.assert_allclose(ours, last, rtol=1e-6)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("balancing", [False, True])
+def test_binary_focal_equals_keras(data, from_logits, balancing):
+    p = np.clip(data["logits"], -8, 8) if from_logits else data["probs"]
+    for gamma, smoothing in ((2.0, 0.0), (0.5, 0.1), (0.0, 0.0)):
+        k, o = _keras_and_ours("binary_focal_crossentropy", data["binary"], p, apply_class_balancing=balancing,
+                               gamma=gamma, from_logits=from_logits, label_smoothing=smoothing)
+        np.testing.assert_allclose(o, k, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_categorical_focal_equals_keras(data, from_logits):
+    p = np.clip(data["logits"], -6, 6) if from_logits else data["soft"]
+    for alpha, gamma in ((0.25, 2.0), ([0.1, 0.2, 0.3, 0.2, 0.2], 1.0), (1.0, 0.0)):
+        k, o = _keras_and_ours("categorical_focal_crossentropy", data["soft"], p, alpha=alpha, gamma=gamma,
+                               from_logits=from_logits)
+        np.testing.assert_allclose(o, k, rtol=2e-5, atol=1e-6)
+
+
+def test_kl_divergence_and_poisson_equal_keras_away_from_epsilon(data):
+    k, o = _keras_and_ours("kl_divergence", data["soft"], data["soft"][::-1])
+    np.testing.assert_allclose(o, k, rtol=1e-4, atol=1e-5)
+    counts = np.round(data["probs"] * 4)
+    k, o = _keras_and_ours("poisson", counts, data["probs"] * 3)
+    np.testing.assert_allclose(o, k, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", None])
+@pytest.mark.parametrize("function, cls", PAIRS)
+def test_reduction_and_sample_weight_as_keras(data, function, cls, reduction):
+    y, p = {
+        "BinaryCrossentropy": (data["binary"], data["probs"]),
+        "BinaryFocalCrossentropy": (data["binary"], data["probs"]),
+        "SparseCategoricalCrossentropy": (data["classes"], data["soft"]),
+        "Poisson": (np.round(data["probs"] * 3), data["probs"] + 0.5),
+    }.get(cls, (data["soft"], data["soft"][::-1]))
+    weights = np.linspace(0.0, 2.0, 8).astype("float32")
+    k = getattr(keras.losses, cls)(reduction=reduction)
+    o = getattr(losses, cls)(reduction=reduction)
+    np.testing.assert_allclose(o(y, p), k(y, p), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(o(y, p, sample_weight=weights), k(y, p, sample_weight=weights), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Where Keras fails: exact values and live gradients.
+
+
+def test_focal_with_logits_is_exact_where_keras_is_not():
+    y, z = [[0.0, 1.0, 0.0, 0.0]], [[1e4, 0.0, -1e4, 0.0]]
+    keras_value = float(keras.losses.categorical_focal_crossentropy(y, z, from_logits=True)[0])
+    assert keras_value < 5.0  # measured 3.99-4.03: Keras' clip at 1e-7
+    value, grad = _value_and_grad(lambda z: losses.categorical_focal_crossentropy(y, z, from_logits=True), z)
+    np.testing.assert_allclose(value, [2500.0], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[0.25, -0.25, 0.0, 0.0]], atol=1e-6)
+    value, grad = _value_and_grad(lambda z: losses.binary_focal_crossentropy([[1.0]], z, from_logits=True),
+                                  [[-1e4]])
+    np.testing.assert_allclose(value, [1e4], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[-1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logit_paths_exact_at_huge_logits(mode):
+    for name, y, z, exact in [
+        ("binary_crossentropy", [[1.0]], [[-100.0]], 100.0),
+        ("categorical_crossentropy", [[0.0, 1.0]], [[1e4, -1e4]], 2e4),
+        ("sparse_categorical_crossentropy", [1], [[1e4, -1e4]], 2e4),
+    ]:
+        fn = getattr(losses, name)
+        value, grad = _value_and_grad(lambda z: fn(y, z, from_logits=True), z, mode)
+        np.testing.assert_allclose(value, [exact], rtol=1e-6)
+        assert np.all(np.isfinite(grad)) and np.abs(grad).max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
+@pytest.mark.parametrize("function, cls", PAIRS)
+def test_probability_path_is_finite_with_live_gradient_at_saturation(function, cls, dtype):
+    """C4: at probabilities 0 and 1 (and rates 0) the gradient is finite and nonzero, in every dtype."""
+    fn = getattr(losses, function)
+    if function == "sparse_categorical_crossentropy":
+        y, p = [0, 1], [[0.0, 1.0], [1.0, 0.0]]
+    elif function == "poisson":
+        y, p = [[1.0, 3.0]], [[0.0, 0.0]]
+    elif function.startswith("binary"):
+        y, p = [[1.0, 0.0, 1.0, 0.0]], [[0.0, 1.0, 1.0, 0.0]]
+    else:
+        y, p = [[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]
+    y = np.asarray(y)
+    value, grad = _value_and_grad(lambda p: fn(y, p), tf.constant(p, dtype))
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), (value, grad)
+    assert np.any(grad != 0)
+    if function in ("sparse_categorical_crossentropy", "binary_focal_crossentropy",
+                    "categorical_focal_crossentropy"):
+        return
+    y, p = np.asarray(y, "float32"), np.asarray(p, "float32")
+    # Where the loss still depends on the probability and the prediction is
+    # wrong, the gradient must be live; Keras' clip makes it exactly 0 there.
+    live = (y != p) if function in ("binary_crossentropy", "poisson") else (y > 0) & (p == 0)
+    assert np.all(grad[live] != 0), grad
+    if function != "poisson":
+        keras_grad = _value_and_grad(lambda p: getattr(keras.losses, function)(y, p), p)[1]
+        assert np.any(keras_grad[live] == 0) or not np.all(np.isfinite(keras_grad))
+
+
+def test_probability_path_values_at_the_clamp():
+    y, p = [[1.0, 0.0]], [[0.0, 1.0]]
+    value, grad = _value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
+    log_tiny, log_half_eps = -np.log(TINY32), -np.log(np.finfo(np.float32).eps / 2)
+    np.testing.assert_allclose(value, [(log_tiny + log_half_eps) / 2], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[-0.5 / TINY32, 0.5 * 2 / np.finfo(np.float32).eps]], rtol=1e-5)
+    assert float(losses.binary_crossentropy([[1.0]], tf.constant([[0.0]], tf.float16))[0]) == pytest.approx(
+        -np.log(np.finfo(np.float16).tiny), rel=1e-3)
+
+
+def test_nan_propagates():
+    for name, y, p in [("binary_crossentropy", [[1.0]], [[np.nan]]),
+                       ("categorical_crossentropy", [[1.0, 0.0]], [[np.nan, 0.5]]),
+                       ("kl_divergence", [[1.0, 0.0]], [[np.nan, 0.5]]),
+                       ("poisson", [[1.0]], [[np.nan]])]:
+        assert np.isnan(getattr(losses, name)(y, np.asarray(p, "float32")).numpy()).all(), name
+
+
+# ----------------------------------------------------------------------------
+# Logit recovery: which path, per mode and precision (see _probabilities).
+
+
+def _bce_from(activation, dtype, mode):
+    """Loss and d loss / d logits for label 1 at logit -100 through ``activation`` in ``dtype``."""
+
+    def loss(z):
+        return losses.binary_crossentropy([[1.0]], activation(tf.cast(z, dtype)))
+
+    return _value_and_grad(loss, tf.constant([[-100.0]]), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
+def test_keras_activation_outputs_are_recovered_in_every_mode_and_precision(mode, dtype):
+    value, grad = _bce_from(keras.activations.sigmoid, dtype, mode)
+    np.testing.assert_allclose(value, [100.0], rtol=1e-2)
+    np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32])
+def test_with_logits_record_is_recovered_in_every_mode(mode, dtype):
+    value, grad = _bce_from(lambda z: losses.with_logits(tfm.sigmoid(z), z, "sigmoid"), dtype, mode)
+    np.testing.assert_allclose(value, [100.0], rtol=1e-2)
+    np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32])
+def test_raw_tf_sigmoid_recovered_in_graphs_clamped_in_eager(dtype):
+    for mode in ("function", "xla"):
+        value, _ = _bce_from(tf.sigmoid, dtype, mode)
+        np.testing.assert_allclose(value, [100.0], rtol=1e-3)
+    # Eager: no op, no attribute. The clamped log of the dtype: finite value,
+    # finite nonzero gradient with respect to the probability.
+    p = tf.sigmoid(tf.constant([[-100.0]], dtype))
+    value, grad = _value_and_grad(lambda p: losses.binary_crossentropy([[1.0]], p), p)
+    tiny = float(np.finfo(dtype.as_numpy_dtype).tiny)
+    np.testing.assert_allclose(value, [-np.log(tiny)], rtol=1e-3)
+    assert np.isfinite(grad).all() and grad[0, 0] < 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_safeops_math_outputs_use_the_clamped_path_with_live_probability_gradient(mode):
+    def loss(p):
+        return losses.categorical_crossentropy([[1.0, 0.0]], p)
+
+    p = tfm.softmax(tf.constant([[-200.0, 0.0]]))
+    value, grad = _value_and_grad(loss, p, mode)
+    np.testing.assert_allclose(value, [-np.log(TINY32)], rtol=1e-5)
+    assert np.isfinite(grad).all() and grad[0, 0] < 0
+
+
+@pytest.mark.parametrize("mode", ["function", "xla"])
+def test_float16_output_cast_by_the_caller_is_recovered_in_graphs(mode):
+    def loss(z):
+        p = tf.cast(tf.sigmoid(tf.cast(z, tf.float16)), tf.float32)
+        return losses.binary_crossentropy([[1.0]], p)
+
+    value, grad = _value_and_grad(loss, tf.constant([[-100.0]]), mode)
+    np.testing.assert_allclose(value, [100.0], rtol=1e-3)
+    np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_loss_class_keeps_float16_logits_that_keras_loses(mode):
+    y = tf.constant([[1.0]])
+
+    def run(loss):
+        return _value_and_grad(lambda z: loss(y, keras.activations.sigmoid(tf.cast(z, tf.float16))),
+                               tf.constant([[-100.0]]), mode)
+
+    value, grad = run(losses.BinaryCrossentropy())
+    np.testing.assert_allclose(value, 100.0, rtol=1e-3)
+    np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-3)
+    keras_value, keras_grad = run(keras.losses.BinaryCrossentropy())
+    assert keras_value < 20 and keras_grad[0, 0] == 0  # measured: 16.1, gradient 0
+
+
+def test_softmax_logits_are_not_taken_for_sigmoid_logits():
+    """Keras scores a softmax output given to binary_crossentropy with the softmax logits."""
+    y = tf.constant([[1.0, 0.0]])
+    p = keras.activations.softmax(tf.constant([[3.0, -2.0]]))
+    exact = -np.mean(np.log([p.numpy()[0, 0], 1 - p.numpy()[0, 1]]))
+    np.testing.assert_allclose(losses.binary_crossentropy(y, p), [exact], rtol=1e-5)
+    assert abs(float(keras.losses.binary_crossentropy(y, p)[0]) - exact) > 0.05
+
+
+def test_softmax_recovery_requires_the_loss_axis():
+    z = tf.constant([[1e3, 0.0], [0.0, 0.0]])
+
+    @tf.function
+    def along(axis):
+        return losses.categorical_crossentropy(tf.eye(2), tf.nn.softmax(z), axis=axis)
+
+    np.testing.assert_allclose(along(-1), [0.0, np.log(2.0)], atol=1e-6)
+    # axis 0 is not the softmax's axis: probabilities, clamped and normalised.
+    expected = losses.categorical_crossentropy(tf.eye(2), tf.nn.softmax(z).numpy(), axis=0)
+    np.testing.assert_allclose(along(0), expected, rtol=1e-6)
+
+
+def test_with_logits_rejects_bad_arguments():
+    p = tf.zeros([2])
+    with pytest.raises(ValueError, match="activation"):
+        losses.with_logits(p, p, "tanh")
+    with pytest.raises(ValueError, match="logits"):
+        losses.with_logits(p, tf.zeros([3]), "sigmoid")
+
+
+# ----------------------------------------------------------------------------
+# Errors (C7).
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(TypeError, match="binary_crossentropy: y_pred"):
+        losses.binary_crossentropy([[1.0]], tf.constant([[1]]))
+    with pytest.raises(ValueError, match="y_true and y_pred"):
+        losses.categorical_crossentropy(tf.zeros([2, 3]), tf.zeros([2, 4]))
+    with pytest.raises(TypeError, match="axis"):
+        losses.binary_crossentropy([[1.0]], [[0.5]], axis=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must be probabilities in"):
+        losses.binary_crossentropy([[1.0]], [[1.5]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be in"):
+        losses.sparse_categorical_crossentropy([3], [[0.5, 0.5]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must be non-negative"):
+        losses.poisson([[1.0]], [[-1.0]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must be probabilities"):
+        losses.kl_divergence([[2.0, 0.0]], [[0.5, 0.5]])
+
+
+def test_probability_check_runs_in_tf_function_and_can_be_turned_off():
+    fn = tf.function(lambda p: losses.categorical_crossentropy([[1.0, 0.0]], p))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="categorical_crossentropy: y_pred"):
+        fn(tf.constant([[-0.5, 0.5]]))
+    safeops.set_validation(False)
+    try:
+        assert losses.categorical_crossentropy([[1.0, 0.0]], [[-0.5, 0.5]]).shape == (1,)
+    finally:
+        safeops.set_validation(True)
+
+
+# ----------------------------------------------------------------------------
+# The new losses.
+
+
+def test_gaussian_nll_formula_floor_and_gradient():
+    y = np.array([[0.5, -1.0]], "float32")
+    mean, s = np.array([[0.0, 1.0]]), np.array([[0.3, -2.0]])
+    expected = np.mean(0.5 * (np.log(2 * np.pi) + s + (y - mean) ** 2 * np.exp(-s)), -1)
+    pred = np.concatenate([mean, s], -1).astype("float32")
+    np.testing.assert_allclose(losses.gaussian_nll(y, pred), expected, rtol=1e-6)
+    # The floor: a log-variance of -inf is the floor, with a finite live gradient.
+    value, grad = _value_and_grad(lambda p: losses.gaussian_nll([[1.0]], p), [[0.0, -np.inf]])
+    floor = np.finfo(np.float32).eps ** 2
+    np.testing.assert_allclose(value, [0.5 * (np.log(2 * np.pi) + np.log(floor) + 1 / floor)], rtol=1e-5)
+    np.testing.assert_allclose(grad, [[-1 / floor, 0.5 * (1 - 1 / floor)]], rtol=1e-5)
+    value, _ = _value_and_grad(lambda p: losses.gaussian_nll([[0.0]], p, min_variance=1e-2), [[0.0, -50.0]])
+    np.testing.assert_allclose(value, [0.5 * (np.log(2 * np.pi) + np.log(1e-2))], rtol=1e-5)
+    with pytest.raises(ValueError, match="2 d"):
+        losses.gaussian_nll(tf.zeros([2, 3]), tf.zeros([2, 3]))
+
+
+def test_gaussian_nll_half_precision_is_finite_and_second_order_works():
+    y, pred = tf.constant([[3.0]], tf.float16), tf.constant([[0.0, -30.0]], tf.float16)
+    # The value 0.5 * 9 / 9.5e-7 = 4.7e6 does not fit float16: the function
+    # returns float16 (inf), the Loss class computes and returns float32.
+    assert np.isinf(losses.gaussian_nll(y, pred).numpy()).all()
+    value = losses.GaussianNLL()(y, pred)
+    assert value.dtype == tf.float32
+    floor = float(np.finfo(np.float16).eps) ** 2  # the floor of y_pred's own dtype
+    np.testing.assert_allclose(value, 0.5 * (np.log(2 * np.pi) + np.log(floor) + 9 / floor), rtol=1e-5)
+    grad = _value_and_grad(lambda p: losses.gaussian_nll(tf.constant([[0.1]], tf.float16), p),
+                           tf.constant([[0.0, -30.0]], tf.float16))[1]
+    assert np.isfinite(grad).all() and np.all(grad != 0)
+    x = tf.constant([[0.0, 0.5]], tf.float64)
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = losses.gaussian_nll([[1.0]], x)
+        g = inner.gradient(loss, x)
+    h = outer.jacobian(g, x)
+    np.testing.assert_allclose(np.asarray(h).reshape(2, 2)[0, 0], np.exp(-0.5), rtol=1e-10)
+
+
+def test_kl_divergence_with_logits_matches_naive_and_handles_masks(data):
+    t, s = data["logits"], data["logits"][::-1]
+    q = tf.nn.softmax(t).numpy().astype(np.float64)
+    naive = np.sum(q * (np.log(q) - np.log(tf.nn.softmax(s).numpy().astype(np.float64))), -1)
+    np.testing.assert_allclose(losses.kl_divergence_with_logits(t, s), naive, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(losses.kl_divergence_with_logits(t, t), 0.0, atol=1e-6)
+    masked = [[0.0, -np.inf, 1.0]]
+    value, grad = _value_and_grad(lambda s: losses.kl_divergence_with_logits(masked, s), [[0.0, -np.inf, 1.0]])
+    np.testing.assert_allclose(value, [0.0], atol=1e-6)
+    assert np.all(np.isfinite(grad))
+    assert float(losses.kl_divergence_with_logits([[0.0, 0.0]], [[0.0, -np.inf]])[0]) == np.inf
+
+
+def test_kl_divergence_recovers_softmax_logits():
+    z = tf.constant([[0.0, -200.0]])
+    t = tf.constant([[0.5, 0.5]])
+
+    @tf.function
+    def run(z):
+        return losses.kl_divergence(t, tf.nn.softmax(z))
+
+    exact = float(losses.kl_divergence_with_logits(tf.math.log(t), z)[0])
+    np.testing.assert_allclose(run(z), [exact], rtol=1e-5)
+    assert exact > 99
+
+
+# ----------------------------------------------------------------------------
+# Hypothesis properties.
+
+_logit = st.floats(-60, 60, width=32)
+_prob = st.floats(0.0, 1.0, width=32)
+
+
+def _naive_bce(y, p):
+    p = np.asarray(p, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.mean(y * np.log(p) + (1 - y) * np.log1p(-p), -1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0]), _logit), min_size=1, max_size=6))
+def test_property_bce_from_logits_equals_naive_and_keras_where_finite(pairs):
+    y = np.array([[a for a, _ in pairs]], "float32")
+    z = np.array([[b for _, b in pairs]], "float32")
+    ours = losses.binary_crossentropy(y, z, from_logits=True).numpy()
+    naive = np.mean(np.logaddexp(0, -z.astype(np.float64)) * y + np.logaddexp(0, z.astype(np.float64)) * (1 - y), -1)
+    np.testing.assert_allclose(ours, naive, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours, keras.losses.binary_crossentropy(y, z, from_logits=True), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.0]), _prob), min_size=1, max_size=6))
+def test_property_bce_on_probabilities_finite_and_live(pairs):
+    y = np.array([[a for a, _ in pairs]], "float32")
+    p = np.array([[b for _, b in pairs]], "float32")
+    value, grad = _value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+    assert np.all(grad[y != p] != 0)  # live wherever the prediction is not already perfect
+    naive = _naive_bce(y, p)
+    inside = (p > 1e-7) & (p < 1 - 1e-7)
+    if np.isfinite(naive).all() and inside.all():
+        np.testing.assert_allclose(value, naive, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(value, keras.losses.binary_crossentropy(y, p), rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_logit, min_size=2, max_size=6), st.data())
+def test_property_categorical_and_focal_from_logits(logits, draw):
+    z = np.array([logits], "float32")
+    k = draw.draw(st.integers(0, len(logits) - 1))
+    y = np.eye(len(logits), dtype="float32")[[k]]
+    log_p = z.astype(np.float64) - np.logaddexp.reduce(z.astype(np.float64), -1)
+    value, grad = _value_and_grad(lambda z: losses.categorical_crossentropy(y, z, from_logits=True), z)
+    np.testing.assert_allclose(value, -log_p[:, k], rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(grad))
+    focal, fgrad = _value_and_grad(lambda z: losses.categorical_focal_crossentropy(y, z, from_logits=True), z)
+    p_k = np.exp(log_p[0, k])
+    np.testing.assert_allclose(focal, [0.25 * (1 - p_k) ** 2 * -log_p[0, k]], rtol=1e-4, atol=1e-6)
+    assert np.all(np.isfinite(fgrad))
