@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -66,8 +65,8 @@ def run_lint():
     """Lint findings for the naive and the safeops loss on the same model."""
     from safeops.debug import lint
     x_train, _, y_train, _ = load()
-    naive = lint(build_model(naive_log_loss), x_train[:8], loss=naive_log_loss)
-    fixed = lint(build_model(safeops_log_loss), x_train[:8], loss=safeops_log_loss)
+    naive = lint(build_model(naive_log_loss), x_train[:8], loss=naive_log_loss, print=False)
+    fixed = lint(build_model(safeops_log_loss), x_train[:8], loss=safeops_log_loss, print=False)
     return naive, fixed
 
 
@@ -96,7 +95,8 @@ def main() -> None:
     naive_findings, fixed_findings = run_lint()
     print(f"1. lint on the naive loss: {len(naive_findings)} finding(s)")
     for f in naive_findings:
-        print(f"   - {f.pattern}: {f.op_name} ({f.op_type}) at {f.location}\n     {f.message}\n     fix: {f.fix}")
+        print(f"   - {f.pattern}: {f.op_name} ({f.op_type}) at {f.location}\n"
+              f"     {f.message}\n     fix: {f.fix}")
     print(f"   lint on the safeops loss: {len(fixed_findings)} finding(s)")
     naive = train(naive_log_loss)
     event = naive["guard"].events[0]

@@ -2,7 +2,8 @@
 
 from safeops import losses, math, nn
 from safeops._validate import set_validation
+from safeops import debug
 
 __version__ = "0.1.0"
 
-__all__ = ["math", "nn", "losses", "set_validation", "__version__"]
+__all__ = ["debug", "math", "nn", "losses", "set_validation", "__version__"]

@@ -411,7 +411,7 @@ def test_gaussian_nll_formula_floor_and_gradient():
     np.testing.assert_allclose(losses.gaussian_nll(y, pred), expected, rtol=1e-6)
     # The floor: a log-variance of -inf is the floor, with a finite live gradient.
     value, grad = _value_and_grad(lambda p: losses.gaussian_nll([[1.0]], p), [[0.0, -np.inf]])
-    floor = np.finfo(np.float32).eps ** 2
+    floor = float(np.finfo(np.float32).eps)
     np.testing.assert_allclose(value, [0.5 * (np.log(2 * np.pi) + np.log(floor) + 1 / floor)], rtol=1e-5)
     np.testing.assert_allclose(grad, [[-1 / floor, 0.5 * (1 - 1 / floor)]], rtol=1e-5)
     value, _ = _value_and_grad(lambda p: losses.gaussian_nll([[0.0]], p, min_variance=1e-2), [[0.0, -50.0]])
@@ -421,15 +421,15 @@ def test_gaussian_nll_formula_floor_and_gradient():
 
 
 def test_gaussian_nll_half_precision_is_finite_and_second_order_works():
-    y, pred = tf.constant([[3.0]], tf.float16), tf.constant([[0.0, -30.0]], tf.float16)
-    # The value 0.5 * 9 / 9.5e-7 = 4.7e6 does not fit float16: the function
+    y, pred = tf.constant([[12.0]], tf.float16), tf.constant([[0.0, -30.0]], tf.float16)
+    # The value 0.5 * 144 / 9.8e-4 = 73728 does not fit float16: the function
     # returns float16 (inf), the Loss class computes and returns float32.
     assert np.isinf(losses.gaussian_nll(y, pred).numpy()).all()
     value = losses.GaussianNLL()(y, pred)
     assert value.dtype == tf.float32
-    floor = float(np.finfo(np.float16).eps) ** 2  # the floor of y_pred's own dtype
-    np.testing.assert_allclose(value, 0.5 * (np.log(2 * np.pi) + np.log(floor) + 9 / floor), rtol=1e-5)
-    grad = _value_and_grad(lambda p: losses.gaussian_nll(tf.constant([[0.1]], tf.float16), p),
+    floor = float(np.finfo(np.float16).eps)  # the floor of y_pred's own dtype
+    np.testing.assert_allclose(value, 0.5 * (np.log(2 * np.pi) + np.log(floor) + 144 / floor), rtol=1e-5)
+    grad = _value_and_grad(lambda p: losses.gaussian_nll(tf.constant([[8.0]], tf.float16), p),
                            tf.constant([[0.0, -30.0]], tf.float16))[1]
     assert np.isfinite(grad).all() and np.all(grad != 0)
     x = tf.constant([[0.0, 0.5]], tf.float64)

@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from safeops._validate import message
+from safeops.debug._lint import lint
+from safeops.debug._locate import locate_nonfinite
 from safeops.debug._guard import GuardEvent, NaNGuard, _dedupe, _tf_variable
 from safeops.debug._preflight import InputReport, check_inputs
 
@@ -160,22 +162,14 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
 
 
 def _run_lint(model, x_sample, loss_fn) -> list:
-    try:
-        from safeops.debug._lint import lint
-        return list(lint(model, x_sample, loss=loss_fn))
-    except (ImportError, NotImplementedError):   # DEV ONLY: while safeops.debug.lint is being written
-        return []
+    return list(lint(model, x_sample, loss=loss_fn, print=False))
 
 
 def _run_locate(model, batch):
     if batch is None:
         return None
     x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-    try:
-        from safeops.debug._locate import locate_nonfinite
-        return locate_nonfinite(model, x, y)
-    except (ImportError, NotImplementedError):   # DEV ONLY: while locate_nonfinite is being written
-        return None
+    return locate_nonfinite(model, x, y)
 
 
 class _LossRecorder(keras.callbacks.Callback):
@@ -306,8 +300,8 @@ def _rank(lint_findings, inputs, training, tried, located) -> list:
                     "input features on a large or uneven scale" if f.kind == "scale"
                     else "feature scales differ by orders of magnitude",
                     score - (1 if f.kind == "spread" else 0), why,
-                    "standardise: keras.layers.Normalization().adapt(x_train) or "
-                    "StandardScaler().fit(x_train), fitted on the training split only, applied to both splits",
+                    "standardise: keras.layers.Normalization().adapt(x_train) or StandardScaler()"
+                    ".fit(x_train), fitted on the training split only, applied to both splits",
                     "inputs"))
             elif f.kind == "constant":
                 causes.append(Cause("constant input columns", 20, f.message, f.fix, "inputs"))

@@ -365,7 +365,7 @@ def _match(op, ranges):
 
 
 def _bounded_by_minimum(op) -> bool:
-    consumers = op.outputs[0].consumers()
+    consumers = [c for c in op.outputs[0].consumers() if not c.name.startswith("gradient_tape/")]
     return bool(consumers) and all(c.type == "Minimum" and any(
         _const_value(i) is not None and math.isfinite(_const_value(i)) for i in c.inputs) for c in consumers)
 

@@ -207,7 +207,8 @@ def _diagnose(traced, values: dict) -> NonFiniteReport:
 
 
 def _describe_results(traced, names) -> list:
-    return [f"gradient of {traced.gradient_of[n]}" if n in traced.gradient_of else f"output {n}" for n in names]
+    return [f"gradient of {traced.gradient_of[n]}" if n in traced.gradient_of else f"the loss/output ({n})"
+            for n in names]
 
 
 _GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Reciprocal", "TanhGrad": "Tanh",
@@ -256,8 +257,11 @@ def _explain(op, ins: list, outs: list, forward_op) -> tuple:
     if forward_op is not None:
         return _explain_gradient(op, ins, outs, forward_op, made)
     if kind == "Log" and x is not None:
+        source = op.inputs[0].op.type
+        origin = f"; the input is a {source.lower()} output that underflowed to 0" \
+            if source in ("Softmax", "Sigmoid") and x.zeros else ""
         if x.zeros and not x.negatives:
-            return f"Log of 0: input has {_count(x.zeros, 'zero')} (log(0) = -inf)", fix_log
+            return f"Log of 0: input has {_count(x.zeros, 'zero')} (log(0) = -inf){origin}", fix_log
         return (f"Log of a negative number: input has {_count(x.negatives, 'negative value')} (NaN)"
                 + (f" and {_count(x.zeros, 'zero')}" if x.zeros else ""), fix_log)
     if kind == "Log1p" and x is not None:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.util import nest as _nest   # flatten_with_tuple_paths is not in tf.nest
 
 _STEP_FRAME = "_safeops_traced_step"
 _SAFEOPS_SCOPE = re.compile(r"(^|/)safeops(_\d+)?/")
@@ -156,6 +157,8 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
     feed_index = [i for i, v in enumerate(leaves) if _is_array(v)]
     feeds = [tf.convert_to_tensor(leaves[i]) for i in feed_index]
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in feeds]
+    paths = ["/".join(str(k) for k in p) for p, _ in _nest.flatten_with_tuple_paths((args, kwargs))]
+    labels = [_argument_label(paths[i]) for i in feed_index]
     model = fn if is_keras_layer(fn) else None
     python_fn = None if model is not None else _unwrap(fn)
     if model is not None and loss is not None and not callable(loss):
@@ -170,6 +173,7 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
         call_args, call_kwargs = tf.nest.pack_sequence_as((args, kwargs), values)
         graph = tf.compat.v1.get_default_graph()
         float_fed = [t for t in fed if t.dtype.is_floating]
+        label = {t.name: lab for t, lab in zip(fed, labels)}
         with tf.GradientTape(watch_accessed_variables=True) as tape:
             for t in float_fed:
                 tape.watch(t)
@@ -189,7 +193,8 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
                 grads = tape.gradient(targets, sources)
         record["n_forward"] = n_forward
         record["final"] = [t.name for t in targets] + [g.name for g in grads if isinstance(g, tf.Tensor)]
-        record["gradient_of"] = {g.name: getattr(s, "path", None) or getattr(s, "name", "input")
+        record["gradient_of"] = {g.name: label.get(getattr(s, "name", None)) or getattr(s, "path", None)
+                                 or getattr(s, "name", "input")
                                  for g, s in zip(grads, sources) if isinstance(g, tf.Tensor)}
         if not collect:
             return [t for t in targets] + [g for g in grads if g is not None]
@@ -202,6 +207,18 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
     return TracedStep(graph=concrete.graph, n_forward=record["n_forward"], final=record["final"],
                       gradient_of=record["gradient_of"], fetch=record.get("fetch", []), concrete=concrete,
                       inputs=feeds, note=record.get("note", ""))
+
+
+def _argument_label(path: str) -> str:
+    """``'argument 0'``, ``"argument 'x'"`` or ``'argument 1[2]'`` from a nest path like ``'0/1/2'``."""
+    parts = path.split("/")
+    if parts[0] == "0" and len(parts) > 1:
+        head = f"argument {parts[1]}"
+    elif len(parts) > 1:
+        head = f"argument '{parts[1]}'"
+    else:
+        return "input"
+    return head + "".join(f"[{p}]" for p in parts[2:])
 
 
 def _model_objective(model, call_args: tuple, loss, record: dict) -> list:

@@ -14,7 +14,9 @@ one code path decides, for all of them:
 * **precision**: the loss is computed in float32 when its dtype policy says
   float16 or bfloat16 (``dtype="mixed_float16"``), and a half-precision
   ``y_pred`` is widened before the function sees it; the logits record of
-  :mod:`safeops.losses._probabilities` and the Keras mask travel with it;
+  :mod:`safeops.losses._probabilities` and the Keras mask travel with it,
+  and the gradient handed back to it saturates at the half dtype's largest
+  value instead of overflowing to ``inf``;
 * **tf.distribute**: Keras' reduction divides the mean reductions by the
   number of replicas in sync (``scale_loss_for_distribution``), so the
   per-replica gradients that the strategy sums are those of the global mean

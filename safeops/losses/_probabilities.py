@@ -38,7 +38,10 @@ rule 3 also covers raw ``tf.sigmoid``/``tf.nn.softmax``.
 
 Records survive the casts and reshapes that the Loss classes themselves
 apply (:func:`carry`), so a ``mixed_float16`` model whose last layer is a
-sigmoid gets the same loss as a float32 one.
+sigmoid gets the same loss as a float32 one. The Loss classes' widening cast
+also saturates the gradient it hands back to a half-precision ``y_pred`` at
+that dtype's largest value, so a large float32 gradient never becomes
+``inf`` in float16.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from safeops import _validate
+from safeops import _dtypes, _validate
+from safeops._gradient import custom_op
 
 _RECORD = "_safeops_logits"
 _KERAS_LOGITS = "_keras_logits"
@@ -162,9 +166,27 @@ def cast_keeping_logits(value, dtype):
     """
     if not isinstance(value, (tf.Tensor, tf.Variable)) or not value.dtype.is_floating:
         return value
-    if value.dtype == tf.as_dtype(dtype):
+    dtype = tf.as_dtype(dtype)
+    if value.dtype == dtype:
         return value
+    if value.dtype.size < dtype.size:
+        return carry(value, _saturating_widen(value.dtype, dtype)(value))
     return carry(value, tf.cast(value, dtype))
+
+
+def _saturating_widen(narrow: tf.DType, wide: tf.DType):
+    """``tf.cast`` to ``wide`` whose gradient saturates at ``narrow``'s range.
+
+    A loss computed in float32 on a float16 ``y_pred`` can have a finite
+    float32 gradient beyond 65504 (a boundary gradient ``1/tiny``, a
+    ``1/sqrt(floor)``); cast back to float16 it would be ``inf``. Saturated,
+    it keeps its sign and stays finite (C1, C4); NaN passes through.
+    """
+    return custom_op(
+        lambda x: tf.cast(x, wide),
+        lambda dy, y, x: (tf.cast(_dtypes.saturate(dy, narrow), x.dtype),),
+        narrow,
+    )
 
 
 def _find_record(y_pred):

@@ -1,0 +1,192 @@
+"""The custom-loss helper (loss_class, LossFunctionWrapper) and its two worked examples."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops import losses
+
+
+def mean_abs_log_error(y_true, y_pred, scale=1.0):
+    """A small custom loss for the tests."""
+    return scale * tf.reduce_mean(tf.abs(tfm.log(y_pred) - tfm.log(y_true)), -1)
+
+
+MeanAbsLogError = losses.loss_class(mean_abs_log_error, package="safeops_tests")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(5)
+    y = rng.uniform(0.1, 2.0, size=(6, 3)).astype("float32")
+    p = rng.uniform(0.1, 2.0, size=(6, 3)).astype("float32")
+    w = rng.uniform(0.0, 1.0, size=(6,)).astype("float32")
+    return y, p, w
+
+
+def test_loss_class_builds_a_registered_keras_loss():
+    loss = MeanAbsLogError(scale=2.0)
+    assert isinstance(loss, keras.losses.Loss) and isinstance(loss, losses.LossFunctionWrapper)
+    assert loss.name == "mean_abs_log_error" and loss.reduction == "sum_over_batch_size"
+    assert keras.saving.get_registered_name(MeanAbsLogError) == "safeops_tests>MeanAbsLogError"
+    config = loss.get_config()
+    assert config["scale"] == 2.0 and config["check_finite"] is False
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert type(again) is MeanAbsLogError and again.get_config() == config
+    assert "A small custom loss" in MeanAbsLogError.__doc__
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", None])
+def test_reduction_and_sample_weight_match_keras_loss_semantics(batch, reduction):
+    y, p, w = batch
+
+    class KerasReference(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return mean_abs_log_error(y_true, y_pred, scale=3.0)
+
+    ours, ref = MeanAbsLogError(reduction=reduction, scale=3.0), KerasReference(reduction=reduction)
+    np.testing.assert_allclose(ours(y, p), ref(y, p), rtol=1e-6)
+    np.testing.assert_allclose(ours(y, p, sample_weight=w), ref(y, p, sample_weight=w), rtol=1e-6)
+    np.testing.assert_allclose(ours(y, p, sample_weight=w[:, None]), ref(y, p, sample_weight=w[:, None]),
+                               rtol=1e-6)
+
+
+def test_options_are_checked():
+    with pytest.raises(TypeError, match="MeanAbsLogError: options must be among"):
+        MeanAbsLogError(sclae=2.0)
+
+    def needs_option(y_true, y_pred, margin):
+        return y_pred
+
+    with pytest.raises(TypeError, match="option 'margin'"):
+        losses.loss_class(needs_option)
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        losses.loss_class(3)
+
+
+def test_half_precision_policies_compute_in_float32(batch):
+    y, p, _ = batch
+    for policy in ("mixed_float16", "mixed_bfloat16", "float16"):
+        loss = MeanAbsLogError(dtype=policy)
+        assert loss.dtype == "float32"
+        value = loss(y, tf.constant(p, tf.float16))
+        assert value.dtype == tf.float32
+        np.testing.assert_allclose(value, MeanAbsLogError()(y, p), rtol=1e-3)
+    assert MeanAbsLogError(dtype="float64").dtype == "float64"
+
+
+def test_check_finite_names_the_loss_in_eager_and_tf_function():
+    def exploding(y_true, y_pred):
+        return tf.reduce_sum(y_pred / y_true, -1)
+
+    Exploding = losses.loss_class(exploding, package="safeops_tests", check_finite=True)
+    loss = Exploding()
+    assert loss.check_finite
+    np.testing.assert_allclose(loss(np.array([[1.0, 2.0]]), np.array([[1.0, 1.0]])), 1.5)
+    for run in (loss, tf.function(loss)):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"exploding \(Exploding\): per-example loss must be finite"):
+            run(tf.constant([[0.0, 1.0]]), tf.constant([[1.0, 1.0]]))
+    assert not Exploding(check_finite=False).check_finite
+    assert np.isinf(Exploding(check_finite=False)(np.array([[0.0, 1.0]]), np.array([[1.0, 1.0]])).numpy())
+
+
+def test_check_finite_keeps_the_ignore_class_mask():
+    labels, logits = np.array([0, -1, 1]), np.array([[1.0, 0.0], [5.0, 5.0], [0.0, 2.0]], "float32")
+    plain = losses.SparseCategoricalCrossentropy(True, ignore_class=-1)
+    checked = losses.SparseCategoricalCrossentropy(True, ignore_class=-1, check_finite=True)
+    np.testing.assert_allclose(checked(labels, logits), plain(labels, logits), rtol=1e-6)
+    np.testing.assert_allclose(plain(labels, logits), keras.losses.SparseCategoricalCrossentropy(
+        True, ignore_class=-1)(labels, logits), rtol=1e-6)
+
+
+def test_wrapper_with_a_registered_function_serialises():
+    fn = keras.saving.register_keras_serializable(package="safeops_tests")(mean_abs_log_error)
+    loss = losses.LossFunctionWrapper(fn, name="wrapped", scale=0.5)
+    again = losses.LossFunctionWrapper.from_config(loss.get_config())
+    assert again.fn is fn and again.get_config()["scale"] == 0.5
+    np.testing.assert_allclose(again(np.array([[1.0]]), np.array([[np.e]])), 0.5, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Worked example 1: Tversky / Dice with safe division.
+
+
+def test_tversky_matches_formula_and_dice_matches_keras():
+    rng = np.random.default_rng(1)
+    y = (rng.uniform(size=(4, 3, 3)) > 0.5).astype("float32")
+    p = rng.uniform(size=(4, 3, 3)).astype("float32")
+    tp = (y * p).sum((1, 2))
+    fp = ((1 - y) * p).sum((1, 2))
+    fn = (y * (1 - p)).sum((1, 2))
+    np.testing.assert_allclose(losses.tversky_loss(y, p, alpha=0.3, beta=0.7),
+                               1 - tp / (tp + 0.3 * fp + 0.7 * fn), rtol=1e-5)
+    for i in range(4):
+        np.testing.assert_allclose(losses.tversky_loss(y[i:i + 1], p[i:i + 1]),
+                                   keras.losses.dice(y[i:i + 1], p[i:i + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_tversky_empty_mask_and_prediction_is_perfect_not_nan():
+    y, p = tf.zeros([2, 4]), tf.constant([[0.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        value = losses.tversky_loss(y, p)
+    grad = tape.gradient(value, p).numpy()
+    np.testing.assert_allclose(value, [0.0, 1.0])
+    assert np.all(np.isfinite(grad)) and np.all(grad[0] == 0)
+    naive = 1 - tf.reduce_sum(y * p, -1) / tf.reduce_sum(y * p + 0.5 * (1 - y) * p + 0.5 * y * (1 - p), -1)
+    assert np.isnan(naive.numpy()[0])
+    loss = losses.TverskyLoss(alpha=0.5, beta=0.5)
+    np.testing.assert_allclose(loss(y, p), 0.5)
+    assert loss.get_config()["alpha"] == 0.5
+
+
+# ----------------------------------------------------------------------------
+# Worked example 2: InfoNCE on reduce_logsumexp.
+
+
+def _naive_info_nce(e, temperature):
+    a, b = np.split(e.astype(np.float64), 2, -1)
+    a /= np.linalg.norm(a, axis=-1, keepdims=True)
+    b /= np.linalg.norm(b, axis=-1, keepdims=True)
+    s = a @ b.T / temperature
+    return np.logaddexp.reduce(s, -1) - np.diag(s)
+
+
+def test_info_nce_matches_naive_and_stays_finite_where_naive_overflows():
+    rng = np.random.default_rng(2)
+    e = rng.normal(size=(5, 8)).astype("float32")
+    np.testing.assert_allclose(losses.info_nce(None, e, temperature=0.5), _naive_info_nce(e, 0.5), rtol=1e-5)
+    np.testing.assert_allclose(losses.info_nce(None, e, temperature=0.01), _naive_info_nce(e, 0.01),
+                               rtol=1e-4, atol=1e-4)
+    scores = np.float32(100.0 / 0.001)
+    assert not np.isfinite(np.log(np.exp(np.float32(scores))))  # the naive exp overflows
+    zero_row = np.concatenate([np.zeros((1, 8), "float32"), e[1:]])
+    for dtype, temperature in ((tf.float32, 0.001), (tf.float16, 0.1)):
+        x = tf.constant(zero_row, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = losses.InfoNCE(temperature=temperature)(tf.zeros([5]), x)
+        grad = tape.gradient(value, x)
+        assert value.dtype == tf.float32 and np.isfinite(value.numpy())
+        assert np.all(np.isfinite(grad.numpy().astype(np.float32))), dtype
+
+
+def test_info_nce_class_config_round_trip():
+    loss = losses.InfoNCE(temperature=0.2, reduction="sum")
+    again = losses.InfoNCE.from_config(loss.get_config())
+    assert again.get_config() == loss.get_config()
+    assert keras.saving.get_registered_name(losses.InfoNCE) == "safeops>InfoNCE"
+
+
+@pytest.mark.xfail(strict=True, reason="safeops.math.reduce_logsumexp is wrong under jit_compile when its "
+                   "input is computed in the same XLA cluster (0.68 off for matmul/0.1 scores): reported "
+                   "to the lead; remove this mark when math is fixed")
+def test_info_nce_same_under_xla():
+    e = tf.constant(np.random.default_rng(0).normal(size=(16, 6)).astype("float32"))
+    fn = lambda e: losses.info_nce(None, e)  # noqa: E731
+    np.testing.assert_allclose(tf.function(fn, jit_compile=True)(e), fn(e), rtol=1e-5)

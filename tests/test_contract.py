@@ -1,0 +1,588 @@
+"""Generic property tests of the numerics contract for every op of ``safeops.math``.
+
+One table, :data:`SPECS`, names each op with its naive formula
+(``tests/naive.py``), its mpmath reference (``tests/reference.py``), the
+TensorFlow function it replaces, its float arguments and where its domain
+is clamped. Parametrized tests run every property for every op and dtype:
+
+(a) equal to the naive formula wherever that is finite and accurate
+    (``test_agrees_with_naive_where_naive_is_accurate``);
+(b) C3: values within 4 ULP (float32/64) or 1 ULP (float16/bfloat16) of the
+    correctly rounded reference, gradients within 1e-5 / 1e-12 relative
+    (``test_within_c3_of_reference``);
+(c) C1 and C4: finite value, gradient and second derivative for finite
+    input; at a clamped point a live gradient pointing into the domain
+    (``test_finite_value_gradient_second_derivative``);
+(d) C2: NaN in, NaN out (``test_nan_in_nan_out``);
+(e) C5: TensorFlow's signature, output shape and dtype;
+(f) C7: integer, string and complex inputs raise ``TypeError`` naming the
+    argument;
+(g) docstrings carry Formula, Stable rewrite, Edges and an Example;
+(h) C6: eager, ``tf.function`` and XLA agree and each meets C3.
+
+Hypothesis draws inputs from ``tests/strategies.py`` (the whole range of each
+dtype, with weight on each op's edges) under the profile of
+``tests/conftest.py``. Each (op, dtype) is traced once as a ``tf.function``
+with a length-agnostic signature; XLA compiles once per (op, dtype) on a
+fixed sample.
+
+Two documented allowances, both narrower than the contract's wording:
+
+* **ill-conditioned log-sum-exp.** ``logaddexp`` and ``reduce_logsumexp``
+  near a result of 0 are ill-conditioned (condition number
+  ``sum |x_i| p_i / |y|``, Blanchard, Higham & Higham 2021); there an error
+  of 4 ULP of the largest ``|x_i|`` is accepted instead of 4 ULP of ``y``.
+* **half-precision subnormals.** float16 and bfloat16 subnormal inputs turn
+  into normal float32 numbers when an op widens them, and TensorFlow does not
+  flush them then; at inputs that contain a subnormal, the reference with
+  the subnormal kept is accepted as well as the flushed one.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+import safeops.math as tfm
+from tests import naive, reference, strategies
+from tests.conftest import MODES, in_mode
+from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, numpy_dtype, relative_error, ulp_of, value_ulps
+
+pytestmark = pytest.mark.contract
+
+DTYPES = strategies.DTYPES
+
+
+# ----------------------------------------------------------------------------
+# The table.
+
+
+def _positive_below(bound_fn):
+    """Clamp rule ``x <= bound``: gradient there must be positive (points up into the domain)."""
+    return lambda xs, f: [(xs[0] <= bound_fn(f), 0, +1)]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One op of ``safeops.math`` and everything the generic tests need to know about it."""
+
+    name: str
+    kind: str  # "unary", "binary", "reduce" (one value per row), "row" (value per entry)
+    args: tuple[str, ...]  # the float arguments, in order
+    original: Callable | None  # the TensorFlow function it replaces (C5)
+    expected_signature: str | None = None  # when there is no TF original
+    # clamp(xs, fmt) -> [(mask, arg index whose gradient is checked, sign)]; sign 0: nonzero.
+    clamp: Callable | None = None
+    masks: bool = False  # takes -inf entries as masks
+    ill_conditioned_near_zero: bool = False
+    extra_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def fn(self):
+        return getattr(tfm, self.name)
+
+    @property
+    def naive(self):
+        return getattr(naive, self.name)
+
+    def __repr__(self):
+        return self.name
+
+
+def _xlog_clamp(bound_fn):
+    def clamp(xs, f):
+        x, y = xs
+        return [((y <= bound_fn(f)) & (x > 0), 1, +1), ((y <= bound_fn(f)) & (x < 0), 1, -1)]
+    return clamp
+
+
+SPECS = {s.name: s for s in [
+    Spec("log", "unary", ("x",), tf.math.log, clamp=_positive_below(lambda f: f.tiny)),
+    Spec("log1p", "unary", ("x",), tf.math.log1p, clamp=_positive_below(lambda f: -f.below_one)),
+    Spec("logit", "unary", ("x",), None, "(x, name=None)",
+         clamp=lambda xs, f: [(xs[0] <= f.tiny, 0, +1), (xs[0] >= f.below_one, 0, +1)]),
+    Spec("xlogy", "binary", ("x", "y"), tf.math.xlogy, clamp=_xlog_clamp(lambda f: f.tiny)),
+    Spec("xlog1py", "binary", ("x", "y"), tf.math.xlog1py, clamp=_xlog_clamp(lambda f: -f.below_one)),
+    Spec("log1mexp", "unary", ("x",), None, "(x, name=None)",
+         clamp=lambda xs, f: [(np.abs(xs[0]) <= f.tiny, 0, 0)]),
+    Spec("logaddexp", "binary", ("x1", "x2"), tf.experimental.numpy.logaddexp,
+         ill_conditioned_near_zero=True),
+    Spec("sigmoid", "unary", ("x",), tf.math.sigmoid),
+    Spec("log_sigmoid", "unary", ("x",), tf.math.log_sigmoid),
+    Spec("softplus", "unary", ("features",), tf.math.softplus),
+    Spec("softplus_inverse", "unary", ("x",), None, "(x, name=None)",
+         clamp=_positive_below(lambda f: f.tiny)),
+    Spec("reduce_logsumexp", "reduce", ("input_tensor",), tf.math.reduce_logsumexp, masks=True,
+         ill_conditioned_near_zero=True),
+    Spec("softmax", "row", ("logits",), tf.nn.softmax, masks=True),
+    Spec("log_softmax", "row", ("logits",), tf.nn.log_softmax, masks=True),
+    Spec("sqrt", "unary", ("x",), tf.math.sqrt, clamp=_positive_below(lambda f: 0.0)),
+    Spec("norm", "reduce", ("tensor",), tf.norm),
+    Spec("l2_normalize", "row", ("x",), tf.math.l2_normalize),
+    Spec("divide_no_nan", "binary", ("x", "y"), tf.math.divide_no_nan),
+]}
+
+OP_NAMES = list(SPECS)
+CASES = [(name, dtype) for name in OP_NAMES for dtype in DTYPES]
+CASE_IDS = [f"{name}-{dtype}" for name, dtype in CASES]
+
+
+def test_table_covers_the_public_api():
+    assert sorted(SPECS) == sorted(tfm.__all__)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: value, first and second derivatives, traced once per (op, dtype, impl, mode).
+
+_COTANGENT_CYCLE = np.array([1.0, -0.5, 2.0, -1.5, 0.75, -3.0, 0.25])
+
+
+def cotangent(shape, dtype) -> np.ndarray:
+    """The fixed upstream gradient of the row ops: exact in every dtype, mixed signs."""
+    n = int(np.prod(shape))
+    return strategies.cast(np.resize(_COTANGENT_CYCLE, n).reshape(shape), dtype)
+
+
+def _call(spec: Spec, impl: str, *xs):
+    fn = spec.fn if impl == "safeops" else spec.naive
+    if spec.kind in ("unary", "binary"):
+        return fn(*xs)
+    if spec.name == "reduce_logsumexp" and len(xs) == 2:
+        return fn(xs[0], axis=-1, weights=xs[1])
+    return fn(xs[0], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def evaluator(name: str, dtype: str, impl: str = "safeops", mode: str = "function", weighted: bool = False):
+    """A function ``(*arrays) -> (value, grads, second)`` as NumPy arrays.
+
+    ``grads``: the gradient of ``sum(value * v)`` (``v`` the
+    :func:`cotangent` for row ops, ones otherwise) with respect to each
+    input, as float64; ``second``: the gradient of the sum of those
+    gradients, as float64 (safeops only; naive gets ``()``).
+    """
+    spec = SPECS[name]
+    dt = tf.as_dtype(dtype)
+    n_in = 2 if (spec.kind == "binary" or weighted) else 1
+    matrix = spec.kind in ("reduce", "row")
+    second_order = impl == "safeops"
+
+    def run(*args):
+        xs, v = list(args[:n_in]), args[n_in] if spec.kind == "row" else None
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(xs)
+            with tf.GradientTape() as inner:
+                inner.watch(xs)
+                y = _call(spec, impl, *xs)
+                loss = tf.reduce_sum(y * v) if v is not None else tf.reduce_sum(y)
+            grads = inner.gradient(loss, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            total = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float64)) for g in grads])
+        second = (outer.gradient(total, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                  if second_order else [])
+        del outer
+        return y, tuple(grads), tuple(second)
+
+    shape = [None, None] if matrix else [None]
+    signature = tuple([tf.TensorSpec(shape, dt)] * n_in + ([tf.TensorSpec(shape, dt)] if spec.kind == "row" else []))
+    compiled = in_mode(run, mode, signature if mode != "eager" else None)
+
+    def evaluate(*arrays):
+        tensors = [tf.constant(a, dtype=dt) for a in arrays]
+        if spec.kind == "row":
+            tensors.append(tf.constant(cotangent(arrays[0].shape, dtype), dtype=dt))
+        y, grads, second = compiled(*tensors)
+        as64 = lambda t: tf.cast(t, tf.float64).numpy()  # noqa: E731
+        return y.numpy(), tuple(as64(g) for g in grads), tuple(as64(h) for h in second)
+
+    return evaluate
+
+
+def reference_for(spec: Spec, arrays, dtype, flush=True) -> reference.Reference:
+    if spec.kind in ("unary", "binary"):
+        return reference.elementwise(spec.name, *arrays, dtype=dtype, flush=flush)
+    weights = arrays[1] if len(arrays) == 2 else None
+    v = cotangent(arrays[0].shape, dtype) if spec.kind == "row" else None
+    return reference.rowwise(spec.name, arrays[0], dtype, weights=weights, cotangent=v, flush=flush)
+
+
+def has_subnormal(arrays, dtype) -> bool:
+    tiny = finfo(dtype).tiny
+    return any(np.any((np.abs(a.astype(np.float64)) < tiny) & (a.astype(np.float64) != 0)) for a in arrays)
+
+
+def _row_broadcast(mask_rows, shape):
+    return np.broadcast_to(np.asarray(mask_rows)[:, None], shape)
+
+
+# ----------------------------------------------------------------------------
+# Checks shared by the properties: each returns a list of failure messages.
+
+
+def _describe(arrays, idx):
+    """The input entry (or row) behind a failure, for the message."""
+    if arrays[0].ndim == 2:
+        r = idx[0]
+        return "row " + "; ".join(repr(a[r].astype(np.float64).tolist()) for a in arrays)
+    return ", ".join(repr(float(a.astype(np.float64)[idx])) for a in arrays)
+
+
+def value_errors(spec: Spec, arrays, dtype, got, refs) -> list[str]:
+    """C3 on values: within the ULP bound of one of the references (see the module docstring)."""
+    bound = VALUE_ULP[dtype]
+    ok = np.zeros(got.shape, dtype=bool)
+    defined = np.zeros(got.shape, dtype=bool)
+    for ref in refs:
+        d = value_ulps(got, ref.value, dtype)
+        good = d <= bound
+        if spec.ill_conditioned_near_zero:
+            scale = _largest_magnitude(spec, arrays)
+            with np.errstate(invalid="ignore"):
+                err = np.abs(got.astype(np.float64) - ref.value.astype(np.float64))
+                good |= np.isfinite(err) & (err <= bound * ulp_of(scale, dtype))
+        ok |= good & ref.value_defined
+        defined |= ref.value_defined
+    bad = np.argwhere(defined & ~ok)
+    return [f"{spec.name} value {got[tuple(i)]!r} vs exact {refs[0].value[tuple(i)]!r} "
+            f"({value_ulps(got[tuple(i)], refs[0].value[tuple(i)], dtype):.0f} ULP) at {_describe(arrays, tuple(i))}"
+            for i in bad[:3]]
+
+
+def _largest_magnitude(spec, arrays):
+    """Per output entry, the largest finite ``|x|`` feeding it (conditioning scale)."""
+    if spec.kind == "binary":
+        a, b = (np.abs(x.astype(np.float64)) for x in arrays)
+        return np.maximum(np.where(np.isfinite(a), a, 0), np.where(np.isfinite(b), b, 0))
+    x = np.abs(arrays[0].astype(np.float64))
+    return np.max(np.where(np.isfinite(x), x, 0), axis=-1)
+
+
+def gradient_errors(spec: Spec, arrays, dtype, grads, refs) -> list[str]:
+    """C3 on gradients, where the exact gradient is representable and not tiny in absolute terms."""
+    f = reference.fmt(dtype)
+    rtol = GRAD_RTOL[dtype]
+    floor = f.tiny * 2.0 ** 8
+    out = []
+    for k, got in enumerate(grads):
+        ok = np.zeros(got.shape, dtype=bool)
+        checked = np.zeros(got.shape, dtype=bool)
+        for ref in refs:
+            exact, scale = ref.grads[k], ref.scales[k]
+            with np.errstate(invalid="ignore"):
+                applies = ref.defined & (np.abs(exact) <= f.max_value) & (np.maximum(np.abs(exact), scale) >= floor)
+            err = relative_error(got, exact, scale)
+            ok |= applies & (err <= rtol)
+            checked |= applies
+        for i in np.argwhere(checked & ~ok)[:3]:
+            i = tuple(i)
+            out.append(f"{spec.name} d/d{spec.args[min(k, len(spec.args) - 1)] if k < len(spec.args) else 'weights'}"
+                       f" {got[i]!r} vs exact {refs[0].grads[k][i]!r} "
+                       f"(rel {relative_error(got[i], refs[0].grads[k][i], refs[0].scales[k][i]):.2e}) "
+                       f"at {_describe(arrays, i)}")
+    return out
+
+
+def _refs(spec, arrays, dtype):
+    refs = [reference_for(spec, arrays, dtype)]
+    if has_subnormal(arrays, dtype) and dtype in ("float16", "bfloat16"):
+        refs.append(reference_for(spec, arrays, dtype, flush=False))
+    return refs
+
+
+def draw_inputs(data, spec: Spec, dtype: str, weighted: bool = False):
+    """Finite inputs (``-inf`` masks for masking ops) drawn for ``spec`` in ``dtype``."""
+    if spec.kind == "unary":
+        return (data.draw(strategies.vectors(spec.name, dtype), label="x"),)
+    if spec.kind == "binary":
+        return data.draw(strategies.pairs(spec.name, dtype), label="x, y")
+    x = data.draw(strategies.matrices(spec.name, dtype, masks=spec.masks), label="x")
+    if weighted:
+        return x, data.draw(strategies.weights_for(x.shape, dtype), label="weights")
+    return (x,)
+
+
+def _variants(spec):
+    return [False, True] if spec.name == "reduce_logsumexp" else [False]
+
+
+CASES_W = [(n, d, w) for n, d in CASES for w in _variants(SPECS[n])]
+CASE_W_IDS = [f"{n}-{d}" + ("-weighted" if w else "") for n, d, w in CASES_W]
+
+
+# ----------------------------------------------------------------------------
+# (a) Agreement with the naive formula where it is finite and accurate.
+
+
+@pytest.mark.parametrize("name, dtype, weighted", CASES_W, ids=CASE_W_IDS)
+@given(data=st.data())
+def test_agrees_with_naive_where_naive_is_accurate(name, dtype, weighted, data):
+    spec = SPECS[name]
+    arrays = draw_inputs(data, spec, dtype, weighted)
+    y, grads, _ = evaluator(name, dtype, "safeops", weighted=weighted)(*arrays)
+    ny, ngrads, _ = evaluator(name, dtype, "naive", weighted=weighted)(*arrays)
+    ref = reference_for(spec, arrays, dtype)
+    bound = VALUE_ULP[dtype]
+    ny64, y64 = ny.astype(np.float64), y.astype(np.float64)
+    # Wherever the naive value is finite, so is safeops' (it is never worse).
+    worse = np.isfinite(ny64) & ~np.isfinite(y64)
+    assert not worse.any(), f"naive finite, safeops not: {y[worse]} at {_describe(arrays, tuple(np.argwhere(worse)[0]))}"
+    # Where the naive value is accurate (within C3 of the reference), the two agree.
+    naive_good = ref.value_defined & np.isfinite(ny64) & (value_ulps(ny, ref.value, dtype) <= bound)
+    apart = value_ulps(y, ny, dtype)
+    off = naive_good & (apart > 2 * bound)
+    assert not off.any(), (
+        f"{name}: safeops {y[off][:3]} vs naive {ny[off][:3]} ({apart[off][:3]} ULP apart) "
+        f"at {_describe(arrays, tuple(np.argwhere(off)[0]))}")
+    rtol = GRAD_RTOL[dtype]
+    for k, (g, ng) in enumerate(zip(grads, ngrads)):
+        exact, scale = ref.grads[k], ref.scales[k]
+        floor = np.maximum(scale, reference.fmt(dtype).tiny * 2.0 ** 8)
+        with np.errstate(invalid="ignore"):
+            naive_ok = ref.defined & np.isfinite(ng) & (relative_error(ng, exact, floor) <= rtol)
+        assert np.isfinite(g[np.isfinite(ng)]).all(), f"{name}: naive gradient finite, safeops not"
+        off = naive_ok & (relative_error(g, ng, floor) > 2 * rtol)
+        assert not off.any(), (
+            f"{name}: gradient {g[off][:3]} vs naive {ng[off][:3]} at {_describe(arrays, tuple(np.argwhere(off)[0]))}")
+
+
+# ----------------------------------------------------------------------------
+# (b) C3 against the mpmath reference.
+
+
+@pytest.mark.parametrize("name, dtype, weighted", CASES_W, ids=CASE_W_IDS)
+@given(data=st.data())
+def test_within_c3_of_reference(name, dtype, weighted, data):
+    spec = SPECS[name]
+    arrays = draw_inputs(data, spec, dtype, weighted)
+    y, grads, _ = evaluator(name, dtype, weighted=weighted)(*arrays)
+    refs = _refs(spec, arrays, dtype)
+    failures = value_errors(spec, arrays, dtype, y, refs) + gradient_errors(spec, arrays, dtype, grads, refs)
+    assert not failures, "\n".join(failures)
+
+
+# ----------------------------------------------------------------------------
+# (c) C1 finite value, gradient, second derivative; C4 live gradients at clamps.
+
+
+@pytest.mark.parametrize("name, dtype, weighted", CASES_W, ids=CASE_W_IDS)
+@given(data=st.data())
+def test_finite_value_gradient_second_derivative(name, dtype, weighted, data):
+    spec = SPECS[name]
+    arrays = draw_inputs(data, spec, dtype, weighted)
+    y, grads, second = evaluator(name, dtype, weighted=weighted)(*arrays)
+    refs = _refs(spec, arrays, dtype)
+    y64 = y.astype(np.float64)
+    # Only the exact infinities: where the correctly rounded result itself is that infinity
+    # (an all -inf slice, a masked log-probability, a result beyond the dtype's range).
+    allowed = np.zeros(y.shape, dtype=bool)
+    for ref in refs:
+        allowed |= np.isinf(ref.value.astype(np.float64)) & (ref.value.astype(np.float64) == y64)
+    bad = ~np.isfinite(y64) & ~allowed
+    assert not bad.any(), f"{name}: value {y[bad][:3]} at {_describe(arrays, tuple(np.argwhere(bad)[0]))}"
+    for what, arrays_out in (("gradient", grads), ("second derivative", second)):
+        for k, g in enumerate(arrays_out):
+            bad = ~np.isfinite(g)
+            assert not bad.any(), (
+                f"{name}: {what} w.r.t. argument {k} is {g[bad][:3]} "
+                f"at {_describe(arrays, tuple(np.argwhere(bad)[0]))}")
+    if spec.clamp is not None:
+        f = reference.fmt(dtype)
+        xs = [a.astype(np.float64) for a in arrays]
+        for mask, k, sign in spec.clamp(xs, f):
+            g = grads[k][mask]
+            dead = (g == 0) if sign == 0 else (np.sign(g) != sign)
+            assert not dead.any(), (
+                f"{name}: gradient {g[dead][:3]} at a clamped point (C4 wants sign {sign or 'nonzero'}) "
+                f"at {_describe(arrays, tuple(np.argwhere(mask)[np.argmax(dead)]))}")
+
+
+# ----------------------------------------------------------------------------
+# (d) C2: NaN in, NaN out.
+
+
+@pytest.mark.parametrize("name, dtype", CASES, ids=CASE_IDS)
+@given(data=st.data())
+def test_nan_in_nan_out(name, dtype, data):
+    spec = SPECS[name]
+    arrays = list(draw_inputs(data, spec, dtype))
+    which = data.draw(st.integers(0, len(arrays) - 1), label="argument")
+    arrays[which], mask = strategies.with_nans(data.draw, arrays[which])
+    y, grads, _ = evaluator(name, dtype)(*arrays)
+    y64 = y.astype(np.float64)
+    if spec.kind in ("unary", "binary"):
+        affected = mask
+    elif spec.kind == "reduce":
+        affected = mask.any(axis=-1)
+    else:
+        affected = _row_broadcast(mask.any(axis=-1), mask.shape)
+    hidden = affected & ~np.isnan(y64)
+    assert not hidden.any(), (
+        f"{name}: NaN in {spec.args[which]} gave {y[hidden][:3]} at {_describe(arrays, tuple(np.argwhere(hidden)[0]))}")
+    g = grads[which]
+    hidden = mask & ~np.isnan(g)
+    assert not hidden.any(), (
+        f"{name}: NaN in {spec.args[which]} gave gradient {g[hidden][:3]} "
+        f"at {_describe(arrays, tuple(np.argwhere(hidden)[0]))}")
+
+
+# ----------------------------------------------------------------------------
+# (e) C5: signature, output shape and dtype.
+
+
+def _parameters(fn):
+    return list(inspect.signature(fn).parameters.values())
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_signature_matches_tensorflow(name):
+    spec = SPECS[name]
+    ours = _parameters(spec.fn)
+    if spec.original is None:
+        assert str(inspect.signature(spec.fn)) == spec.expected_signature
+        return
+    theirs = _parameters(spec.original)
+    head = ours[:len(theirs)]
+    assert [p.name for p in head] == [p.name for p in theirs], f"{name}: {inspect.signature(spec.fn)}"
+    for a, b in zip(head, theirs):
+        assert a.default == b.default or (a.default is inspect.Parameter.empty and b.default is inspect.Parameter.empty), (
+            f"{name}: default of {a.name} is {a.default!r}, TensorFlow's {b.default!r}")
+        assert a.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
+    extras = ours[len(theirs):]
+    if "name" not in [p.name for p in theirs] and extras and extras[0].name == "name":
+        # A NumPy-API original (logaddexp) has no ``name``; every TF op takes one last.
+        assert extras[0].default is None
+        extras = extras[1:]
+    for p in extras:
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: extra argument {p.name} must be keyword-only"
+
+
+def _shape_calls(name):
+    """(args, kwargs) pairs exercising broadcasting, axes and keepdims, in float32."""
+    m = np.linspace(0.1, 2.0, 12).reshape(3, 4).astype(np.float32)
+    t3 = np.linspace(0.1, 2.0, 24).reshape(2, 3, 4).astype(np.float32)
+    col, row = m[:, :1], m[0]
+    spec = SPECS[name]
+    if spec.kind == "unary":
+        return [((m,), {}), ((t3,), {}), ((np.float32(0.5),), {})]
+    if spec.kind == "binary":
+        return [((m, m), {}), ((col, row), {}), ((m, np.float32(0.5)), {})]
+    if name == "reduce_logsumexp":
+        return [((t3,), {}), ((t3,), {"axis": 1}), ((t3,), {"axis": [0, 2], "keepdims": True}),
+                ((t3,), {"axis": -1, "keepdims": True})]
+    if name == "norm":
+        return [((t3,), {}), ((t3,), {"axis": 1}), ((t3,), {"axis": -1, "keepdims": True}),
+                ((t3,), {"axis": (1, 2)}), ((t3,), {"ord": 1, "axis": 0})]
+    if name == "l2_normalize":
+        return [((t3,), {}), ((t3,), {"axis": 1}), ((t3,), {"axis": [0, 2]})]
+    return [((t3,), {}), ((t3,), {"axis": 1}), ((m,), {"axis": 0})]
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_output_shape_and_dtype_match_tensorflow(name):
+    spec = SPECS[name]
+    original = spec.original or spec.naive
+    for args, kwargs in _shape_calls(name):
+        ours = spec.fn(*args, **kwargs)
+        theirs = original(*args, **kwargs)
+        assert ours.shape == theirs.shape, f"{name}{[np.shape(a) for a in args]} {kwargs}"
+        assert ours.dtype == tf.float32
+    for dtype in DTYPES:
+        args = [tf.constant(strategies.cast([[0.25, 0.5], [0.75, 1.5]], dtype))] * len(spec.args)
+        ours = spec.fn(*args)
+        assert ours.dtype == tf.as_dtype(dtype), f"{name}: {dtype} in, {ours.dtype.name} out"
+
+
+# ----------------------------------------------------------------------------
+# (f) C7: integer, string and complex inputs.
+
+_BAD_INPUTS = {
+    "int32": lambda: tf.constant([[1, 2]], tf.int32),
+    "string": lambda: tf.constant([["a", "b"]]),
+    "complex64": lambda: tf.constant([[1 + 1j, 2.0]], tf.complex64),
+}
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.parametrize("bad", list(_BAD_INPUTS))
+def test_non_float_input_raises_type_error_naming_the_argument(name, bad):
+    spec = SPECS[name]
+    good = tf.constant([[0.5, 0.25]], tf.float32)
+    for position, arg in enumerate(spec.args):
+        args = [good] * len(spec.args)
+        args[position] = _BAD_INPUTS[bad]()
+        with pytest.raises(TypeError) as info:
+            spec.fn(*args)
+        text = str(info.value)
+        assert text.startswith(f"safeops.math.{name}: {arg} must be"), text
+        assert bad in text, text
+    if name == "reduce_logsumexp":
+        with pytest.raises(TypeError, match=r"safeops\.math\.reduce_logsumexp: weights must be"):
+            spec.fn(good, weights=_BAD_INPUTS[bad]())
+
+
+# ----------------------------------------------------------------------------
+# (g) Docstrings carry the numerics.
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_docstring_has_formula_rewrite_edges_and_example(name):
+    doc = inspect.getdoc(SPECS[name].fn) or ""
+    for section in ("Formula", "Stable rewrite", "Edges", "Args", "Returns", "Raises", "Example"):
+        assert re.search(rf"^\s*{section}\b", doc, re.MULTILINE), f"{name}: no {section} section"
+    assert ">>> " in doc, f"{name}: the Example has no doctest"
+    summary = doc.splitlines()[0]
+    assert summary.strip() and len(summary) <= 110, f"{name}: one-line summary {summary!r}"
+
+
+# ----------------------------------------------------------------------------
+# (h) C6: eager, tf.function and XLA agree, each within C3.
+
+
+def fixed_sample(spec: Spec, dtype: str, size: int = 48):
+    """A deterministic sample for ``spec``: its edges, the specials and seeded random values."""
+    rng = np.random.default_rng(sum(map(ord, spec.name + dtype)))
+    pool = strategies.edge_points(spec.name, dtype) + strategies.specials(dtype)
+    f = reference.fmt(dtype)
+    spread = rng.standard_normal(size) * np.exp2(rng.uniform(-30, min(60, math.log2(f.max_value) - 2), size))
+    values = np.concatenate([np.resize(np.array(pool), size), spread])
+    values = strategies.cast(values, dtype)
+    values = np.where(np.isfinite(values.astype(np.float64)), values, strategies.cast([1.0], dtype)[0])
+    if spec.kind == "unary":
+        return (values,)
+    if spec.kind == "binary":
+        return values, strategies.cast(rng.permutation(values.astype(np.float64)), dtype)
+    x = values.reshape(-1, 8)
+    if spec.masks:
+        x = x.astype(np.float64)
+        x[0, :] = -np.inf
+        x[1, ::3] = -np.inf
+        x = strategies.cast(x, dtype)
+    return (x,)
+
+
+@pytest.mark.modes
+@pytest.mark.parametrize("name, dtype", CASES, ids=CASE_IDS)
+def test_same_result_in_eager_function_and_xla(name, dtype):
+    spec = SPECS[name]
+    arrays = fixed_sample(spec, dtype)
+    refs = _refs(spec, arrays, dtype)
+    results = {mode: evaluator(name, dtype, "safeops", mode)(*arrays) for mode in MODES}
+    for mode, (y, grads, second) in results.items():
+        failures = value_errors(spec, arrays, dtype, y, refs) + gradient_errors(spec, arrays, dtype, grads, refs)
+        assert not failures, f"{mode}:\n" + "\n".join(failures)
+    base_y, base_g, base_h = results["eager"]
+    for mode in ("function", "jit"):
+        y, grads, second = results[mode]
+        assert np.array_equal(np.isfinite(y.astype(np.float64)), np.isfinite(base_y.astype(np.float64))), mode
+        assert np.array_equal(np.isnan(y.astype(np.float64)), np.isnan(base_y.astype(np.float64))), mode
+        for g, bg in zip(grads + second, base_g + base_h):
+            assert np.array_equal(np.isfinite(g), np.isfinite(bg)), f"{mode}: gradient finiteness differs"

@@ -1,0 +1,254 @@
+"""Tests of ``safeops.debug.lint``: each pattern fires on the naive code and not on the safeops code.
+
+Every hazardous line below carries a ``# lint: <pattern>`` marker; the tests
+check that the finding's ``location`` is exactly that line of this file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops import nn as snn
+from safeops.debug import PATTERNS, Finding, lint
+
+X = tf.ones([4, 3])
+Y = tf.ones([4, 3])
+
+
+def _marker_line(pattern: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# lint: {pattern}"):
+                return number
+    raise AssertionError(f"no marker for {pattern}")
+
+
+def _at_marker(finding: Finding, pattern: str) -> bool:
+    path, line = finding.location.rsplit(":", 1)
+    return os.path.abspath(path) == os.path.abspath(__file__) and int(line) == _marker_line(pattern)
+
+
+# --------------------------------------------------------------------------- naive code, one pattern each
+
+
+def log_of_softmax(z):
+    return tf.math.log(tf.nn.softmax(z))  # lint: log-of-softmax
+
+
+def log_of_sigmoid(z):
+    return tf.math.log(1.0 - tf.sigmoid(z))  # lint: log-of-sigmoid
+
+
+def crossentropy_on_probabilities(y, z):
+    return -tf.reduce_sum(y * tf.math.log(tf.nn.softmax(z)), axis=-1)  # lint: crossentropy-on-probabilities
+
+
+def log_of_clip(p):
+    return tf.math.log(tf.clip_by_value(p, 1e-7, 1.0))  # lint: log-of-clip
+
+
+def log_of_nonpositive(p):
+    return tf.math.log(p)  # lint: log-of-nonpositive
+
+
+def division_by_zero(a, b):
+    return a / tf.reduce_sum(b, axis=-1, keepdims=True)  # lint: division-by-zero
+
+
+def sqrt_at_zero(a):
+    return tf.norm(a, axis=-1)  # lint: sqrt-at-zero
+
+
+def exp_overflow(a):
+    return tf.exp(a) / 2.0  # lint: exp-overflow
+
+
+def fractional_pow_at_zero(a):
+    return tf.pow(tf.nn.relu6(a), 0.3)  # lint: fractional-pow-at-zero
+
+
+def double_where(a):
+    return tf.where(a > 0.0, tf.math.log(a), 0.0)  # lint: double-where
+
+
+NAIVE = {
+    "log-of-softmax": (log_of_softmax, (X,)),
+    "log-of-sigmoid": (log_of_sigmoid, (X,)),
+    "crossentropy-on-probabilities": (crossentropy_on_probabilities, (Y, X)),
+    "log-of-clip": (log_of_clip, (X,)),
+    "log-of-nonpositive": (log_of_nonpositive, (X,)),
+    "division-by-zero": (division_by_zero, (X, X)),
+    "sqrt-at-zero": (sqrt_at_zero, (X,)),
+    "exp-overflow": (exp_overflow, (X,)),
+    "fractional-pow-at-zero": (fractional_pow_at_zero, (X,)),
+    "double-where": (double_where, (X,)),
+}
+
+# --------------------------------------------------------------------------- the safeops equivalents
+
+
+SAFE = {
+    "log-of-softmax": (lambda z: tfm.log_softmax(z), (X,)),
+    "log-of-sigmoid": (lambda z: tfm.log_sigmoid(-z), (X,)),
+    "crossentropy-on-probabilities": (lambda y, z: snn.softmax_cross_entropy_with_logits(y, z), (Y, X)),
+    "log-of-clip": (lambda p: tfm.log(p), (X,)),
+    "log-of-nonpositive": (lambda p: tfm.log(p), (X,)),
+    "division-by-zero": (lambda a, b: tfm.divide_no_nan(a, tf.reduce_sum(b, axis=-1, keepdims=True)), (X, X)),
+    "sqrt-at-zero": (lambda a: tfm.norm(a, axis=-1), (X,)),
+    "exp-overflow": (lambda a: tfm.softmax(a) + tfm.reduce_logsumexp(a), (X,)),
+    "fractional-pow-at-zero": (lambda a: tf.exp(0.3 * tfm.log(tf.nn.relu6(a))), (X,)),
+    "double-where": (lambda a: tf.where(a > 0.0, tfm.log(a), 0.0), (X,)),
+}
+
+# Hand-written code that is safe without safeops: the range analysis must know it.
+KNOWN_SAFE = {
+    "log of x*x + c": lambda a: tf.math.log(a * a + 1.0),
+    "log of abs + c": lambda a: tf.math.log(tf.abs(a) + 1e-3),
+    "log of softplus and exp": lambda a: tf.math.log(tf.nn.softplus(a)) + tf.math.log(tf.exp(-tf.abs(a))),
+    "division by maximum(x, c)": lambda a: a / tf.maximum(tf.reduce_sum(a * a), 1e-6),
+    "sqrt of x*x + c": lambda a: tf.sqrt(a * a + 1e-6),
+    "exp of x - max(x)": lambda a: tf.exp(a - tf.reduce_max(a, axis=-1, keepdims=True)),
+    "exp of -softplus": lambda a: tf.exp(-tf.nn.softplus(a)),
+    "pow of a positive value": lambda a: tf.pow(tf.nn.softplus(a), 0.5),
+    "integer pow": lambda a: tf.pow(a, 2.0),
+    "the double where": lambda a: tf.where(a > 0.0, tf.math.log(tf.where(a > 0.0, a, 1.0)), 0.0),
+    "where on a safe branch": lambda a: tf.where(a > 0.0, tf.math.log(a * a + 1.0), 0.0),
+    "divide_no_nan": lambda a: tf.math.divide_no_nan(a, a),
+}
+
+
+def _patterns(findings) -> list:
+    return [f.pattern for f in findings]
+
+
+class TestEachPattern:
+    @pytest.mark.parametrize("pattern", sorted(NAIVE))
+    def test_naive_code_triggers_it_at_the_users_line(self, pattern):
+        fn, args = NAIVE[pattern]
+        findings = lint(fn, *args, print=False)
+        hits = [f for f in findings if f.pattern == pattern]
+        assert hits, [str(f) for f in findings]
+        assert _at_marker(hits[0], pattern), hits[0].location
+        assert "safeops" in hits[0].fix and hits[0].message and hits[0].op_type
+
+    @pytest.mark.parametrize("pattern", sorted(SAFE))
+    def test_safeops_equivalent_does_not(self, pattern):
+        fn, args = SAFE[pattern]
+        assert lint(fn, *args, print=False) == []
+
+    @pytest.mark.parametrize("case", sorted(KNOWN_SAFE))
+    def test_known_safe_code_does_not(self, case):
+        assert lint(KNOWN_SAFE[case], X, print=False) == []
+
+    def test_every_pattern_has_a_case(self):
+        assert set(NAIVE) == set(SAFE) == set(PATTERNS)
+
+
+class TestDetails:
+    def test_op_names_and_types(self):
+        (finding,) = lint(division_by_zero, X, X, print=False)
+        assert finding.op_type == "RealDiv" and finding.op_name == "truediv"
+        (finding,) = lint(double_where, X, print=False)
+        assert finding.op_type == "SelectV2" and "Log" in finding.message
+
+    def test_a_where_guard_hides_the_inner_finding(self):
+        """The log inside the where is reported once, as the where's problem."""
+        assert _patterns(lint(double_where, X, print=False)) == ["double-where"]
+
+    def test_sqrt_and_norm_messages(self):
+        (finding,) = lint(sqrt_at_zero, X, print=False)
+        assert "norm" in finding.message and "safeops.math.norm" in finding.fix
+
+    def test_tf_function_is_traced_through(self):
+        assert _patterns(lint(tf.function(log_of_nonpositive), X, print=False)) == ["log-of-nonpositive"]
+
+    def test_cond_branches_are_linted(self):
+        @tf.function
+        def branchy(a, flag):
+            if flag:
+                return tf.math.log(a)  # lint: log-in-a-cond
+            return a
+
+        findings = lint(branchy, X, tf.constant(True), print=False)
+        assert _patterns(findings) == ["log-of-nonpositive"]
+        path, line = findings[0].location.rsplit(":", 1)
+        assert int(line) == _marker_line("log-in-a-cond")
+
+    def test_report_prints_and_is_a_list(self, capsys):
+        findings = lint(crossentropy_on_probabilities, Y, X)
+        out = capsys.readouterr().out
+        assert isinstance(findings, list) and len(findings) == 1
+        assert "1 finding(s)" in out and "crossentropy-on-probabilities" in out and str(findings[0]) in out
+        assert f"test_debug_lint.py:{_marker_line('crossentropy-on-probabilities')}" in out
+
+    def test_finding_str(self):
+        f = Finding("log-of-clip", "Log", "Log", "a.py:3", "why", "safeops.math.log(x)")
+        assert str(f).startswith("a.py:3: [log-of-clip] Log 'Log'") and "fix: safeops.math.log(x)" in str(f)
+
+
+# --------------------------------------------------------------------------- Keras models
+
+
+@pytest.fixture(scope="module")
+def softmax_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.LayerNormalization(),
+        keras.layers.Dropout(0.1),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+
+
+X6 = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+Y3 = keras.utils.to_categorical(np.arange(8) % 3, 3).astype("float32")
+
+
+def naive_log_loss(y_true, y_prob):
+    return -tf.reduce_sum(y_true * tf.math.log(y_prob), axis=-1)  # lint: model-loss
+
+
+class TestKerasModel:
+    def test_hand_written_loss_on_a_softmax_output(self, softmax_model):
+        findings = lint(softmax_model, X6, Y3, loss=naive_log_loss, print=False)
+        assert _patterns(findings) == ["crossentropy-on-probabilities"]
+        assert "softmax" in findings[0].message
+        path, line = findings[0].location.rsplit(":", 1)
+        assert int(line) == _marker_line("model-loss")
+
+    def test_targets_are_made_up_when_missing(self, softmax_model):
+        findings = lint(softmax_model, X6, loss=naive_log_loss, print=False)
+        assert _patterns(findings) == ["crossentropy-on-probabilities"]
+
+    @pytest.mark.parametrize("loss", ["categorical_crossentropy", "mse", "binary_crossentropy",
+                                      "sparse_categorical_crossentropy", "kl_divergence", "huber",
+                                      "cosine_similarity"])
+    def test_standard_layers_and_keras_losses_are_quiet(self, softmax_model, loss):
+        """Keras recovers the logits of a Softmax op (from_logits=False is safe here) and its layers are safe."""
+        assert lint(softmax_model, X6, loss=loss, print=False) == []
+
+    def test_keras_probability_loss_that_clips(self, softmax_model):
+        """Focal cross-entropy on probabilities clips and logs them: flagged, located in Keras."""
+        findings = lint(softmax_model, X6, Y3, loss=keras.losses.CategoricalFocalCrossentropy(), print=False)
+        assert _patterns(findings) == ["crossentropy-on-probabilities"]
+        assert "clipped" in findings[0].message and "library code" in findings[0].location
+
+    def test_compiled_loss_is_used_by_default(self):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile("sgd", loss=naive_log_loss)
+        assert _patterns(lint(model, X6, Y3, print=False)) == ["crossentropy-on-probabilities"]
+
+    def test_safeops_loss_is_quiet(self, softmax_model):
+        def safe_log_loss(y_true, y_prob):
+            return -tf.reduce_sum(y_true * tfm.log(y_prob), axis=-1)
+
+        assert lint(softmax_model, X6, Y3, loss=safe_log_loss, print=False) == []

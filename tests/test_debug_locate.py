@@ -1,0 +1,264 @@
+"""Tests of ``safeops.debug.locate_nonfinite``, checked against ``tf.debugging.enable_check_numerics``.
+
+``enable_check_numerics`` is global, so it runs in a subprocess
+(:func:`check_numerics_main`) on the very same cases; ``locate_nonfinite``
+must name the same op (or an earlier one) and add the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops.debug import NonFiniteReport, TensorStats, locate_nonfinite
+
+
+def log_of_zero(x):
+    return tf.reduce_sum(tf.math.log(x))  # locate: log_of_zero
+
+
+def masked_log(x):
+    return tf.reduce_sum(tf.where(x > 0.0, tf.math.log(x), 0.0))  # locate: masked_log
+
+
+def division_by_zero(x):
+    return tf.reduce_sum(x / (x - 1.0))  # locate: division_by_zero
+
+
+def exp_overflow(x):
+    return tf.reduce_sum(tf.exp(x))  # locate: exp_overflow
+
+
+def norm_of_zero(x):
+    return tf.reduce_sum(tf.norm(x, axis=-1))  # locate: norm_of_zero
+
+
+def sqrt_of_negative(x):
+    return tf.reduce_sum(tf.sqrt(x - 2.0))  # locate: sqrt_of_negative
+
+
+X = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+X_BIG = np.array([[1.0, 100.0, 2.0]], dtype=np.float32)
+
+#: name -> (function, input, expected phase, op type, words the cause must contain)
+CASES = {
+    "log_of_zero": (log_of_zero, X, "forward", "Log", ["Log of 0", "4 zeros"]),
+    "masked_log": (masked_log, X, "forward", "Log", ["Log of 0"]),
+    "division_by_zero": (division_by_zero, X, "forward", "RealDiv", ["Division by 0", "1 zero"]),
+    "exp_overflow": (exp_overflow, X_BIG, "forward", "Exp", ["Exp overflow", "input max is 100"]),
+    "norm_of_zero": (norm_of_zero, X, "backward", "SqrtGrad", ["gradient of Sqrt", "0 * inf"]),
+    "sqrt_of_negative": (sqrt_of_negative, X, "forward", "Sqrt", ["negative", "5 negative values"]),
+}
+
+
+def _marker_line(name: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# locate: {name}"):
+                return number
+    raise AssertionError(name)
+
+
+def build_model(seed: int = 0) -> keras.Model:
+    """A softmax classifier whose weights make one probability underflow to exactly 0."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"),
+                              keras.layers.BatchNormalization(name="bn"),
+                              keras.layers.Dense(3, activation="softmax", name="probabilities")])
+    kernel, bias = model.get_layer("probabilities").get_weights()
+    model.get_layer("probabilities").set_weights([kernel * 300.0, bias])
+    return model
+
+
+def naive_log_loss(y_true, y_prob):
+    return -tf.reduce_sum(y_true * tf.math.log(y_prob), axis=-1)  # locate: model
+
+
+MODEL_X = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32)
+MODEL_Y = keras.utils.to_categorical(np.arange(16) % 3, 3).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the check_numerics side
+
+
+def check_numerics_main() -> None:
+    """Runs in a subprocess: what ``enable_check_numerics`` names on every case, as JSON."""
+    tf.debugging.enable_check_numerics()
+    out = {}
+
+    def first_bad(step, *args):
+        try:
+            step(*args)
+        except tf.errors.InvalidArgumentError as e:
+            text = str(e)
+            node = re.search(r"node (\S+?)/CheckNumerics", text)
+            kind = re.search(r'graph op "([^"]+)"', text)
+            return {"op_name": node and node.group(1), "op_type": kind and kind.group(1)}
+        return None
+
+    for name, (fn, x, *_rest) in CASES.items():
+        @tf.function
+        def step(x, fn=fn):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = fn(x)
+            return y, tape.gradient(y, x)
+
+        out[name] = first_bad(step, tf.constant(x))
+
+    model = build_model()
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(naive_log_loss(y, model(x, training=True)))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    out["model"] = first_bad(train_step, tf.constant(MODEL_X), tf.constant(MODEL_Y))
+    print("CHECK_NUMERICS_JSON " + json.dumps(out))
+
+
+@pytest.fixture(scope="module")
+def check_numerics():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", "import test_debug_locate as t; t.check_numerics_main()"],
+                          capture_output=True, text=True, env=env, timeout=240, cwd=root)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK_NUMERICS_JSON ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(line[0].split(" ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return {name: locate_nonfinite(fn, x) for name, (fn, x, *_rest) in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def model_report():
+    model = build_model()
+    before = [v.numpy().copy() for v in model.variables]
+    report = locate_nonfinite(model, MODEL_X, MODEL_Y, loss=naive_log_loss)
+    return report, model, before
+
+
+# --------------------------------------------------------------------------- tests
+
+
+class TestCases:
+    @pytest.mark.parametrize("name", sorted(CASES))
+    def test_names_the_op_the_phase_and_the_cause(self, reports, name):
+        _fn, _x, phase, op_type, words = CASES[name]
+        report = reports[name]
+        assert report.found and report.phase == phase and report.op_type == op_type, str(report)
+        for word in words:
+            assert word in report.cause, report.cause
+        assert "safeops" in report.fix
+
+    @pytest.mark.parametrize("name", sorted(CASES))
+    def test_points_at_the_users_line(self, reports, name):
+        path, line = reports[name].location.rsplit(":", 1)
+        assert os.path.abspath(path) == os.path.abspath(__file__) and int(line) == _marker_line(name)
+
+    @pytest.mark.parametrize("name", sorted(CASES))
+    def test_agrees_with_enable_check_numerics(self, reports, check_numerics, name):
+        theirs = check_numerics[name]
+        assert theirs is not None and theirs["op_type"], theirs
+        assert (reports[name].op_name, reports[name].op_type) == (theirs["op_name"], theirs["op_type"])
+
+    def test_input_statistics(self, reports):
+        (stats,) = reports["log_of_zero"].input_stats
+        assert (stats.zeros, stats.negatives, stats.nans, stats.infinities, stats.size) == (4, 0, 0, 0, 6)
+        assert (stats.min, stats.max) == (0.0, 2.0)
+        (out,) = reports["log_of_zero"].output_stats
+        assert out.neg_inf == 4
+
+    def test_backward_op_is_tied_to_its_forward_op(self, reports):
+        report = reports["norm_of_zero"]
+        assert report.forward_op is not None and "Sqrt" in report.forward_op
+        assert any(s.zeros == 1 for s in report.input_stats)
+
+    def test_masked_nan_is_reported_with_the_nan_gradient(self, reports):
+        report = reports["masked_log"]
+        assert report.nonfinite_outputs == ["gradient of argument 0"]    # the loss itself is finite
+
+    def test_str(self, reports):
+        text = str(reports["division_by_zero"])
+        assert "forward pass" in text and "RealDiv" in text and "Division by 0" in text and "fix:" in text
+
+
+class TestFinite:
+    def test_finite_step_reports_nothing(self):
+        report = locate_nonfinite(log_of_zero, np.array([1.0, 2.0], np.float32))
+        assert not report.found and "finite" in str(report)
+
+    @pytest.mark.parametrize("name", ["log_of_zero", "norm_of_zero", "division_by_zero"])
+    def test_safeops_drop_in_is_finite(self, name):
+        safe = {"log_of_zero": lambda x: tf.reduce_sum(tfm.log(x)),
+                "norm_of_zero": lambda x: tf.reduce_sum(tfm.norm(x, axis=-1)),
+                "division_by_zero": lambda x: tf.reduce_sum(tfm.divide_no_nan(x, x - 1.0))}[name]
+        assert not locate_nonfinite(safe, X).found
+
+    def test_constant_masks_are_not_causes(self):
+        def masked_logsumexp(x):
+            mask = tf.constant([0.0, -np.inf, 0.0])
+            return tf.reduce_sum(tf.math.log(x[0])) + tf.reduce_sum(tfm.reduce_logsumexp(x + mask, axis=-1))
+
+        report = locate_nonfinite(masked_logsumexp, X)
+        assert report.op_type == "Log"
+
+
+class TestKerasTrainingStep:
+    def test_names_the_log_of_the_loss(self, model_report):
+        report, _model, _before = model_report
+        assert report.found and report.phase == "forward" and report.op_type == "Log", str(report)
+        assert "Log of 0" in report.cause and "safeops" in report.fix
+        path, line = report.location.rsplit(":", 1)
+        assert int(line) == _marker_line("model")
+
+    def test_agrees_with_enable_check_numerics(self, model_report, check_numerics):
+        report, _model, _before = model_report
+        theirs = check_numerics["model"]
+        assert theirs is not None and theirs["op_type"] == report.op_type == "Log"
+
+    def test_model_variables_are_restored(self, model_report):
+        """The traced step updates BatchNorm statistics; locate_nonfinite puts them back."""
+        _report, model, before = model_report
+        for v, b in zip(model.variables, before):
+            np.testing.assert_array_equal(v.numpy(), b)
+
+    def test_compiled_loss_and_gradients_by_variable(self):
+        model = build_model()
+        model.compile("sgd", loss=naive_log_loss)
+        report = locate_nonfinite(model, MODEL_X, MODEL_Y)
+        assert report.op_type == "Log"
+        assert any("probabilities" in name for name in report.nonfinite_outputs)
+
+    def test_already_nonfinite_weights(self):
+        model = build_model()
+        kernel, bias = model.get_layer("hidden").get_weights()
+        kernel[0, 0] = np.nan
+        model.get_layer("hidden").set_weights([kernel, bias])
+        report = locate_nonfinite(model, MODEL_X, MODEL_Y, loss="categorical_crossentropy")
+        assert report.op_type == "ReadVariableOp" and "already holds non-finite" in report.cause
+
+    def test_keras_loss_with_logits_recovered_is_finite(self):
+        report = locate_nonfinite(build_model(), MODEL_X, MODEL_Y, loss="categorical_crossentropy")
+        assert not report.found
+
+
+def test_tensor_stats():
+    s = TensorStats.of("t", np.array([0.0, -1.0, np.inf, -np.inf, np.nan, 3.0], np.float32))
+    assert (s.zeros, s.negatives, s.pos_inf, s.neg_inf, s.nans, s.min, s.max) == (1, 2, 1, 1, 1, -1.0, 3.0)
+    assert "NaN 1 of 6" in str(s) and isinstance(NonFiniteReport(found=False).__str__(), str)

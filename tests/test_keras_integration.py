@@ -1,0 +1,224 @@
+"""safeops.losses inside Keras: compile/fit, .keras and SavedModel round trips, mixed
+precision, jit_compile, and tf.distribute.MirroredStrategy (in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from safeops import losses
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RNG = np.random.default_rng(11)
+X = RNG.normal(size=(32, 4)).astype("float32")
+CLASSES = RNG.integers(0, 3, size=32)
+ONEHOT = np.eye(3, dtype="float32")[CLASSES]
+BINARY = (X[:, :3] > 0).astype("float32")
+
+# Each Loss class with the head and targets it is used with.
+CASES = {
+    "BinaryCrossentropy": (losses.BinaryCrossentropy, "sigmoid", 3, BINARY),
+    "BinaryCrossentropy_logits": (lambda: losses.BinaryCrossentropy(from_logits=True), None, 3, BINARY),
+    "CategoricalCrossentropy": (losses.CategoricalCrossentropy, "softmax", 3, ONEHOT),
+    "SparseCategoricalCrossentropy": (losses.SparseCategoricalCrossentropy, "softmax", 3, CLASSES),
+    "BinaryFocalCrossentropy": (losses.BinaryFocalCrossentropy, "sigmoid", 3, BINARY),
+    "CategoricalFocalCrossentropy": (lambda: losses.CategoricalFocalCrossentropy(from_logits=True), None, 3,
+                                     ONEHOT),
+    "KLDivergence": (losses.KLDivergence, "softmax", 3, ONEHOT * 0.8 + 0.2 / 3),
+    "Poisson": (losses.Poisson, "softplus", 3, np.round(np.abs(X[:, :3]) * 2)),
+    "GaussianNLL": (losses.GaussianNLL, None, 6, X[:, :3]),
+    "KLDivergenceWithLogits": (losses.KLDivergenceWithLogits, None, 3, X[:, :3] * 2),
+    "TverskyLoss": (losses.TverskyLoss, "sigmoid", 3, BINARY),
+    "InfoNCE": (losses.InfoNCE, None, 6, np.zeros(32, "float32")),
+}
+
+
+def _model(activation, units, seed=0, dtype=None):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, activation="tanh", dtype=dtype),
+        keras.layers.Dense(units, activation=activation, dtype=dtype),
+    ])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_loss_class_trains_in_compile_and_fit(case):
+    make, activation, units, y = CASES[case]
+    model = _model(activation, units)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=make())
+    history = model.fit(X, y, batch_size=16, epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0], history
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A compiled model with a safeops loss, saved as .keras and exported as a SavedModel."""
+    path = tmp_path_factory.mktemp("saved")
+    model = _model("sigmoid", 3)
+    loss = losses.BinaryFocalCrossentropy(gamma=1.5, label_smoothing=0.1, check_finite=True)
+    model.compile(optimizer="sgd", loss=loss)
+    model.fit(X, BINARY, epochs=1, verbose=0)
+    model.save(path / "model.keras")
+
+    class Scorer(tf.Module):
+        def __init__(self, model):
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None, 3])])
+        def loss(self, x, y):
+            return losses.BinaryCrossentropy()(y, self.model(x))
+
+    tf.saved_model.save(Scorer(model), str(path / "saved_model"))
+    return model, path
+
+
+def test_keras_file_round_trip_keeps_the_loss(saved):
+    model, path = saved
+    loaded = keras.saving.load_model(path / "model.keras")
+    loss = loaded.loss
+    assert type(loss) is losses.BinaryFocalCrossentropy
+    assert loss.get_config() == model.loss.get_config()
+    assert loss.gamma == 1.5 and loss.check_finite
+    np.testing.assert_allclose(loaded.evaluate(X, BINARY, verbose=0), model.evaluate(X, BINARY, verbose=0),
+                               rtol=1e-5)
+
+
+def test_saved_model_export_reload_and_call(saved):
+    model, path = saved
+    reloaded = tf.saved_model.load(str(path / "saved_model"))
+    expected = losses.BinaryCrossentropy()(BINARY, model(X))
+    np.testing.assert_allclose(reloaded.loss(X, BINARY), expected, rtol=1e-6)
+
+
+def test_saved_model_keeps_the_recovered_logits_baked_in(tmp_path):
+    """Rule 3 runs at trace time, so the exported graph holds the exact loss."""
+
+    class Extreme(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1])])
+        def loss(self, z):
+            return losses.binary_crossentropy(tf.ones_like(z), tf.sigmoid(z))
+
+    tf.saved_model.save(Extreme(), str(tmp_path))
+    reloaded = tf.saved_model.load(str(tmp_path))
+    np.testing.assert_allclose(reloaded.loss(tf.constant([[-100.0]])), [100.0], rtol=1e-6)
+    # The outputs of a reloaded model are plain eager tensors: no record, so
+    # the loss on them takes the clamped path (documented).
+    np.testing.assert_allclose(losses.binary_crossentropy([[1.0]], tf.sigmoid(tf.constant([[-100.0]]))),
+                               [-np.log(np.finfo(np.float32).tiny)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_policies(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = _model("sigmoid", 3)
+        assert model.layers[-1].compute_dtype != "float32"
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=losses.BinaryCrossentropy())
+        history = model.fit(X, BINARY, batch_size=16, epochs=3, verbose=0).history["loss"]
+        assert np.all(np.isfinite(history)) and history[-1] < history[0]
+        # A saturated half-precision sigmoid: safeops recovers the logits
+        # through its own widening cast, Keras' class loses them.
+        z = tf.constant([[-100.0]], model.layers[-1].compute_dtype)
+        p = keras.activations.sigmoid(z)
+        ours = float(losses.BinaryCrossentropy()(np.ones((1, 1)), p))
+        theirs = float(keras.losses.BinaryCrossentropy()(np.ones((1, 1)), p))
+        assert ours == pytest.approx(100.0, rel=1e-2) and theirs < 20
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert keras.config.dtype_policy().name == previous.name
+
+
+def test_jit_compile_in_compile():
+    for case in ("CategoricalCrossentropy", "BinaryFocalCrossentropy", "GaussianNLL", "TverskyLoss"):
+        make, activation, units, y = CASES[case]
+        model = _model(activation, units)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=make(), jit_compile=True)
+        history = model.fit(X, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history["loss"]
+        assert np.all(np.isfinite(history)), case
+        eager = _model(activation, units)
+        eager.compile(optimizer=keras.optimizers.SGD(0.05), loss=make(), jit_compile=False)
+        np.testing.assert_allclose(history, eager.fit(X, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history["loss"],
+                                   rtol=1e-4, err_msg=case)
+
+
+_MIRRORED = textwrap.dedent("""
+    import json, os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from safeops import losses
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=losses.CategoricalFocalCrossentropy())
+        return model
+
+    single = build()
+    single_loss = single.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = build()
+    mirrored_loss = mirrored.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"]
+
+    # Per-replica losses and gradients of a custom loop, summed across replicas.
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        dense = keras.layers.Dense(3, activation="softmax")
+        dense.build((None, 4))
+    loss_fn = losses.CategoricalFocalCrossentropy()
+    dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+
+    @tf.function
+    def step(batch):
+        def replica(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(yb, dense(xb))
+            return loss, tape.gradient(loss, dense.trainable_variables)
+        loss, grads = strategy.run(replica, args=batch)
+        total = strategy.reduce("SUM", loss, axis=None)
+        return total, [strategy.reduce("SUM", g, axis=None) for g in grads]
+
+    total, grads = step(next(iter(dist)))
+    with tf.GradientTape() as tape:
+        reference = loss_fn(y, dense(x))
+    reference_grads = tape.gradient(reference, dense.trainable_variables)
+    print(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "fit_loss": [single_loss[0], mirrored_loss[0]],
+        "weights_diff": max(float(np.max(np.abs(a - b)))
+                            for a, b in zip(single.get_weights(), mirrored.get_weights())),
+        "loop_loss": [float(total), float(reference)],
+        "grads_diff": max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(grads, reference_grads)),
+    }))
+""")
+
+
+def test_mirrored_strategy_matches_one_device():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, env=env,
+                          timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    np.testing.assert_allclose(*result["fit_loss"], rtol=1e-5)
+    assert result["weights_diff"] < 1e-6
+    np.testing.assert_allclose(*result["loop_loss"], rtol=1e-5)
+    assert result["grads_diff"] < 1e-6
