@@ -164,7 +164,8 @@ def test_info_nce_matches_naive_and_stays_finite_where_naive_overflows():
     np.testing.assert_allclose(losses.info_nce(None, e, temperature=0.01), _naive_info_nce(e, 0.01),
                                rtol=1e-4, atol=1e-4)
     scores = np.float32(100.0 / 0.001)
-    assert not np.isfinite(np.log(np.exp(np.float32(scores))))  # the naive exp overflows
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.log(np.exp(np.float32(scores))))  # the naive exp overflows
     zero_row = np.concatenate([np.zeros((1, 8), "float32"), e[1:]])
     for dtype, temperature in ((tf.float32, 0.001), (tf.float16, 0.1)):
         x = tf.constant(zero_row, dtype)
@@ -183,9 +184,6 @@ def test_info_nce_class_config_round_trip():
     assert keras.saving.get_registered_name(losses.InfoNCE) == "safeops>InfoNCE"
 
 
-@pytest.mark.xfail(strict=True, reason="safeops.math.reduce_logsumexp is wrong under jit_compile when its "
-                   "input is computed in the same XLA cluster (0.68 off for matmul/0.1 scores): reported "
-                   "to the lead; remove this mark when math is fixed")
 def test_info_nce_same_under_xla():
     e = tf.constant(np.random.default_rng(0).normal(size=(16, 6)).astype("float32"))
     fn = lambda e: losses.info_nce(None, e)  # noqa: E731

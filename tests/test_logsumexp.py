@@ -271,3 +271,31 @@ class TestInnerXlaSwitch:
         np.testing.assert_array_equal(y[1], 0.0)
         assert np.all(np.isfinite(g)) and np.all(np.isfinite(h))
         assert g[0, 1] == 0.0 and np.all(g[1] == 0.0)
+
+
+class TestComputedInputUnderXla:
+    """The input computed inside the same XLA cluster (a regression found by InfoNCE).
+
+    XLA may recompute ``x`` inside a fusion and round it differently from the
+    copy the maximum was taken of; the maximum's term must still be counted
+    once (an exact-equality test with 1 counted it twice: off by log 2).
+    """
+
+    @pytest.mark.parametrize("fn_name", ["reduce_logsumexp", "log_softmax"])
+    def test_matches_eager_when_input_is_computed_in_the_cluster(self, fn_name):
+        rng = np.random.default_rng(0)
+        a = tf.constant(rng.normal(size=(16, 6)).astype("float32"))
+        b = tf.constant(rng.normal(size=(16, 6)).astype("float32"))
+
+        def f(a, b):
+            s = tf.matmul(tfm.l2_normalize(a, axis=-1), tfm.l2_normalize(b, axis=-1), transpose_b=True) / 0.1
+            out = getattr(tfm, fn_name)(s, axis=-1)
+            return out, s
+
+        eager_out, s = f(a, b)
+        xla_out, _ = tf.function(f, jit_compile=True)(a, b)
+        reference = np.array([[mp_lse(row)] for row in s.numpy().astype(np.float64)])[:, 0]
+        if fn_name == "log_softmax":
+            reference = s.numpy().astype(np.float64) - reference[:, None]
+        np.testing.assert_allclose(eager_out.numpy(), reference, rtol=2e-6, atol=2e-6)
+        np.testing.assert_allclose(xla_out.numpy(), reference, rtol=2e-6, atol=2e-6)

@@ -325,15 +325,24 @@ def _log1p_or_minus_inf(t):
 def _sum_minus_one(z, axis):
     """``sum(exp(z)) - 1`` along ``axis`` for ``z = x - max``, without rounding 1 + tiny.
 
-    The remainder sums the terms below 1, so the maximum's own term (exactly
-    1) is left out; when the whole sum is 2 or more, or 0 (all ``-inf``),
-    ``sum - 1`` itself is accurate. Under XLA both sums share one loop.
+    The sum is split by the size of its terms: each term ``e >= 1/2``
+    contributes ``e - 1`` (exact, by Sterbenz's lemma, for ``e`` in
+    ``[1/2, 2]``) and the count of such terms, minus one, is added back as
+    an integer; smaller terms are summed as they are. The maximum's own term
+    (``e = 1``) then contributes exactly 0, so ``log1p`` of the result keeps
+    every remainder down to the underflow threshold (``[0, -20]`` gives
+    2.06e-9, where ``log(1 + 2.06e-9)`` rounds to 0 in float32).
+
+    No exact equality with the maximum is needed: under XLA the input can be
+    recomputed inside a fusion and round differently from the copy the
+    maximum was taken of, so the maximum's term can be ``1 - 1ulp``; it is
+    still counted once. An all ``-inf`` slice gives ``0 - 1 = -1``.
     """
     e = tf.exp(z)
-    total = tf.reduce_sum(e, axis, keepdims=True)
-    remainder = tf.reduce_sum(tf.where(e < 1.0, e, tf.zeros_like(e)), axis, keepdims=True)
-    dominated = (total >= 1.0) & (total < 2.0)
-    return tf.where(dominated, remainder, total - 1.0)
+    big = e >= 0.5
+    terms = tf.where(big, e - 1.0, e)
+    count = tf.reduce_sum(tf.cast(big, e.dtype), axis, keepdims=True)
+    return tf.reduce_sum(terms, axis, keepdims=True) + (count - 1.0)
 
 
 def _per_axis_and_dtype(build):
