@@ -321,23 +321,39 @@ def _lse(row, weights):
     return m + CTX.log1p(t)
 
 
+def _shifted_probabilities(row, weights):
+    """``(lse, p)`` with ``p_i = w_i e^{x_i - lse}`` formed as ``w_i e^{x_i - m} / (1 + t)``.
+
+    Never as ``exp(x - lse)``: at ``|x| ~ 1e308`` the 320-bit ``lse`` cannot
+    hold ``x + log w`` exactly, while ``x - m`` and ``1 + t`` are exact enough.
+    ``None`` for an empty sum.
+    """
+    parts = _lse_parts(row, weights)
+    if parts is None:
+        return None
+    m, t = parts
+    denominator = 1 + t
+    p = [CTX.exp(x - m) / denominator if x != NEG_INF else ZERO for x in row]
+    return m + CTX.log1p(t), p
+
+
 def _row_logsumexp(row, f, weights, cotangent, epsilon):
     weights = weights if weights is not None else [ONE] * len(row)
-    lse = _lse(row, weights)
-    if lse == NEG_INF:
+    found = _shifted_probabilities(row, weights)
+    if found is None:
         zeros = [ZERO] * len(row)
         return [NEG_INF], (zeros, zeros), (zeros, zeros)
-    p = [CTX.exp(x - lse) if x != NEG_INF else ZERO for x in row]
+    lse, p = found  # p without the weight: d lse / d w_i
     gx = [w * pi for w, pi in zip(weights, p)]
     return [lse], (gx, p), ([abs(g) for g in gx], p)
 
 
 def _row_softmax(row, f, weights, cotangent, epsilon):
-    lse = _lse(row, [ONE] * len(row))
-    if lse == NEG_INF:
+    found = _shifted_probabilities(row, [ONE] * len(row))
+    if found is None:
         zeros = [ZERO] * len(row)
         return zeros, (zeros,), (zeros,)
-    p = [CTX.exp(x - lse) if x != NEG_INF else ZERO for x in row]
+    _, p = found
     pv = sum((pi * v for pi, v in zip(p, cotangent)), ZERO)
     p_abs_v = sum((pi * abs(v) for pi, v in zip(p, cotangent)), ZERO)
     grad = [pi * (v - pv) for pi, v in zip(p, cotangent)]
@@ -356,7 +372,7 @@ def _row_log_softmax(row, f, weights, cotangent, epsilon):
     live_v = [v if x != NEG_INF else ZERO for x, v in zip(row, cotangent)]
     total = sum(live_v, ZERO)
     total_abs = sum((abs(v) for v in live_v), ZERO)
-    p = [CTX.exp(yi) if yi != NEG_INF else ZERO for yi in y]
+    p = [CTX.exp(x - m) / (1 + t) if x != NEG_INF else ZERO for x in row]
     grad = [v - pi * total for v, pi in zip(live_v, p)]
     scale = [abs(v) + pi * total_abs for v, pi in zip(live_v, p)]
     return y, (grad,), (scale,)

@@ -36,6 +36,10 @@ Two documented allowances, both narrower than the contract's wording:
   into normal float32 numbers when an op widens them, and TensorFlow does not
   flush them then; at inputs that contain a subnormal, the reference with
   the subnormal kept is accepted as well as the flushed one.
+* **flush-to-zero resolution.** TensorFlow flushes subnormal intermediates,
+  so an error of at most 4 (1) times ``tiny`` in absolute terms is within
+  C3 too (``tests.ulp.ftz_ulps``); this matters only for results within a
+  few ``tiny`` of 0.
 """
 
 from __future__ import annotations
@@ -50,17 +54,21 @@ from typing import Callable
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import safeops.math as tfm
 from tests import naive, reference, strategies
 from tests.conftest import MODES, in_mode
-from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, numpy_dtype, relative_error, ulp_of, value_ulps
+from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, ftz_ulps, relative_error, ulp_of, value_ulps
 
 pytestmark = pytest.mark.contract
 
 DTYPES = strategies.DTYPES
+
+#: 76 (op, dtype) cases per property: a third of the profile's examples each
+#: (10 in ``ci``, 200 in ``thorough``) keeps this file near 3 minutes in ``ci``.
+PER_CASE = settings(max_examples=max(6, settings.default.max_examples // 3))
 
 
 # ----------------------------------------------------------------------------
@@ -102,7 +110,8 @@ class Spec:
 def _xlog_clamp(bound_fn):
     def clamp(xs, f):
         x, y = xs
-        return [((y <= bound_fn(f)) & (x > 0), 1, +1), ((y <= bound_fn(f)) & (x < 0), 1, -1)]
+        live = np.abs(x) >= f.tiny  # a subnormal x is 0 (C3)
+        return [((y <= bound_fn(f)) & live & (x > 0), 1, +1), ((y <= bound_fn(f)) & live & (x < 0), 1, -1)]
     return clamp
 
 
@@ -193,7 +202,8 @@ def evaluator(name: str, dtype: str, impl: str = "safeops", mode: str = "functio
         return y, tuple(grads), tuple(second)
 
     shape = [None, None] if matrix else [None]
-    signature = tuple([tf.TensorSpec(shape, dt)] * n_in + ([tf.TensorSpec(shape, dt)] if spec.kind == "row" else []))
+    n_specs = n_in + (1 if spec.kind == "row" else 0)  # the cotangent rides along
+    signature = tuple([tf.TensorSpec(shape, dt)] * n_specs)
     compiled = in_mode(run, mode, signature if mode != "eager" else None)
 
     def evaluate(*arrays):
@@ -239,21 +249,20 @@ def _describe(arrays, idx):
 def value_errors(spec: Spec, arrays, dtype, got, refs) -> list[str]:
     """C3 on values: within the ULP bound of one of the references (see the module docstring)."""
     bound = VALUE_ULP[dtype]
-    ok = np.zeros(got.shape, dtype=bool)
-    defined = np.zeros(got.shape, dtype=bool)
+    failing = np.ones(got.shape, dtype=bool)
     for ref in refs:
-        d = value_ulps(got, ref.value, dtype)
+        d = ftz_ulps(got, ref.value, dtype)
         good = d <= bound
         if spec.ill_conditioned_near_zero:
             scale = _largest_magnitude(spec, arrays)
             with np.errstate(invalid="ignore"):
                 err = np.abs(got.astype(np.float64) - ref.value.astype(np.float64))
                 good |= np.isfinite(err) & (err <= bound * ulp_of(scale, dtype))
-        ok |= good & ref.value_defined
-        defined |= ref.value_defined
-    bad = np.argwhere(defined & ~ok)
+        failing &= ref.value_defined & ~good
+    bad = np.argwhere(failing)
     return [f"{spec.name} value {got[tuple(i)]!r} vs exact {refs[0].value[tuple(i)]!r} "
-            f"({value_ulps(got[tuple(i)], refs[0].value[tuple(i)], dtype):.0f} ULP) at {_describe(arrays, tuple(i))}"
+            f"({np.ravel(value_ulps(got[tuple(i)], refs[0].value[tuple(i)], dtype))[0]:.0f} ULP) "
+            f"at {_describe(arrays, tuple(i))}"
             for i in bad[:3]]
 
 
@@ -273,20 +282,21 @@ def gradient_errors(spec: Spec, arrays, dtype, grads, refs) -> list[str]:
     floor = f.tiny * 2.0 ** 8
     out = []
     for k, got in enumerate(grads):
-        ok = np.zeros(got.shape, dtype=bool)
-        checked = np.zeros(got.shape, dtype=bool)
+        failing = np.ones(got.shape, dtype=bool)
         for ref in refs:
             exact, scale = ref.grads[k], ref.scales[k]
             with np.errstate(invalid="ignore"):
-                applies = ref.defined & (np.abs(exact) <= f.max_value) & (np.maximum(np.abs(exact), scale) >= floor)
-            err = relative_error(got, exact, scale)
-            ok |= applies & (err <= rtol)
-            checked |= applies
-        for i in np.argwhere(checked & ~ok)[:3]:
+                applies = (ref.defined & (np.abs(exact) <= f.max_value)
+                           & (np.maximum(np.abs(exact), scale) >= floor))
+            failing &= applies & (relative_error(got, exact, scale) > rtol)
+        for i in np.argwhere(failing)[:3]:
             i = tuple(i)
-            out.append(f"{spec.name} d/d{spec.args[min(k, len(spec.args) - 1)] if k < len(spec.args) else 'weights'}"
+            arg = spec.args[k] if k < len(spec.args) else "weights"
+            rel = np.ravel(relative_error(got[i], refs[0].grads[k][i], refs[0].scales[k][i]))[0]
+            out.append(f"{spec.name} d/d{arg}"
                        f" {got[i]!r} vs exact {refs[0].grads[k][i]!r} "
-                       f"(rel {relative_error(got[i], refs[0].grads[k][i], refs[0].scales[k][i]):.2e}) "
+                       f"(rel {rel:.2e})"
+                       " "
                        f"at {_describe(arrays, i)}")
     return out
 
@@ -323,35 +333,43 @@ CASE_W_IDS = [f"{n}-{d}" + ("-weighted" if w else "") for n, d, w in CASES_W]
 
 
 @pytest.mark.parametrize("name, dtype, weighted", CASES_W, ids=CASE_W_IDS)
+@PER_CASE
 @given(data=st.data())
 def test_agrees_with_naive_where_naive_is_accurate(name, dtype, weighted, data):
     spec = SPECS[name]
     arrays = draw_inputs(data, spec, dtype, weighted)
     y, grads, _ = evaluator(name, dtype, "safeops", weighted=weighted)(*arrays)
     ny, ngrads, _ = evaluator(name, dtype, "naive", weighted=weighted)(*arrays)
-    ref = reference_for(spec, arrays, dtype)
+    refs = _refs(spec, arrays, dtype)
     bound = VALUE_ULP[dtype]
     ny64, y64 = ny.astype(np.float64), y.astype(np.float64)
     # Wherever the naive value is finite, so is safeops' (it is never worse).
     worse = np.isfinite(ny64) & ~np.isfinite(y64)
-    assert not worse.any(), f"naive finite, safeops not: {y[worse]} at {_describe(arrays, tuple(np.argwhere(worse)[0]))}"
-    # Where the naive value is accurate (within C3 of the reference), the two agree.
-    naive_good = ref.value_defined & np.isfinite(ny64) & (value_ulps(ny, ref.value, dtype) <= bound)
-    apart = value_ulps(y, ny, dtype)
+    assert not worse.any(), (
+        f"naive finite, safeops not: {y[worse]} at {_describe(arrays, tuple(np.argwhere(worse)[0]))}")
+    # Where the naive value is accurate (within C3 of every reference: a half-dtype
+    # subnormal input has two), the two agree.
+    naive_good = np.isfinite(ny64)
+    for ref in refs:
+        naive_good &= ref.value_defined & (ftz_ulps(ny, ref.value, dtype) <= bound)
+    apart = ftz_ulps(y, ny, dtype)
     off = naive_good & (apart > 2 * bound)
     assert not off.any(), (
         f"{name}: safeops {y[off][:3]} vs naive {ny[off][:3]} ({apart[off][:3]} ULP apart) "
         f"at {_describe(arrays, tuple(np.argwhere(off)[0]))}")
     rtol = GRAD_RTOL[dtype]
     for k, (g, ng) in enumerate(zip(grads, ngrads)):
-        exact, scale = ref.grads[k], ref.scales[k]
-        floor = np.maximum(scale, reference.fmt(dtype).tiny * 2.0 ** 8)
-        with np.errstate(invalid="ignore"):
-            naive_ok = ref.defined & np.isfinite(ng) & (relative_error(ng, exact, floor) <= rtol)
+        naive_ok = np.isfinite(ng)
+        for ref in refs:
+            floor = np.maximum(ref.scales[k], reference.fmt(dtype).tiny * 2.0 ** 8)
+            with np.errstate(invalid="ignore"):
+                naive_ok &= ref.defined & (relative_error(ng, ref.grads[k], floor) <= rtol)
+        floor = np.maximum(refs[0].scales[k], reference.fmt(dtype).tiny * 2.0 ** 8)
         assert np.isfinite(g[np.isfinite(ng)]).all(), f"{name}: naive gradient finite, safeops not"
         off = naive_ok & (relative_error(g, ng, floor) > 2 * rtol)
         assert not off.any(), (
-            f"{name}: gradient {g[off][:3]} vs naive {ng[off][:3]} at {_describe(arrays, tuple(np.argwhere(off)[0]))}")
+            f"{name}: gradient {g[off][:3]} vs naive {ng[off][:3]} "
+            f"at {_describe(arrays, tuple(np.argwhere(off)[0]))}")
 
 
 # ----------------------------------------------------------------------------
@@ -359,6 +377,7 @@ def test_agrees_with_naive_where_naive_is_accurate(name, dtype, weighted, data):
 
 
 @pytest.mark.parametrize("name, dtype, weighted", CASES_W, ids=CASE_W_IDS)
+@PER_CASE
 @given(data=st.data())
 def test_within_c3_of_reference(name, dtype, weighted, data):
     spec = SPECS[name]
@@ -374,6 +393,7 @@ def test_within_c3_of_reference(name, dtype, weighted, data):
 
 
 @pytest.mark.parametrize("name, dtype, weighted", CASES_W, ids=CASE_W_IDS)
+@PER_CASE
 @given(data=st.data())
 def test_finite_value_gradient_second_derivative(name, dtype, weighted, data):
     spec = SPECS[name]
@@ -410,6 +430,7 @@ def test_finite_value_gradient_second_derivative(name, dtype, weighted, data):
 
 
 @pytest.mark.parametrize("name, dtype", CASES, ids=CASE_IDS)
+@PER_CASE
 @given(data=st.data())
 def test_nan_in_nan_out(name, dtype, data):
     spec = SPECS[name]
@@ -426,12 +447,17 @@ def test_nan_in_nan_out(name, dtype, data):
         affected = _row_broadcast(mask.any(axis=-1), mask.shape)
     hidden = affected & ~np.isnan(y64)
     assert not hidden.any(), (
-        f"{name}: NaN in {spec.args[which]} gave {y[hidden][:3]} at {_describe(arrays, tuple(np.argwhere(hidden)[0]))}")
-    g = grads[which]
-    hidden = mask & ~np.isnan(g)
-    assert not hidden.any(), (
-        f"{name}: NaN in {spec.args[which]} gave gradient {g[hidden][:3]} "
+        f"{name}: NaN in {spec.args[which]} gave {y[hidden][:3]} "
         f"at {_describe(arrays, tuple(np.argwhere(hidden)[0]))}")
+    # The NaN reaches the gradient: of its own argument for one-input ops, of at
+    # least one argument for two-input ops (d(x log y)/dx = log y does not see x).
+    shown = np.zeros(mask.shape, dtype=bool)
+    for g in (grads if spec.kind == "binary" else grads[which:which + 1]):
+        shown |= np.isnan(g)
+    hidden = mask & ~shown
+    assert not hidden.any(), (
+        f"{name}: NaN in {spec.args[which]} gave gradients "
+        f"{[g[hidden][:3] for g in grads]} at {_describe(arrays, tuple(np.argwhere(hidden)[0]))}")
 
 
 # ----------------------------------------------------------------------------
@@ -453,7 +479,7 @@ def test_signature_matches_tensorflow(name):
     head = ours[:len(theirs)]
     assert [p.name for p in head] == [p.name for p in theirs], f"{name}: {inspect.signature(spec.fn)}"
     for a, b in zip(head, theirs):
-        assert a.default == b.default or (a.default is inspect.Parameter.empty and b.default is inspect.Parameter.empty), (
+        assert a.default == b.default, (
             f"{name}: default of {a.name} is {a.default!r}, TensorFlow's {b.default!r}")
         assert a.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
     extras = ours[len(theirs):]
@@ -462,7 +488,7 @@ def test_signature_matches_tensorflow(name):
         assert extras[0].default is None
         extras = extras[1:]
     for p in extras:
-        assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: extra argument {p.name} must be keyword-only"
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: extra argument {p.name} not keyword-only"
 
 
 def _shape_calls(name):
@@ -577,7 +603,8 @@ def test_same_result_in_eager_function_and_xla(name, dtype):
     refs = _refs(spec, arrays, dtype)
     results = {mode: evaluator(name, dtype, "safeops", mode)(*arrays) for mode in MODES}
     for mode, (y, grads, second) in results.items():
-        failures = value_errors(spec, arrays, dtype, y, refs) + gradient_errors(spec, arrays, dtype, grads, refs)
+        failures = (value_errors(spec, arrays, dtype, y, refs)
+                    + gradient_errors(spec, arrays, dtype, grads, refs))
         assert not failures, f"{mode}:\n" + "\n".join(failures)
     base_y, base_g, base_h = results["eager"]
     for mode in ("function", "jit"):

@@ -133,3 +133,23 @@ def relative_error(got, exact, floor=0.0) -> np.ndarray:
         err = np.where(denom > 0, np.abs(g - e) / np.where(denom > 0, denom, 1.0), np.abs(g - e) * np.inf)
     err = np.where(finite, err, np.inf)
     return np.where(same, 0.0, err)
+
+
+def ftz_ulps(got, exact, dtype) -> np.ndarray:
+    """C3's value error under flush-to-zero: :func:`value_ulps`, or ``|got - exact| / tiny`` if smaller.
+
+    TensorFlow on CPU flushes every subnormal intermediate to 0, so near 0
+    the resolution of a computation is ``tiny``, not the subnormal spacing:
+    a softmax probability of 2.1e-38 formed as a quotient whose intermediate
+    underflows comes back as 0. Measuring the error in units of ``tiny``
+    where that is the larger unit applies C3's "subnormals are 0" rule to
+    results as it applies to inputs; away from the underflow threshold it
+    changes nothing.
+    """
+    tiny = float(finfo(dtype).tiny)
+    g = np.asarray(got, dtype=numpy_dtype(dtype)).astype(np.float64)
+    e = np.asarray(exact, dtype=numpy_dtype(dtype)).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        absolute = np.abs(g - e) / tiny
+    absolute = np.where(np.isfinite(absolute), absolute, np.inf)
+    return np.minimum(value_ulps(got, exact, dtype), absolute)

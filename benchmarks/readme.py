@@ -1,0 +1,76 @@
+"""Regenerates the README's accuracy and speed sections from the scripts that measure them.
+
+    python -m benchmarks.readme            # runs both scripts (about 5 minutes), then rewrites README.md
+    python -m benchmarks.readme --no-run   # rewrites README.md from the last results
+
+The accuracy table comes from ``python -m benchmarks.accuracy`` and the
+speed tables from ``python -m benchmarks --quick``; this script copies
+their Markdown between the ``<!-- accuracy:begin/end -->`` and
+``<!-- benchmark:begin/end -->`` markers of README.md, and the ratio plot
+to ``docs/``. No figure in those sections is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BENCH_SECTIONS = ("Targets", "forward+backward, tf.function", "forward, tf.function",
+                  "forward+backward, tf.function(jit_compile=True)")
+
+
+def _run(args: list[str]) -> None:
+    print("+", " ".join(args), flush=True)
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
+
+
+def _sections(markdown: str, titles: tuple[str, ...]) -> str:
+    """The header lines of a report plus the ``## title`` sections named in ``titles``."""
+    parts = re.split(r"(?m)^## ", markdown)
+    head = [line for line in parts[0].splitlines() if line.startswith("- ")]
+    kept = ["\n".join(head)]
+    for part in parts[1:]:
+        title = part.splitlines()[0].strip()
+        if title in titles:
+            kept.append("#### " + part.rstrip())
+    return "\n\n".join(kept)
+
+
+def _replace(text: str, marker: str, body: str) -> str:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md has no {begin} ... {end} markers")
+    before, rest = text.split(begin, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{begin}\n{body.strip()}\n{end}{after}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-run", action="store_true", help="use the last results instead of measuring")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    accuracy_md = RESULTS / "accuracy.md"
+    if not args.no_run:
+        _run(["-m", "benchmarks.accuracy", "--out", str(accuracy_md)])
+        _run(["-m", "benchmarks", "--quick", "--out", str(RESULTS)])
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    text = _replace(text, "accuracy", accuracy_md.read_text())
+    bench = _sections((RESULTS / "benchmark.md").read_text(), BENCH_SECTIONS)
+    text = _replace(text, "benchmark", bench)
+    plot = RESULTS / "ratios_graph_fwdbwd.png"
+    if plot.exists():
+        shutil.copy(plot, ROOT / "docs" / "benchmark_cpu_ratios.png")
+    readme.write_text(text)
+    print(f"README.md updated from {accuracy_md.name} and benchmark.md")
+
+
+if __name__ == "__main__":
+    main()
