@@ -87,9 +87,12 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
         if pred.logits is not None:
             z = pred.logits
             bce = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
-            log_q = tfm.reduce_logsumexp(
-                tf.stack([tfm.log_sigmoid(-z), tfm.log_sigmoid(z)], -1), axis=-1,
-                weights=tf.stack([y, 1.0 - y], -1))
+            # log(1 - p_t) = log(y * sigmoid(-z) + (1 - y) * sigmoid(z)): a
+            # two-term log-sum-exp, done elementwise by logaddexp (a stacked
+            # weighted reduce_logsumexp cost 6x Keras). A zero label weight
+            # must give exactly -inf, not a clamped log.
+            log_q = tfm.logaddexp(_log_weight(y) + tfm.log_sigmoid(-z),
+                                  _log_weight(1.0 - y) + tfm.log_sigmoid(z))
         else:
             p = pred.probabilities()
             bce = -(pred.clamped(tfm.xlogy, y, p) + pred.clamped(tfm.xlog1py, 1.0 - y, -p))
@@ -211,3 +214,15 @@ class CategoricalFocalCrossentropy(LossFunctionWrapper):
                          label_smoothing=label_smoothing, axis=axis)
         self.alpha, self.gamma = alpha, gamma
         self.from_logits, self.label_smoothing, self.axis = from_logits, label_smoothing, axis
+
+
+def _log_weight(w):
+    """``log(w)`` for a label weight in [0, 1]: exactly ``-inf`` at 0, with a zero (not NaN) gradient there.
+
+    The double-where form: the logarithm only ever sees a positive argument,
+    so its gradient in the branch that is not taken is finite.
+    """
+    positive = w > 0.0
+    safe = tf.where(positive, w, tf.ones_like(w))
+    return tf.where(positive, tf.math.log(safe), tf.fill(tf.shape(w), tf.constant(-float("inf"), w.dtype)))
+
