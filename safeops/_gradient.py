@@ -21,7 +21,9 @@ differentiable ops only. Three things are added at second order:
   for a float16 op computed in float32). NaN passes through the clip;
 * **NaN is kept** (contract C2): clamps written with ``tf.maximum`` have a
   zero derivative at a NaN input, so where an input is NaN its second
-  derivative is set to NaN.
+  derivative is set to NaN. Conversely, when no input is NaN, a NaN in the
+  second derivative can only be ``0 * inf`` from a saturated first
+  derivative, and is set to that saturated gradient's derivative, 0.
 
 The first-order path costs nothing beyond ``forward`` and ``backward``: the
 second-order wrapper is an identity in the graph. The grad closure keeps
@@ -108,11 +110,20 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
     dd = tape.gradient(
         redo, [dy64, *xs64], output_gradients=[tf.cast(d, wide) for d in ddx],
         unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    ddy = tf.cast(_dtypes.saturate(dd[0], output_dtype), dy.dtype)
-    ddxs = [
-        tf.where(tf.math.is_nan(x), x, tf.cast(_dtypes.saturate(d, output_dtype), x.dtype))
-        for x, d in zip(xs, dd[1:])
-    ]
+    # With no NaN among the inputs, a NaN here can only be ``0 * inf``: an
+    # intermediate that overflowed even float64 (``x / y**2`` at ``y = tiny``
+    # in float64) times the zero derivative of a first-order gradient that
+    # saturated there. The derivative of that saturated gradient is 0.
+    clean = tf.logical_not(tf.reduce_any(tf.stack(
+        [tf.reduce_any(tf.math.is_nan(t)) for t in (dy, *xs)])))
+
+    def tidy(d, like):
+        d = _dtypes.saturate(d, output_dtype)
+        d = tf.where(clean & tf.math.is_nan(d), tf.zeros_like(d), d)
+        return tf.cast(d, like.dtype)
+
+    ddy = tidy(dd[0], dy)
+    ddxs = [tf.where(tf.math.is_nan(x), x, tidy(d, x)) for x, d in zip(xs, dd[1:])]
     return (ddy, *ddxs)
 
 

@@ -463,7 +463,10 @@ def _x_times_clamped_log(x_log_fn, log_fn, shift: float, floor: float, dtype: tf
     def backward(dz, z, x, y):
         clamped = tf.maximum(y, floor)
         gx = dz * log_fn(clamped)
-        gy = dz * x / (clamped + shift if shift else clamped)
+        # x / y overflows at the clamp for large x (xlogy(1e10, 0): 1e10 / tiny),
+        # and float16's range is smaller still: the exact gradient is not
+        # representable there, so it saturates at the output dtype's max (C1).
+        gy = _dtypes.saturate(dz * x / (clamped + shift if shift else clamped), dtype)
         return sum_to_shape(gx, x), sum_to_shape(gy, y)
 
     return custom_op(forward, backward, dtype)
