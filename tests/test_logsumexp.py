@@ -299,3 +299,13 @@ class TestComputedInputUnderXla:
             reference = s.numpy().astype(np.float64) - reference[:, None]
         np.testing.assert_allclose(eager_out.numpy(), reference, rtol=2e-6, atol=2e-6)
         np.testing.assert_allclose(xla_out.numpy(), reference, rtol=2e-6, atol=2e-6)
+
+
+class TestSoftmaxLargeFiniteRowNextToMaskedRow:
+    """Regression: graph mode reassociated the row factor ``m - m + 1`` to ``m + (1 - m)`` = 0."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_large_finite_row_is_not_zeroed(self, mode):
+        x = tf.constant([[-INF, -INF], [0.0, 1e8], [-3.39e38, -3.39e38]], tf.float32)
+        y = run(mode, tfm.softmax)(x).numpy()
+        np.testing.assert_array_equal(y, [[0.0, 0.0], [0.0, 1.0], [0.5, 0.5]])

@@ -460,7 +460,11 @@ def _row_safe_softmax(x, axis, dtype):
     """Softmax of ``max(x, lowest)`` times a row factor: 0 if the row is all ``-inf``, NaN if it has NaN or ``+inf``."""
     lowest = -_dtypes.max_value(_dtypes.compute_dtype(dtype))
     m = tf.stop_gradient(tf.reduce_max(x, axis, keepdims=True))
-    factor = tf.where(tf.equal(m, -_INF), tf.zeros_like(m), m - m + 1.0)
+    # An explicit select, not ``m - m + 1``: graph mode reassociates that to
+    # ``m + (1 - m)``, which is 0 for m = 1e8 in float32 and zeroed whole rows.
+    bad = tf.math.is_nan(m) | tf.equal(m, _INF)
+    factor = tf.where(tf.equal(m, -_INF), tf.zeros_like(m),
+                      tf.where(bad, tf.fill(tf.shape(m), tf.constant(float("nan"), m.dtype)), tf.ones_like(m)))
     return tf.nn.softmax(tf.maximum(x, lowest), axis=axis) * factor
 
 
