@@ -55,6 +55,12 @@ class TestSqrt:
         y, g, _ = derivatives(tfm.sqrt, tf.constant([1e-40], tf.float32))
         assert g[0] == pytest.approx(0.5 / np.sqrt(np.finfo(np.float32).tiny), rel=1e-6)
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_float16_subnormal_widens_to_a_normal_number(self, mode):
+        y, g, _ = derivatives(tfm.sqrt, tf.constant([6e-8], tf.float16), mode)
+        assert y[0] == pytest.approx(np.sqrt(np.float64(np.float16(6e-8))), rel=1e-3)
+        assert g[0] == pytest.approx(0.5 / np.sqrt(np.finfo(np.float16).tiny), rel=1e-3)
+
     def test_inf_and_nan(self):
         y, g, _ = derivatives(tfm.sqrt, [INF, NAN])
         assert y[0] == INF and g[0] == 0 and np.isnan(y[1]) and np.isnan(g[1])
@@ -86,6 +92,27 @@ class TestNorm:
         assert all(np.isfinite(a).all() for a in (y, g, h))
         np.testing.assert_allclose(y, [5, 3], rtol=rtol(dtype))
         np.testing.assert_allclose(g, x.numpy().astype(np.float64) / [[5], [3]], rtol=10 * rtol(dtype), atol=1e-7)
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float32, tf.float64])
+    def test_gradient_near_tiny_is_not_flushed(self, dtype, mode):
+        x = tf.constant([1.2e-38] * 3, dtype)
+        y, g, h = derivatives(tfm.norm, x, mode)
+        np.testing.assert_allclose(g, [3 ** -0.5] * 3, rtol=rtol(dtype))
+        assert np.isfinite(h).all()
+
+    @pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+    def test_gradient_against_float64(self, scale):
+        x = np.random.default_rng(1).standard_normal((50, 5)) * scale
+        grads = []
+        for dtype in (tf.float32, tf.float64):
+            xt = tf.constant(x, dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                n = tfm.norm(xt, axis=1)
+            grads.append(tape.gradient(n, xt).numpy().astype(np.float64))
+        np.testing.assert_allclose(grads[0], x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(grads[1], x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-12)
 
     @pytest.mark.parametrize("scale", [1e30, 1e-30, 1e19, 1e-19])
     def test_huge_and_tiny_entries_float32(self, scale):
@@ -182,6 +209,31 @@ class TestL2Normalize:
         np.testing.assert_allclose(tfm.l2_normalize(x, axis=axis), want, rtol=1e-13)
         np.testing.assert_allclose(tfm.l2_normalize(x, dim=axis), want, rtol=1e-13)
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_float16_second_derivative_saturates(self, mode):
+        x = tf.constant([[-(2.0 ** -10), -(2.0 ** -10)]], tf.float16)
+        v = tf.constant([[1.0, -1.0]], tf.float16)
+        y, g, h = derivatives(lambda t: tfm.l2_normalize(t, axis=1) * v, x, mode)
+        assert np.isfinite(g).all() and np.isfinite(h).all()
+        np.testing.assert_allclose(g, [[1024 / np.sqrt(2), -1024 / np.sqrt(2)]], rtol=2e-3)
+
+    def test_gradient_against_float64(self):
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((200, 6)) * np.exp(rng.uniform(-30, 30, (200, 1)))
+        v = rng.standard_normal((200, 6))
+        grads = []
+        for dtype in (tf.float32, tf.float64):
+            xt = tf.constant(x, dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                loss = tf.reduce_sum(tfm.l2_normalize(xt, axis=1, epsilon=0.0) * tf.constant(v, dtype))
+            grads.append(tape.gradient(loss, xt).numpy().astype(np.float64))
+        u = x / np.linalg.norm(x, axis=1, keepdims=True)
+        exact = (v - u * np.sum(v * u, axis=1, keepdims=True)) / np.linalg.norm(x, axis=1, keepdims=True)
+        np.testing.assert_allclose(grads[1], exact, rtol=1e-10, atol=1e-12 * np.abs(exact).max())
+        row = np.abs(exact).max(axis=1, keepdims=True)
+        assert (np.abs(grads[0] - exact) / row).max() < 1e-5
+
     def test_nan(self):
         y, g, _ = derivatives(lambda t: tfm.l2_normalize(t, axis=-1), [[NAN, 1.0], [1.0, 1.0]])
         assert np.isnan(y[0]).all() and np.isnan(g[0]).all() and np.isfinite(y[1]).all()
@@ -246,3 +298,34 @@ class TestDivideNoNan:
             tfm.divide_no_nan(tf.constant([1]), [1.0])
         with pytest.raises(ValueError, match="broadcast"):
             tfm.divide_no_nan(tf.zeros([2]), tf.zeros([3]))
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_float16_subnormal_y_saturates_gradients(self, mode):
+        def both(x, y):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch([x, y])
+                q = tfm.divide_no_nan(x, y)
+            return q, tape.gradient(q, x), tape.gradient(q, y)
+
+        q, gx, gy = run(mode, both)(tf.constant([1.0], tf.float16), tf.constant([6e-8], tf.float16))
+        assert q.numpy()[0] == INF
+        assert gx.numpy()[0] == 65504 and gy.numpy()[0] == -65504
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_bfloat16_subnormal_y_acts_as_zero(self, mode):
+        def both(x, y):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch([x, y])
+                q = tfm.divide_no_nan(x, y)
+            return q, tape.gradient(q, x), tape.gradient(q, y)
+
+        x = tf.constant([-1.0, NAN], tf.bfloat16)
+        y = tf.constant([1.1663108012064884e-38, -1.1663108012064884e-38], tf.bfloat16)
+        q, gx, gy = [t.numpy().astype(np.float64) for t in run(mode, both)(x, y)]
+        assert q[0] == 0 and gx[0] == 0 and gy[0] == 0
+        assert np.isnan(q[1]) and gx[1] == 0 and np.isnan(gy[1])
+
+    def test_second_derivative_finite_at_float64_extremes(self):
+        y, g, h = derivatives(lambda t: tfm.divide_no_nan(tf.constant([-1.7976931348623157e308], tf.float64), t),
+                              tf.constant([-0.9999999999999999], tf.float64))
+        assert np.isfinite(g).all() and not np.isnan(h).any()

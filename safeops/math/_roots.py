@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
-from safeops._gradient import custom_op, sum_to_shape
+from safeops._gradient import custom_op, custom_op_with_residuals, sum_to_shape
 
 _VECTOR_ORDS = ("euclidean", 1, 2, np.inf)
 _MATRIX_ORDS = ("euclidean", "fro", 1, 2, np.inf)
@@ -38,10 +38,15 @@ def sqrt(x, name=None):
     ``tf.maximum(x, eps)`` instead kills the gradient below ``eps``.
 
     Edges:
-      * ``x`` in ``[0, tiny)`` (subnormals are flushed to 0 by TensorFlow on
-        CPU): value ``sqrt(x)`` (0), gradient ``1/(2 sqrt(tiny))``: 4.6e18
-        in float32 and bfloat16, 64 in float16, 3.4e153 in float64; finite,
-        positive, pointing into the domain.
+      * ``x`` in ``[0, tiny)``: gradient ``1/(2 sqrt(tiny))`` with ``tiny``
+        the smallest normal number of ``x.dtype``: 4.6e18 in float32 and
+        bfloat16, 64 in float16, 3.4e153 in float64; finite, positive,
+        pointing into the domain. Value: float32 and float64 subnormals are
+        flushed to 0 by TensorFlow on CPU, and so are bfloat16 ones (they
+        widen to float32 subnormals), so the value is 0. A float16
+        subnormal is *not* flushed: it widens to a normal float32 number,
+        and the value is its true square root (``sqrt(6e-8)`` = 2.4e-4 in
+        float16), while the gradient is still the clamped 64.
       * ``x < 0``: clamped to 0: value 0, the same boundary gradient.
       * ``+inf``: value ``+inf``, gradient 0. ``NaN``: NaN value and gradient.
       * Second derivative ``-1/(4 x**1.5)``, saturated where it overflows;
@@ -86,6 +91,11 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
     :func:`safeops.math.sqrt`. The naive ``sqrt(sum(x**2))`` returns ``inf``
     for float32 entries of 1e20 and 0 for entries of 1e-20, and its
     gradient at a zero vector is ``0 * inf = NaN``.
+
+    The gradient of the 2-norm is formed in the scaled domain,
+    :math:`(s x) / \lVert s x \rVert`, both factors O(1): the autodiff
+    form passes through ``1/s``, which for entries near the smallest normal
+    number makes the product subnormal, flushed to 0.
 
     Edges:
       * zero vector / matrix: value 0, gradient 0 (a subgradient), second
@@ -145,7 +155,6 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
             _validate.axis_in_range(op, axis, rank)
         dtype = x.dtype
         xc = _dtypes.to_compute(x)
-        floor = _dtypes.tiny(dtype)
         if is_matrix and _is_one_of(ord, (1, np.inf)):
             sum_axis, max_axis = (axis[0], axis[1]) if ord == 1 else (axis[1], axis[0])
             y = tf.reduce_max(tf.reduce_sum(tf.abs(xc), sum_axis, keepdims=True), max_axis, keepdims=True)
@@ -156,9 +165,7 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
         elif _is_one_of(ord, (1,)):
             y = tf.reduce_sum(tf.abs(xc), axis, keepdims=True)
         elif _is_one_of(ord, ("euclidean", "fro", 2)):
-            scale = _power_of_two_scale(tf.reduce_max(tf.abs(xc), axis, keepdims=True))
-            sum_sq = tf.reduce_sum(tf.square(xc * scale), axis, keepdims=True)
-            y = _clamped_sqrt(floor, dtype)(sum_sq) / scale
+            y = _euclidean_norm(axis, dtype)(xc)
         else:
             y = _scaled_p_norm(xc, float(ord), axis)
         if not keepdims:
@@ -190,6 +197,9 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         gradient ``rsqrt(epsilon)`` stays finite: 32752).
       * ``±inf`` entry: NaN (``inf / inf``), as in TensorFlow.
       * ``NaN``: NaN in the slice, value and gradient.
+      * Gradient ``(dy - y sum(dy y)) / ||x||``, with the norm formed in the
+        scaled domain; second derivatives are computed in float64 and
+        saturate at the dtype's largest finite value (float16: 65504).
 
     Args:
       x: A float tensor (float16, bfloat16, float32 or float64).
@@ -223,13 +233,7 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         dtype = x.dtype
         xc = _dtypes.to_compute(x)
         floor = max(float(epsilon), _dtypes.tiny(xc.dtype), _dtypes.rsqrt_floor(dtype))
-        scale = _power_of_two_scale(tf.reduce_max(tf.abs(xc), axis, keepdims=True))
-        scaled = xc * scale
-        sum_sq = tf.reduce_sum(tf.square(scaled), axis, keepdims=True)
-        # sum(x**2) < epsilon, tested in scaled form; there TF's x * rsqrt(epsilon).
-        below = sum_sq < floor * tf.square(scale)
-        unit = scaled * tf.math.rsqrt(tf.where(below, tf.ones_like(sum_sq), sum_sq))
-        y = tf.where(below, xc * (1.0 / float(np.sqrt(floor))), unit)
+        y = _unit_vector(axis, floor, dtype)(xc)
         return _dtypes.from_compute(y, dtype)
 
 
@@ -250,8 +254,20 @@ def divide_no_nan(x, y, name=None):
 
     Edges:
       * ``y == 0``: value 0, gradient 0 with respect to both ``x`` and
-        ``y``; also for ``x = ±inf``. A NaN ``x`` gives NaN even there
-        (TensorFlow returns 0; safeops never hides a NaN).
+        ``y``; also for ``x = ±inf``. A NaN ``x`` gives a NaN value even
+        there (TensorFlow returns 0; safeops never hides a NaN) and a NaN
+        gradient with respect to ``y`` (``-(dq/y) q`` with ``q`` NaN); the
+        gradient with respect to ``x``, ``dq/y``, does not depend on ``x``
+        and stays finite (0 at ``y == 0``).
+      * Subnormal ``y``: float32 and float64 subnormals are flushed to 0 by
+        TensorFlow on CPU, and bfloat16 ones are flushed explicitly (they
+        widen to float32 subnormals, which XLA would otherwise divide by),
+        so they act as ``y == 0``. A float16 subnormal widens to a normal
+        float32 number and is divided by: ``divide_no_nan(1, 6e-8)`` is
+        ``inf`` in float16 (1.7e7 exceeds 65504), with both gradients
+        saturated at ``±65504``.
+      * Gradients that overflow the dtype (``x/y**2`` at ``x = 1``,
+        ``y = 1e-20`` in float32) saturate at its largest finite value.
       * ``y = ±inf``, finite ``x``: value 0, gradient 0 w.r.t. ``y``.
       * ``NaN`` in ``y``: NaN value and gradients.
 
@@ -295,17 +311,86 @@ def _clamped_sqrt(floor: float, dtype: tf.DType):
     )
 
 
+def _euclidean_norm(axis, dtype: tf.DType):
+    """``sqrt(sum x**2)`` over ``axis`` (kept, length 1), scaled by a power of two.
+
+    Value ``||s x|| / s``; gradient ``dy * (s x) / ||s x||``, formed in the
+    scaled domain where both factors are O(1): the autodiff form
+    ``(1/s) * sqrt'(...) * s x`` passes through ``1/s``, which is near
+    ``tiny`` for entries near ``tiny`` and makes the product subnormal
+    (flushed to 0). Zero vector: gradient 0, second derivative 0.
+    """
+
+    def forward(x):
+        scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
+        sum_sq = tf.reduce_sum(tf.square(x * scale), axis, keepdims=True)
+        positive = tf.not_equal(sum_sq, 0.0)  # NaN counts as positive: NaN kept
+        # sqrt only of nonzero sums, so no sqrt'(0) = inf at second order.
+        scaled_norm = tf.where(positive, tf.sqrt(tf.where(positive, sum_sq, tf.ones_like(sum_sq))),
+                               tf.zeros_like(sum_sq))
+        return scaled_norm / scale, (scale, scaled_norm)
+
+    def backward(dy, y, residuals, x):
+        scale, scaled_norm = residuals
+        positive = tf.not_equal(scaled_norm, 0.0)
+        ratio = dy / tf.where(positive, scaled_norm, tf.ones_like(scaled_norm))
+        return (tf.where(positive, ratio, tf.zeros_like(ratio)) * (x * scale),)
+
+    return custom_op_with_residuals(forward, backward, dtype)
+
+
+def _unit_vector(axis, floor: float, dtype: tf.DType):
+    """``x / sqrt(max(sum x**2, floor))`` over ``axis``, scaled by a power of two.
+
+    Backward ``(dy - y sum(dy y)) * s / ||s x||`` (the projection of ``dy``
+    orthogonal to ``y``, over the norm formed in the scaled domain), or
+    ``dy * rsqrt(floor)`` where ``sum(x**2) < floor``. On :func:`custom_op`,
+    so second derivatives run in float64 and saturate at the output dtype.
+    """
+    inverse_root = 1.0 / float(np.sqrt(floor))
+
+    def forward(x):
+        scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
+        scaled = x * scale
+        sum_sq = tf.reduce_sum(tf.square(scaled), axis, keepdims=True)
+        # sum(x**2) < epsilon, tested in scaled form; there TF's x * rsqrt(epsilon).
+        below = sum_sq < floor * tf.square(scale)
+        scaled_norm = tf.sqrt(tf.where(below, tf.ones_like(sum_sq), sum_sq))
+        y = tf.where(below, x * inverse_root, scaled / scaled_norm)
+        return y, (scale, scaled_norm, below)
+
+    def backward(dy, y, residuals, x):
+        scale, scaled_norm, below = residuals
+        projected = dy - y * tf.reduce_sum(dy * y, axis, keepdims=True)
+        return (tf.where(below, dy * inverse_root, projected / scaled_norm * scale),)
+
+    return custom_op_with_residuals(forward, backward, dtype)
+
+
 def _guarded_quotient(dtype: tf.DType):
     """``x / y`` with 0 (NaN for a NaN ``x``) where ``y == 0``; gradient 0 there."""
 
+    # A bfloat16 subnormal widens to a float32 subnormal: the eager CPU kernel
+    # flushes it, XLA does not (its reciprocal returns inf); flush it here, in
+    # both passes, so the y-gradient still comes from ``backward`` (NaN kept).
+    flush = dtype == tf.bfloat16
+
+    def flushed(y):
+        return tf.where(tf.abs(y) < _dtypes.tiny(dtype), tf.zeros_like(y), y) if flush else y
+
     def forward(x, y):
+        y = flushed(y)
         return tf.where(tf.math.is_nan(x), x, tf.math.divide_no_nan(x, y))
 
     def backward(dq, q, x, y):
-        dx = tf.math.divide_no_nan(dq, y)
+        y = flushed(y)
+        ratio = tf.math.divide_no_nan(dq, y)
         # -x/y**2 as -(dq/y) * q: overflows only where the exact gradient is
         # not representable (x = 1, y = 1e-20 in float32); it saturates (C1).
-        dy = _dtypes.saturate(-dx * q, dtype)
+        dy = _dtypes.saturate(-ratio * q, dtype)
+        # dq/y itself overflows the output dtype for a float16 y that was
+        # subnormal (6e-8 -> 1.7e7 > 65504) but is normal after widening.
+        dx = _dtypes.saturate(ratio, dtype)
         return sum_to_shape(dx, x), sum_to_shape(dy, y)
 
     return custom_op(forward, backward, dtype)
