@@ -131,6 +131,34 @@ class TestReduceLogSumExp:
         y0, g0, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, weights=[1.0, -1.0], return_sign=True)[0], [0.0, 0.0])
         assert y0 == -INF and (g0 == 0).all()
 
+    def test_tiny_weight_at_the_maximum(self):
+        # weights folded into the exponent: (w_top - 1) + rest lost these
+        assert tfm.reduce_logsumexp([0.0], weights=[1e-30]).numpy() == pytest.approx(np.log(1e-30), rel=1e-6)
+        want = np.log(np.exp(-1.0) + 1e-10 * np.exp(16.0))
+        assert tfm.reduce_logsumexp([-1.0, 16.0], weights=[1.0, 1e-10]).numpy() == pytest.approx(want, rel=1e-6)
+        lse, sign = tfm.reduce_logsumexp([0.0, -20.0], weights=[-1.0, 1.0], return_sign=True)
+        assert sign.numpy() == -1 and lse.numpy() == pytest.approx(np.log1p(-np.exp(-20.0)), rel=1e-6)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_zero_weight_gradient_saturates(self, mode):
+        def body(x, w):
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = tfm.reduce_logsumexp(x, weights=w)
+            return tape.gradient(y, [x, w])
+
+        gx, gw = run(mode, body)(tf.constant([0.0, 100.0]), tf.constant([1.0, 0.0]))
+        np.testing.assert_array_equal(gx.numpy(), [1.0, 0.0])
+        assert gw.numpy()[0] == 1.0 and gw.numpy()[1] == np.finfo(np.float32).max
+
+    @pytest.mark.parametrize("weighted", [False, True])
+    @pytest.mark.parametrize("mode", MODES)
+    def test_gradient_exact_at_large_x(self, mode, weighted):
+        # exp(x - y) from the rounded y gave 0.49989 at [1e4, 1e4] (float32)
+        kw = {"weights": [1.0, 1.0]} if weighted else {}
+        _, g, _ = derivatives(lambda t: tfm.reduce_logsumexp(t, **kw), tf.constant([1e4, 1e4]), mode)
+        np.testing.assert_allclose(g, [0.5, 0.5], rtol=1e-6)
+
     def test_errors(self):
         with pytest.raises(TypeError, match="input_tensor"):
             tfm.reduce_logsumexp(tf.constant([1, 2]))
@@ -220,6 +248,15 @@ class TestLogSoftmax:
         g = tape.gradient(out, x).numpy()  # dy = 1 everywhere, also on the -inf output
         assert g[0, 1] == 0 and np.isfinite(g).all()
         assert np.isfinite(derivatives(loss, x)[1]).all()
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_overflowing_shift_keeps_gradient(self, mode):
+        # x - max = -inf by overflow is not a mask: d y_0 / d x_0 = 1 - p_0 = 1
+        big = float(np.finfo(np.float32).max)
+        y, g, h = derivatives(lambda t: tfm.log_softmax(t) * [1.0, 2.0], tf.constant([[-big, big]]), mode)
+        assert y[0, 0] == -INF and y[0, 1] == 0.0
+        np.testing.assert_array_equal(g, [[1.0, -1.0]])
+        assert np.isfinite(h).all()
 
     def test_nan_row(self):
         y, g, _ = derivatives(tfm.log_softmax, [[NAN, 1.0], [1.0, 2.0]])

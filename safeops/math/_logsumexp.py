@@ -17,7 +17,10 @@ is replaced by 0 (as JAX's ``logsumexp`` does), so an all ``-inf`` slice sums
 to 0 and gives ``-inf`` instead of ``-inf - (-inf) = NaN``.
 
 The gradients are the softmax weights ``w * exp(x - lse)``, written with
-differentiable ops from the saved output, so second derivatives work.
+differentiable ops, so second derivatives work; ``reduce_logsumexp`` forms
+them as ``exp(x - m) / s`` from the saved shift ``m`` and sum ``s`` (not from
+the rounded output, whose rounding error ``ulp(lse)`` would enter the
+exponent: 0.49989 instead of 0.5 at ``[1e4, 1e4]`` in float32).
 
 Speed (contract C8). Written as plain TensorFlow ops, the log1p form costs
 about ten passes over the tensor where ``tf.math.reduce_logsumexp`` needs
@@ -44,7 +47,7 @@ import os
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
-from safeops._gradient import custom_op
+from safeops._gradient import custom_op, custom_op_with_residuals
 
 _INF = float("inf")
 
@@ -86,15 +89,18 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     (:math:`w_i = 1` without ``weights``), as ``tf.math.reduce_logsumexp``
     and ``scipy.special.logsumexp(a, b=weights, return_sign=...)``.
 
-    Stable rewrite: :math:`m + \operatorname{log1p}(\sum_i w_i e^{x_i - m} - 1)`
-    with :math:`m` the slice maximum (over entries of nonzero weight), the
-    terms equal to :math:`w_k e^0` at the maximum summed apart so the
-    remainder is exact (Blanchard, Higham & Higham 2021, IMA J. Numer. Anal.,
+    Stable rewrite: :math:`m + \operatorname{log1p}(\sum_i \pm e^{x_i + \log|w_i| - m} - 1)`
+    with :math:`m` the slice maximum of :math:`x_i + \log|w_i|` (over entries
+    of nonzero weight; the weights are folded into the exponent, so a tiny
+    weight at the largest ``x`` is not lost in ``w_k - 1``), the terms near
+    :math:`\pm 1` summed apart so the remainder is exact (Blanchard, Higham & Higham 2021, IMA J. Numer. Anal.,
     Algorithm 4.2). The naive ``log(reduce_sum(exp(x)))`` overflows for
     ``x > 88`` in float32 and gives ``log 0 = -inf`` for ``x < -104``; the
     usual max shift with ``log`` instead of ``log1p`` returns 0 for
     ``[0, -20]`` where the answer is ``2.06e-9``. The gradient is the softmax
-    ``w * exp(x - lse)`` (the max shift is taken out of it).
+    ``w * exp(x - lse)``, formed as ``exp(x - m) / s`` from the saved shift
+    and sum. The weight gradient ``exp(x - lse)`` of a zero-weight entry far
+    above the others is saturated at the dtype's largest finite value (C1).
 
     Edges:
       * all ``-inf`` slice (or all weights 0, or an empty slice): value
@@ -247,6 +253,8 @@ def log_softmax(logits, axis=None, name=None):
         (TensorFlow returns NaN).
       * ``-inf`` entry in a partly masked row: ``-inf``, gradient 0 (the
         output is the constant ``-inf`` for any finite change of the row).
+      * finite entry whose ``x - max`` overflows (``[-max, max]``): value
+        ``-inf`` (the exact value is beyond the dtype), gradient exact (1).
       * ``+inf`` entry: the row is NaN, as in TensorFlow.
       * ``NaN`` in a row: the whole row and its gradient are NaN.
       * Second derivative: autodiff of the gradient, finite for finite
@@ -373,12 +381,22 @@ def _unweighted_logsumexp(axis, dtype, xla):
 
     def forward(x):
         m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
-        return m + _log1p_or_minus_inf(_sum_minus_one(x - m, axis))
+        t = _sum_minus_one(x - m, axis)
+        return m + _log1p_or_minus_inf(t), (m, t)
 
-    def backward(dy, y, x):
-        return (dy * _softmax_weights(x, y),)
+    def backward(dy, y, residuals, x):
+        # exp(x - m) / sum from the saved shift and sum, not exp(x - y) from
+        # the rounded y: at x = [1e4, 1e4] (float32) that is 0.49989, not 0.5.
+        m, t = residuals
+        size = 1.0 + t
+        size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)  # all -inf: 0 / 1
+        p = tf.exp(x - m) / size
+        # A +inf slice (y = +inf): 1 at its +inf entries, 0 elsewhere.
+        at_inf = tf.equal(x, _INF) & tf.equal(y, _INF)
+        p = tf.where(at_inf, tf.ones_like(p), p)
+        return (dy * p,)
 
-    return custom_op(_compiled(forward, xla), _compiled(backward, xla), dtype)
+    return custom_op_with_residuals(_compiled(forward, xla), _compiled(backward, xla), dtype)
 
 
 def _softmax_weights(x, y):
@@ -391,40 +409,73 @@ def _softmax_weights(x, y):
 
 
 def _weighted_logsumexp(axis, dtype, return_sign):
-    """``log|sum w exp x|`` (and, packed on a new leading axis, its sign) with ``keepdims=True``."""
+    """``log|sum w exp x|`` (and, packed on a new leading axis, its sign) with ``keepdims=True``.
+
+    The weights are folded into the exponent: the shift is the entry of
+    largest ``x + log|w|``, kept as the pair ``(x_k, log|w_k|)`` so that
+    ``z = (x - x_k) + (log|w| - log|w_k|)`` is 0 exactly at that entry and a
+    tiny weight at the maximum (``[0]`` with weight ``1e-30``) does not turn
+    ``w_k - 1`` into ``-1``. Terms ``|e| >= 1/2`` contribute ``e - 1``
+    (exact, Sterbenz) and their signed count is added back as an integer,
+    so ``|sum| - 1`` keeps its remainder for either sign of the sum.
+    """
 
     def forward(x, w):
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
-        x = tf.where(live, x, tf.fill(tf.shape(x), tf.constant(-_INF, x.dtype)))
-        m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
-        z = x - m
-        top = tf.equal(z, 0.0)
-        terms = w * tf.exp(z)
-        # sum - 1 = (sum of the weights at the maximum - 1) + the rest, exactly.
-        top_weight = tf.reduce_sum(tf.where(top, w, tf.zeros_like(w)), axis, keepdims=True)
-        rest = tf.reduce_sum(tf.where(top, tf.zeros_like(terms), terms), axis, keepdims=True)
-        t = (top_weight - 1.0) + rest
+        minus_inf = tf.fill(tf.shape(x), tf.constant(-_INF, x.dtype))
+        x = tf.where(live, x, minus_inf)
+        log_w = tf.where(live, tf.math.log(tf.abs(w)), minus_inf)
+        score = tf.stop_gradient(x + log_w)
+        top = tf.equal(score, tf.reduce_max(score, axis, keepdims=True))
+        mx = tf.reduce_max(tf.where(top, tf.stop_gradient(x), minus_inf), axis, keepdims=True)
+        top = top & tf.equal(tf.stop_gradient(x), mx)
+        mw = tf.reduce_max(tf.where(top, tf.stop_gradient(log_w), minus_inf), axis, keepdims=True)
+        valid = tf.math.is_finite(mx) & tf.math.is_finite(mw)
+        mx = tf.where(valid, mx, tf.zeros_like(mx))
+        mw = tf.where(valid, mw, tf.zeros_like(mw))
+        e = tf.exp((x - mx) + (log_w - mw))
+        sg = tf.sign(w)
+        big = e >= 0.5
+        pos, neg = big & (sg > 0.0), big & (sg < 0.0)
+        terms = tf.where(pos, e - 1.0, tf.where(neg, 1.0 - e, sg * e))
+        rest = tf.reduce_sum(terms, axis, keepdims=True)
+        count = tf.reduce_sum(tf.cast(pos, e.dtype) - tf.cast(neg, e.dtype), axis, keepdims=True)
+        t = rest + (count - 1.0)  # sum - 1, with the integer part exact
+        shift = mx + mw
         if not return_sign:
-            return m + _log1p_or_minus_inf(t)
-        total = top_weight + rest
+            return shift + _log1p_or_minus_inf(t), (mx, mw, t)
+        total = rest + count
         sign = tf.sign(total)
-        # |sum| - 1 is t for a positive sum and -t - 2 for a negative one.
-        magnitude = tf.where(total < 0.0, -t - 2.0, t)
-        return tf.stack([m + _log1p_or_minus_inf(magnitude), tf.stop_gradient(sign)])
+        # |sum| - 1: t for a positive sum, -sum - 1 for a negative one.
+        magnitude = tf.where(total < 0.0, -rest + (-count - 1.0), t)
+        y = tf.stack([shift + _log1p_or_minus_inf(magnitude), tf.stop_gradient(sign)])
+        return y, (mx, mw, magnitude)
 
-    def backward(dy, y, x, w):
+    def backward(dy, y, residuals, x, w):
+        mx, mw, magnitude = residuals
         if return_sign:
-            dy, y, sign = dy[0] * y[1], y[0], y[1]
-        else:
-            sign = None
-        del sign  # folded into dy: d log|s| / dx = sign(s) * w * exp(x - log|s|)
+            dy, y = dy[0] * y[1], y[0]  # d log|s| / dx = sign(s) * w * exp(x - log|s|)
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
-        p = _softmax_weights(x, y)
-        dx = tf.where(live, dy * w * p, tf.zeros_like(p))
-        dw = dy * p
+        # exp(x - y) = exp(x - shift) / S with S = |sum| / exp(shift): no
+        # rounding of y enters (exp(1e4 - y) from a rounded y is 1e-3 off).
+        size = 1.0 + magnitude
+        size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)
+        p = tf.exp((x - mx) - mw) / size
+        finite = tf.math.is_finite(y)
+        fallback = _softmax_weights(x, y)
+        p = tf.where(finite, p, fallback)
+        # w * exp(x - y) with the weight inside the exponent: exp(x - y)
+        # alone can underflow where the product is normal (w = 1e4).
+        log_w = tf.where(live, tf.math.log(tf.abs(w)), tf.zeros_like(w))
+        wp = tf.sign(w) * tf.exp((x - mx) + (log_w - mw)) / size
+        wp = tf.where(finite, wp, w * fallback)
+        dx = tf.where(live, dy * wp, tf.zeros_like(p))
+        # A zero weight's own gradient exp(x - y) is exact but may exceed the
+        # dtype ([0, 100] with weights [1, 0]): saturate it (contract C1).
+        dw = _dtypes.saturate(dy * p, dtype)
         return dx, dw
 
-    return custom_op(forward, backward, dtype)
+    return custom_op_with_residuals(forward, backward, dtype)
 
 
 def _sign_of_sum(y):
@@ -478,7 +529,10 @@ def _masked_log_softmax(axis, dtype, xla):
         return z - _log_sum_or_zero(_sum_minus_one(z, axis))
 
     def backward(dy, y, x):
-        dy = tf.where(y > -_INF, dy, tf.zeros_like(dy))  # NaN rows stay NaN via exp(y)
+        # Frozen where the *input* is -inf (a mask), not where y is: y is also
+        # -inf when x - max overflows ([-max, max]), and there the gradient is 1.
+        # NaN rows stay NaN via exp(y).
+        dy = tf.where(tf.equal(x, -_INF), tf.zeros_like(dy), dy)
         return (dy - tf.exp(y) * tf.reduce_sum(dy, axis, keepdims=True),)
 
     return custom_op(_compiled(forward, xla), _compiled(backward, xla), dtype)
