@@ -300,7 +300,7 @@ def elementwise(name: str, *arrays, dtype, flush: bool = True) -> Reference:
 
 
 def _lse_parts(row, weights):
-    """``(m, t)`` with ``sum w e^x = e^m (1 + t)``, t formed without the 1 (Blanchard et al. 2021).
+    """``(m, t, total)`` with ``sum w e^x = e^m total`` and ``t = total - 1`` formed without the 1 (Blanchard et al. 2021).
 
     Returns ``None`` for an empty sum (all ``-inf`` or all weights 0).
     """
@@ -310,31 +310,39 @@ def _lse_parts(row, weights):
     m = max(x for x, _ in live)
     top = sum((w for x, w in live if x == m), ZERO)
     rest = sum((w * CTX.exp(x - m) for x, w in live if x != m), ZERO)
-    return m, (top - 1) + rest
+    return m, (top - 1) + rest, top + rest
 
 
 def _lse(row, weights):
     parts = _lse_parts(row, weights)
     if parts is None:
         return NEG_INF
-    m, t = parts
-    return m + CTX.log1p(t)
+    return parts[0] + _log_of_parts(parts)
+
+
+def _log_of_parts(parts):
+    """``log(top + rest)``: by ``log1p(t)`` where ``top`` is near 1 (``t`` then exact), else directly.
+
+    A tiny ``top`` (a weight of 2.2e-308 at the maximum) vanishes in
+    ``top - 1`` even at 320 bits, so ``t`` would be exactly -1.
+    """
+    _, t, total = parts
+    return CTX.log1p(t) if 0.5 <= total <= 2 and t > -0.5 else CTX.log(total)
 
 
 def _shifted_probabilities(row, weights):
-    """``(lse, p)`` with ``p_i = w_i e^{x_i - lse}`` formed as ``w_i e^{x_i - m} / (1 + t)``.
+    """``(lse, p)`` with ``p_i = w_i e^{x_i - lse}`` formed as ``w_i e^{x_i - m} / total``.
 
     Never as ``exp(x - lse)``: at ``|x| ~ 1e308`` the 320-bit ``lse`` cannot
-    hold ``x + log w`` exactly, while ``x - m`` and ``1 + t`` are exact enough.
+    hold ``x + log w`` exactly, while ``x - m`` and ``total`` are exact enough.
     ``None`` for an empty sum.
     """
     parts = _lse_parts(row, weights)
     if parts is None:
         return None
-    m, t = parts
-    denominator = 1 + t
+    m, _, denominator = parts
     p = [CTX.exp(x - m) / denominator if x != NEG_INF else ZERO for x in row]
-    return m + CTX.log1p(t), p
+    return m + _log_of_parts(parts), p
 
 
 def _row_logsumexp(row, f, weights, cotangent, epsilon):
@@ -366,13 +374,13 @@ def _row_log_softmax(row, f, weights, cotangent, epsilon):
     if parts is None:
         zeros = [ZERO] * len(row)
         return [NEG_INF] * len(row), (zeros,), (zeros,)
-    m, t = parts
-    log_sum = CTX.log1p(t)
+    m, t, total_weight = parts
+    log_sum = _log_of_parts(parts)
     y = [(x - m) - log_sum if x != NEG_INF else NEG_INF for x in row]
     live_v = [v if x != NEG_INF else ZERO for x, v in zip(row, cotangent)]
     total = sum(live_v, ZERO)
     total_abs = sum((abs(v) for v in live_v), ZERO)
-    p = [CTX.exp(x - m) / (1 + t) if x != NEG_INF else ZERO for x in row]
+    p = [CTX.exp(x - m) / total_weight if x != NEG_INF else ZERO for x in row]
     grad = [v - pi * total for v, pi in zip(live_v, p)]
     scale = [abs(v) + pi * total_abs for v, pi in zip(live_v, p)]
     return y, (grad,), (scale,)
@@ -466,7 +474,8 @@ def rowwise(name: str, x, dtype, *, weights=None, cotangent=None, epsilon: float
                 g.append([_NAN] * cols)
                 s.append([_NAN] * cols)
             continue
-        w = [CTX.mpf(v) for v in weights[r]] if weights is not None else None
+        # Subnormal weights count as 0, like subnormal inputs (contract C3).
+        w = [CTX.mpf(_input(v, f, flush)) for v in weights[r]] if weights is not None else None
         v_row = [CTX.mpf(v) for v in cotangent[r]]
         val, gs, ss = fn(mp_row, f, w, v_row, floor)
         values.append(val)
