@@ -7,31 +7,9 @@ import tensorflow as tf
 
 import safeops.math as tfm
 
-INF, NAN = np.inf, np.nan
-DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
-MODES = ["eager", "function", "jit"]
+from tests._modes import DTYPES, INF, MODES, NAN, derivatives, run  # noqa: F401
+
 mpmath.mp.dps = 50
-
-
-def run(mode, fn):
-    if mode == "eager":
-        return fn
-    return tf.function(fn, jit_compile=(mode == "jit"), reduce_retracing=True)
-
-
-def derivatives(fn, x, mode="eager"):
-    """Value, gradient and diagonal second derivative (nested tapes) of sum(fn(x))."""
-
-    def body(x):
-        with tf.GradientTape() as outer:
-            outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                y = fn(x)
-            g = inner.gradient(y, x)
-        return y, g, outer.gradient(g, x)
-
-    return [t.numpy().astype(np.float64) for t in run(mode, body)(tf.convert_to_tensor(x))]
 
 
 def mp_lse(row):
