@@ -3,10 +3,11 @@
     python -m benchmarks.readme            # runs both scripts (about 5 minutes), then rewrites README.md
     python -m benchmarks.readme --no-run   # rewrites README.md from the last results
 
-The accuracy table comes from ``python -m benchmarks.accuracy`` and the
+The edge table comes from ``examples.edge_table`` (evaluated here), the
+accuracy table from ``python -m benchmarks.accuracy`` and the
 speed tables from ``python -m benchmarks --quick``; this script copies
 their Markdown between the ``<!-- accuracy:begin/end -->`` and
-``<!-- benchmark:begin/end -->`` markers of README.md, and the ratio plot
+``<!-- benchmark:begin/end -->`` and ``<!-- edges:begin/end -->`` markers of README.md, and the ratio plot
 to ``docs/``. No figure in those sections is typed by hand.
 """
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = _replace(text, "accuracy", accuracy_md.read_text())
+    from examples import edge_table  # imports TensorFlow: only after the subprocess runs
+
+    text = _replace(text, "edges", edge_table.table())
     bench = _sections((RESULTS / "benchmark.md").read_text(), BENCH_SECTIONS)
     text = _replace(text, "benchmark", bench)
     plot = RESULTS / "ratios_graph_fwdbwd.png"
