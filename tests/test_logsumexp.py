@@ -8,6 +8,7 @@ import tensorflow as tf
 import safeops.math as tfm
 
 from tests._modes import DTYPES, INF, MODES, NAN, derivatives, run  # noqa: F401
+from tests.ulp import ftz_ulps
 
 mpmath.mp.dps = 50
 
@@ -276,9 +277,8 @@ class TestInnerXlaSwitch:
             for a, b in zip(on, off):
                 np.testing.assert_allclose(a, b, rtol=4e-7, atol=1e-12)
 
-    def test_masked_row_takes_the_row_safe_path_in_softmax(self):
-        # A -inf mask makes the input's sum non-finite, so softmax leaves TF's
-        # kernel for the row-safe formula: masked entries 0, gradient 0, no NaN.
+    def test_masked_rows_in_softmax(self):
+        # Masked entries 0 with gradient 0, a fully masked row all 0, no NaN.
         x = np.array([[1.0, -INF, 0.0], [-INF, -INF, -INF]], np.float32)
         y, g, h = derivatives(lambda t: tfm.softmax(t) * tf.constant([[1.0, 2.0, 3.0]]), x, "function")
         e = np.exp([1.0, 0.0])
@@ -286,6 +286,77 @@ class TestInnerXlaSwitch:
         np.testing.assert_array_equal(y[1], 0.0)
         assert np.all(np.isfinite(g)) and np.all(np.isfinite(h))
         assert g[0, 1] == 0.0 and np.all(g[1] == 0.0)
+
+
+class TestExactShift:
+    """``x - max`` is rounded once; TwoSum recovers that error exactly, in every mode.
+
+    Rows whose shifted logits ``x - m`` are far from 0 and not exact
+    (``m = 0.3``, ``x = -86.7``): TensorFlow's kernels are 30-70 ULP off
+    there (``exp`` turns the absolute rounding error of ``x - m`` into a
+    relative one); safeops must stay within C3's 4 ULP.
+    """
+
+    ROWS = np.array([[0.3, -86.7, -1.1, -40.3], [1e3 + 0.1, 1e3 - 80.7, 1e3 - 33.3, 1e3 - 0.9],
+                     [-0.7, -80.05, -INF, -60.3]])
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_error_term_is_exact(self, dtype, mode):
+        from safeops.math._logsumexp import _exact_shift
+
+        x = np.array([0.3, -86.7, 1e3 - 80.7, 2.5e-8, -1e30, 7.0], dtype)
+        m = np.full_like(x, dtype(1e3 + 0.1) if dtype == np.float32 else 0.3)
+        z, err = run(mode, lambda a, b: _exact_shift(a, b))(tf.constant(x), tf.constant(m))
+        z, err = np.asarray(z), np.asarray(err)
+        # (x - m) - z computed exactly: in float64 for float32, in mpmath for float64.
+        for xi, mi, zi, ei in zip(x, m, z, err):
+            exact = mpmath.mpf(float(xi)) - mpmath.mpf(float(mi)) - mpmath.mpf(float(zi))
+            assert float(exact) == float(ei), (xi, mi, zi, ei)
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("inner_xla", [True, False])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_softmax_family_within_4_ulp(self, dtype, inner_xla, mode):
+        from safeops.math import _logsumexp
+
+        x = self.ROWS.astype(dtype)
+        old = _logsumexp.set_inner_xla(inner_xla)
+        try:
+            got = {name: np.asarray(run(mode, getattr(tfm, name))(tf.constant(x)))
+                   for name in ("softmax", "log_softmax")}
+            got["reduce_logsumexp"] = np.asarray(run(mode, lambda t: tfm.reduce_logsumexp(t, axis=-1))(
+                tf.constant(x)))
+        finally:
+            _logsumexp.set_inner_xla(old)
+        for r, row in enumerate(x):
+            mp = [mpmath.mpf(float(v)) for v in row]
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in mp))
+            checks = [("reduce_logsumexp", got["reduce_logsumexp"][r], lse)]
+            for i, v in enumerate(mp):
+                if v == -mpmath.inf:
+                    assert got["softmax"][r, i] == 0.0 and got["log_softmax"][r, i] == -INF
+                    continue
+                checks += [("softmax", got["softmax"][r, i], mpmath.exp(v - lse)),
+                           ("log_softmax", got["log_softmax"][r, i], v - lse)]
+            for name, value, exact in checks:
+                # C3 under flush-to-zero: near the underflow threshold the
+                # resolution is tiny (a correction term below it is flushed).
+                ulps = float(np.ravel(ftz_ulps(value, float(exact), np.dtype(dtype).name))[0])
+                assert ulps <= 4, (name, mode, inner_xla, row, value, float(exact), ulps)
+
+    def test_tensorflow_kernels_are_off_here(self):
+        # The rows really exercise the shift: TF's softmax is far beyond 4 ULP.
+        x = self.ROWS[:2].astype(np.float32)
+        got = tf.nn.softmax(x).numpy()
+        worst = 0.0
+        for r, row in enumerate(x):
+            mp = [mpmath.mpf(float(v)) for v in row]
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in mp))
+            for i, v in enumerate(mp):
+                exact = np.float32(float(mpmath.exp(v - lse)))
+                worst = max(worst, abs(float(got[r, i]) - float(exact)) / float(np.spacing(exact)))
+        assert worst > 8
 
 
 class TestComputedInputUnderXla:

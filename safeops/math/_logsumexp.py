@@ -16,55 +16,49 @@ computing the log-sum-exp and softmax functions", IMA J. Numer. Anal. 41(4),
 is replaced by 0 (as JAX's ``logsumexp`` does), so an all ``-inf`` slice sums
 to 0 and gives ``-inf`` instead of ``-inf - (-inf) = NaN``.
 
+The shift itself is exact: ``x - m`` is rounded once, and ``exp`` would
+turn that absolute error into a relative one of up to ``|x - m| * eps/2``
+(64 ULP at ``x - m = -87`` in float32; TensorFlow's softmax kernels carry
+it). TwoSum (:func:`_exact_shift`) recovers the rounding error ``err`` of
+each shifted logit in five additions, and every op uses
+``exp(z) * (1 + err)`` in place of ``exp(x - m)``, so the results are within
+a few ULP of the exact ones.
+
 The gradients are the softmax weights ``w * exp(x - lse)``, written with
 differentiable ops, so second derivatives work; ``reduce_logsumexp`` forms
 them as ``exp(x - m) / s`` from the saved shift ``m`` and sum ``s`` (not from
 the rounded output, whose rounding error ``ulp(lse)`` would enter the
 exponent: 0.49989 instead of 0.5 at ``[1e4, 1e4]`` in float32).
 
-Speed (contract C8). Written as plain TensorFlow ops, the log1p form costs
+Speed (contract C8). Written as plain TensorFlow ops, these formulas cost
 about ten passes over the tensor where ``tf.math.reduce_logsumexp`` needs
-five and ``tf.nn.log_softmax`` is one fused kernel: 1.7-2x TensorFlow's time
-forward+backward under ``tf.function`` on CPU. So the forward and backward
-functions of ``reduce_logsumexp`` (without ``weights``) and ``log_softmax``
-run as inner ``tf.function(jit_compile=True)`` functions, one per axis and
-dtype, and XLA fuses each into one or two loops over the data, even when the
-caller's own function is not compiled (inside a caller's ``jit_compile=True``
-function they are simply inlined). The price is an XLA compile, tens to a
-few hundred milliseconds, the first time each new input shape is seen: code
+five and ``tf.nn.softmax`` is one fused kernel: 1.7-2.6x TensorFlow's time
+forward+backward under ``tf.function`` on CPU. So the forward functions of
+all three (and the backward ones of ``reduce_logsumexp`` without
+``weights`` and ``log_softmax``) run as inner
+``tf.function(jit_compile=True)`` functions, one per axis and dtype, and XLA
+fuses each into one or two loops over the data, even when the caller's own
+function is not compiled (inside a caller's ``jit_compile=True`` function
+they are simply inlined). The price is an XLA compile, tens to a few
+hundred milliseconds, the first time each new input shape is seen: code
 whose shapes change at every step (unpadded sequence lengths) should turn it
 off with ``SAFEOPS_INNER_XLA=0`` in the environment (read at import) or
-:func:`set_inner_xla`. ``softmax`` needs no XLA: TensorFlow's kernel is
-accurate, and only rows that contain a NaN, ``+inf`` or only ``-inf``
-(detected by one global sum of the input) take the slower masked path.
+:func:`set_inner_xla`. ``softmax`` remains 1.1-1.3x TensorFlow's kernel
+(measured by ``python -m benchmarks``): the price of the exact shift and of
+XLA's CPU code for row reductions, paid for accuracy (C3 before C8).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate
+from safeops import _dtypes, _validate, _xla
 from safeops._gradient import custom_op, custom_op_with_residuals
+from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch lives in safeops._xla)
 
 _INF = float("inf")
-
-_inner_xla = os.environ.get("SAFEOPS_INNER_XLA", "1") != "0"
-
-
-def set_inner_xla(enabled: bool) -> bool:
-    """Turns the inner XLA compilation of this module on or off; returns the old setting.
-
-    Off, the same formulas run as ordinary TensorFlow ops (no compile per new
-    shape, about 1.7x slower). Ops built before the call are not affected
-    inside an already traced ``tf.function``.
-    """
-    global _inner_xla
-    old, _inner_xla = _inner_xla, bool(enabled)
-    return old
-
 
 def _cache_key(axis):
     """``axis`` as a hashable key (lists become tuples), or None when it is a tensor."""
@@ -73,13 +67,6 @@ def _cache_key(axis):
     if isinstance(axis, (list, tuple)) and all(isinstance(a, int) for a in axis):
         return tuple(axis)
     return None
-
-
-def _compiled(fn, xla):
-    """``fn`` as an inner XLA function (see the module docstring), or ``fn`` itself."""
-    if not xla:
-        return fn
-    return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
 
 
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weights=None, return_sign=False):
@@ -182,25 +169,22 @@ def softmax(logits, axis=None, name=None):
     Formula: :math:`y_i = e^{x_i} / \sum_j e^{x_j}` along ``axis``
     (``None`` means the last axis, as in ``tf.nn.softmax``).
 
-    Stable rewrite: TensorFlow's fused softmax kernel (which shifts by the
-    row maximum). The kernel is accurate but wrong at three edges: an
-    entirely ``-inf`` row (a fully masked row) gives NaN, with a NaN
-    gradient, and a NaN or ``+inf`` entry gives NaN at that entry only,
-    with the rest of its row finite. When the sum of the whole input is not
-    finite (a NaN, an infinity or a ``-inf`` mask anywhere), the kernel is
-    applied to ``max(x, lowest)`` instead (a ``-inf`` entry becomes the most
-    negative finite number and its exponential underflows to 0), and the
-    result multiplied by 0 on rows whose maximum is ``-inf`` and by NaN on
-    rows holding a NaN or ``+inf``: 1.3x slower, for such inputs only. The
-    naive ``exp(x) / sum(exp(x))`` overflows for ``x > 88`` (float32). See
-    Blanchard, Higham & Higham (2021), IMA J. Numer. Anal., for the shifted
-    algorithm and its error bounds. The gradient ``y * (dy - sum(dy * y))``
-    is computed from the saved output, as TensorFlow's.
+    Stable rewrite: :math:`y_i = e^{z_i} (1 + \epsilon_i) / \sum_j e^{z_j}
+    (1 + \epsilon_j)` where :math:`z_i + \epsilon_i = x_i - m` exactly
+    (:math:`m` the row maximum, :math:`\epsilon_i` the rounding error of the
+    shift, recovered by TwoSum). The naive ``exp(x) / sum(exp(x))``
+    overflows for ``x > 88`` in float32; the usual max shift (Blanchard,
+    Higham & Higham 2021, IMA J. Numer. Anal.), TensorFlow's kernel,
+    inherits the rounding of ``x - m``, up to 67 ULP on the accuracy sample,
+    and gives NaN for an entirely ``-inf`` (fully masked) row. A fully masked
+    row is shifted by 0 and its zero sum divided by 1. The gradient
+    ``y * (dy - sum(dy * y))`` is computed from the saved output, as
+    TensorFlow's.
 
     Edges:
       * row entirely ``-inf`` (fully masked): zeros, gradient 0.
       * ``-inf`` entry in a partly masked row: 0, gradient 0.
-      * ``+inf`` entry: the whole row is NaN (``inf / inf``), and so is
+      * ``+inf`` entry: the whole row is NaN (``inf - inf``), and so is
         its gradient (TensorFlow's kernel makes only that entry NaN).
       * ``NaN`` in a row: the whole row and its gradient are NaN.
       * Second derivative: autodiff of the gradient, finite for finite
@@ -239,9 +223,11 @@ def log_softmax(logits, axis=None, name=None):
     Formula: :math:`y_i = x_i - \log \sum_j e^{x_j}` along ``axis``
     (``None`` means the last axis, as in ``tf.nn.log_softmax``).
 
-    Stable rewrite: :math:`y_i = (x_i - m) - \operatorname{log1p}(\sum_j
-    e^{x_j - m} - 1)` with :math:`m` the row maximum and the maximum's own
-    term summed apart (Blanchard, Higham & Higham 2021, IMA J. Numer. Anal.).
+    Stable rewrite: :math:`y_i = (z_i - \operatorname{log1p}(\sum_j
+    e^{z_j}(1 + \epsilon_j) - 1)) + \epsilon_i` with :math:`z_i + \epsilon_i
+    = x_i - m` exactly (:math:`m` the row maximum, :math:`\epsilon_i` from
+    TwoSum) and the maximum's own term summed apart (Blanchard, Higham &
+    Higham 2021, IMA J. Numer. Anal.).
     The naive ``log(softmax(x))`` gives ``log 0 = -inf`` as soon as a
     probability underflows (``x_i - m < -104`` in float32); the kernel
     formula ``(x - m) - log(sum)`` returns exactly 0 for the top entry of a
@@ -330,16 +316,42 @@ def _log1p_or_minus_inf(t):
     return tf.where(empty, tf.fill(tf.shape(t), tf.constant(-_INF, t.dtype)), tf.math.log1p(safe))
 
 
-def _sum_minus_one(z, axis):
-    """``sum(exp(z)) - 1`` along ``axis`` for ``z = x - max``, without rounding 1 + tiny.
+def _exact_shift(x, m):
+    """``(z, err)`` with ``z = fl(x - m)`` and ``z + err = x - m`` exactly (TwoSum).
+
+    The shifted logits carry the one rounding of ``x - m``, an absolute error
+    up to ``ulp(x - m) / 2``, and ``exp`` turns it into a relative error of
+    the same size: at ``x - m = -87`` in float32 that is ``3.8e-6``, 64 ULP
+    of the result (the error of TensorFlow's softmax kernels). Knuth's
+    TwoSum (The Art of Computer Programming, vol. 2, sec. 4.2.2, Theorem B;
+    also Ogita, Rump & Oishi 2005, "Accurate sum and dot product", SIAM J.
+    Sci. Comput. 26(6), Algorithm 3.1) recovers that rounding error exactly
+    in five more additions, without any assumption on the magnitudes, so
+    ``exp(x - m) = exp(z) * (1 + err)`` to second order (``err**2 / 2 <
+    1e-10`` relative: ``|err| <= ulp(z) / 2`` and ``|z| < 745``). The
+    operations must not be reassociated: XLA and Grappler keep
+    floating-point order (tested in every mode by ``tests/test_logsumexp.py``).
+    Where the shift is not finite (a ``-inf`` entry, an overflowing
+    ``x - m``) the error term is 0.
+    """
+    z = x - m
+    m_part = z - x
+    x_part = z - m_part
+    err = (x - x_part) - (m + m_part)
+    return z, tf.where(tf.math.is_finite(err), err, tf.zeros_like(err))
+
+
+def _sum_minus_one(z, err, axis):
+    """``sum(exp(z) * (1 + err)) - 1`` along ``axis`` for ``z + err = x - max``, without rounding 1 + tiny.
 
     The sum is split by the size of its terms: each term ``e >= 1/2``
-    contributes ``e - 1`` (exact, by Sterbenz's lemma, for ``e`` in
-    ``[1/2, 2]``) and the count of such terms, minus one, is added back as
-    an integer; smaller terms are summed as they are. The maximum's own term
-    (``e = 1``) then contributes exactly 0, so ``log1p`` of the result keeps
-    every remainder down to the underflow threshold (``[0, -20]`` gives
-    2.06e-9, where ``log(1 + 2.06e-9)`` rounds to 0 in float32).
+    contributes ``(e - 1) + e * err`` (``e - 1`` is exact, by Sterbenz's
+    lemma, for ``e`` in ``[1/2, 2]``) and the count of such terms, minus
+    one, is added back as an integer; smaller terms are summed as they are.
+    The maximum's own term (``e = 1``, ``err = 0``) then contributes exactly
+    0, so ``log1p`` of the result keeps every remainder down to the
+    underflow threshold (``[0, -20]`` gives 2.06e-9, where
+    ``log(1 + 2.06e-9)`` rounds to 0 in float32).
 
     No exact equality with the maximum is needed: under XLA the input can be
     recomputed inside a fusion and round differently from the copy the
@@ -348,7 +360,8 @@ def _sum_minus_one(z, axis):
     """
     e = tf.exp(z)
     big = e >= 0.5
-    terms = tf.where(big, e - 1.0, e)
+    # err is 0 wherever e is not finite (a +inf entry): no inf * 0 = NaN.
+    terms = tf.where(big, e - 1.0, e) + tf.math.multiply_no_nan(e, err)
     count = tf.reduce_sum(tf.cast(big, e.dtype), axis, keepdims=True)
     return tf.reduce_sum(terms, axis, keepdims=True) + (count - 1.0)
 
@@ -366,7 +379,7 @@ def _per_axis_and_dtype(build):
         key = _cache_key(axis)
         if key is None:
             return build(axis, dtype, False)
-        return cached(key, dtype, _inner_xla)
+        return cached(key, dtype, _xla.enabled())
 
     return get
 
@@ -381,7 +394,7 @@ def _unweighted_logsumexp(axis, dtype, xla):
 
     def forward(x):
         m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
-        t = _sum_minus_one(x - m, axis)
+        t = _sum_minus_one(*_exact_shift(x, m), axis)
         return m + _log1p_or_minus_inf(t), (m, t)
 
     def backward(dy, y, residuals, x):
@@ -390,13 +403,15 @@ def _unweighted_logsumexp(axis, dtype, xla):
         m, t = residuals
         size = 1.0 + t
         size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)  # all -inf: 0 / 1
-        p = tf.exp(x - m) / size
+        z, err = _exact_shift(x, m)
+        e = tf.exp(z)
+        p = (e + e * err) / size
         # A +inf slice (y = +inf): 1 at its +inf entries, 0 elsewhere.
         at_inf = tf.equal(x, _INF) & tf.equal(y, _INF)
         p = tf.where(at_inf, tf.ones_like(p), p)
         return (dy * p,)
 
-    return custom_op_with_residuals(_compiled(forward, xla), _compiled(backward, xla), dtype)
+    return custom_op_with_residuals(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
 
 
 def _softmax_weights(x, y):
@@ -490,33 +505,26 @@ def _sign_of_sum(y):
 
 @_per_axis_and_dtype
 def _masked_softmax(axis, dtype, xla):
-    """Fused softmax; an input with any NaN or infinity goes through :func:`_row_safe_softmax`."""
-    del xla  # the kernel is already one pass; XLA's softmax is slower on CPU
+    """``exp(z) (1 + err) / sum`` with the exact shift ``z + err = x - max``; gradient from the output."""
 
     def forward(x):
-        # One read of x decides: only an input holding a NaN or an infinity
-        # (or a sum that overflows) needs the row-safe path. Both paths
-        # start from x inside their branch, so a second derivative through
-        # the taken branch never meets the other branch's NaN.
-        finite = tf.math.is_finite(tf.reduce_sum(x))
-        return tf.cond(finite, lambda: tf.nn.softmax(x, axis=axis), lambda: _row_safe_softmax(x, axis, dtype))
+        m = tf.stop_gradient(tf.reduce_max(x, axis, keepdims=True))
+        # A fully masked row (max -inf) is shifted by 0, so every term is
+        # exp(-inf) = 0 and the row sum 0 (divided by 1 below). A +inf or NaN
+        # maximum is kept: x - m is then NaN or -inf everywhere in the row
+        # and the row sum NaN, so the whole row is NaN.
+        m = tf.where(tf.equal(m, -_INF), tf.zeros_like(m), m)
+        z, err = _exact_shift(x, m)
+        e = tf.exp(z)
+        e = e + e * err
+        total = tf.reduce_sum(e, axis, keepdims=True)
+        total = tf.where(tf.equal(total, 0.0), tf.ones_like(total), total)
+        return e / total
 
     def backward(dy, y, x):
         return (y * (dy - tf.reduce_sum(dy * y, axis, keepdims=True)),)
 
-    return custom_op(forward, backward, dtype)
-
-
-def _row_safe_softmax(x, axis, dtype):
-    """Softmax of ``max(x, lowest)`` times a row factor: 0 if the row is all ``-inf``, NaN if it has NaN or ``+inf``."""
-    lowest = -_dtypes.max_value(_dtypes.compute_dtype(dtype))
-    m = tf.stop_gradient(tf.reduce_max(x, axis, keepdims=True))
-    # An explicit select, not ``m - m + 1``: graph mode reassociates that to
-    # ``m + (1 - m)``, which is 0 for m = 1e8 in float32 and zeroed whole rows.
-    bad = tf.math.is_nan(m) | tf.equal(m, _INF)
-    factor = tf.where(tf.equal(m, -_INF), tf.zeros_like(m),
-                      tf.where(bad, tf.fill(tf.shape(m), tf.constant(float("nan"), m.dtype)), tf.ones_like(m)))
-    return tf.nn.softmax(tf.maximum(x, lowest), axis=axis) * factor
+    return custom_op(_xla.compiled(forward, xla), backward, dtype)
 
 
 @_per_axis_and_dtype
@@ -524,9 +532,7 @@ def _masked_log_softmax(axis, dtype, xla):
     """``(x - m) - log1p(sum - 1)``; gradient ``dy - exp(y) sum(dy)`` with ``-inf`` outputs frozen."""
 
     def forward(x):
-        m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
-        z = x - m
-        return z - _log_sum_or_zero(_sum_minus_one(z, axis))
+        return log_softmax_forward(x, axis)
 
     def backward(dy, y, x):
         # Frozen where the *input* is -inf (a mask), not where y is: y is also
@@ -535,7 +541,16 @@ def _masked_log_softmax(axis, dtype, xla):
         dy = tf.where(tf.equal(x, -_INF), tf.zeros_like(dy), dy)
         return (dy - tf.exp(y) * tf.reduce_sum(dy, axis, keepdims=True),)
 
-    return custom_op(_compiled(forward, xla), _compiled(backward, xla), dtype)
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+
+
+def log_softmax_forward(x, axis):
+    """The value of :func:`log_softmax` in plain TensorFlow ops, for ops that fuse it into their own forward pass."""
+    m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
+    z, err = _exact_shift(x, m)
+    # (z - L) + err: z <= 0 and L >= 0, so the subtraction does not cancel
+    # and the shift's rounding error is added back last.
+    return (z - _log_sum_or_zero(_sum_minus_one(z, err, axis))) + err
 
 
 def _log_sum_or_zero(t):

@@ -1,0 +1,47 @@
+"""Inner XLA compilation: one switch and one wrapper for every op that uses it.
+
+Some ops are a chain of ten or more elementwise and reduction kernels when
+written as plain TensorFlow ops (the exact-shift softmax family, the fused
+focal losses). Their forward and backward functions run as inner
+``tf.function(jit_compile=True)`` functions, and XLA fuses each into one or
+two loops over the data, even when the caller's function is not compiled
+(inside a caller's ``jit_compile=True`` function they are simply inlined).
+
+The price is an XLA compile, tens to a few hundred milliseconds, the first
+time each new input shape is seen. Code whose shapes change at every step
+(unpadded sequence lengths) should turn it off with ``SAFEOPS_INNER_XLA=0``
+in the environment (read at import) or :func:`set_inner_xla`; the same
+formulas then run as ordinary TensorFlow ops.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+_enabled = os.environ.get("SAFEOPS_INNER_XLA", "1") != "0"
+
+
+def set_inner_xla(enabled: bool) -> bool:
+    """Turns the inner XLA compilation on or off; returns the old setting.
+
+    Off, the same formulas run as ordinary TensorFlow ops (no compile per new
+    shape, about 1.7x slower). Ops built before the call are not affected
+    inside an already traced ``tf.function``.
+    """
+    global _enabled
+    old, _enabled = _enabled, bool(enabled)
+    return old
+
+
+def enabled() -> bool:
+    """Whether ops built now use inner XLA functions."""
+    return _enabled
+
+
+def compiled(fn, xla):
+    """``fn`` as an inner XLA function, or ``fn`` itself when ``xla`` is false."""
+    if not xla:
+        return fn
+    return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
