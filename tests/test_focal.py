@@ -1,0 +1,269 @@
+"""The fused focal losses on logits: values and both gradients against mpmath, the
+edges (infinite logits, masks, NaN, labels outside [0, 1]), every mode, the inner
+XLA switch, second order, and agreement with the unfused path a tensor gamma takes."""
+
+from __future__ import annotations
+
+import mpmath as mp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from safeops import _xla, losses
+from tests._modes import MODES, run
+
+GAMMAS = [0.5, 2.0, 3.7]
+ZS = [-1e4, -200.0, -50.0, -20.0, -3.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3.0, 20.0, 50.0, 200.0, 1e4]
+YS = [0.0, 1e-3, 0.25, 0.5, 0.9, 1.0]
+# Relative bounds: values are conditioned by gamma (q**gamma), so gamma + 1
+# roundings of a few ULP; gradients as contract C3. Below ATOL the exact
+# gradient is "tiny in absolute terms" (C3) and only absolute error counts.
+VALUE_RTOL = {"float32": 4 * 2.0**-24, "float64": 4 * 2.0**-53}
+GRAD_RTOL = {"float32": 1e-5, "float64": 1e-12}
+ATOL = {"float32": 1e-20, "float64": 1e-100}
+
+
+def _binary_reference(y, z, gamma):
+    """mpmath (60 digits): ``L = q**gamma * BCE`` with ``q = 1 - p_t``, and its derivatives in ``z`` and ``y``.
+
+    The derivatives are the chain rule written out (``dq/dz = (1 - 2y) p (1 - p)``,
+    ``dq/dy = 1 - 2p``, ``dBCE/dz = p - y``, ``dBCE/dy = -z``); a numerical
+    derivative is wrong at ``y = 0`` and ``1``, where ``L`` is not smooth in
+    ``y`` for ``gamma < 1``.
+    """
+    with mp.workdps(60):
+        y, z = mp.mpf(y), mp.mpf(z)
+        p, pm = 1 / (1 + mp.exp(-z)), 1 / (1 + mp.exp(z))
+        q = y * pm + (1 - y) * p
+        bce = max(z, 0) - y * z + mp.log1p(mp.exp(-abs(z)))
+        value = q**gamma * bce
+        dz = gamma * q**(gamma - 1) * (1 - 2 * y) * p * pm * bce + q**gamma * (p - y)
+        dy = gamma * q**(gamma - 1) * (pm - p) * bce - q**gamma * z
+        return float(value), float(dz), float(dy)
+
+
+def test_binary_reference_agrees_with_a_numerical_derivative():
+    for y, z, gamma in ((0.3, -2.0, 2.0), (0.9, 5.0, 0.5), (0.5, 1e-3, 3.7)):
+        def loss(y, z):
+            p, pm = 1 / (1 + mp.exp(-z)), 1 / (1 + mp.exp(z))
+            return (y * pm + (1 - y) * p)**gamma * (max(z, 0) - y * z + mp.log1p(mp.exp(-abs(z))))
+
+        _, dz, dy = _binary_reference(y, z, gamma)
+        with mp.workdps(60):
+            assert abs(mp.diff(lambda t: loss(mp.mpf(y), t), mp.mpf(z)) - dz) <= 1e-14 * abs(dz)
+            assert abs(mp.diff(lambda t: loss(t, mp.mpf(z)), mp.mpf(y)) - dy) <= 1e-14 * abs(dy)
+
+
+def _binary(y, z, gamma, mode="eager", **kwargs):
+    """Elementwise loss (axis of size 1) and gradients in ``y`` and ``z``."""
+
+    def body(y, z):
+        with tf.GradientTape() as tape:
+            tape.watch([y, z])
+            loss = losses.binary_focal_crossentropy(y, z, gamma=gamma, from_logits=True, **kwargs)
+        return (loss, *tape.gradient(loss, [y, z]))
+
+    out = run(mode, body)(tf.convert_to_tensor(y), tf.convert_to_tensor(z))
+    return [t.numpy().astype(np.float64).reshape(-1) for t in out]
+
+
+def _close(got, want, rtol, atol):
+    return abs(got - want) <= rtol * abs(want) + atol
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_binary_matches_mpmath(dtype, gamma):
+    y_grid, z_grid = np.meshgrid(np.array(YS, dtype), np.array(ZS, dtype))
+    y, z = y_grid.reshape(-1, 1), z_grid.reshape(-1, 1)
+    value, grad_y, grad_z = _binary(y, z, gamma)
+    bad = []
+    for i in range(len(value)):
+        want = _binary_reference(float(y[i, 0]), float(z[i, 0]), gamma)
+        scale = (1 + gamma) * VALUE_RTOL[dtype]
+        for name, got, ref, rtol in (("value", value[i], want[0], scale), ("dz", grad_z[i], want[1], GRAD_RTOL[dtype]),
+                                     ("dy", grad_y[i], want[2], GRAD_RTOL[dtype])):
+            if not _close(got, ref, rtol, ATOL[dtype]):
+                bad.append((name, float(y[i, 0]), float(z[i, 0]), got, ref))
+    assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_infinite_logits_give_the_limits_and_finite_gradients(mode):
+    y = np.array([[1.0], [0.0], [0.5], [0.0], [1.0], [0.5]], "float32")
+    z = np.array([[np.inf], [np.inf], [np.inf], [-np.inf], [-np.inf], [-np.inf]], "float32")
+    value, grad_y, grad_z = _binary(y, z, 2.0, mode)
+    # Confidently right (and a -inf mask with label 0): exactly 0, gradient 0.
+    assert value[0] == 0 and value[3] == 0 and grad_z[0] == 0 and grad_z[3] == 0
+    # Confidently wrong at infinity: the exact +inf, with the limit slope.
+    assert value[1] == np.inf and value[4] == np.inf and value[2] == np.inf
+    np.testing.assert_allclose(grad_z[[1, 4, 2, 5]], [1.0, -1.0, 0.125, -0.125], rtol=1e-6)
+    assert not np.isnan(grad_z).any()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_nan_and_labels_outside_give_nan(mode):
+    y = np.array([[np.nan], [0.5], [1.5], [-0.5]], "float32")
+    z = np.array([[1.0], [np.nan], [1.0], [1.0]], "float32")
+    value, grad_y, grad_z = _binary(y, z, 2.0, mode)
+    assert np.isnan(value).all()
+    assert np.isnan(grad_z[:2]).all() and np.isnan(grad_y[:2]).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("inner_xla", [True, False])
+def test_binary_same_in_every_mode_and_without_inner_xla(mode, inner_xla):
+    rng = np.random.default_rng(5)
+    y = rng.uniform(0, 1, (16, 7)).astype("float32")
+    z = (rng.normal(size=(16, 7)) * 10).astype("float32")
+    want = _binary(y, z, 2.0, "eager", apply_class_balancing=True, label_smoothing=0.1)
+    old = _xla.set_inner_xla(inner_xla)
+    try:
+        got = _binary(y, z, 2.0, mode, apply_class_balancing=True, label_smoothing=0.1)
+    finally:
+        _xla.set_inner_xla(old)
+    for g, w in zip(got, want):
+        # Gradients near sigma(z) = y are ill-conditioned in z: modes that
+        # fuse differently differ there by rounding, relative to the largest.
+        np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-6 * np.abs(w).max())
+
+
+def test_binary_fused_equals_the_unfused_tensor_gamma_path():
+    rng = np.random.default_rng(6)
+    y = rng.uniform(0, 1, (32, 5)).astype("float64")
+    z = (rng.normal(size=(32, 5)) * 30).astype("float64")
+    for gamma in GAMMAS:
+        fused = _binary(y, z, gamma)
+        unfused = _binary(y, z, tf.constant(gamma, tf.float64))
+        for f, u in zip(fused, unfused):
+            np.testing.assert_allclose(f, u, rtol=1e-9, atol=1e-300)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_second_order_finite(mode):
+    y = tf.constant([[1.0, 0.0, 0.5, 1.0, 0.0]])
+
+    def second(z):
+        with tf.GradientTape() as outer:
+            outer.watch(z)
+            with tf.GradientTape() as inner:
+                inner.watch(z)
+                loss = losses.binary_focal_crossentropy(y, z, gamma=0.5, from_logits=True)
+            g = inner.gradient(loss, z)
+        return g, outer.gradient(g, z)
+
+    for z in ([[1e4, -1e4, 0.0, -3.0, 20.0]], [[200.0, -200.0, 1e-3, 88.0, -88.0]]):
+        g, h = run(mode, second)(tf.constant(z))
+        assert np.isfinite(g.numpy()).all() and np.isfinite(h.numpy()).all(), (z, g, h)
+
+
+# ----------------------------------------------------------------------------
+# Categorical.
+
+
+def _categorical_reference(y, z, alpha, gamma):
+    """mpmath value and gradient in ``z`` of ``sum_j alpha_j (1 - p_j)**gamma (-y_j log p_j)``."""
+    with mp.workdps(60):
+        def loss(zs):
+            top = max(zs)
+            lse = top + mp.log(mp.fsum(mp.exp(v - top) for v in zs))
+            total = 0
+            for a, yj, zj in zip(alpha, y, zs):
+                log_p = zj - lse
+                total += a * (-mp.expm1(log_p))**gamma * (-yj * log_p)
+            return total
+
+        zs = [mp.mpf(v) for v in z]
+        grads = [mp.diff(lambda t, i=i: loss(zs[:i] + [t] + zs[i + 1:]), zs[i]) for i in range(len(zs))]
+        # The gradient is a difference of per-class terms alpha_j y_j (1 - p_j)**gamma
+        # (times O(1) factors): its absolute error is relative to the largest.
+        lse = max(zs) + mp.log(mp.fsum(mp.exp(v - max(zs)) for v in zs))
+        scale = max(abs(a * yj * (-mp.expm1(zj - lse))**gamma) for a, yj, zj in zip(alpha, y, zs))
+        return float(loss(zs)), [float(g) for g in grads], float(scale)
+
+
+ROWS = [[1e4, 0.0, -1e4, 0.0], [0.0, 0.0, 0.0, 0.0], [30.0, 0.0, -5.0, 1.0], [100.0, -100.0, 0.0, 50.0],
+        [1e-3, -1e-3, 0.0, 2e-3], [88.0, 87.0, -87.0, 0.0], [3.0, 2.0, 1.0, 0.0]]
+LABELS = [[0.0, 1.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]]
+
+
+def _categorical(y, z, mode="eager", **kwargs):
+    def body(y, z):
+        with tf.GradientTape() as tape:
+            tape.watch([y, z])
+            loss = losses.categorical_focal_crossentropy(y, z, from_logits=True, **kwargs)
+        return (loss, *tape.gradient(loss, [y, z]))
+
+    out = run(mode, body)(tf.convert_to_tensor(y), tf.convert_to_tensor(z))
+    return [t.numpy().astype(np.float64) for t in out]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("gamma, alpha", [(2.0, 0.25), (0.5, [0.1, 0.2, 0.3, 0.4]), (3.7, 1.0)])
+def test_categorical_matches_mpmath(dtype, gamma, alpha):
+    z = np.array([r for r in ROWS for _ in LABELS], dtype)
+    y = np.array([lab for _ in ROWS for lab in LABELS], dtype)
+    value, _, grad_z = _categorical(y, z, gamma=gamma, alpha=alpha)
+    weights = alpha if isinstance(alpha, list) else [alpha] * 4
+    bad = []
+    for i in range(len(z)):
+        want, want_grad, scale = _categorical_reference([float(v) for v in y[i]], [float(v) for v in z[i]], weights,
+                                                        gamma)
+        if not _close(value[i], want, (1 + gamma) * 2 * VALUE_RTOL[dtype], ATOL[dtype]):
+            bad.append(("value", z[i], y[i], value[i], want))
+        for j in range(4):
+            atol = GRAD_RTOL[dtype] * scale + ATOL[dtype]
+            if not _close(grad_z[i, j], want_grad[j], GRAD_RTOL[dtype], atol):
+                bad.append(("dz", z[i], y[i], j, grad_z[i, j], want_grad[j]))
+    assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_categorical_masks_nan_and_modes(mode):
+    z = np.array([[-np.inf, 0.0, 1.0, 2.0], [-np.inf] * 4, [np.nan, 0.0, 1.0, 2.0], [3.0, 2.0, 1.0, 0.0]], "float32")
+    y = np.array([[0.0, 0.5, 0.5, 0.0], [0.0] * 4, [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], "float32")
+    value, grad_y, grad_z = _categorical(y, z, mode)
+    want_value, _, want_grad = _categorical(y, z, "eager")
+    assert np.isfinite(value[[0, 1, 3]]).all() and np.isnan(value[2])
+    assert np.isfinite(grad_z[[0, 1, 3]]).all() and np.isnan(grad_z[2]).all()
+    assert grad_z[0, 0] == 0 and (grad_z[1] == 0).all() and value[1] == 0  # masks: no contribution
+    np.testing.assert_allclose(value[[0, 1, 3]], want_value[[0, 1, 3]], rtol=2e-6)
+    np.testing.assert_allclose(grad_z[[0, 1, 3]], want_grad[[0, 1, 3]], rtol=2e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("inner_xla", [True, False])
+def test_categorical_fused_equals_the_unfused_tensor_alpha_path(inner_xla):
+    rng = np.random.default_rng(7)
+    z = (rng.normal(size=(16, 6)) * 20).astype("float64")
+    y = rng.uniform(0, 1, (16, 6))
+    y /= y.sum(-1, keepdims=True)
+    alpha = [0.1, 0.3, 0.2, 0.1, 0.2, 0.1]
+    old = _xla.set_inner_xla(inner_xla)
+    try:
+        for gamma in GAMMAS:
+            fused = _categorical(y, z, gamma=gamma, alpha=alpha, label_smoothing=0.05)
+            unfused = _categorical(y, z, gamma=gamma, alpha=tf.constant(alpha, tf.float64), label_smoothing=0.05)
+            # The unfused composite forms the factor as exp(gamma * log1mexp(log p)):
+            # about 1e-9 relative in float64 where the fused op (checked
+            # against mpmath above) is within 1e-15.
+            for f, u in zip(fused, unfused):
+                np.testing.assert_allclose(f, u, rtol=1e-7, atol=1e-15)
+    finally:
+        _xla.set_inner_xla(old)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_categorical_second_order_finite(mode):
+    y = tf.constant([[0.0, 1.0, 0.0, 0.0], [0.2, 0.3, 0.5, 0.0]])
+
+    def second(z):
+        with tf.GradientTape() as outer:
+            outer.watch(z)
+            with tf.GradientTape() as inner:
+                inner.watch(z)
+                loss = losses.categorical_focal_crossentropy(y, z, gamma=0.5, from_logits=True)
+            g = inner.gradient(loss, z)
+        return g, outer.gradient(g, z)
+
+    g, h = run(mode, second)(tf.constant([[1e4, 0.0, -1e4, 0.0], [30.0, 0.0, -5.0, 88.0]]))
+    assert np.isfinite(g.numpy()).all() and np.isfinite(h.numpy()).all(), (g, h)
