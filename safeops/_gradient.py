@@ -51,11 +51,36 @@ def custom_op(forward: Forward, backward: Backward, output_dtype: tf.DType) -> C
       output_dtype: the dtype the user sees (before any half-precision
         widening); second derivatives saturate at its largest finite value.
     """
+    plain_forward, plain_backward = _plain(forward), _plain(backward)
     return custom_op_with_residuals(
-        lambda *xs: (forward(*xs), ()),
-        lambda dy, y, residuals, *xs: backward(dy, y, *xs),
+        _Pair(lambda *xs: (forward(*xs), ()), lambda *xs: (plain_forward(*xs), ())),
+        _Pair(lambda dy, y, residuals, *xs: backward(dy, y, *xs),
+              lambda dy, y, residuals, *xs: plain_backward(dy, y, *xs)),
         output_dtype,
     )
+
+
+class _Pair:
+    """A pass as called at first order, and its plain-op version for the second-order recompute."""
+
+    def __init__(self, fn, plain):
+        self.fn, self.python_function = fn, plain
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+def _plain(fn):
+    """The Python function behind an inner XLA function (:func:`safeops._xla.compiled`), else ``fn``.
+
+    The second-order pass recomputes ``forward`` and differentiates
+    ``backward`` in float64 as ordinary ops: compiling float64 variants of
+    every inner XLA function for a rare, already slow pass buys nothing, and
+    calling XLA-compiled functions from inside an eager gradient function
+    crashed TensorFlow 2.21 once in our CI (a segmentation fault we could
+    not reproduce in isolation).
+    """
+    return getattr(fn, "python_function", fn)
 
 
 def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Callable[..., tf.Tensor]:
@@ -79,7 +104,7 @@ def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Calla
                 grads = tuple(backward(dy, y, residuals, *xs))
 
                 def second_order(*ddx):
-                    return _second_order(forward, backward, output_dtype, dy, xs, ddx)
+                    return _second_order(_plain(forward), _plain(backward), output_dtype, dy, xs, ddx)
 
                 return grads, second_order
 
