@@ -185,7 +185,10 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
     :math:`\max |x|` into ``[1, 2)`` (exact scaling, as the BLAS ``nrm2``;
     Anderson 2017, ACM TOMS 44(1)),
     :math:`(s x) / \sqrt{\max(\sum (s x)^2, \epsilon s^2)}`, which is the same
-    number, computed without squaring ``x``. The naive formula gives 0 for
+    number, computed without squaring ``x``. When no row's plain sum of
+    squares overflows or comes near underflow (one reduction decides),
+    :math:`s = 1` is used for the whole input: the same computation bit for
+    bit, without the max reduction and the scaling pass. The naive formula gives 0 for
     float32 entries of 1e20 (the sum of squares is ``inf``) and returns
     ``x * rsqrt(epsilon)`` (far from unit length) for entries of 1e-20,
     whose squares underflow.
@@ -379,8 +382,13 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
     inner XLA functions (:mod:`safeops._xla`), two fused loops each.
     """
     inverse_root = 1.0 / float(np.sqrt(floor))
+    compute = _dtypes.compute_dtype(dtype)
+    # Unscaled sums of squares at least this large lose nothing to underflow:
+    # each flushed square is below tiny, and n * tiny <= eps * sum for any
+    # row shorter than 1 / eps.
+    safe_min = _dtypes.tiny(compute) / _dtypes.eps(compute) ** 2
 
-    def forward(x):
+    def scaled_forward(x):
         scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
         scaled = x * scale
         sum_sq = tf.reduce_sum(tf.square(scaled), axis, keepdims=True)
@@ -389,6 +397,23 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
         scaled_norm = tf.sqrt(tf.where(below, tf.ones_like(sum_sq), sum_sq))
         y = tf.where(below, x * inverse_root, scaled / scaled_norm)
         return y, (scale, scaled_norm, below)
+
+    def forward(x):
+        # The scaling only matters where the plain sum of squares overflows
+        # or underflows. When no row's does (one reduction decides), the
+        # scale is 1 and the plain formula is the same computation: a
+        # power-of-two scale is exact, so both round identically. This skips
+        # the max reduction and the scaling pass, most of the forward cost.
+        sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
+        ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
+
+        def plain():
+            below = sum_sq < floor
+            norm_ = tf.sqrt(tf.where(below, tf.ones_like(sum_sq), sum_sq))
+            y = tf.where(below, x * inverse_root, x / norm_)
+            return y, (tf.ones_like(sum_sq), norm_, below)
+
+        return tf.cond(ordinary, plain, lambda: scaled_forward(x))
 
     def backward(dy, y, residuals, x):
         scale, scaled_norm, below = residuals
