@@ -223,8 +223,8 @@ class TestL2Normalize:
             tfm.l2_normalize(tf.zeros([2]), axis=1)
 
 
-class TestL2NormalizeFastPath:
-    """Rows whose plain sum of squares neither overflows nor underflows skip the scaling.
+class TestUnscaledFastPath:
+    """``l2_normalize`` and ``norm`` skip the scaling when no plain sum of squares overflows or underflows.
 
     One extreme row sends the whole batch through the scaled path, so the
     ordinary rows of such a batch must come out bit for bit as without it.
@@ -232,7 +232,8 @@ class TestL2NormalizeFastPath:
 
     @pytest.mark.parametrize("mode", MODES)
     @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
-    def test_same_bits_as_the_scaled_path(self, mode, dtype):
+    @pytest.mark.parametrize("op", ["l2_normalize", "norm"])
+    def test_same_bits_as_the_scaled_path(self, op, mode, dtype):
         rng = np.random.default_rng(11)
         x = (rng.normal(size=(6, 33)) * rng.uniform(1e-3, 1e3, (6, 1))).astype(dtype.as_numpy_dtype)
         extreme = np.full((1, 33), 1e30 if dtype == tf.float32 else 1e300, dtype.as_numpy_dtype)
@@ -241,8 +242,12 @@ class TestL2NormalizeFastPath:
         def value_and_grad(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = tfm.l2_normalize(x, axis=-1)
-                loss = tf.reduce_sum(y * cotangent[: tf.shape(x)[0]])
+                if op == "norm":
+                    y = tfm.norm(x, axis=-1)
+                    loss = tf.reduce_sum(y * cotangent[: tf.shape(x)[0], 0])
+                else:
+                    y = tfm.l2_normalize(x, axis=-1)
+                    loss = tf.reduce_sum(y * cotangent[: tf.shape(x)[0]])
             return y, tape.gradient(loss, x)
 
         fast = [t.numpy() for t in run(mode, value_and_grad)(tf.constant(x))]

@@ -340,7 +340,9 @@ def _euclidean_norm(axis, dtype: tf.DType):
     (flushed to 0). Zero vector: gradient 0, second derivative 0.
     """
 
-    def forward(x):
+    safe_min = _safe_sum_of_squares(dtype)
+
+    def scaled_forward(x):
         scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
         sum_sq = tf.reduce_sum(tf.square(x * scale), axis, keepdims=True)
         positive = tf.not_equal(sum_sq, 0.0)  # NaN counts as positive: NaN kept
@@ -349,11 +351,28 @@ def _euclidean_norm(axis, dtype: tf.DType):
                                tf.zeros_like(sum_sq))
         return scaled_norm / scale, (scale, scaled_norm)
 
+    def forward(x):
+        # As in _unit_vector: with no plain sum of squares near overflow or
+        # underflow (zero rows included, which may be underflowed ones), the
+        # scale 1 gives the same bits without the max reduction.
+        sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
+        ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
+
+        def plain():
+            norm_ = tf.sqrt(sum_sq)
+            return norm_, (tf.ones_like(norm_), norm_)
+
+        return tf.cond(ordinary, plain, lambda: scaled_forward(x))
+
     def backward(dy, y, residuals, x):
         scale, scaled_norm = residuals
         positive = tf.not_equal(scaled_norm, 0.0)
-        ratio = dy / tf.where(positive, scaled_norm, tf.ones_like(scaled_norm))
-        return (tf.where(positive, ratio, tf.zeros_like(ratio)) * (x * scale),)
+        # (s x) / ||s x|| first, then dy: written as dy / ||s x|| * (s x),
+        # Grappler's broadcast minimisation regroups the two row factors
+        # into dy / ||s x|| * s, which is subnormal (flushed to 0) for rows
+        # near the float32 maximum; a division ends the product chain.
+        unit = (x * scale) / tf.where(positive, scaled_norm, tf.ones_like(scaled_norm))
+        return (tf.where(positive, unit, tf.zeros_like(unit)) * dy,)
 
     return custom_op_with_residuals(forward, backward, dtype)
 
@@ -382,11 +401,7 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
     inner XLA functions (:mod:`safeops._xla`), two fused loops each.
     """
     inverse_root = 1.0 / float(np.sqrt(floor))
-    compute = _dtypes.compute_dtype(dtype)
-    # Unscaled sums of squares at least this large lose nothing to underflow:
-    # each flushed square is below tiny, and n * tiny <= eps * sum for any
-    # row shorter than 1 / eps.
-    safe_min = _dtypes.tiny(compute) / _dtypes.eps(compute) ** 2
+    safe_min = _safe_sum_of_squares(dtype)
 
     def scaled_forward(x):
         scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
@@ -459,6 +474,17 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
         return sum_to_shape(dx, x), sum_to_shape(dy, y)
 
     return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+
+
+def _safe_sum_of_squares(dtype: tf.DType) -> float:
+    """The smallest plain sum of squares that loses nothing to underflow: ``tiny / eps**2``.
+
+    Each square flushed to 0 is below ``tiny``, and ``n * tiny <= eps * sum``
+    for any row shorter than ``1 / eps``; above it the unscaled formula
+    rounds exactly as the power-of-two scaled one.
+    """
+    compute = _dtypes.compute_dtype(dtype)
+    return _dtypes.tiny(compute) / _dtypes.eps(compute) ** 2
 
 
 def _power_of_two_scale(largest: tf.Tensor) -> tf.Tensor:
