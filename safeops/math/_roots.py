@@ -367,12 +367,12 @@ def _euclidean_norm(axis, dtype: tf.DType):
     def backward(dy, y, residuals, x):
         scale, scaled_norm = residuals
         positive = tf.not_equal(scaled_norm, 0.0)
-        # (s x) / ||s x|| first, then dy: written as dy / ||s x|| * (s x),
-        # Grappler's broadcast minimisation regroups the two row factors
-        # into dy / ||s x|| * s, which is subnormal (flushed to 0) for rows
-        # near the float32 maximum; a division ends the product chain.
-        unit = (x * scale) / tf.where(positive, scaled_norm, tf.ones_like(scaled_norm))
-        return (tf.where(positive, unit, tf.zeros_like(unit)) * dy,)
+        ratio = dy / tf.where(positive, scaled_norm, tf.ones_like(scaled_norm))
+        # s x as MulNoNan (s is never 0): with a plain Mul, Grappler's
+        # broadcast minimisation regroups ratio * (x * s) into (ratio * s) * x,
+        # and ratio * s is subnormal (flushed to 0) for rows near the float32
+        # maximum.
+        return (tf.where(positive, ratio, tf.zeros_like(ratio)) * tf.math.multiply_no_nan(x, scale),)
 
     return custom_op_with_residuals(forward, backward, dtype)
 
