@@ -90,9 +90,12 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
     :math:`s` the power of two that brings the largest magnitude into
     ``[1, 2)`` (exact, as the reference BLAS ``nrm2`` scales; Anderson 2017,
     ACM TOMS 44(1), Algorithm 978), and the square root of
-    :func:`safeops.math.sqrt`. The naive ``sqrt(sum(x**2))`` returns ``inf``
-    for float32 entries of 1e20 and 0 for entries of 1e-20, and its
-    gradient at a zero vector is ``0 * inf = NaN``.
+    :func:`safeops.math.sqrt`. For the 2-norm, when no plain sum of
+    squares overflows, comes near underflow or is 0 (one reduction
+    decides), :math:`s = 1` for the whole input: the same bits, without the
+    max reduction. The naive ``sqrt(sum(x**2))`` returns ``inf`` for
+    float32 entries of 1e20 and 0 for entries of 1e-20, and its gradient at
+    a zero vector is ``0 * inf = NaN``.
 
     The gradient of the 2-norm is formed in the scaled domain,
     :math:`(s x) / \lVert s x \rVert`, both factors O(1): the autodiff
@@ -188,10 +191,10 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
     number, computed without squaring ``x``. When no row's plain sum of
     squares overflows or comes near underflow (one reduction decides),
     :math:`s = 1` is used for the whole input: the same computation bit for
-    bit, without the max reduction and the scaling pass. The naive formula gives 0 for
-    float32 entries of 1e20 (the sum of squares is ``inf``) and returns
-    ``x * rsqrt(epsilon)`` (far from unit length) for entries of 1e-20,
-    whose squares underflow.
+    bit, without the max reduction and the scaling pass. The naive formula
+    gives 0 for float32 entries of 1e20 (the sum of squares is ``inf``) and
+    returns ``x * rsqrt(epsilon)`` (far from unit length) for entries of
+    1e-20, whose squares underflow.
 
     Edges:
       * ``sum(x**2) < epsilon``, the zero vector included: value
@@ -353,8 +356,9 @@ def _euclidean_norm(axis, dtype: tf.DType):
 
     def forward(x):
         # As in _unit_vector: with no plain sum of squares near overflow or
-        # underflow (zero rows included, which may be underflowed ones), the
-        # scale 1 gives the same bits without the max reduction.
+        # underflow, the scale 1 gives the same bits without the max
+        # reduction. A zero sum takes the scaled path: it may be an
+        # underflowed one ([1e-25, 1e-25] in float32).
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
         ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
 
