@@ -16,6 +16,7 @@ formulas then run as ordinary TensorFlow ops.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import tensorflow as tf
@@ -45,3 +46,34 @@ def compiled(fn, xla):
     if not xla:
         return fn
     return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+
+
+_UNCACHEABLE = object()
+
+
+def _axis_key(axis):
+    """``axis`` as a hashable key (lists become tuples), or ``_UNCACHEABLE`` for a tensor."""
+    if axis is None or isinstance(axis, int):
+        return axis
+    if isinstance(axis, (list, tuple)) and all(isinstance(a, int) for a in axis):
+        return tuple(axis)
+    return _UNCACHEABLE
+
+
+def per_axis(build):
+    """Caches ``build(axis, *config, xla)`` per axis, configuration and XLA setting.
+
+    Returns ``get(axis, *config)``: one op (and so one inner XLA function,
+    one trace per input signature) per configuration, built with the
+    current :func:`enabled` setting. A tensor ``axis`` is not hashable and
+    gets a fresh, uncompiled op.
+    """
+    cached = functools.lru_cache(maxsize=None)(build)
+
+    def get(axis, *config):
+        key = _axis_key(axis)
+        if key is _UNCACHEABLE:
+            return build(axis, *config, False)
+        return cached(key, *config, _enabled)
+
+    return get

@@ -50,8 +50,6 @@ XLA's CPU code for row reductions, paid for accuracy (C3 before C8).
 
 from __future__ import annotations
 
-import functools
-
 import tensorflow as tf
 
 from safeops import _dtypes, _validate, _xla
@@ -59,14 +57,6 @@ from safeops._gradient import custom_op, custom_op_with_residuals
 from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch lives in safeops._xla)
 
 _INF = float("inf")
-
-def _cache_key(axis):
-    """``axis`` as a hashable key (lists become tuples), or None when it is a tensor."""
-    if axis is None or isinstance(axis, int):
-        return axis
-    if isinstance(axis, (list, tuple)) and all(isinstance(a, int) for a in axis):
-        return tuple(axis)
-    return None
 
 
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weights=None, return_sign=False):
@@ -366,29 +356,7 @@ def _sum_minus_one(z, err, axis):
     return tf.reduce_sum(terms, axis, keepdims=True) + (count - 1.0)
 
 
-def _per_axis_and_dtype(build):
-    """Caches ``build(axis, dtype, xla)`` per axis, dtype and XLA setting.
-
-    One op (and so one inner XLA function, one trace per input signature)
-    per configuration; a tensor ``axis`` is not hashable and gets a fresh,
-    uncompiled op.
-    """
-    cached = functools.lru_cache(maxsize=None)(build)
-
-    def get(axis, dtype):
-        key = _cache_key(axis)
-        if key is None:
-            return build(axis, dtype, False)
-        return cached(key, dtype, _xla.enabled())
-
-    return get
-
-
-# ----------------------------------------------------------------------------
-# reduce_logsumexp.
-
-
-@_per_axis_and_dtype
+@_xla.per_axis
 def _unweighted_logsumexp(axis, dtype, xla):
     """``lse(x)`` with ``keepdims=True``; gradient ``exp(x - lse)``, 0 in an all ``-inf`` slice."""
 
@@ -503,7 +471,7 @@ def _sign_of_sum(y):
 # softmax and log_softmax.
 
 
-@_per_axis_and_dtype
+@_xla.per_axis
 def _masked_softmax(axis, dtype, xla):
     """``exp(z) (1 + err) / sum`` with the exact shift ``z + err = x - max``; gradient from the output."""
 
@@ -527,7 +495,7 @@ def _masked_softmax(axis, dtype, xla):
     return custom_op(_xla.compiled(forward, xla), backward, dtype)
 
 
-@_per_axis_and_dtype
+@_xla.per_axis
 def _masked_log_softmax(axis, dtype, xla):
     """``(x - m) - log1p(sum - 1)``; gradient ``dy - exp(y) sum(dy)`` with ``-inf`` outputs frozen."""
 

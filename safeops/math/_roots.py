@@ -241,10 +241,7 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         dtype = x.dtype
         xc = _dtypes.to_compute(x)
         floor = max(float(epsilon), _dtypes.tiny(xc.dtype), _dtypes.rsqrt_floor(dtype))
-        key = _cache_key(axis)
-        op_ = _unit_vector(axis, floor, dtype, False) if key is _UNHASHABLE else _unit_vector_cached(
-            key, floor, dtype, _xla.enabled())
-        y = op_(xc)
+        y = _unit_vector(axis, floor, dtype)(xc)
         return _dtypes.from_compute(y, dtype)
 
 
@@ -381,18 +378,7 @@ def _euclidean_norm(axis, dtype: tf.DType):
     return custom_op_with_residuals(forward, backward, dtype)
 
 
-_UNHASHABLE = object()
-
-
-def _cache_key(axis):
-    """``axis`` as a hashable key (lists become tuples), or ``_UNHASHABLE`` for a tensor."""
-    if axis is None or isinstance(axis, int):
-        return axis
-    if isinstance(axis, (list, tuple)) and all(isinstance(a, int) for a in axis):
-        return tuple(axis)
-    return _UNHASHABLE
-
-
+@_xla.per_axis
 def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
     """``x / sqrt(max(sum x**2, floor))`` over ``axis``, scaled by a power of two.
 
@@ -441,8 +427,6 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
 
     return custom_op_with_residuals(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
 
-
-_unit_vector_cached = functools.lru_cache(maxsize=None)(_unit_vector)
 
 
 @functools.lru_cache(maxsize=None)
