@@ -48,6 +48,47 @@ def compiled(fn, xla):
     return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
 
 
+def compiled_gradients(backward, xla, groups):
+    """``backward`` as one inner XLA function per group of input gradients.
+
+    ``backward(*args)`` returns one gradient per input; ``groups`` is a
+    partition of their indices, for example ``[(1,), (0,)]`` for the logits
+    and the labels of a loss. A single XLA function computes every output on
+    every call, even the gradients of inputs nobody differentiates (the
+    labels, a class-weight tensor): inside a ``tf.function`` Grappler can
+    prune a whole call whose outputs are unused, but not some outputs of
+    one. One call per group lets it drop the gradients that are not asked
+    for; XLA removes the dead code inside each call. A group that is asked
+    for recomputes what it shares with the others, so put together
+    gradients that are usually wanted together. ``xla`` false returns
+    ``backward`` itself (plain ops are pruned one by one).
+    """
+    if not xla:
+        return backward
+    count = sum(len(g) for g in groups)
+    if count == 0 or sorted(i for g in groups for i in g) != list(range(count)):
+        raise ValueError(f"groups must partition range({count}), got {groups!r}")
+
+    def pick(indices):
+        def part(*args):
+            grads = backward(*args)
+            return tuple(grads[i] for i in indices)
+        return compiled(part, True)
+
+    calls = [(indices, pick(indices)) for indices in groups]
+
+    def gradients(*args):
+        out = [None] * count
+        for indices, call in calls:
+            for i, g in zip(indices, call(*args)):
+                out[i] = g
+        return tuple(out)
+
+    # The second-order recompute (safeops._gradient._plain) uses the plain function.
+    gradients.python_function = backward
+    return gradients
+
+
 _UNCACHEABLE = object()
 
 

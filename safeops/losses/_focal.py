@@ -24,7 +24,7 @@ import tensorflow as tf
 import safeops.math as tfm
 from safeops import _validate, _xla, nn
 from safeops.math import _logsumexp
-from safeops._gradient import custom_op, sum_to_shape
+from safeops._gradient import custom_op, custom_op_with_residuals, sum_to_shape
 from safeops.losses import _common
 from safeops.losses._authoring import LossFunctionWrapper
 
@@ -367,7 +367,8 @@ def _fused_binary_focal_op(gamma, dtype, xla):
         df = tf.math.multiply_no_nan(dy, f)
         return tf.math.multiply_no_nan(grad_y, df), tf.math.multiply_no_nan(grad_z, df)
 
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+    # Logits and labels in separate calls: the labels' gradient is pruned when unused.
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)
 
 
 def _fused_binary_focal(gamma, dtype):
@@ -431,11 +432,16 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
 
     def forward(y, z):
         log_p, _, f = parts(z)
-        return tf.reduce_sum(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
+        loss = tf.reduce_sum(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
+        # log_p is kept for the backward pass: recomputing it costs two more
+        # row reductions there.
+        return loss, (log_p,)
 
-    def backward(dy, loss, y, z):
+    def backward(dy, loss, residuals, y, z):
         del loss
-        log_p, q, f = parts(z)
+        (log_p,) = residuals
+        q = -tf.math.expm1(log_p)
+        f = tf.pow(q, g)
         w = weights(z)
         p = tf.exp(log_p)
         has_q = tf.not_equal(q, 0.0)
@@ -458,4 +464,6 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
         grad_y = dy * (-w * log_p * f)
         return sum_to_shape(grad_y, y), grad_z
 
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+    # Logits and labels in separate calls: the labels' gradient is pruned when unused.
+    return custom_op_with_residuals(
+        _xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)

@@ -184,7 +184,10 @@ def _weighted_xent_op(dtype: tf.DType, weighted: bool, xla: bool):
 
         def bwd(dy, y, z, x):
             return backward(dy, y, z, x)
-    return custom_op(_xla.compiled(fwd, xla), _xla.compiled(bwd, xla), dtype)
+    # The logits' gradient in a call of its own: the labels' (and pos_weight's)
+    # are pruned when nobody asks for them (a whole reduction for pos_weight).
+    groups = [(1,), (0, 2)] if weighted else [(1,), (0,)]
+    return custom_op(_xla.compiled(fwd, xla), _xla.compiled_gradients(bwd, xla, groups), dtype)
 
 
 def _sum_to(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
