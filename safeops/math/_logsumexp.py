@@ -347,13 +347,21 @@ def _sum_minus_one(z, err, axis):
     recomputed inside a fusion and round differently from the copy the
     maximum was taken of, so the maximum's term can be ``1 - 1ulp``; it is
     still counted once. An all ``-inf`` slice gives ``0 - 1 = -1``.
+
+    The terms and the count are summed as the real and imaginary parts of
+    one complex tensor: XLA's CPU backend writes out the input of every
+    reduction, so two real sums cost two full-size temporaries and two
+    passes, one complex sum one of each (1.5x -> 1.2x TensorFlow's
+    ``reduce_logsumexp`` forward at 1e7 elements in an A/B run). The count
+    is exact in the imaginary part up to ``2**24`` entries per slice in
+    float32.
     """
     e = tf.exp(z)
     big = e >= 0.5
     # err is 0 wherever e is not finite (a +inf entry): no inf * 0 = NaN.
     terms = tf.where(big, e - 1.0, e) + tf.math.multiply_no_nan(e, err)
-    count = tf.reduce_sum(tf.cast(big, e.dtype), axis, keepdims=True)
-    return tf.reduce_sum(terms, axis, keepdims=True) + (count - 1.0)
+    both = tf.reduce_sum(tf.complex(terms, tf.cast(big, e.dtype)), axis, keepdims=True)
+    return tf.math.real(both) + (tf.math.imag(both) - 1.0)
 
 
 @_xla.per_axis
