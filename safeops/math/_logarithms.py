@@ -18,11 +18,12 @@ Gradients: relative error below 5e-7 (float32) and 5e-16 (float64).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate
+from safeops import _dtypes, _validate, _xla
 from safeops._gradient import custom_op, sum_to_shape
 
 
@@ -449,11 +450,23 @@ def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
 
 
 def _x_times_clamped_log(x_log_fn, log_fn, shift: float, floor: float, dtype: tf.DType):
+    """The op for these arguments, built once per inner-XLA setting (:func:`_x_times_clamped_log_op`)."""
+    return _x_times_clamped_log_op(x_log_fn, log_fn, shift, floor, dtype, _xla.enabled())
+
+
+@functools.lru_cache(maxsize=None)
+def _x_times_clamped_log_op(x_log_fn, log_fn, shift: float, floor: float, dtype: tf.DType, xla: bool):
     """``x * log_fn(max(y, floor))``, 0 where ``x == 0``, NaN of ``y`` kept.
 
     ``x_log_fn`` is TensorFlow's kernel (``xlogy``/``xlog1py``) that supplies
     the 0 at ``x == 0``; ``log_fn`` is ``log``/``log1p``, whose derivative is
     ``1/(shift + y)``.
+
+    As plain ops the forward pass is four kernels (clamp, kernel, NaN test,
+    select) where TensorFlow's is one, 1.1-1.4x its time at 1e5 elements;
+    with ``xla`` each pass is one fused loop (:mod:`safeops._xla`), and the
+    two gradients are separate calls, so the one of a constant ``x`` (the
+    labels of a cross-entropy) is pruned.
     """
 
     def forward(x, y):
@@ -469,7 +482,7 @@ def _x_times_clamped_log(x_log_fn, log_fn, shift: float, floor: float, dtype: tf
         gy = _dtypes.saturate(dz * x / (clamped + shift if shift else clamped), dtype)
         return sum_to_shape(gx, x), sum_to_shape(gy, y)
 
-    return custom_op(forward, backward, dtype)
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
 
 
 def _log1mexp_clamped(floor: float, dtype: tf.DType):
