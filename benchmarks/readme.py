@@ -1,11 +1,11 @@
 """Regenerates the README's accuracy and speed sections from the scripts that measure them.
 
-    python -m benchmarks.readme            # runs both scripts (about 5 minutes), then rewrites README.md
+    python -m benchmarks.readme            # runs both scripts (about 10 minutes), then rewrites README.md
     python -m benchmarks.readme --no-run   # rewrites README.md from the last results
 
 The edge table comes from ``examples.edge_table`` (evaluated here), the
 accuracy table from ``python -m benchmarks.accuracy`` and the
-speed tables from ``python -m benchmarks --quick``; this script copies
+speed tables from ``python -m benchmarks --quick --repeats 11 --min-sample 0.02``; this script copies
 their Markdown between the ``<!-- accuracy:begin/end -->`` and
 ``<!-- benchmark:begin/end -->`` and ``<!-- edges:begin/end -->`` markers of README.md, and the ratio plot
 to ``docs/``. No figure in those sections is typed by hand.
@@ -22,6 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+# The quick plan (the sizes the targets need), with longer and more samples
+# than --quick's own 5 ms x 7: the README's ratios should not flip with the
+# machine's load from one regeneration to the next.
+BENCH_ARGS = ("--quick", "--repeats", "11", "--min-sample", "0.02")
 BENCH_SECTIONS = ("Targets", "forward+backward, tf.function", "forward, tf.function",
                   "forward+backward, tf.function(jit_compile=True)")
 
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     accuracy_md = RESULTS / "accuracy.md"
     if not args.no_run:
         _run(["-m", "benchmarks.accuracy", "--out", str(accuracy_md)])
-        _run(["-m", "benchmarks", "--quick", "--out", str(RESULTS)])
+        _run(["-m", "benchmarks", *BENCH_ARGS, "--out", str(RESULTS)])
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = _replace(text, "accuracy", accuracy_md.read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import os
 from collections import defaultdict
 
@@ -26,10 +27,20 @@ PASS_TITLES = {"fwd": "forward", "fwdbwd": "forward+backward", "2nd": "second or
 # ------------------------------------------------------------------ helpers
 
 def ratio(entry: dict, a: str, b: str) -> float | None:
+    """Time of variant ``a`` over ``b``: the median of the per-round ratios.
+
+    Sample ``i`` of every variant comes from the same interleaved round
+    (:func:`benchmarks.runner.run_interleaved`), so ``a_i / b_i`` pairs two
+    samples taken back to back; results without per-sample times (older
+    JSON) fall back to the ratio of the medians.
+    """
     va, vb = entry["variants"].get(a, {}), entry["variants"].get(b, {})
-    if "median_s" in va and "median_s" in vb and vb["median_s"] > 0:
-        return va["median_s"] / vb["median_s"]
-    return None
+    if "median_s" not in va or "median_s" not in vb or vb["median_s"] <= 0:
+        return None
+    sa, sb = va.get("samples_s"), vb.get("samples_s")
+    if sa and sb and len(sa) == len(sb) and min(sb) > 0:
+        return statistics.median(x / y for x, y in zip(sa, sb))
+    return va["median_s"] / vb["median_s"]
 
 
 def geomean(values) -> float | None:
@@ -41,7 +52,7 @@ def geomean(values) -> float | None:
 
 def per_op(results: list, mode: str, pass_: str, a: str, b: str, group: str | None = None,
            size: str | None = None) -> dict:
-    """case -> geometric mean over its sizes of median(a)/median(b)."""
+    """case -> geometric mean over its sizes of the ratio a/b (:func:`ratio`)."""
     ratios = defaultdict(list)
     for entry in results:
         if entry["mode"] != mode or entry["pass"] != pass_:
@@ -157,7 +168,7 @@ def markdown(data: dict, compare_lines: list | None = None) -> str:
             f"{MODE_TITLES[m]} {_num(data['copy_bandwidth']['start'].get(m), '{:.1f}')} / "
             f"{_num(data['copy_bandwidth']['end'].get(m), '{:.1f}')} GB/s"
             for m in ("graph", "xla") if m in data["copy_bandwidth"]["start"]),
-        "- Ratios are medians of variants measured in this run; do not compare figures across runs.",
+        "- Ratios are medians of per-round ratios of variants measured in this run (interleaved); do not compare figures across runs.",
         "",
         "## Targets",
         "",

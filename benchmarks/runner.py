@@ -11,7 +11,10 @@ Method (the issue's, and why):
   ``repeats`` samples. The variants of a case are interleaved sample by
   sample, in a rotating order, so a slow phase of a noisy machine hits all of
   them alike and their *ratio* holds; absolute times are only compared within
-  one run.
+  one run. A ratio of two variants is the median of their per-round ratios
+  (sample i of one over sample i of the other, taken back to back): a slow
+  phase lasting a few rounds shifts both samples of a pair, so the paired
+  ratio moves less than the ratio of the two medians.
 * A sample ends by fetching one element of the last output: on a GPU this
   waits for the queue, on the CPU it is a constant ~20 us per sample (not per
   call). No ``.numpy()`` of a whole output: that would add a full copy the
@@ -185,6 +188,9 @@ def summary(t: Timed, in_bytes: int) -> dict:
         "samples": len(t.times), "calls_per_sample": t.inner,
         "bytes": moved, "gbps": moved / median / 1e9,
         "faults_per_call": statistics.median(t.faults),
+        # Per-call seconds of each sample, in round order: sample i of every
+        # variant of a case was taken in the same round (paired ratios).
+        "samples_s": list(t.times),
     }
 
 

@@ -152,6 +152,27 @@ def test_compare_flags_changes_over_ten_percent(smoke_data):
     assert " 0 changed by more than 10%" in unchanged[2] and not any(line.startswith("| ") for line in unchanged)
 
 
+def test_ratio_pairs_samples_of_the_same_round(smoke_data):
+    from benchmarks import report
+
+    # Round 2 ran in a slow phase for both variants: the paired ratio is 0.5
+    # in every round, the ratio of the medians (2.0 / 2.0) says 1.
+    entry = {"variants": {
+        "safeops": {"median_s": 2.0, "samples_s": [1.0, 2.0, 20.0]},
+        "builtin": {"median_s": 2.0, "samples_s": [2.0, 4.0, 40.0]},
+    }}
+    assert report.ratio(entry, "safeops", "builtin") == 0.5
+    # Without samples (older JSON), or with a variant missing: the medians, or None.
+    del entry["variants"]["safeops"]["samples_s"]
+    assert report.ratio(entry, "safeops", "builtin") == 1.0
+    assert report.ratio(entry, "safeops", "naive") is None
+    # Every measured variant of the smoke run records its samples, one per round.
+    for e in smoke_data["results"]:
+        for figures in e["variants"].values():
+            if "median_s" in figures:
+                assert len(figures["samples_s"]) == figures["samples"] >= 1
+
+
 def test_export_writes_stablehlo_and_manifest(runs):
     code, out, err = runs["export"]
     assert code == 0, err[-4000:]
