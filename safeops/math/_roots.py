@@ -452,13 +452,15 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
 
     def backward(dq, q, x, y):
         y = flushed(y)
-        ratio = tf.math.divide_no_nan(dq, y)
-        # -x/y**2 as -(dq/y) * q: overflows only where the exact gradient is
+        # -x/y**2 as (-dq/y) * q: overflows only where the exact gradient is
         # not representable (x = 1, y = 1e-20 in float32); it saturates (C1).
-        dy = _dtypes.saturate(-ratio * q, dtype)
+        # -dq/y is formed on its own, not as the negation of dx's dq/y: a
+        # quotient shared by two outputs is written to memory by XLA (a
+        # divide is too costly to duplicate), an extra pass over the tensor.
+        dy = _dtypes.saturate(tf.math.divide_no_nan(-dq, y) * q, dtype)
         # dq/y itself overflows the output dtype for a float16 y that was
         # subnormal (6e-8 -> 1.7e7 > 65504) but is normal after widening.
-        dx = _dtypes.saturate(ratio, dtype)
+        dx = _dtypes.saturate(tf.math.divide_no_nan(dq, y), dtype)
         return sum_to_shape(dx, x), sum_to_shape(dy, y)
 
     return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
