@@ -11,7 +11,10 @@ CPU (2 million random points per op): float64 within 3 ULP in eager, graph
 and XLA modes; float32 within 4 ULP except where TensorFlow's own float32
 kernels are the limit (Eigen's ``log1p`` is off by up to 4.2 ULP, ``expm1``
 by 4.8, XLA's ``expm1`` by 5.4): ``logit`` 4.3, ``log1mexp`` 4.9 (XLA),
-``xlog1py`` 4.8 (TensorFlow's kernel). XLA's float64 ``log1p`` is off by up
+``xlog1py`` 4.8 (TensorFlow's kernel, with inner XLA off; ``xlogy`` and
+``xlog1py`` run as inner XLA functions by default, and a sweep of 6 million
+float32 points against a float64 reference found 3.4 ULP for ``xlog1py``
+and 2.3 for ``xlogy`` then). XLA's float64 ``log1p`` is off by up
 to 127 ULP on ``[-0.415, -0.355]``; :func:`_log1p` routes around it.
 Gradients: relative error below 5e-7 (float32) and 5e-16 (float64).
 """
