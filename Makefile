@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(TF_EXTRA)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quick accuracy venv clean
+.PHONY: demo test bench bench-quick accuracy sweep venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-quick: $(STAMP)
 
 accuracy: $(STAMP)
 	$(BIN)/python -m benchmarks.accuracy
+
+sweep: $(STAMP)
+	$(BIN)/python -m benchmarks.sweep
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .hypothesis .pytest_cache

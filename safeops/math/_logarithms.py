@@ -6,16 +6,18 @@ value is the value at the clamp boundary and the gradient is the gradient at
 the boundary: finite, nonzero, pointing back into the domain. The bounds come
 from :mod:`safeops._dtypes`.
 
-Accuracy, measured against mpmath and float64 references with TF 2.21 on
-CPU (2 million random points per op): float64 within 3 ULP in eager, graph
-and XLA modes; float32 within 4 ULP except where TensorFlow's own float32
-kernels are the limit (Eigen's ``log1p`` is off by up to 4.2 ULP, ``expm1``
-by 4.8, XLA's ``expm1`` by 5.4): ``logit`` 4.3, ``log1mexp`` 4.9 (XLA),
-``xlog1py`` 4.8 (TensorFlow's kernel, with inner XLA off; ``xlogy`` and
-``xlog1py`` run as inner XLA functions by default, and a sweep of 6 million
-float32 points against a float64 reference found 3.4 ULP for ``xlog1py``
-and 2.3 for ``xlogy`` then). XLA's float64 ``log1p`` is off by up
-to 127 ULP on ``[-0.415, -0.355]``; :func:`_log1p` routes around it.
+Accuracy with TF 2.21 on CPU. float64: within 3 ULP in eager, graph and
+XLA modes (mpmath references, 2 million random points per op). float32,
+2 million random points per op against float64 references
+(``python -m benchmarks.sweep``, C3's ULP measure), eager/graph and XLA:
+``log`` 3 and 1, ``log1p`` 4 and 2, ``xlogy`` 2, ``xlog1py`` 4,
+``logaddexp`` 2.8. TensorFlow's float32 ``log1p`` and ``expm1`` kernels are
+4 to 5 ULP off, and formulas that chain them landed at 5 ULP, over C3:
+``logit`` therefore takes its ``log1p`` in float64 (1 ULP), and
+``log1mexp`` evaluates its whole value in float64
+(:func:`safeops._dtypes.wide_forward`, 0 ULP). XLA's float64 ``log1p`` is
+off by up to 127 ULP on ``[-0.415, -0.355]``; :func:`_log1p` routes around
+it.
 Gradients: relative error below 5e-7 (float32) and 5e-16 (float64).
 """
 
@@ -442,7 +444,12 @@ def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
     def forward(x):
         x = tf.clip_by_value(x, floor, ceiling)
         d = 2.0 * x - 1.0
-        r = _log1p(tf.abs(d) / tf.minimum(x, 1.0 - x))
+        # log1p in float64: float32's kernel (4.2 ULP in Eigen) made results
+        # up to 5 ULP off (python -m benchmarks.sweep). Its argument is one
+        # rounding from exact and log1p damps that error, so one widened
+        # kernel brings the result within 1 ULP. The argument is >= 0, away
+        # from the interval where XLA's float64 log1p is off (see _log1p).
+        r = _wide(tf.math.log1p, tf.abs(d) / tf.minimum(x, 1.0 - x))
         return tf.where(d < 0.0, -r, r)
 
     def backward(dy, y, x):
@@ -500,7 +507,9 @@ def _log1mexp_clamped(floor: float, dtype: tf.DType):
         g = dy * tf.exp(-a) / -tf.math.expm1(-a)
         return (tf.where(x < 0.0, -g, g),)
 
-    return custom_op(forward, backward, dtype)
+    # The value in float64: through float32's expm1 and log1p kernels it was
+    # up to 5 ULP off (python -m benchmarks.sweep); in float64, 0.
+    return custom_op(_dtypes.wide_forward(forward), backward, dtype)
 
 
 def _log_add_exp(dtype: tf.DType):
@@ -532,6 +541,13 @@ def _difference(x1: tf.Tensor, x2: tf.Tensor) -> tf.Tensor:
     """
     same_infinity = tf.logical_and(tf.math.is_inf(x1), tf.equal(x1, x2))
     return tf.where(same_infinity, tf.zeros((), x1.dtype), x1 - x2)
+
+
+def _wide(fn, u: tf.Tensor) -> tf.Tensor:
+    """``fn(u)`` evaluated in float64 and rounded once to ``u.dtype``."""
+    if u.dtype == tf.float64:
+        return fn(u)
+    return tf.cast(fn(tf.cast(u, tf.float64)), u.dtype)
 
 
 def _log1p(u: tf.Tensor) -> tf.Tensor:

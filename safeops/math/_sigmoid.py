@@ -10,11 +10,13 @@ up to 7 ULP near ``|x| = 13.9`` (where their kernel switches from
 ``sigmoid``, ``y * (1 - y)``, is 0 in float32 from ``x = 17`` on although
 the exact value (2.1e-9 at ``x = 20``) is a normal number.
 
-Accuracy of safeops' versions, same references, 2 million random points:
-``sigmoid`` 3.1 ULP, ``softplus`` 4.0, ``log_sigmoid`` 4.1 in float32
-(graph mode; XLA 2.9), ``softplus_inverse`` 4.5 (graph) and 5.2 (XLA) in
-float32 near ``x = 0.3``, where it inherits the error of ``expm1``; float64
-within 3 ULP everywhere. Gradients: relative error below 5e-7 (float32) and
+Accuracy of safeops' versions in float32, 2 million random points per op
+against float64 references (``python -m benchmarks.sweep``, C3's ULP
+measure): ``sigmoid`` 3 ULP (XLA 2), ``softplus`` 4 (XLA 3),
+``log_sigmoid`` 4 (XLA 3); ``softplus_inverse`` evaluates its value in
+float64 (:func:`safeops._dtypes.wide_forward`), 0 ULP, because in float32
+it inherited XLA's ``expm1`` error and reached 5 ULP near ``x = 0.3``.
+float64 within 3 ULP everywhere (mpmath references). Gradients: relative error below 5e-7 (float32) and
 5e-16 (float64), also at ``|x|`` of 20, 50 and 100.
 
 One fused TensorFlow kernel does much of the work: ``SoftplusGrad(g, x)``
@@ -300,8 +302,8 @@ def _log_sigmoid_op(dtype: tf.DType):
 
 
 def _softplus_inverse_op(floor: float, dtype: tf.DType):
-    """Three-branch ``log(expm1(max(x, floor)))``; gradient ``-1/expm1(-x)``."""
-    compute = _dtypes.compute_dtype(dtype)
+    """Three-branch ``log(expm1(max(x, floor)))``, evaluated in float64; gradient ``-1/expm1(-x)``."""
+    compute = tf.float64  # the value is evaluated in float64 (wide_forward below)
     switch = _dtypes.log_inv_eps(compute)
     head = float(compute.as_numpy_dtype(float(_LOG_2)))
     tail = float(_LOG_2 - decimal.Decimal(head))
@@ -321,4 +323,6 @@ def _softplus_inverse_op(floor: float, dtype: tf.DType):
     def backward(dy, y, x):
         return (dy / -tf.math.expm1(-tf.maximum(x, floor)),)
 
-    return custom_op(forward, backward, dtype)
+    # The value in float64: in float32, XLA's expm1 (5.4 ULP) made results up
+    # to 5 ULP off (python -m benchmarks.sweep); in float64, 0.
+    return custom_op(_dtypes.wide_forward(forward), backward, dtype)
