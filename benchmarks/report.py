@@ -168,7 +168,8 @@ def markdown(data: dict, compare_lines: list | None = None) -> str:
             f"{MODE_TITLES[m]} {_num(data['copy_bandwidth']['start'].get(m), '{:.1f}')} / "
             f"{_num(data['copy_bandwidth']['end'].get(m), '{:.1f}')} GB/s"
             for m in ("graph", "xla") if m in data["copy_bandwidth"]["start"]),
-        "- Ratios are medians of per-round ratios of variants measured in this run (interleaved); do not compare figures across runs.",
+        "- Ratios are medians of per-round ratios of variants measured in this run (interleaved); "
+        "do not compare figures across runs.",
         "",
         "## Targets",
         "",

@@ -302,8 +302,12 @@ def _log_sigmoid_op(dtype: tf.DType):
 
 
 def _softplus_inverse_op(floor: float, dtype: tf.DType):
-    """Three-branch ``log(expm1(max(x, floor)))``, evaluated in float64; gradient ``-1/expm1(-x)``."""
-    compute = tf.float64  # the value is evaluated in float64 (wide_forward below)
+    """``log(expm1(max(x, floor)))``, evaluated in float64 for every dtype; gradient ``-1/expm1(-x)``.
+
+    float64 inputs take the three-branch ``forward``, accurate to float64;
+    narrower ones the two-transcendental ``float64_for_narrower``.
+    """
+    compute = tf.float64  # every dtype's value is evaluated in float64 (see the end)
     switch = _dtypes.log_inv_eps(compute)
     head = float(compute.as_numpy_dtype(float(_LOG_2)))
     tail = float(_LOG_2 - decimal.Decimal(head))
@@ -320,9 +324,22 @@ def _softplus_inverse_op(floor: float, dtype: tf.DType):
         middle = t + (_log1p(v) - 2.0 * tail / (1.0 + v))
         return tf.where(x < _LOG_4_3, small, tf.where(x > switch, x, middle))
 
+    def float64_for_narrower(x):
+        # The value of a float32 (or half) input, evaluated in float64 and
+        # rounded once, needs a relative error well below 2**-24, not float64
+        # accuracy: x + log(1 - e^-x) in two transcendentals does. Its two
+        # terms cancel only near x = log 2, where the result is at least
+        # about 2**-25 for a float32 x that is not log 2 itself, against an
+        # absolute error near 2**-53: a relative 4e-9, under 0.1 ULP.
+        x = tf.maximum(x, floor)
+        return x + tf.math.log(-tf.math.expm1(-x))
+
     def backward(dy, y, x):
         return (dy / -tf.math.expm1(-tf.maximum(x, floor)),)
 
-    # The value in float64: in float32, XLA's expm1 (5.4 ULP) made results up
-    # to 5 ULP off (python -m benchmarks.sweep); in float64, 0.
-    return custom_op(_dtypes.wide_forward(forward), backward, dtype)
+    if dtype == tf.float64:
+        return custom_op(forward, backward, dtype)
+    # Narrower dtypes: the value in float64. In float32, XLA's expm1 (5.4
+    # ULP) made results up to 5 ULP off (python -m benchmarks.sweep); in
+    # float64, 0.
+    return custom_op(_dtypes.wide_forward(float64_for_narrower), backward, dtype)
