@@ -80,7 +80,6 @@ def wide_forward(forward):
         y = forward(*[tf.cast(x, tf.float64) for x in xs])
         return y if dtype == tf.float64 else tf.cast(y, dtype)
 
-    widened.__name__ = getattr(forward, "__name__", "forward")
     return widened
 
 

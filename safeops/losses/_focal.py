@@ -252,7 +252,6 @@ def _log_weight(w):
     return tf.where(positive, tf.math.log(safe), tf.fill(tf.shape(w), tf.constant(-float("inf"), w.dtype)))
 
 
-
 # ----------------------------------------------------------------------------
 # The fused binary focal loss on logits.
 
@@ -425,13 +424,13 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
             return tf.ones([], like.dtype)
         return tf.constant(per_class, like.dtype)
 
-    def parts(z):
-        log_p = _logsumexp.log_softmax_forward(z, axis)
+    def factor(log_p):
         q = -tf.math.expm1(log_p)
-        return log_p, q, tf.pow(q, g)
+        return q, tf.pow(q, g)
 
     def forward(y, z):
-        log_p, _, f = parts(z)
+        log_p = _logsumexp.log_softmax_forward(z, axis)
+        _, f = factor(log_p)
         loss = tf.reduce_sum(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
         # log_p is kept for the backward pass: recomputing it costs two more
         # row reductions there.
@@ -440,8 +439,7 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
     def backward(dy, loss, residuals, y, z):
         del loss
         (log_p,) = residuals
-        q = -tf.math.expm1(log_p)
-        f = tf.pow(q, g)
+        q, f = factor(log_p)
         w = weights(z)
         p = tf.exp(log_p)
         has_q = tf.not_equal(q, 0.0)

@@ -449,7 +449,7 @@ def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
         # rounding from exact and log1p damps that error, so one widened
         # kernel brings the result within 1 ULP. The argument is >= 0, away
         # from the interval where XLA's float64 log1p is off (see _log1p).
-        r = _wide(tf.math.log1p, tf.abs(d) / tf.minimum(x, 1.0 - x))
+        r = _dtypes.wide_forward(tf.math.log1p)(tf.abs(d) / tf.minimum(x, 1.0 - x))
         return tf.where(d < 0.0, -r, r)
 
     def backward(dy, y, x):
@@ -556,13 +556,6 @@ def _difference(x1: tf.Tensor, x2: tf.Tensor) -> tf.Tensor:
     """
     same_infinity = tf.logical_and(tf.math.is_inf(x1), tf.equal(x1, x2))
     return tf.where(same_infinity, tf.zeros((), x1.dtype), x1 - x2)
-
-
-def _wide(fn, u: tf.Tensor) -> tf.Tensor:
-    """``fn(u)`` evaluated in float64 and rounded once to ``u.dtype``."""
-    if u.dtype == tf.float64:
-        return fn(u)
-    return tf.cast(fn(tf.cast(u, tf.float64)), u.dtype)
 
 
 def _log1p(u: tf.Tensor) -> tf.Tensor:

@@ -16,8 +16,9 @@ measure): ``sigmoid`` 3 ULP (XLA 2), ``softplus`` 4 (XLA 3),
 ``log_sigmoid`` 4 (XLA 3); ``softplus_inverse`` evaluates its value in
 float64 (:func:`safeops._dtypes.wide_forward`), 0 ULP, because in float32
 it inherited XLA's ``expm1`` error and reached 5 ULP near ``x = 0.3``.
-float64 within 3 ULP everywhere (mpmath references). Gradients: relative error below 5e-7 (float32) and
-5e-16 (float64), also at ``|x|`` of 20, 50 and 100.
+float64 within 3 ULP everywhere (mpmath references). Gradients: relative
+error below 5e-7 (float32) and 5e-16 (float64), also at ``|x|`` of 20, 50
+and 100.
 
 One fused TensorFlow kernel does much of the work: ``SoftplusGrad(g, x)``
 is ``g / (1 + exp(-x))``, that is ``g * sigmoid(x)`` formed without
@@ -307,7 +308,7 @@ def _softplus_inverse_op(floor: float, dtype: tf.DType):
     float64 inputs take the three-branch ``forward``, accurate to float64;
     narrower ones the two-transcendental ``float64_for_narrower``.
     """
-    compute = tf.float64  # every dtype's value is evaluated in float64 (see the end)
+    compute = tf.float64  # the constants of the three-branch forward, used for float64 inputs
     switch = _dtypes.log_inv_eps(compute)
     head = float(compute.as_numpy_dtype(float(_LOG_2)))
     tail = float(_LOG_2 - decimal.Decimal(head))

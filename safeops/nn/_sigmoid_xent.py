@@ -18,7 +18,7 @@ import functools
 import tensorflow as tf
 
 from safeops import _dtypes, _validate, _xla
-from safeops._gradient import custom_op
+from safeops._gradient import custom_op, sum_to_shape
 
 
 def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
@@ -168,9 +168,9 @@ def _weighted_xent_op(dtype: tf.DType, weighted: bool, xla: bool):
         below = tf.nn.relu(-x) + tail  # softplus(-x), +inf at x = -inf
         dz = tf.math.multiply_no_nan(below, q) - (tf.nn.relu(x) + tail)
         dq = tf.math.multiply_no_nan(below, z)
-        return (_sum_to(dy * _dtypes.saturate(dz, dtype), z),
-                _sum_to(dx, x),
-                _sum_to(dy * _dtypes.saturate(dq, dtype), q))
+        return (sum_to_shape(dy * _dtypes.saturate(dz, dtype), z),
+                sum_to_shape(dx, x),
+                sum_to_shape(dy * _dtypes.saturate(dq, dtype), q))
 
     if weighted:
         def fwd(z, x, q):
@@ -188,14 +188,6 @@ def _weighted_xent_op(dtype: tf.DType, weighted: bool, xla: bool):
     # are pruned when nobody asks for them (a whole reduction for pos_weight).
     groups = [(1,), (0, 2)] if weighted else [(1,), (0,)]
     return custom_op(_xla.compiled(fwd, xla), _xla.compiled_gradients(bwd, xla, groups), dtype)
-
-
-def _sum_to(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """Sums a broadcast gradient ``g`` back to the shape of the input ``like``."""
-    if g.shape.is_fully_defined() and g.shape == like.shape:
-        return g
-    _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(g), s1=tf.shape(like))
-    return tf.reshape(tf.reduce_sum(g, axes), tf.shape(like))
 
 
 def _labels_and_logits(op: str, labels, logits):
