@@ -42,9 +42,13 @@ def validation_enabled() -> bool:
     return _validation["enabled"]
 
 
-def message(op: str, arg: str, expected: str, got: Any) -> str:
-    """The one error-message shape: ``'<op>: <arg> must be <expected>, got <got>'``."""
-    return f"{op}: {arg} must be {expected}, got {got}"
+def message(op: str, arg: str, expected: str, got: Any, verb: str = "be") -> str:
+    """The one error-message shape: ``'<op>: <arg> must be <expected>, got <got>'``.
+
+    ``verb`` replaces "be" where another reads better or where the wording
+    of the API being replaced is kept ("must have the same shape", as Keras).
+    """
+    return f"{op}: {arg} must {verb} {expected}, got {got}"
 
 
 @contextlib.contextmanager

@@ -101,20 +101,24 @@ def _axis_key(axis):
     return _UNCACHEABLE
 
 
-def per_axis(build):
+def per_axis(build=None, *, xla=True):
     """Caches ``build(axis, *config, xla)`` per axis, configuration and XLA setting.
 
     Returns ``get(axis, *config)``: one op (and so one inner XLA function,
     one trace per input signature) per configuration, built with the
     current :func:`enabled` setting. A tensor ``axis`` is not hashable and
-    gets a fresh, uncompiled op.
+    gets a fresh, uncompiled op. With ``xla=False`` (as
+    ``@per_axis(xla=False)``) ``build(axis, *config)`` takes no XLA
+    argument: the cache only saves rebuilding the op at every call.
     """
+    if build is None:
+        return functools.partial(per_axis, xla=xla)
     cached = functools.lru_cache(maxsize=None)(build)
 
     def get(axis, *config):
         key = _axis_key(axis)
         if key is _UNCACHEABLE:
-            return build(axis, *config, False)
-        return cached(key, *config, _enabled)
+            return build(axis, *config, False) if xla else build(axis, *config)
+        return cached(key, *config, _enabled) if xla else cached(key, *config)
 
     return get

@@ -613,3 +613,34 @@ def test_same_result_in_eager_function_and_xla(name, dtype):
         assert np.array_equal(np.isnan(y.astype(np.float64)), np.isnan(base_y.astype(np.float64))), mode
         for g, bg in zip(grads + second, base_g + base_h):
             assert np.array_equal(np.isfinite(g), np.isfinite(bg)), f"{mode}: gradient finiteness differs"
+
+
+def _bits(t) -> np.ndarray:
+    """The raw bits of a tensor's values, so NaN payloads and signed zeros compare too."""
+    a = np.ascontiguousarray(t.numpy())
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+@pytest.mark.parametrize("name, dtype", CASES, ids=CASE_IDS)
+def test_eager_value_without_a_tape_equals_the_recorded_one(name, dtype):
+    # Eager calls that no tape or accumulator can record skip the gradient
+    # wrapping (safeops._gradient); the value must be the same bits either way.
+    spec = SPECS[name]
+    xs = [tf.constant(a, dtype=tf.as_dtype(dtype)) for a in fixed_sample(spec, dtype)]
+    plain = _call(spec, "safeops", *xs)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        recorded = _call(spec, "safeops", *xs)
+        with tape.stop_recording():
+            stopped = _call(spec, "safeops", *xs)
+    grads = tape.gradient(recorded, xs)
+    assert all(g is not None for g in grads), "the recorded call lost its gradient"
+    np.testing.assert_array_equal(_bits(plain), _bits(recorded))
+    np.testing.assert_array_equal(_bits(stopped), _bits(recorded))
+    if spec.kind == "unary":
+        # A ForwardAccumulator records too (through the forward formula: TensorFlow's
+        # custom_gradient has no forward-mode rule), so the recorded path runs.
+        with tf.autodiff.ForwardAccumulator(xs[0], tf.ones_like(xs[0])) as acc:
+            y = _call(spec, "safeops", *xs)
+        np.testing.assert_array_equal(_bits(y), _bits(recorded))
+        assert acc.jvp(y) is not None

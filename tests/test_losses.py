@@ -376,6 +376,9 @@ def test_errors_name_the_argument():
         losses.binary_crossentropy([[1.0]], tf.constant([[1]]))
     with pytest.raises(ValueError, match="y_true and y_pred"):
         losses.categorical_crossentropy(tf.zeros([2, 3]), tf.zeros([2, 4]))
+    # Keras' wording is kept, for code (and Keras' own tests) matching it.
+    with pytest.raises(ValueError, match=r"must have the same shape, got \(3, 1\) and \(3, 3\)"):
+        losses.BinaryCrossentropy()(tf.zeros([3, 1]), tf.zeros([3, 3]))
     with pytest.raises(TypeError, match="axis"):
         losses.binary_crossentropy([[1.0]], [[0.5]], axis=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must be probabilities in"):

@@ -313,7 +313,8 @@ def test_shape_errors_name_both_arguments():
         SPARSE([0, 1, 2], tf.ones([2, 3]))
     with pytest.raises(ValueError, match=r"softmax_cross_entropy_with_logits: labels and logits"):
         DENSE(tf.ones([2, 4]), tf.ones([2, 3]))
-    with pytest.raises(ValueError, match=r"sigmoid_cross_entropy_with_logits: labels and logits"):
+    with pytest.raises(ValueError,
+                       match=r"sigmoid_cross_entropy_with_logits: labels and logits must have the same shape"):
         SIGMOID(tf.ones([1, 3]), tf.ones([2, 3]))
     with pytest.raises(ValueError, match=r"weighted_cross_entropy_with_logits: pos_weight and logits"):
         WEIGHTED(tf.ones([2, 3]), tf.ones([2, 3]), tf.ones([4]))

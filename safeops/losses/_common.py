@@ -100,7 +100,7 @@ def same_shape(op, y_true, y_pred):
     """``ValueError`` naming both unless the static shapes are compatible (Keras requires equal)."""
     if not y_true.shape.is_compatible_with(y_pred.shape):
         raise ValueError(_validate.message(
-            op, "y_true and y_pred", "tensors of the same shape", f"{y_true.shape} and {y_pred.shape}"))
+            op, "y_true and y_pred", "the same shape", f"{y_true.shape} and {y_pred.shape}", verb="have"))
 
 
 def smoothed_binary(y_true, label_smoothing):

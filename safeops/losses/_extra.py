@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import keras
@@ -144,6 +146,7 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         return pred.output(tf.reduce_sum(tf.math.multiply_no_nan(log_q - log_p, q), axis))
 
 
+@functools.lru_cache(maxsize=None)
 def _floored(floor: float, dtype: tf.DType):
     """``max(s, floor)`` with the identity gradient (straight through the floor; NaN kept)."""
 

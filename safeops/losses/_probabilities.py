@@ -46,6 +46,7 @@ that dtype's largest value, so a large float32 gradient never becomes
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -174,6 +175,7 @@ def cast_keeping_logits(value, dtype):
     return carry(value, tf.cast(value, dtype))
 
 
+@functools.lru_cache(maxsize=None)
 def _saturating_widen(narrow: tf.DType, wide: tf.DType):
     """``tf.cast`` to ``wide`` whose gradient saturates at ``narrow``'s range.
 

@@ -420,6 +420,7 @@ def logaddexp(x1, x2, name=None):
 _LOG_2 = math.log(2.0)
 
 
+@functools.lru_cache(maxsize=None)
 def _clamped_log(floor: float, dtype: tf.DType):
     """``log(max(x, floor))`` whose gradient below ``floor`` is ``1/floor``."""
     return custom_op(
@@ -429,6 +430,7 @@ def _clamped_log(floor: float, dtype: tf.DType):
     )
 
 
+@functools.lru_cache(maxsize=None)
 def _clamped_log1p(floor: float, dtype: tf.DType):
     """``log1p(max(x, floor))`` whose gradient below ``floor`` is ``1/(1 + floor)``."""
     return custom_op(
@@ -438,6 +440,7 @@ def _clamped_log1p(floor: float, dtype: tf.DType):
     )
 
 
+@functools.lru_cache(maxsize=None)
 def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
     """``logit(clip(x, floor, ceiling))`` with the gradient of the clipped point."""
 
@@ -495,6 +498,7 @@ def _x_times_clamped_log_op(x_log_fn, log_fn, shift: float, floor: float, dtype:
     return custom_op(_xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _log1mexp_clamped(floor: float, dtype: tf.DType):
     """Mächler's two-branch ``log(1 - exp(-max(|x|, floor)))`` and its gradient."""
 
@@ -527,6 +531,7 @@ def _log1mexp_clamped(floor: float, dtype: tf.DType):
     return custom_op(_dtypes.wide_forward(float64_for_narrower), backward, dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _log_add_exp(dtype: tf.DType):
     """Max-shifted ``log(exp(x1) + exp(x2))``; zero gradient where the result is ``-inf``."""
 

@@ -399,6 +399,7 @@ def _softmax_weights(x, y):
     return tf.exp(gap)
 
 
+@_xla.per_axis(xla=False)
 def _weighted_logsumexp(axis, dtype, return_sign):
     """``log|sum w exp x|`` (and, packed on a new leading axis, its sign) with ``keepdims=True``.
 

@@ -310,6 +310,7 @@ def divide_no_nan(x, y, name=None):
 # Private helpers.
 
 
+@functools.lru_cache(maxsize=None)
 def _clamped_sqrt(floor: float, dtype: tf.DType):
     """``sqrt(max(x, 0))`` whose gradient below ``floor`` is ``1/(2 sqrt(floor))``.
 
@@ -330,6 +331,7 @@ def _clamped_sqrt(floor: float, dtype: tf.DType):
     )
 
 
+@_xla.per_axis(xla=False)
 def _euclidean_norm(axis, dtype: tf.DType):
     """``sqrt(sum x**2)`` over ``axis`` (kept, length 1), scaled by a power of two.
 

@@ -29,6 +29,7 @@ sigmoid itself and the backward pass of ``softplus`` and ``log_sigmoid``.
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 
 import tensorflow as tf
@@ -266,6 +267,7 @@ def _scaled_sigmoid(scale: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return tf.raw_ops.SoftplusGrad(gradients=scale, features=x)
 
 
+@functools.lru_cache(maxsize=None)
 def _sigmoid_op(dtype: tf.DType):
     """``sigmoid`` with the gradient ``s * (1 - s)``, ``s = sigmoid(-|x|)``.
 
@@ -282,6 +284,7 @@ def _sigmoid_op(dtype: tf.DType):
     )
 
 
+@functools.lru_cache(maxsize=None)
 def _softplus_op(dtype: tf.DType):
     """``softplus`` as ``log1p(exp(x))`` up to ``c``, ``x`` above; gradient ``sigmoid(x)``."""
     switch = _dtypes.log_inv_eps(_dtypes.compute_dtype(dtype))
@@ -292,6 +295,7 @@ def _softplus_op(dtype: tf.DType):
     return custom_op(forward, lambda dy, y, x: (_scaled_sigmoid(dy, x),), dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _log_sigmoid_op(dtype: tf.DType):
     """``-softplus(-x)`` written out; gradient ``sigmoid(-x)``."""
     switch = _dtypes.log_inv_eps(_dtypes.compute_dtype(dtype))
@@ -302,6 +306,7 @@ def _log_sigmoid_op(dtype: tf.DType):
     return custom_op(forward, lambda dy, y, x: (_scaled_sigmoid(dy, -x),), dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _softplus_inverse_op(floor: float, dtype: tf.DType):
     """``log(expm1(max(x, floor)))``, evaluated in float64 for every dtype; gradient ``-1/expm1(-x)``.
 

@@ -199,5 +199,6 @@ def _labels_and_logits(op: str, labels, logits):
     labels = _validate.float_tensor(labels, op, "labels", logits.dtype)
     if not labels.shape.is_compatible_with(logits.shape):
         raise ValueError(_validate.message(
-            op, "labels and logits", "tensors of the same shape", f"{labels.shape} and {logits.shape}"))
+            op, "labels and logits", "the same shape", f"{labels.shape} and {logits.shape}",
+            verb="have"))
     return labels, logits

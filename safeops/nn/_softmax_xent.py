@@ -19,6 +19,8 @@ loss is asked for) and never meets ``0 * inf``:
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
@@ -191,6 +193,7 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
         return loss
 
 
+@functools.lru_cache(maxsize=None)
 def _soft_label_xent(axis: int, dtype: tf.DType):
     """Cross-entropy along ``axis`` with the shifted sum kept for the gradient."""
 
