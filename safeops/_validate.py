@@ -105,6 +105,16 @@ def _is_tf_dtype_like(dtype: Any) -> bool:
     return True
 
 
+def _holds_python_floats(value: Any) -> bool:
+    """Whether ``value`` is a Python float, or a (nested) list or tuple that NumPy reads as floats."""
+    if isinstance(value, bool) or not isinstance(value, (float, int, list, tuple)):
+        return False
+    try:
+        return np.asarray(value).dtype.kind == "f"
+    except ValueError:  # ragged nesting: float_tensor reports it
+        return False
+
+
 def float_tensors(op: str, **named: Any) -> list[tf.Tensor]:
     """Converts several operands that must share one float dtype.
 
@@ -116,6 +126,11 @@ def float_tensors(op: str, **named: Any) -> list[tf.Tensor]:
         if hasattr(value, "dtype"):
             dtype = float_tensor(value, op, arg).dtype
             break
+    else:
+        # Only Python numbers and lists: a float among them makes the others
+        # float32 too, as TensorFlow converts ``divide_no_nan(1.0, 1)``.
+        if any(_holds_python_floats(v) for v in named.values()):
+            dtype = tf.float32
     return [float_tensor(value, op, arg, dtype) for arg, value in named.items()]
 
 
@@ -130,13 +145,31 @@ def broadcast_shape(op: str, a_name: str, a: tf.Tensor, b_name: str, b: tf.Tenso
         ) from None
 
 
+class AxisError(tf.errors.InvalidArgumentError, ValueError):
+    """An axis out of range: a ``ValueError`` and a ``tf.errors.InvalidArgumentError``.
+
+    TensorFlow raises either for the same mistake, depending on the op and on
+    whether it runs eagerly (``tf.nn.softmax(x, axis=5)`` eagerly raises
+    ``InvalidArgumentError``, ``tf.reduce_sum`` while tracing a function
+    ``ValueError``); safeops raises at once in every mode, and code written
+    to catch either keeps working.
+    """
+
+    def __init__(self, text: str):
+        tf.errors.InvalidArgumentError.__init__(self, None, None, text)
+        self.args = (text,)
+
+    def __reduce__(self):
+        return type(self), (self.message,)
+
+
 def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> None:
-    """Checks static integer axes against a known rank; ``ValueError`` if out of range."""
+    """Checks static integer axes against a known rank; :class:`AxisError` if out of range."""
     if rank is None or axis is None or isinstance(axis, tf.Tensor):
         return
     for a in np.atleast_1d(np.asarray(axis)):
         if not -rank <= int(a) < max(rank, 1):
-            raise ValueError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
+            raise AxisError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
 
 
 def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.Tensor | None = None) -> list:

@@ -555,6 +555,18 @@ def test_non_float_input_raises_type_error_naming_the_argument(name, bad):
             spec.fn(good, weights=_BAD_INPUTS[bad]())
 
 
+@pytest.mark.parametrize("name", [n for n in OP_NAMES if SPECS[n].kind == "binary"])
+def test_python_float_next_to_python_int_is_float32_as_in_tensorflow(name):
+    # TensorFlow converts divide_no_nan(1.0, 2) to float32; two ints stay refused (C7).
+    fn = SPECS[name].fn
+    for args in ((1.5, 2), (2, 1.5), ([1.5, 0.5], [2, 1])):
+        got = fn(*args)
+        assert got.dtype == tf.float32
+        np.testing.assert_array_equal(got.numpy(), fn(*(tf.constant(a, tf.float32) for a in args)).numpy())
+    with pytest.raises(TypeError, match=f"safeops.math.{name}: "):
+        fn(1, 2)
+
+
 # ----------------------------------------------------------------------------
 # (g) Docstrings carry the numerics.
 

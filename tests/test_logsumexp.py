@@ -145,6 +145,10 @@ class TestReduceLogSumExp:
             tfm.reduce_logsumexp([1.0, 2.0], weights=tf.constant([1, 2]))
         with pytest.raises(ValueError, match="axis"):
             tfm.reduce_logsumexp(tf.zeros([2, 3]), axis=2)
+        # TensorFlow raises InvalidArgumentError for it eagerly: code catching either works.
+        for fn in (tfm.reduce_logsumexp, tfm.softmax, tfm.log_softmax):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="axis must be in"):
+                fn(tf.zeros([2, 3]), axis=-3)
         with pytest.raises(ValueError, match="broadcast"):
             tfm.reduce_logsumexp(tf.zeros([2, 3]), weights=tf.zeros([4]))
 

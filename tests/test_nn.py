@@ -438,3 +438,22 @@ def test_property_masked_rows_never_nan(logits, data):
         loss, grad = _value_and_grad(fn, y, x)
         assert not np.isnan(loss).any() and np.isfinite(grad).all()
         assert (grad[0][np.asarray(logits) == -INF][: n - 1] <= 0).all()
+
+
+def test_sparse_empty_batch_gives_an_empty_loss_and_gradient():
+    logits = tf.zeros([0, 3])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = SPARSE(tf.zeros([0], tf.int32), logits)
+    assert loss.shape == (0,)
+    assert tape.gradient(loss, logits).shape == (0, 3)
+
+
+def test_sparse_shapes_of_unknown_rank_are_checked_when_the_graph_runs():
+    spec = [tf.TensorSpec(None, tf.int32), tf.TensorSpec(None, tf.float32)]
+    fn = tf.function(lambda labels, logits: SPARSE(labels, logits), input_signature=spec)
+    np.testing.assert_allclose(fn(tf.constant([1, 0]), tf.zeros([2, 3])).numpy(), [np.log(3.0)] * 2, rtol=1e-6)
+    # A scalar label next to [1, 3] logits would reshape into a plausible loss; TF's kernel refuses it.
+    for labels in (tf.constant(1), tf.constant([[1]])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="labels and logits must be shapes"):
+            fn(labels, tf.zeros([1, 3]))

@@ -340,3 +340,17 @@ class TestDivideNoNan:
         y, g, h = derivatives(lambda t: tfm.divide_no_nan(tf.constant([-1.7976931348623157e308], tf.float64), t),
                               tf.constant([-0.9999999999999999], tf.float64))
         assert np.isfinite(g).all() and not np.isnan(h).any()
+
+
+@pytest.mark.parametrize("axis", [(-2, -1), (-1, -2), (0, 2), (2, 0)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_matrix_two_norm_of_unknown_rank_matches_tensorflow(axis, keepdims):
+    # The permutation that moves the two axes last is built in the graph when
+    # the rank is unknown at trace time (a TypeError on `% None` before).
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    fn = tf.function(lambda t: tfm.norm(t, ord=2, axis=axis, keepdims=keepdims),
+                     input_signature=[tf.TensorSpec(None, tf.float32)])
+    expected = tf.norm(x, ord=2, axis=axis, keepdims=keepdims).numpy()
+    got = fn(x).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

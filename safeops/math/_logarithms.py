@@ -28,7 +28,7 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate, _xla
+from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op, sum_to_shape
 
 
@@ -71,6 +71,8 @@ def log(x, name=None):
     >>> tfm.log([0.0, 1.0]).numpy()
     array([-87.33655,   0.     ], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(log, x, name=name)
     op = "safeops.math.log"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -117,6 +119,8 @@ def log1p(x, name=None):
     >>> tfm.log1p([-1.0, 1e-8, 1.0]).numpy()
     array([-1.6635532e+01,  9.9999999e-09,  6.9314718e-01], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(log1p, x, name=name)
     op = "safeops.math.log1p"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -176,6 +180,8 @@ def logit(x, name=None):
     >>> tfm.logit([0.0, 0.5, 0.75, 1.0]).numpy()
     array([-87.33655  ,   0.       ,   1.0986123,  16.635532 ], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(logit, x, name=name)
     op = "safeops.math.logit"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -235,6 +241,8 @@ def xlogy(x, y, name=None):
     >>> tfm.xlogy([0.0, 2.0, 1.0], [0.0, 1.0, 0.0]).numpy()
     array([  0.     ,   0.     , -87.33655], dtype=float32)
     """
+    if _ragged.any_ragged(x, y):
+        return _ragged.elementwise(xlogy, x, y, name=name)
     op = "safeops.math.xlogy"
     with _validate.op_scope(op, name):
         x, y = _validate.float_tensors(op, x=x, y=y)
@@ -291,6 +299,8 @@ def xlog1py(x, y, name=None):
     >>> tfm.xlog1py([0.0, 2.0, 1.0], [-1.0, 0.0, -1.0]).numpy()
     array([  0.      ,   0.      , -16.635532], dtype=float32)
     """
+    if _ragged.any_ragged(x, y):
+        return _ragged.elementwise(xlog1py, x, y, name=name)
     op = "safeops.math.xlog1py"
     with _validate.op_scope(op, name):
         x, y = _validate.float_tensors(op, x=x, y=y)
@@ -348,6 +358,8 @@ def log1mexp(x, name=None):
     >>> tfm.log1mexp([1e-8, 0.5, 20.0]).numpy()
     array([-1.8420681e+01, -9.3275213e-01, -2.0611537e-09], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(log1mexp, x, name=name)
     op = "safeops.math.log1mexp"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -405,6 +417,8 @@ def logaddexp(x1, x2, name=None):
     >>> tfm.logaddexp([1000.0, 0.0, float("-inf")], [1000.0, 0.0, float("-inf")]).numpy()
     array([1.0006932e+03, 6.9314718e-01,          -inf], dtype=float32)
     """
+    if _ragged.any_ragged(x1, x2):
+        return _ragged.elementwise(logaddexp, x1, x2, name=name)
     op = "safeops.math.logaddexp"
     with _validate.op_scope(op, name):
         x1, x2 = _validate.float_tensors(op, x1=x1, x2=x2)

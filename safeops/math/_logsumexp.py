@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate, _xla
+from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op, custom_op_with_residuals
 from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch lives in safeops._xla)
 
@@ -125,6 +125,12 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     (0.0, -1.0)
     """
     op = "safeops.math.reduce_logsumexp"
+    if _ragged.any_ragged(input_tensor, weights):
+        if weights is not None:
+            raise TypeError(_validate.message(op, "weights", "None with a RaggedTensor input", type(weights).__name__))
+        return _ragged.reduced(
+            lambda x, a, k, **kw: reduce_logsumexp(x, a, k, name, **kw), op, "input_tensor", input_tensor,
+            axis, keepdims, return_sign=return_sign)
     with _validate.op_scope(op, name):
         if weights is None:
             x = _validate.float_tensor(input_tensor, op, "input_tensor")
@@ -201,6 +207,8 @@ def softmax(logits, axis=None, name=None):
            [0., 0.]], dtype=float32)
     """
     op = "safeops.math.softmax"
+    if _ragged.any_ragged(logits):
+        return _ragged.along_axis(softmax, op, "logits", logits, -1 if axis is None else axis, name=name)
     with _validate.op_scope(op, name):
         x, axis = _class_axis(op, logits, axis)
         y = _masked_softmax(axis, x.dtype)(_dtypes.to_compute(x))
@@ -256,6 +264,8 @@ def log_softmax(logits, axis=None, name=None):
     array([-2.0611537e-09, -2.0000000e+01], dtype=float32)
     """
     op = "safeops.math.log_softmax"
+    if _ragged.any_ragged(logits):
+        return _ragged.along_axis(log_softmax, op, "logits", logits, -1 if axis is None else axis, name=name)
     with _validate.op_scope(op, name):
         x, axis = _class_axis(op, logits, axis)
         y = _masked_log_softmax(axis, x.dtype)(_dtypes.to_compute(x))

@@ -19,7 +19,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from safeops import _dtypes, _validate, _xla
+from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op, custom_op_with_residuals, sum_to_shape
 
 _VECTOR_ORDS = ("euclidean", 1, 2, np.inf)
@@ -70,6 +70,8 @@ def sqrt(x, name=None):
     >>> tfm.sqrt([0.0, 4.0, -1.0]).numpy()
     array([0., 2., 0.], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(sqrt, x, name=name)
     op = "safeops.math.sqrt"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -297,6 +299,8 @@ def divide_no_nan(x, y, name=None):
     >>> tfm.divide_no_nan([1.0, 1.0], [0.0, 4.0]).numpy()
     array([0.  , 0.25], dtype=float32)
     """
+    if _ragged.any_ragged(x, y):
+        return _ragged.elementwise(divide_no_nan, x, y, name=name)
     op = "safeops.math.divide_no_nan"
     with _validate.op_scope(op, name):
         x, y = _validate.float_tensors(op, x=x, y=y)
@@ -514,14 +518,25 @@ def _scaled_p_norm(x: tf.Tensor, p: float, axis) -> tf.Tensor:
 
 
 def _matrix_two_norm(x: tf.Tensor, axis) -> tf.Tensor:
-    """Largest singular value over the two ``axis`` dims, with both kept (length 1)."""
+    """Largest singular value over the two ``axis`` dims, with both kept (length 1).
+
+    The two dims are moved last for ``svd``; the permutation is built in the
+    graph when the rank is known only when it runs.
+    """
     rank = x.shape.rank
-    rows, cols = (a % rank for a in axis)
-    rest = [i for i in range(rank) if i not in (rows, cols)]
-    moved = tf.transpose(x, rest + [rows, cols])
+    if rank is not None:
+        rows, cols = (a % rank for a in axis)
+        perm = [i for i in range(rank) if i not in (rows, cols)] + [rows, cols]
+        inverse = np.argsort(perm)
+    else:
+        dims = tf.range(tf.rank(x))
+        rows, cols = (tf.math.floormod(a, tf.rank(x)) for a in axis)
+        rest = tf.boolean_mask(dims, tf.not_equal(dims, rows) & tf.not_equal(dims, cols))
+        perm = tf.concat([rest, tf.stack([rows, cols])], 0)
+        inverse = tf.math.invert_permutation(perm)
+    moved = tf.transpose(x, perm)
     top = tf.reduce_max(tf.linalg.svd(moved, compute_uv=False), axis=-1)
     out = tf.reshape(top, tf.concat([tf.shape(top), [1, 1]], 0))
-    inverse = np.argsort(rest + [rows, cols])
     return tf.transpose(out, inverse)
 
 

@@ -34,7 +34,7 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate
+from safeops import _dtypes, _ragged, _validate
 from safeops._gradient import custom_op
 from safeops.math._logarithms import _log1p
 
@@ -82,6 +82,8 @@ def sigmoid(x, name=None):
     >>> tfm.sigmoid([-50.0, 0.0, 20.0]).numpy()
     array([1.9287499e-22, 5.0000000e-01, 1.0000000e+00], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(sigmoid, x, name=name)
     op = "safeops.math.sigmoid"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -130,6 +132,8 @@ def log_sigmoid(x, name=None):
     >>> tfm.log_sigmoid([-1000.0, 0.0, 20.0]).numpy()
     array([-1.0000000e+03, -6.9314718e-01, -2.0611537e-09], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(log_sigmoid, x, name=name)
     op = "safeops.math.log_sigmoid"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
@@ -177,6 +181,8 @@ def softplus(features, name=None):
     >>> tfm.softplus([-20.0, 0.0, 1000.0]).numpy()
     array([2.0611537e-09, 6.9314718e-01, 1.0000000e+03], dtype=float32)
     """
+    if _ragged.any_ragged(features):
+        return _ragged.elementwise(softplus, features, name=name)
     op = "safeops.math.softplus"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(features, op, "features")
@@ -236,6 +242,8 @@ def softplus_inverse(x, name=None):
     >>> tfm.softplus_inverse([0.0, 0.6931472, 1000.0]).numpy()
     array([-8.7336548e+01,  3.8093084e-09,  1.0000000e+03], dtype=float32)
     """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(softplus_inverse, x, name=name)
     op = "safeops.math.softplus_inverse"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")

@@ -176,7 +176,7 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
     with _validate.op_scope(op, name):
         labels = _validate.integer_tensor(labels, op, "labels")
         logits = _validate.float_tensor(logits, op, "logits")
-        _check_sparse_shapes(op, labels, logits)
+        shape_checks = _check_sparse_shapes(op, labels, logits)
         num_classes = logits.shape[-1]
         expected = f"in [0, {num_classes})" if num_classes is not None else "in [0, num_classes)"
         if num_classes is None:
@@ -184,9 +184,13 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
         flat_labels = tf.reshape(labels, [-1])
         flat_logits = tf.reshape(logits, tf.stack([-1, tf.shape(logits)[-1]]))
         valid = tf.logical_and(flat_labels >= 0, flat_labels < tf.cast(num_classes, labels.dtype))
-        first_bad = tf.gather(flat_labels, tf.argmax(tf.cast(tf.logical_not(valid), tf.int32)))
+        # The first bad label, or the sentinel 0 after the end when all are
+        # valid (also for an empty batch, where argmax alone has nothing to reduce).
+        first_bad = tf.gather(
+            tf.concat([flat_labels, tf.zeros([1], labels.dtype)], 0),
+            tf.argmax(tf.concat([tf.cast(tf.logical_not(valid), tf.int32), tf.ones([1], tf.int32)], 0)))
         checks = _validate.assert_that(tf.reduce_all(valid), op, "labels", expected, first_bad)
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(shape_checks + checks):
             safe_labels = tf.where(valid, flat_labels, tf.zeros_like(flat_labels))
         loss = _index_xent(safe_labels, valid, logits.dtype)(_dtypes.to_compute(flat_logits))
         loss = tf.reshape(_dtypes.from_compute(loss, logits.dtype), tf.shape(labels))
@@ -275,13 +279,28 @@ def _broadcast_pair(labels: tf.Tensor, logits: tf.Tensor):
     return tf.broadcast_to(labels, shape), tf.broadcast_to(logits, shape)
 
 
-def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> None:
-    """``ValueError`` naming both arguments unless ``labels.shape == logits.shape[:-1]``."""
+def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
+    """``ValueError`` naming both arguments unless ``labels.shape == logits.shape[:-1]``.
+
+    Where a rank is unknown until the graph runs, returns an assertion that
+    checks the shapes then (as TensorFlow's kernel does: a scalar label next
+    to ``[1, n]`` logits would otherwise reshape into a plausible loss);
+    else ``[]``. The assertion stays on with :func:`safeops.set_validation`
+    off: it reads shapes, not values.
+    """
+    expected = "shapes [d0, ..., dn] and [d0, ..., dn, num_classes]"
     if logits.shape.rank == 0:
         raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
     if labels.shape.rank is None or logits.shape.rank is None:
-        return
+        labels_shape, logits_shape = tf.shape(labels, out_type=tf.int64), tf.shape(logits, out_type=tf.int64)
+        same_rank = tf.equal(tf.size(labels_shape) + 1, tf.size(logits_shape))
+        matching = tf.cond(
+            same_rank,
+            lambda: tf.reduce_all(tf.equal(labels_shape, logits_shape[:-1])),
+            lambda: tf.constant(False))
+        return [tf.debugging.Assert(
+            matching, [f"{op}: labels and logits must be {expected}, got", labels_shape, "and", logits_shape])]
     if labels.shape.rank != logits.shape.rank - 1 or not labels.shape.is_compatible_with(logits.shape[:-1]):
         raise ValueError(_validate.message(
-            op, "labels and logits", "shapes [d0, ..., dn] and [d0, ..., dn, num_classes]",
-            f"{labels.shape} and {logits.shape}"))
+            op, "labels and logits", expected, f"{labels.shape} and {logits.shape}"))
+    return []

@@ -1,0 +1,86 @@
+"""``tf.RaggedTensor`` inputs, for the ops TensorFlow also accepts them in.
+
+TensorFlow 2.21 dispatches its elementwise ops, ``tf.nn.softmax`` along the
+ragged axis and ``reduce_logsumexp`` over all axes to ragged versions; the
+drop-ins do the same (and ``log_softmax`` as ``softmax``):
+
+* **elementwise ops** run on the ``flat_values`` (``tf.ragged.map_flat_values``),
+  so the result has the input's row partition; ragged operands of a binary
+  op must share theirs (as ``map_flat_values`` requires);
+* **row ops** (``softmax``, ``log_softmax``) along the one ragged axis of a
+  rank-2 ragged tensor pad the rows with ``-inf`` (a masked entry: value 0 or
+  ``-inf``, gradient 0) and cut the padding off again; along a uniform inner
+  axis they run on the ``flat_values``;
+* **reductions** (``reduce_logsumexp``) pad with ``-inf``, which adds
+  nothing to a sum of exponentials, and return a dense tensor, as
+  TensorFlow does when the ragged axis is reduced (where TensorFlow 2.21
+  fails, ``axis=0`` of a ragged matrix, the padded result is the natural
+  one: each column over the rows that have it).
+
+Gradients flow to the ``flat_values`` through ``map_flat_values`` and
+``to_tensor``. Anything else raises a ``TypeError`` that names the argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from safeops import _validate
+
+_INF = float("inf")
+
+
+def any_ragged(*values: Any) -> bool:
+    """Whether any of ``values`` is a ``tf.RaggedTensor``."""
+    return any(isinstance(v, tf.RaggedTensor) for v in values)
+
+
+def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
+    """``fn`` applied to the ``flat_values`` of the ragged arguments; the row partition is kept."""
+    return tf.ragged.map_flat_values(fn, *args, **kwargs)
+
+
+def along_axis(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis: int, **kwargs: Any):
+    """A row op ``fn(x, axis=...)`` (softmax, log_softmax) of a ragged tensor along ``axis``."""
+    rank = rt.shape.rank
+    _validate.axis_in_range(op, axis, rank)
+    axis = axis % rank
+    if axis > rt.ragged_rank:  # a uniform inner axis: rows of flat_values
+        return tf.ragged.map_flat_values(lambda v: fn(v, axis=axis - rt.ragged_rank, **kwargs), rt)
+    if rank == 2 and axis == 1:  # the ragged axis of a ragged matrix
+        dense = fn(_padded(op, arg, rt), axis=1, **kwargs)
+        # boolean_mask, unlike RaggedTensor.from_tensor, passes gradients back.
+        kept = tf.sequence_mask(rt.row_lengths(), tf.shape(dense, out_type=rt.row_splits.dtype)[1])
+        return rt.with_flat_values(tf.boolean_mask(dense, kept))
+    raise TypeError(_validate.message(
+        op, arg, "a RaggedTensor taken along its ragged axis (rank 2) or a uniform inner axis",
+        f"axis {axis} of a ragged tensor of shape {rt.shape}"))
+
+
+def reduced(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis, keepdims: bool, **kwargs: Any):
+    """A reduction ``fn(x, axis, keepdims)`` of a ragged tensor, returned dense.
+
+    Refused when the result would keep a ragged axis (the row partition of a
+    reduced tensor is not defined by padding).
+    """
+    rank = rt.shape.rank
+    _validate.axis_in_range(op, axis, rank)
+    if axis is None:
+        if keepdims:
+            out = fn(rt.flat_values, None, False, **kwargs)
+            return tf.nest.map_structure(lambda t: tf.reshape(t, [1] * rank), out)
+        return fn(rt.flat_values, None, False, **kwargs)
+    axes = {int(a) % rank for a in np.atleast_1d(np.asarray(axis))}
+    if 0 not in axes and not set(range(1, rt.ragged_rank + 1)) <= axes:
+        raise TypeError(_validate.message(
+            op, arg, "a RaggedTensor reduced over its first or its ragged axes",
+            f"axis {axis} of a ragged tensor of shape {rt.shape}, which would leave a ragged result"))
+    return fn(_padded(op, arg, rt), axis, keepdims, **kwargs)
+
+
+def _padded(op: str, arg: str, rt: tf.RaggedTensor) -> tf.Tensor:
+    values = _validate.float_tensor(rt.flat_values, op, arg)
+    return rt.with_flat_values(values).to_tensor(default_value=tf.constant(-_INF, values.dtype))

@@ -1,0 +1,98 @@
+"""``tf.RaggedTensor`` inputs (``safeops._ragged``), where TensorFlow accepts them too."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.math as tfm
+from safeops import nn
+
+ROWS = [[1.0, 2.0], [], [3.0, -4.0, 5.0]]
+UNARY = ["log", "log1p", "sigmoid", "log_sigmoid", "softplus", "sqrt"]
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return tf.ragged.constant(ROWS)
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_elementwise_ops_keep_the_row_partition(rt, name):
+    got = getattr(tfm, name)(rt)
+    assert isinstance(got, tf.RaggedTensor)
+    np.testing.assert_array_equal(got.row_splits.numpy(), rt.row_splits.numpy())
+    np.testing.assert_array_equal(got.flat_values.numpy(), getattr(tfm, name)(rt.flat_values).numpy())
+
+
+@pytest.mark.parametrize("name", ["xlogy", "xlog1py", "logaddexp", "divide_no_nan"])
+def test_binary_ops_take_two_ragged_operands_or_a_scalar(rt, name):
+    fn = getattr(tfm, name)
+    np.testing.assert_array_equal(fn(rt, rt).flat_values.numpy(), fn(rt.flat_values, rt.flat_values).numpy())
+    np.testing.assert_array_equal(fn(rt, 2.0).flat_values.numpy(), fn(rt.flat_values, 2.0).numpy())
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_row_ops_along_the_ragged_axis_match_tensorflow(rt, name, mode):
+    # tf.nn.softmax dispatches ragged input; tf.nn.log_softmax does not (TF 2.21), so row by row.
+    fn = getattr(tfm, name)
+    run = fn if mode == "eager" else tf.function(fn)
+    got = run(rt)
+    assert isinstance(got, tf.RaggedTensor)
+    np.testing.assert_array_equal(got.row_splits.numpy(), rt.row_splits.numpy())
+    rows = [np.array(r, np.float64) - np.log(np.sum(np.exp(r))) for r in ROWS if r]
+    expected = np.concatenate(rows)
+    np.testing.assert_allclose(got.flat_values.numpy(), np.exp(expected) if name == "softmax" else expected, rtol=1e-6)
+    if name == "softmax":
+        np.testing.assert_allclose(got.flat_values.numpy(), tf.nn.softmax(rt).flat_values.numpy(), rtol=1e-6)
+    assert getattr(nn, name)(rt).flat_values.shape == (5,)
+
+
+def test_row_ops_along_a_uniform_inner_axis(rt):
+    r3 = tf.ragged.constant([[[1.0, 2.0], [3.0, 4.0]], [], [[5.0, 7.0]]], ragged_rank=1)
+    got = tfm.softmax(r3)
+    np.testing.assert_allclose(got.flat_values.numpy(), tf.nn.softmax(r3.flat_values).numpy(), rtol=1e-6)
+
+
+def test_reduce_logsumexp_over_ragged_axes_is_dense(rt):
+    flat = np.array([1.0, 2.0, 3.0, -4.0, 5.0])
+    lse = lambda v: float(np.log(np.sum(np.exp(v))))  # noqa: E731
+    np.testing.assert_allclose(tfm.reduce_logsumexp(rt).numpy(), lse(flat), rtol=1e-6)
+    np.testing.assert_allclose(tfm.reduce_logsumexp(rt, keepdims=True).numpy(), [[lse(flat)]], rtol=1e-6)
+    np.testing.assert_allclose(tfm.reduce_logsumexp(rt, axis=1).numpy(), [lse([1, 2]), -np.inf, lse([3, -4, 5])],
+                               rtol=1e-6)
+    # axis 0 (TensorFlow 2.21 fails here): each column over the rows that have it.
+    np.testing.assert_allclose(tfm.reduce_logsumexp(rt, axis=0).numpy(), [lse([1, 3]), lse([2, -4]), 5.0], rtol=1e-6)
+    np.testing.assert_allclose(tfm.reduce_logsumexp(rt, axis=-1).numpy(), tf.math.reduce_logsumexp(rt, -1).numpy(),
+                               rtol=1e-6)
+
+
+def test_gradients_reach_the_flat_values():
+    values = tf.constant([1.0, 2.0, 3.0, -4.0, 5.0])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        r = tf.RaggedTensor.from_row_lengths(values, [2, 0, 3])
+        lse = tfm.reduce_logsumexp(r, axis=1)
+        weighted = tf.reduce_sum(tfm.softmax(r).flat_values * tf.range(5.0))
+        logs = tf.reduce_sum(tfm.log(r).flat_values)
+        dense_logs = tf.reduce_sum(tfm.log(values))
+    np.testing.assert_allclose(tf.convert_to_tensor(tape.gradient(lse, values)).numpy(),
+                               tf.nn.softmax(r).flat_values.numpy(), rtol=1e-6)
+    expected = tape.gradient(weighted, values)
+    assert expected is not None and np.all(np.isfinite(tf.convert_to_tensor(expected).numpy()))
+    np.testing.assert_array_equal(tf.convert_to_tensor(tape.gradient(logs, values)).numpy(),
+                                  tape.gradient(dense_logs, values).numpy())  # -4: the clamped log's gradient
+
+
+def test_unsupported_ragged_uses_raise_type_errors_naming_the_argument(rt):
+    r3 = tf.ragged.constant([[[1.0, 2.0]], [], [[5.0, 6.0]]], ragged_rank=1)
+    with pytest.raises(TypeError, match="reduce_logsumexp: input_tensor must be a RaggedTensor reduced"):
+        tfm.reduce_logsumexp(r3, axis=2)
+    with pytest.raises(TypeError, match="softmax: logits must be a RaggedTensor taken along"):
+        tfm.softmax(rt, axis=0)
+    with pytest.raises(TypeError, match="reduce_logsumexp: weights must be None"):
+        tfm.reduce_logsumexp(rt, weights=tf.ones([3]))
+    with pytest.raises(TypeError, match="log: x must be a floating-point tensor"):
+        tfm.log(tf.ragged.constant([[1, 2], [3]]))
