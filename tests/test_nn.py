@@ -313,8 +313,7 @@ def test_shape_errors_name_both_arguments():
         SPARSE([0, 1, 2], tf.ones([2, 3]))
     with pytest.raises(ValueError, match=r"softmax_cross_entropy_with_logits: labels and logits"):
         DENSE(tf.ones([2, 4]), tf.ones([2, 3]))
-    with pytest.raises(ValueError,
-                       match=r"sigmoid_cross_entropy_with_logits: labels and logits must have the same shape"):
+    with pytest.raises(ValueError, match=r"sigmoid_cross_entropy_with_logits: labels and logits must have"):
         SIGMOID(tf.ones([1, 3]), tf.ones([2, 3]))
     with pytest.raises(ValueError, match=r"weighted_cross_entropy_with_logits: pos_weight and logits"):
         WEIGHTED(tf.ones([2, 3]), tf.ones([2, 3]), tf.ones([4]))
@@ -452,7 +451,8 @@ def test_sparse_empty_batch_gives_an_empty_loss_and_gradient():
 def test_sparse_shapes_of_unknown_rank_are_checked_when_the_graph_runs():
     spec = [tf.TensorSpec(None, tf.int32), tf.TensorSpec(None, tf.float32)]
     fn = tf.function(lambda labels, logits: SPARSE(labels, logits), input_signature=spec)
-    np.testing.assert_allclose(fn(tf.constant([1, 0]), tf.zeros([2, 3])).numpy(), [np.log(3.0)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(fn(tf.constant([1, 0]), tf.zeros([2, 3])).numpy(), [np.log(3.0)] * 2,
+                               rtol=1e-6)
     # A scalar label next to [1, 3] logits would reshape into a plausible loss; TF's kernel refuses it.
     for labels in (tf.constant(1), tf.constant([[1]])):
         with pytest.raises(tf.errors.InvalidArgumentError, match="labels and logits must be shapes"):

@@ -96,7 +96,9 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
         finite inputs.
 
     Args:
-      input_tensor: A float tensor (float16, bfloat16, float32 or float64).
+      input_tensor: A float tensor (float16, bfloat16, float32 or float64),
+        or a ``tf.RaggedTensor`` of one reduced over its ragged or first
+        axis (padded with ``-inf``; the result is dense).
       axis: The axes to reduce: ``None`` (all), an int, or a list or tuple of
         ints; negative axes count from the end.
       keepdims: If true, keeps the reduced axes with length 1.
@@ -127,7 +129,8 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     op = "safeops.math.reduce_logsumexp"
     if _ragged.any_ragged(input_tensor, weights):
         if weights is not None:
-            raise TypeError(_validate.message(op, "weights", "None with a RaggedTensor input", type(weights).__name__))
+            raise TypeError(_validate.message(
+                op, "weights", "None with a RaggedTensor input", type(weights).__name__))
         return _ragged.reduced(
             lambda x, a, k, **kw: reduce_logsumexp(x, a, k, name, **kw), op, "input_tensor", input_tensor,
             axis, keepdims, return_sign=return_sign)
@@ -188,7 +191,8 @@ def softmax(logits, axis=None, name=None):
 
     Args:
       logits: A float tensor (float16, bfloat16, float32 or float64) of
-        rank >= 1.
+        rank >= 1, or a ``tf.RaggedTensor`` taken along its ragged axis
+        (rank 2) or a uniform inner axis.
       axis: The int axis of the classes; ``None`` means -1.
       name: Optional name scope.
 
@@ -246,7 +250,8 @@ def log_softmax(logits, axis=None, name=None):
 
     Args:
       logits: A float tensor (float16, bfloat16, float32 or float64) of
-        rank >= 1.
+        rank >= 1, or a ``tf.RaggedTensor`` taken along its ragged axis
+        (rank 2) or a uniform inner axis.
       axis: The int axis of the classes; ``None`` means -1.
       name: Optional name scope.
 

@@ -298,8 +298,8 @@ def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
             same_rank,
             lambda: tf.reduce_all(tf.equal(labels_shape, logits_shape[:-1])),
             lambda: tf.constant(False))
-        return [tf.debugging.Assert(
-            matching, [f"{op}: labels and logits must be {expected}, got", labels_shape, "and", logits_shape])]
+        data = [f"{op}: labels and logits must be {expected}, got", labels_shape, "and", logits_shape]
+        return [tf.debugging.Assert(matching, data)]
     if labels.shape.rank != logits.shape.rank - 1 or not labels.shape.is_compatible_with(logits.shape[:-1]):
         raise ValueError(_validate.message(
             op, "labels and logits", expected, f"{labels.shape} and {logits.shape}"))
