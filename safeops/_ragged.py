@@ -7,10 +7,9 @@ drop-ins do the same (and ``log_softmax`` as ``softmax``):
 * **elementwise ops** run on the ``flat_values`` (``tf.ragged.map_flat_values``),
   so the result has the input's row partition; ragged operands of a binary
   op must share theirs (as ``map_flat_values`` requires);
-* **row ops** (``softmax``, ``log_softmax``) along the one ragged axis of a
-  rank-2 ragged tensor pad the rows with ``-inf`` (a masked entry: value 0 or
-  ``-inf``, gradient 0) and cut the padding off again; along a uniform inner
-  axis they run on the ``flat_values``;
+* **row ops** (``softmax``, ``log_softmax``) along a ragged axis pad the rows
+  with ``-inf`` (a masked entry: value 0 or ``-inf``, gradient 0) and cut
+  the padding off again; along a uniform inner axis they run on the values;
 * **reductions** (``reduce_logsumexp``) pad with ``-inf``, which adds
   nothing to a sum of exponentials, and return a dense tensor, as
   TensorFlow does when the ragged axis is reduced (where TensorFlow 2.21
@@ -44,19 +43,29 @@ def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
 
 
 def along_axis(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis: int, **kwargs: Any):
-    """A row op ``fn(x, axis=...)`` (softmax, log_softmax) of a ragged tensor along ``axis``."""
+    """A row op ``fn(x, axis=...)`` (softmax, log_softmax) of a ragged tensor along ``axis``.
+
+    Past the first ragged axis the op is one per outer row, so it recurses
+    into ``rt.values`` (the first two axes merged) with ``axis - 1``; along
+    the first ragged axis of a tensor with no other ragged axis the rows are
+    padded with ``-inf`` and cut back; axis 0, or the first ragged axis of a
+    tensor with more, is refused.
+    """
     rank = rt.shape.rank
     _validate.axis_in_range(op, axis, rank)
     axis = axis % rank
-    if axis > rt.ragged_rank:  # a uniform inner axis: rows of flat_values
-        return tf.ragged.map_flat_values(lambda v: fn(v, axis=axis - rt.ragged_rank, **kwargs), rt)
-    if rank == 2 and axis == 1:  # the ragged axis of a ragged matrix
+    if axis >= 2:
+        inner = rt.values
+        if isinstance(inner, tf.RaggedTensor):
+            return rt.with_values(along_axis(fn, op, arg, inner, axis - 1, **kwargs))
+        return rt.with_values(fn(inner, axis=axis - 1, **kwargs))
+    if axis == 1 and rt.ragged_rank == 1:
         dense = fn(_padded(op, arg, rt), axis=1, **kwargs)
         # boolean_mask, unlike RaggedTensor.from_tensor, passes gradients back.
         kept = tf.sequence_mask(rt.row_lengths(), tf.shape(dense, out_type=rt.row_splits.dtype)[1])
-        return rt.with_flat_values(tf.boolean_mask(dense, kept))
+        return rt.with_values(tf.boolean_mask(dense, kept))
     raise TypeError(_validate.message(
-        op, arg, "a RaggedTensor taken along its ragged axis (rank 2) or a uniform inner axis",
+        op, arg, "a RaggedTensor taken along a ragged axis with no ragged axis inside it, or a uniform axis",
         f"axis {axis} of a ragged tensor of shape {rt.shape}"))
 
 

@@ -52,10 +52,16 @@ def test_row_ops_along_the_ragged_axis_match_tensorflow(rt, name, mode):
     assert getattr(nn, name)(rt).flat_values.shape == (5,)
 
 
-def test_row_ops_along_a_uniform_inner_axis(rt):
-    r3 = tf.ragged.constant([[[1.0, 2.0], [3.0, 4.0]], [], [[5.0, 7.0]]], ragged_rank=1)
-    got = tfm.softmax(r3)
-    np.testing.assert_allclose(got.flat_values.numpy(), tf.nn.softmax(r3.flat_values).numpy(), rtol=1e-6)
+@pytest.mark.parametrize("rows, ragged_rank, axis", [
+    ([[[1.0, 2.0], [3.0, 4.0]], [], [[5.0, 7.0]]], 1, -1),  # a uniform inner axis
+    ([[[1.0, 2.0], [3.0, 4.0]], [], [[5.0, 7.0]]], 1, 1),  # the ragged axis, uniform inside
+    ([[[1.0, 2.0], [3.0]], [], [[5.0, 6.0, 7.0], []]], 2, -1),  # the inner of two ragged axes
+])
+def test_row_ops_along_other_axes_match_tensorflow(rows, ragged_rank, axis):
+    x = tf.ragged.constant(rows, ragged_rank=ragged_rank)
+    got, expected = tfm.softmax(x, axis=axis), tf.nn.softmax(x, axis=axis)
+    np.testing.assert_array_equal(got.nested_row_splits[-1].numpy(), expected.nested_row_splits[-1].numpy())
+    np.testing.assert_allclose(got.flat_values.numpy(), expected.flat_values.numpy(), rtol=1e-6)
 
 
 def test_reduce_logsumexp_over_ragged_axes_is_dense(rt):
@@ -96,6 +102,8 @@ def test_unsupported_ragged_uses_raise_type_errors_naming_the_argument(rt):
         tfm.reduce_logsumexp(r3, axis=2)
     with pytest.raises(TypeError, match="softmax: logits must be a RaggedTensor taken along"):
         tfm.softmax(rt, axis=0)
+    with pytest.raises(TypeError, match="log_softmax: logits must be a RaggedTensor taken along"):
+        tfm.log_softmax(tf.ragged.constant([[[1.0], [2.0, 3.0]], [[4.0]]]), axis=1)
     with pytest.raises(TypeError, match="reduce_logsumexp: weights must be None"):
         tfm.reduce_logsumexp(rt, weights=tf.ones([3]))
     with pytest.raises(TypeError, match="log: x must be a floating-point tensor"):

@@ -191,8 +191,8 @@ def softmax(logits, axis=None, name=None):
 
     Args:
       logits: A float tensor (float16, bfloat16, float32 or float64) of
-        rank >= 1, or a ``tf.RaggedTensor`` taken along its ragged axis
-        (rank 2) or a uniform inner axis.
+        rank >= 1, or a ``tf.RaggedTensor`` taken along a uniform axis or a
+        ragged one with no ragged axis inside it.
       axis: The int axis of the classes; ``None`` means -1.
       name: Optional name scope.
 
@@ -250,8 +250,8 @@ def log_softmax(logits, axis=None, name=None):
 
     Args:
       logits: A float tensor (float16, bfloat16, float32 or float64) of
-        rank >= 1, or a ``tf.RaggedTensor`` taken along its ragged axis
-        (rank 2) or a uniform inner axis.
+        rank >= 1, or a ``tf.RaggedTensor`` taken along a uniform axis or a
+        ragged one with no ragged axis inside it.
       axis: The int axis of the classes; ``None`` means -1.
       name: Optional name scope.
 
