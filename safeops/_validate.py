@@ -75,9 +75,15 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None) -
     Tensors, variables and NumPy arrays keep their dtype, which must be one
     of the four float dtypes. Python floats become ``dtype`` when given (the
     dtype of the other operand of a binary op), else float32 as in
-    TensorFlow. Integers, booleans, strings and complex numbers are refused:
-    ``tf.math`` refuses them too, only with a message that names the kernel.
+    TensorFlow, and a list of NumPy scalars keeps their dtype (as
+    ``tf.convert_to_tensor``). SparseTensors are refused (only ``sqrt``
+    takes one, as TensorFlow's). Integers, booleans, strings and complex
+    numbers are refused: ``tf.math`` refuses them too, only with a message
+    that names the kernel.
     """
+    if isinstance(value, tf.SparseTensor):
+        raise TypeError(message(
+            op, arg, "a dense " + _FLOAT_NAMES[2:], "a SparseTensor (tf.sparse.to_dense first)"))
     if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "dtype"):
         got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
         if got is None or got not in _dtypes.FLOAT_DTYPES:
@@ -94,6 +100,15 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None) -
             # scalar literal, as TensorFlow treats it.
             return tf.constant(array, dtype=dtype)
         raise TypeError(message(op, arg, _FLOAT_NAMES, f"{array.dtype.name} {value!r}"))
+    if dtype is None and isinstance(value, (list, tuple)):
+        # As tf.convert_to_tensor: Python floats give float32, NumPy scalars
+        # keep their dtype ([np.float64(1.0)] is float64).
+        try:
+            converted = tf.convert_to_tensor(value)
+        except (TypeError, ValueError):
+            converted = None
+        if converted is not None and converted.dtype in _dtypes.FLOAT_DTYPES:
+            return converted
     return tf.constant(array, dtype=dtype or tf.float32)
 
 
@@ -127,10 +142,13 @@ def float_tensors(op: str, **named: Any) -> list[tf.Tensor]:
             dtype = float_tensor(value, op, arg).dtype
             break
     else:
-        # Only Python numbers and lists: a float among them makes the others
-        # float32 too, as TensorFlow converts ``divide_no_nan(1.0, 1)``.
-        if any(_holds_python_floats(v) for v in named.values()):
-            dtype = tf.float32
+        # Only Python numbers and lists: the first that holds floats sets the
+        # dtype for the others, as TensorFlow converts ``divide_no_nan(1.0, 1)``
+        # (float32; float64 for a list of np.float64 scalars).
+        for arg, value in named.items():
+            if _holds_python_floats(value):
+                dtype = float_tensor(value, op, arg).dtype
+                break
     return [float_tensor(value, op, arg, dtype) for arg, value in named.items()]
 
 

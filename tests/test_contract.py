@@ -567,6 +567,17 @@ def test_python_float_next_to_python_int_is_float32_as_in_tensorflow(name):
         fn(1, 2)
 
 
+@pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_list_of_numpy_scalars_keeps_their_dtype_as_in_tensorflow(name, dtype):
+    # tf.convert_to_tensor([np.float64(0.5), ...]) is float64; Python floats alone give float32.
+    spec = SPECS[name]
+    rows = [[dtype(0.5), dtype(0.25)]]
+    args = [rows] * len(spec.args)
+    assert _call(spec, "safeops", *args).dtype == tf.as_dtype(dtype)
+    assert _call(spec, "safeops", *([[[0.5, 0.25]]] * len(spec.args))).dtype == tf.float32
+
+
 # ----------------------------------------------------------------------------
 # (g) Docstrings carry the numerics.
 

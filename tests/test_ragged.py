@@ -1,4 +1,4 @@
-"""``tf.RaggedTensor`` inputs (``safeops._ragged``), where TensorFlow accepts them too."""
+"""``tf.RaggedTensor`` (``safeops._ragged``) and ``tf.SparseTensor`` inputs, where TensorFlow takes them."""
 
 from __future__ import annotations
 
@@ -108,3 +108,18 @@ def test_unsupported_ragged_uses_raise_type_errors_naming_the_argument(rt):
         tfm.reduce_logsumexp(rt, weights=tf.ones([3]))
     with pytest.raises(TypeError, match="log: x must be a floating-point tensor"):
         tfm.log(tf.ragged.constant([[1, 2], [3]]))
+
+
+def test_sqrt_of_a_sparse_tensor_is_sparse_as_in_tensorflow():
+    st = tf.sparse.SparseTensor([[0, 1], [1, 0]], [4.0, 0.25], [2, 2])
+    got = tfm.sqrt(st)
+    assert isinstance(got, tf.SparseTensor)
+    np.testing.assert_array_equal(got.indices.numpy(), st.indices.numpy())
+    np.testing.assert_array_equal(got.values.numpy(), [2.0, 0.5])
+
+
+@pytest.mark.parametrize("name", ["log", "sigmoid", "softmax", "reduce_logsumexp"])
+def test_other_ops_refuse_a_sparse_tensor_naming_the_argument(name):
+    st = tf.sparse.SparseTensor([[0, 1]], [4.0], [2, 2])
+    with pytest.raises(TypeError, match=f"{name}: .* must be a dense floating-point tensor .*a SparseTensor"):
+        getattr(tfm, name)(st)

@@ -72,6 +72,8 @@ def sqrt(x, name=None):
     """
     if _ragged.any_ragged(x):
         return _ragged.elementwise(sqrt, x, name=name)
+    if isinstance(x, tf.SparseTensor):  # as tf.math.sqrt: sqrt(0) = 0 keeps the sparsity
+        return x.with_values(sqrt(x.values, name=name))
     op = "safeops.math.sqrt"
     with _validate.op_scope(op, name):
         x = _validate.float_tensor(x, op, "x")
