@@ -12,8 +12,11 @@ one code path decides, for all of them:
   the per-example losses, as ``ignore_class`` sets it) behave exactly as in
   Keras;
 * **precision**: the loss is computed in float32 when its dtype policy says
-  float16 or bfloat16 (``dtype="mixed_float16"``), and a half-precision
-  ``y_pred`` is widened before the function sees it; the logits record of
+  float16 or bfloat16 (``dtype="mixed_float16"``) and rounded once to that
+  dtype on the way out, the dtype Keras' loss returns (the default,
+  ``keras.backend.floatx()``, stays float32 under a global mixed policy, as
+  in Keras); a half-precision ``y_pred`` is widened before the function
+  sees it; the logits record of
   :mod:`safeops.losses._probabilities` and the Keras mask travel with it,
   and the gradient handed back to it saturates at the half dtype's largest
   value instead of overflowing to ``inf``;
@@ -54,7 +57,8 @@ class LossFunctionWrapper(keras.losses.Loss):
     """A ``keras.losses.Loss`` computing ``fn(y_true, y_pred, **kwargs)`` per example.
 
     Keras' ``LossFunctionWrapper`` with three changes: half-precision policies
-    compute in float32, the logits record of a ``y_pred`` survives the
+    compute in float32 (the result is rounded once to the policy's dtype, as
+    Keras returns it), the logits record of a ``y_pred`` survives the
     widening cast and the rank alignment, and ``check_finite`` can assert
     that the per-example losses are finite.
 
@@ -67,8 +71,9 @@ class LossFunctionWrapper(keras.losses.Loss):
         ``"sum"``, ``"mean"``, ``"mean_with_sample_weight"``, ``"none"`` or
         ``None``.
       name: Name of the loss instance.
-      dtype: Dtype or ``keras.DTypePolicy`` of the computation; half
-        precision is widened to float32. Defaults to ``keras.backend.floatx()``.
+      dtype: Dtype or ``keras.DTypePolicy`` of the result; half precision
+        is computed in float32 (``self.dtype``) and rounded once. Defaults
+        to ``keras.backend.floatx()``.
       check_finite: Keyword-only. If true, a non-finite per-example loss
         raises ``tf.errors.InvalidArgumentError`` naming the loss.
       **kwargs: Keyword options passed to ``fn`` (and saved in the config).
@@ -76,6 +81,8 @@ class LossFunctionWrapper(keras.losses.Loss):
 
     def __init__(self, fn, reduction=_REDUCTION, name=None, dtype=None, *, check_finite=False, **kwargs):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        # Keras' __call__ converts and reduces in self.dtype: the wide one.
+        self._result_dtype = self._dtype
         self._dtype = _dtypes.compute_dtype(tf.as_dtype(self._dtype)).name
         self.fn = fn
         self.check_finite = bool(check_finite)
@@ -84,7 +91,10 @@ class LossFunctionWrapper(keras.losses.Loss):
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = keras.tree.map_structure(
             lambda t: _probabilities.cast_keeping_logits(t, self.dtype), y_pred)
-        return super().__call__(y_true, y_pred, sample_weight)
+        loss = super().__call__(y_true, y_pred, sample_weight)
+        if self._result_dtype == self._dtype:
+            return loss
+        return keras.tree.map_structure(lambda t: _rounded(t, self._result_dtype), loss)
 
     def call(self, y_true, y_pred):
         if keras.tree.is_nested(y_true) or keras.tree.is_nested(y_pred):
@@ -195,6 +205,15 @@ def _aligned(y_true, y_pred):
     """Keras' rank alignment of the pair, with ``y_pred``'s logits record kept."""
     new_true, new_pred = squeeze_or_expand_to_same_rank(y_true, y_pred)
     return new_true, _probabilities.carry(y_pred, new_pred)
+
+
+def _rounded(loss, dtype: str):
+    """``loss`` rounded once to ``dtype``, keeping a Keras mask (``reduction=None``)."""
+    out = tf.cast(loss, dtype)
+    mask = getattr(loss, "_keras_mask", None)
+    if mask is not None:
+        out._keras_mask = mask
+    return out
 
 
 def _checked_finite(losses, who: str):
