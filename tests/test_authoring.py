@@ -73,7 +73,8 @@ def test_half_precision_policies_compute_in_float32_and_round_once(batch):
     # float32 and rounds the result once to it.
     y, p, _ = batch
     p16 = tf.constant(p, tf.float16)
-    for policy, result in (("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16"), ("float16", "float16")):
+    policies = (("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16"), ("float16", "float16"))
+    for policy, result in policies:
         loss = MeanAbsLogError(dtype=policy)
         assert loss.dtype == "float32"
         value = loss(y, p16)
