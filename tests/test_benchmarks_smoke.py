@@ -173,6 +173,25 @@ def test_ratio_pairs_samples_of_the_same_round(smoke_data):
                 assert len(figures["samples_s"]) == figures["samples"] >= 1
 
 
+def test_targets_count_the_rounds_over_the_band():
+    from benchmarks import report
+
+    def entry(case, safeops, builtin):
+        return {"case": case, "mode": "graph", "pass": "fwd", "group": "elementwise", "size": "1e5",
+                "variants": {"safeops": {"median_s": sorted(safeops)[1], "samples_s": safeops},
+                             "builtin": {"median_s": sorted(builtin)[1], "samples_s": builtin}}}
+
+    results = [entry("math.gap", [1.3, 1.2, 1.4], [1.0, 1.0, 1.0]),
+               entry("math.noisy", [1.1, 0.9, 1.2], [1.0, 1.0, 1.0]),
+               entry("math.fine", [0.9, 0.9, 0.9], [1.0, 1.0, 1.0])]
+    counts = report.rounds_over(results, "graph", "fwd", "safeops", "builtin", 1.05)
+    assert counts == {"math.gap": (3, 3), "math.noisy": (2, 3), "math.fine": (0, 3)}
+    data = {"results": results, "meta": {"device": "/CPU:0"}}
+    forward = next(t for t in report.targets(data) if t["target"].startswith("forward tf.function"))
+    assert forward["verdict"] == "FAIL"
+    assert forward["detail"] == "over: math.gap 1.30 (3/3 rounds), math.noisy 1.10 (2/3 rounds)"
+
+
 def test_export_writes_stablehlo_and_manifest(runs):
     code, out, err = runs["export"]
     assert code == 0, err[-4000:]
