@@ -45,6 +45,8 @@ from tests.ulp import finfo, numpy_dtype
 #: Private context, so the global ``mpmath.mp`` of other tests is untouched.
 CTX = mpmath.MPContext()
 CTX.prec = 320
+#: Precision of weighted log-sum-exp sums (see ``_lse_parts``).
+WEIGHTED_PREC = 2400
 
 ZERO = CTX.mpf(0)
 ONE = CTX.mpf(1)
@@ -308,9 +310,15 @@ def _lse_parts(row, weights):
     if not live:
         return None
     m = max(x for x, _ in live)
-    top = sum((w for x, w in live if x == m), ZERO)
-    rest = sum((w * CTX.exp(x - m) for x, w in live if x != m), ZERO)
-    return m, (top - 1) + rest, top + rest
+    # Weights move the remainder out of 320 bits' reach: at x = [-1.5e-154,
+    # -2.2e-308] with weights [1, 1.8e-283] the maximum's own term vanishes
+    # and the result, -1.5e-154, is carried by 1 - exp(-1.5e-154), which
+    # 320 bits round to 0. Precision enough for any two float64 numbers'
+    # ratio (2**-1074 next to 1) keeps it.
+    with CTX.workprec(WEIGHTED_PREC if any(w != ONE for _, w in live) else CTX.prec):
+        top = sum((w for x, w in live if x == m), ZERO)
+        rest = sum((w * CTX.exp(x - m) for x, w in live if x != m), ZERO)
+        return m, (top - 1) + rest, top + rest
 
 
 def _lse(row, weights):

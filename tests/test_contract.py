@@ -267,12 +267,22 @@ def value_errors(spec: Spec, arrays, dtype, got, refs) -> list[str]:
 
 
 def _largest_magnitude(spec, arrays):
-    """Per output entry, the largest finite ``|x|`` feeding it (conditioning scale)."""
+    """Per output entry, the largest finite ``|x|`` feeding it (conditioning scale).
+
+    With weights, over the entries of nonzero weight, and ``|log w|`` counts
+    as well: the sum is ``log sum exp(x + log w)``, and ``log w`` is rounded.
+    """
     if spec.kind == "binary":
         a, b = (np.abs(x.astype(np.float64)) for x in arrays)
         return np.maximum(np.where(np.isfinite(a), a, 0), np.where(np.isfinite(b), b, 0))
     x = np.abs(arrays[0].astype(np.float64))
-    return np.max(np.where(np.isfinite(x), x, 0), axis=-1)
+    scale = np.where(np.isfinite(x), x, 0)
+    if len(arrays) == 2:
+        w = np.abs(np.broadcast_to(arrays[1].astype(np.float64), x.shape))
+        with np.errstate(divide="ignore"):
+            log_w = np.abs(np.log(np.where(w > 0, w, 1.0)))
+        scale = np.where(w > 0, np.maximum(scale, log_w), 0)
+    return np.max(scale, axis=-1)
 
 
 def gradient_errors(spec: Spec, arrays, dtype, grads, refs) -> list[str]:
@@ -354,6 +364,11 @@ def test_agrees_with_naive_where_naive_is_accurate(name, dtype, weighted, data):
         naive_good &= ref.value_defined & (ftz_ulps(ny, ref.value, dtype) <= bound)
     apart = ftz_ulps(y, ny, dtype)
     off = naive_good & (apart > 2 * bound)
+    if spec.ill_conditioned_near_zero:
+        # Near a result of 0 the naive formula can land within the bound by
+        # luck; the documented allowance (module docstring) applies here too.
+        with np.errstate(invalid="ignore"):
+            off &= ~(np.abs(y64 - ny64) <= 2 * bound * ulp_of(_largest_magnitude(spec, arrays), dtype))
     assert not off.any(), (
         f"{name}: safeops {y[off][:3]} vs naive {ny[off][:3]} ({apart[off][:3]} ULP apart) "
         f"at {_describe(arrays, tuple(np.argwhere(off)[0]))}")

@@ -30,7 +30,18 @@ Which path a loss takes with ``from_logits=False``
 The details, and why Keras' own recovery is not trusted as is, are in
 :mod:`safeops.losses._probabilities`. Requires Keras 3 with the TensorFlow
 backend.
+
+Every other ``keras.losses`` name (``MeanSquaredError``, ``Huber``,
+``Loss``, ``serialize``, ...) is Keras' own (:mod:`safeops._dropin`), and
+:func:`get` returns safeops' loss for the identifiers of the losses it
+replaces.
 """
+
+import inspect as _inspect
+
+import keras as _keras
+
+from safeops import _dropin
 
 from safeops.losses._authoring import LossFunctionWrapper, loss_class
 from safeops.losses._crossentropy import (
@@ -64,5 +75,43 @@ __all__ = [
     "kl_divergence_with_logits", "KLDivergenceWithLogits",
     "LossFunctionWrapper", "loss_class",
     "tversky_loss", "TverskyLoss", "info_nce", "InfoNCE",
-    "with_logits",
+    "with_logits", "get",
 ]
+
+
+def get(identifier):
+    """``keras.losses.get``, resolved to safeops' loss where safeops replaces Keras' one.
+
+    A string names a loss function or class as Keras does (with its
+    aliases: ``"categorical_crossentropy"``, ``"CategoricalCrossentropy"``,
+    ``"kld"``), a dict is a serialized class; ``None`` and callables are
+    returned as they are, as in Keras. When Keras resolves the identifier to
+    a loss that safeops replaces, the safeops function is returned, or an
+    instance of the safeops class built from the same config. Any other
+    loss is Keras' own.
+
+    Raises:
+      ValueError: Keras cannot interpret ``identifier``.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.get("binary_crossentropy") is losses.binary_crossentropy
+    True
+    >>> type(losses.get({"class_name": "BinaryCrossentropy", "config": {"from_logits": True}})).__module__
+    'safeops.losses._crossentropy'
+    """
+    obj = _keras.losses.get(identifier)
+    if not isinstance(identifier, (str, dict)):
+        return obj
+    if _inspect.isfunction(obj):
+        return _REPLACED.get(obj, obj)
+    ours = _REPLACED.get(type(obj))
+    return obj if ours is None else ours.from_config(obj.get_config())
+
+
+# Keras' function or class -> safeops' one of the same name.
+_REPLACED = {getattr(_keras.losses, _name): globals()[_name]
+             for _name in __all__ if hasattr(_keras.losses, _name)}
+
+__getattr__, __dir__ = _dropin.forward_rest(__name__, globals(), lambda: _keras.losses, "keras.losses")

@@ -9,7 +9,15 @@ The ops live in topic modules: logarithms with clamped domains
 (``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
 softmax family (``_logsumexp``), and roots, norms and safe division
 (``_roots``).
+
+Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
+TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
+switching the import does not break the lines safeops has nothing to add to.
 """
+
+import tensorflow as _tf
+
+from safeops import _dropin
 
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
 from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
@@ -22,3 +30,5 @@ __all__ = [
     "reduce_logsumexp", "softmax", "log_softmax",
     "sqrt", "norm", "l2_normalize", "divide_no_nan",
 ]
+
+__getattr__, __dir__ = _dropin.forward_rest(__name__, globals(), lambda: _tf.math, "tf.math")

@@ -422,16 +422,21 @@ def _weighted_logsumexp(axis, dtype, return_sign):
     largest ``x + log|w|``, kept as the pair ``(x_k, log|w_k|)`` so that
     ``z = (x - x_k) + (log|w| - log|w_k|)`` is 0 exactly at that entry and a
     tiny weight at the maximum (``[0]`` with weight ``1e-30``) does not turn
-    ``w_k - 1`` into ``-1``. Terms ``|e| >= 1/2`` contribute ``e - 1``
-    (exact, Sterbenz) and their signed count is added back as an integer,
-    so ``|sum| - 1`` keeps its remainder for either sign of the sum.
+    ``w_k - 1`` into ``-1``. The exponent carries the rounding errors of
+    its three additions and of the two logarithms, each up to half an ulp
+    of the number rounded: ``3.5e-15`` for ``log(2.2e-16) = -36.04`` in
+    float64, 16 ULP of a result made of that term alone. They are added
+    back (:func:`_weighted_exponent`), to the terms and to the shift. Terms
+    ``|e| >= 1/2`` contribute ``e - 1`` (exact, Sterbenz) and their signed
+    count is added back as an integer, so ``|sum| - 1`` keeps its remainder
+    for either sign of the sum.
     """
 
     def forward(x, w):
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
         minus_inf = tf.fill(tf.shape(x), tf.constant(-_INF, x.dtype))
         x = tf.where(live, x, minus_inf)
-        log_w = tf.where(live, tf.math.log(tf.abs(w)), minus_inf)
+        log_w, err_w = _log_abs(w, live)
         score = tf.stop_gradient(x + log_w)
         top = tf.equal(score, tf.reduce_max(score, axis, keepdims=True))
         mx = tf.reduce_max(tf.where(top, tf.stop_gradient(x), minus_inf), axis, keepdims=True)
@@ -440,7 +445,11 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         valid = tf.math.is_finite(mx) & tf.math.is_finite(mw)
         mx = tf.where(valid, mx, tf.zeros_like(mx))
         mw = tf.where(valid, mw, tf.zeros_like(mw))
-        e = tf.exp((x - mx) + (log_w - mw))
+        # The log's rounding error at the maximum (ties in x and log|w| share it to first order).
+        top = top & tf.equal(tf.stop_gradient(log_w), mw)
+        ek = tf.reduce_max(tf.where(top, tf.stop_gradient(err_w), minus_inf), axis, keepdims=True)
+        ek = tf.where(valid, ek, tf.zeros_like(ek))
+        e = _weighted_exponent(x, log_w, err_w, mx, mw, ek)
         sg = tf.sign(w)
         big = e >= 0.5
         pos, neg = big & (sg > 0.0), big & (sg < 0.0)
@@ -448,18 +457,20 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         rest = tf.reduce_sum(terms, axis, keepdims=True)
         count = tf.reduce_sum(tf.cast(pos, e.dtype) - tf.cast(neg, e.dtype), axis, keepdims=True)
         t = rest + (count - 1.0)  # sum - 1, with the integer part exact
-        shift = mx + mw
+        # x_k + log|w_k|: the log's error added back, so a cancelling pair
+        # (x_k = -30, w_k = 3.3e14: 3.44) keeps the accuracy of log(w_k e^x_k).
+        shift = (mx + mw) + ek
         if not return_sign:
-            return shift + _log1p_or_minus_inf(t), (mx, mw, t)
+            return shift + _log1p_or_minus_inf(t), (mx, mw, ek, t)
         total = rest + count
         sign = tf.sign(total)
         # |sum| - 1: t for a positive sum, -sum - 1 for a negative one.
         magnitude = tf.where(total < 0.0, -rest + (-count - 1.0), t)
         y = tf.stack([shift + _log1p_or_minus_inf(magnitude), tf.stop_gradient(sign)])
-        return y, (mx, mw, magnitude)
+        return y, (mx, mw, ek, magnitude)
 
     def backward(dy, y, residuals, x, w):
-        mx, mw, magnitude = residuals
+        mx, mw, ek, magnitude = residuals
         if return_sign:
             dy, y = dy[0] * y[1], y[0]  # d log|s| / dx = sign(s) * w * exp(x - log|s|)
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
@@ -467,14 +478,21 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         # rounding of y enters (exp(1e4 - y) from a rounded y is 1e-3 off).
         size = 1.0 + magnitude
         size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)
-        p = tf.exp((x - mx) - mw) / size
+        zero = tf.zeros_like(x)
+        p = _weighted_exponent(x, zero, zero, mx, mw, ek) / size
+        # w * exp(x - y): the product where both factors are normal (it keeps
+        # w = tiny at exp(x - y) = 1, whose folded exponent log(tiny) can
+        # round below the range), else with the weight inside the exponent:
+        # exp(x - y) alone can underflow where the product is normal (w = 1e4).
+        log_w, err_w = _log_abs(w, live)
+        folded = tf.sign(w) * _weighted_exponent(x, log_w, err_w, mx, mw, ek) / size
+        tiny = _dtypes.tiny(x.dtype)
+        wp = w * p
+        normal = (p >= tiny) & (p < _INF) & (tf.abs(wp) >= tiny) & (tf.abs(wp) < _INF)
+        wp = tf.where(normal, wp, folded)
         finite = tf.math.is_finite(y)
         fallback = _softmax_weights(x, y)
         p = tf.where(finite, p, fallback)
-        # w * exp(x - y) with the weight inside the exponent: exp(x - y)
-        # alone can underflow where the product is normal (w = 1e4).
-        log_w = tf.where(live, tf.math.log(tf.abs(w)), tf.zeros_like(w))
-        wp = tf.sign(w) * tf.exp((x - mx) + (log_w - mw)) / size
         wp = tf.where(finite, wp, w * fallback)
         dx = tf.where(live, dy * wp, tf.zeros_like(p))
         # A zero weight's own gradient exp(x - y) is exact but may exceed the
@@ -483,6 +501,43 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         return dx, dw
 
     return custom_op_with_residuals(forward, backward, dtype)
+
+
+def _log_abs(w, live):
+    """``(L, err)``: ``L = log|w|`` as rounded (``-inf`` off ``live``) and ``err ~ log|w| - L``.
+
+    ``|w| exp(-L) = exp(err) = 1 + err + ...``, and ``exp(-L)`` is within an
+    ulp or two of ``1/|w|``, so ``|w| exp(-L) - 1`` is ``err`` with an
+    absolute error of a few ulps of 1, where ``err`` itself reaches half an
+    ulp of ``L`` (``3.8e-6`` at ``L = -87`` in float32). Where ``exp(-L)``
+    leaves the range (``|w|`` near the largest finite number, whose
+    reciprocal is subnormal and flushed), ``err`` is taken as 0.
+    """
+    minus_inf = tf.fill(tf.shape(w), tf.constant(-_INF, w.dtype))
+    a = tf.abs(w)
+    log_a = tf.where(live, tf.math.log(a), minus_inf)
+    r = a * tf.exp(-tf.where(live, log_a, tf.zeros_like(a))) - 1.0
+    err = tf.where(live & (tf.abs(r) < 2.0 ** -10), r, tf.zeros_like(r))
+    return log_a, tf.stop_gradient(err)
+
+
+def _weighted_exponent(x, log_w, err_w, mx, mw, ek):
+    """``|w / w_k| exp(x - x_k)`` as ``exp(z) (1 + c)``, ``z + c`` the exact exponent to first order.
+
+    ``z = (x - x_k) + (log|w| - log|w_k|)`` rounds three times; TwoSum
+    (:func:`_exact_shift`) recovers each rounding error exactly, and the
+    logs' own errors (:func:`_log_abs`) are added to them: ``c`` is below
+    a few ulps of ``z`` and ``exp(z) c`` its first-order effect (``c**2 / 2``
+    is below ``1e-10`` relative). Non-finite parts give ``c = 0``, and an
+    overflowed ``exp(z)`` is kept as ``inf``.
+    """
+    a, ea = _exact_shift(x, mx)
+    b, eb = _exact_shift(log_w, mw)
+    z, ez = _exact_shift(a, -b)
+    c = (ea + eb) + (ez + (err_w - ek))
+    e = tf.exp(z)
+    # No correction where e overflowed (inf * -c + inf = NaN) or c is not finite.
+    return e + tf.where(tf.math.is_finite(e) & tf.math.is_finite(c), e * c, tf.zeros_like(e))
 
 
 def _sign_of_sum(y):

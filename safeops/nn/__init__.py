@@ -7,8 +7,13 @@ cross-entropies live in two topic modules: the softmax family
 (:mod:`safeops.nn._softmax_xent`) and the sigmoid family
 (:mod:`safeops.nn._sigmoid_xent`). The activations are the ones of
 :mod:`safeops.math`, re-exported so that ``nn.softmax`` works as
-``tf.nn.softmax`` does.
+``tf.nn.softmax`` does. Every other ``tf.nn`` name (``relu``, ``dropout``,
+``moments``, ...) is TensorFlow's own (:mod:`safeops._dropin`).
 """
+
+import tensorflow as _tf
+
+from safeops import _dropin
 
 from safeops.math import l2_normalize, log_sigmoid, log_softmax, sigmoid, softmax, softplus
 from safeops.nn._sigmoid_xent import sigmoid_cross_entropy_with_logits, weighted_cross_entropy_with_logits
@@ -24,3 +29,5 @@ __all__ = [
     "weighted_cross_entropy_with_logits",
     "softmax", "log_softmax", "sigmoid", "log_sigmoid", "softplus", "l2_normalize",
 ]
+
+__getattr__, __dir__ = _dropin.forward_rest(__name__, globals(), lambda: _tf.nn, "tf.nn")
