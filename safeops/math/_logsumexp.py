@@ -69,7 +69,8 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     Stable rewrite: :math:`m + \operatorname{log1p}(\sum_i \pm e^{x_i + \log|w_i| - m} - 1)`
     with :math:`m` the slice maximum of :math:`x_i + \log|w_i|` (over entries
     of nonzero weight; the weights are folded into the exponent, so a tiny
-    weight at the largest ``x`` is not lost in ``w_k - 1``), the terms near
+    weight at the largest ``x`` is not lost in ``w_k - 1``, and the rounding
+    errors of ``log|w_i|`` and of the exponent are added back), the terms near
     :math:`\pm 1` summed apart so the remainder is exact (Blanchard, Higham & Higham 2021, IMA J. Numer. Anal.,
     Algorithm 4.2). The naive ``log(reduce_sum(exp(x)))`` overflows for
     ``x > 88`` in float32 and gives ``log 0 = -inf`` for ``x < -104``; the
