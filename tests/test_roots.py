@@ -195,6 +195,17 @@ class TestL2Normalize:
         assert np.isfinite(g).all() and np.isfinite(h).all()
         np.testing.assert_allclose(g, [[1024 / np.sqrt(2), -1024 / np.sqrt(2)]], rtol=2e-3)
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_float16_gradient_below_epsilon_saturates(self, mode):
+        # Found by the thorough Hypothesis profile: below epsilon the gradient
+        # is the upstream gradient times rsqrt(epsilon) = 32752 in float16,
+        # -inf for an upstream gradient of -3.
+        x = tf.constant([[-5.96e-08, -5.96e-08]], tf.float16)
+        v = tf.constant([[1.0, -3.0]], tf.float16)
+        y, g, h = derivatives(lambda t: tfm.l2_normalize(t, axis=1) * v, x, mode)
+        assert np.isfinite(g).all() and np.isfinite(h).all()
+        np.testing.assert_array_equal(g, [[32752.0, -65504.0]])
+
     def test_gradient_against_float64(self):
         rng = np.random.default_rng(2)
         x = rng.standard_normal((200, 6)) * np.exp(rng.uniform(-30, 30, (200, 1)))

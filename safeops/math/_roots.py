@@ -206,7 +206,9 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         gradient (TensorFlow's, finite: 1e6 for the default). ``epsilon`` is
         raised to at least the smallest normal number (so ``epsilon=0``
         never gives ``0 * inf``) and, in float16, to 5.6e-10 (so the
-        gradient ``rsqrt(epsilon)`` stays finite: 32752).
+        gradient ``rsqrt(epsilon)`` stays finite: 32752); a gradient that
+        the upstream gradient scales past the dtype's range (``3 * 32752``
+        in float16) saturates at its largest finite value.
       * ``±inf`` entry: NaN (``inf / inf``), as in TensorFlow.
       * ``NaN``: NaN in the slice, value and gradient.
       * Gradient ``(dy - y sum(dy y)) / ||x||``, with the norm formed in the
@@ -431,7 +433,10 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
     def backward(dy, y, residuals, x):
         scale, scaled_norm, below = residuals
         projected = dy - y * tf.reduce_sum(dy * y, axis, keepdims=True)
-        return (tf.where(below, dy * inverse_root, projected / scaled_norm * scale),)
+        # Saturated at the output dtype's largest finite value (C1): in float16
+        # rsqrt(epsilon) is 32752, and an upstream gradient of 3 makes it inf.
+        grad = tf.where(below, dy * inverse_root, projected / scaled_norm * scale)
+        return (_dtypes.saturate(grad, dtype),)
 
     return custom_op_with_residuals(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
 
