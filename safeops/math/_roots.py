@@ -191,11 +191,12 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
     Stable rewrite: with :math:`s` the power of two that brings
     :math:`\max |x|` into ``[1, 2)`` (exact scaling, as the BLAS ``nrm2``;
     Anderson 2017, ACM TOMS 44(1)),
-    :math:`(s x) / \sqrt{\max(\sum (s x)^2, \epsilon s^2)}`, which is the same
-    number, computed without squaring ``x``. When no row's plain sum of
-    squares overflows or comes near underflow (one reduction decides),
-    :math:`s = 1` is used for the whole input: the same computation bit for
-    bit, without the max reduction and the scaling pass. The naive formula
+    :math:`(s x) \cdot \operatorname{rsqrt}(\max(\sum (s x)^2, \epsilon s^2))`,
+    which is the same number, computed without squaring ``x``. When no
+    row's plain sum of squares overflows or comes near underflow (one
+    reduction decides), :math:`s = 1` is used for the whole input: then it
+    is TensorFlow's own formula, and the same bits as the scaled one, without
+    the max reduction and the scaling pass. The naive formula
     gives 0 for float32 entries of 1e20 (the sum of squares is ``inf``) and
     returns ``x * rsqrt(epsilon)`` (far from unit length) for entries of
     1e-20, whose squares underflow.
