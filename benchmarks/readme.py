@@ -1,13 +1,14 @@
 """Regenerates the README's accuracy and speed sections from the scripts that measure them.
 
-    python -m benchmarks.readme            # runs both scripts (about 10 minutes), then rewrites README.md
+    python -m benchmarks.readme            # runs the three measuring runs (about 11 minutes), then rewrites README.md
     python -m benchmarks.readme --no-run   # rewrites README.md from the last results
 
 The edge table comes from ``examples.edge_table`` (evaluated here), the
-accuracy table from ``python -m benchmarks.accuracy`` and the
-speed tables from ``python -m benchmarks --quick --repeats 11 --min-sample 0.02``; this script copies
-their Markdown between the ``<!-- accuracy:begin/end -->`` and
-``<!-- benchmark:begin/end -->`` and ``<!-- edges:begin/end -->`` markers of README.md, and the ratio plot
+accuracy table from ``python -m benchmarks.accuracy``, the
+speed tables from ``python -m benchmarks --quick --repeats 11 --min-sample 0.02`` and the row-wise
+ops at every size from a second run (:data:`ROWWISE_ARGS`); this script copies
+their Markdown between the ``<!-- accuracy:begin/end -->``, ``<!-- benchmark:begin/end -->``,
+``<!-- rowwise:begin/end -->`` and ``<!-- edges:begin/end -->`` markers of README.md, and the ratio plot
 to ``docs/``. No figure in those sections is typed by hand.
 """
 
@@ -28,6 +29,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 BENCH_ARGS = ("--quick", "--repeats", "11", "--min-sample", "0.02")
 BENCH_SECTIONS = ("Targets", "forward+backward, tf.function", "forward, tf.function",
                   "forward+backward, tf.function(jit_compile=True)")
+# The quick plan times tf.function at 1e5 elements only; the row-wise ops'
+# ratios depend on the size (an inner XLA call's launch at small sizes, XLA's
+# CPU loops against TensorFlow's fused kernels at large ones), so the README
+# also shows them at every size, from a second run into its own directory.
+ROWWISE = RESULTS / "rowwise"
+ROWWISE_ARGS = ("--filter", r"^math\.(softmax|log_softmax|reduce_logsumexp|l2_normalize|norm)$",
+                "--modes", "graph", "--passes", "fwd,fwdbwd", "--repeats", "11", "--min-sample", "0.02")
+ROWWISE_SECTIONS = ("forward+backward, tf.function", "forward, tf.function")
 
 
 def _run(args: list[str]) -> None:
@@ -65,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_run:
         _run(["-m", "benchmarks.accuracy", "--out", str(accuracy_md)])
         _run(["-m", "benchmarks", *BENCH_ARGS, "--out", str(RESULTS)])
+        _run(["-m", "benchmarks", *ROWWISE_ARGS, "--out", str(ROWWISE)])
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = _replace(text, "accuracy", accuracy_md.read_text())
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     text = _replace(text, "edges", edge_table.table())
     bench = _sections((RESULTS / "benchmark.md").read_text(), BENCH_SECTIONS)
     text = _replace(text, "benchmark", bench)
+    text = _replace(text, "rowwise", _sections((ROWWISE / "benchmark.md").read_text(), ROWWISE_SECTIONS))
     plot = RESULTS / "ratios_graph_fwdbwd.png"
     if plot.exists():
         shutil.copy(plot, ROOT / "docs" / "benchmark_cpu_ratios.png")

@@ -192,6 +192,24 @@ def test_targets_count_the_rounds_over_the_band():
     assert forward["detail"] == "over: math.gap 1.30 (3/3 rounds), math.noisy 1.10 (2/3 rounds)"
 
 
+def test_readme_regeneration_finds_its_markers_and_sections():
+    """``python -m benchmarks.readme`` rewrites README.md between markers it must find."""
+    import re
+
+    from benchmarks import readme
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    written = set(re.findall(r'_replace\(text, "(\w+)"', inspect.getsource(readme.main)))
+    assert written == {"accuracy", "edges", "benchmark", "rowwise"}
+    for marker in written:
+        assert text.count(f"<!-- {marker}:begin -->") == 1 and text.count(f"<!-- {marker}:end -->") == 1
+    report = "# t\n\n- Device: x\n\n## Targets\n\nT\n\n## forward, tf.function\n\nF\n\n## other\n\nO\n"
+    kept = readme._sections(report, ("forward, tf.function",))
+    assert kept == "- Device: x\n\n#### forward, tf.function\n\nF"
+    replaced = readme._replace("a <!-- m:begin -->\nold\n<!-- m:end --> b", "m", "new")
+    assert replaced == "a <!-- m:begin -->\nnew\n<!-- m:end --> b"
+
+
 def test_export_writes_stablehlo_and_manifest(runs):
     code, out, err = runs["export"]
     assert code == 0, err[-4000:]
