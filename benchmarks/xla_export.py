@@ -13,6 +13,9 @@ TensorFlow computed.
 
 ``python -m benchmarks replay DIR`` (:mod:`benchmarks.replay`) compiles and
 times them through jaxlib on another machine (the GPU one has no TensorFlow).
+The programs are traced as TensorFlow would trace them on a GPU host: without
+safeops' CPU-only row sums as dots (:func:`safeops._xla.last_axis_sums`),
+which a GPU could run in TensorFloat-32.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import tensorflow as tf
 from benchmarks import _inputs
 from benchmarks import cases as cases_lib
 from benchmarks import runner
+from safeops import _xla
 
 EXPORT_PASSES = ("fwd", "fwdbwd")
 FORMAT = 1
@@ -54,6 +58,14 @@ def export(out_dir: str, cases: list, *, dtype: str = "float32", quick: bool = F
                 continue
             jobs.append((case, label, shape))
     bar = runner._Progress(len(jobs), progress)
+    dot_sums = _xla.set_dot_sums(False)
+    try:
+        return _export_jobs(out_dir, jobs, dtype, data_limit, bar, programs, failures)
+    finally:
+        _xla.set_dot_sums(dot_sums)
+
+
+def _export_jobs(out_dir, jobs, dtype, data_limit, bar, programs, failures):
     with tf.device("/CPU:0"):
         for case, label, shape in jobs:
             tensors, specs = cases_lib.make_tensors(case, label, shape, dtype)

@@ -445,7 +445,8 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
 
     def backward(dy, y, residuals, x):
         scale, scaled_norm, below = residuals
-        projected = dy - y * tf.reduce_sum(dy * y, axis, keepdims=True)
+        along, = _xla.last_axis_sums([dy * y], axis)
+        projected = dy - y * along
         # Saturated at the output dtype's largest finite value (C1): in float16
         # rsqrt(epsilon) is 32752, and an upstream gradient of 3 makes it inf.
         grad = tf.where(below, dy * inverse_root, projected / scaled_norm * scale)

@@ -23,7 +23,7 @@ import functools
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate
+from safeops import _dtypes, _validate, _xla
 from safeops._gradient import custom_op_with_residuals
 
 
@@ -203,8 +203,7 @@ def _soft_label_xent(axis: int, dtype: tf.DType):
 
     def forward(y, x):
         shift, d, e, s, log_s = _shifted_log_sum_exp(x, axis)
-        total = tf.reduce_sum(y, axis, keepdims=True)
-        dot = tf.reduce_sum(tf.math.multiply_no_nan(d, y), axis, keepdims=True)
+        total, dot = _xla.last_axis_sums([y, tf.math.multiply_no_nan(d, y)], axis)
         # An all -inf slice has s == 0: its loss is |dot|, 0 without label
         # weight, +inf with it (dot is -inf then).
         loss = tf.where(s == 0, tf.abs(dot), total * log_s - dot)
@@ -245,17 +244,25 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
     ``shift`` is the slice maximum, or 0 where the slice is all ``-inf``
     (then ``s = 0`` and ``log s`` is returned as 0, never ``-inf``, so
     nothing downstream meets ``inf - inf``). ``log s`` is
-    ``log1p(rest + ties - 1)`` where ``rest`` sums the terms below the
-    maximum and ``ties`` counts the terms equal to it (each exactly 1): the
-    accurate variant of Blanchard, Higham and Higham (2021).
+    ``log1p(rest + ties - 1)`` where ``rest`` sums the terms off the
+    maximum and ``ties`` counts the terms at it (each exactly 1): the
+    accurate variant of Blanchard, Higham and Higham (2021). ``s`` is
+    ``rest + ties``. Each tie is counted as ``1 + d`` (``d = 0`` there): the
+    exact count, and the derivative of its term ``e = exp(d)`` (1), which the
+    second derivative (autodiff of the gradient, through ``s``) needs. It
+    needs no ``exp``, so under XLA both sums are one fused pass
+    (:func:`safeops._xla.last_axis_sums`). A NaN ``d`` is off the maximum and
+    reaches ``rest``.
     """
     shift = tf.reduce_max(x, axis, keepdims=True)
     shift = tf.stop_gradient(tf.where(shift == float("-inf"), tf.zeros_like(shift), shift))
     d = x - shift
     e = tf.exp(d)
-    s = tf.reduce_sum(e, axis, keepdims=True)
-    rest = tf.reduce_sum(tf.where(d < 0, e, tf.zeros([], e.dtype)), axis, keepdims=True)
-    ties = tf.round(s - rest)
+    at_max = tf.equal(d, 0.0)
+    zero = tf.zeros([], e.dtype)
+    off_max = tf.where(at_max, zero, e)
+    rest, ties = _xla.last_axis_sums([off_max, tf.where(at_max, 1.0 + d, zero)], axis)
+    s = rest + ties
     log_s = tf.math.log1p(tf.where(s == 0, tf.zeros_like(s), rest + (ties - 1)))
     return shift, d, e, s, log_s
 
