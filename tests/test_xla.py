@@ -65,3 +65,69 @@ def test_weighted_cross_entropy_gradients_with_and_without_inner_xla(mode, wrt):
     for a, b in zip(results[True], results[False]):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
     assert all(np.isfinite(t).all() for t in results[True])
+
+
+# ----------------------------------------------------------------------------
+# last_axis_sums: a dot under XLA on a CPU, the reduction elsewhere.
+
+
+def _sums(parts, axis=-1):
+    return _xla.last_axis_sums(list(parts), axis)
+
+
+def _hlo(fn, *args):
+    return tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(stage="hlo")
+
+
+def _sum_parts(n, dtype=tf.float32):
+    rng = np.random.default_rng(5)
+    terms = rng.normal(size=(3, 2, n))
+    terms[0, 0, 3] = np.inf
+    terms[1, 1, 0] = np.nan
+    terms[2, 0, :] = rng.normal(size=n) * 1e-30  # tiny, not added to anything large
+    flags = (rng.uniform(size=(3, 2, n)) < 0.5).astype(np.float64)
+    return tf.constant(terms, dtype), tf.constant(flags, dtype)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+@pytest.mark.parametrize("mode", MODES)
+def test_sums_match_the_reduction_with_inf_nan_and_an_exact_count(mode, dtype):
+    terms, flags = _sum_parts(4095, dtype)
+    got = run(mode, lambda t, f: tuple(_sums([t * 1.0, f * 1.0])))(terms, flags)
+    want = [tf.reduce_sum(terms, -1, keepdims=True), tf.reduce_sum(flags, -1, keepdims=True)]
+    np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5 if dtype == tf.float32 else 1e-12)
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())  # integers: exact
+    assert got[0].shape == (3, 2, 1) and np.isinf(got[0][0, 0, 0]) and np.isnan(got[0][1, 1, 0])
+    (single,) = run(mode, lambda t: tuple(_sums([t])))(terms)
+    np.testing.assert_allclose(single.numpy(), want[0].numpy(), rtol=1e-5 if dtype == tf.float32 else 1e-12)
+
+
+def test_a_dot_under_xla_on_a_cpu_only_for_rows_shorter_than_4096():
+    assert not tf.config.list_logical_devices("GPU")
+    short, flags = _sum_parts(4095)
+    assert "dot(" in _hlo(lambda t, f: tuple(_sums([t * 2.0, f])), short, flags)
+    assert "dot(" in _hlo(lambda t: _sums([tf.exp(t)])[0], short)
+    long_rows, long_flags = _sum_parts(4096)
+    assert "dot(" not in _hlo(lambda t, f: tuple(_sums([t * 2.0, f])), long_rows, long_flags)
+    assert "dot(" not in _hlo(lambda t, f: tuple(_sums([t * 2.0, f], axis=1)), short, flags)
+    old = _xla.set_dot_sums(False)
+    try:
+        assert "dot(" not in _hlo(lambda t, f: tuple(_sums([t * 2.0, f])), short, flags)
+    finally:
+        _xla.set_dot_sums(old)
+
+
+def test_outside_xla_the_parts_are_reduced_by_tensorflow():
+    terms, flags = _sum_parts(100)
+    graph = tf.function(lambda t, f: tuple(_sums([t, f]))).get_concrete_function(terms, flags).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert "Sum" in ops and not ops & {"Einsum", "BatchMatMulV2", "MatMul", "Complex"}
+
+
+def test_sums_in_a_non_last_axis_and_of_complex_dtype_fall_back():
+    terms, flags = _sum_parts(7)
+    got = tf.function(lambda t, f: tuple(_sums([t, f], axis=1)), jit_compile=True)(terms, flags)
+    np.testing.assert_allclose(got[1].numpy(), tf.reduce_sum(flags, 1, keepdims=True).numpy())
+    z = tf.complex(terms, flags)
+    (zs,) = tf.function(lambda z: tuple(_sums([z])), jit_compile=True)(z)
+    np.testing.assert_allclose(zs.numpy(), tf.reduce_sum(z, -1, keepdims=True).numpy(), rtol=1e-5)
