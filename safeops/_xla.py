@@ -179,6 +179,18 @@ def _in_xla() -> bool:
         return False
 
 
+def sums_as_dot(x, axis) -> bool:
+    """Whether :func:`last_axis_sums` of tensors shaped as ``x`` along ``axis`` is a dot here.
+
+    For an op that would write its summed parts differently for a dot than
+    for TensorFlow's reduction kernels.
+    """
+    rank = x.shape.rank
+    last = (isinstance(axis, int) and not isinstance(axis, bool) and rank is not None and rank >= 1
+            and axis in (-1, rank - 1) and x.shape[-1] is not None and x.shape[-1] < _DOT_SUM_MAX)
+    return last and x.dtype in (tf.float32, tf.float64) and _in_xla() and _dot_sums_allowed()
+
+
 def last_axis_sums(parts, axis):
     """``reduce_sum(p, axis, keepdims=True)`` for each of the same-shape tensors ``parts``.
 
@@ -210,12 +222,9 @@ def last_axis_sums(parts, axis):
     by TensorFlow's reduction kernel.
     """
     x = parts[0]
-    rank = x.shape.rank
-    last = (isinstance(axis, int) and not isinstance(axis, bool) and rank is not None and rank >= 1
-            and axis in (-1, rank - 1) and x.shape[-1] is not None and x.shape[-1] < _DOT_SUM_MAX)
     real = x.dtype in (tf.float32, tf.float64)
     in_xla = _in_xla()
-    if in_xla and last and real and _dot_sums_allowed():
+    if sums_as_dot(x, axis):
         ones = tf.ones(tf.shape(x)[-1:], x.dtype)
         if len(parts) == 1:
             return [tf.expand_dims(tf.einsum("...n,n->...", x, ones), -1)]

@@ -352,6 +352,32 @@ def _hessian_vector(loss_fn, labels, logits, v, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_mixed_second_derivative_labels_logits(batch, mode, ties):
+    """d/dlogits of the labels' gradient ``-log_softmax``, at the row maximum (and ties) too."""
+    logits = np.array(batch["logits"])
+    if ties:
+        logits[:, 1] = logits.max(axis=1)
+    logits, labels = tf.constant(logits), tf.constant(batch["soft"])
+    v = tf.constant(np.random.default_rng(2).normal(size=(6, 5)))
+
+    def mixed(loss_fn):
+        def run(labels, logits):
+            with tf.GradientTape() as outer:
+                outer.watch(logits)
+                with tf.GradientTape() as inner:
+                    inner.watch(labels)
+                    loss = tf.reduce_sum(loss_fn(labels, logits))
+                gv = tf.reduce_sum(inner.gradient(loss, labels) * v)
+            return outer.gradient(gv, logits)
+        return run
+
+    got = _in_mode(mode, mixed(DENSE))(labels, logits).numpy()
+    want = mixed(lambda y, x: -tf.reduce_sum(y * tf.nn.log_softmax(x), -1))(labels, logits).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_second_derivatives_match_tensorflow(batch, mode):
     logits = tf.constant(batch["logits"])
     v = tf.constant(np.random.default_rng(1).normal(size=(6, 5)))

@@ -246,25 +246,39 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
     nothing downstream meets ``inf - inf``). ``log s`` is
     ``log1p(rest + ties - 1)`` where ``rest`` sums the terms off the
     maximum and ``ties`` counts the terms at it (each exactly 1): the
-    accurate variant of Blanchard, Higham and Higham (2021). ``s`` is
-    ``rest + ties``. Each tie is counted as ``1 + d`` (``d = 0`` there): the
-    exact count, and the derivative of its term ``e = exp(d)`` (1), which the
-    second derivative (autodiff of the gradient, through ``s``) needs. It
-    needs no ``exp``, so under XLA both sums are one fused pass
-    (:func:`safeops._xla.last_axis_sums`). A NaN ``d`` is off the maximum and
-    reaches ``rest``.
+    accurate variant of Blanchard, Higham and Higham (2021).
+
+    Under XLA on a CPU (:func:`safeops._xla.sums_as_dot`) both sums are one
+    fused dot, and ``ties`` must then not need the ``exp``: each tie is
+    counted as ``1 + d`` (``d = 0`` there), the exact count with the
+    derivative of its term ``e = exp(d)``, and ``s = rest + ties``. With
+    TensorFlow's kernels, where every elementwise step is one more pass,
+    ``s`` sums ``e`` and ``ties`` is ``s - rest`` rounded, carrying the
+    derivative of ``s - rest``. The second derivative (autodiff of the
+    gradient) needs the maximum's term in both. A NaN reaches ``log s`` either way.
     """
     shift = tf.reduce_max(x, axis, keepdims=True)
     shift = tf.stop_gradient(tf.where(shift == float("-inf"), tf.zeros_like(shift), shift))
     d = x - shift
     e = tf.exp(d)
-    at_max = tf.equal(d, 0.0)
     zero = tf.zeros([], e.dtype)
-    off_max = tf.where(at_max, zero, e)
-    rest, ties = _xla.last_axis_sums([off_max, tf.where(at_max, 1.0 + d, zero)], axis)
-    s = rest + ties
+    if _xla.sums_as_dot(e, axis):
+        at_max = tf.equal(d, 0.0)
+        off_max, at_max_count = tf.where(at_max, zero, e), tf.where(at_max, 1.0 + d, zero)
+        rest, ties = _xla.last_axis_sums([off_max, at_max_count], axis)
+        s = rest + ties
+    else:
+        s = tf.reduce_sum(e, axis, keepdims=True)
+        rest = tf.reduce_sum(tf.where(d < 0, e, zero), axis, keepdims=True)
+        ties = _round_with_identity_gradient(s - rest)
     log_s = tf.math.log1p(tf.where(s == 0, tf.zeros_like(s), rest + (ties - 1)))
     return shift, d, e, s, log_s
+
+
+@tf.custom_gradient
+def _round_with_identity_gradient(t: tf.Tensor):
+    """``round(t)``, differentiated as ``t`` (a count whose terms each carry a derivative)."""
+    return tf.round(t), lambda dy: dy
 
 
 def _safe_ratio(numerator: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
