@@ -1,6 +1,6 @@
 """Regenerates the README's accuracy and speed sections from the scripts that measure them.
 
-    python -m benchmarks.readme            # runs the three measuring runs (about 11 minutes), then rewrites README.md
+    python -m benchmarks.readme            # three measuring runs (about 11 minutes), then rewrites README.md
     python -m benchmarks.readme --no-run   # rewrites README.md from the last results
 
 The edge table comes from ``examples.edge_table`` (evaluated here), the

@@ -255,7 +255,8 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
     TensorFlow's kernels, where every elementwise step is one more pass,
     ``s`` sums ``e`` and ``ties`` is ``s - rest`` rounded, carrying the
     derivative of ``s - rest``. The second derivative (autodiff of the
-    gradient) needs the maximum's term in both. A NaN reaches ``log s`` either way.
+    gradient) needs the maximum's term in both. A NaN reaches ``log s``
+    either way.
     """
     shift = tf.reduce_max(x, axis, keepdims=True)
     shift = tf.stop_gradient(tf.where(shift == float("-inf"), tf.zeros_like(shift), shift))
