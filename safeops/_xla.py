@@ -222,15 +222,13 @@ def last_axis_sums(parts, axis):
     by TensorFlow's reduction kernel.
     """
     x = parts[0]
-    real = x.dtype in (tf.float32, tf.float64)
-    in_xla = _in_xla()
     if sums_as_dot(x, axis):
         ones = tf.ones(tf.shape(x)[-1:], x.dtype)
         if len(parts) == 1:
             return [tf.expand_dims(tf.einsum("...n,n->...", x, ones), -1)]
         sums = tf.einsum("...kn,n->...k", tf.stack(parts, axis=-2), ones)
         return [sums[..., i:i + 1] for i in range(len(parts))]
-    if in_xla and real and len(parts) == 2:
+    if len(parts) == 2 and x.dtype in (tf.float32, tf.float64) and _in_xla():
         both = tf.reduce_sum(tf.complex(parts[0], parts[1]), axis, keepdims=True)
         return [tf.math.real(both), tf.math.imag(both)]
     return [tf.reduce_sum(p, axis, keepdims=True) for p in parts]
