@@ -147,24 +147,25 @@ def _weighted_xent(dtype: tf.DType, weighted: bool):
 def _weighted_xent_op(dtype: tf.DType, weighted: bool, xla: bool):
     """``L(z, x[, q])`` with its gradients; ``q = 1`` when not ``weighted``.
 
-    Eight elementwise kernels forward and a dozen backward as plain ops
+    Nine elementwise kernels forward and a dozen backward as plain ops
     (1.5x TensorFlow's composite forward at 1e5 elements); with ``xla``
     each pass is one fused loop (:mod:`safeops._xla`).
     """
 
     def forward(z, x, q=None):
         a = tf.abs(x)
-        tail = tf.nn.softplus(-a)
+        tail = tf.math.log1p(tf.exp(-a))  # softplus(-a), see _sigmoid_pair
         pos = z if q is None else q * z
         away = tf.where(x >= 0, 1 - z, pos)
         return tf.math.multiply_no_nan(a, away) + (pos + (1 - z)) * tail
 
     def backward(dy, loss, z, x, q=None):
         pos = z if q is None else q * z
-        dx = dy * ((1 - z) * tf.sigmoid(x) - pos * tf.sigmoid(-x))
+        e, above, below = _sigmoid_pair(x)
+        dx = dy * ((1 - z) * above - pos * below)
         if q is None:
             return dy * _dtypes.saturate(-x, dtype), dx
-        tail = tf.nn.softplus(-tf.abs(x))
+        tail = tf.math.log1p(e)
         below = tf.nn.relu(-x) + tail  # softplus(-x), +inf at x = -inf
         dz = tf.math.multiply_no_nan(below, q) - (tf.nn.relu(x) + tail)
         dq = tf.math.multiply_no_nan(below, z)
@@ -188,6 +189,28 @@ def _weighted_xent_op(dtype: tf.DType, weighted: bool, xla: bool):
     # are pruned when nobody asks for them (a whole reduction for pos_weight).
     groups = [(1,), (0, 2)] if weighted else [(1,), (0,)]
     return custom_op(_xla.compiled(fwd, xla), _xla.compiled_gradients(bwd, xla, groups), dtype)
+
+
+def _sigmoid_pair(x: tf.Tensor):
+    """``(e, sigmoid(x), sigmoid(-x))`` with ``e = exp(-|x|)``: one ``exp`` and one division.
+
+    With ``r = 1 / (1 + e)``, the sigmoid of ``|x|`` is ``r`` and the one of
+    ``-|x|`` is ``e * r``; each keeps its relative accuracy (a couple of
+    ULP), the small one included, since nothing is subtracted from 1.
+    Two ``tf.sigmoid`` calls would cost two ``exp`` (under XLA, two
+    logistic loops: the fwd+bwd of the cross-entropy went from 1.3x to about
+    1.1x TensorFlow's composite under ``jit_compile`` at 1e6 elements with
+    this form). ``x = +-inf``: ``e = 0``, sigmoids 1 and 0; NaN stays NaN.
+    The forward's ``softplus(-|x|)`` is ``log1p(e)`` of the same ``e``
+    (TensorFlow's CPU ``softplus`` kernel returns ``e`` itself from
+    ``|x| > 13.9`` on, up to 7 ULP off, which shows in the loss of a
+    confident correct prediction).
+    """
+    e = tf.exp(-tf.abs(x))
+    r = 1 / (1 + e)
+    small = e * r
+    up = x >= 0
+    return e, tf.where(up, r, small), tf.where(up, small, r)
 
 
 def _labels_and_logits(op: str, labels, logits):
