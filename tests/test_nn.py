@@ -474,3 +474,15 @@ def test_sparse_shapes_of_unknown_rank_are_checked_when_the_graph_runs():
     for labels in (tf.constant(1), tf.constant([[1]])):
         with pytest.raises(tf.errors.InvalidArgumentError, match="labels and logits must be shapes"):
             fn(labels, tf.zeros([1, 3]))
+
+
+def test_sparse_batch_sizes_unknown_until_the_graph_runs_are_checked():
+    # Known ranks, unknown dimensions: [2] labels next to [4, 3] logits used to
+    # flatten into a loss of length 2 (rows 0 and 1 only) without a word.
+    spec = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.float32)]
+    fn = tf.function(lambda labels, logits: SPARSE(labels, logits), input_signature=spec)
+    np.testing.assert_allclose(fn(tf.constant([2, 0]), tf.zeros([2, 3])).numpy(), [np.log(3.0)] * 2,
+                               rtol=1e-6)
+    for rows in (1, 4):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="labels and logits must be shapes"):
+            fn(tf.constant([0, 1]), tf.zeros([rows, 3]))

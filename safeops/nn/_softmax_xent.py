@@ -304,16 +304,23 @@ def _broadcast_pair(labels: tf.Tensor, logits: tf.Tensor):
 def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
     """``ValueError`` naming both arguments unless ``labels.shape == logits.shape[:-1]``.
 
-    Where a rank is unknown until the graph runs, returns an assertion that
-    checks the shapes then (as TensorFlow's kernel does: a scalar label next
-    to ``[1, n]`` logits would otherwise reshape into a plausible loss);
-    else ``[]``. The assertion stays on with :func:`safeops.set_validation`
-    off: it reads shapes, not values.
+    Where a rank or a batch dimension is unknown until the graph runs,
+    returns an assertion that checks the shapes then, as TensorFlow's kernel
+    does: a scalar label next to ``[1, n]`` logits, or ``[2]`` labels next
+    to ``[1, n]`` logits, would otherwise flatten into a plausible loss of
+    the wrong length. Else ``[]``. The assertion stays on with
+    :func:`safeops.set_validation` off: it reads shapes, not values.
     """
     expected = "shapes [d0, ..., dn] and [d0, ..., dn, num_classes]"
     if logits.shape.rank == 0:
         raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
-    if labels.shape.rank is None or logits.shape.rank is None:
+    known_ranks = labels.shape.rank is not None and logits.shape.rank is not None
+    if known_ranks and (
+            labels.shape.rank != logits.shape.rank - 1
+            or not labels.shape.is_compatible_with(logits.shape[:-1])):
+        raise ValueError(_validate.message(
+            op, "labels and logits", expected, f"{labels.shape} and {logits.shape}"))
+    if not known_ranks or not (labels.shape.is_fully_defined() and logits.shape[:-1].is_fully_defined()):
         labels_shape, logits_shape = tf.shape(labels, out_type=tf.int64), tf.shape(logits, out_type=tf.int64)
         same_rank = tf.equal(tf.size(labels_shape) + 1, tf.size(logits_shape))
         matching = tf.cond(
@@ -322,7 +329,4 @@ def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
             lambda: tf.constant(False))
         data = [f"{op}: labels and logits must be {expected}, got", labels_shape, "and", logits_shape]
         return [tf.debugging.Assert(matching, data)]
-    if labels.shape.rank != logits.shape.rank - 1 or not labels.shape.is_compatible_with(logits.shape[:-1]):
-        raise ValueError(_validate.message(
-            op, "labels and logits", expected, f"{labels.shape} and {logits.shape}"))
     return []
