@@ -459,6 +459,24 @@ def test_kl_divergence_with_logits_matches_naive_and_handles_masks(data):
     assert float(losses.kl_divergence_with_logits([[0.0, 0.0]], [[0.0, -np.inf]])[0]) == np.inf
 
 
+def test_kl_divergence_with_logits_teacher_gradient_at_a_masked_class():
+    # dKL/dt_k = q_k (log q_k - log p_k - KL): 0 at a masked teacher class, even
+    # where the student masks it too; the student's gradient is p - q.
+    t = tf.constant([[0.0, -np.inf, 1.0], [0.5, -np.inf, -np.inf]])
+    s = tf.constant([[1.0, 2.0, -1.0], [0.0, -np.inf, 3.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([t, s])
+        kl = losses.kl_divergence_with_logits(t, s)
+    dt, ds = tape.gradient(kl, [t, s])
+    q, p = tf.nn.softmax(t).numpy(), tf.nn.softmax(s).numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(q > 0, np.log(q) - np.log(p), 0.0)
+    expected_dt = q * (gap - np.sum(q * gap, -1, keepdims=True))
+    np.testing.assert_allclose(dt.numpy(), expected_dt, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ds.numpy(), p - q, rtol=1e-5, atol=1e-7)
+    assert dt.numpy()[0, 1] == 0 and dt.numpy()[1, 1] == 0 and dt.numpy()[1, 2] == 0
+
+
 def test_kl_divergence_recovers_softmax_logits():
     z = tf.constant([[0.0, -200.0]])
     t = tf.constant([[0.5, 0.5]])

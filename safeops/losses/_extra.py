@@ -102,9 +102,10 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
     Stable rewrite: both log-probabilities by :func:`safeops.math.log_softmax`
     (Blanchard, Higham & Higham 2021), their difference taken elementwise (so
     two close distributions give a small KL without the cancellation of
-    ``cross_entropy - entropy``), and weighted by ``q`` through
-    ``multiply_no_nan``, so a class masked in the teacher (``t_j = -inf``,
-    ``q_j = 0``) adds 0 even where the student masks it too. The naive
+    ``cross_entropy - entropy``), and set to 0 where ``q_j = 0`` before
+    the weighting by ``q``, so a class masked in the teacher
+    (``t_j = -inf``) adds 0 and passes no gradient, even where the student
+    masks it too. The naive
     ``sum(softmax(t) * (log(softmax(t)) - log(softmax(s))))`` is NaN at any
     ``-inf`` logit and loses every probability that underflows.
 
@@ -142,7 +143,13 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         log_q = tfm.log_softmax(t, axis=axis)
         log_p = tfm.log_softmax(pred.values, axis=axis)
         q = tfm.softmax(t, axis=axis)
-        return pred.output(tf.reduce_sum(tf.math.multiply_no_nan(log_q - log_p, q), axis))
+        # Where q_j = 0 the difference is -inf (or NaN when s_j = -inf too);
+        # it is replaced by 0 before the product, not zeroed by it
+        # (multiply_no_nan), since the product's gradient for q_j is that
+        # difference, and -inf times softmax's 0 turned the teacher's
+        # gradient NaN. A NaN q_j still gives NaN.
+        gap = tf.where(q > 0, log_q - log_p, tf.zeros_like(log_q))
+        return pred.output(tf.reduce_sum(gap * q, axis))
 
 
 @functools.lru_cache(maxsize=None)
