@@ -21,9 +21,10 @@ differentiable ops only. Three things are added at second order:
   for a float16 op computed in float32). NaN passes through the clip;
 * **NaN is kept** (contract C2): clamps written with ``tf.maximum`` have a
   zero derivative at a NaN input, so where an input is NaN its second
-  derivative is set to NaN. Conversely, when no input is NaN, a NaN in the
-  second derivative can only be ``0 * inf`` from a saturated first
-  derivative, and is set to that saturated gradient's derivative, 0.
+  derivative is set to NaN. Conversely, a NaN in the second derivative that
+  no NaN operand explains can only be ``0 * inf`` from a saturated first
+  derivative, and is set to that saturated gradient's derivative, 0 (entry
+  by entry, see :func:`_second_order`).
 
 The first-order path costs nothing beyond ``forward`` and ``backward``: the
 second-order wrapper is an identity in the graph. The grad closure keeps
@@ -150,32 +151,54 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
     overflowed intermediate times a zero upstream gradient is NaN. In float64
     they stay finite; the result is then clipped to the output dtype's finite
     range and rounded back. Only second-order gradients pay for this.
+
+    A NaN left in the result is either *owed* (it flows from a NaN input,
+    first-order cotangent ``dy`` or second-order cotangent ``ddx``: contract
+    C2 keeps it) or an *artifact*: ``0 * inf``, an intermediate that
+    overflowed even float64 (``x / y**2`` at ``y = tiny`` in float64) times
+    the zero derivative of a first-order gradient that saturated there; the
+    derivative of that saturated gradient is 0. With no NaN among the
+    operands every NaN is an artifact and becomes 0. Otherwise the pass is
+    run a second time with each NaN operand entry replaced by a harmless
+    value (0.5 for an input, 0 for a cotangent): a NaN that survives the
+    replacement is an artifact (0), one that disappears was owed (NaN). The
+    decision is per entry, so one NaN in a batch does not expose the
+    artifacts of the other entries, and a row-wise op's NaN row stays NaN.
     """
     wide = tf.float64
-    dy64 = tf.cast(dy, wide)
-    xs64 = [tf.cast(x, wide) for x in xs]
-    with tf.GradientTape() as tape:
-        tape.watch([dy64, *xs64])
-        y64, residuals64 = forward(*xs64)
-        redo = tuple(backward(dy64, y64, residuals64, *xs64))
-    dd = tape.gradient(
-        redo, [dy64, *xs64], output_gradients=[tf.cast(d, wide) for d in ddx],
-        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    # With no NaN among the inputs, a NaN here can only be ``0 * inf``: an
-    # intermediate that overflowed even float64 (``x / y**2`` at ``y = tiny``
-    # in float64) times the zero derivative of a first-order gradient that
-    # saturated there. The derivative of that saturated gradient is 0.
-    clean = tf.logical_not(tf.reduce_any(tf.stack(
-        [tf.reduce_any(tf.math.is_nan(t)) for t in (dy, *xs)])))
+    operands = [dy, *xs, *ddx]
+    dd = _differentiate_backward(forward, backward, *[tf.cast(t, wide) for t in operands], n=len(xs))
+    dirty = tf.reduce_any(tf.stack([tf.reduce_any(tf.math.is_nan(t)) for t in operands]))
 
-    def tidy(d, like):
+    def replaced():
+        fills = [0.0] + [0.5] * len(xs) + [0.0] * len(ddx)
+        calm = [tf.where(tf.math.is_nan(t), tf.cast(f, wide), tf.cast(t, wide)) for t, f in zip(operands, fills)]
+        return [tf.math.is_nan(d) for d in _differentiate_backward(forward, backward, *calm, n=len(xs))]
+
+    def all_artifacts():
+        return [tf.ones_like(d, tf.bool) for d in dd]
+
+    artifact = tf.cond(dirty, replaced, all_artifacts)
+
+    def tidy(d, spurious, like):
         d = _dtypes.saturate(d, output_dtype)
-        d = tf.where(clean & tf.math.is_nan(d), tf.zeros_like(d), d)
+        d = tf.where(spurious & tf.math.is_nan(d), tf.zeros_like(d), d)
         return tf.cast(d, like.dtype)
 
-    ddy = tidy(dd[0], dy)
-    ddxs = [tf.where(tf.math.is_nan(x), x, tidy(d, x)) for x, d in zip(xs, dd[1:])]
+    ddy = tidy(dd[0], artifact[0], dy)
+    ddxs = [tf.where(tf.math.is_nan(x), x, tidy(d, a, x)) for x, d, a in zip(xs, dd[1:], artifact[1:])]
     return (ddy, *ddxs)
+
+
+def _differentiate_backward(forward, backward, dy, *rest, n):
+    """The vector-Jacobian product of ``backward`` with cotangents ``rest[n:]``, for ``dy`` and ``xs = rest[:n]``."""
+    xs, ddx = list(rest[:n]), rest[n:]
+    with tf.GradientTape() as tape:
+        tape.watch([dy, *xs])
+        y, residuals = forward(*xs)
+        redo = tuple(backward(dy, y, residuals, *xs))
+    return tape.gradient(redo, [dy, *xs], output_gradients=list(ddx),
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
