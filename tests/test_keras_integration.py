@@ -92,6 +92,56 @@ def test_keras_file_round_trip_keeps_the_loss(saved):
                                rtol=1e-5)
 
 
+# Losses passed to compile as functions (Keras' names and safeops-only ones) or as
+# instances, with the head and targets each is used with.
+COMPILED = {
+    "binary_crossentropy": (losses.binary_crossentropy, "sigmoid", 3, BINARY),
+    "categorical_crossentropy": (losses.categorical_crossentropy, "softmax", 3, ONEHOT),
+    "sparse_categorical_crossentropy": (losses.sparse_categorical_crossentropy, "softmax", 3, CLASSES),
+    "binary_focal_crossentropy": (losses.binary_focal_crossentropy, "sigmoid", 3, BINARY),
+    "categorical_focal_crossentropy": (losses.categorical_focal_crossentropy, "softmax", 3, ONEHOT),
+    "kl_divergence": (losses.kl_divergence, "softmax", 3, ONEHOT * 0.8 + 0.2 / 3),
+    "poisson": (losses.poisson, "softplus", 3, np.round(np.abs(X[:, :3]) * 2)),
+    "gaussian_nll": (losses.gaussian_nll, None, 6, X[:, :3]),
+    "kl_divergence_with_logits": (losses.kl_divergence_with_logits, None, 3, X[:, :3] * 2),
+    "tversky_loss": (losses.tversky_loss, "sigmoid", 3, BINARY),
+    "info_nce": (losses.info_nce, None, 6, np.zeros(32, "float32")),
+    "LossFunctionWrapper": (losses.LossFunctionWrapper(losses.categorical_crossentropy, label_smoothing=0.1),
+                            "softmax", 3, ONEHOT),
+    "SparseCategoricalCrossentropy": (
+        losses.SparseCategoricalCrossentropy(axis=1, dtype="float64"), "softmax", 3, CLASSES),
+    "GaussianNLL": (losses.GaussianNLL(min_variance=1e-2), None, 6, X[:, :3]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPILED))
+def test_keras_file_reloads_the_safeops_loss_without_custom_objects(case, tmp_path):
+    """Keras used to reload a function by its bare name: its own loss of that name, or none."""
+    loss, activation, units, y = COMPILED[case]
+    model = _model(activation, units)
+    model.compile(optimizer="sgd", loss=loss)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    if isinstance(loss, keras.losses.Loss):
+        assert type(loaded.loss) is type(loss)
+        assert loaded.loss.get_config() == loss.get_config()
+        assert loaded.loss.fn is loss.fn and loaded.loss.dtype == loss.dtype
+    else:
+        assert loaded.loss is loss
+    np.testing.assert_allclose(loaded.evaluate(X, y, verbose=0), model.evaluate(X, y, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(c for c in COMPILED if c.islower()))
+def test_registered_names_resolve_to_the_safeops_function(name):
+    fn = getattr(losses, name)
+    assert keras.saving.get_registered_name(fn) == f"safeops>{name}"
+    assert keras.losses.deserialize(f"safeops>{name}") is fn
+    assert keras.losses.get(keras.losses.serialize(fn)) is fn
+    assert losses.get(f"safeops>{name}") is fn
+    assert losses.get(keras.losses.serialize(fn)) is fn
+    assert keras.saving.get_registered_name(losses.LossFunctionWrapper) == "safeops>LossFunctionWrapper"
+
+
 def test_saved_model_export_reload_and_call(saved):
     model, path = saved
     reloaded = tf.saved_model.load(str(path / "saved_model"))

@@ -34,7 +34,9 @@ backend.
 Every other ``keras.losses`` name (``MeanSquaredError``, ``Huber``,
 ``Loss``, ``serialize``, ...) is Keras' own (:mod:`safeops._dropin`), and
 :func:`get` returns safeops' loss for the identifiers of the losses it
-replaces.
+replaces. Every loss function and class here is registered with Keras as
+``"safeops>name"``, so a model compiled with one saves and loads back with
+it (see :mod:`safeops.losses._authoring`).
 """
 
 import inspect as _inspect
@@ -84,11 +86,23 @@ def get(identifier):
 
     A string names a loss function or class as Keras does (with its
     aliases: ``"categorical_crossentropy"``, ``"CategoricalCrossentropy"``,
-    ``"kld"``), a dict is a serialized class; ``None`` and callables are
+    ``"kld"``), or by its registered name (``"safeops>gaussian_nll"``); the
+    losses only safeops has are found by their bare names too
+    (``"gaussian_nll"``, ``"TverskyLoss"``). A dict is a serialized loss
+    (``keras.losses.serialize(loss)``, or Keras' short form
+    ``{"class_name": ..., "config": {...}}``); ``None`` and callables are
     returned as they are, as in Keras. When Keras resolves the identifier to
     a loss that safeops replaces, the safeops function is returned, or an
     instance of the safeops class built from the same config. Any other
     loss is Keras' own.
+
+    A dict naming a replaced class is built by the safeops class from the
+    dict's own config, every key of it, rather than by Keras' class first:
+    Keras' ``get_config`` has no ``dtype`` (nor ``axis``, for the sparse
+    cross-entropy), so going through a Keras instance would silently reset
+    them to their defaults, and Keras' constructor refuses safeops' keyword
+    ``check_finite``. So ``get(keras.losses.serialize(loss))`` rebuilds
+    ``loss`` with an equal ``get_config()``.
 
     Raises:
       ValueError: Keras cannot interpret ``identifier``.
@@ -100,7 +114,17 @@ def get(identifier):
     True
     >>> type(losses.get({"class_name": "BinaryCrossentropy", "config": {"from_logits": True}})).__module__
     'safeops.losses._crossentropy'
+    >>> losses.get("safeops>gaussian_nll") is losses.gaussian_nll
+    True
     """
+    if isinstance(identifier, str):
+        ours = _own(identifier)
+        if ours is not None:
+            return ours() if _inspect.isclass(ours) else ours
+    if isinstance(identifier, dict):
+        ours = _replacing_class(identifier)
+        if ours is not None:
+            return ours.from_config(dict(identifier.get("config") or {}))
     obj = _keras.losses.get(identifier)
     if not isinstance(identifier, (str, dict)):
         return obj
@@ -110,8 +134,43 @@ def get(identifier):
     return obj if ours is None else ours.from_config(obj.get_config())
 
 
+def _own(name):
+    """The loss a registered name (``"package>name"``) or the bare name of a safeops-only loss stands for."""
+    if ">" not in name:
+        return _ONLY_OURS.get(name)
+    obj = _keras.saving.get_registered_object(name)
+    if _inspect.isfunction(obj) or (_inspect.isclass(obj) and issubclass(obj, _keras.losses.Loss)):
+        return obj
+    return None  # not a loss: Keras' get says it cannot interpret the name
+
+
+def _replacing_class(identifier):
+    """The safeops class that builds a serialized loss from its config: None to leave it to Keras.
+
+    A dict with a registered name of its own (``"safeops>BinaryFocalCrossentropy"``,
+    or a user's ``loss_class``) is left to Keras' registry, which builds
+    that class from the whole config. Otherwise ``class_name`` is looked up
+    among safeops' classes, whose names are those of the Keras classes they
+    replace.
+    """
+    class_name = identifier.get("class_name")
+    registered = identifier.get("registered_name")
+    if registered and registered != class_name:
+        return None
+    return _CLASSES.get(class_name) if isinstance(class_name, str) else None
+
+
 # Keras' function or class -> safeops' one of the same name.
 _REPLACED = {getattr(_keras.losses, _name): globals()[_name]
              for _name in __all__ if hasattr(_keras.losses, _name)}
+
+# safeops' Loss classes by class name (the wrapper included).
+_CLASSES = {_name: _obj for _name, _obj in list(globals().items())
+            if _inspect.isclass(_obj) and issubclass(_obj, _keras.losses.Loss)}
+
+# The losses Keras has no name for, by name.
+_ONLY_OURS = {_name: globals()[_name] for _name in (
+    "gaussian_nll", "GaussianNLL", "kl_divergence_with_logits", "KLDivergenceWithLogits",
+    "tversky_loss", "TverskyLoss", "info_nce", "InfoNCE")}
 
 __getattr__, __dir__ = _dropin.forward_rest(__name__, globals(), lambda: _keras.losses, "keras.losses")

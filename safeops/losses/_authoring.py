@@ -26,10 +26,20 @@ one code path decides, for all of them:
   loss (for equal per-replica batches, as Keras assumes); ``"sum"`` is not
   scaled, and sums across replicas;
 * **saving**: ``get_config``/``from_config`` carry the function's keyword
-  options, and every class is registered with
+  options and every argument of the class (``reduction``, ``name``,
+  ``dtype``, ``check_finite``), and every class, :class:`LossFunctionWrapper`
+  itself and every loss function of :mod:`safeops.losses` is registered with
   ``keras.saving.register_keras_serializable`` (package ``"safeops"`` for the
-  built-in ones), so a compiled model saved as ``.keras`` loads back with its
-  loss;
+  built-in ones), so a model compiled with any of them, class or function,
+  saved as ``.keras`` loads back with that very loss and no
+  ``custom_objects``. The registration of the functions matters more than
+  it looks: Keras saves an unregistered function by its bare name and, on
+  loading, looks that name up among its own losses first, so
+  ``safeops.losses.binary_crossentropy`` would come back as Keras'
+  ``binary_crossentropy`` (with its clip and dead gradient) without a word,
+  and ``gaussian_nll``, which Keras lacks, would not load at all. Registered,
+  it is saved as ``"safeops>binary_crossentropy"``, a name Keras looks up in
+  its registry, where only safeops' function is;
 * **a finite check**, off by default: ``check_finite=True`` adds a graph
   assertion that the per-example losses are finite, failing with
   ``<loss name> (<class>): per-example loss must be finite, got [...]``. It
@@ -53,6 +63,7 @@ from safeops.losses import _probabilities
 _REDUCTION = "sum_over_batch_size"
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 class LossFunctionWrapper(keras.losses.Loss):
     """A ``keras.losses.Loss`` computing ``fn(y_true, y_pred, **kwargs)`` per example.
 
@@ -66,7 +77,10 @@ class LossFunctionWrapper(keras.losses.Loss):
       fn: ``fn(y_true, y_pred, **kwargs) -> per-example losses`` (one value
         per example, or per example and position, as Keras' losses return).
         It must be registered with ``keras.saving.register_keras_serializable``
-        for a model using this wrapper directly to be saved.
+        for a model using this wrapper directly to be saved (the functions of
+        :mod:`safeops.losses` are). An unregistered function is saved by its
+        bare name, which Keras resolves to its own loss of that name if it
+        has one.
       reduction: Keras' reduction: ``"sum_over_batch_size"`` (default),
         ``"sum"``, ``"mean"``, ``"mean_with_sample_weight"``, ``"none"`` or
         ``None``.
@@ -109,7 +123,17 @@ class LossFunctionWrapper(keras.losses.Loss):
         return losses
 
     def get_config(self):
-        config = {"name": self.name, "reduction": self.reduction, "check_finite": self.check_finite}
+        """Every constructor argument, so that ``from_config(get_config())`` rebuilds this loss.
+
+        Keras' ``Loss.get_config`` leaves ``dtype`` out (a float64 loss comes
+        back float32); here it is the name of the dtype policy the loss was
+        built with (``"float64"``, ``"mixed_float16"``). The bare wrapper
+        also saves ``fn``, through Keras' serializer: a registered function
+        (every one of :mod:`safeops.losses`) is saved under its registered
+        name, ``"safeops>binary_crossentropy"``, and comes back as itself.
+        """
+        config = {"name": self.name, "reduction": self.reduction, "dtype": self._dtype_policy.name,
+                  "check_finite": self.check_finite}
         config.update(self._fn_kwargs)
         if type(self) is LossFunctionWrapper:
             config["fn"] = keras.saving.serialize_keras_object(self.fn)
@@ -117,6 +141,7 @@ class LossFunctionWrapper(keras.losses.Loss):
 
     @classmethod
     def from_config(cls, config):
+        """The loss of :meth:`get_config`'s ``config``; ``fn`` (a serialized function) is resolved first."""
         config = dict(config)
         if "fn" in config:
             config["fn"] = keras.saving.deserialize_keras_object(config["fn"])

@@ -29,6 +29,7 @@ from safeops.losses._authoring import LossFunctionWrapper
 _REDUCTION = "sum_over_batch_size"
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     r"""Binary cross-entropy, averaged over ``axis``, finite with a live gradient.
 
@@ -92,6 +93,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         return pred.output(tf.reduce_mean(per_entry, axis))
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     r"""Categorical cross-entropy along ``axis``, finite with a live gradient.
 
@@ -147,6 +149,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         return pred.output(nn.softmax_cross_entropy_with_logits(y, logits, axis=axis))
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
     r"""Cross-entropy for class indices, finite, loud on bad labels, with ``ignore_class``.
 

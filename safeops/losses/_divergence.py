@@ -21,6 +21,7 @@ from safeops.losses._authoring import LossFunctionWrapper
 _REDUCTION = "sum_over_batch_size"
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def kl_divergence(y_true, y_pred):
     r"""Kullback-Leibler divergence :math:`\sum y \log(y / p)` over the last axis.
 
@@ -73,6 +74,7 @@ def kl_divergence(y_true, y_pred):
         return pred.output(tf.reduce_sum(tfm.xlogy(y, y) - cross, -1))
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def poisson(y_true, y_pred):
     r"""Poisson negative log-likelihood (without :math:`\log y!`), averaged over the last axis.
 

@@ -49,12 +49,14 @@ float16 and nearly float32) and keeps the tiny loss of a confident match
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 import safeops.math as tfm
 from safeops.losses._authoring import loss_class
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
     r"""One minus the Tversky index per example; 0 when mask and prediction are both empty.
 
@@ -92,6 +94,7 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
     return tfm.divide_no_nan(errors, tp + errors)
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def info_nce(y_true, y_pred, temperature=0.1):
     r"""InfoNCE contrastive loss with in-batch negatives; ``y_true`` is ignored.
 

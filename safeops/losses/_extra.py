@@ -18,6 +18,7 @@ _REDUCTION = "sum_over_batch_size"
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def gaussian_nll(y_true, y_pred, *, min_variance=None):
     r"""Gaussian negative log-likelihood of ``y_true`` under a predicted mean and log-variance.
 
@@ -90,6 +91,7 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
         return pred.output(tf.reduce_mean(0.5 * (_LOG_2PI + s + tf.square(z)), -1))
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def kl_divergence_with_logits(y_true, y_pred, axis=-1):
     r"""KL divergence between two categorical distributions given by their logits.
 

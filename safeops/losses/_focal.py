@@ -31,6 +31,7 @@ from safeops.losses._authoring import LossFunctionWrapper
 _REDUCTION = "sum_over_batch_size"
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25, gamma=2.0,
                               from_logits=False, label_smoothing=0.0, axis=-1):
     r"""Binary focal cross-entropy, averaged over ``axis``, in log space.
@@ -117,6 +118,7 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
         return pred.output(tf.reduce_mean(loss, axis))
 
 
+@keras.saving.register_keras_serializable(package="safeops")
 def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
                                    label_smoothing=0.0, axis=-1):
     r"""Categorical focal cross-entropy along ``axis``, in log space.
