@@ -142,6 +142,15 @@ def _could_record() -> bool:
     return _record is None or _record.could_possibly_record()
 
 
+def watched_eagerly(x: tf.Tensor) -> bool:
+    """Whether a GradientTape on this thread watches ``x`` (eager; ``True`` where unknown).
+
+    TensorFlow's own test (``record.should_record_backprop``), as in
+    :func:`_could_record`.
+    """
+    return _record is None or _record.should_record_backprop([x])
+
+
 def _second_order(forward, backward, output_dtype, dy, xs, ddx):
     """Differentiates ``backward`` once more, in float64, and saturates.
 

@@ -601,3 +601,29 @@ def test_property_categorical_and_focal_from_logits(logits, draw):
     p_k = np.exp(log_p[0, k])
     np.testing.assert_allclose(focal, [0.25 * (1 - p_k) ** 2 * -log_p[0, k]], rtol=1e-4, atol=1e-6)
     assert np.all(np.isfinite(fgrad))
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32])
+@pytest.mark.parametrize("name, kwargs", [
+    ("categorical_crossentropy", {}),
+    ("categorical_focal_crossentropy", {}),
+    ("categorical_focal_crossentropy", {"gamma": 1.5, "alpha": [0.2, 0.3, 0.5]}),
+    ("binary_crossentropy", {}),
+    ("binary_focal_crossentropy", {}),
+])
+def test_label_gradient_saturates_at_a_mask_logit(name, kwargs, dtype):
+    # d loss / d y_j is -log p_j-like: infinite at a -inf logit, and beyond
+    # float16's range long before that; a learned target gets it saturated.
+    logits = tf.constant([[-np.inf, 2.0, 0.5], [1.0, 2.0, -np.inf], [-20.0, 3.0, 0.0]], dtype)
+    labels = tf.constant([[0.0, 0.7, 0.3], [0.2, 0.8, 0.0], [0.1, 0.6, 0.3]], dtype)
+    value, grad = _value_and_grad(
+        lambda y: getattr(losses, name)(y, logits, from_logits=True, **kwargs), labels)
+    assert np.isfinite(value).all()
+    grad = grad.astype(np.float64)
+    assert np.isfinite(grad).all(), grad
+    if name == "binary_focal_crossentropy":
+        return  # its factor (1 - p_t)**gamma = y**gamma there: the exact slope at y = 0 is 0
+    # The -inf logits pull their labels down with the largest finite slope
+    # (a third of it after binary_crossentropy's mean over 3 entries).
+    biggest = float(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).max)
+    assert grad[0, 0] >= biggest / 4 and grad[1, 2] >= biggest / 4

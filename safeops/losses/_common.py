@@ -87,12 +87,23 @@ def checked_non_negative(op, x, name):
 
 
 def labels_like(op, y_true, prediction, name="y_true"):
-    """``y_true`` in the compute dtype of ``prediction`` (numbers, bools and ints accepted, as Keras)."""
+    """``y_true`` in the compute dtype of ``prediction`` (numbers, bools and ints accepted, as Keras).
+
+    Float labels pass through a cast whose gradient saturates at their own
+    dtype's largest finite value: the gradient of a loss with respect to a
+    label is ``-log p``-like and infinite where ``p = 0`` (a ``-inf`` mask
+    logit), or finite in float32 but beyond float16's range; saturated, it
+    stays finite with its sign (C1), as the logits' gradients do, for a
+    label that is itself learned (a teacher, a soft target). NaN passes
+    through.
+    """
     if isinstance(y_true, str) or getattr(getattr(y_true, "dtype", None), "name", "") == "string":
         raise TypeError(_validate.message(op, name, "numeric labels", "a string"))
     y_true = tf.convert_to_tensor(y_true)
     if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
         raise TypeError(_validate.message(op, name, "numeric labels", y_true.dtype.name))
+    if y_true.dtype.is_floating and y_true.dtype.size <= prediction.compute_dtype.size:
+        return _probabilities.saturating_cast(y_true, prediction.compute_dtype)
     return tf.cast(y_true, prediction.compute_dtype)
 
 

@@ -52,7 +52,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
-from safeops._gradient import custom_op
+from safeops._gradient import custom_op, watched_eagerly
 
 _RECORD = "_safeops_logits"
 _KERAS_LOGITS = "_keras_logits"
@@ -175,6 +175,17 @@ def cast_keeping_logits(value, dtype):
     return carry(value, tf.cast(value, dtype))
 
 
+def saturating_cast(value: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """``tf.cast(value, dtype)`` (a wider or equal float dtype) whose gradient saturates at ``value``'s range.
+
+    Eager, with no tape watching ``value`` (labels usually), a plain cast:
+    the custom gradient's bookkeeping would be most of a small loss's cost.
+    """
+    if tf.executing_eagerly() and not watched_eagerly(value):
+        return tf.cast(value, dtype)
+    return _saturating_widen(value.dtype, tf.as_dtype(dtype))(value)
+
+
 @functools.lru_cache(maxsize=None)
 def _saturating_widen(narrow: tf.DType, wide: tf.DType):
     """``tf.cast`` to ``wide`` whose gradient saturates at ``narrow``'s range.
@@ -182,7 +193,8 @@ def _saturating_widen(narrow: tf.DType, wide: tf.DType):
     A loss computed in float32 on a float16 ``y_pred`` can have a finite
     float32 gradient beyond 65504 (a boundary gradient ``1/tiny``, a
     ``1/sqrt(floor)``); cast back to float16 it would be ``inf``. Saturated,
-    it keeps its sign and stays finite (C1, C4); NaN passes through.
+    it keeps its sign and stays finite (C1, C4); NaN passes through. With
+    ``narrow == wide`` it is an identity that clips an infinite gradient.
     """
     return custom_op(
         lambda x: tf.cast(x, wide),
