@@ -181,7 +181,8 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
 
     def replaced():
         fills = [0.0] + [0.5] * len(xs) + [0.0] * len(ddx)
-        calm = [tf.where(tf.math.is_nan(t), tf.cast(f, wide), tf.cast(t, wide)) for t, f in zip(operands, fills)]
+        calm = [tf.where(tf.math.is_nan(t), tf.cast(f, wide), tf.cast(t, wide))
+                for t, f in zip(operands, fills)]
         return [tf.math.is_nan(d) for d in _differentiate_backward(forward, backward, *calm, n=len(xs))]
 
     def all_artifacts():
@@ -200,7 +201,7 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
 
 
 def _differentiate_backward(forward, backward, dy, *rest, n):
-    """The vector-Jacobian product of ``backward`` with cotangents ``rest[n:]``, for ``dy`` and ``xs = rest[:n]``."""
+    """The product of ``backward``'s Jacobian, for ``dy`` and ``xs = rest[:n]``, with cotangents ``rest[n:]``."""
     xs, ddx = list(rest[:n]), rest[n:]
     with tf.GradientTape() as tape:
         tape.watch([dy, *xs])

@@ -69,23 +69,34 @@ def _dtype_name(value: Any) -> str:
     return type(value).__name__
 
 
-def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None) -> tf.Tensor:
+def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
+                 cast: bool = False) -> tf.Tensor:
     """Converts ``value`` to a float tensor, or raises ``TypeError`` naming ``arg``.
 
-    Tensors, variables and NumPy arrays keep their dtype, which must be one
-    of the four float dtypes. Python floats become ``dtype`` when given (the
-    dtype of the other operand of a binary op), else float32 as in
-    TensorFlow, and a list of NumPy scalars keeps their dtype (as
-    ``tf.convert_to_tensor``). SparseTensors are refused (only ``sqrt``
-    takes one, as TensorFlow's). Integers, booleans, strings and complex
-    numbers are refused: ``tf.math`` refuses them too, only with a message
-    that names the kernel.
+    Tensors and variables keep their dtype, which must be one of the four
+    float dtypes (``dtype``, when given, the dtype of the other operand of a
+    binary op). NumPy arrays and scalars keep theirs too, unless ``dtype``
+    is given: then, as TensorFlow converts a non-tensor operand to the
+    dtype of the tensor beside it, a float or integer array becomes
+    ``dtype`` (``xlogy(np.float64(2), float32_tensor)`` is float32). Python
+    floats become ``dtype`` when given, else float32 as in TensorFlow, and
+    a list of NumPy scalars keeps their dtype (as ``tf.convert_to_tensor``).
+    ``cast=True`` casts float and integer tensors to ``dtype`` as well, for
+    the arguments that TensorFlow's kernel casts (the labels of
+    ``softmax_cross_entropy_with_logits``). SparseTensors are refused (only
+    ``sqrt`` takes one, as TensorFlow's). Integers (but for the conversions
+    above), booleans, strings and complex numbers are refused: ``tf.math``
+    refuses them too, only with a message that names the kernel.
     """
     if isinstance(value, tf.SparseTensor):
         raise TypeError(message(
             op, arg, "a dense " + _FLOAT_NAMES[2:], "a SparseTensor (tf.sparse.to_dense first)"))
+    if isinstance(value, (np.ndarray, np.generic)) and dtype is not None and value.dtype.kind in "fiu":
+        return tf.constant(value, dtype=dtype)
     if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "dtype"):
         got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
+        if cast and dtype is not None and got is not None and (got.is_floating or got.is_integer):
+            return tf.cast(value, dtype)
         if got is None or got not in _dtypes.FLOAT_DTYPES:
             raise TypeError(message(op, arg, _FLOAT_NAMES, _dtype_name(value)))
         if dtype is not None and got != dtype:
@@ -133,14 +144,17 @@ def _holds_python_floats(value: Any) -> bool:
 def float_tensors(op: str, **named: Any) -> list[tf.Tensor]:
     """Converts several operands that must share one float dtype.
 
-    Tensors fix the dtype; Python scalars and lists adopt it. Mismatched
+    Tensors fix the dtype; NumPy arrays, Python scalars and lists adopt it
+    (a NumPy array sets it only where no operand is a tensor). Mismatched
     tensor dtypes raise ``TypeError`` naming the second argument.
     """
     dtype = None
-    for arg, value in named.items():
-        if hasattr(value, "dtype"):
-            dtype = float_tensor(value, op, arg).dtype
-            break
+    arrays = [(arg, v) for arg, v in named.items() if isinstance(v, (np.ndarray, np.generic))]
+    tensors = [(arg, v) for arg, v in named.items()
+               if hasattr(v, "dtype") and not isinstance(v, (np.ndarray, np.generic))]
+    if tensors or arrays:
+        arg, value = (tensors or arrays)[0]
+        dtype = float_tensor(value, op, arg).dtype
     else:
         # Only Python numbers and lists: the first that holds floats sets the
         # dtype for the others, as TensorFlow converts ``divide_no_nan(1.0, 1)``

@@ -54,7 +54,8 @@ def test_one_nan_entry_leaves_the_other_second_derivatives_alone(name, dtype, mo
     v = tf.ones_like(x)
     alone = run(x, v).numpy()
     assert not np.isnan(alone).any(), alone
-    with_nan = run(tf.concat([x, tf.constant([np.nan], dtype)], 0), tf.concat([v, tf.ones([1], dtype)], 0)).numpy()
+    with_nan = run(tf.concat([x, tf.constant([np.nan], dtype)], 0),
+                   tf.concat([v, tf.ones([1], dtype)], 0)).numpy()
     np.testing.assert_array_equal(with_nan[:-1], alone)
     assert np.isnan(with_nan[-1])
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import safeops
+import safeops.math
 from safeops import nn
 
 INF, NAN = np.inf, np.nan
@@ -323,9 +324,37 @@ def test_shape_errors_name_both_arguments():
         SIGMOID(labels=tf.ones([2]))
 
 
+@pytest.mark.parametrize("labels", [
+    tf.constant([[0.0, 1.0, 0.0]], tf.float64),  # numpy-made one-hots
+    tf.constant([[0.0, 1.0, 0.0]], tf.float32),  # float32 one-hots next to mixed_float16 logits
+    tf.constant([[0, 1, 0]], tf.int32),
+    np.array([[0.0, 1.0, 0.0]]),
+])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32])
+def test_dense_labels_are_cast_to_the_logits_dtype_as_in_tensorflow(labels, dtype):
+    logits = tf.constant([[1.0, 2.0, -1.0]], dtype)
+    got = DENSE(labels, logits)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.numpy(), tf.nn.softmax_cross_entropy_with_logits(labels, logits).numpy(),
+                               rtol=1e-3 if dtype == tf.float16 else 1e-6)
+
+
+@pytest.mark.parametrize("name", ["xlogy", "xlog1py", "divide_no_nan"])
+@pytest.mark.parametrize("other", [np.float64(0.5), np.array([0.5, 2.0]), np.array([1, 2]), np.float16(0.5)])
+def test_numpy_operand_next_to_a_tensor_takes_its_dtype_as_in_tensorflow(name, other):
+    x = tf.constant([0.25, 3.0])
+    for args in ((other, x), (x, other)):
+        got = getattr(safeops.math, name)(*args)
+        assert got.dtype == tf.float32
+        np.testing.assert_array_equal(got.numpy(), getattr(tf.math, name)(*args).numpy())
+    got = WEIGHTED(x, x, other)
+    np.testing.assert_allclose(got.numpy(), tf.nn.weighted_cross_entropy_with_logits(x, x, other).numpy(),
+                               rtol=1e-6)
+
+
 def test_dense_dtype_errors_name_the_argument():
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy_with_logits: labels must be of dtype float32"):
-        DENSE(tf.ones([2, 3], tf.float64), tf.ones([2, 3]))
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy_with_logits: labels must be a floating-point"):
+        DENSE(tf.constant([["a", "b", "c"]]), tf.ones([1, 3]))
     with pytest.raises(TypeError, match=r"logits must be a floating-point tensor"):
         DENSE(tf.ones([2, 3]), tf.ones([2, 3], tf.int32))
     with pytest.raises(TypeError, match=r"sigmoid_cross_entropy_with_logits: labels must be a floating-point"):

@@ -69,9 +69,9 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
         eager, ``tf.function`` and XLA.
 
     Args:
-      labels: A float tensor of the dtype of ``logits``, broadcastable to it
-        (usually the same shape): a distribution per slice along ``axis``.
-        Python lists are converted to ``logits.dtype``.
+      labels: A float or integer tensor, array or list, broadcastable to
+        ``logits`` (usually the same shape): a distribution per slice along
+        ``axis``. Cast to ``logits.dtype``, as TensorFlow's op does.
       logits: A float tensor (float16, bfloat16, float32 or float64) of
         unscaled log-probabilities. float16 and bfloat16 are computed in
         float32 and rounded once.
@@ -83,8 +83,8 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
       ``logits`` without ``axis``.
 
     Raises:
-      TypeError: ``logits`` is not a float tensor, or ``labels`` is not one
-        of the same dtype.
+      TypeError: ``logits`` is not a float tensor, or ``labels`` is not a
+        float or integer one.
       ValueError: the shapes do not broadcast, ``logits`` is a scalar, or
         ``axis`` is out of range.
 
@@ -99,7 +99,9 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
     op = "safeops.nn.softmax_cross_entropy_with_logits"
     with _validate.op_scope(op, name):
         logits = _validate.float_tensor(logits, op, "logits")
-        labels = _validate.float_tensor(labels, op, "labels", logits.dtype)
+        # TensorFlow's kernel casts the labels to the logits' dtype (float32
+        # one-hot labels next to mixed_float16 logits, integer one-hots).
+        labels = _validate.float_tensor(labels, op, "labels", logits.dtype, cast=True)
         rank = logits.shape.rank
         if rank == 0:
             raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
