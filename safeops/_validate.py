@@ -204,6 +204,47 @@ def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> No
             raise AxisError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
 
 
+def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: bool = False) -> Any:
+    """An axis argument as Python ints, checked against ``rank``.
+
+    Takes what TensorFlow and Keras take: Python and NumPy integers, and
+    integer tensors whose value is known while tracing (``tf.constant(1)``);
+    with ``many`` also lists, tuples and arrays of them (a tuple comes back)
+    and ``None`` (every axis). A scalar integer tensor known only when the
+    graph runs is returned as it is (the op's kernels check it then).
+    Bools, floats and several axes where one is expected raise ``TypeError``
+    naming ``arg``; an axis out of range raises :class:`AxisError`.
+    """
+    one = "an int" if not many else "an int, a list of ints or None"
+    if axis is None and many:
+        return None
+    if isinstance(axis, (tf.Tensor, tf.Variable)):
+        if not axis.dtype.is_integer:
+            raise TypeError(message(op, arg, one, f"a {axis.dtype.name} tensor"))
+        known = tf.get_static_value(axis)
+        if known is None:
+            if axis.shape.rank == 0:
+                return axis
+            if not many:
+                raise TypeError(message(op, arg, one, f"a tensor of shape {axis.shape}"))
+            raise TypeError(message(op, arg, "axes known when the function is traced", "a runtime tensor"))
+        axis = known
+    if isinstance(axis, (np.ndarray, list, tuple)):
+        values = np.asarray(axis)
+        if values.ndim == 0:
+            axis = values[()]
+        elif not many or values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
+            raise TypeError(message(op, arg, one, repr(axis)))
+        else:
+            axes = tuple(int(a) for a in values)
+            axis_in_range(op, axes, rank, arg)
+            return axes
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(message(op, arg, one, repr(axis)))
+    axis_in_range(op, int(axis), rank, arg)
+    return int(axis)
+
+
 def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.Tensor | None = None) -> list:
     """A graph assertion with the standard message, or ``[]`` when checks are off.
 

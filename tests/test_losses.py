@@ -627,3 +627,27 @@ def test_label_gradient_saturates_at_a_mask_logit(name, kwargs, dtype):
     # (a third of it after binary_crossentropy's mean over 3 entries).
     biggest = float(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).max)
     assert grad[0, 0] >= biggest / 4 and grad[1, 2] >= biggest / 4
+
+
+@pytest.mark.parametrize("axis", [(1, 2), [1, 2], None, np.int64(1), np.array([0, 2])])
+@pytest.mark.parametrize("name", ["binary_crossentropy", "binary_focal_crossentropy"])
+def test_binary_losses_average_over_the_axes_keras_takes(name, axis):
+    rng = np.random.default_rng(9)
+    y = tf.constant(rng.uniform(size=(2, 3, 4)), tf.float32)
+    p = tf.constant(rng.uniform(0.05, 0.95, size=(2, 3, 4)), tf.float32)
+    got = getattr(losses, name)(y, p, axis=axis)
+    expected = getattr(keras.losses, name)(y, p, axis=axis)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4)
+
+
+def test_categorical_losses_take_numpy_and_constant_tensor_axes():
+    rng = np.random.default_rng(10)
+    y = tf.nn.softmax(tf.constant(rng.normal(size=(2, 3, 4)), tf.float32), axis=1)
+    z = tf.constant(rng.normal(size=(2, 3, 4)), tf.float32)
+    expected = keras.losses.categorical_crossentropy(y, z, from_logits=True, axis=1)
+    for axis in (np.int64(1), tf.constant(1), np.int32(-2)):
+        got = losses.categorical_crossentropy(y, z, from_logits=True, axis=axis)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)
+    with pytest.raises(TypeError, match="categorical_crossentropy: axis must be an int"):
+        losses.categorical_crossentropy(y, z, from_logits=True, axis=(1, 2))

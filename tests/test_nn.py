@@ -515,3 +515,34 @@ def test_sparse_batch_sizes_unknown_until_the_graph_runs_are_checked():
     for rows in (1, 4):
         with pytest.raises(tf.errors.InvalidArgumentError, match="labels and logits must be shapes"):
             fn(tf.constant([0, 1]), tf.zeros([rows, 3]))
+
+
+# --------------------------------------------------------------------------- axis forms
+
+
+@pytest.mark.parametrize("axis", [np.int64(1), np.int32(-2), tf.constant(1), tf.constant(-2, tf.int64)])
+def test_numpy_and_constant_tensor_axes_are_taken_as_by_tensorflow(axis):
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 3, 4)), tf.float32)
+    labels = tf.nn.softmax(tf.reverse(x, [1]), axis=1)
+    # (TensorFlow's own xent fails on a negative NumPy or int64 tensor axis; it is given a plain 1.)
+    for ours, theirs in ((safeops.math.softmax, tf.nn.softmax), (safeops.math.log_softmax, tf.nn.log_softmax)):
+        np.testing.assert_allclose(ours(x, axis).numpy(), theirs(x, 1).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(DENSE(labels, x, axis).numpy(),
+                               tf.nn.softmax_cross_entropy_with_logits(labels, x, 1).numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [tf.constant([0, 2]), [1], (0, 2), 1.0, True])
+def test_several_or_non_integer_axes_are_refused_where_one_is_expected(axis):
+    # safeops.math.softmax(x, tf.constant([0, 2])) once gave a softmax over
+    # both axes jointly; TensorFlow refuses it.
+    x = tf.ones([2, 3, 4])
+    for fn in (safeops.math.softmax, safeops.math.log_softmax, lambda x, a: DENSE(x, x, a)):
+        with pytest.raises(TypeError, match="axis must be an int"):
+            fn(x, axis)
+
+
+def test_a_runtime_scalar_axis_still_works_in_softmax():
+    fn = tf.function(lambda x, a: safeops.math.softmax(x, a),
+                     input_signature=[tf.TensorSpec(None), tf.TensorSpec([], tf.int32)])
+    x = tf.constant(np.random.default_rng(6).normal(size=(2, 3)), tf.float32)
+    np.testing.assert_allclose(fn(x, tf.constant(0)).numpy(), tf.nn.softmax(x, 0).numpy(), rtol=1e-6)

@@ -129,11 +129,17 @@ def smoothed_categorical(y_true, label_smoothing, axis):
     return y_true * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
-def check_axis(op, axis, rank):
-    """``axis`` must be a Python int in range (Keras refuses bools too)."""
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(_validate.message(op, "axis", "a Python int", repr(axis)))
-    _validate.axis_in_range(op, axis, rank)
+def check_axis(op, axis, rank, many=False):
+    """``axis`` as Python ints, in range (:func:`safeops._validate.static_axis`; Keras refuses bools too).
+
+    ``many``: the losses that average over ``axis`` (the binary ones), which
+    take a tuple of axes or ``None`` as Keras' ``mean`` does.
+    """
+    axis = _validate.static_axis(op, axis, rank, many=many)
+    if isinstance(axis, tf.Tensor):
+        raise TypeError(_validate.message(op, "axis", "an int known when the function is traced",
+                                          "a runtime tensor"))
+    return axis
 
 
 def _first_bad(x, inside):

@@ -61,7 +61,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         bfloat16, float32 or float64 (half dtypes computed in float32).
       from_logits: Whether ``y_pred`` holds logits.
       label_smoothing: Float in ``[0, 1]``.
-      axis: The axis the mean is taken over. Defaults to -1.
+      axis: The axis the mean is taken over, a tuple of axes, or None for
+        all (as Keras). Defaults to -1.
 
     Returns:
       The per-example loss, ``y_pred``'s shape without ``axis``, its dtype.
@@ -81,7 +82,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     op = "safeops.losses.binary_crossentropy"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, from_logits, "sigmoid", axis)
-        _common.check_axis(op, axis, pred.values.shape.rank)
+        axis = _common.check_axis(op, axis, pred.values.shape.rank, many=True)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
         y = _common.smoothed_binary(y, label_smoothing)
@@ -141,7 +142,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     op = "safeops.losses.categorical_crossentropy"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
-        _common.check_axis(op, axis, pred.values.shape.rank)
+        axis = _common.check_axis(op, axis, pred.values.shape.rank)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
         y = _common.smoothed_categorical(y, label_smoothing, axis)
@@ -199,7 +200,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
         rank = pred.values.shape.rank
-        _common.check_axis(op, axis, rank)
+        axis = _common.check_axis(op, axis, rank)
         labels = _class_indices(op, y_true)
         if labels.shape.rank == rank and labels.shape[axis] == 1:
             labels = tf.squeeze(labels, axis)

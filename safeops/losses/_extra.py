@@ -139,7 +139,7 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
     op = "safeops.losses.kl_divergence_with_logits"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, True)
-        _common.check_axis(op, axis, pred.values.shape.rank)
+        axis = _common.check_axis(op, axis, pred.values.shape.rank)
         t = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, t, pred.values)
         log_q = tfm.log_softmax(t, axis=axis)

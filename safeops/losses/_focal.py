@@ -74,7 +74,8 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
       gamma: The focusing parameter, ``>= 0``.
       from_logits: Whether ``y_pred`` holds logits.
       label_smoothing: Float in ``[0, 1]``.
-      axis: The axis the mean is taken over. Defaults to -1.
+      axis: The axis the mean is taken over, a tuple of axes, or None for
+        all (as Keras). Defaults to -1.
 
     Returns:
       The per-example loss, ``y_pred``'s shape without ``axis``, its dtype.
@@ -92,7 +93,7 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
     op = "safeops.losses.binary_focal_crossentropy"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, from_logits, "sigmoid", axis)
-        _common.check_axis(op, axis, pred.values.shape.rank)
+        axis = _common.check_axis(op, axis, pred.values.shape.rank, many=True)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
         y = _common.smoothed_binary(y, label_smoothing)
@@ -175,7 +176,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
     op = "safeops.losses.categorical_focal_crossentropy"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
-        _common.check_axis(op, axis, pred.values.shape.rank)
+        axis = _common.check_axis(op, axis, pred.values.shape.rank)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
         y = _common.smoothed_categorical(y, label_smoothing, axis)

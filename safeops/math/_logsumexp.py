@@ -298,10 +298,7 @@ def _class_axis(op, logits, axis):
     rank = x.shape.rank
     if rank == 0:
         raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
-    axis = -1 if axis is None else axis
-    if not isinstance(axis, (int, tf.Tensor)) or isinstance(axis, bool):
-        raise ValueError(_validate.message(op, "axis", "an int", repr(axis)))
-    _validate.axis_in_range(op, axis, rank)
+    axis = _validate.static_axis(op, -1 if axis is None else axis, rank)
     return x, axis
 
 
