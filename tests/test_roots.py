@@ -180,6 +180,24 @@ class TestL2Normalize:
         y, g, _ = derivatives(lambda t: tfm.l2_normalize(t, epsilon=0.0), [0.0, 0.0])
         assert (y == 0).all() and np.isfinite(g).all()
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_tensor_epsilon_known_while_tracing(self, mode):
+        x = tf.constant([3e-4, 4e-4], tf.float32)
+        for epsilon in (tf.constant(1e-4), np.float64(1e-4), tf.constant(1e-4, tf.float64)):
+            got = run(mode, lambda t: tfm.l2_normalize(t, epsilon=epsilon))(x).numpy()
+            np.testing.assert_allclose(got, tf.math.l2_normalize(x, epsilon=1e-4).numpy(), rtol=1e-6)
+
+    def test_epsilon_errors_name_it(self):
+        fn = tf.function(lambda t, e: tfm.l2_normalize(t, epsilon=e),
+                         input_signature=[tf.TensorSpec([2]), tf.TensorSpec([])])
+        with pytest.raises(TypeError, match="l2_normalize: epsilon must be a number or a tensor known"):
+            fn(tf.ones([2]), tf.constant(1e-4))
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
+                tfm.l2_normalize(tf.ones([2]), epsilon=bad)
+        with pytest.raises(TypeError, match="epsilon must be a number"):
+            tfm.l2_normalize(tf.ones([2]), epsilon="small")
+
     @pytest.mark.parametrize("axis", [None, 0, 1, [0, 1]])
     def test_axis_and_dim(self, axis):
         x = tf.random.stateless_normal([3, 4], seed=[11, 12], dtype=tf.float64)

@@ -248,9 +248,31 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         _validate.axis_in_range(op, axis, x.shape.rank)
         dtype = x.dtype
         xc = _dtypes.to_compute(x)
-        floor = max(float(epsilon), _dtypes.tiny(xc.dtype), _dtypes.rsqrt_floor(dtype))
+        floor = max(_epsilon_value(op, epsilon), _dtypes.tiny(xc.dtype), _dtypes.rsqrt_floor(dtype))
         y = _unit_vector(axis, floor, dtype)(xc)
         return _dtypes.from_compute(y, dtype)
+
+
+def _epsilon_value(op: str, epsilon) -> float:
+    """``epsilon`` as a Python float: a number, or a tensor whose value is known while tracing.
+
+    The floor is a constant of the compiled op (one per value); a tensor
+    known only when the graph runs is refused with a ``TypeError``, and a
+    negative, infinite or NaN one with a ``ValueError``, both naming it.
+    """
+    value = epsilon
+    if isinstance(epsilon, (tf.Tensor, tf.Variable)):
+        value = tf.get_static_value(epsilon)
+        if value is None:
+            raise TypeError(_validate.message(
+                op, "epsilon", "a number or a tensor known when the function is traced", "a runtime tensor"))
+    try:
+        value = float(np.asarray(value))
+    except (TypeError, ValueError):
+        raise TypeError(_validate.message(op, "epsilon", "a number", repr(epsilon))) from None
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(_validate.message(op, "epsilon", "a finite number >= 0", value))
+    return value
 
 
 def divide_no_nan(x, y, name=None):
