@@ -19,7 +19,7 @@ to 0 and gives ``-inf`` instead of ``-inf - (-inf) = NaN``.
 The shift itself is exact: ``x - m`` is rounded once, and ``exp`` would
 turn that absolute error into a relative one of up to ``|x - m| * eps/2``
 (64 ULP at ``x - m = -87`` in float32; TensorFlow's softmax kernels carry
-it). TwoSum (:func:`_exact_shift`) recovers the rounding error ``err`` of
+it). TwoSum (:func:`exact_shift`) recovers the rounding error ``err`` of
 each shifted logit in five additions, and every op uses
 ``exp(z) * (1 + err)`` in place of ``exp(x - m)``, so the results are within
 a few ULP of the exact ones.
@@ -321,7 +321,7 @@ def _log1p_or_minus_inf(t):
     return tf.where(empty, tf.fill(tf.shape(t), tf.constant(-_INF, t.dtype)), tf.math.log1p(safe))
 
 
-def _exact_shift(x, m):
+def exact_shift(x, m):
     """``(z, err)`` with ``z = fl(x - m)`` and ``z + err = x - m`` exactly (TwoSum).
 
     The shifted logits carry the one rounding of ``x - m``, an absolute error
@@ -387,7 +387,7 @@ def _unweighted_logsumexp(axis, dtype, xla):
 
     def forward(x):
         m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
-        t = _sum_minus_one(*_exact_shift(x, m), axis)
+        t = _sum_minus_one(*exact_shift(x, m), axis)
         return m + _log1p_or_minus_inf(t), (m, t)
 
     def backward(dy, y, residuals, x):
@@ -396,7 +396,7 @@ def _unweighted_logsumexp(axis, dtype, xla):
         m, t = residuals
         size = 1.0 + t
         size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)  # all -inf: 0 / 1
-        z, err = _exact_shift(x, m)
+        z, err = exact_shift(x, m)
         e = tf.exp(z)
         p = (e + e * err) / size
         # A +inf slice (y = +inf): 1 at its +inf entries, 0 elsewhere.
@@ -527,15 +527,15 @@ def _weighted_exponent(x, log_w, err_w, mx, mw, ek):
     """``|w / w_k| exp(x - x_k)`` as ``exp(z) (1 + c)``, ``z + c`` the exact exponent to first order.
 
     ``z = (x - x_k) + (log|w| - log|w_k|)`` rounds three times; TwoSum
-    (:func:`_exact_shift`) recovers each rounding error exactly, and the
+    (:func:`exact_shift`) recovers each rounding error exactly, and the
     logs' own errors (:func:`_log_abs`) are added to them: ``c`` is below
     a few ulps of ``z`` and ``exp(z) c`` its first-order effect (``c**2 / 2``
     is below ``1e-10`` relative). Non-finite parts give ``c = 0``, and an
     overflowed ``exp(z)`` is kept as ``inf``.
     """
-    a, ea = _exact_shift(x, mx)
-    b, eb = _exact_shift(log_w, mw)
-    z, ez = _exact_shift(a, -b)
+    a, ea = exact_shift(x, mx)
+    b, eb = exact_shift(log_w, mw)
+    z, ez = exact_shift(a, -b)
     c = (ea + eb) + (ez + (err_w - ek))
     e = tf.exp(z)
     # No correction where e overflowed (inf * -c + inf = NaN) or c is not finite.
@@ -563,7 +563,7 @@ def _masked_softmax(axis, dtype, xla):
         # maximum is kept: x - m is then NaN or -inf everywhere in the row
         # and the row sum NaN, so the whole row is NaN.
         m = tf.where(tf.equal(m, -_INF), tf.zeros_like(m), m)
-        z, err = _exact_shift(x, m)
+        z, err = exact_shift(x, m)
         e = tf.exp(z)
         e = e + e * err
         total = tf.reduce_sum(e, axis, keepdims=True)
@@ -597,7 +597,7 @@ def _masked_log_softmax(axis, dtype, xla):
 def log_softmax_forward(x, axis):
     """The value of :func:`log_softmax` in plain TensorFlow ops, for ops that fuse it into their own forward pass."""
     m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
-    z, err = _exact_shift(x, m)
+    z, err = exact_shift(x, m)
     # (z - L) + err: z <= 0 and L >= 0, so the subtraction does not cancel
     # and the shift's rounding error is added back last.
     return (z - _log_sum_or_zero(_sum_minus_one(z, err, axis))) + err
