@@ -449,3 +449,13 @@ class TestSoftmaxLargeFiniteRowNextToMaskedRow:
         x = tf.constant([[-INF, -INF], [0.0, 1e8], [-3.39e38, -3.39e38]], tf.float32)
         y = run(mode, tfm.softmax)(x).numpy()
         np.testing.assert_array_equal(y, [[0.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_log_softmax_plus_inf_entry_is_nan_there_and_minus_inf_elsewhere(mode):
+    # As the docstring states: inf - inf at the +inf entry; the finite entries'
+    # limit -inf elsewhere (TensorFlow gives a NaN row).
+    got = run(mode, lambda t: tfm.log_softmax(t))(tf.constant([[0.0, INF], [-INF, INF], [1.0, 2.0]])).numpy()
+    assert got[0, 0] == -INF and np.isnan(got[0, 1])
+    assert got[1, 0] == -INF and np.isnan(got[1, 1])
+    assert np.isfinite(got[2]).all()

@@ -246,7 +246,9 @@ def log_softmax(logits, axis=None, name=None):
         output is the constant ``-inf`` for any finite change of the row).
       * finite entry whose ``x - max`` overflows (``[-max, max]``): value
         ``-inf`` (the exact value is beyond the dtype), gradient exact (1).
-      * ``+inf`` entry: the row is NaN, as in TensorFlow.
+      * ``+inf`` entry: NaN there (``inf - inf``) and ``-inf`` at the other
+        entries (their limit, as at an overflowing ``x - max``);
+        TensorFlow makes the whole row NaN.
       * ``NaN`` in a row: the whole row and its gradient are NaN.
       * Second derivative: autodiff of the gradient, finite for finite
         inputs.
