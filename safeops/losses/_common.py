@@ -122,7 +122,12 @@ def smoothed_binary(y_true, label_smoothing):
 
 
 def smoothed_categorical(y_true, label_smoothing, axis):
-    """Keras' categorical smoothing: ``y (1 - s) + s / num_classes`` along ``axis``."""
+    """Keras' categorical smoothing: ``y (1 - s) + s / num_classes`` along ``axis``.
+
+    ``num_classes`` is the length of ``axis``, the class axis; Keras takes
+    the length of the last axis whatever ``axis`` is, which differs only for
+    ``axis != -1`` (there safeops' labels still sum to what they summed to).
+    """
     if not label_smoothing:
         return y_true
     num_classes = tf.cast(tf.shape(y_true)[axis], y_true.dtype)

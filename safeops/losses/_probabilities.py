@@ -36,6 +36,11 @@ record: the output of a raw ``tf.sigmoid``/``tf.nn.softmax`` call or of
 caller, or the outputs of a reloaded SavedModel. Inside a traced function,
 rule 3 also covers raw ``tf.sigmoid``/``tf.nn.softmax``.
 
+When the logits are used, the loss is a function of the logits, not of the
+probabilities tensor: its gradient reaches the logits (and the layer's
+weights behind them, which is what training differentiates) and not a
+``GradientTape`` watching ``y_pred`` itself, for which it is ``None``.
+
 Records survive the casts and reshapes that the Loss classes themselves
 apply (:func:`carry`), so a ``mixed_float16`` model whose last layer is a
 sigmoid gets the same loss as a float32 one. The Loss classes' widening cast

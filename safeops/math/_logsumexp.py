@@ -82,6 +82,13 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     and sum. The weight gradient ``exp(x - lse)`` of a zero-weight entry far
     above the others is saturated at the dtype's largest finite value (C1).
 
+    Accuracy: a few ULP of the result, except where the result is near 0
+    (the sum of exponentials near 1 with entries below 0): the problem is
+    ill-conditioned there (condition number :math:`\sum |x_i| p_i / |y|`
+    with :math:`p` the softmax, Blanchard, Higham & Higham 2021), and the
+    error is a few ULP of the largest :math:`|x_i|` instead, as for
+    :func:`logaddexp`.
+
     Edges:
       * all ``-inf`` slice (or all weights 0, or an empty slice): value
         ``-inf``, gradient 0 (TensorFlow's gradient is NaN there).
