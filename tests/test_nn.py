@@ -582,3 +582,22 @@ def test_cross_entropies_keep_c3_for_confident_predictions(dtype, mode):
         spacing = np.spacing(np.abs(ref).astype(npdt)).astype(np.float64)
         ulps = np.abs(got.numpy().astype(np.float64) - ref) / spacing
         assert ulps[checked].max() <= 4, (ulps[checked].max(), x[checked][np.argmax(ulps[checked])])
+
+
+def test_sparse_eager_paths_with_and_without_a_tape_agree():
+    # Eager without a tape the loss is one graph call; under a tape only the
+    # label check is. Same values, same errors.
+    logits = tf.constant(np.random.default_rng(22).normal(size=(6, 5)) * 20, tf.float32)
+    labels = tf.constant([0, 4, 2, 1, 3, 3])
+    plain = SPARSE(labels, logits).numpy()
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        recorded = SPARSE(labels, logits)
+    np.testing.assert_array_equal(plain, recorded.numpy())
+    assert tape.gradient(recorded, logits).shape == (6, 5)
+    for watch in (False, True):
+        with tf.GradientTape() as tape:
+            if watch:
+                tape.watch(logits)
+            with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 5\), got.*7"):
+                SPARSE(tf.constant([0, 7, 1, 1, 1, 1]), logits)
