@@ -13,7 +13,10 @@ dependence of ``y`` on ``xs`` is kept), which is why ``backward`` must use
 differentiable ops only. Three things are added at second order:
 
 * **float64**: the pass runs in float64 (see :func:`_second_order`), so an
-  intermediate that overflows float32 cannot turn into ``0 * inf = NaN``;
+  intermediate that overflows float32 cannot turn into ``0 * inf = NaN``.
+  A float64 op has nothing wider: where its own intermediates overflow (the
+  second derivative of ``logit`` below ``x = 1.5e-154``, about ``-1/x**2``)
+  the result is the artifact below and comes out 0, not saturated;
 
 * **saturation**: the exact second derivative may overflow where the first
   does not (``log`` at ``x = 1e-30`` in float32 has ``-1/x**2 = -1e60``), so

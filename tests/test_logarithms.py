@@ -197,13 +197,14 @@ BINARY_POINTS = {
         "x0_y_nan": (0.0, NAN), "x0_y_regular": (0.0, 3.0), "x_y0": (1.0, 0.0),
         "x_negative_y": (2.0, -3.0), "x_y_minus_inf": (2.0, -INF), "x_y_plus_inf": (1.0, INF),
         "x_nan": (NAN, 1.0), "x_inf_y1": (INF, 1.0), "regular": (0.75, 3.0),
-        "regular_small_y": (-1.5, 2.0 ** -10),
+        "regular_small_y": (-1.5, 2.0 ** -10), "x_nan_y0": (NAN, 0.0),
     },
     "xlog1py": {
         "x0_y_minus_one": (0.0, -1.0), "x0_y_below": (0.0, -5.0), "x0_y_plus_inf": (0.0, INF),
         "x0_y_nan": (0.0, NAN), "x_y_minus_one": (1.0, -1.0), "x_y_below": (2.0, -5.0),
         "x_y_minus_inf": (2.0, -INF), "x_y_plus_inf": (1.0, INF), "x_nan": (NAN, 0.5),
         "regular": (0.75, 2.0 ** -12), "xla_float64_band": (0.75, -0.4),
+        "x_nan_y_minus_one": (NAN, -1.0),
     },
     "logaddexp": {
         "both_minus_inf": (-INF, -INF), "minus_inf_and_finite": (-INF, 2.0),
@@ -260,6 +261,21 @@ class TestLog1p:
         x = input_of(1e-10, dtype)
         y, g, _ = at("log1p", dtype, mode, "tiny_32")
         assert_ulps(y, mpmath.log1p(x), dtype)
+
+    def test_subnormal_argument_is_flushed_as_documented(self, dtype, mode):
+        # C3: TensorFlow's CPU arithmetic flushes subnormals, so log1p of one
+        # is 0 (with gradient 1) where the exact result, x, is below tiny;
+        # float16 ones are normal once widened to float32 and are kept. The
+        # docstring said nothing about it.
+        assert "Subnormal ``x``" in tfm.log1p.__doc__ and "flushed to zero" in tfm.log1p.__doc__
+        x = tf.constant([_dtypes.tiny(dtype) / 4, -_dtypes.tiny(dtype) / 4], dtype)
+        y, g, _ = (_numpy(t) for t in _in_mode(_unary_derivatives(tfm.log1p), mode)(x))
+        np.testing.assert_array_equal(g, [1.0, 1.0])
+        if dtype == tf.float16:
+            np.testing.assert_array_equal(y, _numpy(x))
+        else:
+            np.testing.assert_array_equal(y, [0.0, 0.0])
+            assert list(np.signbit(y)) == [False, True]
 
 
 # ----------------------------------------------------------------------------
@@ -340,9 +356,12 @@ class TestXlogy:
         y, gx, gy, *_ = at2("xlogy", dtype, mode, "x_y_plus_inf")
         assert y == INF and gy == 0.0 and gx == INF
 
-    def test_nan_x_propagates(self, dtype, mode):
-        y, gx, gy, *_ = at2("xlogy", dtype, mode, "x_nan")
-        assert_all_nan(y, gy)
+    @pytest.mark.parametrize("point", ["x_nan", "x_nan_y0"])
+    def test_nan_x_propagates(self, dtype, mode, point):
+        # C2, gradients included: d/dx = log(y) does not depend on x, and
+        # at y = 0 it was log(tiny) = -87.34 for x = NaN.
+        y, gx, gy, *_ = at2("xlogy", dtype, mode, point)
+        assert_all_nan(y, gx, gy)
 
     def test_inf_x_at_y_one_is_nan_like_tensorflow(self, dtype, mode):
         assert math.isnan(at2("xlogy", dtype, mode, "x_inf_y1")[0])
@@ -386,9 +405,10 @@ class TestXlog1py:
         y, gx, gy, *_ = at2("xlog1py", dtype, mode, "x_y_plus_inf")
         assert y == INF and gy == 0.0
 
-    def test_nan_x_propagates(self, dtype, mode):
-        y, gx, gy, *_ = at2("xlog1py", dtype, mode, "x_nan")
-        assert_all_nan(y, gy)
+    @pytest.mark.parametrize("point", ["x_nan", "x_nan_y_minus_one"])
+    def test_nan_x_propagates(self, dtype, mode, point):
+        y, gx, gy, *_ = at2("xlog1py", dtype, mode, point)
+        assert_all_nan(y, gx, gy)
 
     @pytest.mark.parametrize("point", ["regular", "xla_float64_band"])
     def test_matches_mpmath(self, dtype, mode, point):

@@ -651,3 +651,37 @@ def test_categorical_losses_take_numpy_and_constant_tensor_axes():
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)
     with pytest.raises(TypeError, match="categorical_crossentropy: axis must be an int"):
         losses.categorical_crossentropy(y, z, from_logits=True, axis=(1, 2))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
+@pytest.mark.parametrize("name", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_probability_gradient_at_a_zero_probability_is_the_normalisers_in_every_dtype(name, dtype, mode):
+    """C4 on the probability path: d/dp_j of -sum y log(c / sum c), c = max(p, tiny), is sum(y)/S - y_j/c_j.
+
+    It went through softmax(log c)_j = c_j / S, flushed to 0 below tiny:
+    float32 and bfloat16 p = [1, 0, 0] had the gradient [0, 0, 0] (float64
+    [0, 1, 1]), and p = [0.5, 0.5, 0] had 0 at its third class in every
+    dtype but float16. Keras' formula gives 1 = 1/S there too.
+    """
+    p = np.array([[1.0, 0.0, 0.0], [1.0, 1e-30, 0.0], [0.5, 0.5, 0.0], [0.3, 0.0, 0.7], [0.0, 0.0, 0.0]])
+    classes = np.array([0, 0, 1, 2, 1])
+    y = np.eye(3)[classes]
+    fn = getattr(losses, name)
+    labels = classes if name.startswith("sparse") else y
+    value, grad = _value_and_grad(lambda q: fn(labels, q), tf.constant(p, dtype), mode)
+    rounded = tf.cast(tf.constant(p, dtype), tf.float64).numpy()
+    c = np.maximum(rounded, float(_dtypes_tiny(dtype)))
+    s = c.sum(-1, keepdims=True)
+    expected = y.sum(-1, keepdims=True) / s - y / c
+    rtol = {tf.float16: 2e-3, tf.bfloat16: 1.6e-2, tf.float32: 1e-6, tf.float64: 1e-12}[dtype]
+    np.testing.assert_allclose(grad, expected, rtol=rtol, atol=1e-30)
+    assert np.all(grad[rounded == 0] != 0)
+    # The value is unchanged: log(S / c_k) = log1p(sum of the other c / c_k), one-hot labels.
+    # (at p = [1, 0, 0] the exact 2 tiny may be flushed: C3's flush-to-zero resolution).
+    np.testing.assert_allclose(value, np.log1p((c * (1 - y)).sum(-1) / (c * y).sum(-1)),
+                               rtol=max(rtol, 1e-6), atol=4 * _dtypes_tiny(dtype))
+
+
+def _dtypes_tiny(dtype):
+    return float(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).tiny)

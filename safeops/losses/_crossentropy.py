@@ -5,11 +5,13 @@ Each function has two paths, and says which it takes:
 * **logits** (``from_logits=True``, or ``from_logits=False`` with logits
   recovered as :mod:`safeops.losses._probabilities` describes): the stable
   cross-entropies of :mod:`safeops.nn`, exact for every finite logit;
-* **probabilities** (nothing recovered): the clamped logarithms of
-  :mod:`safeops.math`, whose value at a probability of 0 (or 1, for
-  ``log(1 - p)``) is the value at the clamp and whose gradient there is the
-  boundary gradient (contract C4), where Keras clips to
-  ``[1e-7, 1 - 1e-7]`` and its gradient below the clip is exactly 0.
+* **probabilities** (nothing recovered): logarithms clamped as in
+  :mod:`safeops.math` (``xlogy``/``xlog1py`` for the binary loss; for the
+  softmax ones, ``log(max(p, tiny))`` with the gradient of the whole loss
+  written out, see the end of this module), whose value at a probability
+  of 0 (or 1, for ``log(1 - p)``) is the value at the clamp and whose
+  gradient there is the boundary gradient (contract C4), where Keras clips
+  to ``[1e-7, 1 - 1e-7]`` and its gradient below the clip is exactly 0.
 
 Values equal Keras' wherever Keras' clip is inactive (probabilities in
 ``[1e-7, 1 - 1e-7]``) and wherever it recovers the same logits; elsewhere
@@ -18,11 +20,14 @@ they are the exact losses (logits path) or the values at safeops' clamps.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
 import safeops.math as tfm
-from safeops import _validate, nn
+from safeops import _dtypes, _validate, nn
+from safeops._gradient import custom_op
 from safeops.losses import _common
 from safeops.losses._authoring import LossFunctionWrapper
 
@@ -103,16 +108,23 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     on logits; labels smoothed to :math:`y (1 - s) + s/C` (Keras).
 
     Stable rewrite: both are :func:`safeops.nn.softmax_cross_entropy_with_logits`,
-    on the logits (given or recovered) or on ``safeops.math.log(p)``, since
-    ``softmax(log p) = p / sum(p)``. The log is clamped at ``tiny`` (C4), so a
-    class whose probability is 0 costs ``87.34`` (float32) with gradient
-    ``-y/tiny`` where Keras clips at ``1e-7`` (16.1, gradient 0). ``-inf``
-    logits used as masks where the label is 0 cost nothing (``safeops.nn``).
+    on the logits (given or recovered) or on :math:`\log c`,
+    :math:`c = \max(p, tiny)`, since ``softmax(log c) = c / sum(c)``. The
+    clamp at ``tiny`` (C4) makes a class whose probability is 0 cost
+    ``87.34`` (float32) with gradient ``-y/tiny`` where Keras clips at
+    ``1e-7`` (16.1, gradient 0). On probabilities the gradient is written
+    directly, :math:`\partial L/\partial p_j = \sum_k y_k / \sum_k c_k - y_j / c_j`:
+    through ``softmax(log c)`` it formed ``c_j / sum(c)``, which TensorFlow
+    flushes to 0 below ``tiny``, so the gradient at a probability 0 died (0
+    for every class of ``p = [1, 0, 0]`` in float32). ``-inf`` logits used as
+    masks where the label is 0 cost nothing (``safeops.nn``).
 
     Edges:
       * Probability 0 at a labelled class: value ``87.34 y_j`` plus the
         normaliser (float32), gradient ``-y_j/tiny``; a row of zeros is a
-        uniform distribution. Probabilities outside ``[0, 1]``:
+        uniform distribution. Probability 0 at an unlabelled class: gradient
+        ``sum(y) / sum(c)`` (1 for normalised probabilities, as in Keras),
+        the same in every dtype. Probabilities outside ``[0, 1]``:
         ``InvalidArgumentError`` naming ``y_pred`` (not under XLA).
       * Logits: as ``safeops.nn.softmax_cross_entropy_with_logits``
         (``-inf`` masks, all ``-inf`` rows, ``+inf`` and NaN).
@@ -146,8 +158,11 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
         y = _common.smoothed_categorical(y, label_smoothing, axis)
-        logits = pred.logits if pred.logits is not None else pred.clamped(tfm.log, pred.probabilities())
-        return pred.output(nn.softmax_cross_entropy_with_logits(y, logits, axis=axis))
+        if pred.logits is not None:
+            return pred.output(nn.softmax_cross_entropy_with_logits(y, pred.logits, axis=axis))
+        p = tf.cast(pred.probabilities(), pred.compute_dtype)
+        floor = _dtypes.tiny(pred.clamp_dtype)
+        return pred.output(_probability_xent(axis, floor, pred.clamp_dtype)(y, p))
 
 
 @keras.saving.register_keras_serializable(package="safeops")
@@ -159,9 +174,12 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     :math:`k` of each example.
 
     Stable rewrite: :func:`safeops.nn.sparse_softmax_cross_entropy_with_logits`
-    on the logits (given or recovered) or on ``safeops.math.log(p)`` (clamped
-    at ``tiny``, live gradient; Keras clips at ``1e-7``). A class axis other
-    than the last is moved last (Keras refuses it).
+    on the logits (given or recovered) or on ``log(max(p, tiny))`` (clamped
+    at ``tiny``, live gradient; Keras clips at ``1e-7``), whose gradient
+    ``1 / sum(c) - [j = k] / c_j`` is written directly, as in
+    :func:`categorical_crossentropy` (1 at a probability 0 of another
+    class, in every dtype). A class axis other than the last is moved last
+    (Keras refuses it).
 
     Edges:
       * ``ignore_class``: entries whose label equals it get loss 0 and are
@@ -204,15 +222,23 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
         labels = _class_indices(op, y_true)
         if labels.shape.rank == rank and labels.shape[axis] == 1:
             labels = tf.squeeze(labels, axis)
-        logits = pred.logits if pred.logits is not None else pred.clamped(tfm.log, pred.probabilities())
+        from_probabilities = pred.logits is None
+        # Logits, or probabilities (in the compute dtype) on the probability path.
+        values = tf.cast(pred.probabilities(), pred.compute_dtype) if from_probabilities else pred.logits
         if axis % rank != rank - 1:
-            logits = tf.experimental.numpy.moveaxis(logits, axis, -1)
+            values = tf.experimental.numpy.moveaxis(values, axis, -1)
         valid = None
         if ignore_class is not None:
             valid = tf.not_equal(labels, tf.cast(ignore_class, labels.dtype))
             labels = tf.where(valid, labels, tf.zeros_like(labels))
-            logits = tf.where(valid[..., None], logits, tf.zeros_like(logits))
-        loss = nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            # Ignored rows get logits 0 (probabilities 1): finite, whatever y_pred holds.
+            neutral = tf.ones_like(values) if from_probabilities else tf.zeros_like(values)
+            values = tf.where(valid[..., None], values, neutral)
+        if from_probabilities:
+            floor = _dtypes.tiny(pred.clamp_dtype)
+            loss = _sparse_probability_xent(labels, floor, pred.clamp_dtype)(values)
+        else:
+            loss = nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=values)
         if valid is not None:
             loss = tf.where(valid, loss, tf.zeros_like(loss))
             loss._keras_mask = valid
@@ -230,6 +256,73 @@ def _class_indices(op, y_true):
     if y_true.dtype.is_floating:
         return tf.cast(y_true, tf.int64)
     raise TypeError(_validate.message(op, "y_true", "integer class indices", y_true.dtype.name))
+
+
+# ----------------------------------------------------------------------------
+# The probability path of the softmax cross-entropies.
+#
+# The loss on probabilities p (clamped to c = max(p, tiny), contract C4) is
+# the softmax cross-entropy of the logits log c, since softmax(log c) =
+# c / S with S = sum_k c_k: the value is taken that way, by safeops.nn
+# (shifted log-sum-exp, log1p of the non-maximal terms, so a confident
+# correct prediction keeps its small loss). Its gradient is not: through the
+# chain rule it is (softmax(log c)_j sum(y) - y_j) / c_j, and softmax_j =
+# c_j / S is below tiny, flushed to 0 by TensorFlow's CPU arithmetic, for
+# every class with c_j < S tiny. A probability 0 next to others then had
+# the gradient 0 (float32 p = [1, 0, 0], y = [1, 0, 0]: [0, 0, 0]; float64
+# p = [0.5, 0.5, 0]: [-1, 1, 0]) where the derivative of
+# -sum_j y_j log(c_j / S) is
+#
+#     dL/dp_j = sum(y) / S - y_j / c_j     (1 / S for an unlabelled class),
+#
+# the normaliser's pull that Keras' formula (p / sum(p), then the log) also
+# gives. It is written directly, with no quotient c_j / S formed, so it is
+# the same in every dtype (to its precision and to the clamp's saturation
+# at 1 / tiny). The labels' gradient is -log(c_j / S) = log S - log c_j,
+# finite since c_j >= tiny.
+
+
+@functools.lru_cache(maxsize=None)
+def _probability_xent(axis: int, floor: float, dtype: tf.DType):
+    """``softmax_cross_entropy_with_logits(y, log(max(p, floor)))`` with the gradient written directly.
+
+    ``dtype``: the dtype of the caller's probabilities (its clamp), where
+    second derivatives saturate.
+    """
+
+    def forward(y, p):
+        return nn.softmax_cross_entropy_with_logits(y, tf.math.log(tf.maximum(p, floor)), axis=axis)
+
+    def backward(dl, loss, y, p):
+        c = tf.maximum(p, floor)
+        s = tf.reduce_sum(c, axis, keepdims=True)
+        dl = tf.expand_dims(dl, axis)
+        dp = dl * (tf.reduce_sum(y, axis, keepdims=True) / s - y / c)
+        dy = dl * (tf.math.log(s) - tf.math.log(c))
+        return dy, dp
+
+    return custom_op(forward, backward, dtype)
+
+
+def _sparse_probability_xent(labels: tf.Tensor, floor: float, dtype: tf.DType):
+    """:func:`_probability_xent` for class indices along the last axis (``sum(y) = 1``).
+
+    A label out of range gives NaN in the loss (with validation off, or
+    under XLA) and, here too, in the gradient of its row.
+    """
+
+    def forward(p):
+        return nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=tf.math.log(tf.maximum(p, floor)))
+
+    def backward(dl, loss, p):
+        c = tf.maximum(p, floor)
+        at_label = tf.one_hot(labels, tf.shape(p)[-1], dtype=p.dtype)
+        dp = tf.expand_dims(dl, -1) * (1.0 / tf.reduce_sum(c, -1, keepdims=True) - at_label / c)
+        bad_row = tf.expand_dims(tf.math.is_nan(loss), -1)
+        return (tf.where(bad_row, tf.constant(float("nan"), dp.dtype), dp),)
+
+    return custom_op(forward, backward, dtype)
 
 
 @keras.saving.register_keras_serializable(package="safeops")

@@ -92,13 +92,24 @@ def log1p(x, name=None):
     ``1 + x`` first (``log(1 + x)``) rounds away every digit of a small ``x``
     (``log(1 + 1e-8)`` is 0 in float32); ``tf.math.log1p`` keeps them but is
     ``-inf`` at -1 and NaN below, with a NaN gradient downstream. Every
-    representable ``x > -1`` is unchanged here.
+    normal ``x > -1`` is unchanged by the clamp (subnormals: see Edges).
 
     Edges:
       * ``x <= -1``, ``-inf`` included: value ``log1p(c)`` (-16.64 in float32,
         -36.74 in float64, -7.62 in float16, -5.55 in bfloat16), gradient
         ``1/(1 + c) = 2/eps`` (1.7e7, 9.0e15, 2048, 256): finite, positive,
         pointing back into the domain.
+      * Small ``x``: ``log1p(x) = x (1 - x/2 + ...)``, so for ``|x|`` below
+        ``eps`` of the dtype the result is ``x`` to within rounding, for every
+        normal ``x``. Subnormal ``x`` (below ``tiny``: 1.2e-38 in float32 and
+        bfloat16, 2.2e-308 in float64) is flushed to zero by TensorFlow's CPU
+        arithmetic (contract C3) and gives ``±0`` with gradient 1, in eager,
+        ``tf.function`` and XLA alike; an absolute error below ``tiny``.
+        ``tf.math.log1p`` returns such an ``x`` unchanged in eager and
+        ``tf.function`` (its kernel) but flushes it under XLA too; keeping it
+        would cost one more select over the input, for a digit no later
+        TensorFlow arithmetic keeps. float16 subnormals become normal float32
+        numbers when widened and come back unchanged.
       * ``+inf``: value ``+inf``, gradient 0. ``NaN``: NaN value and gradient.
       * Second derivative ``-1/(1 + x)**2``, saturated at the dtype's largest
         finite value where it overflows; 0 at clamped points.
@@ -502,7 +513,11 @@ def _x_times_clamped_log_op(x_log_fn, log_fn, shift: float, floor: float, dtype:
 
     def backward(dz, z, x, y):
         clamped = tf.maximum(y, floor)
-        gx = dz * log_fn(clamped)
+        # d/dx is log(y) whatever x is, so a NaN in x would not reach it:
+        # xlogy(NaN, 0) had the gradient log(tiny) = -87.34. C2 (and the
+        # docstrings) ask for NaN gradients at a NaN input, so x's NaN is
+        # selected in (not added as 0 * x, which would turn x = inf into NaN).
+        gx = tf.where(tf.math.is_nan(x), x, dz * log_fn(clamped))
         # x / y overflows at the clamp for large x (xlogy(1e10, 0): 1e10 / tiny),
         # and float16's range is smaller still: the exact gradient is not
         # representable there, so it saturates at the output dtype's max (C1).
