@@ -685,3 +685,52 @@ def test_probability_gradient_at_a_zero_probability_is_the_normalisers_in_every_
 
 def _dtypes_tiny(dtype):
     return float(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).tiny)
+
+
+def _info_nce_reference(scores):
+    """``log1p(sum_{j != i} exp(s_ij - s_ii))`` per row, in mpmath (50 digits), for exact ``scores``."""
+    import mpmath
+
+    with mpmath.workdps(50):
+        return [float(mpmath.log1p(mpmath.fsum(mpmath.exp(mpmath.mpf(float(t)) - mpmath.mpf(float(row[i])))
+                                               for j, t in enumerate(row) if j != i)))
+                for i, row in enumerate(scores)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_info_nce_keeps_the_tiny_loss_of_a_confident_match(dtype, mode):
+    """C3: -log_softmax(s)_ii, within 4 ULP of mpmath; logsumexp(s_i) - s_ii gave 0 or 3e-7 off.
+
+    Identical unit embeddings at tau = 0.05 and 0.02 (the loss log1p(exp(-1/tau))
+    was 0 in float32, and 0 in float64 at 0.02), and 4-d embeddings of
+    entries +-1/2 (norm 1, so normalising is exact) with power-of-two
+    temperatures, whose scores, and hence the reference, are exact.
+    """
+    np_dtype = dtype.as_numpy_dtype
+    tiny = float(np.finfo(np_dtype).tiny)
+    half = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1], [-1, 1, 1, 1]]) / 2
+    axes = np.eye(4)[[0, 1, 2, 3, 0]]
+    cases = [(np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]), t) for t in (0.05, 0.02)]
+    cases += [(np.concatenate([half, half], -1), t) for t in (2.0 ** -4, 2.0 ** -6)]
+    cases += [(np.concatenate([half, axes], -1), t) for t in (2.0 ** -3, 2.0 ** -5)]
+    fn = _in_mode(mode, lambda e, t: losses.info_nce(None, e, temperature=t))
+    for e, t in cases:
+        got = fn(tf.constant(e, dtype), t).numpy().astype(np.float64)
+        a, b = e[:, : e.shape[1] // 2], e[:, e.shape[1] // 2:]
+        a, b = a / np.linalg.norm(a, axis=-1, keepdims=True), b / np.linalg.norm(b, axis=-1, keepdims=True)
+        scores = (a @ b.T) / np_dtype(t) if t in (0.05, 0.02) else (a @ b.T) / t
+        exact = np.asarray(_info_nce_reference(scores.astype(np_dtype)))
+        ulp = np.spacing(np.abs(exact).astype(np_dtype)).astype(np.float64)
+        err = np.abs(got - exact)
+        ok = (err <= 4 * ulp) | (err <= 4 * tiny)  # C3, with its flush-to-zero resolution
+        assert ok.all(), (t, got, exact, err / ulp)
+
+
+def test_from_logits_none_is_false_as_in_keras_and_a_string_is_refused():
+    y, p = [[1.0, 0.0]], [[0.3, 0.6]]
+    for name in ("binary_crossentropy", "categorical_crossentropy", "binary_focal_crossentropy"):
+        np.testing.assert_array_equal(getattr(losses, name)(y, p, from_logits=None).numpy(),
+                                      getattr(losses, name)(y, p, from_logits=False).numpy())
+        with pytest.raises(TypeError, match=f"{name}: from_logits must be a Python bool, got 'yes'"):
+            getattr(losses, name)(y, p, from_logits="yes")

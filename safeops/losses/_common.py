@@ -25,8 +25,10 @@ class Prediction:
     """
 
     def __init__(self, op, y_pred, from_logits, activation=None, axis=-1):
-        if from_logits not in (True, False, 0, 1):
+        # None is taken as False, as Keras' ``if from_logits`` does.
+        if from_logits is not None and from_logits not in (True, False, 0, 1):
             raise TypeError(_validate.message(op, "from_logits", "a Python bool", repr(from_logits)))
+        from_logits = bool(from_logits)
         recovered = None
         if not from_logits and activation is not None:
             recovered = _probabilities.recover_logits(y_pred, activation, axis)

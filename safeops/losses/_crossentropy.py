@@ -147,7 +147,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
 
     >>> from safeops import losses
     >>> losses.categorical_crossentropy([[0.0, 1.0, 0.0]], [[0.05, 0.95, 0.0]]).numpy()
-    array([0.0512933], dtype=float32)
+    array([0.05129329], dtype=float32)
     >>> losses.categorical_crossentropy([[0.0, 1.0]], [[1e4, -1e4]], from_logits=True).numpy()
     array([20000.], dtype=float32)
     """
@@ -212,7 +212,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
 
     >>> from safeops import losses
     >>> losses.sparse_categorical_crossentropy([1, 2], [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]).numpy()
-    array([0.0512933, 2.3025851], dtype=float32)
+    array([0.05129329, 2.3025851 ], dtype=float32)
     """
     op = "safeops.losses.sparse_categorical_crossentropy"
     with _validate.op_scope(op, None):

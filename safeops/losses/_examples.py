@@ -36,14 +36,15 @@ and no other::
         anchors = tfm.l2_normalize(anchors, axis=-1)    # finite gradient at 0
         positives = tfm.l2_normalize(positives, axis=-1)
         scores = tf.matmul(anchors, positives, transpose_b=True) / temperature
-        return tfm.reduce_logsumexp(scores, axis=-1) - tf.linalg.diag_part(scores)
+        return -tf.linalg.diag_part(tfm.log_softmax(scores, axis=-1))
 
     InfoNCE = losses.loss_class(info_nce)
 
-``log sum exp(scores) - score_ii`` never forms ``exp`` of a large score
-(a temperature of 0.01 makes scores of 100, ``exp`` of which overflows
+``-log_softmax(scores)_ii`` never forms ``exp`` of a large score (a
+temperature of 0.01 makes scores of 100, ``exp`` of which overflows
 float16 and nearly float32) and keeps the tiny loss of a confident match
-(``reduce_logsumexp`` sums the non-maximal terms with ``log1p``). Under
+to full relative accuracy; ``logsumexp(scores) - score_ii`` subtracts two
+numbers near ``score_ii`` and loses it (see :func:`info_nce`). Under
 ``tf.distribute`` the negatives are those of each replica's batch.
 """
 
@@ -102,9 +103,21 @@ def info_nce(y_true, y_pred, temperature=0.1):
     :math:`s_{ij} = a_i \cdot b_j / \tau` and
     :math:`L_i = \log \sum_j e^{s_{ij}} - s_{ii}`.
 
-    Stable rewrite: :func:`safeops.math.reduce_logsumexp` (max shift,
-    ``log1p`` of the non-maximal terms: Blanchard, Higham & Higham 2021) and
+    Stable rewrite: :math:`L_i = -\log\operatorname{softmax}(s_i)_i`, the
+    diagonal of :func:`safeops.math.log_softmax`, and
     :func:`safeops.math.l2_normalize` (finite gradient at a zero embedding).
+    A confident match has :math:`L_i = \operatorname{log1p}(\sum_{j \ne i}
+    e^{s_{ij} - s_{ii}})`, tiny: ``exp(-20)`` for two identical unit
+    embeddings at :math:`\tau = 0.05`. ``reduce_logsumexp(s_i) - s_ii``
+    rounds the log-sum-exp (about :math:`s_{ii}`, 20 there) before the
+    difference, so such a loss came out 0 (float32 at :math:`\tau = 0.05`,
+    float64 at 0.02), or 3e-7 off (float64, 0.05). ``log_softmax`` keeps
+    it: it shifts by the row maximum (here :math:`s_{ii}`) and recovers the
+    rounding error of each shifted score :math:`s_{ij} - s_{ii}` exactly
+    (TwoSum, which ``exp`` would otherwise multiply by
+    :math:`|s_{ij} - s_{ii}|`), so the :math:`\operatorname{log1p}` of the
+    non-maximal terms (Blanchard, Higham & Higham 2021, IMA J. Numer. Anal.
+    41(4)) is the loss to a few ULP.
 
     Args:
       y_true: Unused (Keras passes one); any tensor.
@@ -118,15 +131,15 @@ def info_nce(y_true, y_pred, temperature=0.1):
 
     >>> from safeops import losses
     >>> e = tf.constant([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
-    >>> losses.info_nce(None, e, temperature=0.01).numpy()
-    array([0., 0.], dtype=float32)
+    >>> losses.info_nce(None, e, temperature=0.05).numpy()   # log1p(exp(-20))
+    array([2.0611537e-09, 2.0611537e-09], dtype=float32)
     """
     del y_true
     anchors, positives = tf.split(y_pred, 2, axis=-1)
     anchors = tfm.l2_normalize(anchors, axis=-1)
     positives = tfm.l2_normalize(positives, axis=-1)
     scores = tf.matmul(anchors, positives, transpose_b=True) / temperature
-    return tfm.reduce_logsumexp(scores, axis=-1) - tf.linalg.diag_part(scores)
+    return -tf.linalg.diag_part(tfm.log_softmax(scores, axis=-1))
 
 
 TverskyLoss = loss_class(tversky_loss, package="safeops")
