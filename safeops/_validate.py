@@ -17,6 +17,7 @@ off everywhere for speed.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -258,6 +259,20 @@ def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.
     if got is not None:
         data.append(got)
     return [tf.debugging.Assert(condition, data, summarize=8)]
+
+
+def eager_failure(error: tf.errors.InvalidArgumentError) -> tf.errors.InvalidArgumentError:
+    """The failure of an :func:`assert_that` inside a graph called eagerly, as its message alone.
+
+    A ``tf.function`` called eagerly reports a failed assertion with the
+    graph's whole traceback around ``assertion failed: [message] [value]``;
+    the user called an op, not a graph, and gets ``message value`` as an
+    eager op reports it. Other errors are returned as they are.
+    """
+    found = re.search(r"assertion failed: \[(.*?)\] \[([^\[\]]*)\]", error.message, re.S)
+    if found is None:
+        return error
+    return tf.errors.InvalidArgumentError(error.node_def, error.op, f"{found.group(1)} {found.group(2)}")
 
 
 _INTEGER_NAMES = "an integer tensor (int32 or int64)"

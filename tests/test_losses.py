@@ -441,8 +441,12 @@ def test_errors_name_the_argument():
         losses.binary_crossentropy([[1.0]], [[0.5]], axis=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must be probabilities in"):
         losses.binary_crossentropy([[1.0]], [[1.5]])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be in"):
-        losses.sparse_categorical_crossentropy([3], [[0.5, 0.5]])
+    for from_logits in (False, True):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"^safeops.losses.sparse_categorical_crossentropy: y_true must be in \[0, 2\), got 3$"):
+            losses.sparse_categorical_crossentropy([3], [[0.5, 0.5]], from_logits=from_logits)
+    with pytest.raises(ValueError, match=r"sparse_categorical_crossentropy: y_true and y_pred must be shapes"):
+        losses.sparse_categorical_crossentropy([1, 0, 1], [[0.5, 0.5], [0.5, 0.5]])
     with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must be non-negative"):
         losses.poisson([[1.0]], [[-1.0]])
     with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must be probabilities"):

@@ -29,6 +29,7 @@ import safeops.math as tfm
 from safeops import _dtypes, _validate, nn
 from safeops._gradient import custom_op
 from safeops.losses import _common
+from safeops.nn import _softmax_xent
 from safeops.losses._authoring import LossFunctionWrapper
 
 _REDUCTION = "sum_over_batch_size"
@@ -236,9 +237,9 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
             values = tf.where(valid[..., None], values, neutral)
         if from_probabilities:
             floor = _dtypes.tiny(pred.clamp_dtype)
-            loss = _sparse_probability_xent(labels, floor, pred.clamp_dtype)(values)
+            loss = _sparse_probability_xent(labels, floor, pred.clamp_dtype, (op, "y_true", "y_pred"))(values)
         else:
-            loss = nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=values)
+            loss = _softmax_xent.sparse_xent(labels, values, (op, "y_true", "y_pred"))
         if valid is not None:
             loss = tf.where(valid, loss, tf.zeros_like(loss))
             loss._keras_mask = valid
@@ -304,7 +305,7 @@ def _probability_xent(axis: int, floor: float, dtype: tf.DType):
     return custom_op(forward, backward, dtype)
 
 
-def _sparse_probability_xent(labels: tf.Tensor, floor: float, dtype: tf.DType):
+def _sparse_probability_xent(labels: tf.Tensor, floor: float, dtype: tf.DType, who: tuple):
     """:func:`_probability_xent` for class indices along the last axis (``sum(y) = 1``).
 
     A label out of range gives NaN in the loss (with validation off, or
@@ -312,8 +313,7 @@ def _sparse_probability_xent(labels: tf.Tensor, floor: float, dtype: tf.DType):
     """
 
     def forward(p):
-        return nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels, logits=tf.math.log(tf.maximum(p, floor)))
+        return _softmax_xent.sparse_xent(labels, tf.math.log(tf.maximum(p, floor)), who)
 
     def backward(dl, loss, p):
         c = tf.maximum(p, floor)

@@ -184,23 +184,34 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
     with _validate.op_scope(op, name):
         labels = _validate.integer_tensor(labels, op, "labels")
         logits = _validate.float_tensor(logits, op, "logits")
-        shape_checks = _check_sparse_shapes(op, labels, logits)
-        num_classes = logits.shape[-1]
-        expected = f"in [0, {num_classes})" if num_classes is not None else "in [0, num_classes)"
-        checked = _validate.validation_enabled()
-        if tf.executing_eagerly():
-            # Some thirty small ops (the label check, the flattening, the
-            # gathers): eager, each is a dispatch of its own (2 ms a call at
-            # [8, 10], TensorFlow's kernel 0.05 ms). With no tape watching
-            # the logits the whole loss is one graph call (0.25 ms); under a
-            # tape only the label part is (1.5 ms), since a custom gradient
-            # inside a tf.function cannot be differentiated twice eagerly.
+        return sparse_xent(labels, logits, (op, "labels", "logits"))
+
+
+def sparse_xent(labels: tf.Tensor, logits: tf.Tensor, who: tuple[str, str, str]) -> tf.Tensor:
+    """The sparse cross-entropy of converted operands; errors name ``who = (op, labels name, logits name)``.
+
+    For the losses, whose users passed ``y_true`` and ``y_pred``.
+    """
+    shape_checks = _check_sparse_shapes(who, labels, logits)
+    num_classes = logits.shape[-1]
+    expected = f"in [0, {num_classes})" if num_classes is not None else "in [0, num_classes)"
+    checked = _validate.validation_enabled()
+    if tf.executing_eagerly():
+        # Some thirty small ops (the label check, the flattening, the
+        # gathers): eager, each is a dispatch of its own (2 ms a call at
+        # [8, 10], TensorFlow's kernel 0.05 ms). With no tape watching
+        # the logits the whole loss is one graph call (0.5 ms); under a
+        # tape only the label part is, since a custom gradient inside a
+        # tf.function cannot be differentiated twice eagerly.
+        try:
             if not watched_eagerly(logits):
-                return _eager_sparse_loss(expected, checked, _xla.enabled())(labels, logits)
-            safe_labels, valid = _eager_label_check(expected, checked)(labels, tf.shape(logits)[-1])
-            return _sparse_loss_of(labels, logits, safe_labels, valid)
-        safe_labels, valid = _checked_labels(labels, tf.shape(logits)[-1], expected, shape_checks, checked)
+                return _eager_sparse_loss(who, expected, checked, _xla.enabled())(labels, logits)
+            safe_labels, valid = _eager_label_check(who, expected, checked)(labels, tf.shape(logits)[-1])
+        except tf.errors.InvalidArgumentError as error:
+            raise _validate.eager_failure(error) from None
         return _sparse_loss_of(labels, logits, safe_labels, valid)
+    safe_labels, valid = _checked_labels(labels, tf.shape(logits)[-1], who, expected, shape_checks, checked)
+    return _sparse_loss_of(labels, logits, safe_labels, valid)
 
 
 def _sparse_loss_of(labels, logits, safe_labels, valid):
@@ -211,24 +222,23 @@ def _sparse_loss_of(labels, logits, safe_labels, valid):
 
 
 @functools.lru_cache(maxsize=None)
-def _eager_sparse_loss(expected: str, checked: bool, xla: bool):
+def _eager_sparse_loss(who: tuple, expected: str, checked: bool, xla: bool):
     """The whole loss as one ``tf.function``, for eager calls with no tape (``xla``: a cache key only)."""
     del xla  # read by _index_xent while tracing
 
     def loss(labels, logits):
-        safe_labels, valid = _checked_labels(labels, tf.shape(logits)[-1], expected, [], checked)
+        safe_labels, valid = _checked_labels(labels, tf.shape(logits)[-1], who, expected, [], checked)
         return _sparse_loss_of(labels, logits, safe_labels, valid)
 
     return tf.function(loss, autograph=False, reduce_retracing=True)
 
 
-def _checked_labels(labels, num_classes, expected, shape_checks, checked):
+def _checked_labels(labels, num_classes, who, expected, shape_checks, checked):
     """``(safe_labels, valid)``: flat labels with the invalid ones set to 0, and the mask of valid ones.
 
     ``checked``: an assertion (after ``shape_checks``) that every label is
     valid, naming the first that is not.
     """
-    op = "safeops.nn.sparse_softmax_cross_entropy_with_logits"
     flat_labels = tf.reshape(labels, [-1])
     valid = tf.logical_and(flat_labels >= 0, flat_labels < tf.cast(num_classes, labels.dtype))
     checks = []
@@ -238,16 +248,19 @@ def _checked_labels(labels, num_classes, expected, shape_checks, checked):
         first_bad = tf.gather(
             tf.concat([flat_labels, tf.zeros([1], labels.dtype)], 0),
             tf.argmax(tf.concat([tf.cast(tf.logical_not(valid), tf.int32), tf.ones([1], tf.int32)], 0)))
-        checks = _validate.assert_that(tf.reduce_all(valid), op, "labels", expected, first_bad)
+        checks = _validate.assert_that(tf.reduce_all(valid), who[0], who[1], expected, first_bad)
     with tf.control_dependencies(shape_checks + checks):
         return tf.where(valid, flat_labels, tf.zeros_like(flat_labels)), valid
 
 
 @functools.lru_cache(maxsize=None)
-def _eager_label_check(expected: str, checked: bool):
+def _eager_label_check(who: tuple, expected: str, checked: bool):
     """:func:`_checked_labels` as one ``tf.function`` for eager calls (one trace for every batch size)."""
-    return tf.function(lambda labels, num_classes: _checked_labels(labels, num_classes, expected, [], checked),
-                       autograph=False, reduce_retracing=True)
+
+    def check(labels, num_classes):
+        return _checked_labels(labels, num_classes, who, expected, [], checked)
+
+    return tf.function(check, autograph=False, reduce_retracing=True)
 
 
 @_xla.per_axis
@@ -372,7 +385,7 @@ def _broadcast_pair(labels: tf.Tensor, logits: tf.Tensor):
     return tf.broadcast_to(labels, shape), tf.broadcast_to(logits, shape)
 
 
-def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
+def _check_sparse_shapes(who: tuple, labels: tf.Tensor, logits: tf.Tensor) -> list:
     """``ValueError`` naming both arguments unless ``labels.shape == logits.shape[:-1]``.
 
     Where a rank or a batch dimension is unknown until the graph runs,
@@ -382,15 +395,16 @@ def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
     the wrong length. Else ``[]``. The assertion stays on with
     :func:`safeops.set_validation` off: it reads shapes, not values.
     """
+    op, label_name, logit_name = who
+    both = f"{label_name} and {logit_name}"
     expected = "shapes [d0, ..., dn] and [d0, ..., dn, num_classes]"
     if logits.shape.rank == 0:
-        raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
+        raise ValueError(_validate.message(op, logit_name, "a tensor of rank >= 1", "a scalar"))
     known_ranks = labels.shape.rank is not None and logits.shape.rank is not None
     if known_ranks and (
             labels.shape.rank != logits.shape.rank - 1
             or not labels.shape.is_compatible_with(logits.shape[:-1])):
-        raise ValueError(_validate.message(
-            op, "labels and logits", expected, f"{labels.shape} and {logits.shape}"))
+        raise ValueError(_validate.message(op, both, expected, f"{labels.shape} and {logits.shape}"))
     if not known_ranks or not (labels.shape.is_fully_defined() and logits.shape[:-1].is_fully_defined()):
         labels_shape, logits_shape = tf.shape(labels, out_type=tf.int64), tf.shape(logits, out_type=tf.int64)
         same_rank = tf.equal(tf.size(labels_shape) + 1, tf.size(logits_shape))
@@ -398,6 +412,6 @@ def _check_sparse_shapes(op: str, labels: tf.Tensor, logits: tf.Tensor) -> list:
             same_rank,
             lambda: tf.reduce_all(tf.equal(labels_shape, logits_shape[:-1])),
             lambda: tf.constant(False))
-        data = [f"{op}: labels and logits must be {expected}, got", labels_shape, "and", logits_shape]
+        data = [f"{op}: {both} must be {expected}, got", labels_shape, "and", logits_shape]
         return [tf.debugging.Assert(matching, data)]
     return []
