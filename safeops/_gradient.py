@@ -204,7 +204,7 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
 
 
 def _differentiate_backward(forward, backward, dy, *rest, n):
-    """The product of ``backward``'s Jacobian, for ``dy`` and ``xs = rest[:n]``, with cotangents ``rest[n:]``."""
+    """``backward``'s vector-Jacobian product: cotangents ``rest[n:]``, inputs ``dy`` and ``rest[:n]``."""
     xs, ddx = list(rest[:n]), rest[n:]
     with tf.GradientTape() as tape:
         tape.watch([dy, *xs])

@@ -96,8 +96,10 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
         return tf.constant(value, dtype=dtype)
     if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "dtype"):
         got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
-        if cast and dtype is not None and got is not None and (got.is_floating or got.is_integer):
-            return tf.cast(value, dtype)
+        if cast and dtype is not None:
+            if got is not None and (got.is_floating or got.is_integer):
+                return tf.cast(value, dtype)
+            raise TypeError(message(op, arg, "a float or integer tensor", _dtype_name(value)))
         if got is None or got not in _dtypes.FLOAT_DTYPES:
             raise TypeError(message(op, arg, _FLOAT_NAMES, _dtype_name(value)))
         if dtype is not None and got != dtype:

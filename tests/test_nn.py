@@ -353,7 +353,7 @@ def test_numpy_operand_next_to_a_tensor_takes_its_dtype_as_in_tensorflow(name, o
 
 
 def test_dense_dtype_errors_name_the_argument():
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy_with_logits: labels must be a floating-point"):
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy_with_logits: labels must be a float or integer"):
         DENSE(tf.constant([["a", "b", "c"]]), tf.ones([1, 3]))
     with pytest.raises(TypeError, match=r"logits must be a floating-point tensor"):
         DENSE(tf.ones([2, 3]), tf.ones([2, 3], tf.int32))
@@ -525,7 +525,8 @@ def test_numpy_and_constant_tensor_axes_are_taken_as_by_tensorflow(axis):
     x = tf.constant(np.random.default_rng(5).normal(size=(2, 3, 4)), tf.float32)
     labels = tf.nn.softmax(tf.reverse(x, [1]), axis=1)
     # (TensorFlow's own xent fails on a negative NumPy or int64 tensor axis; it is given a plain 1.)
-    for ours, theirs in ((safeops.math.softmax, tf.nn.softmax), (safeops.math.log_softmax, tf.nn.log_softmax)):
+    for ours, theirs in ((safeops.math.softmax, tf.nn.softmax),
+                         (safeops.math.log_softmax, tf.nn.log_softmax)):
         np.testing.assert_allclose(ours(x, axis).numpy(), theirs(x, 1).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(DENSE(labels, x, axis).numpy(),
                                tf.nn.softmax_cross_entropy_with_logits(labels, x, 1).numpy(), rtol=1e-5)

@@ -50,8 +50,9 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
     and :math:`s = \sum e^{d}`; both terms are non-negative for non-negative
     labels, so nothing cancels. :math:`\log s` is :math:`\mathrm{log1p}` of
     the sum of the non-maximal terms (Blanchard, Higham and Higham 2021,
-    IMA J. Numer. Anal.), each corrected for the rounding of :math:`d`. The naive ``-sum(y * log(softmax(x)))`` overflows
-    in ``exp`` for logits above ~88 (float32), gives ``log(0) = -inf`` and
+    IMA J. Numer. Anal.), each corrected for the rounding of :math:`d`.
+    The naive ``-sum(y * log(softmax(x)))`` overflows in ``exp`` for
+    logits above ~88 (float32), gives ``log(0) = -inf`` and
     then NaN for very negative logits, and ``0 * -inf = NaN`` at ``-inf``
     mask logits; TensorFlow's fused kernel shares the last failure.
 
@@ -311,7 +312,7 @@ def _index_xent(labels, valid, dtype: tf.DType):
 
 @functools.lru_cache(maxsize=None)
 def _last_axis_log_sum_exp(xla: bool):
-    """``(d, e, s, log s)`` of :func:`_shifted_log_sum_exp` on the last axis; one inner XLA function with ``xla``."""
+    """``(d, e, s, log s)`` of :func:`_shifted_log_sum_exp` on the last axis (one XLA function with ``xla``)."""
     return _xla.compiled(lambda x: _shifted_log_sum_exp(x, -1)[1:], xla)
 
 
