@@ -207,14 +207,16 @@ def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> No
             raise AxisError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
 
 
-def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: bool = False) -> Any:
+def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: bool = False,
+                runtime: bool = True) -> Any:
     """An axis argument as Python ints, checked against ``rank``.
 
     Takes what TensorFlow and Keras take: Python and NumPy integers, and
     integer tensors whose value is known while tracing (``tf.constant(1)``);
     with ``many`` also lists, tuples and arrays of them (a tuple comes back)
     and ``None`` (every axis). A scalar integer tensor known only when the
-    graph runs is returned as it is (the op's kernels check it then).
+    graph runs is returned as it is (the op's kernels check it then), or
+    refused with ``runtime=False`` (an op compiled per axis).
     Bools, floats and several axes where one is expected raise ``TypeError``
     naming ``arg``; an axis out of range raises :class:`AxisError`.
     """
@@ -226,11 +228,11 @@ def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: b
             raise TypeError(message(op, arg, one, f"a {axis.dtype.name} tensor"))
         known = tf.get_static_value(axis)
         if known is None:
-            if axis.shape.rank == 0:
+            if axis.shape.rank == 0 and runtime:
                 return axis
-            if not many:
+            if axis.shape.rank != 0 and not many:
                 raise TypeError(message(op, arg, one, f"a tensor of shape {axis.shape}"))
-            raise TypeError(message(op, arg, "axes known when the function is traced", "a runtime tensor"))
+            raise TypeError(message(op, arg, f"{one}, known when the function is traced", "a runtime tensor"))
         axis = known
     if isinstance(axis, (np.ndarray, list, tuple)):
         values = np.asarray(axis)

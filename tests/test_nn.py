@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import safeops
+import safeops.losses
 import safeops.math
 from safeops import nn
 
@@ -602,3 +603,12 @@ def test_sparse_eager_paths_with_and_without_a_tape_agree():
                 tape.watch(logits)
             with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 5\), got.*7"):
                 SPARSE(tf.constant([0, 7, 1, 1, 1, 1]), logits)
+
+
+def test_a_runtime_axis_is_refused_where_the_op_is_built_per_axis():
+    spec = [tf.TensorSpec([2, 3]), tf.TensorSpec([], tf.int32)]
+    dense = tf.function(lambda x, a: DENSE(x, x, a), input_signature=spec)
+    loss = tf.function(lambda x, a: safeops.losses.binary_crossentropy(x, x, axis=a), input_signature=spec)
+    for fn, op in ((dense, "softmax_cross_entropy_with_logits"), (loss, "binary_crossentropy")):
+        with pytest.raises(TypeError, match=rf"{op}: axis must be an int.*known when the function is traced"):
+            fn(tf.ones([2, 3]), tf.constant(1))

@@ -142,11 +142,7 @@ def check_axis(op, axis, rank, many=False):
     ``many``: the losses that average over ``axis`` (the binary ones), which
     take a tuple of axes or ``None`` as Keras' ``mean`` does.
     """
-    axis = _validate.static_axis(op, axis, rank, many=many)
-    if isinstance(axis, tf.Tensor):
-        raise TypeError(_validate.message(op, "axis", "an int known when the function is traced",
-                                          "a runtime tensor"))
-    return axis
+    return _validate.static_axis(op, axis, rank, many=many, runtime=False)
 
 
 def _first_bad(x, inside):

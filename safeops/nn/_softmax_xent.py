@@ -112,10 +112,7 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
         if rank == 0:
             raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
         _validate.broadcast_shape(op, "labels", labels, "logits", logits)
-        axis = _validate.static_axis(op, axis, rank)
-        if isinstance(axis, tf.Tensor):
-            raise TypeError(_validate.message(op, "axis", "an int known when the function is traced",
-                                              "a runtime tensor"))
+        axis = _validate.static_axis(op, axis, rank, runtime=False)
         if rank is not None and axis < 0:
             axis += rank
         labels, logits = _broadcast_pair(labels, logits)
