@@ -106,18 +106,34 @@ def custom_op_with_residuals(forward, backward, output_dtype: tf.DType) -> Calla
     @tf.custom_gradient
     def recorded(*xs):
         y, residuals = forward(*xs)
+        # Integer and boolean inputs (class indices, masks) are constants of
+        # the op: no gradient, and not cast for the second-order pass.
+        smooth = [i for i, x in enumerate(xs) if x.dtype.is_floating]
 
         def first_order(dy):
             @tf.custom_gradient
             def gradients(dy, *xs):
+                if not tf.executing_eagerly():
+                    # A tf.function differentiated twice by tapes outside it
+                    # builds this pass in its backward function, where xs
+                    # are the forward function's tensors: reached through
+                    # this closure by the second-order pass (a third
+                    # graph) they are out of scope (TypeError). Local
+                    # copies are captured like any input. For the same
+                    # reason an op must take every tensor it uses as an
+                    # input, never close over one.
+                    xs = tuple(tf.identity(x) for x in xs)
                 grads = tuple(backward(dy, y, residuals, *xs))
 
                 def second_order(*ddx):
-                    return _second_order(_plain(forward), _plain(backward), output_dtype, dy, xs, ddx)
+                    return _second_order(_plain(forward), _plain(backward), output_dtype, dy, xs, ddx, smooth)
 
-                return grads, second_order
+                return tuple(grads[i] for i in smooth), second_order
 
-            return gradients(dy, *xs)
+            grads = [None] * len(xs)
+            for i, g in zip(smooth, gradients(dy, *xs)):
+                grads[i] = g
+            return grads
 
         return y, first_order
 
@@ -154,7 +170,7 @@ def watched_eagerly(x: tf.Tensor) -> bool:
     return _record is None or _record.should_record_backprop([x])
 
 
-def _second_order(forward, backward, output_dtype, dy, xs, ddx):
+def _second_order(forward, backward, output_dtype, dy, xs, ddx, smooth):
     """Differentiates ``backward`` once more, in float64, and saturates.
 
     The pass runs in float64 whatever the op's compute dtype: the
@@ -176,17 +192,28 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
     replacement is an artifact (0), one that disappears was owed (NaN). The
     decision is per entry, so one NaN in a batch does not expose the
     artifacts of the other entries, and a row-wise op's NaN row stays NaN.
+
+    ``smooth``: the indices of the float inputs, the ones ``ddx`` and the
+    result are for; the others (integer constants) get ``None``.
     """
     wide = tf.float64
-    operands = [dy, *xs, *ddx]
-    dd = _differentiate_backward(forward, backward, *[tf.cast(t, wide) for t in operands], n=len(xs))
+    floats = [xs[i] for i in smooth]
+    operands = [dy, *floats, *ddx]
+
+    def differentiate(dy, *rest):
+        inputs = list(xs)
+        for i, x in zip(smooth, rest[:len(smooth)]):
+            inputs[i] = x
+        return _differentiate_backward(forward, backward, dy, inputs, smooth, rest[len(smooth):])
+
+    dd = differentiate(*[tf.cast(t, wide) for t in operands])
     dirty = tf.reduce_any(tf.stack([tf.reduce_any(tf.math.is_nan(t)) for t in operands]))
 
     def replaced():
-        fills = [0.0] + [0.5] * len(xs) + [0.0] * len(ddx)
+        fills = [0.0] + [0.5] * len(floats) + [0.0] * len(ddx)
         calm = [tf.where(tf.math.is_nan(t), tf.cast(f, wide), tf.cast(t, wide))
                 for t, f in zip(operands, fills)]
-        return [tf.math.is_nan(d) for d in _differentiate_backward(forward, backward, *calm, n=len(xs))]
+        return [tf.math.is_nan(d) for d in differentiate(*calm)]
 
     def all_artifacts():
         return [tf.ones_like(d, tf.bool) for d in dd]
@@ -199,18 +226,20 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx):
         return tf.cast(d, like.dtype)
 
     ddy = tidy(dd[0], artifact[0], dy)
-    ddxs = [tf.where(tf.math.is_nan(x), x, tidy(d, a, x)) for x, d, a in zip(xs, dd[1:], artifact[1:])]
+    ddxs = [None] * len(xs)
+    for i, x, d, a in zip(smooth, floats, dd[1:], artifact[1:]):
+        ddxs[i] = tf.where(tf.math.is_nan(x), x, tidy(d, a, x))
     return (ddy, *ddxs)
 
 
-def _differentiate_backward(forward, backward, dy, *rest, n):
-    """``backward``'s vector-Jacobian product: cotangents ``rest[n:]``, inputs ``dy`` and ``rest[:n]``."""
-    xs, ddx = list(rest[:n]), rest[n:]
+def _differentiate_backward(forward, backward, dy, xs, smooth, ddx):
+    """``backward``'s vector-Jacobian product for cotangents ``ddx``, in ``dy`` and the float ``xs[smooth]``."""
+    floats = [xs[i] for i in smooth]
     with tf.GradientTape() as tape:
-        tape.watch([dy, *xs])
+        tape.watch([dy, *floats])
         y, residuals = forward(*xs)
         redo = tuple(backward(dy, y, residuals, *xs))
-    return tape.gradient(redo, [dy, *xs], output_gradients=list(ddx),
+    return tape.gradient([redo[i] for i in smooth], [dy, *floats], output_gradients=list(ddx),
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 

@@ -21,7 +21,7 @@ import os
 
 import tensorflow as tf
 
-try:  # TensorFlow's test for an XLA-compiled graph (see _in_xla)
+try:  # TensorFlow's test for an XLA-compiled graph (see in_xla)
     from tensorflow.python.ops import control_flow_util as _control_flow_util
 except ImportError:  # pragma: no cover
     _control_flow_util = None
@@ -164,12 +164,12 @@ def _dot_sums_allowed() -> bool:
     return not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices("TPU")
 
 
-def _in_xla() -> bool:
+def in_xla() -> bool:
     """Whether the graph being traced (or one it is nested in) is compiled by XLA.
 
     TensorFlow's own test (``control_flow_util.GraphOrParentsInXlaContext``,
     true inside ``tf.function(jit_compile=True)`` and anything it calls);
-    there is no public equivalent. Without it, false: the plain reduction.
+    there is no public equivalent. Without it, false (the non-XLA forms).
     """
     if _control_flow_util is None:
         return False
@@ -188,7 +188,7 @@ def sums_as_dot(x, axis) -> bool:
     rank = x.shape.rank
     last = (isinstance(axis, int) and not isinstance(axis, bool) and rank is not None and rank >= 1
             and axis in (-1, rank - 1) and x.shape[-1] is not None and x.shape[-1] < _DOT_SUM_MAX)
-    return last and x.dtype in (tf.float32, tf.float64) and _in_xla() and _dot_sums_allowed()
+    return last and x.dtype in (tf.float32, tf.float64) and in_xla() and _dot_sums_allowed()
 
 
 def last_axis_sums(parts, axis):
@@ -228,7 +228,7 @@ def last_axis_sums(parts, axis):
             return [tf.expand_dims(tf.einsum("...n,n->...", x, ones), -1)]
         sums = tf.einsum("...kn,n->...k", tf.stack(parts, axis=-2), ones)
         return [sums[..., i:i + 1] for i in range(len(parts))]
-    if len(parts) == 2 and x.dtype in (tf.float32, tf.float64) and _in_xla():
+    if len(parts) == 2 and x.dtype in (tf.float32, tf.float64) and in_xla():
         both = tf.reduce_sum(tf.complex(parts[0], parts[1]), axis, keepdims=True)
         return [tf.math.real(both), tf.math.imag(both)]
     return [tf.reduce_sum(p, axis, keepdims=True) for p in parts]

@@ -249,3 +249,56 @@ def test_categorical_second_order_finite(mode):
     _, g, h = derivatives(lambda z: losses.categorical_focal_crossentropy(y, z, gamma=0.5, from_logits=True),
                           tf.constant([[1e4, 0.0, -1e4, 0.0], [30.0, 0.0, -5.0, 88.0]]), mode)
     assert np.isfinite(g).all() and np.isfinite(h).all(), (g, h)
+
+
+def _categorical_probability_gradient(y, p, alpha, gamma, tiny):
+    """d/dp of sum_j alpha (1 - u_j)**gamma (-y_j log u_j), u = c / sum(c), c = max(p, tiny), in float64.
+
+    Below ``tiny`` the derivative in ``c`` (the clamp's boundary gradient, C4).
+    """
+    c = np.maximum(p, tiny)
+    s = c.sum(-1, keepdims=True)
+    u = c / s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_u = alpha * y * (gamma * (1 - u) ** (gamma - 1) * np.log(u) - (1 - u) ** gamma / u)
+    d_u = np.where(y == 0, 0.0, d_u)
+    # du_j/dc_i = delta_ij / S - c_j / S**2.
+    return d_u / s - (d_u * c).sum(-1, keepdims=True) / s ** 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tensor_gamma", [False, True])
+def test_categorical_probability_gradient_at_a_zero_probability(tensor_gamma, dtype, mode):
+    """C4 on probabilities: a class of probability 0 keeps the normaliser's pull.
+
+    The loss took log(max(p, tiny)) as logits, and the logits' gradient
+    p_i * (...) had p_i = c_i / S below tiny, flushed to 0: at p = [0.5,
+    0.5, 0], y = [1, 0, 0] the third class got 0 in float32 and float64
+    (exact 0.1491), through the fused op and the tensor-gamma path alike.
+    """
+    p = np.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4]])
+    y = np.eye(3)[[0, 2, 2, 1]]
+    tiny = float(np.finfo(dtype).tiny)
+    gamma = tf.constant(2.0, dtype) if tensor_gamma else 2.0
+
+    def loss(q):
+        return losses.categorical_focal_crossentropy(tf.constant(y, dtype), q, gamma=gamma)
+
+    q = tf.constant(p, dtype)
+
+    def value_and_gradient(q):
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            value = loss(q)
+        return value, tape.gradient(value, q)
+
+    value, grad = run(mode, value_and_gradient)(q)
+    expected = _categorical_probability_gradient(y, p, 0.25, 2.0, tiny)
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=rtol, atol=1e-300)
+    assert grad.numpy()[0, 2] > 0.14 and grad.numpy()[1, 1] > 0
+    c = np.maximum(p, tiny)
+    u = c / c.sum(-1, keepdims=True)
+    want = (0.25 * y * (1 - u) ** 2 * -np.log(u)).sum(-1)
+    np.testing.assert_allclose(value.numpy(), want, rtol=rtol, atol=1e-30)

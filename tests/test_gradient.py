@@ -82,3 +82,60 @@ def test_a_nan_logit_makes_its_row_of_second_derivatives_nan_only(mode):
     alone = run(logits[:1], v[:1]).numpy()
     np.testing.assert_array_equal(h[0], alone[0])
     assert np.isnan(h[1]).all()
+
+
+# ----------------------------------------------------------------------------
+# A tf.function differentiated twice by tapes outside it (C6).
+
+
+def _outside_cases():
+    import safeops.losses as sl
+
+    y = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.3, 0.3, 0.4]])
+    classes = tf.constant([0, 1, 2])
+    return {
+        "log": sm.log,
+        "norm": lambda x: sm.norm(x, axis=-1),
+        "norm_all": sm.norm,
+        "l2_normalize": lambda x: sm.l2_normalize(x, axis=-1),
+        "softmax_xent": lambda x: sn.softmax_cross_entropy_with_logits(y, x),
+        "sparse_xent": lambda x: sn.sparse_softmax_cross_entropy_with_logits(classes, x),
+        "sparse_cce_probabilities": lambda x: sl.sparse_categorical_crossentropy(classes, x),
+        "sparse_cce_logits": lambda x: sl.sparse_categorical_crossentropy(classes, x, from_logits=True),
+        "focal_probabilities": lambda x: sl.categorical_focal_crossentropy(y, x),
+    }
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", sorted(_outside_cases()))
+def test_second_order_of_a_function_differentiated_from_outside(name, jit):
+    """Both tapes outside a (jit-compiled) tf.function: the same Hessian-vector product as eager.
+
+    Failed before: the sparse ops closed over their labels, which the
+    second-order pass then reached from a third graph (TypeError, out of
+    scope); norm and l2_normalize differentiated a tf.cond, which under
+    jit_compile needs Optional ops that XLA lacks (InvalidArgumentError).
+    """
+    op = _outside_cases()[name]
+
+    x = tf.constant([[0.5, 0.25, 0.1], [0.9, 0.2, 0.3], [0.2, 0.1, 0.7]])
+    # A weighted loss and a direction that no invariance annihilates (the
+    # rows of l2_normalize have unit norm, a softmax is shift-invariant).
+    v = tf.constant([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0], [-0.5, 0.75, 2.0]])
+
+    def loss(x):
+        y = op(x)
+        return tf.reduce_sum(tf.reshape(v, [-1])[:tf.size(y)] * tf.reshape(y, [-1]) ** 2)
+
+    def hvp(fn):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                value = fn(x)
+            g = inner.gradient(value, x)
+        return outer.gradient(g, x, output_gradients=v).numpy()
+
+    expected = hvp(loss)
+    assert np.all(np.isfinite(expected)) and np.any(expected != 0)
+    np.testing.assert_allclose(hvp(tf.function(loss, jit_compile=jit)), expected, rtol=1e-5, atol=1e-6)

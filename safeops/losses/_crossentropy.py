@@ -237,7 +237,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
             values = tf.where(valid[..., None], values, neutral)
         if from_probabilities:
             floor = _dtypes.tiny(pred.clamp_dtype)
-            loss = _sparse_probability_xent(labels, floor, pred.clamp_dtype, (op, "y_true", "y_pred"))(values)
+            loss = _sparse_probability_xent(floor, pred.clamp_dtype, (op, "y_true", "y_pred"))(values, labels)
         else:
             loss = _softmax_xent.sparse_xent(labels, values, (op, "y_true", "y_pred"))
         if valid is not None:
@@ -305,22 +305,24 @@ def _probability_xent(axis: int, floor: float, dtype: tf.DType):
     return custom_op(forward, backward, dtype)
 
 
-def _sparse_probability_xent(labels: tf.Tensor, floor: float, dtype: tf.DType, who: tuple):
-    """:func:`_probability_xent` for class indices along the last axis (``sum(y) = 1``).
+@functools.lru_cache(maxsize=None)
+def _sparse_probability_xent(floor: float, dtype: tf.DType, who: tuple):
+    """``op(p, labels)``: :func:`_probability_xent` for class indices along the last axis (``sum(y) = 1``).
 
     A label out of range gives NaN in the loss (with validation off, or
-    under XLA) and, here too, in the gradient of its row.
+    under XLA) and, here too, in the gradient of its row. The labels are an
+    input of the op, not closed over (see :mod:`safeops._gradient`).
     """
 
-    def forward(p):
+    def forward(p, labels):
         return _softmax_xent.sparse_xent(labels, tf.math.log(tf.maximum(p, floor)), who)
 
-    def backward(dl, loss, p):
+    def backward(dl, loss, p, labels):
         c = tf.maximum(p, floor)
         at_label = tf.one_hot(labels, tf.shape(p)[-1], dtype=p.dtype)
         dp = tf.expand_dims(dl, -1) * (1.0 / tf.reduce_sum(c, -1, keepdims=True) - at_label / c)
         bad_row = tf.expand_dims(tf.math.is_nan(loss), -1)
-        return (tf.where(bad_row, tf.constant(float("nan"), dp.dtype), dp),)
+        return tf.where(bad_row, tf.constant(float("nan"), dp.dtype), dp), None
 
     return custom_op(forward, backward, dtype)
 

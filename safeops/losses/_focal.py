@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 import safeops.math as tfm
-from safeops import _validate, _xla, nn
+from safeops import _dtypes, _validate, _xla, nn
 from safeops.math import _logsumexp
 from safeops._gradient import custom_op, custom_op_with_residuals, sum_to_shape
 from safeops.losses import _common
@@ -180,16 +180,26 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
         y = _common.smoothed_categorical(y, label_smoothing, axis)
-        logits = pred.logits if pred.logits is not None else pred.clamped(tfm.log, pred.probabilities())
+        if pred.logits is not None:
+            values, floor = pred.logits, None
+        else:
+            # Probabilities: the logits are log(max(p, tiny)), whose derivative
+            # each op below writes out (see _normalized_log).
+            values = tf.cast(pred.probabilities(), pred.compute_dtype)
+            floor = _dtypes.tiny(pred.clamp_dtype)
         weights = _constant_alpha(alpha)
         if _fusable(gamma) and weights is not None:
             scale, per_class = weights
-            loss = _fused_categorical_focal_op(float(gamma), per_class, axis, pred.dtype, _xla.enabled())(y, logits)
+            fused = _fused_categorical_focal_op(float(gamma), per_class, axis, pred.dtype, _xla.enabled(), floor)
+            loss = fused(y, values)
             if scale != 1.0:
                 loss = scale * loss
             return pred.output(loss)
         # A tensor alpha or gamma, or gamma = 0: the same formula from safeops ops.
-        log_p = tfm.log_softmax(logits, axis=axis)
+        if floor is None:
+            log_p = tfm.log_softmax(values, axis=axis)
+        else:
+            log_p = _normalized_log(axis, floor, pred.clamp_dtype)(values)
         cross = tf.math.multiply_no_nan(-log_p, y)
         loss = _times_focal_factor(cross, tfm.log1mexp(log_p), gamma)
         alpha = tf.cast(alpha, pred.compute_dtype)
@@ -201,6 +211,32 @@ def _times_focal_factor(loss, log_q, gamma):
     if isinstance(gamma, (int, float)) and gamma == 0:
         return loss
     return tf.exp(tf.cast(gamma, log_q.dtype) * log_q) * loss
+
+
+@functools.lru_cache(maxsize=None)
+def _normalized_log(axis: int, floor: float, dtype: tf.DType):
+    r"""``log(c / sum(c))`` along ``axis``, :math:`c = \max(p, floor)`, with its gradient written out.
+
+    The value is the log-softmax of the logits :math:`\log c`. Its gradient
+    through that chain is :math:`(u_i - \operatorname{softmax}_i \sum_j u_j)
+    / c_i` for the upstream :math:`u`, and :math:`\operatorname{softmax}_i =
+    c_i / S` flushes to 0 below ``tiny`` (TensorFlow's CPU arithmetic), so a
+    probability 0 next to others lost the normaliser's pull :math:`-\sum_j
+    u_j / S` (C4). Written directly, :math:`u_i / c_i - \sum_j u_j / S`
+    forms no such quotient; below ``floor`` it is the gradient at the clamp
+    boundary (``1 / floor`` at most). ``dtype``: the dtype of the caller's
+    probabilities, where second derivatives saturate.
+    """
+
+    def forward(p):
+        return _logsumexp.log_softmax_forward(tf.math.log(tf.maximum(p, floor)), axis)
+
+    def backward(du, log_p, p):
+        del log_p
+        c = tf.maximum(p, floor)
+        return (du / c - tf.reduce_sum(du, axis, keepdims=True) / tf.reduce_sum(c, axis, keepdims=True),)
+
+    return custom_op(forward, backward, dtype)
 
 
 @keras.saving.register_keras_serializable(package="safeops")
@@ -398,7 +434,7 @@ def _constant_alpha(alpha):
 
 
 @functools.lru_cache(maxsize=None)
-def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
+def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
     r"""``sum_j alpha_j (1 - p_j)**gamma (-y_j log p_j)`` along ``axis`` as one custom op of ``(y, z)``.
 
     Forward: :math:`\ell = ` the exact-shift log-softmax of ``z``
@@ -419,6 +455,15 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
     :math:`g_i - p_i \sum_j g_j` (the log-softmax Jacobian), frozen to 0 at
     ``-inf`` (mask) logits as in :func:`safeops.math.log_softmax`, and the
     labels :math:`-\alpha_j \ell_j f_j`.
+
+    With ``floor`` the op takes probabilities ``p`` in place of ``z``: the
+    logits are :math:`z = \log c` with :math:`c = \max(p, floor)`, and the
+    probabilities' gradient is written out as :func:`_normalized_log`
+    explains: :math:`g_i q_i / c_i - \sum_{j \ne i} g_j / S` with
+    :math:`S = \sum_k c_k`, the logits' gradient divided by :math:`c_i`
+    with :math:`p_i / c_i = 1 / S` taken exactly (the chain through
+    :math:`p_i = c_i / S` lost the second term wherever ``p_i`` is below
+    ``tiny``).
     """
     g = float(gamma)
 
@@ -431,8 +476,11 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
         q = -tf.math.expm1(log_p)
         return q, tf.pow(q, g)
 
+    def logits(z):
+        return z if floor is None else tf.math.log(tf.maximum(z, floor))
+
     def forward(y, z):
-        log_p = _logsumexp.log_softmax_forward(z, axis)
+        log_p = _logsumexp.log_softmax_forward(logits(z), axis)
         _, f = factor(log_p)
         loss = tf.reduce_sum(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
         # log_p is kept for the backward pass: recomputing it costs two more
@@ -461,7 +509,11 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla):
         others = ((tf.reduce_sum(g_top, axis, keepdims=True) - g_top)
                   + (tf.reduce_sum(g_rest, axis, keepdims=True) - g_rest))
         dy = tf.expand_dims(dy, axis)
-        grad_z = dy * (g_log_p * q - p * others)
+        if floor is None:
+            grad_z = dy * (g_log_p * q - p * others)
+        else:
+            c = tf.maximum(z, floor)
+            grad_z = dy * (g_log_p * q / c - others / tf.reduce_sum(c, axis, keepdims=True))
         grad_y = dy * (-w * log_p * f)
         return sum_to_shape(grad_y, y), grad_z
 

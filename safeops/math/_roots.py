@@ -390,6 +390,8 @@ def _euclidean_norm(axis, dtype: tf.DType):
         # underflow, the scale 1 gives the same bits without the max
         # reduction. A zero sum takes the scaled path: it may be an
         # underflowed one ([1e-25, 1e-25] in float32).
+        if _xla.in_xla():
+            return scaled_forward(x)  # no tf.cond under XLA: see below
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
         ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
 
@@ -398,6 +400,16 @@ def _euclidean_norm(axis, dtype: tf.DType):
             return norm_, (tf.ones_like(norm_), norm_)
 
         return tf.cond(ordinary, plain, lambda: scaled_forward(x))
+
+    # A tf.cond in a pass that is differentiated (this forward, under a tape
+    # outside a jit_compile function; the second-order pass, which
+    # recomputes the forward) fails to compile: the gradient is built
+    # outside the XLA context and cond_v2 hands its intermediates over as
+    # Optional ops, which XLA lacks. Under XLA, and in the second-order
+    # pass, the forward is the scaled path alone, valid everywhere and, as
+    # scaling by a power of two is exact, the same bits as the plain one
+    # where that applies (one more reduction pass).
+    forward.python_function = scaled_forward
 
     def backward(dy, y, residuals, x):
         scale, scaled_norm = residuals
@@ -440,6 +452,8 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
         # scale is 1 and the plain formula is the same computation on an
         # exactly scaled input; this skips the max reduction and the scaling
         # pass.
+        if _xla.in_xla():
+            return with_residuals(*scaled_forward(x))  # no tf.cond under XLA, as in _euclidean_norm
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
         ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
 
@@ -451,17 +465,22 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
             return x / tf.sqrt(tf.maximum(sum_sq, floor)), tf.ones_like(sum_sq), sum_sq
 
         def scaled():
-            scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
-            scaled_x = x * scale
-            scaled_sum = tf.reduce_sum(tf.square(scaled_x), axis, keepdims=True)
-            # sum(x**2) < epsilon, tested in scaled form (floor * s**2 may be
-            # inf for a tiny x: then the row is below); there TF's value.
-            below = scaled_sum < floor * tf.square(scale)
-            safe_sum = tf.where(below, tf.ones_like(scaled_sum), scaled_sum)
-            floor_root = tf.sqrt(tf.constant(floor, x.dtype))  # the plain branch's root where below
-            return tf.where(below, x / floor_root, scaled_x / tf.sqrt(safe_sum)), scale, scaled_sum
+            return scaled_forward(x)
 
-        y, scale, scaled_sum = tf.cond(ordinary, plain, scaled)
+        return with_residuals(*tf.cond(ordinary, plain, scaled))
+
+    def scaled_forward(x):
+        scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
+        scaled_x = x * scale
+        scaled_sum = tf.reduce_sum(tf.square(scaled_x), axis, keepdims=True)
+        # sum(x**2) < epsilon, tested in scaled form (floor * s**2 may be
+        # inf for a tiny x: then the row is below); there TF's value.
+        below = scaled_sum < floor * tf.square(scale)
+        safe_sum = tf.where(below, tf.ones_like(scaled_sum), scaled_sum)
+        floor_root = tf.sqrt(tf.constant(floor, x.dtype))  # the plain branch's root where below
+        return tf.where(below, x / floor_root, scaled_x / tf.sqrt(safe_sum)), scale, scaled_sum
+
+    def with_residuals(y, scale, scaled_sum):
         below = scaled_sum < floor * tf.square(scale)
         scaled_norm = tf.sqrt(tf.where(below, tf.ones_like(scaled_sum), scaled_sum))
         return y, (scale, scaled_norm, below)
@@ -482,7 +501,9 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
         # plain forward (about 0.5 ms for a small tensor here).
         return compiled_forward(x) if xla and tf.executing_eagerly() else forward(x)
 
-    forward_here.python_function = forward  # the plain function, for the second-order pass
+    # The second-order pass recomputes the forward as plain ops and
+    # differentiates it: the scaled path alone (see _euclidean_norm).
+    forward_here.python_function = lambda x: with_residuals(*scaled_forward(x))
     return custom_op_with_residuals(forward_here, _xla.compiled(backward, xla), dtype)
 
 

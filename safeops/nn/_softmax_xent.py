@@ -215,7 +215,7 @@ def sparse_xent(labels: tf.Tensor, logits: tf.Tensor, who: tuple[str, str, str])
 def _sparse_loss_of(labels, logits, safe_labels, valid):
     """The loss at checked labels, in ``labels``' shape and ``logits``' dtype."""
     flat_logits = tf.reshape(logits, tf.stack([-1, tf.shape(logits)[-1]]))
-    loss = _index_xent(safe_labels, valid, logits.dtype)(_dtypes.to_compute(flat_logits))
+    loss = _index_xent(logits.dtype)(_dtypes.to_compute(flat_logits), safe_labels, valid)
     return tf.reshape(_dtypes.from_compute(loss, logits.dtype), tf.shape(labels))
 
 
@@ -288,21 +288,28 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
     return custom_op_with_residuals(_xla.compiled(forward, xla), backward, dtype)
 
 
-def _index_xent(labels, valid, dtype: tf.DType):
-    """Cross-entropy of ``[n, C]`` logits at class ``labels``; NaN rows where not ``valid``."""
-    rows = tf.range(tf.size(labels, out_type=labels.dtype), dtype=labels.dtype)
-    at_label = tf.stack([rows, labels], axis=1)
+@functools.lru_cache(maxsize=None)
+def _index_xent(dtype: tf.DType):
+    """``op(x, labels, valid)``: cross-entropy of ``[n, C]`` logits at class ``labels``; NaN rows where not ``valid``.
 
-    def forward(x):
+    The labels and the mask are inputs of the op (constants to the gradient
+    helper), not closed over: see :func:`safeops._gradient.custom_op_with_residuals`.
+    """
+
+    def at_label(labels):
+        rows = tf.range(tf.size(labels, out_type=labels.dtype), dtype=labels.dtype)
+        return tf.stack([rows, labels], axis=1)
+
+    def forward(x, labels, valid):
         d, e, s, log_s = _last_axis_log_sum_exp(_xla.enabled())(x)
-        loss = tf.squeeze(log_s, -1) - tf.gather_nd(d, at_label)
+        loss = tf.squeeze(log_s, -1) - tf.gather_nd(d, at_label(labels))
         return tf.where(valid, loss, tf.constant(float("nan"), loss.dtype)), (e, s)
 
-    def backward(dy, loss, residuals, x):
+    def backward(dy, loss, residuals, x, labels, valid):
         e, s = residuals
         scale = tf.where(valid, dy, tf.constant(float("nan"), dy.dtype))
         dx = e * _safe_ratio(tf.expand_dims(scale, -1), s)
-        return (tf.tensor_scatter_nd_sub(dx, at_label, dy),)
+        return tf.tensor_scatter_nd_sub(dx, at_label(labels), dy), None, None
 
     return custom_op_with_residuals(forward, backward, dtype)
 
