@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 import safeops.math as tfm
+from safeops.math import _logsumexp
 from safeops import _dtypes, _validate
 from safeops._gradient import custom_op
 from safeops.losses import _common
@@ -102,14 +103,18 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
     Vinyals & Dean 2015, arXiv:1503.02531).
 
     Stable rewrite: both log-probabilities by :func:`safeops.math.log_softmax`
-    (Blanchard, Higham & Higham 2021), their difference taken elementwise (so
-    two close distributions give a small KL without the cancellation of
-    ``cross_entropy - entropy``), and set to 0 where ``q_j = 0`` before
+    (Blanchard, Higham & Higham 2021), their difference taken elementwise,
+    and set to 0 where ``q_j = 0`` before
     the weighting by ``q``, so a class masked in the teacher
     (``t_j = -inf``) adds 0 and passes no gradient, even where the student
     masks it too. The naive
     ``sum(softmax(t) * (log(softmax(t)) - log(softmax(s))))`` is NaN at any
-    ``-inf`` logit and loses every probability that underflows.
+    ``-inf`` logit and loses every probability that underflows. The terms
+    still have both signs: where they cancel (two close distributions, the
+    end of a distillation run) the value comes from a centred form without
+    cancellation, computed in float64 (see ``_centred_kl``): within 4 ULP of
+    mpmath where the plain sum was 20000 ULP off in float32 at ``t = [0,
+    0.01, 0.02]``, ``s = 0``. The gradient is the plain sum's.
 
     Edges:
       * ``t_j = -inf``: no contribution, gradient 0 (also if ``s_j = -inf``).
@@ -151,7 +156,73 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         # difference, and -inf times softmax's 0 turned the teacher's
         # gradient NaN. A NaN q_j still gives NaN.
         gap = tf.where(q > 0, log_q - log_p, tf.zeros_like(log_q))
-        return pred.output(tf.reduce_sum(gap * q, axis))
+        kl = tf.reduce_sum(gap * q, axis)
+        # Where the terms cancel (their absolute sum over twice the KL), the
+        # value from the centred form (see _centred_kl); the gradient stays
+        # that of the sum above, whose terms are each accurate.
+        accurate = tf.cast(_centred_kl(tf.stop_gradient(t), tf.stop_gradient(pred.values), axis), kl.dtype)
+        cancels = tf.reduce_sum(tf.abs(gap) * q, axis) > 2.0 * tf.abs(kl)
+        use = cancels & tf.math.is_finite(kl) & tf.math.is_finite(accurate)
+        kl = tf.where(use, tf.stop_gradient(accurate) + (kl - tf.stop_gradient(kl)), kl)
+        return pred.output(kl)
+
+
+# The 2nd to 24th Taylor coefficients of exp(u) - 1 - u, 1 / k!, highest first (Horner).
+_PHI_COEFFICIENTS = [1.0 / math.factorial(k) for k in range(24, 1, -1)]
+
+
+def _centred_kl(t, s, axis):
+    r"""``KL(softmax(t) || softmax(s))`` along ``axis`` without cancellation, in float64.
+
+    The sum :math:`\sum_j q_j g_j` with :math:`g_j = \log q_j - \log p_j`
+    has terms of both signs: for two close distributions (``t = [0, 0.01,
+    0.02]``, ``s = 0``) they cancel to ``3.3e-5`` and its float32 value was
+    20000 ULP off (6300 in float64). Since
+    :math:`\sum_j q_j e^{-g_j} = \sum_j p_j = 1`, for any :math:`c`
+
+    .. math:: \mathrm{KL} = m + \log\Bigl(1 + \sum_j q_j \varphi(x_j) - m\Bigr),
+       \quad x_j = \delta_j - c,\ m = \sum_j q_j x_j,\ \varphi(x) = e^{-x} - 1 + x \ge 0,
+
+    with :math:`\delta_j = t_j - s_j` (``g`` up to a constant per row, which
+    cancels). With :math:`c = \sum_j q_j \delta_j` rounded, ``m`` is the
+    rounding residue and the sum of ``phi`` has no cancellation; the result
+    is taken as :math:`\log1p(A) + m A / (1 + A)`, ``A`` that sum, to first
+    order in ``m``. :math:`\varphi` is its Taylor series to degree 24 for
+    :math:`|x| < 1.3` (``expm1(-x) + x`` cancels there: 2 eps / x relative)
+    and ``expm1(-x) + x`` beyond, within 1 ULP of itself. The rows are
+    shifted by their maxima with the rounding kept (TwoSum,
+    :func:`safeops.math._logsumexp.exact_shift`), so that logits far from 0
+    lose nothing in ``t - s``. Entries with :math:`q_j = 0` are dropped.
+    Non-finite results (an infinite KL, NaN, an overflowing ``exp(-x)``)
+    are left to the caller's plain sum.
+    """
+    wide = tf.float64
+    t, s = tf.cast(t, wide), tf.cast(s, wide)
+
+    def shifted(v):
+        top = tf.reduce_max(v, axis, keepdims=True)
+        top = tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
+        return _logsumexp.exact_shift(v, top)
+
+    (dt, et), (ds, es) = shifted(t), shifted(s)
+    # q from the shifted logits with their rounding put back, exp(dt + et) =
+    # exp(dt) (1 + et): the rounding of dt alone is a relative error of
+    # |dt| eps in q_j (54 eps at dt = -54: 22 ULP in the KL).
+    e = tf.exp(dt) * (1.0 + et)
+    q = e / tf.reduce_sum(e, axis, keepdims=True)
+    live = q > 0
+    delta = tf.where(live, (dt - ds) + (et - es), tf.zeros_like(dt))
+    x = delta - tf.reduce_sum(q * delta, axis, keepdims=True)
+    near = tf.abs(x) < 1.3
+    u = -tf.where(near, x, tf.zeros_like(x))
+    series = tf.zeros_like(u)
+    for coefficient in _PHI_COEFFICIENTS:
+        series = series * u + coefficient
+    series = series * tf.square(u)
+    phi = tf.where(near, series, tf.math.expm1(-x) + x)
+    a = tf.reduce_sum(tf.where(live, q * phi, tf.zeros_like(q)), axis)
+    m = tf.reduce_sum(q * x, axis)
+    return tf.math.log1p(a) + m * (a / (1.0 + a))
 
 
 @functools.lru_cache(maxsize=None)
