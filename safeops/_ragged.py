@@ -38,7 +38,32 @@ def any_ragged(*values: Any) -> bool:
 
 
 def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
-    """``fn`` applied to the ``flat_values`` of the ragged arguments; the row partition is kept."""
+    """``fn`` applied to the ``flat_values`` of the ragged arguments; the row partition is kept.
+
+    A dense operand of rank >= 1 next to a ragged one is first broadcast
+    with it by TensorFlow's ragged broadcasting (a product with ones: exact,
+    ``-0``, ``inf`` and NaN kept, differentiable), as ``tf.math`` does: given
+    to ``map_flat_values`` as it is, it met the flat values instead of the
+    rows (``xlogy(ragged [3, None], dense [3, 1])`` had shape ``[3, None,
+    3]``).
+    """
+    ragged = next(a for a in args if isinstance(a, tf.RaggedTensor))
+    dense = [i for i, a in enumerate(args) if not isinstance(a, tf.RaggedTensor) and np.ndim(a) > 0]
+    if dense:
+        args = list(args)
+        for i in dense:
+            try:
+                value = tf.convert_to_tensor(args[i], dtype_hint=ragged.dtype)
+            except (TypeError, ValueError):
+                continue  # left to fn, whose check names the argument
+            if value.dtype.is_floating:
+                args[i] = value * tf.ones_like(ragged, dtype=value.dtype)
+        # Every ragged operand to the common shape too (a dense operand may add outer dims).
+        common = next(a for a in args if isinstance(a, tf.RaggedTensor) and a is not ragged) \
+            if any(isinstance(args[i], tf.RaggedTensor) for i in dense) else None
+        if common is not None:
+            args = [a * tf.ones_like(common, dtype=a.dtype)
+                    if isinstance(a, tf.RaggedTensor) and a.dtype.is_floating else a for a in args]
     return tf.ragged.map_flat_values(fn, *args, **kwargs)
 
 

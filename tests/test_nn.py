@@ -290,6 +290,19 @@ def test_out_of_range_label_under_xla_is_a_nan_row(bad):
     assert np.isnan(loss[1]) and np.isnan(grad[1]).all()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_out_of_range_label_on_an_all_masked_row_is_a_nan_row(mode):
+    """The row's gradient is NaN too where its logits are all -inf (it was [-1, 0, 0])."""
+    logits = tf.constant([[-np.inf] * 3, [1.0, 2.0, 3.0]])
+    safeops.set_validation(False)
+    try:
+        loss, grad = _value_and_grad(SPARSE, tf.constant([7, 1]), logits, mode)
+    finally:
+        safeops.set_validation(True)
+    assert np.isnan(loss[0]) and np.isnan(grad[0]).all()
+    assert np.isfinite(loss[1]) and np.isfinite(grad[1]).all()
+
+
 def test_out_of_range_label_without_validation_is_a_nan_row():
     safeops.set_validation(False)
     try:

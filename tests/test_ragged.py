@@ -123,3 +123,40 @@ def test_other_ops_refuse_a_sparse_tensor_naming_the_argument(name):
     st = tf.sparse.SparseTensor([[0, 1]], [4.0], [2, 2])
     with pytest.raises(TypeError, match=f"{name}: .* must be a dense floating-point tensor .*a SparseTensor"):
         getattr(tfm, name)(st)
+
+
+@pytest.mark.parametrize("name", ["xlogy", "xlog1py", "divide_no_nan"])
+def test_binary_ops_broadcast_a_dense_operand_against_the_rows(name):
+    """``op(ragged [3, None], dense [3, 1])`` is row-wise, as in tf.math.
+
+    The dense operand went to ``map_flat_values`` as it was and broadcast
+    against the flat values: shape ``[3, None, 3]`` when the lengths
+    matched, an error naming no argument otherwise.
+    """
+    for rt in (tf.ragged.constant([[1.0], [2.0], [3.0]]), tf.ragged.constant([[1.0, 2.0, 3.0], [0.5], []])):
+        y = tf.constant([[2.0], [3.0], [4.0]])
+        for a, b in ((rt, y), (y, rt)):
+            want = getattr(tf.math, name)(a, b)
+            got = getattr(tfm, name)(a, b)
+            assert got.shape.as_list() == want.shape.as_list()
+            np.testing.assert_allclose(got.flat_values.numpy(), want.flat_values.numpy(), rtol=1e-6)
+    rt = tf.ragged.constant([[1.0, 2.0, 3.0], [0.5], []])
+    y = tf.constant([[2.0], [3.0], [4.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        value = getattr(tfm, name)(rt, y)
+    grad = tape.gradient(value, y).numpy().ravel()
+    mask = tf.sequence_mask(rt.row_lengths(), 3, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        dense = getattr(tf.math, name)(rt.to_tensor(), y) * mask
+    np.testing.assert_allclose(grad, tape.gradient(dense, y).numpy().ravel(), rtol=1e-6)
+
+
+def test_logaddexp_broadcasts_a_dense_operand_against_the_rows():
+    rt = tf.ragged.constant([[1.0, 2.0, 3.0], [0.5], []])
+    got = tfm.logaddexp(rt, tf.constant([[2.0], [3.0], [4.0]]))
+    want = [[np.logaddexp(v, w) for v in row] for row, w in zip(rt.to_list(), [2.0, 3.0, 4.0])]
+    assert got.shape.as_list() == [3, None]
+    for g, w in zip(got.to_list(), want):
+        np.testing.assert_allclose(g, w, rtol=1e-6)

@@ -383,3 +383,14 @@ def test_matrix_two_norm_of_unknown_rank_matches_tensorflow(axis, keepdims):
     got = fn(x).numpy()
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ord, axis", [(np.inf, -1), (1, (0, 1)), (np.inf, (0, 1))])
+def test_max_norms_keep_nan(ord, axis, mode):
+    """C2: XLA's maximum skips NaN (the inf-norm of [nan, 0, 1] was 1 under jit_compile)."""
+    for position in range(3):
+        row = [0.0, 1.0, 0.5]
+        row[position] = np.nan
+        got = run(mode, lambda x: tfm.norm(x, ord, axis))(tf.constant([row])).numpy()
+        assert np.all(np.isnan(got)), (position, got)

@@ -166,11 +166,11 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
         xc = _dtypes.to_compute(x)
         if is_matrix and _is_one_of(ord, (1, np.inf)):
             sum_axis, max_axis = (axis[0], axis[1]) if ord == 1 else (axis[1], axis[0])
-            y = tf.reduce_max(tf.reduce_sum(tf.abs(xc), sum_axis, keepdims=True), max_axis, keepdims=True)
+            y = _nan_max(tf.reduce_sum(tf.abs(xc), sum_axis, keepdims=True), max_axis)
         elif is_matrix and _is_one_of(ord, (2,)):
             y = _matrix_two_norm(xc, axis)
         elif _is_one_of(ord, (np.inf,)):
-            y = tf.reduce_max(tf.abs(xc), axis, keepdims=True)
+            y = _nan_max(tf.abs(xc), axis)
         elif _is_one_of(ord, (1,)):
             y = tf.reduce_sum(tf.abs(xc), axis, keepdims=True)
         elif _is_one_of(ord, ("euclidean", "fro", 2)):
@@ -207,7 +207,7 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         ``x * rsqrt(epsilon)``, gradient ``rsqrt(epsilon)`` times the upstream
         gradient (TensorFlow's, finite: 1e6 for the default). ``epsilon`` is
         raised to at least the smallest normal number (so ``epsilon=0``
-        never gives ``0 * inf``) and, in float16, to 5.6e-10 (so the
+        never gives ``0 * inf``) and, in float16, to 9.3e-10 (so the
         gradient ``rsqrt(epsilon)`` stays finite: 32752); a gradient that
         the upstream gradient scales past the dtype's range (``3 * 32752``
         in float16) saturates at its largest finite value.
@@ -573,6 +573,17 @@ def _power_of_two_scale(largest: tf.Tensor) -> tf.Tensor:
     scale = tf.bitcast(tf.bitwise.left_shift(inverse, mantissa_bits), largest.dtype)
     ordinary = (biased > 0) & (biased < exponent_mask)
     return tf.stop_gradient(tf.where(ordinary, scale, tf.ones_like(scale)))
+
+
+def _nan_max(v: tf.Tensor, axis) -> tf.Tensor:
+    """``reduce_max(v, axis, keepdims=True)``, NaN where the slice holds a NaN (C2).
+
+    XLA's maximum skips NaN (``jit_compile``: the inf-norm of ``[nan, 0, 1]``
+    was 1), TensorFlow's kernel propagates it; this is NaN in every mode.
+    """
+    top = tf.reduce_max(v, axis, keepdims=True)
+    has_nan = tf.reduce_any(tf.math.is_nan(v), axis, keepdims=True)
+    return tf.where(has_nan, tf.constant(float("nan"), v.dtype), top)
 
 
 def _zero_safe_pow(u: tf.Tensor, p: float) -> tf.Tensor:

@@ -375,11 +375,14 @@ def _safe_ratio(numerator: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
     """``numerator / s``, 0 where ``s == 0`` (an all ``-inf`` slice), NaN kept.
 
     The denominator is replaced before dividing so that second derivatives do
-    not meet ``0 * inf`` in the branch ``tf.where`` discards.
+    not meet ``0 * inf`` in the branch ``tf.where`` discards. A NaN
+    numerator stays NaN where ``s == 0`` too: the sparse op's invalid label
+    (validation off) on an all ``-inf`` row had a finite gradient.
     """
     empty = s == 0
     ratio = numerator / tf.where(empty, tf.ones_like(s), s)
-    return tf.where(empty, tf.zeros_like(ratio), ratio)
+    kept = tf.where(tf.math.is_nan(numerator), numerator, tf.zeros_like(numerator))
+    return tf.where(empty, kept, ratio)
 
 
 def _broadcast_pair(labels: tf.Tensor, logits: tf.Tensor):
