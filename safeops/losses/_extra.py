@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 import safeops.math as tfm
-from safeops.math import _logsumexp
+from safeops.math import _logarithms, _logsumexp
 from safeops import _dtypes, _validate
 from safeops._gradient import custom_op
 from safeops.losses import _common
@@ -167,10 +167,6 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         return pred.output(kl)
 
 
-# The 2nd to 24th Taylor coefficients of exp(u) - 1 - u, 1 / k!, highest first (Horner).
-_PHI_COEFFICIENTS = [1.0 / math.factorial(k) for k in range(24, 1, -1)]
-
-
 def _centred_kl(t, s, axis):
     r"""``KL(softmax(t) || softmax(s))`` along ``axis`` without cancellation, in float64.
 
@@ -187,9 +183,8 @@ def _centred_kl(t, s, axis):
     cancels). With :math:`c = \sum_j q_j \delta_j` rounded, ``m`` is the
     rounding residue and the sum of ``phi`` has no cancellation; the result
     is taken as :math:`\log1p(A) + m A / (1 + A)`, ``A`` that sum, to first
-    order in ``m``. :math:`\varphi` is its Taylor series to degree 24 for
-    :math:`|x| < 1.3` (``expm1(-x) + x`` cancels there: 2 eps / x relative)
-    and ``expm1(-x) + x`` beyond, within 1 ULP of itself. The rows are
+    order in ``m``; :math:`\varphi` is :func:`safeops.losses._common.exp_gap`.
+    The rows are
     shifted by their maxima with the rounding kept (TwoSum,
     :func:`safeops.math._logsumexp.exact_shift`), so that logits far from 0
     lose nothing in ``t - s``. Entries with :math:`q_j = 0` are dropped.
@@ -213,16 +208,9 @@ def _centred_kl(t, s, axis):
     live = q > 0
     delta = tf.where(live, (dt - ds) + (et - es), tf.zeros_like(dt))
     x = delta - tf.reduce_sum(q * delta, axis, keepdims=True)
-    near = tf.abs(x) < 1.3
-    u = -tf.where(near, x, tf.zeros_like(x))
-    series = tf.zeros_like(u)
-    for coefficient in _PHI_COEFFICIENTS:
-        series = series * u + coefficient
-    series = series * tf.square(u)
-    phi = tf.where(near, series, tf.math.expm1(-x) + x)
-    a = tf.reduce_sum(tf.where(live, q * phi, tf.zeros_like(q)), axis)
+    a = tf.reduce_sum(tf.where(live, q * _common.exp_gap(x), tf.zeros_like(q)), axis)
     m = tf.reduce_sum(q * x, axis)
-    return tf.math.log1p(a) + m * (a / (1.0 + a))
+    return _logarithms._log1p(a) + m * (a / (1.0 + a))
 
 
 @functools.lru_cache(maxsize=None)
