@@ -199,8 +199,16 @@ class AxisError(tf.errors.InvalidArgumentError, ValueError):
 
 
 def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> None:
-    """Checks static integer axes against a known rank; :class:`AxisError` if out of range."""
-    if rank is None or axis is None or isinstance(axis, tf.Tensor):
+    """Checks static integer axes against a known rank; :class:`AxisError` if out of range.
+
+    A float or bool axis raises ``TypeError`` naming ``arg`` (whatever the rank).
+    """
+    if axis is None or isinstance(axis, (tf.Tensor, tf.Variable)):
+        return
+    array = np.asarray(axis)
+    if array.size and array.dtype.kind in "fbcUS":  # () and [] are "no axes", float64 to NumPy
+        raise TypeError(message(op, arg, "an int or a list of ints", repr(axis)))
+    if rank is None:
         return
     for a in np.atleast_1d(np.asarray(axis)):
         if not -rank <= int(a) < max(rank, 1):
@@ -294,6 +302,10 @@ def integer_tensor(value: Any, op: str, arg: str) -> tf.Tensor:
         if got is None or not got.is_integer:
             raise TypeError(message(op, arg, _INTEGER_NAMES, _dtype_name(value)))
         tensor = tf.convert_to_tensor(value, dtype=got)
+        if got == tf.uint64:
+            # Past int64's range the cast would wrap to negative labels (and
+            # messages quoting them); such labels are out of range anyway.
+            tensor = tf.minimum(tensor, tf.constant(2**63 - 1, tf.uint64))
         return tensor if got in (tf.int32, tf.int64) else tf.cast(tensor, tf.int64)
     array = np.asarray(value)
     if isinstance(value, bool) or array.dtype.kind not in "iu":

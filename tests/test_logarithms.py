@@ -645,3 +645,17 @@ def test_seed_failure_clipped_log_is_stuck_while_safeops_log_moves():
     assert safe_history[0][2] < 0 and math.isfinite(safe_history[0][2])
     assert p_safe == pytest.approx(0.3, rel=1e-6)  # three clipped steps of 0.1
     assert safe_history[-1][1] < safe_history[0][1]
+
+
+@pytest.mark.parametrize("name", ["xlogy", "xlog1py"])
+def test_y_gradient_at_y_plus_inf_is_zero_for_finite_x_and_nan_for_infinite_x(name):
+    """The documented edge: x / y at y = +inf is 0 for finite x and inf / inf = NaN for x = ±inf."""
+    x = tf.constant([2.0, -3.0, np.inf, -np.inf])
+    y = tf.constant([np.inf] * 4)
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        value = getattr(tfm, name)(x, y)
+    grad = tape.gradient(value, y).numpy()
+    np.testing.assert_array_equal(value.numpy(), [np.inf, -np.inf, np.inf, -np.inf])
+    np.testing.assert_array_equal(grad[:2], [0.0, 0.0])
+    assert np.all(np.isnan(grad[2:]))

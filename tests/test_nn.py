@@ -625,3 +625,9 @@ def test_a_runtime_axis_is_refused_where_the_op_is_built_per_axis():
     for fn, op in ((dense, "softmax_cross_entropy_with_logits"), (loss, "binary_crossentropy")):
         with pytest.raises(TypeError, match=rf"{op}: axis must be an int.*known when the function is traced"):
             fn(tf.ones([2, 3]), tf.constant(1))
+
+
+def test_uint64_label_past_int64_is_reported_without_wrapping():
+    """C7: a uint64 label >= 2**63 was quoted as a negative number (the wrapped cast)."""
+    with pytest.raises(tf.errors.InvalidArgumentError, match="got 9223372036854775807"):
+        nn.sparse_softmax_cross_entropy_with_logits(tf.constant([2**63 + 5], tf.uint64), tf.ones([1, 3]))

@@ -394,3 +394,16 @@ def test_max_norms_keep_nan(ord, axis, mode):
         row[position] = np.nan
         got = run(mode, lambda x: tfm.norm(x, ord, axis))(tf.constant([row])).numpy()
         assert np.all(np.isnan(got)), (position, got)
+
+
+def test_divide_no_nan_of_an_infinite_x():
+    """The documented edge: value ±inf (NaN at y = ±inf), y-gradient NaN where -x/y**2 is inf/inf."""
+    big = float(np.finfo(np.float32).max)
+    x = tf.constant([np.inf, -np.inf, np.inf])
+    y = tf.constant([big, 2.0, np.inf])
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        value = tfm.divide_no_nan(x, y)
+    got = value.numpy()
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
+    assert np.isnan(tape.gradient(value, y).numpy()[[0, 2]]).all()

@@ -227,8 +227,9 @@ def xlogy(x, y, name=None):
         domain when ``x > 0`` and the loss decreases with ``x log y``. The
         gradient with respect to ``x`` is ``log(tiny)``.
       * ``y = +inf``: value ``±inf`` (``x != 0``), gradient with respect to
-        ``y`` is 0 and with respect to ``x`` is ``+inf``. ``x = ±inf``: value
-        ``x * log(y)`` (NaN at ``y == 1``, as in TensorFlow).
+        ``y`` is 0 (for finite ``x``) and with respect to ``x`` is ``+inf``.
+        ``x = ±inf``: value ``x * log(y)`` (NaN at ``y == 1``, as in
+        TensorFlow), ``y``-gradient ``x / y``: NaN at ``y = +inf``.
       * ``NaN`` in ``y``: NaN value and gradients, also at ``x == 0``
         (TensorFlow returns 0 for ``xlogy(0, NaN)``; safeops never hides a
         NaN). ``NaN`` in ``x``: NaN value and ``y``-gradient; the
@@ -289,7 +290,8 @@ def xlog1py(x, y, name=None):
         in float64), gradient with respect to ``y`` is ``x * 2/eps``: finite
         and live. The gradient with respect to ``x`` is ``log1p(c)``.
       * ``y = +inf``: value ``±inf`` (``x != 0``), gradient with respect to
-        ``y`` is 0 and with respect to ``x`` is ``+inf``.
+        ``y`` is 0 (for finite ``x``; NaN for ``x = ±inf``, ``inf / inf``)
+        and with respect to ``x`` is ``+inf``.
       * ``NaN`` in ``y``: NaN value and gradients, also at ``x == 0``
         (TensorFlow returns 0 there). ``NaN`` in ``x``: NaN value and
         ``y``-gradient; the ``x``-gradient is ``log1p(y)``, which does not

@@ -307,6 +307,9 @@ def divide_no_nan(x, y, name=None):
       * Gradients that overflow the dtype (``x/y**2`` at ``x = 1``,
         ``y = 1e-20`` in float32) saturate at its largest finite value.
       * ``y = ±inf``, finite ``x``: value 0, gradient 0 w.r.t. ``y``.
+      * ``x = ±inf``, ``y`` nonzero: value ``±inf`` (NaN at ``y = ±inf``);
+        the ``y``-gradient ``-x/y**2`` is NaN there (``inf / inf`` inside),
+        not saturated.
       * ``NaN`` in ``y``: NaN value and gradients.
 
     Args:
