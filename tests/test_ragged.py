@@ -160,3 +160,17 @@ def test_logaddexp_broadcasts_a_dense_operand_against_the_rows():
     assert got.shape.as_list() == [3, None]
     for g, w in zip(got.to_list(), want):
         np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+def test_sigmoid_cross_entropy_takes_ragged_tensors_as_tensorflow_does():
+    """TensorFlow dispatches it to the flat values; it raised 'object of type RaggedTensor has no len()'."""
+    logits = tf.ragged.constant([[1.0, -2.0, 3.0], [0.5], []])
+    labels = tf.ragged.constant([[1.0, 0.0, 0.5], [1.0], []])
+    want = tf.nn.sigmoid_cross_entropy_with_logits(labels, logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits.flat_values)
+        got = nn.sigmoid_cross_entropy_with_logits(labels, logits)
+    assert got.shape.as_list() == want.shape.as_list()
+    np.testing.assert_allclose(got.flat_values.numpy(), want.flat_values.numpy(), rtol=1e-6)
+    grad = tape.gradient(got.flat_values, logits.flat_values).numpy()
+    np.testing.assert_allclose(grad, tf.sigmoid(logits.flat_values).numpy() - labels.flat_values.numpy(), rtol=1e-6)

@@ -17,7 +17,7 @@ import functools
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate, _xla
+from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op, sum_to_shape
 
 
@@ -52,7 +52,8 @@ def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
     Args:
       labels: A float tensor of the dtype and shape of ``logits`` (Python
         lists are converted to ``logits.dtype``).
-      logits: A float tensor (float16, bfloat16, float32 or float64).
+      logits: A float tensor (float16, bfloat16, float32 or float64), or a
+        ``tf.RaggedTensor`` (with ``labels`` of its row partition).
         float16 and bfloat16 are computed in float32 and rounded once.
       name: Optional name scope.
 
@@ -71,6 +72,9 @@ def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
     >>> nn.sigmoid_cross_entropy_with_logits([0.0, 1.0], [-np.inf, 0.0]).numpy()
     array([0.       , 0.6931472], dtype=float32)
     """
+    if _ragged.any_ragged(labels, logits):
+        # As tf.nn's ragged dispatch: on the flat values, one row partition.
+        return _ragged.elementwise(sigmoid_cross_entropy_with_logits, labels, logits, name=name)
     op = "safeops.nn.sigmoid_cross_entropy_with_logits"
     with _validate.op_scope(op, name):
         labels, logits = _labels_and_logits(op, labels, logits)
