@@ -777,3 +777,91 @@ def test_from_logits_none_is_false_as_in_keras_and_a_string_is_refused():
                                       getattr(losses, name)(y, p, from_logits=False).numpy())
         with pytest.raises(TypeError, match=f"{name}: from_logits must be a Python bool, got 'yes'"):
             getattr(losses, name)(y, p, from_logits="yes")
+
+
+# ----------------------------------------------------------------------------
+# Errors (C7) of the worked examples: tversky_loss / TverskyLoss, info_nce / InfoNCE.
+
+_TVERSKY = "safeops.losses.tversky_loss"
+_INFO_NCE = "safeops.losses.info_nce"
+_INFO_NCE_SHAPE = r"info_nce: y_pred must be of shape \[batch, 2 d\].*an even last dimension.*got"
+
+
+def test_tversky_refuses_bad_dtypes_and_shapes_naming_the_argument():
+    """The Loss class converts both to its dtype first, as Keras' Loss.__call__ does: shapes only there."""
+    float_names = r"must be a floating-point tensor \(float16, bfloat16, float32 or float64\)"
+    with pytest.raises(TypeError, match=rf"{_TVERSKY}: y_pred {float_names}, got int32"):
+        losses.tversky_loss([[0.0, 1.0]], tf.constant([[0, 1]]))
+    with pytest.raises(TypeError, match=rf"{_TVERSKY}: y_pred {float_names}, got string"):
+        losses.tversky_loss([[0.0, 1.0]], tf.constant([["a", "b"]]))
+    with pytest.raises(TypeError, match=rf"{_TVERSKY}: y_true must be numeric labels, got a string"):
+        losses.tversky_loss(tf.constant([["a", "b"]]), [[0.2, 0.7]])
+    for fn in (losses.tversky_loss, losses.TverskyLoss()):
+        with pytest.raises(ValueError, match=rf"{_TVERSKY}: y_true and y_pred must have the same shape, "
+                                             r"got \(2, 3\) and \(2, 4\)"):
+            fn(tf.zeros([2, 3]), tf.zeros([2, 4]))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("arg, y, p, bad", [
+    ("y_pred", [[0.0, 1.0]], [[0.2, 1.3]], "1.3"),
+    ("y_pred", [[0.0, 1.0]], [[-0.3, 0.5]], "-0.3"),
+    ("y_true", [[0.0, 1.3]], [[0.2, 0.5]], "1.3"),
+    ("y_true", [[-0.3, 1.0]], [[0.2, 0.5]], "-0.3"),
+])
+def test_tversky_refuses_probabilities_outside_the_unit_interval(mode, arg, y, p, bad):
+    """A silent value before (a negative loss for y_true = 1.3); eager and inside tf.function."""
+    for fn in (losses.tversky_loss, losses.TverskyLoss()):
+        run = _in_mode(mode, lambda y, p: fn(y, p))  # noqa: B023
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"(?s){_TVERSKY}: {arg} must be probabilities in \[0, 1\].*got.*{bad}"):
+            run(tf.constant(y), tf.constant(p))
+
+
+def test_tversky_check_can_be_turned_off_and_nan_and_edges_pass():
+    np.testing.assert_array_equal(losses.tversky_loss([[0.0, 1.0]], [[0.0, 1.0]]).numpy(), [0.0])
+    assert np.isnan(losses.tversky_loss([[0.0, 1.0]], [[np.nan, 0.5]]).numpy()[0])
+    safeops.set_validation(False)
+    try:
+        assert losses.tversky_loss([[0.0, 1.0]], [[0.2, 1.3]]).shape == (1,)
+    finally:
+        safeops.set_validation(True)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
+def test_tversky_and_info_nce_keep_the_dtype_of_y_pred(dtype):
+    y = tf.constant([[0.0, 1.0, 1.0, 0.0]])
+    p = tf.constant([[0.25, 0.5, 0.75, 0.0]], dtype)
+    assert losses.tversky_loss(y, p).dtype == dtype
+    e = tf.constant([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]], dtype)
+    assert losses.info_nce(None, e).dtype == dtype
+    # Integer masks are labels, as Keras takes them.
+    np.testing.assert_allclose(losses.tversky_loss(tf.constant([[0, 1, 1, 0]]), p).numpy().astype(np.float64),
+                               losses.tversky_loss(y, p).numpy().astype(np.float64))
+
+
+def test_info_nce_refuses_non_float_and_badly_laid_out_y_pred():
+    """An int y_pred was reported as safeops.math.l2_normalize's x, an odd last dimension by tf.split."""
+    float_names = r"must be a floating-point tensor \(float16, bfloat16, float32 or float64\)"
+    with pytest.raises(TypeError, match=rf"{_INFO_NCE}: y_pred {float_names}, got int32"):
+        losses.info_nce(None, tf.constant([[1, 0, 1, 0]]))
+    with pytest.raises(TypeError, match=rf"{_INFO_NCE}: y_pred {float_names}, got string"):
+        losses.info_nce(None, tf.constant([["a", "b"]]))
+    for fn in (lambda e: losses.info_nce(None, e), lambda e: losses.InfoNCE()(tf.zeros([e.shape[0]]), e)):
+        with pytest.raises(ValueError, match=_INFO_NCE_SHAPE + r" \(2, 5\)"):
+            fn(tf.zeros([2, 5]))
+    with pytest.raises(ValueError, match=_INFO_NCE_SHAPE + r" \(2, 3, 4\)"):
+        losses.info_nce(None, tf.zeros([2, 3, 4]))
+    with pytest.raises(ValueError, match=_INFO_NCE_SHAPE + r" \(6,\)"):
+        losses.info_nce(None, tf.zeros([6]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_info_nce_shape_check_runs_at_trace_time_and_spares_unknown_dimensions(mode):
+    with pytest.raises(ValueError, match=_INFO_NCE_SHAPE):
+        _in_mode(mode, lambda e: losses.info_nce(None, e))(tf.zeros([3, 7]))
+    spec = [tf.TensorSpec([None, None], tf.float32)]
+    unknown = tf.function(lambda e: losses.info_nce(None, e), input_signature=spec,
+                          jit_compile=(mode == "xla"))
+    e = tf.constant(np.random.default_rng(3).normal(size=(3, 4)).astype("float32"))
+    np.testing.assert_allclose(unknown(e), losses.info_nce(None, e), rtol=1e-6)

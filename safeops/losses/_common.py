@@ -68,12 +68,17 @@ class Prediction:
         return _dtypes.from_compute(loss, self.dtype)
 
 
+#: The losses whose y_pred is always probabilities (no ``from_logits`` to point to).
+_NO_FROM_LOGITS = ("safeops.losses.kl_divergence", "safeops.losses.tversky_loss")
+
+
 def checked_unit_interval(op, p, name):
     """``p`` with a graph assertion that every non-NaN entry is in ``[0, 1]``."""
     inside = tf.logical_or(tf.logical_and(p >= 0, p <= 1), tf.math.is_nan(p))
-    checks = _validate.assert_that(
-        tf.reduce_all(inside), op, name,
-        "probabilities in [0, 1] (pass from_logits=True for logits)", _first_bad(p, inside))
+    expected = "probabilities in [0, 1]"
+    if name == "y_pred" and op not in _NO_FROM_LOGITS:
+        expected += " (pass from_logits=True for logits)"
+    checks = _validate.assert_that(tf.reduce_all(inside), op, name, expected, _first_bad(p, inside))
     if not checks:
         return p
     with tf.control_dependencies(checks):

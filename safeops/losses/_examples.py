@@ -54,6 +54,8 @@ import keras
 import tensorflow as tf
 
 import safeops.math as tfm
+from safeops import _validate
+from safeops.losses import _common
 from safeops.losses._authoring import loss_class
 
 
@@ -70,14 +72,23 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
     by :func:`safeops.math.divide_no_nan`: 0 (perfect) with gradient 0 where
     ``TP + E = 0``, never ``0/0``.
 
+    Edges:
+      * ``y_true`` or ``y_pred`` outside ``[0, 1]``: ``InvalidArgumentError``
+        naming it (eager and ``tf.function``; not under XLA). NaN gives NaN.
+
     Args:
-      y_true: Masks in ``[0, 1]``, shape ``[batch, ...]``.
-      y_pred: Probabilities, the same shape.
+      y_true: Masks in ``[0, 1]``, shape ``[batch, ...]`` (any numeric dtype).
+      y_pred: Probabilities, the same shape; float16, bfloat16, float32 or
+        float64 (half dtypes computed in float32).
       alpha: Weight of false positives.
       beta: Weight of false negatives.
 
     Returns:
-      The loss per example, shape ``[batch]``.
+      The loss per example, shape ``[batch]``, the dtype of ``y_pred``.
+
+    Raises:
+      TypeError: ``y_pred`` is not a float tensor, ``y_true`` not numeric.
+      ValueError: the shapes differ.
 
     Example:
 
@@ -85,14 +96,19 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
     >>> losses.tversky_loss(tf.zeros([2, 4]), tf.constant([[0.0] * 4, [0.0, 0.0, 0.0, 1.0]])).numpy()
     array([0., 1.], dtype=float32)
     """
-    y_pred = tf.convert_to_tensor(y_pred)
-    y_true = tf.cast(y_true, y_pred.dtype)
-    axes = list(range(1, y_pred.shape.rank))
-    tp = tf.reduce_sum(y_true * y_pred, axes)
-    fp = tf.reduce_sum((1.0 - y_true) * y_pred, axes)
-    fn = tf.reduce_sum(y_true * (1.0 - y_pred), axes)
-    errors = alpha * fp + beta * fn
-    return tfm.divide_no_nan(errors, tp + errors)
+    op = "safeops.losses.tversky_loss"
+    with _validate.op_scope(op, None):
+        pred = _common.Prediction(op, y_pred, False)
+        y_true = _common.labels_like(op, y_true, pred)
+        _common.same_shape(op, y_true, pred.values)
+        y_true = _common.checked_unit_interval(op, y_true, "y_true")
+        y_pred = tf.cast(pred.probabilities(), pred.compute_dtype)
+        axes = list(range(1, y_pred.shape.rank))
+        tp = tf.reduce_sum(y_true * y_pred, axes)
+        fp = tf.reduce_sum((1.0 - y_true) * y_pred, axes)
+        fn = tf.reduce_sum(y_true * (1.0 - y_pred), axes)
+        errors = alpha * fp + beta * fn
+        return pred.output(tfm.divide_no_nan(errors, tp + errors))
 
 
 @keras.saving.register_keras_serializable(package="safeops")
@@ -121,11 +137,17 @@ def info_nce(y_true, y_pred, temperature=0.1):
 
     Args:
       y_true: Unused (Keras passes one); any tensor.
-      y_pred: ``[batch, 2 d]``: the anchors' embeddings, then the positives'.
+      y_pred: ``[batch, 2 d]``: the anchors' embeddings, then the positives';
+        float16, bfloat16, float32 or float64 (half dtypes computed in float32).
       temperature: The softmax temperature :math:`\tau > 0`.
 
     Returns:
-      The loss per example, shape ``[batch]``.
+      The loss per example, shape ``[batch]``, the dtype of ``y_pred``.
+
+    Raises:
+      TypeError: ``y_pred`` is not a float tensor.
+      ValueError: ``y_pred`` is not of rank 2 or its last dimension is odd
+        (checked where the shape is known when the function is traced).
 
     Example:
 
@@ -135,11 +157,19 @@ def info_nce(y_true, y_pred, temperature=0.1):
     array([2.0611537e-09, 2.0611537e-09], dtype=float32)
     """
     del y_true
-    anchors, positives = tf.split(y_pred, 2, axis=-1)
-    anchors = tfm.l2_normalize(anchors, axis=-1)
-    positives = tfm.l2_normalize(positives, axis=-1)
-    scores = tf.matmul(anchors, positives, transpose_b=True) / temperature
-    return -tf.linalg.diag_part(tfm.log_softmax(scores, axis=-1))
+    op = "safeops.losses.info_nce"
+    with _validate.op_scope(op, None):
+        pred = _common.Prediction(op, y_pred, True)
+        shape = pred.values.shape
+        if shape.rank is not None and (shape.rank != 2 or (shape[-1] is not None and shape[-1] % 2)):
+            raise ValueError(_validate.message(
+                op, "y_pred", "of shape [batch, 2 d], the anchors' embeddings then the positives' "
+                "(rank 2, an even last dimension)", shape))
+        anchors, positives = tf.split(pred.values, 2, axis=-1)
+        anchors = tfm.l2_normalize(anchors, axis=-1)
+        positives = tfm.l2_normalize(positives, axis=-1)
+        scores = tf.matmul(anchors, positives, transpose_b=True) / temperature
+        return pred.output(-tf.linalg.diag_part(tfm.log_softmax(scores, axis=-1)))
 
 
 TverskyLoss = loss_class(tversky_loss, package="safeops")
