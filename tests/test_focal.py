@@ -302,3 +302,134 @@ def test_categorical_probability_gradient_at_a_zero_probability(tensor_gamma, dt
     u = c / c.sum(-1, keepdims=True)
     want = (0.25 * y * (1 - u) ** 2 * -np.log(u)).sum(-1)
     np.testing.assert_allclose(value.numpy(), want, rtol=rtol, atol=1e-30)
+
+
+# ----------------------------------------------------------------------------
+# Binary, tensor gamma: the fused op with gamma as an input.
+
+EDGE_ZS = ZS + [np.inf, -np.inf]
+EDGE_YS = [0.0, 1e-3, 0.5, 0.9, 1.0]
+
+
+def _edge_grid(dtype):
+    y_grid, z_grid = np.meshgrid(np.array(EDGE_YS, dtype), np.array(EDGE_ZS, dtype))
+    return y_grid.reshape(-1, 1), z_grid.reshape(-1, 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_tensor_gamma_equals_python_gamma(dtype, mode):
+    """Value and both gradients as the fused Python-gamma op, hard and soft labels, large and infinite logits.
+
+    The unfused chain took log(1 - p_t) as a log-sum-exp with log(1 - y)
+    exactly -inf (gradient 0) at y = 1: its label gradient at y = 1, z = 3,
+    gamma = 2 was -0.00653 for -0.0109; and at z = +inf, y = 0 (z = -inf,
+    y = 1) its logit gradient was NaN for the limit slope.
+    """
+    y, z = _edge_grid(dtype)
+    for gamma in GAMMAS:
+        fused = _binary(y, z, gamma, mode)
+        tensor = _binary(y, z, tf.constant(gamma, dtype), mode)
+        for name, f, t in zip(("value", "dy", "dz"), fused, tensor):
+            assert not np.isnan(t).any(), (name, gamma, y[np.isnan(t)], z[np.isnan(t)])
+            rtol = 8 * float(np.finfo(dtype).eps)
+            np.testing.assert_allclose(t, f, rtol=rtol, atol=0, err_msg=f"{name} {gamma}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_binary_tensor_gamma_matches_mpmath(dtype, gamma):
+    """The bounds of :func:`test_binary_matches_mpmath`, including the labels' gradient at y = 0 and 1."""
+    y_grid, z_grid = np.meshgrid(np.array(YS, dtype), np.array(ZS, dtype))
+    y, z = y_grid.reshape(-1, 1), z_grid.reshape(-1, 1)
+    value, grad_y, grad_z = _binary(y, z, tf.constant(gamma, dtype))
+    bad = []
+    for i in range(len(value)):
+        want = _binary_reference(float(y[i, 0]), float(z[i, 0]), gamma)
+        for name, got, ref, rtol in (("value", value[i], want[0], (1 + gamma) * VALUE_RTOL[dtype]),
+                                     ("dz", grad_z[i], want[1], GRAD_RTOL[dtype]),
+                                     ("dy", grad_y[i], want[2], GRAD_RTOL[dtype])):
+            if not _close(got, ref, rtol, ATOL[dtype]):
+                bad.append((name, float(y[i, 0]), float(z[i, 0]), got, ref))
+    assert not bad, bad[:10]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_tensor_gamma_infinite_logits(mode):
+    y = np.array([[1.0], [0.0], [0.5], [0.0], [1.0], [0.5]], "float32")
+    z = np.array([[np.inf], [np.inf], [np.inf], [-np.inf], [-np.inf], [-np.inf]], "float32")
+    value, grad_y, grad_z = _binary(y, z, tf.constant(2.0), mode)
+    assert value[0] == 0 and value[3] == 0 and grad_z[0] == 0 and grad_z[3] == 0
+    assert grad_y[0] == 0 and grad_y[3] == 0  # -inf mask with label 0: no gradient at all
+    assert value[1] == np.inf and value[4] == np.inf and value[2] == np.inf
+    np.testing.assert_allclose(grad_z[[1, 4, 2, 5]], [1.0, -1.0, 0.125, -0.125], rtol=1e-6)
+    assert not np.isnan(grad_z).any() and not np.isnan(grad_y).any()
+
+
+def _gamma_gradient(y, z, gamma, mode="eager"):
+    def body(y, z, g):
+        with tf.GradientTape() as tape:
+            tape.watch(g)
+            loss = losses.binary_focal_crossentropy(y, z, gamma=g, from_logits=True, axis=None)
+        return tape.gradient(loss, g)
+
+    y, z, gamma = (tf.convert_to_tensor(v) for v in (y, z, gamma))
+    return run(mode, body)(y, z, gamma).numpy()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_binary_gradient_in_a_tensor_gamma(dtype, mode):
+    """d/dgamma of mean(q**gamma BCE) is mean(log(q) q**gamma BCE), per element too; 0 where that is 0."""
+    y = np.array([[1.0, 0.0, 0.5, 0.9, 1e-3, 1.0, 0.0]], dtype)
+    z = np.array([[3.0, -2.0, 1e-3, -20.0, 50.0, 200.0, -1e4]], dtype)
+    rtol = GRAD_RTOL[dtype]
+    for gamma in GAMMAS:
+        per_element = []
+        with mp.workdps(60):
+            for yi, zi in zip(y[0], z[0]):
+                yi, zi = mp.mpf(float(yi)), mp.mpf(float(zi))
+                p, pm = 1 / (1 + mp.exp(-zi)), 1 / (1 + mp.exp(zi))
+                q = yi * pm + (1 - yi) * p
+                bce = max(zi, 0) - yi * zi + mp.log1p(mp.exp(-abs(zi)))
+                per_element.append(float(mp.log(q) * q**gamma * bce / len(z[0])))
+        got = _gamma_gradient(y, z, np.array(gamma, dtype), mode)
+        np.testing.assert_allclose(got, sum(per_element), rtol=rtol)
+        got = _gamma_gradient(y, z, np.full(z.shape, gamma, dtype), mode)
+        np.testing.assert_allclose(got.reshape(-1), per_element, rtol=rtol, atol=ATOL[dtype])
+    # Confidently right, a -inf mask with label 0, and z = +inf with label 0
+    # (log q = 0 times an infinite loss, the limit of -z e^-z): exactly 0.
+    y = np.array([[1.0, 0.0, 0.0]], dtype)
+    z = np.array([[np.inf, -np.inf, np.inf]], dtype)
+    got = _gamma_gradient(y, z, np.full(z.shape, 2.0, dtype), mode)
+    np.testing.assert_array_equal(got, [[0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_tensor_gamma_second_order_finite(mode):
+    y = tf.constant([[1.0, 0.0, 0.5, 1.0, 0.0]])
+    rows = [[1e4, -1e4, 0.0, -3.0, 20.0], [200.0, -200.0, 1e-3, 88.0, -88.0], [3.0, 80.0, -100.0, 1e-3, 0.0]]
+    for z in ([row] for row in rows):
+        z = tf.constant(z)
+        for gamma in (0.5, 2.0):
+            g = tf.constant(gamma)
+            for fn, x in ((lambda z: losses.binary_focal_crossentropy(y, z, gamma=g, from_logits=True), z),
+                          (lambda y: losses.binary_focal_crossentropy(y, z, gamma=g, from_logits=True), y),
+                          (lambda g: losses.binary_focal_crossentropy(y, z, gamma=g, from_logits=True), g)):
+                _, first, second = derivatives(fn, x, mode)
+                assert np.isfinite(first).all() and np.isfinite(second).all(), (z, gamma, first, second)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_binary_tensor_gamma_zero_is_the_cross_entropy(mode):
+    y = np.array([[1.0, 0.0, 0.5, 0.0, 0.3]], "float32")
+    z = np.array([[3.0, np.inf, -2.0, -np.inf, 1e4]], "float32")
+    tensor = _binary(y, z, tf.constant(0.0), mode)
+    plain = _binary(y, z, 0.0, mode)
+    for t, p in zip(tensor, plain):
+        assert not np.isnan(t).any()
+        # The labels' gradient at an infinite logit is -z, saturated (to
+        # different finite magnitudes): the same sign.
+        saturated = np.abs(p) > 1e30
+        np.testing.assert_array_equal(np.sign(t[saturated]), np.sign(p[saturated]))
+        np.testing.assert_allclose(t[~saturated], p[~saturated], rtol=1e-6)

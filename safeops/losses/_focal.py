@@ -9,7 +9,8 @@ with the label on class 1 is 3.99 where the exact loss is 2500 (measured,
 Keras 3.15), and its gradient is 0 there. On logits with a Python
 ``gamma`` each loss is one fused custom op (inner XLA, see
 :mod:`safeops._xla`): the chain of safeops ops it replaces cost 2-3x Keras
-forward+backward. On probabilities the factor and the cross-entropy use
+forward+backward; the binary loss takes the same op with a tensor ``gamma``
+as a third input. On probabilities the factor and the cross-entropy use
 safeops' clamped logarithms (finite, live gradient); logits are recovered
 from sigmoid/softmax outputs as in :mod:`safeops.losses._probabilities`.
 """
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 import safeops.math as tfm
 from safeops import _dtypes, _validate, _xla, nn
-from safeops.math import _logsumexp
+from safeops.math import _logarithms, _logsumexp
 from safeops._gradient import custom_op, custom_op_with_residuals, sum_to_shape
 from safeops.losses import _common
 from safeops.losses._authoring import LossFunctionWrapper
@@ -51,8 +52,10 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
     ``pow(1 - p_t, gamma)`` and both gradients are written out. On
     probabilities, BCE is ``-(xlogy(y, p) + xlog1py(1 - y, -p))`` and the
     factor ``exp(gamma * log(1 - p_t))`` with safeops' clamped ``log``, so a
-    ``gamma < 1`` never meets ``0 ** (gamma - 1) = inf`` in the gradient. A
-    tensor ``gamma`` takes the same formulas as a chain of safeops ops.
+    ``gamma < 1`` never meets ``0 ** (gamma - 1) = inf`` in the gradient. On
+    logits a tensor ``gamma`` is an input of the same op
+    (:func:`_tensor_gamma_binary_focal_op`): the same value and gradients,
+    and the gradient :math:`\log(1 - p_t)\,L` in ``gamma``.
 
     Edges:
       * ``gamma = 0``: plain (balanced) binary cross-entropy.
@@ -99,20 +102,18 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
         y = _common.smoothed_binary(y, label_smoothing)
         if pred.logits is not None and _fusable(gamma):
             loss = _fused_binary_focal(float(gamma), pred.dtype)(y, pred.logits)
+        elif pred.logits is not None and not _is_zero(gamma):
+            # A tensor gamma: the fused formulas with gamma as an input of the op.
+            z = pred.logits
+            loss = _tensor_gamma_binary_focal_op(pred.dtype, _xla.enabled())(y, z, tf.cast(gamma, z.dtype))
+        elif pred.logits is not None:
+            # gamma = 0: plain binary cross-entropy.
+            loss = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=pred.logits)
         else:
-            if pred.logits is not None:
-                # A tensor gamma (or gamma = 0): the same formula from safeops ops.
-                z = pred.logits
-                bce = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
-                # log(1 - p_t) = log(y * sigmoid(-z) + (1 - y) * sigmoid(z)): a
-                # two-term log-sum-exp. A zero label weight gives exactly -inf.
-                log_q = tfm.logaddexp(_log_weight(y) + tfm.log_sigmoid(-z),
-                                      _log_weight(1.0 - y) + tfm.log_sigmoid(z))
-            else:
-                p = pred.probabilities()
-                bce = -(pred.clamped(tfm.xlogy, y, p) + pred.clamped(tfm.xlog1py, 1.0 - y, -p))
-                p = tf.cast(p, pred.compute_dtype)
-                log_q = pred.clamped(tfm.log, y * (1.0 - p) + (1.0 - y) * p)
+            p = pred.probabilities()
+            bce = -(pred.clamped(tfm.xlogy, y, p) + pred.clamped(tfm.xlog1py, 1.0 - y, -p))
+            p = tf.cast(p, pred.compute_dtype)
+            log_q = pred.clamped(tfm.log, y * (1.0 - p) + (1.0 - y) * p)
             loss = _times_focal_factor(bce, log_q, gamma)
         if apply_class_balancing:
             loss = (y * alpha + (1.0 - y) * (1.0 - alpha)) * loss
@@ -206,9 +207,14 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         return pred.output(tf.reduce_sum(alpha * loss, axis))
 
 
+def _is_zero(gamma):
+    """Whether ``gamma`` is the Python number 0 (no focal factor at all)."""
+    return isinstance(gamma, (int, float)) and gamma == 0
+
+
 def _times_focal_factor(loss, log_q, gamma):
     """``loss * q**gamma`` as ``loss * exp(gamma * log q)``; ``gamma == 0`` leaves ``loss``."""
-    if isinstance(gamma, (int, float)) and gamma == 0:
+    if _is_zero(gamma):
         return loss
     return tf.exp(tf.cast(gamma, log_q.dtype) * log_q) * loss
 
@@ -280,17 +286,6 @@ class CategoricalFocalCrossentropy(LossFunctionWrapper):
         self.from_logits, self.label_smoothing, self.axis = from_logits, label_smoothing, axis
 
 
-def _log_weight(w):
-    """``log(w)`` for a label weight in [0, 1]: exactly ``-inf`` at 0, with a zero (not NaN) gradient there.
-
-    The double-where form: the logarithm only ever sees a positive argument,
-    so its gradient in the branch that is not taken is finite.
-    """
-    positive = w > 0.0
-    safe = tf.where(positive, w, tf.ones_like(w))
-    return tf.where(positive, tf.math.log(safe), tf.fill(tf.shape(w), tf.constant(-float("inf"), w.dtype)))
-
-
 # ----------------------------------------------------------------------------
 # The fused binary focal loss on logits.
 
@@ -342,6 +337,42 @@ def _binary_focal_parts(y, z):
     return sign, a, t, l1p, c, yt, bce, num, q
 
 
+def _binary_focal_gradients(dy, y, z, g):
+    r"""The gradients in ``y`` and ``z`` of the elementwise binary focal loss, for ``gamma = g``.
+
+    ``g`` is a Python float (the fused op) or a tensor broadcastable to
+    ``z`` (:func:`_tensor_gamma_binary_focal_op`); the formulas are written
+    out in :func:`_fused_binary_focal_op`. Returns ``(grad_y, grad_z,
+    parts)`` with ``parts`` those of :func:`_binary_focal_parts`, for the
+    gradient in a tensor ``gamma``.
+    """
+    parts = sign, a, t, l1p, c, yt, bce, num, q = _binary_focal_parts(y, z)
+    f = tf.pow(q, g)
+    one_plus_t = 1.0 + t
+    r = t / one_plus_t
+    has_c = tf.not_equal(c, 0.0)
+    safe_num = tf.where(has_c, num, tf.ones_like(num))
+    ratio = tf.where(has_c, r / safe_num, 1.0 / one_plus_t)
+    d_log_q = sign * (c - yt)
+    # sigma(z) - y = s (c - r) = s (c - yt t) / (1 + t). Near z = 0 (t > 1/2)
+    # c - yt t is written (c - yt) + yt (1 - t) with 1 - t = -expm1(-a):
+    # at y = 1/2, z = 1e-3 the direct form cancels to 5e-5 relative error
+    # in float32; for t <= 1/2 the direct form is the accurate one (at
+    # y = 1, z = 20 the other cancels completely).
+    near_zero = t > 0.5
+    bce_slope = tf.where(near_zero, (c - yt) - yt * tf.math.expm1(-a), c - yt * t) / one_plus_t
+    grad_z = g * d_log_q * tf.math.multiply_no_nan(bce, ratio) + sign * bce_slope
+    has_t = t > 0.0
+    l1p_over_t = tf.where(has_t, l1p / tf.where(has_t, t, tf.ones_like(t)), tf.ones_like(t))
+    bce_over_num = tf.where(has_c, bce / safe_num, l1p_over_t)
+    # multiply_no_nan: a tensor gamma = 0 at a wrong-side infinite logit
+    # (BCE / num = inf) leaves the cross-entropy's -z, not 0 * inf.
+    grad_y = -sign * (1.0 - t) * tf.math.multiply_no_nan(bce_over_num, g) - z
+    # f = 0 (a confidently right infinite logit) zeroes both; a NaN f stays NaN.
+    df = tf.math.multiply_no_nan(dy, f)
+    return tf.math.multiply_no_nan(grad_y, df), tf.math.multiply_no_nan(grad_z, df), parts
+
+
 @functools.lru_cache(maxsize=None)
 def _fused_binary_focal_op(gamma, dtype, xla):
     r"""The elementwise binary focal loss ``(1 - p_t)**gamma * BCE`` of ``(y, z)`` as one custom op.
@@ -349,9 +380,10 @@ def _fused_binary_focal_op(gamma, dtype, xla):
     Forward: :math:`L = f \cdot \mathrm{BCE}` with the factor
     :math:`f = (1 - p_t)^\gamma` (see :func:`_binary_focal_parts`).
 
-    Backward, written out so that nothing is differentiated through a
-    clamp or a ``where`` (with :math:`s = \operatorname{sign} z` and
-    :math:`r = t / (1 + t)`, the probability of the unlikely class):
+    Backward (:func:`_binary_focal_gradients`), written out so that nothing
+    is differentiated through a clamp or a ``where`` (with :math:`s =
+    \operatorname{sign} z` and :math:`r = t / (1 + t)`, the probability of
+    the unlikely class):
 
     * :math:`\partial\mathrm{BCE}/\partial z = \sigma(z) - y = s\,(c - r)
       = s\,(c - \tilde y t) / (1 + t)`, with :math:`c - \tilde y t` as
@@ -381,32 +413,62 @@ def _fused_binary_focal_op(gamma, dtype, xla):
 
     def backward(dy, loss, y, z):
         del loss
-        sign, a, t, l1p, c, yt, bce, num, q = _binary_focal_parts(y, z)
-        f = tf.pow(q, g)
-        one_plus_t = 1.0 + t
-        r = t / one_plus_t
-        has_c = tf.not_equal(c, 0.0)
-        safe_num = tf.where(has_c, num, tf.ones_like(num))
-        ratio = tf.where(has_c, r / safe_num, 1.0 / one_plus_t)
-        d_log_q = sign * (c - yt)
-        # sigma(z) - y = s (c - r) = s (c - yt t) / (1 + t). Near z = 0 (t > 1/2)
-        # c - yt t is written (c - yt) + yt (1 - t) with 1 - t = -expm1(-a):
-        # at y = 1/2, z = 1e-3 the direct form cancels to 5e-5 relative error
-        # in float32; for t <= 1/2 the direct form is the accurate one (at
-        # y = 1, z = 20 the other cancels completely).
-        near_zero = t > 0.5
-        bce_slope = tf.where(near_zero, (c - yt) - yt * tf.math.expm1(-a), c - yt * t) / one_plus_t
-        grad_z = g * d_log_q * tf.math.multiply_no_nan(bce, ratio) + sign * bce_slope
-        has_t = t > 0.0
-        l1p_over_t = tf.where(has_t, l1p / tf.where(has_t, t, tf.ones_like(t)), tf.ones_like(t))
-        bce_over_num = tf.where(has_c, bce / safe_num, l1p_over_t)
-        grad_y = -g * sign * (1.0 - t) * bce_over_num - z
-        # f = 0 (a confidently right infinite logit) zeroes both; a NaN f stays NaN.
-        df = tf.math.multiply_no_nan(dy, f)
-        return tf.math.multiply_no_nan(grad_y, df), tf.math.multiply_no_nan(grad_z, df)
+        grad_y, grad_z, _ = _binary_focal_gradients(dy, y, z, g)
+        return grad_y, grad_z
 
     # Logits and labels in separate calls: the labels' gradient is pruned when unused.
     return custom_op(_xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _tensor_gamma_binary_focal_op(dtype, xla):
+    r"""The op of :func:`_fused_binary_focal_op` with ``gamma`` a third input: ``op(y, z, gamma)``.
+
+    A tensor ``gamma`` (a scalar, or broadcastable to ``z``, in ``z``'s
+    dtype) gets the fused op's value and gradients in ``y`` and ``z``, the
+    same ops in the same order, so the two paths agree to rounding (XLA
+    may rewrite a ``pow`` by a constant). The chain of safeops ops this replaces,
+    ``exp(gamma * log(1 - p_t)) * BCE`` with :math:`\log(1 - p_t)` a
+    log-sum-exp of ``log(y) + log_sigmoid(-z)`` and ``log(1 - y) +
+    log_sigmoid(z)``, lost the factor's derivative in the label at hard
+    labels (``log(1 - y)`` is ``-inf`` at ``y = 1`` with gradient 0: at
+    ``y = 1``, ``z = 3``, ``gamma = 2`` it gave -0.00653 for -0.0109) and
+    was NaN in ``z`` at an infinite logit on the wrong side
+    (``0 * inf`` through the factor).
+
+    Gradient in ``gamma``: :math:`\partial L/\partial\gamma = \log(1 - p_t)
+    \, L` with :math:`\log(1 - p_t) = \log(n) - \log(1 + t)` and
+    :math:`n = c + \tilde y t = 1 - \tilde y\,(1 - t)` (see
+    :func:`_binary_focal_parts`): ``log1p(-yt * -expm1(-a))`` where
+    :math:`n > 1/2`, so that :math:`\log(1 - p_t)` near 0 keeps its relative
+    accuracy (``log(c)`` with ``c = 1 - y`` rounded was 1.3e-5 off at
+    ``y = 1e-3``, ``z = 50`` in float32), ``log(n)`` below. The product is
+    formed by ``multiply_no_nan``: 0 where :math:`\log(1 - p_t) = 0`
+    (``z = \pm\infty`` on the wrong side with a hard label, the limit of
+    :math:`-|z| e^{-|z|}`, not ``0 * inf``) and where ``L = 0``; at ``n =
+    0`` (the right side with a hard label, ``t`` underflowed) ``L`` is 0
+    and the logarithm sees 1. Summed to ``gamma``'s shape.
+    """
+
+    def forward(y, z, g):
+        *_, bce, _, q = _binary_focal_parts(y, z)
+        return tf.pow(q, g) * bce
+
+    def backward(dy, loss, y, z, g):
+        grad_y, grad_z, (_, a, _, l1p, _, yt, _, num, _) = _binary_focal_gradients(dy, y, z, g)
+        # log(num): log1p(-yt (1 - t)) above 1/2, log(num) below; each branch
+        # sees a safe argument (1 - yt (1 - t) = 0 at yt = 1, t = 0).
+        big = num > 0.5
+        # _log1p: XLA's float64 log1p is off by up to 127 ULP on [-0.415, -0.355].
+        log1p_part = _logarithms._log1p(tf.where(big, yt * tf.math.expm1(-a), tf.zeros_like(a)))
+        log_part = tf.math.log(tf.where(big | tf.equal(num, 0.0), tf.ones_like(num), num))
+        log_q = tf.where(big, log1p_part, log_part) - l1p
+        grad_g = tf.math.multiply_no_nan(tf.math.multiply_no_nan(loss, log_q), dy)
+        return sum_to_shape(grad_y, y), sum_to_shape(grad_z, z), sum_to_shape(grad_g, g)
+
+    # Logits, labels and gamma in separate calls: unused gradients are pruned.
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(1,), (0,), (2,)]),
+                     dtype)
 
 
 def _fused_binary_focal(gamma, dtype):
