@@ -61,10 +61,24 @@ def custom_op(forward: Forward, backward: Backward, output_dtype: tf.DType) -> C
         widening); second derivatives saturate at its largest finite value.
     """
     plain_forward, plain_backward = _plain(forward), _plain(backward)
+
+    # Named functions, not lambdas: AutoGraph (tf.map_fn, tf.data) warns that
+    # it cannot tell two lambdas on one line apart.
+    def with_no_residuals(*xs):
+        return forward(*xs), ()
+
+    def plain_with_no_residuals(*xs):
+        return plain_forward(*xs), ()
+
+    def backward_of_residuals(dy, y, residuals, *xs):
+        return backward(dy, y, *xs)
+
+    def plain_backward_of_residuals(dy, y, residuals, *xs):
+        return plain_backward(dy, y, *xs)
+
     return custom_op_with_residuals(
-        _Pair(lambda *xs: (forward(*xs), ()), lambda *xs: (plain_forward(*xs), ())),
-        _Pair(lambda dy, y, residuals, *xs: backward(dy, y, *xs),
-              lambda dy, y, residuals, *xs: plain_backward(dy, y, *xs)),
+        _Pair(with_no_residuals, plain_with_no_residuals),
+        _Pair(backward_of_residuals, plain_backward_of_residuals),
         output_dtype,
     )
 

@@ -659,3 +659,11 @@ def test_y_gradient_at_y_plus_inf_is_zero_for_finite_x_and_nan_for_infinite_x(na
     np.testing.assert_array_equal(value.numpy(), [np.inf, -np.inf, np.inf, -np.inf])
     np.testing.assert_array_equal(grad[:2], [0.0, 0.0])
     assert np.all(np.isnan(grad[2:]))
+
+
+def test_logit_forward_mode_at_one_half():
+    """TensorFlow's forward mode differentiates the forward formula: |2x - 1| gave a JVP of 0 at x = 1/2."""
+    x = tf.constant([0.5, 0.25, 0.75])
+    with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)) as acc:
+        y = tfm.logit(x)
+    np.testing.assert_allclose(acc.jvp(y).numpy(), [4.0, 16.0 / 3.0, 16.0 / 3.0], rtol=1e-6)

@@ -483,7 +483,10 @@ def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
         # rounding from exact and log1p damps that error, so one widened
         # kernel brings the result within 1 ULP. The argument is >= 0, away
         # from the interval where XLA's float64 log1p is off (see _log1p).
-        r = _dtypes.wide_forward(tf.math.log1p)(tf.abs(d) / tf.minimum(x, 1.0 - x))
+        # |d| as a select, not abs: its derivative at d = 0 is then 1, not
+        # sign(0) = 0, so forward-mode autodiff (which TensorFlow takes from
+        # this formula, not from the custom gradient) gets 4 at x = 1/2.
+        r = _dtypes.wide_forward(tf.math.log1p)(tf.where(d < 0.0, -d, d) / tf.minimum(x, 1.0 - x))
         return tf.where(d < 0.0, -r, r)
 
     def backward(dy, y, x):
