@@ -247,7 +247,10 @@ def _second_order(forward, backward, output_dtype, dy, xs, ddx, smooth):
 
 
 def _differentiate_backward(forward, backward, dy, xs, smooth, ddx):
-    """``backward``'s vector-Jacobian product for cotangents ``ddx``, in ``dy`` and the float ``xs[smooth]``."""
+    """``backward``'s vector-Jacobian product for cotangents ``ddx``.
+
+    With respect to ``dy`` and the float inputs ``xs[smooth]``.
+    """
     floats = [xs[i] for i in smooth]
     with tf.GradientTape() as tape:
         tape.watch([dy, *floats])

@@ -173,4 +173,5 @@ def test_sigmoid_cross_entropy_takes_ragged_tensors_as_tensorflow_does():
     assert got.shape.as_list() == want.shape.as_list()
     np.testing.assert_allclose(got.flat_values.numpy(), want.flat_values.numpy(), rtol=1e-6)
     grad = tape.gradient(got.flat_values, logits.flat_values).numpy()
-    np.testing.assert_allclose(grad, tf.sigmoid(logits.flat_values).numpy() - labels.flat_values.numpy(), rtol=1e-6)
+    expected = tf.sigmoid(logits.flat_values).numpy() - labels.flat_values.numpy()
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)

@@ -191,7 +191,8 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         weights = _constant_alpha(alpha)
         if _fusable(gamma) and weights is not None:
             scale, per_class = weights
-            fused = _fused_categorical_focal_op(float(gamma), per_class, axis, pred.dtype, _xla.enabled(), floor)
+            fused = _fused_categorical_focal_op(float(gamma), per_class, axis, pred.dtype, _xla.enabled(),
+                                                floor)
             loss = fused(y, values)
             if scale != 1.0:
                 loss = scale * loss

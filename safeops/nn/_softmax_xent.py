@@ -290,7 +290,9 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
 
 @functools.lru_cache(maxsize=None)
 def _index_xent(dtype: tf.DType):
-    """``op(x, labels, valid)``: cross-entropy of ``[n, C]`` logits at class ``labels``; NaN rows where not ``valid``.
+    """``op(x, labels, valid)``: the cross-entropy of ``[n, C]`` logits at ``labels``.
+
+    NaN rows where not ``valid``.
 
     The labels and the mask are inputs of the op (constants to the gradient
     helper), not closed over: see :func:`safeops._gradient.custom_op_with_residuals`.
