@@ -393,10 +393,20 @@ def _euclidean_norm(axis, dtype: tf.DType):
         # underflow, the scale 1 gives the same bits without the max
         # reduction. A zero sum takes the scaled path: it may be an
         # underflowed one ([1e-25, 1e-25] in float32).
-        if _xla.in_xla():
-            return scaled_forward(x)  # no tf.cond under XLA: see below
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
         ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
+        if _xla.in_xla():
+            # No differentiable path into the tf.cond (see below): its
+            # branches see a frozen x, and the plain root's derivative (for
+            # forward-mode autodiff, which reads this formula) rides along
+            # as plain - stop_gradient(plain), 0 in value. The scaled branch
+            # then costs nothing where it is not taken.
+            norm_ = tf.sqrt(sum_sq)
+            frozen, still = tf.stop_gradient(x), tf.stop_gradient(norm_)
+            y, residuals = tf.cond(ordinary, lambda: (still, (tf.ones_like(still), still)),
+                                   lambda: scaled_forward(frozen))
+            tangent = tf.where(tf.math.is_finite(norm_), norm_ - still, tf.zeros_like(norm_))
+            return y + tangent, residuals
 
         def plain():
             norm_ = tf.sqrt(sum_sq)
@@ -408,10 +418,10 @@ def _euclidean_norm(axis, dtype: tf.DType):
     # outside a jit_compile function; the second-order pass, which
     # recomputes the forward) fails to compile: the gradient is built
     # outside the XLA context and cond_v2 hands its intermediates over as
-    # Optional ops, which XLA lacks. Under XLA, and in the second-order
-    # pass, the forward is the scaled path alone, valid everywhere and, as
-    # scaling by a power of two is exact, the same bits as the plain one
-    # where that applies (one more reduction pass).
+    # Optional ops, which XLA lacks. Under XLA the cond is cut from x
+    # (above); the second-order pass takes the scaled path alone, valid
+    # everywhere and, as scaling by a power of two is exact, the same bits
+    # as the plain one where that applies.
     forward.python_function = scaled_forward
 
     def backward(dy, y, residuals, x):
