@@ -48,7 +48,7 @@ def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
     3]``).
     """
     ragged = next(a for a in args if isinstance(a, tf.RaggedTensor))
-    dense = [i for i, a in enumerate(args) if not isinstance(a, tf.RaggedTensor) and np.ndim(a) > 0]
+    dense = [i for i, a in enumerate(args) if not isinstance(a, tf.RaggedTensor) and _rank(a) != 0]
     if dense:
         args = list(args)
         for i in dense:
@@ -65,6 +65,13 @@ def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
             args = [a * tf.ones_like(common, dtype=a.dtype)
                     if isinstance(a, tf.RaggedTensor) and a.dtype.is_floating else a for a in args]
     return tf.ragged.map_flat_values(fn, *args, **kwargs)
+
+
+def _rank(value: Any):
+    """The rank of a tensor (None if unknown, as in a graph) or of anything NumPy converts."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.shape.rank
+    return np.ndim(value)
 
 
 def along_axis(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis: int, **kwargs: Any):

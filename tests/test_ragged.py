@@ -175,3 +175,11 @@ def test_sigmoid_cross_entropy_takes_ragged_tensors_as_tensorflow_does():
     grad = tape.gradient(got.flat_values, logits.flat_values).numpy()
     expected = tf.sigmoid(logits.flat_values).numpy() - labels.flat_values.numpy()
     np.testing.assert_allclose(grad, expected, rtol=1e-6)
+
+
+def test_binary_op_of_a_ragged_and_a_dense_operand_inside_tf_function():
+    rt = tf.ragged.constant([[1.0, 2.0, 3.0], [0.5], []])
+    y = tf.constant([[2.0], [3.0], [4.0]])
+    got = tf.function(lambda a, b: tfm.xlogy(a, b))(rt, y)
+    want = tf.math.xlogy(rt, y)
+    np.testing.assert_allclose(got.flat_values.numpy(), want.flat_values.numpy(), rtol=1e-6)
