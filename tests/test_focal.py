@@ -433,3 +433,32 @@ def test_binary_tensor_gamma_zero_is_the_cross_entropy(mode):
         saturated = np.abs(p) > 1e30
         np.testing.assert_array_equal(np.sign(t[saturated]), np.sign(p[saturated]))
         np.testing.assert_allclose(t[~saturated], p[~saturated], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_categorical_probability_tensor_gamma_second_order_as_the_fused_op(dtype, mode):
+    """C1: with a tensor gamma the second derivative at a labelled zero probability was -inf (NaN at [0, 1, 0]).
+
+    It now equals the fused (Python gamma) op's, value, gradient and
+    second derivative, and is finite; a tensor alpha takes the same path.
+    """
+    p = np.array([[0.0, 0.5, 0.5], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]], dtype)
+    y = tf.constant(np.eye(3)[[0, 0, 2]], dtype)
+
+    def loss_with(gamma, alpha):
+        return lambda q: losses.categorical_focal_crossentropy(y, q, gamma=gamma, alpha=alpha)
+
+    fused = derivatives(loss_with(2.0, 0.25), tf.constant(p), mode)
+    for gamma, alpha in ((tf.constant(2.0, dtype), 0.25), (2.0, tf.constant(0.25, dtype))):
+        got = derivatives(loss_with(gamma, alpha), tf.constant(p), mode)
+        rtol = 1e-5 if dtype == "float32" else 1e-12
+        for g, f in zip(got[:2], fused[:2]):
+            np.testing.assert_allclose(g, f, rtol=rtol, atol=1e-30)
+        # Second order: finite everywhere; equal off the clamp (where both
+        # saturate, float64's 1/tiny**2 overflows even the wide pass, and the
+        # fused op's artifact rule gives 0 where the chain saturates).
+        assert np.all(np.isfinite(got[2]))
+        np.testing.assert_allclose(got[2][2], fused[2][2], rtol=rtol)
+        if dtype == "float32":
+            np.testing.assert_allclose(got[2], fused[2], rtol=rtol, atol=1e-30)

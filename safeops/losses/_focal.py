@@ -185,7 +185,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
             values, floor = pred.logits, None
         else:
             # Probabilities: the logits are log(max(p, tiny)), whose derivative
-            # each op below writes out (see _normalized_log).
+            # each op below writes out (see _probability_focal_composite).
             values = tf.cast(pred.probabilities(), pred.compute_dtype)
             floor = _dtypes.tiny(pred.clamp_dtype)
         weights = _constant_alpha(alpha)
@@ -198,14 +198,19 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
                 loss = scale * loss
             return pred.output(loss)
         # A tensor alpha or gamma, or gamma = 0: the same formula from safeops ops.
-        if floor is None:
-            log_p = tfm.log_softmax(values, axis=axis)
-        else:
-            log_p = _normalized_log(axis, floor, pred.clamp_dtype)(values)
-        cross = tf.math.multiply_no_nan(-log_p, y)
-        loss = _times_focal_factor(cross, tfm.log1mexp(log_p), gamma)
         alpha = tf.cast(alpha, pred.compute_dtype)
-        return pred.output(tf.reduce_sum(alpha * loss, axis))
+        if floor is not None:
+            gamma = tf.cast(gamma, pred.compute_dtype)
+            op_ = _probability_focal_composite(axis, floor, pred.clamp_dtype)
+            return pred.output(op_(values, y, gamma, alpha))
+        log_p = tfm.log_softmax(values, axis=axis)
+        return pred.output(_categorical_focal_terms(log_p, y, gamma, alpha, axis))
+
+
+def _categorical_focal_terms(log_p, y, gamma, alpha, axis):
+    """``sum_j alpha_j (1 - p_j)**gamma (-y_j log p_j)`` from ``log p``, by safeops ops."""
+    cross = tf.math.multiply_no_nan(-log_p, y)
+    return tf.reduce_sum(alpha * _times_focal_factor(cross, tfm.log1mexp(log_p), gamma), axis)
 
 
 def _is_zero(gamma):
@@ -221,27 +226,41 @@ def _times_focal_factor(loss, log_q, gamma):
 
 
 @functools.lru_cache(maxsize=None)
-def _normalized_log(axis: int, floor: float, dtype: tf.DType):
-    r"""``log(c / sum(c))`` along ``axis``, :math:`c = \max(p, floor)`, with its gradient written out.
+def _probability_focal_composite(axis: int, floor: float, dtype: tf.DType):
+    r"""``op(p, y, gamma, alpha)``: the categorical focal loss of probabilities with tensor parameters.
 
-    The value is the log-softmax of the logits :math:`\log c`. Its gradient
-    through that chain is :math:`(u_i - \operatorname{softmax}_i \sum_j u_j)
-    / c_i` for the upstream :math:`u`, and :math:`\operatorname{softmax}_i =
-    c_i / S` flushes to 0 below ``tiny`` (TensorFlow's CPU arithmetic), so a
-    probability 0 next to others lost the normaliser's pull :math:`-\sum_j
-    u_j / S` (C4). Written directly, :math:`u_i / c_i - \sum_j u_j / S`
-    forms no such quotient; below ``floor`` it is the gradient at the clamp
-    boundary (``1 / floor`` at most). ``dtype``: the dtype of the caller's
-    probabilities, where second derivatives saturate.
+    The value is :func:`_categorical_focal_terms` of :math:`\ell = \log(c /
+    S)`, :math:`c = \max(p, floor)`, :math:`S = \sum_k c_k` (the
+    log-softmax of the logits :math:`\log c`). The gradient in :math:`\ell`
+    (``u``, by an inner tape) is mapped to ``p`` directly, :math:`u_i / c_i
+    - \sum_j u_j / S`: through the log-softmax it is :math:`(u_i -
+    \operatorname{softmax}_i \sum_j u_j) / c_i`, and
+    :math:`\operatorname{softmax}_i = c_i / S` flushes to 0 below ``tiny``
+    (TensorFlow's CPU arithmetic), so a probability 0 next to others lost
+    the normaliser's pull (C4); below ``floor`` it is the gradient at the
+    clamp boundary. As one op, the second order runs in float64 and
+    saturates at ``dtype`` (C1): as a chain of ops it multiplied two
+    first derivatives of size :math:`1/\mathrm{tiny}`, ``inf`` (NaN at ``p
+    = [0, 1, 0]``) at a labelled class of probability 0.
     """
 
-    def forward(p):
+    def log_normalized(p):
         return _logsumexp.log_softmax_forward(tf.math.log(tf.maximum(p, floor)), axis)
 
-    def backward(du, log_p, p):
-        del log_p
+    def forward(p, y, gamma, alpha):
+        return _categorical_focal_terms(log_normalized(p), y, gamma, alpha, axis)
+
+    def backward(dl, loss, p, y, gamma, alpha):
+        del loss
+        log_p = log_normalized(p)
+        with tf.GradientTape() as tape:
+            tape.watch([log_p, y, gamma, alpha])
+            value = _categorical_focal_terms(log_p, y, gamma, alpha, axis)
+        du, dy, dgamma, dalpha = tape.gradient(value, [log_p, y, gamma, alpha], output_gradients=dl,
+                                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         c = tf.maximum(p, floor)
-        return (du / c - tf.reduce_sum(du, axis, keepdims=True) / tf.reduce_sum(c, axis, keepdims=True),)
+        dp = du / c - tf.reduce_sum(du, axis, keepdims=True) / tf.reduce_sum(c, axis, keepdims=True)
+        return dp, dy, dgamma, dalpha
 
     return custom_op(forward, backward, dtype)
 
@@ -521,7 +540,7 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
 
     With ``floor`` the op takes probabilities ``p`` in place of ``z``: the
     logits are :math:`z = \log c` with :math:`c = \max(p, floor)`, and the
-    probabilities' gradient is written out as :func:`_normalized_log`
+    probabilities' gradient is written out as :func:`_probability_focal_composite`
     explains: :math:`g_i q_i / c_i - \sum_{j \ne i} g_j / S` with
     :math:`S = \sum_k c_k`, the logits' gradient divided by :math:`c_i`
     with :math:`p_i / c_i = 1 / S` taken exactly (the chain through
