@@ -438,7 +438,7 @@ def test_binary_tensor_gamma_zero_is_the_cross_entropy(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_categorical_probability_tensor_gamma_second_order_as_the_fused_op(dtype, mode):
-    """C1: with a tensor gamma the second derivative at a labelled zero probability was -inf (NaN at [0, 1, 0]).
+    """C1: a tensor gamma's second derivative at a labelled zero probability was -inf (NaN at [0, 1, 0]).
 
     It now equals the fused (Python gamma) op's, value, gradient and
     second derivative, and is finite; a tensor alpha takes the same path.
