@@ -51,6 +51,7 @@ def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
     dense = [i for i, a in enumerate(args) if not isinstance(a, tf.RaggedTensor) and _rank(a) != 0]
     if dense:
         args = list(args)
+        broadcast = []
         for i in dense:
             try:
                 value = tf.convert_to_tensor(args[i], dtype_hint=ragged.dtype)
@@ -58,12 +59,13 @@ def elementwise(fn: Callable, *args: Any, **kwargs: Any) -> tf.RaggedTensor:
                 continue  # left to fn, whose check names the argument
             if value.dtype.is_floating:
                 args[i] = value * tf.ones_like(ragged, dtype=value.dtype)
-        # Every ragged operand to the common shape too (a dense operand may add outer dims).
-        common = next(a for a in args if isinstance(a, tf.RaggedTensor) and a is not ragged) \
-            if any(isinstance(args[i], tf.RaggedTensor) for i in dense) else None
-        if common is not None:
+                broadcast.append(i)
+        if broadcast:
+            # The ragged operands to the common shape too (a dense operand may add outer dims).
+            common = args[broadcast[0]]
             args = [a * tf.ones_like(common, dtype=a.dtype)
-                    if isinstance(a, tf.RaggedTensor) and a.dtype.is_floating else a for a in args]
+                    if i not in broadcast and isinstance(a, tf.RaggedTensor) and a.dtype.is_floating else a
+                    for i, a in enumerate(args)]
     return tf.ragged.map_flat_values(fn, *args, **kwargs)
 
 

@@ -14,8 +14,8 @@ import keras
 import tensorflow as tf
 
 import safeops.math as tfm
-from safeops.math import _logarithms
 from safeops import _dtypes, _validate
+from safeops.math import _logarithms
 from safeops.losses import _common
 from safeops.losses._authoring import LossFunctionWrapper
 
@@ -87,9 +87,7 @@ def kl_divergence(y_true, y_pred):
         # .3001, .3999]); the gradient stays that of the sum above.
         floor = _dtypes.tiny(pred.clamp_dtype)
         accurate = tf.cast(_one_signed_kl(tf.stop_gradient(y), tf.stop_gradient(p), floor), kl.dtype)
-        use = tf.math.is_finite(kl) & tf.math.is_finite(accurate)
-        kl = tf.where(use, tf.stop_gradient(accurate) + (kl - tf.stop_gradient(kl)), kl)
-        return pred.output(kl)
+        return pred.output(_common.value_of(accurate, kl))
 
 
 def _one_signed_kl(y, p, floor):

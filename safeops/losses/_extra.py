@@ -162,9 +162,7 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         # that of the sum above, whose terms are each accurate.
         accurate = tf.cast(_centred_kl(tf.stop_gradient(t), tf.stop_gradient(pred.values), axis), kl.dtype)
         cancels = tf.reduce_sum(tf.abs(gap) * q, axis) > 2.0 * tf.abs(kl)
-        use = cancels & tf.math.is_finite(kl) & tf.math.is_finite(accurate)
-        kl = tf.where(use, tf.stop_gradient(accurate) + (kl - tf.stop_gradient(kl)), kl)
-        return pred.output(kl)
+        return pred.output(tf.where(cancels, _common.value_of(accurate, kl), kl))
 
 
 def _centred_kl(t, s, axis):
@@ -184,8 +182,7 @@ def _centred_kl(t, s, axis):
     rounding residue and the sum of ``phi`` has no cancellation; the result
     is taken as :math:`\log1p(A) + m A / (1 + A)`, ``A`` that sum, to first
     order in ``m``; :math:`\varphi` is :func:`safeops.losses._common.exp_gap`.
-    The rows are
-    shifted by their maxima with the rounding kept (TwoSum,
+    The rows are shifted by their maxima with the rounding kept (TwoSum,
     :func:`safeops.math._logsumexp.exact_shift`), so that logits far from 0
     lose nothing in ``t - s``. Entries with :math:`q_j = 0` are dropped.
     Non-finite results (an infinite KL, NaN, an overflowing ``exp(-x)``)

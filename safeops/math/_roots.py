@@ -466,7 +466,9 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
         # exactly scaled input; this skips the max reduction and the scaling
         # pass.
         if _xla.in_xla():
-            return with_residuals(*scaled_forward(x))  # no tf.cond under XLA, as in _euclidean_norm
+            # The scaled path alone (XLA fuses its extra max pass): a tf.cond
+            # here would be differentiated, see _euclidean_norm.
+            return with_residuals(*scaled_forward(x))
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
         ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
 
@@ -477,10 +479,7 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
             # same speed here; where sum(x**2) < epsilon too.
             return x / tf.sqrt(tf.maximum(sum_sq, floor)), tf.ones_like(sum_sq), sum_sq
 
-        def scaled():
-            return scaled_forward(x)
-
-        return with_residuals(*tf.cond(ordinary, plain, scaled))
+        return with_residuals(*tf.cond(ordinary, plain, lambda: scaled_forward(x)))
 
     def scaled_forward(x):
         scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
