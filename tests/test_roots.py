@@ -133,6 +133,30 @@ class TestNorm:
         np.testing.assert_allclose(y, [0, 2])
         np.testing.assert_allclose(g, [[0, 0], [0, 1]])
 
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("ord", [0.3, 0.5, 1.5, 3.0])
+    @pytest.mark.parametrize("dtype,rows", [
+        (tf.float32, [[3e38, 1e-3], [1e30, 1e20], [1.0, 1e-20], [1e-35, 2e-38], [3e38, 3e38]]),
+        (tf.float64, [[1e308, 1e-3], [1e-300, 1e-307], [1.0, 1e-200], [1e300, 1e-300]]),
+    ])
+    def test_p_norm_over_the_whole_range_against_mpmath(self, dtype, rows, ord, mode):
+        """Entries 1e-41 times the largest: their scaled terms underflowed (value and gradient
+        0 where the exact gradient is 5e20), and for p < 1 autodiff overflowed (inf where
+        the exact gradient is 1e15); second derivatives were -inf or NaN."""
+        y, g, h = derivatives(lambda t: tfm.norm(t, ord=ord, axis=-1), tf.constant(rows, dtype), mode)
+        assert np.isfinite(g).all() and np.isfinite(h).all()
+        big = float(dtype.max)
+        for row, y_row, g_row in zip(rows, y, g):
+            entries = [mpmath.mpf(float(dtype.as_numpy_dtype(v))) for v in row]
+            exact = mpmath.fsum(abs(v) ** ord for v in entries) ** (1 / mpmath.mpf(ord))
+            if exact > big:
+                assert y_row == INF
+            else:
+                assert abs(y_row - float(exact)) <= 4 * np.spacing(dtype.as_numpy_dtype(exact))
+            for v, got in zip(entries, g_row):
+                want = min((abs(v) / exact) ** (ord - 1), big)
+                assert got == pytest.approx(float(want), rel=1e-5 if dtype == tf.float32 else 1e-12)
+
     @pytest.mark.parametrize("ord,axis", [("fro", None), ("fro", 0), (0, None), (-1, 0), ("nuc", (0, 1)), (3, (0, 1))])
     def test_bad_ord(self, ord, axis):
         with pytest.raises(ValueError, match="ord"):
