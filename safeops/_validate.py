@@ -53,14 +53,38 @@ def message(op: str, arg: str, expected: str, got: Any, verb: str = "be") -> str
 
 
 @contextlib.contextmanager
-def op_scope(op: str, name: str | None) -> Iterator[None]:
+def op_scope(op: str, name: str | None) -> Iterator[_Scope]:
     """Opens ``safeops/<name>`` so a user's graph shows which safeops op made what.
 
     ``op`` is the public name (``'safeops.math.log'``); its last part is the
-    default scope name when the user gives none.
+    default scope name when the user gives none. Yields a :class:`_Scope`
+    whose ``output`` gives the op's result the user's ``name``.
     """
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    outer = graph.get_name_scope() if graph is not None else ""
     with tf.name_scope("safeops"), tf.name_scope(name or op.rsplit(".", 1)[-1]):
-        yield
+        yield _Scope(graph, outer, name)
+
+
+class _Scope:
+    """Names an op's result ``name`` in the caller's scope, as TensorFlow names its ops.
+
+    ``tf.nn.sigmoid_cross_entropy_with_logits(..., name="loss").op.name`` is
+    ``"loss"`` in a graph (TensorFlow's own tests check it); the safeops op
+    builds its ops under ``safeops/loss/``, so its result gets one more op,
+    an identity named ``name`` in the scope the call was made from. Only in
+    a graph and only when a name is given: eager tensors have no op names,
+    and Grappler removes the identity.
+    """
+
+    def __init__(self, graph, outer: str, name: str | None):
+        self._graph, self._outer, self._name = graph, outer, name
+
+    def output(self, result):
+        if self._graph is None or not self._name or not isinstance(result, tf.Tensor):
+            return result
+        with self._graph.name_scope(self._outer + "/" if self._outer else ""):
+            return tf.identity(result, name=self._name)
 
 
 def _dtype_name(value: Any) -> str:

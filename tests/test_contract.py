@@ -58,6 +58,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import safeops.math as tfm
+import safeops.nn
 from tests import naive, reference, strategies
 from tests.conftest import MODES, in_mode
 from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, ftz_ulps, relative_error, ulp_of, value_ulps
@@ -544,6 +545,42 @@ def test_output_shape_and_dtype_match_tensorflow(name):
         args = [tf.constant(strategies.cast([[0.25, 0.5], [0.75, 1.5]], dtype))] * len(spec.args)
         ours = spec.fn(*args)
         assert ours.dtype == tf.as_dtype(dtype), f"{name}: {dtype} in, {ours.dtype.name} out"
+
+
+def _named_calls():
+    """(label, call(name)) for every public op of safeops.math and safeops.nn that takes ``name``."""
+    m = np.array([[0.25, 0.5], [0.75, 1.5]], np.float32)
+    calls = [(n, functools.partial(lambda spec, name: spec.fn(*[m] * len(spec.args), name=name), SPECS[n]))
+             for n in OP_NAMES]
+    calls += [
+        ("softmax_cross_entropy_with_logits",
+         lambda name: safeops.nn.softmax_cross_entropy_with_logits(labels=m, logits=m, name=name)),
+        ("sparse_softmax_cross_entropy_with_logits",
+         lambda name: safeops.nn.sparse_softmax_cross_entropy_with_logits(
+             labels=np.array([0, 1]), logits=m, name=name)),
+        ("sigmoid_cross_entropy_with_logits",
+         lambda name: safeops.nn.sigmoid_cross_entropy_with_logits(labels=m * 0.5, logits=m, name=name)),
+        ("weighted_cross_entropy_with_logits",
+         lambda name: safeops.nn.weighted_cross_entropy_with_logits(m * 0.5, m, 2.0, name=name)),
+    ]
+    return calls
+
+
+def test_named_ops_cover_math_and_nn():
+    named = {label for label, _ in _named_calls()}
+    assert named >= set(tfm.__all__) | {n for n in safeops.nn.__all__ if "cross_entropy" in n}
+
+
+@pytest.mark.parametrize("label", [label for label, _ in _named_calls()])
+def test_name_names_the_output_op_in_a_graph_as_tensorflow(label):
+    """TensorFlow's tests check ``loss.op.name == "mylogistic"`` (nn_xent_test's testConstructionNamed)."""
+    call = dict(_named_calls())[label]
+    with tf.Graph().as_default():
+        assert call("given").op.name == "given"
+        with tf.name_scope("outer"):
+            assert call("given").op.name == "outer/given"
+        assert call("given").op.name == "given_1"
+        assert call(None).op.name.startswith("safeops")
 
 
 # ----------------------------------------------------------------------------

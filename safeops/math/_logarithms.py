@@ -74,11 +74,11 @@ def log(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(log, x, name=name)
     op = "safeops.math.log"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         floor = _dtypes.tiny(x.dtype)
         y = _clamped_log(floor, x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def log1p(x, name=None):
@@ -133,11 +133,11 @@ def log1p(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(log1p, x, name=name)
     op = "safeops.math.log1p"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         floor = -_dtypes.below_one(x.dtype)
         y = _clamped_log1p(floor, x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def logit(x, name=None):
@@ -194,11 +194,11 @@ def logit(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(logit, x, name=name)
     op = "safeops.math.logit"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         floor, ceiling = _dtypes.tiny(x.dtype), _dtypes.below_one(x.dtype)
         y = _clamped_logit(floor, ceiling, x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def xlogy(x, y, name=None):
@@ -258,13 +258,13 @@ def xlogy(x, y, name=None):
     if _ragged.any_ragged(x, y):
         return _ragged.elementwise(xlogy, x, y, name=name)
     op = "safeops.math.xlogy"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
         z = _x_times_clamped_log(tf.math.xlogy, tf.math.log, 0.0, _dtypes.tiny(dtype), dtype)(
             _dtypes.to_compute(x), _dtypes.to_compute(y))
-        return _dtypes.from_compute(z, dtype)
+        return scope.output(_dtypes.from_compute(z, dtype))
 
 
 def xlog1py(x, y, name=None):
@@ -319,13 +319,13 @@ def xlog1py(x, y, name=None):
     if _ragged.any_ragged(x, y):
         return _ragged.elementwise(xlog1py, x, y, name=name)
     op = "safeops.math.xlog1py"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
         z = _x_times_clamped_log(_xlog1py, _log1p, 1.0, -_dtypes.below_one(dtype), dtype)(
             _dtypes.to_compute(x), _dtypes.to_compute(y))
-        return _dtypes.from_compute(z, dtype)
+        return scope.output(_dtypes.from_compute(z, dtype))
 
 
 def log1mexp(x, name=None):
@@ -378,10 +378,10 @@ def log1mexp(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(log1mexp, x, name=name)
     op = "safeops.math.log1mexp"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _log1mexp_clamped(_dtypes.tiny(x.dtype), x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def logaddexp(x1, x2, name=None):
@@ -437,12 +437,12 @@ def logaddexp(x1, x2, name=None):
     if _ragged.any_ragged(x1, x2):
         return _ragged.elementwise(logaddexp, x1, x2, name=name)
     op = "safeops.math.logaddexp"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x1, x2 = _validate.float_tensors(op, x1=x1, x2=x2)
         _validate.broadcast_shape(op, "x1", x1, "x2", x2)
         dtype = x1.dtype
         y = _log_add_exp(dtype)(_dtypes.to_compute(x1), _dtypes.to_compute(x2))
-        return _dtypes.from_compute(y, dtype)
+        return scope.output(_dtypes.from_compute(y, dtype))
 
 
 # ----------------------------------------------------------------------------

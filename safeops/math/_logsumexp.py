@@ -144,7 +144,7 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
         return _ragged.reduced(
             lambda x, a, k, **kw: reduce_logsumexp(x, a, k, name, **kw), op, "input_tensor", input_tensor,
             axis, keepdims, return_sign=return_sign)
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         if weights is None:
             x = _validate.float_tensor(input_tensor, op, "input_tensor")
             w = None
@@ -165,11 +165,11 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
             y = _drop_reduced(y, axis)
         y = _dtypes.from_compute(y, dtype)
         if not return_sign:
-            return y
+            return scope.output(y)
         sign = tf.stop_gradient(sign)
         if not keepdims:
             sign = _drop_reduced(sign, axis)
-        return y, _dtypes.from_compute(sign, dtype)
+        return scope.output(y), _dtypes.from_compute(sign, dtype)
 
 
 def softmax(logits, axis=None, name=None):
@@ -223,10 +223,10 @@ def softmax(logits, axis=None, name=None):
     op = "safeops.math.softmax"
     if _ragged.any_ragged(logits):
         return _ragged.along_axis(softmax, op, "logits", logits, -1 if axis is None else axis, name=name)
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x, axis = _class_axis(op, logits, axis)
         y = _masked_softmax(axis, x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def log_softmax(logits, axis=None, name=None):
@@ -283,10 +283,10 @@ def log_softmax(logits, axis=None, name=None):
     op = "safeops.math.log_softmax"
     if _ragged.any_ragged(logits):
         return _ragged.along_axis(log_softmax, op, "logits", logits, -1 if axis is None else axis, name=name)
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x, axis = _class_axis(op, logits, axis)
         y = _masked_log_softmax(axis, x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 # ----------------------------------------------------------------------------

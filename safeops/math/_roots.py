@@ -75,10 +75,10 @@ def sqrt(x, name=None):
     if isinstance(x, tf.SparseTensor):  # as tf.math.sqrt: sqrt(0) = 0 keeps the sparsity
         return x.with_values(sqrt(x.values, name=name))
     op = "safeops.math.sqrt"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _clamped_sqrt(_dtypes.tiny(x.dtype), x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
@@ -163,7 +163,7 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
             raise ValueError(_validate.message(op, "axis", "None, an int or a tuple of 2 distinct ints", axis))
         if not _is_one_of(ord, _VECTOR_ORDS) and not _is_positive_real(ord):
             raise ValueError(_validate.message(op, "ord", "'euclidean', 1, 2, np.inf or a positive real", ord))
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(tensor, op, "tensor")
         rank = x.shape.rank
         if is_matrix and rank is not None:
@@ -189,7 +189,7 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
             y = _p_norm(axis, float(ord), dtype)(xc)
         if not keepdims:
             y = tf.reshape(y, []) if axis is None else tf.squeeze(y, list(axis) if is_matrix else [axis])
-        return _dtypes.from_compute(y, dtype)
+        return scope.output(_dtypes.from_compute(y, dtype))
 
 
 def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
@@ -253,14 +253,14 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
         if axis is not None:
             raise ValueError(_validate.message(op, "axis", "given once (axis or its alias dim)", "both"))
         axis = dim
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         _validate.axis_in_range(op, axis, x.shape.rank)
         dtype = x.dtype
         xc = _dtypes.to_compute(x)
         floor = max(_epsilon_value(op, epsilon), _dtypes.tiny(xc.dtype), _dtypes.rsqrt_floor(dtype))
         y = _unit_vector(axis, floor, dtype)(xc)
-        return _dtypes.from_compute(y, dtype)
+        return scope.output(_dtypes.from_compute(y, dtype))
 
 
 def _epsilon_value(op: str, epsilon) -> float:
@@ -343,12 +343,12 @@ def divide_no_nan(x, y, name=None):
     if _ragged.any_ragged(x, y):
         return _ragged.elementwise(divide_no_nan, x, y, name=name)
     op = "safeops.math.divide_no_nan"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
         q = _guarded_quotient(dtype, _xla.enabled())(_dtypes.to_compute(x), _dtypes.to_compute(y))
-        return _dtypes.from_compute(q, dtype)
+        return scope.output(_dtypes.from_compute(q, dtype))
 
 
 # ----------------------------------------------------------------------------

@@ -85,10 +85,10 @@ def sigmoid(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(sigmoid, x, name=name)
     op = "safeops.math.sigmoid"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _sigmoid_op(x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def log_sigmoid(x, name=None):
@@ -135,10 +135,10 @@ def log_sigmoid(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(log_sigmoid, x, name=name)
     op = "safeops.math.log_sigmoid"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _log_sigmoid_op(x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def softplus(features, name=None):
@@ -184,10 +184,10 @@ def softplus(features, name=None):
     if _ragged.any_ragged(features):
         return _ragged.elementwise(softplus, features, name=name)
     op = "safeops.math.softplus"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(features, op, "features")
         y = _softplus_op(x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 def softplus_inverse(x, name=None):
@@ -245,10 +245,10 @@ def softplus_inverse(x, name=None):
     if _ragged.any_ragged(x):
         return _ragged.elementwise(softplus_inverse, x, name=name)
     op = "safeops.math.softplus_inverse"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _softplus_inverse_op(_dtypes.tiny(x.dtype), x.dtype)(_dtypes.to_compute(x))
-        return _dtypes.from_compute(y, x.dtype)
+        return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
 # ----------------------------------------------------------------------------

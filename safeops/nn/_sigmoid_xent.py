@@ -76,11 +76,11 @@ def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
         # As tf.nn's ragged dispatch: on the flat values, one row partition.
         return _ragged.elementwise(sigmoid_cross_entropy_with_logits, labels, logits, name=name)
     op = "safeops.nn.sigmoid_cross_entropy_with_logits"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         labels, logits = _labels_and_logits(op, labels, logits)
         loss = _weighted_xent(logits.dtype, weighted=False)(
             _dtypes.to_compute(labels), _dtypes.to_compute(logits))
-        return _dtypes.from_compute(loss, logits.dtype)
+        return scope.output(_dtypes.from_compute(loss, logits.dtype))
 
 
 def weighted_cross_entropy_with_logits(labels, logits, pos_weight, name=None):
@@ -133,13 +133,13 @@ def weighted_cross_entropy_with_logits(labels, logits, pos_weight, name=None):
     array([0.       , 2.0794415], dtype=float32)
     """
     op = "safeops.nn.weighted_cross_entropy_with_logits"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         labels, logits = _labels_and_logits(op, labels, logits)
         pos_weight = _validate.float_tensor(pos_weight, op, "pos_weight", logits.dtype)
         _validate.broadcast_shape(op, "pos_weight", pos_weight, "logits", logits)
         loss = _weighted_xent(logits.dtype, weighted=True)(
             _dtypes.to_compute(labels), _dtypes.to_compute(logits), _dtypes.to_compute(pos_weight))
-        return _dtypes.from_compute(loss, logits.dtype)
+        return scope.output(_dtypes.from_compute(loss, logits.dtype))
 
 
 def _weighted_xent(dtype: tf.DType, weighted: bool):

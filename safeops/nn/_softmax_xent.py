@@ -103,7 +103,7 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
     array([0.20141329], dtype=float32)
     """
     op = "safeops.nn.softmax_cross_entropy_with_logits"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         logits = _validate.float_tensor(logits, op, "logits")
         # TensorFlow's kernel casts the labels to the logits' dtype (float32
         # one-hot labels next to mixed_float16 logits, integer one-hots).
@@ -117,7 +117,7 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
             axis += rank
         labels, logits = _broadcast_pair(labels, logits)
         loss = _soft_label_xent(axis, logits.dtype)(_dtypes.to_compute(labels), _dtypes.to_compute(logits))
-        return _dtypes.from_compute(loss, logits.dtype)
+        return scope.output(_dtypes.from_compute(loss, logits.dtype))
 
 
 def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
@@ -179,10 +179,10 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
     array([0.20141329], dtype=float32)
     """
     op = "safeops.nn.sparse_softmax_cross_entropy_with_logits"
-    with _validate.op_scope(op, name):
+    with _validate.op_scope(op, name) as scope:
         labels = _validate.integer_tensor(labels, op, "labels")
         logits = _validate.float_tensor(logits, op, "logits")
-        return sparse_xent(labels, logits, (op, "labels", "logits"))
+        return scope.output(sparse_xent(labels, logits, (op, "labels", "logits")))
 
 
 def sparse_xent(labels: tf.Tensor, logits: tf.Tensor, who: tuple[str, str, str]) -> tf.Tensor:
