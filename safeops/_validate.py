@@ -282,16 +282,20 @@ def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: b
     return int(axis)
 
 
-def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.Tensor | None = None) -> list:
+def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str, got: tf.Tensor | None = None,
+                received: str | None = None) -> list:
     """A graph assertion with the standard message, or ``[]`` when checks are off.
 
     Returns a list of control dependencies for ``tf.control_dependencies``.
     In eager mode a failed check raises ``tf.errors.InvalidArgumentError``
     at once; in a ``tf.function`` it raises when the graph runs.
+    ``received``: the words before ``got`` in TensorFlow's own message for
+    the case (``"a label value of"``), which then reads
+    ``'<op>: <arg> must be <expected>. Received <received> <got>'``.
     """
     if not validation_enabled():
         return []
-    data = [f"{op}: {arg} must be {expected}, got"]
+    data = [f"{op}: {arg} must be {expected}" + (f". Received {received}" if received else ", got")]
     if got is not None:
         data.append(got)
     return [tf.debugging.Assert(condition, data, summarize=8)]

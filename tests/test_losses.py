@@ -429,6 +429,34 @@ def test_with_logits_rejects_bad_arguments():
 # Errors (C7).
 
 
+def test_sparse_crossentropy_of_unknown_rank_in_a_function():
+    """It raised TypeError (int % None) while tracing; axis -1 needs no rank, another axis says so."""
+    spec = [tf.TensorSpec(None, tf.int32), tf.TensorSpec(None, tf.float32)]
+    last = tf.function(lambda y, p: losses.sparse_categorical_crossentropy(y, p), input_signature=spec)
+    probabilities = np.array([[0.2, 0.8], [0.6, 0.4]], np.float32)
+    labels = np.array([1, 0], np.int32)
+    np.testing.assert_allclose(last(labels, probabilities), -np.log([0.8, 0.6]), rtol=1e-6)
+    first = tf.function(lambda y, p: losses.sparse_categorical_crossentropy(y, p, axis=0),
+                        input_signature=spec)
+    with pytest.raises(ValueError, match="y_pred must be a tensor of known rank for axis=0"):
+        first(labels, probabilities)
+
+
+@pytest.mark.parametrize("name", ["categorical_focal_crossentropy", "kl_divergence", "poisson"])
+def test_labels_broadcast_to_the_predictions_as_in_keras(name):
+    """Keras broadcasts one label row against a batch in these three losses (not in the cross-entropies)."""
+    y_true = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
+    y_pred = np.random.default_rng(3).uniform(0.05, 1.0, (3, 4)).astype(np.float32)
+    y_pred /= y_pred.sum(-1, keepdims=True)
+    got = getattr(losses, name)(y_true, y_pred)
+    np.testing.assert_allclose(got, getattr(keras.losses, name)(y_true, y_pred), rtol=2e-6)
+    np.testing.assert_array_equal(got, getattr(losses, name)(np.repeat(y_true, 3, 0), y_pred))
+    with pytest.raises(ValueError, match=rf"{name}: y_true and y_pred must have the same shape"):
+        getattr(losses, name)(y_pred, y_true)
+    with pytest.raises(ValueError, match=rf"{name}: y_true and y_pred must have the same shape"):
+        getattr(losses, name)(np.ones([3, 3], np.float32), y_pred)
+
+
 def test_errors_name_the_argument():
     with pytest.raises(TypeError, match="binary_crossentropy: y_pred"):
         losses.binary_crossentropy([[1.0]], tf.constant([[1]]))
@@ -442,7 +470,8 @@ def test_errors_name_the_argument():
     with pytest.raises(tf.errors.InvalidArgumentError, match="y_pred must be probabilities in"):
         losses.binary_crossentropy([[1.0]], [[1.5]])
     for from_logits in (False, True):
-        message = r"^safeops.losses.sparse_categorical_crossentropy: y_true must be in \[0, 2\), got 3$"
+        message = (r"^safeops.losses.sparse_categorical_crossentropy: "
+                   r"y_true must be in \[0, 2\)\. Received a label value of 3$")
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             losses.sparse_categorical_crossentropy([3], [[0.5, 0.5]], from_logits=from_logits)
     with pytest.raises(ValueError, match=r"sparse_categorical_crossentropy: y_true and y_pred must be"):

@@ -278,9 +278,21 @@ def test_nan_label_propagates_in_dense():
 @pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("bad", [3, -1])
 def test_out_of_range_label_raises(mode, bad):
-    pattern = rf"(?s)labels must be in \[0, 3\), got.*{bad}"
+    pattern = rf"(?s)labels must be in \[0, 3\)\. Received a label value of.*{bad}"
     with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
         _in_mode(mode, SPARSE)(tf.constant([0, bad]), tf.ones([2, 3]))
+
+
+@pytest.mark.parametrize("labels, logits, pattern", [
+    (0, 1.0, "`logits` cannot be a scalar"),
+    ([[0, 2]], np.ones([3, 2], np.float32), r"`labels.shape.rank` must equal `logits.shape.rank - 1`"),
+])
+def test_shape_errors_carry_tensorflows_sentence(labels, logits, pattern):
+    """TensorFlow's sparse_xent tests (testScalar, testShapeMismatch) match these sentences."""
+    with pytest.raises(ValueError, match=rf"sparse_softmax_cross_entropy_with_logits: .*\. {pattern}"):
+        SPARSE(labels=tf.constant(labels), logits=tf.constant(logits))
+    with pytest.raises(ValueError, match=pattern):
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.constant(labels), logits=tf.constant(logits))
 
 
 @pytest.mark.parametrize("bad", [3, -1, 1000])
@@ -614,7 +626,8 @@ def test_sparse_eager_paths_with_and_without_a_tape_agree():
         with tf.GradientTape() as tape:
             if watch:
                 tape.watch(logits)
-            with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 5\), got.*7"):
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match=r"labels must be in \[0, 5\)\. Received a label value of.*7"):
                 SPARSE(tf.constant([0, 7, 1, 1, 1, 1]), logits)
 
 
@@ -629,5 +642,5 @@ def test_a_runtime_axis_is_refused_where_the_op_is_built_per_axis():
 
 def test_uint64_label_past_int64_is_reported_without_wrapping():
     """C7: a uint64 label >= 2**63 was quoted as a negative number (the wrapped cast)."""
-    with pytest.raises(tf.errors.InvalidArgumentError, match="got 9223372036854775807"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Received a label value of 9223372036854775807"):
         nn.sparse_softmax_cross_entropy_with_logits(tf.constant([2**63 + 5], tf.uint64), tf.ones([1, 3]))

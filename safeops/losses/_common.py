@@ -123,6 +123,25 @@ def same_shape(op, y_true, y_pred):
             op, "y_true and y_pred", "the same shape", f"{y_true.shape} and {y_pred.shape}", verb="have"))
 
 
+def broadcast_labels(op, y_true, y_pred):
+    """``y_true`` broadcast to the shape of ``y_pred``, else :func:`same_shape`'s ``ValueError``.
+
+    For the losses whose Keras versions broadcast their labels
+    (``categorical_focal_crossentropy``, ``kl_divergence``, ``poisson``: one
+    label row ``[1, n]`` against a batch ``[b, n]``). Keras' cross-entropies
+    refuse such shapes, and so do safeops' (:func:`same_shape`).
+    """
+    if y_true.shape.is_compatible_with(y_pred.shape) or not isinstance(y_true, tf.Tensor):
+        return y_true
+    try:
+        joint = tf.broadcast_static_shape(y_true.shape, y_pred.shape)
+    except ValueError:
+        joint = None
+    if joint is None or joint.rank != y_pred.shape.rank or not joint.is_compatible_with(y_pred.shape):
+        same_shape(op, y_true, y_pred)
+    return tf.broadcast_to(y_true, tf.shape(y_pred))
+
+
 def smoothed_binary(y_true, label_smoothing):
     """Keras' binary label smoothing: labels squeezed towards 1/2."""
     if not label_smoothing:

@@ -226,7 +226,11 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
         from_probabilities = pred.logits is None
         # Logits, or probabilities (in the compute dtype) on the probability path.
         values = tf.cast(pred.probabilities(), pred.compute_dtype) if from_probabilities else pred.logits
-        if axis % rank != rank - 1:
+        if rank is None and axis != -1:
+            raise ValueError(_validate.message(
+                op, "y_pred", f"a tensor of known rank for axis={axis} (only -1 works without one)",
+                "a tensor of unknown rank"))
+        if rank is not None and axis % rank != rank - 1:
             values = tf.experimental.numpy.moveaxis(values, axis, -1)
         valid = None
         if ignore_class is not None:

@@ -52,7 +52,8 @@ def kl_divergence(y_true, y_pred):
         naming it (not under XLA). NaN gives NaN.
 
     Args:
-      y_true: Target distribution, the shape of ``y_pred``.
+      y_true: Target distribution, the shape of ``y_pred`` or one that
+        broadcasts to it (as in Keras).
       y_pred: Predicted distribution (probabilities); any float dtype.
 
     Returns:
@@ -60,7 +61,7 @@ def kl_divergence(y_true, y_pred):
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: the shapes differ.
+      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape.
 
     Example:
 
@@ -72,7 +73,7 @@ def kl_divergence(y_true, y_pred):
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, False, "softmax", -1)
         y = _common.labels_like(op, y_true, pred)
-        _common.same_shape(op, y, pred.values)
+        y = _common.broadcast_labels(op, y, pred.values)
         y = _common.checked_unit_interval(op, y, "y_true")
         if pred.logits is not None:
             cross = tf.math.multiply_no_nan(tfm.log_softmax(pred.logits, axis=-1), y)
@@ -144,7 +145,8 @@ def poisson(y_true, y_pred):
         under XLA). NaN gives NaN.
 
     Args:
-      y_true: Observed counts, the shape of ``y_pred``.
+      y_true: Observed counts, the shape of ``y_pred`` or one that
+        broadcasts to it (as in Keras).
       y_pred: Predicted rates, ``>= 0``; any float dtype.
 
     Returns:
@@ -152,7 +154,7 @@ def poisson(y_true, y_pred):
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: the shapes differ.
+      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape.
 
     Example:
 
@@ -164,7 +166,7 @@ def poisson(y_true, y_pred):
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, False)
         y = _common.labels_like(op, y_true, pred)
-        _common.same_shape(op, y, pred.values)
+        y = _common.broadcast_labels(op, y, pred.values)
         rate = _common.checked_non_negative(op, tf.cast(pred.values, pred.clamp_dtype), "y_pred")
         log_term = pred.clamped(tfm.xlogy, y, rate)
         return pred.output(tf.reduce_mean(tf.cast(rate, pred.compute_dtype) - log_term, -1))

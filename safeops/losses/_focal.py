@@ -152,7 +152,8 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         outside ``[0, 1]`` they raise. NaN gives NaN.
 
     Args:
-      y_true: One-hot or soft labels, the shape of ``y_pred``.
+      y_true: One-hot or soft labels, the shape of ``y_pred`` or one that
+        broadcasts to it (as in Keras).
       y_pred: Probabilities, or logits with ``from_logits=True``.
       alpha: Weight, a float or a list of one per class.
       gamma: The focusing parameter, ``>= 0``.
@@ -165,7 +166,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: the shapes differ or ``axis`` is out of range.
+      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape or ``axis`` is out of range.
 
     Example:
 
@@ -179,7 +180,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
         y = _common.labels_like(op, y_true, pred)
-        _common.same_shape(op, y, pred.values)
+        y = _common.broadcast_labels(op, y, pred.values)
         y = _common.smoothed_categorical(y, label_smoothing, axis)
         if pred.logits is not None:
             values, floor = pred.logits, None

@@ -246,7 +246,8 @@ def _checked_labels(labels, num_classes, who, expected, shape_checks, checked):
         first_bad = tf.gather(
             tf.concat([flat_labels, tf.zeros([1], labels.dtype)], 0),
             tf.argmax(tf.concat([tf.cast(tf.logical_not(valid), tf.int32), tf.ones([1], tf.int32)], 0)))
-        checks = _validate.assert_that(tf.reduce_all(valid), who[0], who[1], expected, first_bad)
+        checks = _validate.assert_that(tf.reduce_all(valid), who[0], who[1], expected, first_bad,
+                                       received="a label value of")
     with tf.control_dependencies(shape_checks + checks):
         return tf.where(valid, flat_labels, tf.zeros_like(flat_labels)), valid
 
@@ -408,12 +409,16 @@ def _check_sparse_shapes(who: tuple, labels: tf.Tensor, logits: tf.Tensor) -> li
     op, label_name, logit_name = who
     both = f"{label_name} and {logit_name}"
     expected = "shapes [d0, ..., dn] and [d0, ..., dn, num_classes]"
+    # Each message ends with TensorFlow's own sentence for the case, which
+    # code and tests written against tf.nn match on.
     if logits.shape.rank == 0:
-        raise ValueError(_validate.message(op, logit_name, "a tensor of rank >= 1", "a scalar"))
+        raise ValueError(_validate.message(op, logit_name, "a tensor of rank >= 1", "a scalar")
+                         + f". `{logit_name}` cannot be a scalar.")
     known_ranks = labels.shape.rank is not None and logits.shape.rank is not None
-    if known_ranks and (
-            labels.shape.rank != logits.shape.rank - 1
-            or not labels.shape.is_compatible_with(logits.shape[:-1])):
+    if known_ranks and labels.shape.rank != logits.shape.rank - 1:
+        raise ValueError(_validate.message(op, both, expected, f"{labels.shape} and {logits.shape}")
+                         + f". `{label_name}.shape.rank` must equal `{logit_name}.shape.rank - 1`.")
+    if known_ranks and not labels.shape.is_compatible_with(logits.shape[:-1]):
         raise ValueError(_validate.message(op, both, expected, f"{labels.shape} and {logits.shape}"))
     if not known_ranks or not (labels.shape.is_fully_defined() and logits.shape[:-1].is_fully_defined()):
         labels_shape, logits_shape = tf.shape(labels, out_type=tf.int64), tf.shape(logits, out_type=tf.int64)
