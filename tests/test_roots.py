@@ -136,8 +136,9 @@ class TestNorm:
     @pytest.mark.parametrize("mode", MODES)
     @pytest.mark.parametrize("ord", [0.3, 0.5, 1.5, 3.0])
     @pytest.mark.parametrize("dtype,rows", [
-        (tf.float32, [[3e38, 1e-3], [1e30, 1e20], [1.0, 1e-20], [1e-35, 2e-38], [3e38, 3e38]]),
-        (tf.float64, [[1e308, 1e-3], [1e-300, 1e-307], [1.0, 1e-200], [1e300, 1e-300]]),
+        (tf.float32, [[3e38, 1e-3], [1e30, 1e20], [1.0, 1e-20], [1e-35, 2e-38], [3e38, 3e38], [2e-38, 1.2e-38]]),
+        (tf.float64, [[1e308, 1e-3], [1e-300, 1e-307], [1.0, 1e-200], [1e300, 1e-300],
+                      [2.0**1022, 1.0], [2e-38, 1e-38]]),
     ])
     def test_p_norm_over_the_whole_range_against_mpmath(self, dtype, rows, ord, mode):
         """Entries 1e-41 times the largest: their scaled terms underflowed (value and gradient

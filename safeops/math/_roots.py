@@ -665,7 +665,7 @@ def _p_norm(axis, p: float, dtype: tf.DType):
             # ratio from logarithms instead, within a few ULP of log|x|
             # (about 700) relative. Both branches see safe inputs, so neither
             # sends 0 * inf into the second derivative.
-            underflow = scaled < _dtypes.tiny(tf.float64)
+            underflow = scaled / safe_norm < _dtypes.tiny(tf.float64)
             ratio = tf.pow(tf.where(underflow, tf.ones_like(scaled), scaled) / safe_norm, p - 1.0)
             logs = tf.math.log(safe_a) + tf.math.log(scale) - tf.math.log(safe_norm)
             ratio = tf.where(underflow, tf.exp((p - 1.0) * logs), ratio)
