@@ -150,6 +150,43 @@ def test_binary_second_order_finite(mode):
         assert np.isfinite(g).all() and np.isfinite(h).all(), (z, g, h)
 
 
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float32, tf.float64])
+@pytest.mark.parametrize("gamma", [1.5, 2.0, "tensor"])
+def test_binary_probability_second_order_finite(gamma, dtype, mode):
+    """At p = 0 under the label 1 the second derivative was inf (NaN under a cotangent of 3),
+    also at the correct neighbour p = 1: the chain of clamped ops multiplied two 1/tiny factors."""
+    y = tf.constant([[1.0, 1.0, 0.0, 0.0, 0.3]], dtype)
+    gamma_ = tf.constant(1.5, dtype) if gamma == "tensor" else gamma
+
+    def body(p):
+        with tf.GradientTape() as outer:
+            outer.watch(p)
+            with tf.GradientTape() as inner:
+                inner.watch(p)
+                loss = losses.binary_focal_crossentropy(y, p, gamma=gamma_)
+            g = inner.gradient(loss, p)
+        return loss, g, outer.gradient(g, p, output_gradients=tf.constant([[3.0, 3.0, 4.0, 4.0, 1.0]], dtype))
+
+    p = tf.constant([[0.0, 1.0, 1.0, 0.0, 0.6]], dtype)
+    loss, g, h = [t.numpy().astype(np.float64) for t in run(mode, body)(p)]
+    assert np.isfinite(loss).all() and np.isfinite(g).all() and np.isfinite(h).all(), (g, h)
+    assert g[0, 0] < 0 and g[0, 2] > 0  # the boundary gradients point back into the domain (C4)
+    # The interior entry agrees with the plain formula's derivatives.
+    p64 = tf.constant(0.6, tf.float64)
+    with tf.GradientTape() as outer:
+        outer.watch(p64)
+        with tf.GradientTape() as inner:
+            inner.watch(p64)
+            q = 0.3 * (1 - p64) + 0.7 * p64
+            power = 2.0 if gamma == 2.0 else 1.5
+            plain = -q ** power * (0.3 * tf.math.log(p64) + 0.7 * tf.math.log(1 - p64)) / 5
+        g64 = inner.gradient(plain, p64)
+    h64 = outer.gradient(g64, p64)
+    rtol = 1e-2 if dtype == tf.bfloat16 else 1e-5
+    np.testing.assert_allclose([g[0, 4], h[0, 4]], [g64.numpy(), h64.numpy()], rtol=rtol)
+
 # ----------------------------------------------------------------------------
 # Categorical.
 

@@ -110,11 +110,10 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
             # gamma = 0: plain binary cross-entropy.
             loss = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=pred.logits)
         else:
-            p = pred.probabilities()
-            bce = -(pred.clamped(tfm.xlogy, y, p) + pred.clamped(tfm.xlog1py, 1.0 - y, -p))
-            p = tf.cast(p, pred.compute_dtype)
-            log_q = pred.clamped(tfm.log, y * (1.0 - p) + (1.0 - y) * p)
-            loss = _times_focal_factor(bce, log_q, gamma)
+            p = tf.cast(pred.probabilities(), pred.compute_dtype)
+            focal = _probability_binary_focal(
+                _dtypes.tiny(pred.clamp_dtype), _dtypes.below_one(pred.clamp_dtype), pred.dtype)
+            loss = focal(y, p, tf.cast(gamma, p.dtype))
         if apply_class_balancing:
             loss = (y * alpha + (1.0 - y) * (1.0 - alpha)) * loss
         return pred.output(tf.reduce_mean(loss, axis))
@@ -224,6 +223,53 @@ def _times_focal_factor(loss, log_q, gamma):
     if _is_zero(gamma):
         return loss
     return tf.exp(tf.cast(gamma, log_q.dtype) * log_q) * loss
+
+
+@functools.lru_cache(maxsize=None)
+def _probability_binary_focal(floor: float, below_one: float, dtype: tf.DType):
+    r"""``op(y, p, gamma)``: the elementwise binary focal loss of probabilities.
+
+    Value :math:`-q^\gamma (y a + (1 - y) b)` with the clamped logarithms
+    :math:`a = \log c`, :math:`c = \max(p, floor)`, and :math:`b =
+    \operatorname{log1p}(-d)`, :math:`d = \min(p, below\_one)` (the clamps
+    of ``xlogy`` and ``xlog1py``), and :math:`q = y e^b + (1 - y) e^a`, the
+    probability of the other outcome, raised as :math:`e^{\gamma \log q}`.
+    The gradient in :math:`(a, b)` comes from an inner tape and is mapped to
+    ``p`` directly, :math:`u_a / c - u_b / (1 - d)`: below ``floor`` and
+    above ``below_one`` it is the gradient at the clamp boundary (C4). As
+    one op, the second derivative runs in float64 and saturates at
+    ``dtype`` (C1): as a chain of clamped ops it multiplied two first
+    derivatives of size :math:`1/\mathrm{tiny}` and was ``inf`` (NaN under
+    a cotangent of 3) at ``p = 0`` under the label 1.
+    """
+
+    def logs(p):
+        # where(), not maximum/minimum: a NaN p stays NaN (XLA's max drops it).
+        c = tf.where(p < floor, tf.constant(floor, p.dtype), p)
+        d = tf.where(p > below_one, tf.constant(below_one, p.dtype), p)
+        return c, d, tf.math.log(c), tf.math.log1p(-d)
+
+    def terms(y, a, b, gamma):
+        # exp(log(floor)) can round below floor and flush to 0, whose log
+        # then sends 0 * inf into the gradient: q is kept at floor.
+        q = tf.maximum(y * tf.exp(b) + (1.0 - y) * tf.exp(a), floor)
+        return -tf.exp(gamma * tf.math.log(q)) * (y * a + (1.0 - y) * b)
+
+    def forward(y, p, gamma):
+        _, _, a, b = logs(p)
+        return terms(y, a, b, gamma)
+
+    def backward(dl, loss, y, p, gamma):
+        del loss
+        c, d, a, b = logs(p)
+        with tf.GradientTape() as tape:
+            tape.watch([y, a, b, gamma])
+            value = terms(y, a, b, gamma)
+        dy, da, db, dgamma = tape.gradient(value, [y, a, b, gamma], output_gradients=dl,
+                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return dy, da / c - db / (1.0 - d), dgamma
+
+    return custom_op(forward, backward, dtype)
 
 
 @functools.lru_cache(maxsize=None)
