@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import math
+import re
 
 import keras
 import numpy as np
@@ -60,6 +61,11 @@ def test_bad_arguments_are_refused():
         NaNGuard("rollback", factor=1.5)
     with pytest.raises(ValueError, match="checkpoint_every"):
         NaNGuard("rollback", checkpoint_every=0)
+    for arg, bad in [("factor", "0.1"), ("checkpoint_every", True), ("max_rollbacks", -1),
+                     ("max_rollbacks", 2.0), ("max_loss", -1.0), ("max_loss", "1e3"),
+                     ("spike_factor", 0.5), ("spike_factor", float("nan"))]:
+        with pytest.raises(ValueError, match=rf"NaNGuard: {arg} must be .*, got {re.escape(repr(bad))}"):
+            NaNGuard("rollback", **{arg: bad})
 
 
 def test_skip_is_exactly_training_without_the_batch():

@@ -150,3 +150,11 @@ class TestDoctor:
     def test_bad_data_argument(self):
         with pytest.raises(TypeError, match="data must be"):
             doctor(_model(), "nope", verbose=False)
+
+    @pytest.mark.parametrize("arg, bad", [("steps", -5), ("steps", 0), ("batch_size", 0), ("steps", 2.5),
+                                          ("preflight_rows", True)])
+    def test_bad_counts_are_refused(self, arg, bad):
+        """steps=-5 read a repeated dataset forever (take(-5))."""
+        x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+        with pytest.raises(ValueError, match=rf"doctor: {arg} must be a positive integer, got {bad!r}"):
+            doctor(_model(), (x, x[:, :1]), verbose=False, **{arg: bad})

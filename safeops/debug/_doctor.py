@@ -119,6 +119,9 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
       A :class:`DoctorReport`. The model's variables, optimizer state and
       learning rate are exactly what they were before the call.
     """
+    for arg, value in (("steps", steps), ("batch_size", batch_size), ("preflight_rows", preflight_rows)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(message("safeops.debug.doctor", arg, "a positive integer", repr(value)))
     x, y, dataset = _split_data(data, preflight_rows)
     x_sample = _first(x, batch_size)
     loss_fn = loss if loss is not None else getattr(model, "loss", None)

@@ -164,6 +164,12 @@ class GuardEvent:
         return "\n".join(lines)
 
 
+def _is_real(value) -> bool:
+    """A real number that is not a bool (NaN included: the range checks then refuse it)."""
+    real = isinstance(value, (int, float, np.integer, np.floating))
+    return real and not isinstance(value, (bool, np.bool_))
+
+
 def batch_statistics(array: Any, columns: bool = True) -> dict:
     """Summary of one batch tensor: shape, min, max, mean, std, max |x|, counts of NaN, inf, zeros.
 
@@ -334,11 +340,18 @@ class NaNGuard(keras.callbacks.Callback):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(message(_OP, "policy", f"one of {POLICIES}", repr(policy)))
-        if not 0.0 < factor < 1.0:
-            raise ValueError(message(_OP, "factor", "in (0, 1)", repr(factor)))
-        if checkpoint_every != "epoch" and not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        if not _is_real(factor) or not 0.0 < factor < 1.0:
+            raise ValueError(message(_OP, "factor", "a number in (0, 1)", repr(factor)))
+        every = checkpoint_every
+        if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
             raise ValueError(message(_OP, "checkpoint_every", "'epoch' or a positive integer",
                                      repr(checkpoint_every)))
+        if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
+            raise ValueError(message(_OP, "max_rollbacks", "a non-negative integer", repr(max_rollbacks)))
+        if max_loss is not None and (not _is_real(max_loss) or not max_loss > 0):
+            raise ValueError(message(_OP, "max_loss", "None or a positive number", repr(max_loss)))
+        if spike_factor is not None and (not _is_real(spike_factor) or not spike_factor > 1):
+            raise ValueError(message(_OP, "spike_factor", "None or a number above 1", repr(spike_factor)))
         self.policy = policy
         self.factor = float(factor)
         self.max_rollbacks = int(max_rollbacks)

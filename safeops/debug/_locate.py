@@ -263,7 +263,9 @@ def _explain(op, ins: list, outs: list, forward_op) -> tuple:
         if x.zeros and not x.negatives:
             return f"Log of 0: input has {_count(x.zeros, 'zero')} (log(0) = -inf){origin}", fix_log
         return (f"Log of a negative number: input has {_count(x.negatives, 'negative value')} (NaN)"
-                + (f" and {_count(x.zeros, 'zero')}" if x.zeros else ""), fix_log)
+                + (f" and {_count(x.zeros, 'zero')}" if x.zeros else ""),
+                "check why the input is negative (a rate or variance from a linear layer? pass it "
+                "through softplus or exp first); safeops.math.log clamps it to log(tiny) and hides the bug")
     if kind == "Log1p" and x is not None:
         return (f"Log1p at or below -1: input min is {x.min:.4g} (log1p(-1) = -inf, NaN below)",
                 "safeops.math.log1p")
