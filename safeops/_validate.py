@@ -194,24 +194,26 @@ def float_tensors(op: str, **named: Any) -> list[tf.Tensor]:
 
 
 def broadcast_shape(op: str, a_name: str, a: tf.Tensor, b_name: str, b: tf.Tensor) -> tf.TensorShape:
-    """Static broadcast check of two operands; ``ValueError`` naming both if they cannot."""
+    """Static broadcast check of two operands; :class:`ArgumentError` naming both if they cannot."""
     try:
         return tf.broadcast_static_shape(a.shape, b.shape)
     except ValueError:
-        raise ValueError(
+        raise ArgumentError(
             message(op, f"{a_name} and {b_name}", "broadcast-compatible shapes",
                     f"{a.shape} and {b.shape}")
         ) from None
 
 
-class AxisError(tf.errors.InvalidArgumentError, ValueError):
-    """An axis out of range: a ``ValueError`` and a ``tf.errors.InvalidArgumentError``.
+class ArgumentError(tf.errors.InvalidArgumentError, ValueError):
+    """A shape, rank or axis that cannot work: a ``ValueError`` and a ``tf.errors.InvalidArgumentError``.
 
     TensorFlow raises either for the same mistake, depending on the op and on
     whether it runs eagerly (``tf.nn.softmax(x, axis=5)`` eagerly raises
     ``InvalidArgumentError``, ``tf.reduce_sum`` while tracing a function
-    ``ValueError``); safeops raises at once in every mode, and code written
-    to catch either keeps working.
+    ``ValueError``; shapes that do not broadcast are an
+    ``InvalidArgumentError`` eagerly and a ``ValueError`` while tracing);
+    safeops raises at once in every mode, and code written to catch either
+    keeps working.
     """
 
     def __init__(self, text: str):
@@ -220,6 +222,10 @@ class AxisError(tf.errors.InvalidArgumentError, ValueError):
 
     def __reduce__(self):
         return type(self), (self.message,)
+
+
+class AxisError(ArgumentError):
+    """An axis out of range (see :class:`ArgumentError`)."""
 
 
 def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> None:

@@ -644,3 +644,19 @@ def test_uint64_label_past_int64_is_reported_without_wrapping():
     """C7: a uint64 label >= 2**63 was quoted as a negative number (the wrapped cast)."""
     with pytest.raises(tf.errors.InvalidArgumentError, match="Received a label value of 9223372036854775807"):
         nn.sparse_softmax_cross_entropy_with_logits(tf.constant([2**63 + 5], tf.uint64), tf.ones([1, 3]))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: DENSE(tf.ones([2, 3]), tf.ones([2, 4])),
+    lambda: DENSE(tf.ones([]), tf.ones([])),
+    lambda: SPARSE(labels=tf.constant([[0, 2]]), logits=tf.ones([3, 2])),
+    lambda: SPARSE(labels=tf.constant(0), logits=tf.constant(1.0)),
+    lambda: safeops.math.softmax(tf.constant(1.0)),
+    lambda: safeops.math.xlogy(tf.ones([2]), tf.ones([3])),
+], ids=["dense-shapes", "dense-scalar", "sparse-ranks", "sparse-scalar", "softmax-scalar", "xlogy-shapes"])
+def test_shape_errors_are_both_value_and_invalid_argument_errors(call):
+    """TensorFlow raises InvalidArgumentError eagerly and ValueError while tracing for these;
+    code (and TensorFlow's own tests) catching either must catch safeops' error."""
+    for kind in (ValueError, tf.errors.InvalidArgumentError):
+        with pytest.raises(kind, match="must"):
+            call()

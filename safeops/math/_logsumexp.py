@@ -306,7 +306,7 @@ def _class_axis(op, logits, axis):
     x = _validate.float_tensor(logits, op, "logits")
     rank = x.shape.rank
     if rank == 0:
-        raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
+        raise _validate.ArgumentError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
     axis = _validate.static_axis(op, -1 if axis is None else axis, rank)
     return x, axis
 

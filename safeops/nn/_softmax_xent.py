@@ -110,7 +110,8 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
         labels = _validate.float_tensor(labels, op, "labels", logits.dtype, cast=True)
         rank = logits.shape.rank
         if rank == 0:
-            raise ValueError(_validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
+            raise _validate.ArgumentError(
+                _validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
         _validate.broadcast_shape(op, "labels", labels, "logits", logits)
         axis = _validate.static_axis(op, axis, rank, runtime=False)
         if rank is not None and axis < 0:
@@ -412,14 +413,17 @@ def _check_sparse_shapes(who: tuple, labels: tf.Tensor, logits: tf.Tensor) -> li
     # Each message ends with TensorFlow's own sentence for the case, which
     # code and tests written against tf.nn match on.
     if logits.shape.rank == 0:
-        raise ValueError(_validate.message(op, logit_name, "a tensor of rank >= 1", "a scalar")
-                         + f". `{logit_name}` cannot be a scalar.")
+        raise _validate.ArgumentError(
+            _validate.message(op, logit_name, "a tensor of rank >= 1", "a scalar")
+            + f". `{logit_name}` cannot be a scalar.")
     known_ranks = labels.shape.rank is not None and logits.shape.rank is not None
     if known_ranks and labels.shape.rank != logits.shape.rank - 1:
-        raise ValueError(_validate.message(op, both, expected, f"{labels.shape} and {logits.shape}")
-                         + f". `{label_name}.shape.rank` must equal `{logit_name}.shape.rank - 1`.")
+        raise _validate.ArgumentError(
+            _validate.message(op, both, expected, f"{labels.shape} and {logits.shape}")
+            + f". `{label_name}.shape.rank` must equal `{logit_name}.shape.rank - 1`.")
     if known_ranks and not labels.shape.is_compatible_with(logits.shape[:-1]):
-        raise ValueError(_validate.message(op, both, expected, f"{labels.shape} and {logits.shape}"))
+        raise _validate.ArgumentError(
+            _validate.message(op, both, expected, f"{labels.shape} and {logits.shape}"))
     if not known_ranks or not (labels.shape.is_fully_defined() and logits.shape[:-1].is_fully_defined()):
         labels_shape, logits_shape = tf.shape(labels, out_type=tf.int64), tf.shape(logits, out_type=tf.int64)
         same_rank = tf.equal(tf.size(labels_shape) + 1, tf.size(logits_shape))
