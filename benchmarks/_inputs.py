@@ -52,6 +52,10 @@ def make_array(input_spec: dict, seed: int) -> np.ndarray:
         values = rng.integers(0, 2, size=shape)
     elif kind == "classes":
         values = rng.integers(0, input_spec["classes"], size=shape)
+    elif kind == "simplex":  # rows of probabilities: the softmax of normal logits of ``scale``
+        logits = rng.standard_normal(size=shape) * input_spec["scale"]
+        values = np.exp(logits - logits.max(-1, keepdims=True))
+        values /= values.sum(-1, keepdims=True)
     elif kind == "one_hot":
         classes = shape[-1]
         hot = rng.integers(0, classes, size=shape[:-1])

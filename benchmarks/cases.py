@@ -166,6 +166,14 @@ def _naive_categorical_focal(labels, logits, alpha=0.25, gamma=2.0):
     return tf.reduce_sum(-alpha * labels * (1 - p) ** gamma * tf.math.log(p), axis=-1)
 
 
+def _two_distributions(shape, dtype):
+    return [_inputs.spec("simplex", shape, dtype, scale=1.0), _inputs.spec("simplex", shape, dtype, scale=2.0)]
+
+
+def _naive_kl(y, p):
+    return tf.reduce_sum(y * tf.math.log(y / p), axis=-1)
+
+
 def _naive_norm(x):
     return tf.sqrt(tf.reduce_sum(x * x, axis=-1))
 
@@ -255,6 +263,10 @@ def _build_registry() -> list:
              lambda y, x: tf.reduce_mean(_naive_sigmoid_ce(y, x), axis=-1)),
         loss("binary_focal_crossentropy", _binary_labels_and_logits, _naive_binary_focal),
         loss("categorical_focal_crossentropy", _soft_labels_and_logits, _naive_categorical_focal),
+        # On probabilities (there is no from_logits): the builtin is Keras' clipped formula.
+        Case("losses.kl_divergence", "crossentropy", _two_distributions,
+             {"safeops": _safeops("losses", "kl_divergence"), "naive": _naive_kl,
+              "builtin": keras.losses.kl_divergence}, (1,)),
     ]
     return cases
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from safeops import _validate
 from safeops.debug import _trace
 
 #: Each pattern with why it is hazardous, in one line.
@@ -131,41 +132,71 @@ def lint(fn: Any, *example_args: Any, loss: Any = None, gradients: bool = True, 
       >>> [f.pattern for f in lint(loss, tf.ones([2, 3]), tf.ones([2, 3]), print=False)]
       ['crossentropy-on-probabilities']
     """
-    is_model = _trace.is_keras_layer(fn)
-    if is_model:
-        if loss is None and getattr(fn, "compiled", False):
-            loss = getattr(fn, "loss", None)
-        traced = _trace_model(fn, example_args, loss, gradients)
+    if _trace.is_keras_layer(fn):
+        if not example_args:
+            raise ValueError(_validate.message(_OP, "example_args", "an example input x (and optionally y, "
+                                               "sample_weight) for a Keras model", "none"))
+        traced = _trace_model(fn, example_args, _trace.resolve_loss(loss, _OP), gradients)
         subject = f"Keras model '{fn.name}'"
     else:
-        traced = _trace.trace_step(fn, example_args, example_kwargs, gradients=gradients)
+        if loss is not None:
+            raise ValueError(_validate.message(_OP, "loss", "None for a plain function (what it returns is "
+                                               "its loss)", repr(loss)))
+        traced = _trace.trace_step(fn, example_args, example_kwargs, gradients=gradients, op=_OP)
         subject = f"function '{getattr(fn, '__name__', type(fn).__name__)}'"
-    findings = LintReport(_lint_graph(traced.graph, traced.n_forward), subject=subject, note=traced.note)
+    live = _differentiable(traced.graph, traced.differentiated) if traced.differentiated else None
+    findings = LintReport(_lint_graph(traced.graph, traced.n_forward, live), subject=subject, note=traced.note)
     if print:
         builtins.print(findings)
     return findings
 
 
+_OP = "safeops.debug.lint"
+
+
 def _trace_model(model, example_args, loss, gradients):
-    x = example_args[0]
-    rest = example_args[1:]
-    if rest or loss is None:
-        return _trace.trace_step(model, (x, *rest), {}, loss=loss, gradients=gradients)
-    errors = []
-    for y in _trace.example_targets(model, x, loss):
-        try:
-            return _trace.trace_step(model, (x, y), {}, loss=loss, gradients=gradients)
-        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-            errors.append(e)
-    traced = _trace.trace_step(model, (x,), {}, gradients=gradients)
-    traced.note = f"the loss could not be traced on example targets ({errors[-1]}); linted the forward pass only"
+    """Traces the model's training step: the explicit ``loss``, else the compiled one (``compute_loss``).
+
+    Without ``y``, example targets are made per output (:func:`_trace.example_targets`).
+    When the loss cannot be traced, the forward pass alone is linted and the
+    report's note says so and why.
+    """
+    x, rest = example_args[0], example_args[1:]
+    compiled = getattr(model, "compiled", False) and getattr(model, "_compile_loss", None) is not None
+    if loss is None and not compiled and not rest:
+        return _trace.trace_step(model, (x,), {}, gradients=gradients, op=_OP)
+    try:
+        if not rest:
+            rest = (_trace.example_targets(model, x, loss if loss is not None else model.loss),)
+        return _trace.trace_step(model, (x, *rest), {}, loss=loss, gradients=gradients, op=_OP)
+    except _trace.InputError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, tf.errors.InvalidArgumentError) as e:
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    traced = _trace.trace_step(model, (x,), {}, gradients=gradients, op=_OP)
+    traced.note = (f"the loss was not linted: it could not be traced ({reason}); linted the forward pass only. "
+                   "Pass example targets: lint(model, x, y)")
     return traced
+
+
+def _differentiable(graph, sources: set) -> set:
+    """Names of the tensors of ``graph`` that depend on a differentiated source (one pass in creation order).
+
+    A hazard that only a label's gradient would see (``tf.where(y > 0, log(y), 0)``
+    on labels) is never computed by training, so gradient-only patterns skip it.
+    """
+    live = set(sources)
+    for op in graph.get_operations():
+        if any(t.name in live for t in op.inputs):
+            live.update(t.name for t in op.outputs)
+    return live
 
 
 # --------------------------------------------------------------------------- the walk
 
 
-def _lint_graph(graph, n_forward: int) -> list:
+def _lint_graph(graph, n_forward: int, live: set | None = None) -> list:
+    """Findings of one graph; ``live`` (None: all) names the tensors the gradient flows through."""
     ranges = _Ranges(graph)
     findings: list[Finding] = []
     reported: set = set()
@@ -175,11 +206,11 @@ def _lint_graph(graph, n_forward: int) -> list:
         [op for op in ops if op.type not in ("Select", "SelectV2")]
     position = {op.name: i for i, op in enumerate(ops)}
     for op in ordered:
-        if _trace.in_safeops_scope(op):
-            continue
+        if _trace.in_safeops_scope(op) or _trace.in_optimizer(op):
+            continue   # safe by construction, or the optimizer's own update rule (Adam's sqrt(v) + eps)
         if position[op.name] >= n_forward and _trace.user_frame(op) is None:
             continue   # a gradient op from TensorFlow's registry, not written by the user
-        for finding, culprit in _match(op, ranges):
+        for finding, culprit in _match(op, ranges, live):
             if culprit in reported:
                 continue
             reported.add(culprit)
@@ -271,13 +302,18 @@ def _feeds_a_product(op) -> bool:
     return False
 
 
-def _match(op, ranges):
-    """Yields ``(Finding, culprit op name)`` for each pattern ``op`` matches."""
+def _match(op, ranges, live=None):
+    """Yields ``(Finding, culprit op name)`` for each pattern ``op`` matches.
+
+    ``live`` (None: every tensor) names the tensors a gradient flows through:
+    the gradient-only patterns (``double-where``, ``sqrt-at-zero``) are not
+    reported on values no gradient reaches, such as the labels.
+    """
     kind = op.type
     if not op.outputs or not op.outputs[0].dtype.is_floating:
         return
     if kind in ("Select", "SelectV2"):
-        yield from _double_where(op, ranges)
+        yield from _double_where(op, ranges, live)
         return
     if kind in ("Log", "Log1p"):
         arg = op.inputs[0]
@@ -327,6 +363,8 @@ def _match(op, ranges):
         return
     if kind in ("Sqrt", "Rsqrt", "EuclideanNorm"):
         arg = op.inputs[0]
+        if kind != "Rsqrt" and live is not None and arg.name not in live:
+            return   # the value is finite; only a gradient training never takes would be inf
         r = ranges.get(arg)
         if kind == "Rsqrt" and _bounded_by_minimum(op):
             return   # rsqrt(x) then minimum(., c): the value is capped (Keras' l2_normalize does this)
@@ -374,15 +412,15 @@ _GRADIENT_HAZARDS = {"Log": 0, "Log1p": 0, "Sqrt": 0, "Rsqrt": 0, "RealDiv": 1, 
                      "Inv": 0, "Pow": 0, "Acos": 0, "Asin": 0}
 
 
-def _double_where(op, ranges):
+def _double_where(op, ranges, live=None):
     """A ``tf.where`` whose branch holds an op with an inf gradient at the guarded points."""
     guarded = _ancestors(op.inputs[0], depth=6)
     if not guarded:
         return
     for branch in op.inputs[1:]:
         for hazard, operand in _branch_hazards(branch, guarded, ranges):
-            if _trace.in_safeops_scope(hazard):
-                continue
+            if _trace.in_safeops_scope(hazard) or (live is not None and operand.name not in live):
+                continue   # safe by construction, or no gradient flows through it (labels)
             msg = (f"tf.where guards {hazard.type} '{hazard.name}' of a value in range {ranges.get(operand)}: "
                    + PATTERNS["double-where"])
             fix = {"Sqrt": "safeops.math.sqrt(x) (finite gradient at 0), no tf.where needed",

@@ -38,7 +38,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from safeops import _validate
 from safeops.debug import _trace
+
+_OP = "safeops.debug.locate_nonfinite"
 
 
 @dataclasses.dataclass
@@ -73,8 +76,9 @@ class TensorStats:
                    nans=int(np.sum(np.isnan(v))), size=int(v.size))
 
     def __str__(self) -> str:
-        return (f"{self.name} {list(self.shape)} {self.dtype}: min {self.min:.4g}, max {self.max:.4g} "
-                f"(finite values); zeros {self.zeros}, negatives {self.negatives}, "
+        spread = "no finite values" if math.isnan(self.min) else \
+            f"min {self.min:.4g}, max {self.max:.4g} (finite values)"
+        return (f"{self.name} {list(self.shape)} {self.dtype}: {spread}; zeros {self.zeros}, negatives {self.negatives}, "
                 f"+inf {self.pos_inf}, -inf {self.neg_inf}, NaN {self.nans} of {self.size}")
 
 
@@ -150,14 +154,18 @@ def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> No
       ('forward', 'Log', 'Log of 0')
     """
     if _trace.is_keras_layer(fn):
-        if loss is None and getattr(fn, "compiled", False) and getattr(fn, "_compile_loss", None) is None:
-            loss = getattr(fn, "loss", None)
-        if loss is not None and not callable(loss):
-            import keras
-            loss = keras.losses.get(loss)
-        traced = _trace.trace_step(fn, args, {}, loss=loss, collect=True)
+        if not args:
+            raise ValueError(_validate.message(_OP, "args", "x, y (and optionally sample_weight) for a Keras "
+                                               "model", "none"))
+        traced = _trace.trace_step(fn, args, {}, loss=_trace.resolve_loss(loss, _OP), collect=True, op=_OP)
     else:
-        traced = _trace.trace_step(fn, args, kwargs, collect=True)
+        if loss is not None:
+            raise ValueError(_validate.message(_OP, "loss", "None for a plain function (what it returns is "
+                                               "its loss)", repr(loss)))
+        traced = _trace.trace_step(fn, args, kwargs, collect=True, op=_OP)
+        if not traced.n_targets:
+            raise ValueError(_validate.message(_OP, "fn", "a function that returns a floating-point loss",
+                                               "no floating-point result"))
     saved = [(v, v.numpy()) for v in traced.graph.variables]
     try:
         values = traced.concrete(*traced.inputs)
@@ -197,7 +205,7 @@ def _diagnose(traced, values: dict) -> NonFiniteReport:
     forward_op = _differentiated_op(op, ops[:traced.n_forward]) if phase == "backward" else None
     in_stats = [TensorStats.of(t.name, values[t.name]) for t in op.inputs if t.name in values]
     out_stats = [TensorStats.of(t.name, values[t.name]) for t in op.outputs if t.name in values]
-    cause, fix = _explain(op, in_stats, out_stats, forward_op)
+    cause, fix = _explain(op, in_stats, out_stats, forward_op, traced.variables)
     where = _trace.location(forward_op if forward_op is not None and _trace.user_frame(op) is None else op)
     return NonFiniteReport(
         found=True, phase=phase, op_name=op.name, op_type=op.type, location=where, input_stats=in_stats,
@@ -239,7 +247,7 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
 
-def _explain(op, ins: list, outs: list, forward_op) -> tuple:
+def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = None) -> tuple:
     """The likely cause in plain words, and the fix."""
     kind = op.type
     nan = any(s.nans for s in outs)
@@ -252,14 +260,24 @@ def _explain(op, ins: list, outs: list, forward_op) -> tuple:
                 f"{x and x.infinities or 0} inf)" if x else "an input of the step is already non-finite",
                 "clean the data: safeops.debug.check_inputs flags non-finite columns")
     if kind == "ReadVariableOp":
-        return (f"variable '{op.inputs[0].op.name}' already holds non-finite values: an earlier update diverged",
-                "restart from finite weights; safeops.debug.NaNGuard(policy='rollback') does this during fit")
+        handle = op.inputs[0]
+        name = (variables or {}).get(handle.name, handle.op.name)
+        return (f"variable '{name}' already holds non-finite values: an earlier update diverged",
+                "restart from finite weights (the last good checkpoint); during fit, "
+                "safeops.debug.NaNGuard(policy='rollback') does this; in a custom loop, find the diverging "
+                "step by running locate_nonfinite on the step before applying its gradients, and skip updates "
+                "whose gradients are not finite")
     if forward_op is not None:
         return _explain_gradient(op, ins, outs, forward_op, made)
     if kind == "Log" and x is not None:
-        source = op.inputs[0].op.type
-        origin = f"; the input is a {source.lower()} output that underflowed to 0" \
-            if source in ("Softmax", "Sigmoid") and x.zeros else ""
+        source = op.inputs[0].op
+        origin = ""
+        if source.type in ("Softmax", "Sigmoid") and x.zeros:
+            origin = f"; the input is a {source.type.lower()} output that underflowed to 0"
+        elif source.type == "Sub" and source.inputs[1].op.type == "Sigmoid" and x.zeros:
+            origin = "; the input is 1 - sigmoid(x), and the sigmoid saturated to 1 (x above about 17 in float32)"
+            fix_log = "safeops.math.log_sigmoid(-x) for log(1 - sigmoid(x)), or the safeops.nn cross-entropy " \
+                      "from logits"
         if x.zeros and not x.negatives:
             return f"Log of 0: input has {_count(x.zeros, 'zero')} (log(0) = -inf){origin}", fix_log
         return (f"Log of a negative number: input has {_count(x.negatives, 'negative value')} (NaN)"
@@ -315,7 +333,10 @@ def _explain_gradient(op, ins, outs, forward_op, made):
     where = f"in the gradient of {ftype}"
     zeros = max((s.zeros for s in ins), default=0)
     if ftype == "Sqrt" or op.type == "SqrtGrad":
-        return (f"0 * inf {where} at 0: d sqrt(x)/dx = 1/(2 sqrt(x)) is inf where sqrt(x) = 0 "
+        # SqrtGrad is dy / (2 sqrt(x)): a nonzero dy over sqrt(x) = 0 is a plain 1/0 = inf; a zero dy
+        # (0 * inf) is NaN.
+        what = "0 * inf" if made == "NaN" else "1/0"
+        return (f"{what} {where} at 0: d sqrt(x)/dx = 1/(2 sqrt(x)) is inf where sqrt(x) = 0 "
                 f"({_count(zeros, 'zero')}); gives {made}",
                 "safeops.math.sqrt / safeops.math.norm: finite gradient at 0")
     if ftype in ("Log", "Log1p", "Reciprocal"):
