@@ -631,8 +631,8 @@ def _p_norm(axis, p: float, dtype: tf.DType):
     ratio of the scaled quantities ``|s x| / ||s x||`` (in ``[0, 1]``, no
     overflow): autodiff of the value passes through ``1/s`` and
     ``|s x|**(p-1)``, whose product overflows for ``p < 1`` (``inf`` for
-    ``[1e30, 1e20, 1]``, exact ``1e15``). Where ``|s x|`` underflows in
-    float64 the ratio is taken through logarithms. For ``p < 1`` the exact
+    ``[1e30, 1e20, 1]``, exact ``1e15``). Where the ratio underflows in
+    float64 it is taken through logarithms. For ``p < 1`` the exact
     gradient at a small entry can exceed the dtype's range: it saturates at
     the largest finite number. Gradient 0 at ``x = 0`` (exact: 0 for
     ``p > 1``, infinite for ``p < 1``) and at the finite entries of a
@@ -661,9 +661,9 @@ def _p_norm(axis, p: float, dtype: tf.DType):
         safe_norm = tf.where(empty, tf.ones_like(scaled_norm), scaled_norm)
         scaled = safe_a * scale
         if x.dtype == tf.float64:
-            # |s x| below the smallest normal number (flushed to 0): the
-            # ratio from logarithms instead, within a few ULP of log|x|
-            # (about 700) relative. Both branches see safe inputs, so neither
+            # A ratio |s x| / ||s x|| below the smallest normal number
+            # (flushed to 0): from logarithms instead, within a few ULP of
+            # log|x| (about 700) relative. Both branches see safe inputs, so neither
             # sends 0 * inf into the second derivative.
             underflow = scaled / safe_norm < _dtypes.tiny(tf.float64)
             ratio = tf.pow(tf.where(underflow, tf.ones_like(scaled), scaled) / safe_norm, p - 1.0)
