@@ -103,6 +103,10 @@ def _outside_cases():
         "sparse_cce_probabilities": lambda x: sl.sparse_categorical_crossentropy(classes, x),
         "sparse_cce_logits": lambda x: sl.sparse_categorical_crossentropy(classes, x, from_logits=True),
         "focal_probabilities": lambda x: sl.categorical_focal_crossentropy(y, x),
+        "binary_focal_probabilities": lambda x: sl.binary_focal_crossentropy(y, x),
+        "p_norm": lambda x: sm.norm(x, ord=3, axis=-1),
+        "kl_divergence": lambda x: sl.kl_divergence(y, x),
+        "kl_divergence_with_logits": lambda x: sl.kl_divergence_with_logits(y, x),
     }
 
 
