@@ -112,7 +112,8 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
       * ``x_i = 0`` in a p-norm with ``p < 1``: gradient 0 there (the exact
         one is infinite).
       * p-norms (``ord`` other than 1, 2, ``inf``) over the whole range:
-        float32 and the half dtypes are summed in float64 and rounded once,
+        for ``p < 2`` float32 and the half dtypes are summed in float64 and
+        rounded once,
         so entries far below the largest one still count (``(1e-40)**0.1``
         is ``1e-4``); the gradient :math:`\operatorname{sign}(x_i)
         (|x_i| / \lVert x \rVert)^{p-1}` is formed from that ratio, never
@@ -614,13 +615,13 @@ def _zero_safe_pow(u: tf.Tensor, p: float) -> tf.Tensor:
     return tf.where(zero, tf.zeros_like(u), tf.pow(tf.where(zero, tf.ones_like(u), u), p))
 
 
-@_xla.per_axis(xla=False)
-def _p_norm(axis, p: float, dtype: tf.DType):
+@_xla.per_axis
+def _p_norm(axis, p: float, dtype: tf.DType, xla: bool):
     """``(sum |x|**p)**(1/p)`` over ``axis`` (kept, length 1) for a real ``p`` other than 1, 2 and inf.
 
     Value ``(sum |s x|**p)**(1/p) / s`` with ``s`` the power of two that
-    brings the largest magnitude into ``[1, 2)``. A float32 input is
-    summed in float64 and rounded once: in float32 the scaled terms of
+    brings the largest magnitude into ``[1, 2)``. For ``p < 2`` a float32
+    input is summed in float64 and rounded once: in float32 the scaled terms of
     entries below ``2**-126`` times the largest one underflow, and for
     ``p < 1`` such terms are not negligible (``(1e-40)**0.1`` is ``1e-4``);
     the root also multiplies the relative error of the sum by ``1/p``. In
@@ -644,15 +645,23 @@ def _p_norm(axis, p: float, dtype: tf.DType):
             return _zero_safe_pow(a, p) * tf.pow(scale, p)
         return _zero_safe_pow(a * scale, p)
 
+    def working_dtype(x):
+        # For p >= 2 a float32 input stays float32 (float64 pow costs several
+        # times more): a term or ratio that underflows there is below
+        # 2**-126 relative, and so is its share of the value and its
+        # gradient (ratio**(p - 1) <= ratio).
+        return x.dtype if p >= 2.0 else tf.float64
+
     def forward(x):
-        a = tf.abs(tf.cast(x, tf.float64))
+        a = tf.abs(tf.cast(x, working_dtype(x)))
         scale = _power_of_two_scale(tf.reduce_max(a, axis, keepdims=True))
         scaled_norm = _zero_safe_pow(tf.reduce_sum(terms(a, scale), axis, keepdims=True), 1.0 / p)
         return tf.cast(scaled_norm / scale, x.dtype), (scale, scaled_norm)
 
     def backward(dy, y, residuals, x):
         scale, scaled_norm = residuals
-        a = tf.abs(tf.cast(x, tf.float64))
+        work = scaled_norm.dtype
+        a = tf.abs(tf.cast(x, work))
         # The entries with a finite, nonzero ratio; a NaN norm passes through (C2).
         live = (((a > 0.0) & tf.math.is_finite(a) & tf.math.is_finite(scaled_norm))
                 | tf.math.is_nan(scaled_norm))
@@ -671,12 +680,13 @@ def _p_norm(axis, p: float, dtype: tf.DType):
             ratio = tf.where(underflow, tf.exp((p - 1.0) * logs), ratio)
         else:
             ratio = tf.pow(scaled / safe_norm, p - 1.0)
-        g = tf.where(live, ratio, tf.zeros_like(ratio)) * tf.sign(tf.cast(x, tf.float64))
-        g = tf.where(tf.math.is_inf(a), tf.fill(tf.shape(g), tf.constant(np.nan, tf.float64)), g)
-        g = _dtypes.saturate(g, dtype) * tf.cast(dy, tf.float64)
+        g = tf.where(live, ratio, tf.zeros_like(ratio)) * tf.sign(tf.cast(x, work))
+        g = tf.where(tf.math.is_inf(a), tf.fill(tf.shape(g), tf.constant(np.nan, work)), g)
+        g = _dtypes.saturate(g, dtype) * tf.cast(dy, work)
         return (tf.cast(g, x.dtype),)
 
-    return custom_op_with_residuals(forward, backward, dtype)
+    # Inner XLA functions (xla): a dozen elementwise kernels each way, fused.
+    return custom_op_with_residuals(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
 
 
 def _matrix_two_norm(x: tf.Tensor, axis) -> tf.Tensor:
