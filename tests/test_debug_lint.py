@@ -252,3 +252,138 @@ class TestKerasModel:
             return -tf.reduce_sum(y_true * tfm.log(y_prob), axis=-1)
 
         assert lint(softmax_model, X6, Y3, loss=safe_log_loss, print=False) == []
+
+
+# --------------------------------------------------------------------------- what training runs
+
+
+def probs_log_loss(y_true, y_prob):
+    return -tf.reduce_sum(y_true * tf.math.log(y_prob), axis=-1)  # lint: multi-output
+
+
+def _two_head_model(as_dict: bool) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(4, activation="relu")(inp)
+    cls = keras.layers.Dense(3, activation="softmax", name="cls")(h)
+    reg = keras.layers.Dense(1, name="reg")(h)
+    return keras.Model(inp, {"cls": cls, "reg": reg} if as_dict else [cls, reg])
+
+
+class TestCompiledLoss:
+    @pytest.mark.parametrize("as_dict", [True, False], ids=["dict", "list"])
+    @pytest.mark.parametrize("with_y", [True, False], ids=["y", "no-y"])
+    def test_multi_output_losses_are_linted_per_output(self, as_dict, with_y):
+        model = _two_head_model(as_dict)
+        if as_dict:
+            model.compile("sgd", loss={"cls": probs_log_loss, "reg": "mse"})
+            y = {"cls": Y3, "reg": np.zeros((8, 1), "float32")}
+        else:
+            model.compile("sgd", loss=[probs_log_loss, "mse"])
+            y = [Y3, np.zeros((8, 1), "float32")]
+        findings = lint(model, X6, *([y] if with_y else []), print=False)
+        assert _patterns(findings) == ["crossentropy-on-probabilities"], (str(findings), findings.note)
+        assert int(findings[0].location.rsplit(":", 1)[1]) == _marker_line("multi-output")
+
+    def test_explicit_loss_list_by_position(self):
+        findings = lint(_two_head_model(False), X6, loss=["mse", probs_log_loss], print=False)
+        assert _patterns(findings) == ["log-of-nonpositive"]   # the log now meets the linear head
+
+    def test_a_loss_that_cannot_be_traced_is_said_in_the_note(self, softmax_model):
+        def broken(y_true, y_pred):
+            raise ValueError("this loss wants something else")
+
+        findings = lint(softmax_model, X6, loss=broken, print=False)
+        assert findings == [] and "the loss was not linted" in findings.note
+        assert "this loss wants something else" in findings.note and "forward pass only" in str(findings)
+
+    def test_float64_labels_as_keras_gives_them(self, softmax_model):
+        """to_categorical gives float64; fit casts them to floatx, and so does lint."""
+        y64 = keras.utils.to_categorical(np.arange(8) % 3, 3)
+        assert y64.dtype == np.float64
+        assert _patterns(lint(softmax_model, X6, y64, loss=naive_log_loss, print=False)) == \
+            ["crossentropy-on-probabilities"]
+
+    def test_mixed_precision_softmax_head_takes_keras_clip_path(self):
+        """A float16 softmax is cast to float32 by the compiled loss, which loses the logits Keras would
+        recover: training clips the probabilities. lint must see that path, not the raw loss function."""
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+            model.compile("sgd", "categorical_crossentropy")
+            assert _patterns(lint(model, X6, Y3, print=False)) == ["crossentropy-on-probabilities"]
+            assert _patterns(lint(model, X6, print=False)) == ["crossentropy-on-probabilities"]
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    def test_keras_focal_loss_fix_keeps_the_focal_loss(self, softmax_model):
+        (finding,) = lint(softmax_model, X6, Y3, loss="categorical_focal_crossentropy", print=False)
+        assert "safeops.losses.categorical_focal_crossentropy(y, logits, from_logits=True)" in finding.fix
+
+
+class TestTrainingStep:
+    def test_optimizer_internals_are_not_reported(self):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu"),
+                                  keras.layers.Dense(1)])
+        opt = keras.optimizers.Adam(1e-3)
+
+        @tf.function
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(y - model(x, training=True)))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        assert lint(train_step, X6, np.ones((8, 1), "float32"), print=False) == []
+
+    def test_user_math_in_a_training_step_is_still_reported(self):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1)])
+        opt = keras.optimizers.SGD(0.1)
+
+        def train_step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.sqrt(tf.abs(model(x))))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        assert _patterns(lint(train_step, X6, print=False)) == ["sqrt-at-zero"]
+
+
+def kl_masked_on_labels(y, logits):
+    return tf.reduce_sum(tf.where(y > 0, y * (tf.math.log(y) - tf.nn.log_softmax(logits)), 0.0), axis=-1)
+
+
+class TestLabelOnlyHazards:
+    """A where around log(labels) guards the value; only d/d labels would be NaN: training never takes it."""
+
+    def test_plain_function(self):
+        assert lint(kl_masked_on_labels, Y3, X6[:, :3], print=False) == []
+
+    def test_keras_model(self):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+        assert lint(model, X6, Y3, loss=kl_masked_on_labels, print=False) == []
+
+    def test_the_same_where_on_the_prediction_is_reported(self):
+        assert _patterns(lint(lambda y, logits: kl_masked_on_labels(logits, y), Y3, X6[:, :3], print=False)) \
+            == ["double-where"]
+
+
+class TestArguments:
+    def test_model_without_input(self, softmax_model):
+        with pytest.raises(ValueError, match=r"^safeops.debug.lint: example_args must be .*, got none"):
+            lint(softmax_model, print=False)
+
+    def test_unknown_loss_name(self, softmax_model):
+        with pytest.raises(ValueError, match=r"^safeops.debug.lint: loss must be .*, got 'nonexistent'"):
+            lint(softmax_model, X6, loss="nonexistent", print=False)
+
+    def test_loss_list_of_the_wrong_length(self):
+        with pytest.raises(ValueError, match=r"loss must be a list of 2 .*, got a list of 1"):
+            lint(_two_head_model(False), X6, loss=["mse"], print=False)
+
+    def test_loss_with_a_plain_function(self):
+        with pytest.raises(ValueError, match=r"^safeops.debug.lint: loss must be None for a plain function"):
+            lint(log_of_softmax, X, loss="mse", print=False)

@@ -55,7 +55,7 @@ CASES = {
     "masked_log": (masked_log, X, "forward", "Log", ["Log of 0"]),
     "division_by_zero": (division_by_zero, X, "forward", "RealDiv", ["Division by 0", "1 zero"]),
     "exp_overflow": (exp_overflow, X_BIG, "forward", "Exp", ["Exp overflow", "input max is 100"]),
-    "norm_of_zero": (norm_of_zero, X, "backward", "SqrtGrad", ["gradient of Sqrt", "0 * inf"]),
+    "norm_of_zero": (norm_of_zero, X, "backward", "SqrtGrad", ["gradient of Sqrt", "1/0", "gives inf"]),
     "sqrt_of_negative": (sqrt_of_negative, X, "forward", "Sqrt", ["negative", "5 negative values"]),
 }
 
@@ -262,3 +262,103 @@ def test_tensor_stats():
     s = TensorStats.of("t", np.array([0.0, -1.0, np.inf, -np.inf, np.nan, 3.0], np.float32))
     assert (s.zeros, s.negatives, s.pos_inf, s.neg_inf, s.nans, s.min, s.max) == (1, 2, 1, 1, 1, -1.0, 3.0)
     assert "NaN 1 of 6" in str(s) and isinstance(NonFiniteReport(found=False).__str__(), str)
+
+
+# --------------------------------------------------------------------------- what training differentiates
+
+
+def kl_masked_on_labels(y, logits):
+    return tf.reduce_sum(tf.where(y > 0, y * (tf.math.log(y) - tf.nn.log_softmax(logits)), 0.0))
+
+
+class TestDifferentiatedArguments:
+    Y = np.array([[0.5, 0.5, 0.0]], np.float32)
+    LOGITS = np.array([[1.0, 2.0, 3.0]], np.float32)
+
+    def test_labels_are_not_differentiated(self):
+        """log(0) of a masked label makes only d/d labels NaN, which training never computes."""
+        report = locate_nonfinite(kl_masked_on_labels, self.Y, self.LOGITS)
+        assert not report.found, str(report)
+
+    def test_the_prediction_still_is(self):
+        report = locate_nonfinite(lambda y, logits: tf.reduce_sum(y * tf.sqrt(logits)), self.Y,
+                                  np.zeros((1, 3), np.float32))
+        assert report.found and report.op_type == "SqrtGrad"
+        assert report.nonfinite_outputs == ["gradient of argument 1"]
+
+    def test_a_step_reading_variables_is_differentiated_by_them_only(self):
+        keras.utils.set_random_seed(0)
+        dense = keras.layers.Dense(3)
+        dense.build((None, 3))
+        report = locate_nonfinite(lambda x, y: kl_masked_on_labels(y, dense(x)), self.LOGITS, self.Y)
+        assert not report.found, str(report)
+
+
+class Net(keras.Model):
+    def __init__(self):
+        super().__init__(name="net")
+        self.h = keras.layers.Dense(4, name="h")
+        self.o = keras.layers.Dense(1, name="o")
+
+    def call(self, x):
+        return self.o(self.h(x))
+
+
+class TestCustomLoopNames:
+    def test_variables_are_named_by_their_keras_path(self):
+        net = Net()
+        net(MODEL_X[:1])
+        kernel = net.h.kernel.numpy()
+        kernel[:] = np.nan
+        net.h.kernel.assign(kernel)
+        report = locate_nonfinite(lambda x: tf.reduce_mean(net(x)), MODEL_X)
+        assert report.op_type == "ReadVariableOp" and "variable 'net/h/kernel'" in report.cause, report.cause
+        # NaN in h's kernel reaches the gradient of o's kernel (through h's output) only. TensorFlow
+        # names both kernels 'net/kernel:0'.
+        assert report.nonfinite_outputs[1:] == ["gradient of net/o/kernel"], report.nonfinite_outputs
+        assert "no finite values" in str(report) and "min nan" not in str(report)
+
+
+class TestCauses:
+    def test_log_of_one_minus_a_saturated_sigmoid(self):
+        report = locate_nonfinite(lambda x: tf.reduce_sum(tf.math.log(1.0 - tf.sigmoid(x))),
+                                  np.array([1.0, 40.0], np.float32))
+        assert "sigmoid saturated to 1" in report.cause and "log_sigmoid(-x)" in report.fix
+
+    def test_float64_labels_of_a_compiled_model(self):
+        model = build_model()
+        model.compile("sgd", loss=naive_log_loss)
+        report = locate_nonfinite(model, MODEL_X, MODEL_Y.astype(np.float64))
+        assert report.op_type == "Log"
+
+    def test_multi_output_model_with_a_dict_of_losses(self):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((4,))
+        model = keras.Model(inp, {"cls": keras.layers.Dense(3, name="cls")(inp),
+                                  "reg": keras.layers.Dense(1, name="reg")(inp)})
+        model.compile("sgd", loss={"cls": lambda y, z: tf.math.log(z), "reg": "mse"})
+        report = locate_nonfinite(model, MODEL_X, {"cls": MODEL_Y, "reg": np.zeros((16, 1), np.float32)})
+        assert report.found and report.op_type == "Log"
+
+
+class TestArguments:
+    def test_model_without_input(self):
+        with pytest.raises(ValueError, match=r"^safeops.debug.locate_nonfinite: args must be .*, got none"):
+            locate_nonfinite(build_model())
+
+    def test_input_of_the_wrong_width(self):
+        with pytest.raises(ValueError, match=r"^safeops.debug.locate_nonfinite: x must be an input the model "
+                                             r"accepts \(shape \(None, 4\)\), got shape \(16, 5\)"):
+            locate_nonfinite(build_model(), np.ones((16, 5), np.float32), MODEL_Y)
+
+    def test_unknown_loss_name(self):
+        with pytest.raises(ValueError, match=r"loss must be .*, got 'nonexistent'"):
+            locate_nonfinite(build_model(), MODEL_X, MODEL_Y, loss="nonexistent")
+
+    def test_loss_with_a_plain_function(self):
+        with pytest.raises(ValueError, match=r"loss must be None for a plain function"):
+            locate_nonfinite(log_of_zero, X, loss="mse")
+
+    def test_function_without_a_float_result(self):
+        with pytest.raises(ValueError, match=r"fn must be a function that returns a floating-point loss"):
+            locate_nonfinite(lambda x: tf.cast(x, tf.int32), X)

@@ -3,7 +3,8 @@
 How it works
 ------------
 The function (a Python function, a ``tf.function`` or a Keras model with its
-loss) is traced once, together with its gradient, into one ``FuncGraph``
+loss; a compiled model's loss as training runs it, through
+``model.compute_loss``) is traced once, together with its gradient, into one ``FuncGraph``
 (:func:`safeops.debug._trace.trace_step`). Nothing is executed. The forward
 ops are walked in creation order and each is matched against the patterns
 below; a small *value-range analysis* decides whether an operand "can be
@@ -22,7 +23,9 @@ pattern); ``abs``, ``square``, ``x * x``, ``relu`` are non-negative; sums,
 products, ``maximum``/``minimum``, reductions and the shape-only ops
 propagate intervals; ``tf.where(x > c, a, b)`` refines ``x`` inside each
 branch. Shapes and sizes are assumed non-empty (at least 1). Ops under a
-``safeops/`` name scope are safe by construction and are not reported.
+``safeops/`` name scope are safe by construction and are not reported, nor
+are the ops of an optimizer's update rule (``opt.apply_gradients`` in a
+custom step: Adam's ``sqrt(v) + epsilon`` is the optimizer's business).
 
 Patterns (``Finding.pattern``)
 ------------------------------
@@ -112,10 +115,15 @@ def lint(fn: Any, *example_args: Any, loss: Any = None, gradients: bool = True, 
     Args:
       fn: a Python function, a ``tf.function`` or a Keras model (or layer).
       *example_args: example inputs; only their shapes and dtypes matter.
-        For a model: ``x`` or ``x, y`` (``y`` defaults to zeros shaped like
-        the output, or class indices when the loss wants them).
+        For a model: ``x`` or ``x, y`` (``y`` defaults, per output, to zeros
+        shaped like the output, or class indices when its loss wants them;
+        a dict or list for a model with several outputs).
       loss: for a model, the loss to include: a callable ``loss(y_true,
-        y_pred)``, a Keras loss or its name. Default: the compiled loss, if any.
+        y_pred)``, a Keras loss or its name, or a dict (by output name) or
+        list (by output position) of them, each called as ``compile`` calls
+        it. Default: the compiled loss as training runs it
+        (``model.compute_loss``), if the model is compiled. Must be None for
+        a plain function, whose result is the loss.
       gradients: also trace the gradient (to see user-written custom
         gradients). Default True.
       print: print the report. Default True.
@@ -123,7 +131,21 @@ def lint(fn: Any, *example_args: Any, loss: Any = None, gradients: bool = True, 
 
     Returns:
       A :class:`LintReport`: a list of :class:`Finding` whose ``str`` is the
-      printed report.
+      printed report. Its ``note`` says when the loss could not be traced
+      (then only the forward pass is linted) and why.
+
+    Raises:
+      ValueError: a model without an example input, a loss Keras cannot
+        interpret or whose dict/list does not match the outputs, an ``x`` the
+        model rejects, or ``loss`` given with a plain function.
+
+    The gradient-only patterns (``double-where``, ``sqrt-at-zero``) are
+    reported only on values a training step differentiates through: a
+    model's trainable variables; for a plain function the trainable variables
+    it reads, or if none its float arguments except those named like data
+    (``y``, ``y_true``, ``labels``, ``targets``, ``sample_weight``, ``mask``).
+    Ops made inside a Keras or TensorFlow optimizer (``apply_gradients``) are
+    not reported: their hazards are the optimizer's, guarded by its epsilon.
 
     Example:
       >>> import tensorflow as tf
@@ -145,7 +167,8 @@ def lint(fn: Any, *example_args: Any, loss: Any = None, gradients: bool = True, 
         traced = _trace.trace_step(fn, example_args, example_kwargs, gradients=gradients, op=_OP)
         subject = f"function '{getattr(fn, '__name__', type(fn).__name__)}'"
     live = _differentiable(traced.graph, traced.differentiated) if traced.differentiated else None
-    findings = LintReport(_lint_graph(traced.graph, traced.n_forward, live), subject=subject, note=traced.note)
+    findings = LintReport(_lint_graph(traced.graph, traced.n_forward, live), subject=subject,
+                          note=traced.note)
     if print:
         builtins.print(findings)
     return findings
@@ -167,15 +190,18 @@ def _trace_model(model, example_args, loss, gradients):
         return _trace.trace_step(model, (x,), {}, gradients=gradients, op=_OP)
     try:
         if not rest:
-            rest = (_trace.example_targets(model, x, loss if loss is not None else model.loss),)
+            rest = (_trace.example_targets(model, x, loss if loss is not None else model.loss, _OP),)
         return _trace.trace_step(model, (x, *rest), {}, loss=loss, gradients=gradients, op=_OP)
     except _trace.InputError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, tf.errors.InvalidArgumentError) as e:
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if isinstance(e, _trace.LossStructureError) and loss is not None:
+            raise   # the user's loss= argument does not fit the model: a bad argument, not a note
+        # The last line: autograph prefixes the error with 'in user code:' and the stack.
+        reason = str(e).strip().splitlines()[-1].strip()[:300] if str(e).strip() else type(e).__name__
     traced = _trace.trace_step(model, (x,), {}, gradients=gradients, op=_OP)
-    traced.note = (f"the loss was not linted: it could not be traced ({reason}); linted the forward pass only. "
-                   "Pass example targets: lint(model, x, y)")
+    traced.note = (f"the loss was not linted: it could not be traced ({reason}); linted the forward pass "
+                   "only. Pass example targets: lint(model, x, y)")
     return traced
 
 
@@ -214,7 +240,8 @@ def _lint_graph(graph, n_forward: int, live: set | None = None) -> list:
             if culprit in reported:
                 continue
             reported.add(culprit)
-            findings.append(finding)
+            if finding is not None:   # None: a where that fully guards its culprit, claimed silently
+                findings.append(finding)
         for sub in _function_graphs(op):
             findings.extend(_lint_graph(sub, len(sub.get_operations())))
     order = {op.name: i for i, op in enumerate(ops)}
@@ -287,6 +314,13 @@ def _probability_source(t):
     return None, clip
 
 
+def _keras_focal_loss(op):
+    """The name of the Keras focal loss function that made ``op``, or None."""
+    names = _trace.step_functions(op)
+    return next((n for n in ("categorical_focal_crossentropy", "binary_focal_crossentropy") if n in names),
+                None)
+
+
 def _feeds_a_product(op) -> bool:
     """Whether a log's output is multiplied by something (``y * log(p)``: a cross-entropy)."""
     frontier, seen = [op], 0
@@ -330,6 +364,11 @@ def _match(op, ranges, live=None):
                        if source == "Softmax" else
                        "compute it from the logits: safeops.nn.sigmoid_cross_entropy_with_logits(labels, logits) "
                        "or safeops.losses.binary_crossentropy(y, logits, from_logits=True)")
+                focal = _keras_focal_loss(op)
+                if focal is not None:   # a plain cross-entropy would drop the focal factor the user chose
+                    fix = (f"compute it from the logits: safeops.losses.{focal}(y, logits, "
+                           "from_logits=True) (stays in log space; Keras' focal loss turns logits into "
+                           "probabilities and clips)")
             else:
                 pattern = "log-of-softmax" if source == "Softmax" else "log-of-sigmoid"
                 msg = f"log of {what} output{clipped}: " + PATTERNS[pattern]
@@ -419,8 +458,13 @@ def _double_where(op, ranges, live=None):
         return
     for branch in op.inputs[1:]:
         for hazard, operand in _branch_hazards(branch, guarded, ranges):
-            if _trace.in_safeops_scope(hazard) or (live is not None and operand.name not in live):
-                continue   # safe by construction, or no gradient flows through it (labels)
+            if _trace.in_safeops_scope(hazard):
+                continue
+            if live is not None and operand.name not in live:
+                # No gradient flows through the operand (labels): the where guards the value, which is
+                # all training sees. The hazard is claimed without a finding so it is not reported alone.
+                yield None, hazard.name
+                continue
             msg = (f"tf.where guards {hazard.type} '{hazard.name}' of a value in range {ranges.get(operand)}: "
                    + PATTERNS["double-where"])
             fix = {"Sqrt": "safeops.math.sqrt(x) (finite gradient at 0), no tf.where needed",

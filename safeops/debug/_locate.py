@@ -3,7 +3,8 @@
 How it works
 ------------
 The function (or a Keras model's training step: ``loss(y, model(x))`` and
-its gradient with respect to the trainable variables) is traced into one
+its gradient with respect to the trainable variables; for a plain function,
+what a training step would differentiate, never the labels) is traced into one
 graph together with its gradient (:func:`safeops.debug._trace.trace_step`),
 in a variant that returns *every* floating-point intermediate tensor. One
 call of that graph computes them all with the very kernels a normal step
@@ -78,7 +79,8 @@ class TensorStats:
     def __str__(self) -> str:
         spread = "no finite values" if math.isnan(self.min) else \
             f"min {self.min:.4g}, max {self.max:.4g} (finite values)"
-        return (f"{self.name} {list(self.shape)} {self.dtype}: {spread}; zeros {self.zeros}, negatives {self.negatives}, "
+        return (f"{self.name} {list(self.shape)} {self.dtype}: {spread}; zeros {self.zeros}, "
+                f"negatives {self.negatives}, "
                 f"+inf {self.pos_inf}, -inf {self.neg_inf}, NaN {self.nans} of {self.size}")
 
 
@@ -139,13 +141,24 @@ def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> No
         losses, differentiated with respect to its trainable variables.
       *args: the inputs (real values: this runs the step).
       loss: for a model, the loss: a callable ``loss(y_true, y_pred)``, a
-        Keras loss or its name. Default: the compiled loss.
+        Keras loss or its name, or a dict (by output name) or list (by
+        output position) of them. Default: the compiled loss, as training
+        runs it. Must be None for a plain function, whose result is the loss.
       **kwargs: keyword arguments for ``fn`` (a plain function only).
 
     Returns:
       A :class:`NonFiniteReport`. For a plain function the gradient is that
-      of the sum of its float outputs with respect to its float array
-      arguments and the trainable variables it reads.
+      of the sum of its float outputs with respect to what a training step
+      differentiates: the trainable variables it reads, or if it reads none
+      its float array arguments except those whose parameter name says they
+      hold data (``y``, ``y_true``, ``labels``, ``targets``,
+      ``sample_weight``, ``mask``; so ``loss(y, logits)`` is differentiated
+      with respect to ``logits`` only).
+
+    Raises:
+      ValueError: a model called without inputs or with an ``x`` it rejects,
+        a loss Keras cannot interpret, ``loss`` given with a plain function,
+        or a function with no floating-point result.
 
     Example:
       >>> import tensorflow as tf
@@ -265,8 +278,8 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
         return (f"variable '{name}' already holds non-finite values: an earlier update diverged",
                 "restart from finite weights (the last good checkpoint); during fit, "
                 "safeops.debug.NaNGuard(policy='rollback') does this; in a custom loop, find the diverging "
-                "step by running locate_nonfinite on the step before applying its gradients, and skip updates "
-                "whose gradients are not finite")
+                "step by running locate_nonfinite on the step before applying its gradients, and skip "
+                "updates whose gradients are not finite")
     if forward_op is not None:
         return _explain_gradient(op, ins, outs, forward_op, made)
     if kind == "Log" and x is not None:
@@ -275,9 +288,10 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
         if source.type in ("Softmax", "Sigmoid") and x.zeros:
             origin = f"; the input is a {source.type.lower()} output that underflowed to 0"
         elif source.type == "Sub" and source.inputs[1].op.type == "Sigmoid" and x.zeros:
-            origin = "; the input is 1 - sigmoid(x), and the sigmoid saturated to 1 (x above about 17 in float32)"
-            fix_log = "safeops.math.log_sigmoid(-x) for log(1 - sigmoid(x)), or the safeops.nn cross-entropy " \
-                      "from logits"
+            origin = "; the input is 1 - sigmoid(x), and the sigmoid saturated to 1 (x above about 17 " \
+                     "in float32)"
+            fix_log = "safeops.math.log_sigmoid(-x) for log(1 - sigmoid(x)), or the safeops.nn " \
+                      "cross-entropy from logits"
         if x.zeros and not x.negatives:
             return f"Log of 0: input has {_count(x.zeros, 'zero')} (log(0) = -inf){origin}", fix_log
         return (f"Log of a negative number: input has {_count(x.negatives, 'negative value')} (NaN)"

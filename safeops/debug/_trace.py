@@ -11,6 +11,12 @@ innermost frame that belongs neither to a library (TensorFlow, Keras, NumPy,
 the standard library, safeops itself) nor to this tracing code is the
 user's line. Frames *outside* the traced step (the caller of ``lint``) are
 ignored, so a gradient op made by TensorFlow's registry has no user frame.
+
+The step differentiates what training differentiates: a model's trainable
+variables (its loss being the compiled one, ``model.compute_loss``, unless
+one is given), a plain function's trainable variables, or the float
+arguments of a function that reads none, except those named like data
+(``loss(y, logits)``: ``logits`` only).
 """
 
 from __future__ import annotations
@@ -69,6 +75,11 @@ def _step_frames(op: tf.Operation) -> list:
         if frames[i].name == _STEP_FRAME:
             return frames[i + 1:]
     return frames
+
+
+def step_functions(op: tf.Operation) -> set:
+    """Names of the functions on ``op``'s creation stack inside the traced step."""
+    return {frame.name for frame in _step_frames(op)}
 
 
 def user_frame(op: tf.Operation):
@@ -222,20 +233,28 @@ def _keras_function_wrapper():
     return wrapper
 
 
-def output_losses(model, loss, y_pred) -> list:
+class LossStructureError(ValueError):
+    """A dict or list of losses that does not match the model's outputs."""
+
+
+def output_losses(model, loss, y_pred, op: str = "safeops.debug") -> list:
     """``[(output name, loss or None, position)]`` for each output: a dict by name, a list by position.
 
     A single loss applies to every output (as in Keras' ``compile``).
+    Raises :class:`LossStructureError` when a dict names an unknown output
+    or a list's length is not the number of outputs.
     """
     names = _output_names(model, y_pred)
     if isinstance(loss, collections.abc.Mapping):
         unknown = sorted(set(loss) - set(names))
         if unknown:
-            raise ValueError(f"the loss names output(s) {unknown}, but the model's outputs are {names}")
+            raise LossStructureError(_validate.message(
+                op, "loss", f"keyed by the model's output names {names}", f"unknown key(s) {unknown}"))
         return [(n, loss.get(n), i) for i, n in enumerate(names)]
     if isinstance(loss, collections.abc.Sequence) and not isinstance(loss, str):
         if len(loss) != len(names):
-            raise ValueError(f"the loss is a list of {len(loss)}, but the model has {len(names)} output(s)")
+            raise LossStructureError(_validate.message(op, "loss", f"a list of {len(names)} (one per output "
+                                                       f"{names})", f"a list of {len(loss)}"))
         return [(n, l, i) for i, (n, l) in enumerate(zip(names, loss))]
     return [(n, loss, i) for i, n in enumerate(names)]
 
@@ -347,8 +366,8 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
     try:
         concrete = step.get_concrete_function(*specs)
     except Exception as e:   # noqa: BLE001 - autograph wraps errors in its own type; re-raise the user's
-        if "input_error" in record:
-            raise InputError(record["input_error"]) from e
+        if "user_error" in record:   # autograph cannot re-create our error types: raise the original
+            raise record["user_error"] from e
         raise
     names = _variable_names(concrete.graph)
     gradient_of = _unique_labels({g: s if isinstance(s, str) else _variable_label(s, names)
@@ -356,7 +375,8 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
     return TracedStep(graph=concrete.graph, n_forward=record["n_forward"], final=record["final"],
                       gradient_of=gradient_of, fetch=record.get("fetch", []), concrete=concrete,
                       inputs=feeds, note=record.get("note", ""), differentiated=record["differentiated"],
-                      variables=_captured_variable_labels(concrete.graph, names), n_targets=record["n_targets"])
+                      variables=_captured_variable_labels(concrete.graph, names),
+                      n_targets=record["n_targets"])
 
 
 def _as_fit_feeds(args: tuple) -> tuple:
@@ -475,7 +495,11 @@ def _model_objective(model, call_args: tuple, loss, record: dict, op: str) -> li
     sample_weight = call_args[2] if len(call_args) > 2 else None
     y_pred = _call_model(model, x, op, record)
     if y is not None and loss is not None:
-        pairs = output_losses(model, loss, y_pred)
+        try:
+            pairs = output_losses(model, loss, y_pred, op)
+        except LossStructureError as e:
+            record["user_error"] = e
+            raise
         preds = _flat_outputs(y_pred, [name for name, _, _ in pairs])
         values = []
         for name, loss_i, position in pairs:
@@ -489,7 +513,8 @@ def _model_objective(model, call_args: tuple, loss, record: dict, op: str) -> li
         value = tf.add_n(values) if len(values) > 1 else values[0]
         extra = [tf.cast(v, value.dtype) for v in model.losses]
         return [value + tf.add_n(extra) if extra else value]
-    if y is not None and getattr(model, "compiled", False) and getattr(model, "_compile_loss", None) is not None:
+    compiled = getattr(model, "compiled", False) and getattr(model, "_compile_loss", None) is not None
+    if y is not None and compiled:
         return [model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)]
     record["note"] = "no loss: the gradient is that of the sum of the model's outputs"
     outputs = [t for t in tf.nest.flatten(y_pred) if t.dtype.is_floating]
@@ -505,18 +530,23 @@ def _call_model(model, x, op: str, record: dict):
     try:
         return model(x, training=True)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-        shapes = tf.nest.map_structure(lambda t: tuple(t.shape) if hasattr(t, "shape") else type(t).__name__, x)
+        shapes = tf.nest.map_structure(
+            lambda t: tuple(t.shape) if hasattr(t, "shape") else type(t).__name__, x)
         try:
             wanted = model.input_shape
         except (AttributeError, ValueError):
             wanted = None
         expected = "an input the model accepts" + (f" (shape {wanted})" if wanted is not None else "")
-        detail = str(e).strip().splitlines()[0][:200]
-        record["input_error"] = _validate.message(op, "x", expected, f"shape {shapes}: {detail}")
-        raise InputError(record["input_error"]) from e
+        # Keras' first line is "Exception encountered when calling ..."; the line saying what was expected
+        # is the readable one.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))   # Keras colours its messages for terminals
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
+        detail = next((ln for ln in lines if "expected" in ln or "incompatible" in ln), lines[0])[:300]
+        record["user_error"] = InputError(_validate.message(op, "x", expected, f"shape {shapes}: {detail}"))
+        raise record["user_error"] from e
 
 
-def example_targets(model, x, loss) -> Any:
+def example_targets(model, x, loss, op: str = "safeops.debug") -> Any:
     """Example targets for a model linted without ``y``, one per output with a loss, shaped like ``y_pred``.
 
     For each output, zeros like the output are tried first, then class
@@ -527,7 +557,7 @@ def example_targets(model, x, loss) -> Any:
     """
     import keras
     y_pred = model(x, training=False)
-    pairs = output_losses(model, loss, y_pred)
+    pairs = output_losses(model, loss, y_pred, op)
     preds = _flat_outputs(y_pred, [name for name, _, _ in pairs])
     targets = []
     for name, loss_i, position in pairs:
@@ -549,7 +579,7 @@ def example_targets(model, x, loss) -> Any:
                 tf.function(lambda p, c=candidate, l=loss_i: l(c, p)).get_concrete_function(
                     tf.TensorSpec(out.shape, out.dtype))
             except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
-                errors.append(str(e).strip().splitlines()[0][:200])
+                errors.append(str(e).strip().splitlines()[-1].strip()[:200] if str(e).strip() else repr(e))
                 continue
             targets.append(candidate)
             break
