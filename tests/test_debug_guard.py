@@ -246,3 +246,213 @@ def test_steps_per_execution_above_one():
     assert event.batch_stats["x"]["shape"] == (2 * BATCH, 4) and event.batch_stats["x"]["n_nan"] == 1
     assert all(np.isfinite(w).all() for w in model.get_weights())
     assert math.isfinite(history.history["loss"][0])
+
+
+# --------------------------------------------------------------------------- audit regressions
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.first = keras.layers.Dense(8, activation="relu", name="first")
+        self.out = keras.layers.Dense(1, name="out")
+
+    def call(self, x):
+        return self.out(self.first(x))
+
+
+@pytest.mark.parametrize("kind", ["subclassed", "sequential_without_input"])
+def test_model_built_by_fit_is_guarded_from_the_first_batch(kind):
+    # Keras builds such a model (and its optimizer) while tracing the first step; the guard used
+    # to build the optimizer on the still empty variable list, and fit then failed.
+    x, y = _data(n_batches=4, poison=0)
+    keras.utils.set_random_seed(0)
+    model = SubclassedNet() if kind == "subclassed" else keras.Sequential(
+        [keras.layers.Dense(8, activation="relu", name="first"), keras.layers.Dense(1, name="out")])
+    model.compile(keras.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
+    guard = NaNGuard("skip", verbose=0)
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert [(e.batch, e.action) for e in guard.events] == [(0, "skip")]    # the very first batch
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert all(math.isfinite(v[0]) for v in history.history.values())
+
+
+def test_model_that_cannot_be_built_ahead_is_guarded_after_its_first_step(monkeypatch):
+    # If Keras' own ahead-of-step build fails, the model builds in its first step as without the
+    # guard; guarding starts at the end of that step.
+    x, y = _data(n_batches=4, poison=2)
+    keras.utils.set_random_seed(0)
+    model = SubclassedNet()
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot be built symbolically")
+
+    monkeypatch.setattr(model, "_symbolic_build", refuse)
+    guard = NaNGuard("skip", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert [(e.batch, e.action) for e in guard.events] == [(2, "skip")]
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+_MIRRORED_SCRIPT = r"""
+import numpy as np, tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from safeops.debug import NaNGuard
+
+def run(x, y, policy):
+    keras.utils.set_random_seed(0)
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"),
+                                  keras.layers.Dense(1, name="out")])
+        model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    guard = NaNGuard(policy, verbose=0)
+    model.fit(x, y, batch_size=16, shuffle=False, epochs=1, verbose=0, callbacks=[guard])
+    return model, guard
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 4)).astype("float32"); y = x.sum(1, keepdims=True); x[37, 0] = np.nan
+model, guard = run(x, y, "skip")
+(event,) = guard.events
+assert (event.batch, event.action) == (2, "skip"), str(event)
+assert event.nonfinite_gradients == ["out", "h"], str(event)        # the recompute ran
+assert event.batch_stats["x"]["shape"] == (16, 4) and event.batch_stats["x"]["n_nan"] == 1
+assert "inputs" in event.cause and not event.notes, str(event)
+assert np.shape(guard.bad_batch[0]) == (16, 4)
+keep = np.r_[0:32, 48:64]
+reference, _ = run(x[keep], y[keep], "skip")
+for a, b in zip(model.get_weights(), reference.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+for policy in ("rollback",):
+    model, guard = run(x, y, policy)
+    assert [e.action for e in guard.events] == [policy]
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+print("MIRRORED OK")
+"""
+
+
+def test_mirrored_strategy_is_diagnosed_not_crashed(tmp_path):
+    # Two logical CPUs must be configured before any TF op: a fresh interpreter does it.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(_MIRRORED_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "MIRRORED OK" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["unscaled_column", "huge_learning_rate"])
+def test_divergence_within_one_step_is_blamed_on_learning_rate(case):
+    # One finite loss, then NaN: too few losses for the loss-history rule; the weights' growth
+    # since the start of fit tells a diverged run from a bad op.
+    x, y = _data(n_batches=6)
+    lr = 0.01
+    if case == "unscaled_column":
+        x[:, 2] = np.abs(x[:, 2]) * 2e6      # e.g. an income in dollars
+    else:
+        lr = 1e25
+    model = _model(keras.optimizers.SGD(lr))
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    (event,) = guard.events
+    assert event.step <= 2 and len(event.recent_losses) <= 2
+    assert event.weight_growth > 1e3
+    assert event.cause.startswith("training diverged") and "learning rate" in event.cause
+    assert "loss itself" not in event.cause and "forward pass" not in event.cause
+    if case == "unscaled_column":
+        assert "input column #2" in event.cause and "standardise" in event.fix
+    else:
+        assert "standardise" not in event.fix
+
+
+def test_log_of_zero_in_the_loss_is_still_blamed_on_the_loss():
+    x, y = _data(n_batches=4)
+    y = np.abs(y) + 1.0
+    y[2 * BATCH + 5] = 0.0                          # log(0) in batch 2 only
+
+    def log_loss(y_true, y_pred):
+        return tf.reduce_mean(-tf.math.log(y_true) + 0.0 * y_pred, axis=-1)
+
+    model = _model(keras.optimizers.SGD(0.01))
+    model.compile(keras.optimizers.SGD(0.01), loss=log_loss)
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    (event,) = guard.events
+    assert event.step == 2 and event.weight_growth < 10
+    assert "loss itself" in event.cause
+
+
+def test_falling_losses_are_not_a_divergence():
+    from safeops.debug._guard import GuardEvent, _likely_cause
+
+    event = GuardEvent(step=3, epoch=0, batch=3, action="stop", trigger="non-finite loss", loss=math.inf,
+                       recent_losses=[5000.0, 100.0, 4.0], loss_before=math.inf, weight_growth=1.1)
+    assert "loss itself" in _likely_cause(event)[0]
+    event.recent_losses = [4.0, 100.0, 5000.0]
+    assert _likely_cause(event)[0].startswith("training diverged")
+
+
+def test_rollback_lowers_a_callable_learning_rate():
+    x, y = _data(n_batches=4, poison=2)
+    model = _model(keras.optimizers.SGD(learning_rate=lambda: 0.05))
+    guard = NaNGuard("rollback", factor=0.5, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    (event,) = guard.events
+    assert event.action == "rollback"
+    assert event.learning_rate_before == pytest.approx(0.05)
+    assert event.learning_rate_after == pytest.approx(0.025)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.025)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_rollback_refuses_a_learning_rate_it_cannot_lower():
+    model = _model(keras.optimizers.SGD(0.01))
+    model.optimizer._learning_rate = "0.01"       # what no Keras optimizer accepts, but got there
+    x, y = _data(n_batches=2)
+    with pytest.raises(ValueError, match=r"NaNGuard: the optimizer's learning_rate .* must be .*, got str"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[NaNGuard("rollback", verbose=0)])
+
+
+def test_skip_restores_compiled_metrics_built_in_the_first_step():
+    x, y = _data(n_batches=4, poison=2)
+
+    def fitted(xs, ys):
+        model = _model(keras.optimizers.SGD(0.01))
+        model.compile(keras.optimizers.SGD(0.01), loss="mse", metrics=["mae"])
+        history = model.fit(xs, ys, batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
+                            callbacks=[NaNGuard("skip", verbose=0)])
+        return history.history
+
+    keep = np.r_[0:2 * BATCH, 3 * BATCH:len(x)]
+    guarded, reference = fitted(x, y), fitted(x[keep], y[keep])
+    assert all(math.isfinite(v) for v in guarded["mae"])
+    np.testing.assert_allclose(guarded["mae"], reference["mae"], rtol=1e-6)
+    np.testing.assert_allclose(guarded["loss"], reference["loss"], rtol=1e-6)
+
+
+class _LogRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batch_logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_logs.append(dict(logs))
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_no_kept_batch_reads_nan_not_zero(policy):
+    x, y = _data(n_batches=2)
+    y[:] = np.nan                                   # every batch is bad
+    model = _model(keras.optimizers.SGD(0.01))
+    recorder = _LogRecorder()
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                        callbacks=[NaNGuard(policy, verbose=0), recorder])
+    assert math.isnan(history.history["loss"][0])
+    assert all(math.isnan(logs["loss"]) for logs in recorder.batch_logs)

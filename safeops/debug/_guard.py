@@ -37,21 +37,41 @@ lowers the learning rate by ``factor`` and continues; the running metrics of
 the epoch come from the pre-batch copy, so the bad batch does not poison the
 epoch's mean loss.
 
-Cost: two extra copies of the model and optimizer state in device memory;
-per step, one copy of that state and one finiteness check. Measured on a
-shared 2-core CPU (Keras 3.15, Adam, batch 128): about 1 ms per step for a
-100-64-64-1 MLP, about 5 ms per step for a 100-512-512-1 MLP (0.3 M weights).
+Variables that Keras creates while tracing the first step (the layers of a
+model built without ``keras.Input`` or a subclassed one, the compiled metrics,
+the optimizer's slots) are created before that step from the first batch, the
+way ``fit`` itself does under a ``tf.distribute`` strategy, so the first batch
+is guarded and its state restored like any other. A model that cannot be built
+that way is built by Keras in its first step, as without the guard; guarding
+then starts after that step, and a bad first step can only stop the run.
+
+Cost: two extra copies of the model and optimizer state in device memory.
+Per step, one copy of the state and one finiteness check, each one graph call
+with an op per variable, so the cost grows with the *number* of variables:
+about 2-5 µs per variable per step (measured on a shared 2-core CPU, Keras
+3.15, Adam: +0.4 ms per step for a 3-layer MLP with 20 variables, +1.5 to
++3.5 ms for a 101-layer MLP with ~600 variables, where the plain step takes 3
+to 7 ms). Once per ``fit`` the guard traces those two graphs, about 1.5 ms per
+variable each (some 2 s for ~600 variables), which dominates fits of a few
+dozen steps; rarely made copies (checkpoints, restores) run eagerly, about
+25 µs per variable, until they have been made 16 times.
 
 Learning rates: a float learning rate (a variable in Keras 3) is multiplied
 by ``factor``. A ``LearningRateSchedule`` is wrapped, at the start of
 training, in :class:`ScaledSchedule` whose scale variable is multiplied by
 ``factor``, so every later value of the schedule is lowered; the wrapper stays
-on the optimizer after ``fit`` (it serialises with the model). A rollback also
-rewinds ``optimizer.iterations`` and so the schedule's step.
+on the optimizer after ``fit`` (it serialises with the model). A zero-argument
+callable (``SGD(learning_rate=lambda: 0.1)``) is wrapped the same way. Any other
+learning rate is refused at the start of ``fit``. A rollback also rewinds
+``optimizer.iterations`` and so the schedule's step.
 
 Limits: with ``steps_per_execution > 1`` the guard checks once per execution
 and a skip drops the whole execution; under a multi-replica
-``tf.distribute`` strategy the batch statistics cover the local replicas.
+``tf.distribute`` strategy the diagnosis joins the local replicas' parts of the
+batch on the host and recomputes the loss and gradients there, eagerly (a part
+of the diagnosis that fails is listed in :attr:`GuardEvent.notes`; it never
+ends the ``fit``). When no batch of an epoch is kept, the epoch's running
+metrics read NaN rather than the 0.0 of an empty mean.
 
 Practice this follows: restarting from an earlier checkpoint with a lower
 learning rate or skipping the offending batches is how large runs survive
@@ -109,6 +129,12 @@ class GuardEvent:
       learning_rate_before, learning_rate_after: around a rollback.
       restored_to_step: the step of the state that was put back.
       recent_losses: the finite batch losses just before the event (up to 20).
+      weight_growth: global norm of the trainable weights before the batch over
+        their norm at the start of this ``fit`` (that norm floored at a root mean
+        square of 1e-3 per weight, so weights that start at 0 do not read as
+        infinite growth); orders of magnitude above 1 mean the run diverged, even
+        when too few batch losses were seen to tell.
+      notes: parts of the diagnosis that were skipped or are approximate, and why.
     """
 
     step: int
@@ -130,6 +156,8 @@ class GuardEvent:
     learning_rate_after: float = math.nan
     restored_to_step: int | None = None
     recent_losses: list = dataclasses.field(default_factory=list)
+    weight_growth: float = math.nan
+    notes: list = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
@@ -152,6 +180,8 @@ class GuardEvent:
             worst = max(finite_ratios, key=finite_ratios.get)
             lines.append(f"  largest update/weight ratio: {worst} ({self.update_ratios[worst]:.3g}) "
                          f"at learning rate {self.learning_rate_before:.3g}")
+        if self.weight_growth > _NOTABLE_GROWTH:
+            lines.append(f"  weights grew {self.weight_growth:.3g}x (global norm) since the start of fit")
         for name, stats in self.batch_stats.items():
             lines.append(f"  batch {name}: {_format_stats(stats)}")
         if self.action == "rollback":
@@ -161,6 +191,7 @@ class GuardEvent:
             lines.append(f"  likely cause: {self.cause}")
         if self.fix:
             lines.append(f"  fix: {self.fix}")
+        lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -231,6 +262,26 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return cls(schedule, config.get("scale", 1.0))
 
 
+class _ScaledCallable:
+    """A zero-argument learning-rate callable (``SGD(learning_rate=lambda: 0.1)``) times a scale.
+
+    ``lr() = scale * fn()``. Keras calls a callable learning rate inside the
+    traced step, so, as for :class:`ScaledSchedule`, the scale is a variable
+    that a rollback lowers without retracing. A callable is not serialisable
+    by Keras, so neither is this wrapper.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="nanguard_lr_scale")
+
+    def __call__(self):
+        value = tf.convert_to_tensor(self.fn())
+        if not value.dtype.is_floating:       # `lambda: 1` would otherwise scale in integers
+            value = tf.cast(value, tf.float32)
+        return value * tf.cast(self.scale, value.dtype)
+
+
 # --------------------------------------------------------------------------- state copies
 
 
@@ -240,15 +291,40 @@ def _tf_variable(v):
     return inner if isinstance(inner, tf.Variable) else v
 
 
+def _graph_call(fn, eager_calls: int = 0):
+    """``fn`` (no arguments) as one graph call, traced after its first ``eager_calls`` calls.
+
+    Tracing costs about 1.5 ms per variable touched, some 60 eager runs of ``fn`` (measured
+    on a shared 2-core CPU over ~600 variables: trace 0.9 s, eager copy 16 ms, graph call
+    1.6 ms), so a copy that is rarely made (checkpoints, restores) runs eagerly until it has
+    been called ``eager_calls`` times. The traced ``ConcreteFunction`` is then called directly:
+    a ``tf.function`` call first looks up its trace by hashing the function type, which holds
+    every captured variable, and that was 40% of the cost of a call (2.6 ms instead of 1.6 ms).
+    """
+    concrete, calls = None, 0
+
+    def call():
+        nonlocal concrete, calls
+        calls += 1
+        if concrete is None and calls <= eager_calls:
+            return fn()
+        if concrete is None:
+            concrete = tf.function(fn, autograph=False).get_concrete_function()
+        return concrete()
+
+    return call
+
+
 class _StateCopy:
     """An on-device copy of a list of variables, saved and restored bit for bit."""
 
-    def __init__(self, variables: list):
+    def __init__(self, variables: list, every_step: bool):
         self.sources = [_tf_variable(v) for v in variables]
         self.copies = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False) for s in self.sources]
         self.step: int | None = None
-        # One graph call per save or restore (eager assigns cost ~0.25 ms per variable).
-        self._save = tf.function(self._assign_all, autograph=False)
+        # One graph call per save (traced at once for a copy made before every step) or restore.
+        self._save = _graph_call(lambda: self._assign_all(True), 0 if every_step else _RARE_CALLS)
+        self._restore = _graph_call(lambda: self._assign_all(False), _RARE_CALLS)
 
     def _assign_all(self, to_copies: bool):
         for copy, source in zip(self.copies, self.sources):
@@ -259,12 +335,12 @@ class _StateCopy:
 
     def save(self, step: int | None = None) -> None:
         if self.sources:
-            self._save(True)
+            self._save()
         self.step = step
 
     def restore(self) -> None:
         if self.sources:
-            self._save(False)
+            self._restore()
 
     def numpy(self) -> list[np.ndarray]:
         return [c.numpy() for c in self.copies]
@@ -363,10 +439,14 @@ class NaNGuard(keras.callbacks.Callback):
         self.events: list[GuardEvent] = []
         self.rollbacks = 0
         self.stopped = False
-        #: The last offending batch (as the data pipeline yielded it), for
+        #: The last offending batch (as the data pipeline yielded it; under a
+        #: multi-replica strategy, the replicas' parts joined on the host), for
         #: ``locate_nonfinite(model, *unpack_x_y_sample_weight(guard.bad_batch)[:2])``.
         self.bad_batch = None
         self._writer = None
+        self._before: _StateCopy | None = None       # made once the model's variables exist
+        self._checkpoint: _StateCopy | None = None
+        self._n_model_vars = 0
 
     # ---- what the guard exposes
 
@@ -377,11 +457,11 @@ class NaNGuard(keras.callbacks.Callback):
 
     def checkpoint_weights(self) -> list[np.ndarray]:
         """Copies of the model variables at the last checkpoint (``model.variables`` order)."""
-        return self._checkpoint.numpy()[: self._n_model_vars]
+        return self._checkpoint.numpy()[: self._n_model_vars] if self._checkpoint else []
 
     def checkpoint_optimizer_variables(self) -> list[np.ndarray]:
         """Copies of the optimizer variables at the last checkpoint."""
-        return self._checkpoint.numpy()[self._n_model_vars:]
+        return self._checkpoint.numpy()[self._n_model_vars:] if self._checkpoint else []
 
     # ---- fit hooks
 
@@ -393,36 +473,74 @@ class NaNGuard(keras.callbacks.Callback):
         self.rollbacks = 0          # per fit; self.events keeps the events of every fit
         self.stopped = False
         if self.policy == "rollback":
-            self._install_scaled_schedule()
-        if not getattr(self._optimizer, "built", True):
+            self._install_scaled_learning_rate()
+        self._before = self._checkpoint = None
+        self._build_tried = False
+        self._pre_batch_missing = False
+        self._step = 0
+        self._good_steps = 0
+        self._epoch = 0
+        self._kept_in_epoch = 0     # finite batches kept in this epoch
+        self._dropped_in_epoch = 0  # batches skipped, stopped on or rolled back in this epoch
+        self._recent = collections.deque(maxlen=20)
+        self._batches: list = []
+        if _fully_built(model):
+            self._start_guarding()
+        # Otherwise Keras creates some variables (the layers' of a model without keras.Input,
+        # the compiled metrics', the optimizer's slots) while tracing the first step; the
+        # wrapped train function builds them from the first batch before that step runs.
+        self._wrap_train_function()
+        if self.log_dir and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def _start_guarding(self) -> None:
+        """Makes the state copies and the finiteness check; needs every variable to exist."""
+        model = self.model
+        trainable = model.trainable_variables
+        if not getattr(self._optimizer, "built", True) and trainable:
             # Keras builds the slots on the first step; build them now so they are copied too.
-            self._optimizer.build(model.trainable_variables)
+            # Never on an empty list: Keras would then refuse the model's weights later.
+            self._optimizer.build(trainable)
         model_vars = _dedupe(model.variables)
         opt_vars = _dedupe(v for v in self._optimizer.variables if id(_tf_variable(v)) not in
                            {id(_tf_variable(m)) for m in model_vars})
         metric_vars = _dedupe(v for m in model.metrics for v in m.variables)
         self._n_model_vars = len(model_vars)
-        self._before = _StateCopy(model_vars + opt_vars + metric_vars)
-        self._checkpoint = _StateCopy(model_vars + opt_vars)
-        self._checked = [_tf_variable(v) for v in model_vars + opt_vars if v.dtype in _FLOATS]
-        checked = self._checked
+        self._before = _StateCopy(model_vars + opt_vars + metric_vars, every_step=True)
+        self._checkpoint = _StateCopy(model_vars + opt_vars, every_step=self.checkpoint_every == 1)
+        checked = [_tf_variable(v) for v in model_vars + opt_vars if v.dtype in _FLOATS]
 
-        @tf.function(autograph=False)
-        def all_finite():
-            return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in checked]))
-
+        all_finite = _graph_call(
+            lambda: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in checked])))
         # One graph call and one device-to-host transfer per step.
         self._state_finite = (lambda: bool(all_finite())) if checked else (lambda: True)
         self._layer_of = _layer_names_by_variable(model)
-        self._step = 0
-        self._good_steps = 0
-        self._epoch = 0
-        self._recent = collections.deque(maxlen=20)
-        self._batches: list = []
-        self._checkpoint.save(step=0)
-        self._wrap_train_function()
-        if self.log_dir and self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
+        # Where the loss tracker's total and count sit in the pre-batch copy (see _batch_loss).
+        index = {id(s): i for i, s in enumerate(self._before.sources)}
+        tracker = getattr(model, "_loss_tracker", None)
+        slots = [index.get(id(_tf_variable(v))) for v in getattr(tracker, "variables", [])]
+        self._tracker_slots = slots if len(slots) == 2 and None not in slots else None
+        # The weights' norm now, for GuardEvent.weight_growth; floored at a root mean square of
+        # _RMS_FLOOR so that a model whose weights start at zero does not read as infinite growth.
+        norm, size = _global_norm(trainable)
+        self._reference_norm = max(norm, math.sqrt(size) * _RMS_FLOOR, _TINY)
+        self._checkpoint.save(step=self._step)
+        self._before.save(step=self._step)
+
+    def _build_before_first_step(self, batch) -> None:
+        """Creates the variables Keras would create while tracing the first step, so that
+        the state before that step can be copied; if that fails, Keras builds them in the
+        step as it does without the guard, and guarding starts at the end of that step."""
+        model = self.model
+        build = getattr(model, "_symbolic_build", None)   # what fit itself does under a strategy
+        if build is not None and not _fully_built(model):
+            try:
+                with model.distribute_strategy.scope():
+                    build(data_batch=batch)
+            except Exception:  # noqa: BLE001 - a model Keras can only build eagerly: see above
+                pass
+        if _fully_built(model):
+            self._start_guarding()
 
     def on_train_end(self, logs=None):
         fn = getattr(self.model, "train_function", None)
@@ -435,16 +553,29 @@ class NaNGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._kept_in_epoch = self._dropped_in_epoch = 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._before is None:
+            return
         if self.checkpoint_every == "epoch" and bool(self._state_finite()):
             self._checkpoint.save(step=self._step)
+        if logs is not None and self._dropped_in_epoch and not self._kept_in_epoch:
+            # No batch of this epoch was kept: the restored trackers are empty and would
+            # read 0.0 (a perfect fit) in History and the progress bar.
+            self._blank_metric_logs(logs)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._before.save(step=self._step)
+        if self._before is not None:
+            self._before.save(step=self._step)
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs if logs is not None else {}
+        self._pre_batch_missing = self._before is None
+        if self._pre_batch_missing:
+            # The model could only be built inside its first step: guarding starts now,
+            # with no copy of the state before this batch (see _act).
+            self._start_guarding()
         loss = self._batch_loss(logs)
         finite_state = bool(self._state_finite())
         spike = self._is_spike(loss)
@@ -453,18 +584,20 @@ class NaNGuard(keras.callbacks.Callback):
             self._recent.append(loss)
             self._step += 1
             self._good_steps += 1
-            if isinstance(self.checkpoint_every, int) and self._good_steps % self.checkpoint_every == 0:
+            self._kept_in_epoch += 1
+            every = self.checkpoint_every
+            if self._pre_batch_missing or (isinstance(every, int) and self._good_steps % every == 0):
                 self._checkpoint.save(step=self._step)
             return
         trigger = ", ".join(t for t, bad in (("loss spike" if spike else "non-finite loss", bad_loss),
                                              ("non-finite weights", not finite_state)) if bad)
         event = self._diagnose(batch, trigger, loss)
-        self.bad_batch = self._batches[0] if len(self._batches) == 1 else _concat_batches(self._batches)
         self._act(event)
         self.events.append(event)
         self._log_event(event)
         if self.verbose:
             print(str(event))
+        self._dropped_in_epoch += 1
         self._refresh_logs(logs)
         self._step += 1
 
@@ -481,6 +614,14 @@ class NaNGuard(keras.callbacks.Callback):
 
     def _act(self, event: GuardEvent) -> None:
         event.learning_rate_after = event.learning_rate_before
+        if self._pre_batch_missing:
+            # Nothing to put back: the state before the model's first step was never copied.
+            event.action = "stop"
+            event.notes.append("the model was built inside its first step, so no state from before "
+                               "that step exists to restore and the weights were left as they are; "
+                               "build the model before fit (keras.Input, or call it on a batch)")
+            self._stop()
+            return
         if self.policy == "skip":
             self._before.restore()
             event.restored_to_step = self._before.step
@@ -521,6 +662,18 @@ class NaNGuard(keras.callbacks.Callback):
         for key, value in results.items():
             if key in logs:
                 logs[key] = float(np.asarray(value))
+        if not self._kept_in_epoch:
+            self._blank_metric_logs(logs)
+
+    def _blank_metric_logs(self, logs: dict) -> None:
+        """NaN for the running metrics when no batch of the epoch was kept (their trackers
+        are empty, and an empty mean reads 0.0, which looks like a perfect fit)."""
+        try:
+            keys = set(self.model.get_metrics_result())
+        except Exception:  # noqa: BLE001 - at least the loss
+            keys = {"loss"}
+        for key in keys & set(logs):
+            logs[key] = math.nan
 
     # ---- observation
 
@@ -544,6 +697,9 @@ class NaNGuard(keras.callbacks.Callback):
             if not batches:
                 raise StopIteration
             guard._batches = batches
+            if guard._before is None and not guard._build_tried:
+                guard._build_tried = True
+                guard._build_before_first_step(batches[0])
             return fn(batches)
 
         guarded_train_function._nanguard_original = fn
@@ -551,16 +707,12 @@ class NaNGuard(keras.callbacks.Callback):
 
     def _batch_loss(self, logs: dict) -> float:
         """This batch's loss, from the loss tracker's total and count before and after it."""
-        tracker = getattr(self.model, "_loss_tracker", None)
-        if tracker is not None and len(tracker.variables) == 2 and self._before.sources:
-            total, count = (_tf_variable(v) for v in tracker.variables)
-            index = {id(s): i for i, s in enumerate(self._before.sources)}
-            if id(total) in index and id(count) in index:
-                t0 = float(self._before.copies[index[id(total)]].numpy())
-                c0 = float(self._before.copies[index[id(count)]].numpy())
-                t1, c1 = float(total.numpy()), float(count.numpy())
-                if c1 > c0:
-                    return (t1 - t0) / (c1 - c0) if math.isfinite(t1) else t1
+        if self._tracker_slots is not None:
+            total, count = (self._before.sources[i] for i in self._tracker_slots)
+            t0, c0 = (float(self._before.copies[i].numpy()) for i in self._tracker_slots)
+            t1, c1 = float(total.numpy()), float(count.numpy())
+            if c1 > c0:
+                return (t1 - t0) / (c1 - c0) if math.isfinite(t1) else t1
         value = logs.get("loss", math.nan)
         return float(np.asarray(value))
 
@@ -576,15 +728,27 @@ class NaNGuard(keras.callbacks.Callback):
                    if tf.as_dtype(w.dtype) in _FLOATS)
         ]
         data = self._batches[0] if len(self._batches) == 1 else _concat_batches(self._batches)
+        if data is not None and any(isinstance(leaf, tf.distribute.DistributedValues)
+                                    for leaf in tf.nest.flatten(data)):
+            # Under a multi-replica strategy each replica holds part of the batch: join the
+            # parts on the host, so that statistics and the recompute see the whole batch.
+            data = tf.nest.map_structure(_to_numpy, data)
+        self.bad_batch = data
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data) if data is not None else (None,) * 3
         for label, part in (("x", x), ("y", y)):
             for i, leaf in enumerate(tf.nest.flatten(part) if part is not None else []):
                 name = label if len(tf.nest.flatten(part)) == 1 else f"{label}[{i}]"
                 event.batch_stats[name] = batch_statistics(_to_numpy(leaf), columns=label == "x")
-        if x is not None:
+        if self._pre_batch_missing:
+            event.notes.append("no recompute: the weights from before the batch were not kept")
+        elif x is not None:
             self._before.restore()
             try:
                 self._recompute(event, x, y, sample_weight)
+            except Exception as error:  # noqa: BLE001 - a diagnosis must never end the user's fit
+                event.notes.append(f"the recompute of the loss and gradients at the pre-batch weights "
+                                   f"failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                                   f"the layers and cause below come from the weights and the batch only")
             finally:
                 self._before.restore()   # the diagnosis must not move BatchNorm statistics or seeds
         event.cause, event.fix = _likely_cause(event)
@@ -611,6 +775,8 @@ class NaNGuard(keras.callbacks.Callback):
                 continue
             per_layer.setdefault(self._layer_of.get(id(_tf_variable(v)), v.path), []).append(
                 (np.asarray(v.numpy(), np.float64), np.asarray(tf.convert_to_tensor(g), np.float64)))
+        weight_norm = math.sqrt(sum(float(np.sum(w * w)) for pairs in per_layer.values() for w, _ in pairs))
+        event.weight_growth = weight_norm / self._reference_norm
         bad = []
         for name, pairs in per_layer.items():
             g_norm = math.sqrt(sum(float(np.sum(g * g)) for _, g in pairs))
@@ -631,21 +797,33 @@ class NaNGuard(keras.callbacks.Callback):
             _write_summary("safeops.NaNGuard/event", str(event), event.step, "text")
         self._writer.flush()
 
-    def _install_scaled_schedule(self) -> None:
+    def _install_scaled_learning_rate(self) -> None:
+        """For ``rollback``: makes the learning rate one that can be lowered inside the traced
+        step, or refuses the optimizer now rather than at the first bad step."""
         opt = _inner_optimizer(self._optimizer)
         current = getattr(opt, "_learning_rate", None)
-        if isinstance(current, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
-                current, ScaledSchedule):
+        if isinstance(current, (keras.Variable, tf.Variable, ScaledSchedule, _ScaledCallable)):
+            return
+        if isinstance(current, keras.optimizers.schedules.LearningRateSchedule):
             opt.learning_rate = ScaledSchedule(current)
-            # The compiled step captured the old schedule: trace it again.
-            self.model.make_train_function(force=True)
+        elif callable(current):
+            opt.learning_rate = _ScaledCallable(current)
+        else:
+            raise ValueError(message(
+                _OP, "the optimizer's learning_rate (policy='rollback' lowers it)",
+                "a float, a LearningRateSchedule or a zero-argument callable", type(current).__name__))
+        # The compiled step captured the old learning rate: trace it again.
+        self.model.make_train_function(force=True)
 
 
 # --------------------------------------------------------------------------- helpers
 
 _FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _TINY = _dtypes.tiny(tf.float64)
-_DIVERGED = 1e3      # recent batch losses that grew this much: a divergence, not a bad op
+_DIVERGED = 1e3      # recent batch losses (or the weights' norm) that grew this much: a divergence
+_RARE_CALLS = 16     # calls of a rarely made copy that run eagerly before it is traced
+_NOTABLE_GROWTH = 10.0  # weight growth worth printing in an event
+_RMS_FLOOR = 1e-3    # smallest reference root mean square of the weights for weight_growth
 _LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
 
 
@@ -680,6 +858,25 @@ def _concat_batches(batches: list):
     if not batches:
         return None
     return tf.nest.map_structure(lambda *parts: np.concatenate([_to_numpy(p) for p in parts]), *batches)
+
+
+def _fully_built(model) -> bool:
+    """Whether every variable that Keras would otherwise create while tracing the first step
+    exists: the layers', the compiled metrics' and losses' (the optimizer's slots the guard
+    builds itself, once the weights exist)."""
+    if not model.built or not all(layer.built for layer in _layers(model)):
+        return False
+    compiled = (getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None))
+    return all(getattr(part, "built", True) for part in compiled if part is not None)
+
+
+def _global_norm(variables) -> tuple[float, int]:
+    """Global norm (in float64, on the device) and size of the floating-point ``variables``."""
+    floats = [v for v in variables if tf.as_dtype(v.dtype) in _FLOATS]
+    if not floats:
+        return 0.0, 0
+    squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(_tf_variable(v), tf.float64))) for v in floats])
+    return math.sqrt(float(squares)), sum(int(np.prod(v.shape)) for v in floats)
 
 
 def _layers(model) -> list:
@@ -718,7 +915,7 @@ def _scale_learning_rate(optimizer, factor: float, base: float) -> float:
     restored); returns the new value."""
     opt = _inner_optimizer(optimizer)
     current = getattr(opt, "_learning_rate", None)
-    if isinstance(current, ScaledSchedule):
+    if isinstance(current, (ScaledSchedule, _ScaledCallable)):
         current.scale.assign(current.scale * factor)
     elif isinstance(current, keras.optimizers.schedules.LearningRateSchedule) or callable(current):
         raise TypeError(message(_OP, "the optimizer's learning_rate",
@@ -734,25 +931,33 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
     y_stats = [s for k, s in event.batch_stats.items() if k.startswith("y")]
     bad_inputs = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in x_stats)
     bad_targets = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in y_stats)
-    x_max = max((s.get("abs_max", 0.0) for s in x_stats), default=0.0)
     if bad_inputs or bad_targets:
         where = "inputs" if bad_inputs else "targets"
         return (f"the batch's {where} contain {bad_inputs or bad_targets} NaN/inf entries",
                 "clean the data (safeops.debug.check_inputs flags non-finite columns); "
                 "NaNGuard(policy='skip') drops such batches meanwhile")
-    growth = (max(event.recent_losses) / max(min(event.recent_losses), _TINY)
-              if event.recent_losses else 1.0)
-    if "spike" in event.trigger or growth >= _DIVERGED:
-        scale = (f"; the inputs reach |x| = {x_max:.4g}, so gradients and updates are that large too"
-                 if x_max > _LARGE_INPUT else "")
-        path = [min(event.recent_losses), event.recent_losses[-1]] if event.recent_losses else []
-        path = ([path[0]] if len(path) == 2 and path[0] == path[1] else path) + [event.loss]
-        history = " (batch losses " + " -> ".join(f"{v:.3g}" for v in path) + ")"
+    # The batch's loss at the pre-batch weights, when finite, extends the record of batch losses:
+    # with it a run that diverged within one or two steps still shows the rise.
+    losses = event.recent_losses + ([event.loss_before] if math.isfinite(event.loss_before) else [])
+    rise = _largest_rise(losses)
+    exploded = event.weight_growth >= _DIVERGED          # False for NaN (no recompute)
+    scale = _input_scale(x_stats)
+    if "spike" in event.trigger or rise >= _DIVERGED or exploded:
+        evidence = []
+        if event.recent_losses:
+            path = [min(event.recent_losses), event.recent_losses[-1]]
+            path = ([path[0]] if path[0] == path[1] else path) + [event.loss]
+            evidence.append("batch losses " + " -> ".join(f"{v:.3g}" for v in path))
+        if exploded:
+            evidence.append(f"the weights grew {event.weight_growth:.3g}x in {event.step} "
+                            + ("step" if event.step == 1 else "steps"))
+        history = f" ({'; '.join(evidence)})" if evidence else ""
         return (f"training diverged: the learning rate {event.learning_rate_before:.3g} is too high "
-                f"for this model and data{history}{scale}",
+                f"for this model and data{history}"
+                + (f"; {scale}, so gradients and updates are that large too" if scale else ""),
                 "lower the learning rate (policy='rollback' does it for you)"
                 + (" and standardise the inputs with statistics of the training split only "
-                   "(safeops.debug.check_inputs shows how)" if x_max > _LARGE_INPUT else ""))
+                   "(safeops.debug.check_inputs shows how)" if scale else ""))
     if event.nonfinite_activations:
         return (f"the forward pass turns finite inputs into NaN/inf in layer "
                 f"'{event.nonfinite_activations[0]}'",
@@ -768,9 +973,31 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
                 "run safeops.debug.locate_nonfinite; safeops.math.sqrt / norm / divide_no_nan keep "
                 "gradients finite")
     worst = max(event.update_ratios.values(), default=0.0)
-    scale = f"; the inputs reach |x| = {x_max:.4g}" if x_max > _LARGE_INPUT else ""
     return (f"the optimizer step overflowed: the gradients were finite but one update moved the weights "
-            f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}{scale}",
+            f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}"
+            + (f"; {scale}" if scale else ""),
             "lower the learning rate (policy='rollback' does it for you)"
             + (" and standardise the inputs, fitted on the training split only "
-               "(safeops.debug.check_inputs shows how)" if x_max > _LARGE_INPUT else ""))
+               "(safeops.debug.check_inputs shows how)" if scale else ""))
+
+
+def _largest_rise(losses: list) -> float:
+    """The largest ratio of a loss to an earlier one (1 when the losses only fall)."""
+    rise, lowest = 1.0, math.inf
+    for value in losses:
+        if lowest < math.inf:
+            rise = max(rise, value / max(lowest, _TINY))
+        lowest = min(lowest, value)
+    return rise
+
+
+def _input_scale(x_stats: list) -> str:
+    """'input column #3 reaches |x| = 2e+06' when the inputs are large, else ''."""
+    largest = max(x_stats, key=lambda st: st.get("abs_max", 0.0), default={})
+    x_max = largest.get("abs_max", 0.0)
+    if not x_max > _LARGE_INPUT:
+        return ""
+    columns = largest.get("top_columns")
+    if columns and columns[0][1] == x_max:
+        return f"input column #{columns[0][0]} reaches |x| = {x_max:.4g}"
+    return f"the inputs reach |x| = {x_max:.4g}"
