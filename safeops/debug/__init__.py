@@ -12,7 +12,9 @@
 """
 
 from safeops.debug._doctor import Cause, DoctorReport, doctor
-from safeops.debug._guard import GuardEvent, NaNGuard, ScaledSchedule
+from safeops.debug._events import GuardEvent
+from safeops.debug._guard import NaNGuard
+from safeops.debug._state import ScaledSchedule
 from safeops.debug._lint import PATTERNS, Finding, LintReport, lint
 from safeops.debug._locate import NonFiniteReport, TensorStats, locate_nonfinite
 from safeops.debug._preflight import InputFinding, InputReport, check_inputs

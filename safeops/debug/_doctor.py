@@ -24,7 +24,9 @@ import tensorflow as tf
 from safeops._validate import message
 from safeops.debug._lint import lint
 from safeops.debug._locate import locate_nonfinite
-from safeops.debug._guard import GuardEvent, NaNGuard, _dedupe, _tf_variable
+from safeops.debug._events import GuardEvent
+from safeops.debug._guard import NaNGuard
+from safeops.debug._state import _dedupe, _tf_variable
 from safeops.debug._preflight import InputReport, check_inputs
 
 

@@ -81,279 +81,35 @@ loss spikes (Chowdhery et al. 2022, "PaLM", sec. 5.1).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import math
-from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from safeops import _dtypes
 from safeops._validate import message
+from safeops.debug._events import _TINY, GuardEvent, _likely_cause, batch_statistics
+from safeops.debug._state import (
+    _FLOATS,
+    _OP,
+    ScaledSchedule,
+    _ScaledCallable,
+    _StateCopy,
+    _dedupe,
+    _fully_built,
+    _get_learning_rate,
+    _global_norm,
+    _graph_call,
+    _inner_optimizer,
+    _layer_names_by_variable,
+    _layers,
+    _scale_learning_rate,
+    _tf_variable,
+)
 
 POLICIES = ("stop", "skip", "rollback")
-_OP = "safeops.debug.NaNGuard"
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclasses.dataclass
-class GuardEvent:
-    """One non-finite step and what the guard did about it.
-
-    Attributes:
-      step: index of the training step (counted over the whole ``fit``).
-      epoch, batch: where it happened.
-      action: ``'stop'``, ``'skip'``, ``'rollback'`` or ``'give_up'``.
-      trigger: what went wrong: ``'non-finite loss'``, ``'loss spike'``,
-        ``'non-finite weights'`` (the optimizer applied a non-finite gradient),
-        or two of them joined by a comma.
-      loss: the batch's loss as Keras computed it (NaN/inf, or finite when
-        only the weights went bad).
-      nonfinite_weights: layers whose weights were non-finite after the
-        batch, in layer order; ``nonfinite_weights[0]`` came first.
-      nonfinite_gradients: layers whose gradients, recomputed at the
-        pre-batch weights on the same batch, are non-finite, nearest the loss
-        first (the order back-propagation reaches them).
-      nonfinite_activations: layers whose forward output is non-finite
-        (Sequential models), in forward order.
-      loss_before: the batch's loss recomputed at the pre-batch weights.
-      gradient_norms: per layer, the global norm of its gradients there.
-      update_ratios: per layer, ``lr * |grad| / |w|``: far above 1 means
-        one step rewrote the layer (learning rate too high for the scale).
-      batch_stats: statistics of the offending batch (see :func:`batch_statistics`).
-      cause: the likely cause in plain words; ``fix``: what to do.
-      learning_rate_before, learning_rate_after: around a rollback.
-      restored_to_step: the step of the state that was put back.
-      recent_losses: the finite batch losses just before the event (up to 20).
-      weight_growth: global norm of the trainable weights before the batch over
-        their norm at the start of this ``fit`` (that norm floored at a root mean
-        square of 1e-3 per weight, so weights that start at 0 do not read as
-        infinite growth); orders of magnitude above 1 mean the run diverged, even
-        when too few batch losses were seen to tell.
-      notes: parts of the diagnosis that were skipped or are approximate, and why.
-    """
-
-    step: int
-    epoch: int
-    batch: int
-    action: str
-    trigger: str
-    loss: float
-    nonfinite_weights: list = dataclasses.field(default_factory=list)
-    nonfinite_gradients: list = dataclasses.field(default_factory=list)
-    nonfinite_activations: list = dataclasses.field(default_factory=list)
-    loss_before: float = math.nan
-    gradient_norms: dict = dataclasses.field(default_factory=dict)
-    update_ratios: dict = dataclasses.field(default_factory=dict)
-    batch_stats: dict = dataclasses.field(default_factory=dict)
-    cause: str = ""
-    fix: str = ""
-    learning_rate_before: float = math.nan
-    learning_rate_after: float = math.nan
-    restored_to_step: int | None = None
-    recent_losses: list = dataclasses.field(default_factory=list)
-    weight_growth: float = math.nan
-    notes: list = dataclasses.field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [
-            f"NaNGuard: {self.trigger} at epoch {self.epoch}, batch {self.batch} "
-            f"(step {self.step}); action: {self.action}",
-            f"  batch loss {self.loss:.4g}; loss at the pre-batch weights {self.loss_before:.4g}",
-        ]
-        if self.nonfinite_weights:
-            lines.append(f"  weights non-finite after the batch: {', '.join(self.nonfinite_weights)} "
-                         f"(first: {self.nonfinite_weights[0]})")
-        if self.nonfinite_activations:
-            lines.append(f"  forward output non-finite first in: {self.nonfinite_activations[0]}")
-        if self.nonfinite_gradients:
-            lines.append(f"  gradients non-finite (nearest the loss first): "
-                         f"{', '.join(self.nonfinite_gradients)}")
-        if self.recent_losses:
-            lines.append(f"  recent batch losses: {', '.join(f'{v:.3g}' for v in self.recent_losses[-6:])}")
-        finite_ratios = {k: v for k, v in self.update_ratios.items() if math.isfinite(v)}
-        if finite_ratios and not self.nonfinite_gradients:
-            worst = max(finite_ratios, key=finite_ratios.get)
-            lines.append(f"  largest update/weight ratio: {worst} ({self.update_ratios[worst]:.3g}) "
-                         f"at learning rate {self.learning_rate_before:.3g}")
-        if self.weight_growth > _NOTABLE_GROWTH:
-            lines.append(f"  weights grew {self.weight_growth:.3g}x (global norm) since the start of fit")
-        for name, stats in self.batch_stats.items():
-            lines.append(f"  batch {name}: {_format_stats(stats)}")
-        if self.action == "rollback":
-            lines.append(f"  restored step {self.restored_to_step}; learning rate "
-                         f"{self.learning_rate_before:.3g} -> {self.learning_rate_after:.3g}")
-        if self.cause:
-            lines.append(f"  likely cause: {self.cause}")
-        if self.fix:
-            lines.append(f"  fix: {self.fix}")
-        lines.extend(f"  note: {note}" for note in self.notes)
-        return "\n".join(lines)
-
-
-def _is_real(value) -> bool:
-    """A real number that is not a bool (NaN included: the range checks then refuse it)."""
-    real = isinstance(value, (int, float, np.integer, np.floating))
-    return real and not isinstance(value, (bool, np.bool_))
-
-
-def batch_statistics(array: Any, columns: bool = True) -> dict:
-    """Summary of one batch tensor: shape, min, max, mean, std, max |x|, counts of NaN, inf, zeros.
-
-    For a 2-D batch and ``columns`` it also names the columns of largest
-    magnitude (``top_columns``: ``[(column, max |x|), ...]``).
-    """
-    a = np.asarray(array)
-    stats: dict = {"shape": tuple(a.shape), "dtype": str(a.dtype)}
-    if a.size == 0 or a.dtype.kind not in "fiub":
-        return stats
-    a = a.astype(np.float64)
-    finite = a[np.isfinite(a)]
-    stats.update(
-        n_nan=int(np.isnan(a).sum()),
-        n_inf=int(np.isinf(a).sum()),
-        n_zero=int((a == 0).sum()),
-        n_negative=int((a < 0).sum()),
-        min=float(finite.min()) if finite.size else math.nan,
-        max=float(finite.max()) if finite.size else math.nan,
-        mean=float(finite.mean()) if finite.size else math.nan,
-        std=float(finite.std()) if finite.size else math.nan,
-        abs_max=float(np.abs(finite).max()) if finite.size else math.nan,
-    )
-    if columns and a.ndim == 2 and a.shape[1] > 1:
-        col_max = np.nanmax(np.where(np.isfinite(a), np.abs(a), np.nan), axis=0)
-        col_max = np.nan_to_num(col_max, nan=0.0)
-        order = np.argsort(-col_max)[:3]
-        stats["top_columns"] = [(int(j), float(col_max[j])) for j in order]
-    return stats
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-@keras.saving.register_keras_serializable(package="safeops")
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning-rate schedule times a scale that :class:`NaNGuard` lowers on rollback.
-
-    ``lr(step) = scale * schedule(step)``; ``scale`` is a variable, so lowering
-    it takes effect inside an already traced training step.
-    """
-
-    def __init__(self, schedule, scale: float = 1.0):
-        self.schedule = schedule
-        self.scale = keras.Variable(float(scale), dtype="float32", trainable=False,
-                                    name="nanguard_lr_scale")
-
-    def __call__(self, step):
-        value = self.schedule(step)
-        return value * tf.cast(self.scale, value.dtype)
-
-    def get_config(self):
-        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
-                "scale": float(self.scale.numpy())}
-
-    @classmethod
-    def from_config(cls, config):
-        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
-        return cls(schedule, config.get("scale", 1.0))
-
-
-class _ScaledCallable:
-    """A zero-argument learning-rate callable (``SGD(learning_rate=lambda: 0.1)``) times a scale.
-
-    ``lr() = scale * fn()``. Keras calls a callable learning rate inside the
-    traced step, so, as for :class:`ScaledSchedule`, the scale is a variable
-    that a rollback lowers without retracing. A callable is not serialisable
-    by Keras, so neither is this wrapper.
-    """
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="nanguard_lr_scale")
-
-    def __call__(self):
-        value = tf.convert_to_tensor(self.fn())
-        if not value.dtype.is_floating:       # `lambda: 1` would otherwise scale in integers
-            value = tf.cast(value, tf.float32)
-        return value * tf.cast(self.scale, value.dtype)
-
-
-# --------------------------------------------------------------------------- state copies
-
-
-def _tf_variable(v):
-    """The ``tf.Variable`` under a Keras variable (TensorFlow backend)."""
-    inner = getattr(v, "value", v)
-    return inner if isinstance(inner, tf.Variable) else v
-
-
-def _graph_call(fn, eager_calls: int = 0):
-    """``fn`` (no arguments) as one graph call, traced after its first ``eager_calls`` calls.
-
-    Tracing costs about 1.5 ms per variable touched, some 60 eager runs of ``fn`` (measured
-    on a shared 2-core CPU over ~600 variables: trace 0.9 s, eager copy 16 ms, graph call
-    1.6 ms), so a copy that is rarely made (checkpoints, restores) runs eagerly until it has
-    been called ``eager_calls`` times. The traced ``ConcreteFunction`` is then called directly:
-    a ``tf.function`` call first looks up its trace by hashing the function type, which holds
-    every captured variable, and that was 40% of the cost of a call (2.6 ms instead of 1.6 ms).
-    """
-    concrete, calls = None, 0
-
-    def call():
-        nonlocal concrete, calls
-        calls += 1
-        if concrete is None and calls <= eager_calls:
-            return fn()
-        if concrete is None:
-            concrete = tf.function(fn, autograph=False).get_concrete_function()
-        return concrete()
-
-    return call
-
-
-class _StateCopy:
-    """An on-device copy of a list of variables, saved and restored bit for bit."""
-
-    def __init__(self, variables: list, every_step: bool):
-        self.sources = [_tf_variable(v) for v in variables]
-        self.copies = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False) for s in self.sources]
-        self.step: int | None = None
-        # One graph call per save (traced at once for a copy made before every step) or restore.
-        self._save = _graph_call(lambda: self._assign_all(True), 0 if every_step else _RARE_CALLS)
-        self._restore = _graph_call(lambda: self._assign_all(False), _RARE_CALLS)
-
-    def _assign_all(self, to_copies: bool):
-        for copy, source in zip(self.copies, self.sources):
-            if to_copies:
-                copy.assign(source)
-            else:
-                source.assign(copy)
-
-    def save(self, step: int | None = None) -> None:
-        if self.sources:
-            self._save()
-        self.step = step
-
-    def restore(self) -> None:
-        if self.sources:
-            self._restore()
-
-    def numpy(self) -> list[np.ndarray]:
-        return [c.numpy() for c in self.copies]
-
-
-def _dedupe(variables) -> list:
-    seen, out = set(), []
-    for v in variables:
-        key = id(_tf_variable(v))
-        if key not in seen:
-            seen.add(key)
-            out.append(v)
-    return out
+_RMS_FLOOR = 1e-3    # smallest reference root mean square of the weights for weight_growth
 
 
 # --------------------------------------------------------------------------- the callback
@@ -818,13 +574,11 @@ class NaNGuard(keras.callbacks.Callback):
 
 # --------------------------------------------------------------------------- helpers
 
-_FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-_TINY = _dtypes.tiny(tf.float64)
-_DIVERGED = 1e3      # recent batch losses (or the weights' norm) that grew this much: a divergence
-_RARE_CALLS = 16     # calls of a rarely made copy that run eagerly before it is traced
-_NOTABLE_GROWTH = 10.0  # weight growth worth printing in an event
-_RMS_FLOOR = 1e-3    # smallest reference root mean square of the weights for weight_growth
-_LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
+
+def _is_real(value) -> bool:
+    """A real number that is not a bool (NaN included: the range checks then refuse it)."""
+    real = isinstance(value, (int, float, np.integer, np.floating))
+    return real and not isinstance(value, (bool, np.bool_))
 
 
 def _write_summary(tag: str, value, step: int, plugin: str) -> None:
@@ -837,17 +591,6 @@ def _write_summary(tag: str, value, step: int, plugin: str) -> None:
     tf.summary.write(tag, tensor, step=step, metadata=metadata.SerializeToString())
 
 
-def _format_stats(stats: dict) -> str:
-    if "min" not in stats:
-        return f"shape {stats['shape']}"
-    text = (f"shape {stats['shape']}, min {stats['min']:.4g}, max {stats['max']:.4g}, "
-            f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, NaN {stats['n_nan']}, inf {stats['n_inf']}, "
-            f"zeros {stats['n_zero']}")
-    if "top_columns" in stats:
-        text += ", largest columns " + ", ".join(f"#{j} ({m:.4g})" for j, m in stats["top_columns"])
-    return text
-
-
 def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "values") and isinstance(getattr(value, "values"), tuple):  # PerReplica
         return np.concatenate([np.asarray(v) for v in value.values])
@@ -858,146 +601,3 @@ def _concat_batches(batches: list):
     if not batches:
         return None
     return tf.nest.map_structure(lambda *parts: np.concatenate([_to_numpy(p) for p in parts]), *batches)
-
-
-def _fully_built(model) -> bool:
-    """Whether every variable that Keras would otherwise create while tracing the first step
-    exists: the layers', the compiled metrics' and losses' (the optimizer's slots the guard
-    builds itself, once the weights exist)."""
-    if not model.built or not all(layer.built for layer in _layers(model)):
-        return False
-    compiled = (getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None))
-    return all(getattr(part, "built", True) for part in compiled if part is not None)
-
-
-def _global_norm(variables) -> tuple[float, int]:
-    """Global norm (in float64, on the device) and size of the floating-point ``variables``."""
-    floats = [v for v in variables if tf.as_dtype(v.dtype) in _FLOATS]
-    if not floats:
-        return 0.0, 0
-    squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(_tf_variable(v), tf.float64))) for v in floats])
-    return math.sqrt(float(squares)), sum(int(np.prod(v.shape)) for v in floats)
-
-
-def _layers(model) -> list:
-    """Layers in forward order, nested models flattened."""
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            out.extend(_layers(layer))
-        else:
-            out.append(layer)
-    return out
-
-
-def _layer_names_by_variable(model) -> dict:
-    names = {}
-    for layer in _layers(model):
-        for v in layer.weights:
-            names.setdefault(id(_tf_variable(v)), layer.name)
-    return names
-
-
-def _inner_optimizer(optimizer):
-    return getattr(optimizer, "inner_optimizer", optimizer)
-
-
-def _get_learning_rate(optimizer) -> float:
-    try:
-        return float(np.asarray(_inner_optimizer(optimizer).learning_rate))
-    except Exception:  # noqa: BLE001 - an exotic optimizer without a readable rate
-        return math.nan
-
-
-def _scale_learning_rate(optimizer, factor: float, base: float) -> float:
-    """Sets the learning rate to ``base * factor`` (a float rate, or the scale of a
-    :class:`ScaledSchedule`, which is not an optimizer variable and so was not
-    restored); returns the new value."""
-    opt = _inner_optimizer(optimizer)
-    current = getattr(opt, "_learning_rate", None)
-    if isinstance(current, (ScaledSchedule, _ScaledCallable)):
-        current.scale.assign(current.scale * factor)
-    elif isinstance(current, keras.optimizers.schedules.LearningRateSchedule) or callable(current):
-        raise TypeError(message(_OP, "the optimizer's learning_rate",
-                                "a float or a LearningRateSchedule to be lowered", type(current).__name__))
-    else:
-        opt.learning_rate = base * factor
-    return _get_learning_rate(optimizer)
-
-
-def _likely_cause(event: GuardEvent) -> tuple[str, str]:
-    """Plain-words cause and fix, from the most specific evidence to the least."""
-    x_stats = [s for k, s in event.batch_stats.items() if k.startswith("x")]
-    y_stats = [s for k, s in event.batch_stats.items() if k.startswith("y")]
-    bad_inputs = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in x_stats)
-    bad_targets = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in y_stats)
-    if bad_inputs or bad_targets:
-        where = "inputs" if bad_inputs else "targets"
-        return (f"the batch's {where} contain {bad_inputs or bad_targets} NaN/inf entries",
-                "clean the data (safeops.debug.check_inputs flags non-finite columns); "
-                "NaNGuard(policy='skip') drops such batches meanwhile")
-    # The batch's loss at the pre-batch weights, when finite, extends the record of batch losses:
-    # with it a run that diverged within one or two steps still shows the rise.
-    losses = event.recent_losses + ([event.loss_before] if math.isfinite(event.loss_before) else [])
-    rise = _largest_rise(losses)
-    exploded = event.weight_growth >= _DIVERGED          # False for NaN (no recompute)
-    scale = _input_scale(x_stats)
-    if "spike" in event.trigger or rise >= _DIVERGED or exploded:
-        evidence = []
-        if event.recent_losses:
-            path = [min(event.recent_losses), event.recent_losses[-1]]
-            path = ([path[0]] if path[0] == path[1] else path) + [event.loss]
-            evidence.append("batch losses " + " -> ".join(f"{v:.3g}" for v in path))
-        if exploded:
-            evidence.append(f"the weights grew {event.weight_growth:.3g}x in {event.step} "
-                            + ("step" if event.step == 1 else "steps"))
-        history = f" ({'; '.join(evidence)})" if evidence else ""
-        return (f"training diverged: the learning rate {event.learning_rate_before:.3g} is too high "
-                f"for this model and data{history}"
-                + (f"; {scale}, so gradients and updates are that large too" if scale else ""),
-                "lower the learning rate (policy='rollback' does it for you)"
-                + (" and standardise the inputs with statistics of the training split only "
-                   "(safeops.debug.check_inputs shows how)" if scale else ""))
-    if event.nonfinite_activations:
-        return (f"the forward pass turns finite inputs into NaN/inf in layer "
-                f"'{event.nonfinite_activations[0]}'",
-                "find the op with safeops.debug.locate_nonfinite and replace it by its safeops "
-                "equivalent (safeops.debug.lint lists the hazardous patterns)")
-    if not math.isfinite(event.loss_before):
-        return ("the loss itself is non-finite at finite weights (log of 0, division by 0, "
-                "cross-entropy on probabilities)",
-                "run safeops.debug.lint / locate_nonfinite and use the safeops drop-in for the op they name")
-    if event.nonfinite_gradients:
-        return (f"the loss is finite but its gradient is not, first in layer "
-                f"'{event.nonfinite_gradients[0]}' (sqrt or norm at 0, tf.where over a NaN branch)",
-                "run safeops.debug.locate_nonfinite; safeops.math.sqrt / norm / divide_no_nan keep "
-                "gradients finite")
-    worst = max(event.update_ratios.values(), default=0.0)
-    return (f"the optimizer step overflowed: the gradients were finite but one update moved the weights "
-            f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}"
-            + (f"; {scale}" if scale else ""),
-            "lower the learning rate (policy='rollback' does it for you)"
-            + (" and standardise the inputs, fitted on the training split only "
-               "(safeops.debug.check_inputs shows how)" if scale else ""))
-
-
-def _largest_rise(losses: list) -> float:
-    """The largest ratio of a loss to an earlier one (1 when the losses only fall)."""
-    rise, lowest = 1.0, math.inf
-    for value in losses:
-        if lowest < math.inf:
-            rise = max(rise, value / max(lowest, _TINY))
-        lowest = min(lowest, value)
-    return rise
-
-
-def _input_scale(x_stats: list) -> str:
-    """'input column #3 reaches |x| = 2e+06' when the inputs are large, else ''."""
-    largest = max(x_stats, key=lambda st: st.get("abs_max", 0.0), default={})
-    x_max = largest.get("abs_max", 0.0)
-    if not x_max > _LARGE_INPUT:
-        return ""
-    columns = largest.get("top_columns")
-    if columns and columns[0][1] == x_max:
-        return f"input column #{columns[0][0]} reaches |x| = {x_max:.4g}"
-    return f"the inputs reach |x| = {x_max:.4g}"

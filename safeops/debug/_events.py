@@ -1,0 +1,239 @@
+"""The record of one non-finite step that :class:`NaNGuard` caught, and its diagnosis.
+
+:class:`GuardEvent` holds what the guard saw (the layers whose weights or
+gradients went non-finite, the batch's statistics from
+:func:`batch_statistics`, the recent losses) and what it did. The helpers below
+it turn that evidence into the likely cause and fix in plain words
+(:func:`_likely_cause`), from the most specific evidence to the least.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from safeops import _dtypes
+
+_TINY = _dtypes.tiny(tf.float64)
+_DIVERGED = 1e3      # recent batch losses (or the weights' norm) that grew this much: a divergence
+_NOTABLE_GROWTH = 10.0  # weight growth worth printing in an event
+_LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
+
+
+@dataclasses.dataclass
+class GuardEvent:
+    """One non-finite step and what the guard did about it.
+
+    Attributes:
+      step: index of the training step (counted over the whole ``fit``).
+      epoch, batch: where it happened.
+      action: ``'stop'``, ``'skip'``, ``'rollback'`` or ``'give_up'``.
+      trigger: what went wrong: ``'non-finite loss'``, ``'loss spike'``,
+        ``'non-finite weights'`` (the optimizer applied a non-finite gradient),
+        or two of them joined by a comma.
+      loss: the batch's loss as Keras computed it (NaN/inf, or finite when
+        only the weights went bad).
+      nonfinite_weights: layers whose weights were non-finite after the
+        batch, in layer order; ``nonfinite_weights[0]`` came first.
+      nonfinite_gradients: layers whose gradients, recomputed at the
+        pre-batch weights on the same batch, are non-finite, nearest the loss
+        first (the order back-propagation reaches them).
+      nonfinite_activations: layers whose forward output is non-finite
+        (Sequential models), in forward order.
+      loss_before: the batch's loss recomputed at the pre-batch weights.
+      gradient_norms: per layer, the global norm of its gradients there.
+      update_ratios: per layer, ``lr * |grad| / |w|``: far above 1 means
+        one step rewrote the layer (learning rate too high for the scale).
+      batch_stats: statistics of the offending batch (see :func:`batch_statistics`).
+      cause: the likely cause in plain words; ``fix``: what to do.
+      learning_rate_before, learning_rate_after: around a rollback.
+      restored_to_step: the step of the state that was put back.
+      recent_losses: the finite batch losses just before the event (up to 20).
+      weight_growth: global norm of the trainable weights before the batch over
+        their norm at the start of this ``fit`` (that norm floored at a root mean
+        square of 1e-3 per weight, so weights that start at 0 do not read as
+        infinite growth); orders of magnitude above 1 mean the run diverged, even
+        when too few batch losses were seen to tell.
+      notes: parts of the diagnosis that were skipped or are approximate, and why.
+    """
+
+    step: int
+    epoch: int
+    batch: int
+    action: str
+    trigger: str
+    loss: float
+    nonfinite_weights: list = dataclasses.field(default_factory=list)
+    nonfinite_gradients: list = dataclasses.field(default_factory=list)
+    nonfinite_activations: list = dataclasses.field(default_factory=list)
+    loss_before: float = math.nan
+    gradient_norms: dict = dataclasses.field(default_factory=dict)
+    update_ratios: dict = dataclasses.field(default_factory=dict)
+    batch_stats: dict = dataclasses.field(default_factory=dict)
+    cause: str = ""
+    fix: str = ""
+    learning_rate_before: float = math.nan
+    learning_rate_after: float = math.nan
+    restored_to_step: int | None = None
+    recent_losses: list = dataclasses.field(default_factory=list)
+    weight_growth: float = math.nan
+    notes: list = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"NaNGuard: {self.trigger} at epoch {self.epoch}, batch {self.batch} "
+            f"(step {self.step}); action: {self.action}",
+            f"  batch loss {self.loss:.4g}; loss at the pre-batch weights {self.loss_before:.4g}",
+        ]
+        if self.nonfinite_weights:
+            lines.append(f"  weights non-finite after the batch: {', '.join(self.nonfinite_weights)} "
+                         f"(first: {self.nonfinite_weights[0]})")
+        if self.nonfinite_activations:
+            lines.append(f"  forward output non-finite first in: {self.nonfinite_activations[0]}")
+        if self.nonfinite_gradients:
+            lines.append(f"  gradients non-finite (nearest the loss first): "
+                         f"{', '.join(self.nonfinite_gradients)}")
+        if self.recent_losses:
+            lines.append(f"  recent batch losses: {', '.join(f'{v:.3g}' for v in self.recent_losses[-6:])}")
+        finite_ratios = {k: v for k, v in self.update_ratios.items() if math.isfinite(v)}
+        if finite_ratios and not self.nonfinite_gradients:
+            worst = max(finite_ratios, key=finite_ratios.get)
+            lines.append(f"  largest update/weight ratio: {worst} ({self.update_ratios[worst]:.3g}) "
+                         f"at learning rate {self.learning_rate_before:.3g}")
+        if self.weight_growth > _NOTABLE_GROWTH:
+            lines.append(f"  weights grew {self.weight_growth:.3g}x (global norm) since the start of fit")
+        for name, stats in self.batch_stats.items():
+            lines.append(f"  batch {name}: {_format_stats(stats)}")
+        if self.action == "rollback":
+            lines.append(f"  restored step {self.restored_to_step}; learning rate "
+                         f"{self.learning_rate_before:.3g} -> {self.learning_rate_after:.3g}")
+        if self.cause:
+            lines.append(f"  likely cause: {self.cause}")
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def batch_statistics(array: Any, columns: bool = True) -> dict:
+    """Summary of one batch tensor: shape, min, max, mean, std, max |x|, counts of NaN, inf, zeros.
+
+    For a 2-D batch and ``columns`` it also names the columns of largest
+    magnitude (``top_columns``: ``[(column, max |x|), ...]``).
+    """
+    a = np.asarray(array)
+    stats: dict = {"shape": tuple(a.shape), "dtype": str(a.dtype)}
+    if a.size == 0 or a.dtype.kind not in "fiub":
+        return stats
+    a = a.astype(np.float64)
+    finite = a[np.isfinite(a)]
+    stats.update(
+        n_nan=int(np.isnan(a).sum()),
+        n_inf=int(np.isinf(a).sum()),
+        n_zero=int((a == 0).sum()),
+        n_negative=int((a < 0).sum()),
+        min=float(finite.min()) if finite.size else math.nan,
+        max=float(finite.max()) if finite.size else math.nan,
+        mean=float(finite.mean()) if finite.size else math.nan,
+        std=float(finite.std()) if finite.size else math.nan,
+        abs_max=float(np.abs(finite).max()) if finite.size else math.nan,
+    )
+    if columns and a.ndim == 2 and a.shape[1] > 1:
+        col_max = np.nanmax(np.where(np.isfinite(a), np.abs(a), np.nan), axis=0)
+        col_max = np.nan_to_num(col_max, nan=0.0)
+        order = np.argsort(-col_max)[:3]
+        stats["top_columns"] = [(int(j), float(col_max[j])) for j in order]
+    return stats
+
+
+def _format_stats(stats: dict) -> str:
+    if "min" not in stats:
+        return f"shape {stats['shape']}"
+    text = (f"shape {stats['shape']}, min {stats['min']:.4g}, max {stats['max']:.4g}, "
+            f"mean {stats['mean']:.4g}, std {stats['std']:.4g}, NaN {stats['n_nan']}, inf {stats['n_inf']}, "
+            f"zeros {stats['n_zero']}")
+    if "top_columns" in stats:
+        text += ", largest columns " + ", ".join(f"#{j} ({m:.4g})" for j, m in stats["top_columns"])
+    return text
+
+
+def _likely_cause(event: GuardEvent) -> tuple[str, str]:
+    """Plain-words cause and fix, from the most specific evidence to the least."""
+    x_stats = [s for k, s in event.batch_stats.items() if k.startswith("x")]
+    y_stats = [s for k, s in event.batch_stats.items() if k.startswith("y")]
+    bad_inputs = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in x_stats)
+    bad_targets = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in y_stats)
+    if bad_inputs or bad_targets:
+        where = "inputs" if bad_inputs else "targets"
+        return (f"the batch's {where} contain {bad_inputs or bad_targets} NaN/inf entries",
+                "clean the data (safeops.debug.check_inputs flags non-finite columns); "
+                "NaNGuard(policy='skip') drops such batches meanwhile")
+    # The batch's loss at the pre-batch weights, when finite, extends the record of batch losses:
+    # with it a run that diverged within one or two steps still shows the rise.
+    losses = event.recent_losses + ([event.loss_before] if math.isfinite(event.loss_before) else [])
+    rise = _largest_rise(losses)
+    exploded = event.weight_growth >= _DIVERGED          # False for NaN (no recompute)
+    scale = _input_scale(x_stats)
+    if "spike" in event.trigger or rise >= _DIVERGED or exploded:
+        evidence = []
+        if event.recent_losses:
+            path = [min(event.recent_losses), event.recent_losses[-1]]
+            path = ([path[0]] if path[0] == path[1] else path) + [event.loss]
+            evidence.append("batch losses " + " -> ".join(f"{v:.3g}" for v in path))
+        if exploded:
+            evidence.append(f"the weights grew {event.weight_growth:.3g}x in {event.step} "
+                            + ("step" if event.step == 1 else "steps"))
+        history = f" ({'; '.join(evidence)})" if evidence else ""
+        return (f"training diverged: the learning rate {event.learning_rate_before:.3g} is too high "
+                f"for this model and data{history}"
+                + (f"; {scale}, so gradients and updates are that large too" if scale else ""),
+                "lower the learning rate (policy='rollback' does it for you)"
+                + (" and standardise the inputs with statistics of the training split only "
+                   "(safeops.debug.check_inputs shows how)" if scale else ""))
+    if event.nonfinite_activations:
+        return (f"the forward pass turns finite inputs into NaN/inf in layer "
+                f"'{event.nonfinite_activations[0]}'",
+                "find the op with safeops.debug.locate_nonfinite and replace it by its safeops "
+                "equivalent (safeops.debug.lint lists the hazardous patterns)")
+    if not math.isfinite(event.loss_before):
+        return ("the loss itself is non-finite at finite weights (log of 0, division by 0, "
+                "cross-entropy on probabilities)",
+                "run safeops.debug.lint / locate_nonfinite and use the safeops drop-in for the op they name")
+    if event.nonfinite_gradients:
+        return (f"the loss is finite but its gradient is not, first in layer "
+                f"'{event.nonfinite_gradients[0]}' (sqrt or norm at 0, tf.where over a NaN branch)",
+                "run safeops.debug.locate_nonfinite; safeops.math.sqrt / norm / divide_no_nan keep "
+                "gradients finite")
+    worst = max(event.update_ratios.values(), default=0.0)
+    return (f"the optimizer step overflowed: the gradients were finite but one update moved the weights "
+            f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}"
+            + (f"; {scale}" if scale else ""),
+            "lower the learning rate (policy='rollback' does it for you)"
+            + (" and standardise the inputs, fitted on the training split only "
+               "(safeops.debug.check_inputs shows how)" if scale else ""))
+
+
+def _largest_rise(losses: list) -> float:
+    """The largest ratio of a loss to an earlier one (1 when the losses only fall)."""
+    rise, lowest = 1.0, math.inf
+    for value in losses:
+        if lowest < math.inf:
+            rise = max(rise, value / max(lowest, _TINY))
+        lowest = min(lowest, value)
+    return rise
+
+
+def _input_scale(x_stats: list) -> str:
+    """'input column #3 reaches |x| = 2e+06' when the inputs are large, else ''."""
+    largest = max(x_stats, key=lambda st: st.get("abs_max", 0.0), default={})
+    x_max = largest.get("abs_max", 0.0)
+    if not x_max > _LARGE_INPUT:
+        return ""
+    columns = largest.get("top_columns")
+    if columns and columns[0][1] == x_max:
+        return f"input column #{columns[0][0]} reaches |x| = {x_max:.4g}"
+    return f"the inputs reach |x| = {x_max:.4g}"
