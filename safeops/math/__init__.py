@@ -7,8 +7,8 @@ they are not. Ops that TensorFlow lacks (``logit``, ``log1mexp``,
 
 The ops live in topic modules: logarithms with clamped domains
 (``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
-softmax family (``_logsumexp``), and roots, norms and safe division
-(``_roots``).
+softmax family (``_logsumexp``), square roots and safe division
+(``_roots``), and norms (``_norms``).
 
 Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
 TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
@@ -21,7 +21,8 @@ from safeops import _dropin
 
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
 from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
-from safeops.math._roots import divide_no_nan, l2_normalize, norm, sqrt
+from safeops.math._norms import l2_normalize, norm
+from safeops.math._roots import divide_no_nan, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
 __all__ = [
