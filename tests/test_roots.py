@@ -432,3 +432,15 @@ def test_divide_no_nan_of_an_infinite_x():
     got = value.numpy()
     assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
     assert np.isnan(tape.gradient(value, y).numpy()[[0, 2]]).all()
+
+
+def test_float16_subnormal_keeps_its_value_in_l2_normalize():
+    """README (Subnormals): float16 subnormals widen to normal float32 numbers, so
+    l2_normalize([1e-6, 0, 0, 0]) is 0.0332 in float16, not 0; the floor is float16's."""
+    x = np.float16(1e-6)
+    assert 0 < x < np.finfo(np.float16).tiny
+    floor = max(1e-12, float(np.finfo(np.float32).tiny), _dtypes.rsqrt_floor(tf.float16))
+    want = float(x) / np.sqrt(max(float(x) ** 2, floor))
+    got = tfm.l2_normalize(tf.constant([x, 0, 0, 0], tf.float16)).numpy()
+    assert got[0] == pytest.approx(want, rel=1e-3) and got[0] == pytest.approx(0.0332, abs=5e-5)
+    assert not got[1:].any()

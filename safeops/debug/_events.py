@@ -191,9 +191,7 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
         return (f"training diverged: the learning rate {event.learning_rate_before:.3g} is too high "
                 f"for this model and data{history}"
                 + (f"; {scale}, so gradients and updates are that large too" if scale else ""),
-                "lower the learning rate (policy='rollback' does it for you)"
-                + (" and standardise the inputs with statistics of the training split only "
-                   "(safeops.debug.check_inputs shows how)" if scale else ""))
+                _lower_the_learning_rate(scale))
     if event.nonfinite_activations:
         return (f"the forward pass turns finite inputs into NaN/inf in layer "
                 f"'{event.nonfinite_activations[0]}'",
@@ -212,8 +210,13 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
     return (f"the optimizer step overflowed: the gradients were finite but one update moved the weights "
             f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}"
             + (f"; {scale}" if scale else ""),
-            "lower the learning rate (policy='rollback' does it for you)"
-            + (" and standardise the inputs, fitted on the training split only "
+            _lower_the_learning_rate(scale))
+
+
+def _lower_the_learning_rate(scale: str) -> str:
+    """The fix for a divergence or an overflowing step; ``scale``: the input-scale finding, if any."""
+    return ("lower the learning rate (policy='rollback' does it for you)"
+            + (" and standardise the inputs with statistics of the training split only "
                "(safeops.debug.check_inputs shows how)" if scale else ""))
 
 

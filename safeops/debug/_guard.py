@@ -47,14 +47,12 @@ then starts after that step, and a bad first step can only stop the run.
 
 Cost: two extra copies of the model and optimizer state in device memory.
 Per step, one copy of the state and one finiteness check, each one graph call
-with an op per variable, so the cost grows with the *number* of variables:
-about 2-5 µs per variable per step (measured on a shared 2-core CPU, Keras
-3.15, Adam: +0.4 ms per step for a 3-layer MLP with 20 variables, +1.5 to
-+3.5 ms for a 101-layer MLP with ~600 variables, where the plain step takes 3
-to 7 ms). Once per ``fit`` the guard traces those two graphs, about 1.5 ms per
-variable each (some 2 s for ~600 variables), which dominates fits of a few
-dozen steps; rarely made copies (checkpoints, restores) run eagerly, about
-25 µs per variable, until they have been made 16 times.
+with an op per variable, so the cost grows with the *number* of variables
+(linearly: a deep model of many small layers pays more than a wide one of the
+same size). Once per ``fit`` the guard traces those two graphs, which for
+hundreds of variables takes seconds and dominates fits of a few dozen steps;
+rarely made copies (checkpoints, restores) run eagerly until they have been
+made 16 times, then as a traced graph.
 
 Learning rates: a float learning rate (a variable in Keras 3) is multiplied
 by ``factor``. A ``LearningRateSchedule`` is wrapped, at the start of

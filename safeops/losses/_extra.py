@@ -160,14 +160,14 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         # Where the terms cancel (their absolute sum over twice the KL), the
         # value from the centred form (see _centred_kl); the gradient stays
         # that of the sum above, whose terms are each accurate.
-        centred = _compiled_centred_kl(axis, _xla.enabled())
+        centred = _compiled_centred_kl(axis)
         accurate = tf.cast(centred(tf.stop_gradient(t), tf.stop_gradient(pred.values)), kl.dtype)
         cancels = tf.reduce_sum(tf.abs(gap) * q, axis) > 2.0 * tf.abs(kl)
         return pred.output(tf.where(cancels, _common.value_of(accurate, kl), kl))
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_centred_kl(axis: int, xla: bool):
+@_xla.per_axis
+def _compiled_centred_kl(axis, xla: bool):
     """:func:`_centred_kl` along ``axis`` as one inner XLA function (with ``xla``): its float64 kernels fused."""
     return _xla.compiled(lambda t, s: _centred_kl(t, s, axis), xla)
 
