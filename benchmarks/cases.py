@@ -79,6 +79,24 @@ class Case:
         return out
 
 
+    def shape_for(self, label: str):
+        """The shape of a size label for this case (``1e8`` or ``100000`` for the
+        element-wise and row-wise ops, ``BxC`` for the cross-entropies), None if
+        the label does not apply to its group. Lets ``export --sizes`` ask for
+        sizes beyond the default plan (a GPU wants data several times its L2).
+        """
+        if self.group == "crossentropy":
+            match = re.fullmatch(r"(\d+)x(\d+)", label)
+            return (int(match[1]), int(match[2])) if match else None
+        match = re.fullmatch(r"1e(\d+)|(\d+)", label)
+        if not match:
+            return None
+        n = 10 ** int(match[1]) if match[1] else int(match[2])
+        if self.group == "rowwise":
+            return (n // ROW_LENGTH, ROW_LENGTH) if n % ROW_LENGTH == 0 and n >= ROW_LENGTH else None
+        return (n,)
+
+
 def size_label(n: int) -> str:
     """``1e3`` ... ``1e7`` for powers of ten, else the number."""
     exponent = len(str(n)) - 1

@@ -86,7 +86,21 @@ def compile_program(client, device, text: str):
             return attempt()
         except (TypeError, AttributeError) as error:  # signature mismatch: try the next form
             errors.append(str(error).splitlines()[0])
+    if device_list is not None:  # jaxlib that takes only a parsed module (its ``computation: object``)
+        try:
+            return client.compile_and_load(_parse_module(text), device_list((device,)), options)
+        except (TypeError, AttributeError, ImportError) as error:
+            errors.append(str(error).splitlines()[0])
     raise RuntimeError("no compile entry point of this jaxlib accepted the program: " + " | ".join(errors))
+
+
+def _parse_module(text: str):
+    """The StableHLO text as an MLIR module in jax's own context (dialects registered)."""
+    from jax._src.interpreters import mlir
+
+    context = mlir.make_ir_context()
+    with context:
+        return mlir.ir.Module.parse(text)
 
 
 class Runner:
@@ -156,37 +170,116 @@ class _Timed:
         self.times.append((time.perf_counter() - start) / self.inner)
 
 
+class _Inputs:
+    """The generated (not saved) inputs: drawn on worker threads ahead of use,
+    each once, put on the device once per case and size, freed after it.
+
+    At 1e8 elements one input takes seconds to draw; every variant and pass
+    of a case and size shares the same arrays (same spec, same seed).
+    """
+
+    def __init__(self, programs: list, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self._host, self._device, self._owner = {}, {}, None
+        for entry in programs:  # submitted in replay order: the first needed are drawn first
+            if "data" not in entry:
+                for s in entry["inputs"]:
+                    key = self._key(s)
+                    if key not in self._host:
+                        self._host[key] = self._pool.submit(_inputs.make_array, s, s["seed"])
+
+    @staticmethod
+    def _key(s: dict) -> str:
+        return json.dumps(s, sort_keys=True)
+
+    def get(self, entry: dict, device) -> list:
+        import jax
+
+        owner = (entry["case"], entry["size"])
+        if owner != self._owner:  # a new case or size: drop the last one's arrays
+            for key in self._device:
+                self._host.pop(key, None)
+            self._device, self._owner = {}, owner
+        out = []
+        for s in entry["inputs"]:
+            key = self._key(s)
+            if key not in self._device:
+                self._device[key] = jax.device_put(self._host[key].result(), device)
+            out.append(self._device[key])
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _copy_elements(programs: list) -> int:
+    """The copy program's size: the largest input of any program, at least
+    :data:`COPY_ELEMENTS` (a GPU's L2 cache holds tens of MB: a copy that fits
+    in it measures the cache, not the memory)."""
+    largest = max((int(np.prod(s["shape"], dtype=np.int64)) for e in programs for s in e["inputs"]), default=0)
+    return max(COPY_ELEMENTS, largest)
+
+
 def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, platform_name: str | None = None,
-           check_only: bool = False, out_dir: str | None = None, progress: bool = True) -> dict:
-    """Compiles, checks and times every program of ``directory``; writes replay.json/.md."""
+           check_only: bool = False, out_dir: str | None = None, progress: bool = True,
+           filter_pattern: str | None = None, workers: int | None = None) -> dict:
+    """Compiles, checks and times every program of ``directory``; writes replay.json/.md.
+
+    The files are rewritten after every case, size and pass, so a run cut
+    short (a device lease ending) keeps what it measured.
+    """
+    import re
+
     import jax
 
     with open(os.path.join(directory, "manifest.json")) as f:
         manifest = json.load(f)
+    programs = [e for e in manifest["programs"] if not filter_pattern or re.search(filter_pattern, e["case"])]
     client, device = backend_and_device(platform_name)
     device_name = f"{device.platform.upper()} {getattr(device, 'device_kind', '')}".strip()
     label = f"XLA program replayed through jaxlib on {device_name}"
 
     groups = defaultdict(list)
-    for entry in manifest["programs"]:
+    for entry in programs:
         groups[(entry["case"], entry["size"], entry["pass"])].append(entry)
 
     results, checks, failures = [], [], []
-    copy_gbps = None if check_only else _copy_bandwidth(client, device, repeats, min_sample_s)
+    copy_elements = _copy_elements(programs)
+    copy_gbps = None if check_only else _copy_bandwidth(client, device, repeats, min_sample_s, copy_elements)
+    inputs = _Inputs(programs, workers or min(4, os.cpu_count() or 1))
+    out_dir = out_dir or directory
+    os.makedirs(out_dir, exist_ok=True)
+    data = {
+        "label": label,
+        "meta": {"device": device_name, "platform": device.platform, "jax": jax.__version__,
+                 "jaxlib": _jaxlib_version(), "python": platform.python_version(), "host": platform.node(),
+                 "producer": manifest.get("producer"), "exported_on": manifest.get("cpu_model"),
+                 "repeats": repeats, "min_sample_s": min_sample_s, "copy_elements": copy_elements,
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "programs": len(programs),
+                 "complete": False},
+        "copy_bandwidth_gbps": copy_gbps,
+        "results": results, "checks": checks, "failures": failures,
+    }
     done = 0
     for (case, size, pass_), entries in groups.items():
         timed = []
         for entry in entries:
             try:
                 with open(os.path.join(directory, entry["file"])) as f:
-                    executable = compile_program(client, device, f.read())
+                    text = f.read()
+                start = time.perf_counter()
+                executable = compile_program(client, device, text)
+                compile_s = time.perf_counter() - start
                 dtypes = [s["dtype"] for s in entry["inputs"]]
                 if "data" in entry:
                     arrays = load_arrays(os.path.join(directory, entry["data"]["inputs"]), dtypes)
+                    args = [jax.device_put(a, device) for a in arrays]
                 else:
-                    arrays = [_inputs.make_array(s, s["seed"]) for s in entry["inputs"]]
-                args = [jax.device_put(a, device) for a in arrays]
+                    args = inputs.get(entry, device)
                 run = Runner(executable, args)
+                run.compile_s = compile_s
                 if "data" in entry:
                     checks.append(_check(entry, run.first, directory))
                 timed.append(_Timed(entry, run))
@@ -206,31 +299,29 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
                     "median_s": median, "min_s": min(t.times), "max_s": max(t.times), "samples": len(t.times),
                     "calls_per_sample": t.inner, "bytes": t.entry["bytes"], "gbps": gbps,
                     "copy_fraction": gbps / copy_gbps if copy_gbps else None,
+                    "compile_s": t.run.compile_s,
                 }
             results.append({"case": case, "size": size, "pass": pass_, "mode": "xla", "group": entries[0]["group"],
                             "shape": entries[0]["shape"], "dtype": entries[0]["dtype"], "variants": variants})
         done += 1
+        _write(data, out_dir)
         if progress:
             sys.stderr.write(f"\rreplay {done}/{len(groups)} {case} {pass_} {size:<20}")
             sys.stderr.flush()
     if progress:
         sys.stderr.write("\n")
-    data = {
-        "label": label,
-        "meta": {"device": device_name, "platform": device.platform, "jax": jax.__version__,
-                 "jaxlib": _jaxlib_version(), "python": platform.python_version(), "host": platform.node(),
-                 "producer": manifest.get("producer"), "repeats": repeats, "min_sample_s": min_sample_s,
-                 "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-        "copy_bandwidth_gbps": copy_gbps,
-        "results": results, "checks": checks, "failures": failures,
-    }
-    out_dir = out_dir or directory
-    os.makedirs(out_dir, exist_ok=True)
+    inputs.close()
+    data["meta"]["complete"] = True
+    data["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    _write(data, out_dir)
+    return data
+
+
+def _write(data: dict, out_dir: str) -> None:
     with open(os.path.join(out_dir, "replay.json"), "w") as f:
         json.dump(data, f, indent=1)
     with open(os.path.join(out_dir, "replay.md"), "w") as f:
         f.write(markdown(data))
-    return data
 
 
 def _jaxlib_version() -> str:
@@ -260,19 +351,20 @@ def _check(entry: dict, outs: list, directory: str) -> dict:
     return {"id": entry["id"], "allclose": equal, "max_abs_diff": worst}
 
 
-def _copy_bandwidth(client, device, repeats: int, min_sample_s: float) -> float | None:
+def _copy_bandwidth(client, device, repeats: int, min_sample_s: float, n: int = COPY_ELEMENTS) -> float | None:
+    """GB/s (bytes read plus written) of ``x * s`` over ``n`` float32."""
     import jax
 
     try:
-        executable = compile_program(client, device, _COPY_PROGRAM.format(n=COPY_ELEMENTS))
-        args = [jax.device_put(np.ones(COPY_ELEMENTS, np.float32), device),
-                jax.device_put(np.float32(1.5), device)]
+        executable = compile_program(client, device, _COPY_PROGRAM.format(n=n))
+        args = [jax.device_put(np.ones(n, np.float32), device), jax.device_put(np.float32(1.5), device)]
         t = _Timed({}, Runner(executable, args))
         t.calibrate(min_sample_s)
         for _ in range(repeats):
             t.sample()
-        return 2 * COPY_ELEMENTS * 4 / statistics.median(t.times) / 1e9
-    except Exception:  # noqa: BLE001
+        return 2 * n * 4 / statistics.median(t.times) / 1e9
+    except Exception as error:  # noqa: BLE001 - the report says it is missing
+        sys.stderr.write(f"copy bandwidth not measured: {type(error).__name__}: {error}\n")
         return None
 
 
@@ -290,15 +382,71 @@ def _ms(v):
     return "-" if v is None else (f"{v * 1e6:.1f} us" if v < 1e-3 else f"{v * 1e3:.2f} ms")
 
 
+COPY_TARGET = 0.6
+
+
+def targets(data: dict) -> list:
+    """The benchmark issue's XLA targets, as far as a replay can judge them.
+
+    Per element-wise size: safeops forward+backward no slower than the
+    built-in (within :data:`report.NOISE`), and at least 60% of the copy
+    bandwidth measured in the same run; over all forward+backward programs,
+    the geometric means against the built-in and the naive composite.
+    """
+    from benchmarks.report import NOISE, geomean
+
+    fwdbwd = [e for e in data["results"] if e["pass"] == "fwdbwd"]
+    out = []
+
+    def add(name, value, ok, detail):
+        verdict = "not measured" if ok is None else ("PASS" if ok else "FAIL")
+        out.append({"target": name, "value": value, "verdict": verdict, "detail": detail})
+
+    for size in dict.fromkeys(e["size"] for e in fwdbwd if e["group"] == "elementwise"):
+        rows = [e for e in fwdbwd if e["group"] == "elementwise" and e["size"] == size]
+        ratios = {e["case"]: _ratio(e["variants"], "safeops", "builtin") for e in rows}
+        ratios = {c: r for c, r in ratios.items() if r is not None}
+        worst = max(ratios.values(), default=None)
+        over = sorted((c, r) for c, r in ratios.items() if r > 1 + NOISE)
+        add(f"fwd+bwd element-wise at {size}: no op slower than builtin (<= 1 + {NOISE:.2f})", _fmt(worst),
+            None if worst is None else worst <= 1 + NOISE,
+            "over: " + ", ".join(f"{c} {r:.2f}" for c, r in over) if over else "none over")
+        shares = {e["case"]: e["variants"]["safeops"].get("copy_fraction") for e in rows
+                  if "safeops" in e["variants"]}
+        shares = {c: f for c, f in shares.items() if f is not None}
+        low = min(shares.values(), default=None)
+        under = sorted((c, f) for c, f in shares.items() if f < COPY_TARGET)
+        add(f"fwd+bwd element-wise at {size}: safeops >= {COPY_TARGET:.0%} of the measured copy bandwidth",
+            _fmt(low, "{:.0%}"), None if low is None else low >= COPY_TARGET,
+            "under: " + ", ".join(f"{c} {f:.0%}" for c, f in under) if under else "none under")
+    for other, limit in (("builtin", 1.05), ("naive", 1.0)):
+        ratios = [_ratio(e["variants"], "safeops", other) for e in fwdbwd]
+        g = geomean(r for r in ratios if r is not None)
+        add(f"fwd+bwd, every size: geomean safeops/{other} <= {limit:.2f}", _fmt(g),
+            None if g is None else g <= limit, f"{sum(r is not None for r in ratios)} programs")
+    return out
+
+
 def markdown(data: dict) -> str:
     meta = data["meta"]
     lines = [
         f"# {data['label']}",
         "",
-        f"- jax {meta['jax']}, jaxlib {meta['jaxlib']}, Python {meta['python']}; programs from {meta['producer']}",
-        f"- Copy bandwidth (x * s, 1e7 float32): {_fmt(data['copy_bandwidth_gbps'], '{:.1f}')} GB/s; "
+        f"- jax {meta['jax']}, jaxlib {meta['jaxlib']}, Python {meta['python']}; programs from {meta['producer']}"
+        + (f" on {meta['exported_on']}" if meta.get("exported_on") else ""),
+        f"- Copy bandwidth (x * s, {meta.get('copy_elements', COPY_ELEMENTS):.0e} float32, bytes read + written): "
+        f"{_fmt(data['copy_bandwidth_gbps'], '{:.1f}')} GB/s; "
         f"{meta['repeats']} interleaved samples per program, each of back-to-back executions lasting "
-        f">= {meta['min_sample_s']} s",
+        f">= {meta['min_sample_s']} s; times are per execution",
+    ]
+    if not meta.get("complete", True):
+        lines.append(f"- Incomplete: the run stopped after {len(data['results'])} of the program groups")
+    if data["results"]:
+        lines += ["", "## Targets", "", "| target | value | verdict | detail |", "|---|---|---|---|"]
+        lines += [f"| {t['target']} | {t['value']} | {t['verdict']} | {t['detail']} |" for t in targets(data)]
+    lines += [
+        "",
+        "## Every program",
         "",
         "| op | pass | size | safeops | naive | builtin | trivial (roofline) | safeops/builtin | safeops/naive "
         "| safeops/trivial | safeops GB/s | of copy |",
@@ -330,9 +478,12 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--platform", default=None, help="jaxlib platform (cpu, gpu, cuda, ...); default: jax's")
     parser.add_argument("--check-only", action="store_true", help="compile, run and compare; no timing")
     parser.add_argument("--out", default=None, help="where replay.json/.md go (default: DIR)")
+    parser.add_argument("--filter", default=None, metavar="REGEX", help="only the cases matching it")
+    parser.add_argument("--workers", type=int, default=None, help="threads drawing the inputs (default: 4)")
     args = parser.parse_args(argv)
     data = replay(args.directory, repeats=max(args.repeats, 1), min_sample_s=args.min_sample,
-                  platform_name=args.platform, check_only=args.check_only, out_dir=args.out)
+                  platform_name=args.platform, check_only=args.check_only, out_dir=args.out,
+                  filter_pattern=args.filter, workers=args.workers)
     print(markdown(data))
     bad = [c for c in data["checks"] if not c["allclose"]]
     return 1 if data["failures"] or bad else 0
