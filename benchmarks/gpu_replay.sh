@@ -5,8 +5,9 @@
 #                       python -m benchmarks export EXPORT/full --sizes 1e7,8192x1000,256x32000,1e8
 #   there (jax only):   bash benchmarks/gpu_replay.sh EXPORT RESULTS
 #
-# First every smoke-size program is compiled, run once and compared with
-# TensorFlow's outputs (saved at export); then the full set is timed. Each
+# First every smoke-size program is compiled and run, as exported and inside
+# the timing loop, and compared with TensorFlow's outputs (saved at export;
+# timed only briefly); then the full set is timed. Each
 # replay rewrites its replay.json/.md as it goes, so a run cut short keeps
 # what it measured. FULL_TIMEOUT (seconds, default 420) bounds the timing.
 set -u
@@ -20,7 +21,7 @@ export PYTHONUNBUFFERED=1
 'numpy', numpy.__version__, jax.devices())" 2>&1
 } | tee "$results/machine.txt"
 start=$(date +%s)
-timeout "${CHECK_TIMEOUT:-90}" python3 -m benchmarks replay "$export_dir/check" --check-only \
+timeout "${CHECK_TIMEOUT:-120}" python3 -m benchmarks replay "$export_dir/check" --repeats 1 --min-sample 0.001 \
   --out "$results/check" > "$results/check.log" 2>&1
 echo "check: rc=$? in $(( $(date +%s) - start )) s"; grep -E "^Outputs checked|^- [a-z0-9_.]+: " "$results/check/replay.md"
 start=$(date +%s)

@@ -9,10 +9,14 @@ of ``DIR/manifest.json`` (written by :mod:`benchmarks.xla_export`):
 2. rebuild the inputs (the saved ones, or from their specs and seeds) and put
    them on the device;
 3. if TensorFlow's outputs were saved, run once and compare;
-4. time it: each sample is enough back-to-back ``execute_sharded`` calls to
-   last ``min_sample_s`` (so launch overhead does not dominate), ended by
+4. time it: the program is wrapped in a device-side loop of a known trip
+   count (:func:`looped_program`; ``--no-loop`` times it bare), sized so one
+   execution lasts about a quarter of ``min_sample_s``: the host's cost of an
+   execution (tens of microseconds through jaxlib) is then spread over many
+   runs instead of hiding a GPU kernel's few. Each sample is enough
+   back-to-back ``execute_sharded`` calls to last ``min_sample_s``, ended by
    waiting for the last outputs; the programs of one case, size and pass are
-   interleaved sample by sample; median, min and max per call.
+   interleaved sample by sample; median, min and max per run.
 
 A copy program (``x * s``, read N and write N) written here in StableHLO gives
 the device's copy bandwidth in the same run. Every figure is labelled "XLA
@@ -148,11 +152,116 @@ def load_arrays(path: str, dtypes: list) -> list:
             for a, d in zip(arrays, dtypes)]
 
 
+# ------------------------------------------------------------------ looped programs
+
+_MLIR_TYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16",
+               "int32": "i32", "int64": "i64", "bool": "i1"}
+_ZERO = {"f32": "0.000000e+00", "f64": "0.000000e+00", "f16": "0.000000e+00", "bf16": "0.000000e+00",
+         "i32": "0", "i64": "0", "i1": "false"}
+
+
+def _tensor_type(spec: dict) -> str:
+    dims = "".join(f"{int(n)}x" for n in spec["shape"])
+    return f"tensor<{dims}{_MLIR_TYPES[spec['dtype']]}>"
+
+
+def looped_program(text: str, inputs: list, outputs: list, loops: int) -> str:
+    """The program with a new ``main`` that runs the exported one ``loops`` times.
+
+    One execution through jaxlib costs tens of microseconds of host work
+    (more under a sandboxed driver): more than a 1e7-element kernel on a
+    GPU takes. Back-to-back executions then time that overhead, not the
+    program. Here the exported ``main`` becomes ``@__timed_body``, called by
+    a ``stablehlo.while`` of a known trip count, so one execution runs it
+    ``loops`` times on the device and the per-run time is the execution's
+    over ``loops``.
+
+    So that XLA cannot hoist the loop-invariant body out of the loop, every
+    numeric input is perturbed by ``i / loops`` (the iteration count divided
+    by the trip count, integer division: 0 in every iteration, but not a
+    constant XLA can fold); the add fuses into the body's first reads. Each
+    iteration's outputs are carried, the last ones returned.
+    """
+    if text.count("func.func @main(") != 1:
+        raise ValueError("the program has no single `func.func @main(`")
+    lines = text.replace("func.func @main(", "func.func private @__timed_body(", 1).rstrip().split("\n")
+    end = max(i for i, line in enumerate(lines) if line.startswith("}"))  # the module's closing brace
+    tin = [_tensor_type(s) for s in inputs]
+    tout = [_tensor_type(s) for s in outputs]
+    carried = ["tensor<i32>", *tin, *tout]
+    args = ", ".join(f"%t_a{k}: {t}" for k, t in enumerate(tin))
+    results = tout[0] if len(tout) == 1 else "(" + ", ".join(tout) + ")"
+    main = [f"  func.func @main({args}) -> {results} {{",
+            "    %t_c0 = stablehlo.constant dense<0> : tensor<i32>"]
+    for k, (t, s) in enumerate(zip(tout, outputs)):
+        e = _MLIR_TYPES[s["dtype"]]
+        main += [f"    %t_z{k}s = stablehlo.constant dense<{_ZERO[e]}> : tensor<{e}>",
+                 f"    %t_z{k} = stablehlo.broadcast_in_dim %t_z{k}s, dims = [] : (tensor<{e}>) -> {t}"]
+
+    def block(prefix: str) -> list:
+        names = [f"%{prefix}_i"] + [f"%{prefix}_x{k}" for k in range(len(tin))] + \
+                [f"%{prefix}_o{k}" for k in range(len(tout))]
+        return names, "^bb0(" + ", ".join(f"{n}: {t}" for n, t in zip(names, carried)) + "):"
+
+    cond_names, cond_head = block("t_c")
+    body_names, body_head = block("t_b")
+    operands = ["%t_c0"] + [f"%t_a{k}" for k in range(len(tin))] + [f"%t_z{k}" for k in range(len(tout))]
+    main += [f"    %t_w:{len(carried)} = \"stablehlo.while\"({', '.join(operands)}) ({{",
+             f"    {cond_head}",
+             f"      %t_c_n = stablehlo.constant dense<{int(loops)}> : tensor<i32>",
+             f"      %t_c_lt = stablehlo.compare  LT, {cond_names[0]}, %t_c_n,  SIGNED : "
+             "(tensor<i32>, tensor<i32>) -> tensor<i1>",
+             "      stablehlo.return %t_c_lt : tensor<i1>",
+             "    }, {",
+             f"    {body_head}",
+             "      %t_b_one = stablehlo.constant dense<1> : tensor<i32>",
+             f"      %t_b_n = stablehlo.constant dense<{int(loops)}> : tensor<i32>",
+             f"      %t_b_next = stablehlo.add {body_names[0]}, %t_b_one : tensor<i32>",
+             f"      %t_b_q = stablehlo.divide {body_names[0]}, %t_b_n : tensor<i32>"]
+    fed = []
+    for k, (t, s) in enumerate(zip(tin, inputs)):
+        e, x = _MLIR_TYPES[s["dtype"]], body_names[1 + k]
+        if e == "i1":
+            fed.append(x)
+            continue
+        q = "%t_b_q"
+        if e != "i32":
+            main.append(f"      %t_b_q{k} = stablehlo.convert %t_b_q : (tensor<i32>) -> tensor<{e}>")
+            q = f"%t_b_q{k}"
+        main += [f"      %t_b_p{k} = stablehlo.broadcast_in_dim {q}, dims = [] : (tensor<{e}>) -> {t}",
+                 f"      %t_b_y{k} = stablehlo.add {x}, %t_b_p{k} : {t}"]
+        fed.append(f"%t_b_y{k}")
+    call_types = f"({', '.join(tin)}) -> {results}"
+    if len(tout) == 1:
+        main.append(f"      %t_b_r = func.call @__timed_body({', '.join(fed)}) : {call_types}")
+        new_outs = ["%t_b_r"]
+    else:
+        main.append(f"      %t_b_r:{len(tout)} = func.call @__timed_body({', '.join(fed)}) : {call_types}")
+        new_outs = [f"%t_b_r#{k}" for k in range(len(tout))]
+    main += [f"      stablehlo.return %t_b_next, {', '.join(body_names[1:1 + len(tin)] + new_outs)} : "
+             f"{', '.join(carried)}",
+             f"    }}) : ({', '.join(carried)}) -> ({', '.join(carried)})",
+             "    return " + ", ".join(f"%t_w#{1 + len(tin) + k}" for k in range(len(tout)))
+             + f" : {', '.join(tout)}",
+             "  }"]
+    return "\n".join(lines[:end] + main + lines[end:]) + "\n"
+
+
+def loops_for(entry: dict, copy_gbps: float | None, execution_s: float) -> int:
+    """Iterations per execution: enough that one lasts about ``execution_s``,
+    judged from the bytes the program moves at the measured copy bandwidth
+    (an op slower than that only makes the execution longer)."""
+    if not copy_gbps:
+        return 1
+    floor_s = max(entry["bytes"] / (copy_gbps * 1e9), 2e-6)
+    return int(min(10000, max(1, execution_s // floor_s)))
+
+
 # ------------------------------------------------------------------ timing
 
 class _Timed:
-    def __init__(self, entry: dict, run: Runner):
-        self.entry, self.run, self.inner, self.times = entry, run, 1, []
+    def __init__(self, entry: dict, run: Runner, loops: int = 1):
+        self.entry, self.run, self.inner, self.times, self.loops = entry, run, 1, [], loops
 
     def calibrate(self, min_sample_s: float) -> None:
         _block(self.run())
@@ -167,7 +276,7 @@ class _Timed:
         for _ in range(self.inner):
             outs = run()
         _block(outs)
-        self.times.append((time.perf_counter() - start) / self.inner)
+        self.times.append((time.perf_counter() - start) / (self.inner * self.loops))
 
 
 class _Inputs:
@@ -224,7 +333,7 @@ def _copy_elements(programs: list) -> int:
 
 def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, platform_name: str | None = None,
            check_only: bool = False, out_dir: str | None = None, progress: bool = True,
-           filter_pattern: str | None = None, workers: int | None = None) -> dict:
+           filter_pattern: str | None = None, workers: int | None = None, loop: bool = True) -> dict:
     """Compiles, checks and times every program of ``directory``; writes replay.json/.md.
 
     The files are rewritten after every case, size and pass, so a run cut
@@ -257,7 +366,7 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
                  "jaxlib": _jaxlib_version(), "python": platform.python_version(), "host": platform.node(),
                  "producer": manifest.get("producer"), "exported_on": manifest.get("cpu_model"),
                  "repeats": repeats, "min_sample_s": min_sample_s, "copy_elements": copy_elements,
-                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "programs": len(programs),
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "programs": len(programs), "looped": loop,
                  "complete": False},
         "copy_bandwidth_gbps": copy_gbps,
         "results": results, "checks": checks, "failures": failures,
@@ -269,20 +378,26 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
             try:
                 with open(os.path.join(directory, entry["file"])) as f:
                     text = f.read()
-                start = time.perf_counter()
-                executable = compile_program(client, device, text)
-                compile_s = time.perf_counter() - start
                 dtypes = [s["dtype"] for s in entry["inputs"]]
                 if "data" in entry:
                     arrays = load_arrays(os.path.join(directory, entry["data"]["inputs"]), dtypes)
                     args = [jax.device_put(a, device) for a in arrays]
+                    checks.append(_check(entry, Runner(compile_program(client, device, text), args).first,
+                                         directory))
                 else:
                     args = inputs.get(entry, device)
+                if check_only:
+                    continue
+                loops = loops_for(entry, copy_gbps, min_sample_s / 4) if loop else 1
+                start = time.perf_counter()
+                executable = compile_program(
+                    client, device, looped_program(text, entry["inputs"], entry["outputs"], loops)
+                    if loops > 1 else text)
                 run = Runner(executable, args)
-                run.compile_s = compile_s
-                if "data" in entry:
-                    checks.append(_check(entry, run.first, directory))
-                timed.append(_Timed(entry, run))
+                run.compile_s = time.perf_counter() - start
+                if "data" in entry and loops > 1:  # the looped program computes what TensorFlow did
+                    checks.append(dict(_check(entry, run.first, directory), id=entry["id"] + ":looped"))
+                timed.append(_Timed(entry, run, loops))
             except Exception as error:  # noqa: BLE001 - recorded and reported
                 failures.append(f"{entry['id']}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         if not check_only and timed:
@@ -299,7 +414,7 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
                     "median_s": median, "min_s": min(t.times), "max_s": max(t.times), "samples": len(t.times),
                     "calls_per_sample": t.inner, "bytes": t.entry["bytes"], "gbps": gbps,
                     "copy_fraction": gbps / copy_gbps if copy_gbps else None,
-                    "compile_s": t.run.compile_s,
+                    "compile_s": t.run.compile_s, "loops": t.loops,
                 }
             results.append({"case": case, "size": size, "pass": pass_, "mode": "xla", "group": entries[0]["group"],
                             "shape": entries[0]["shape"], "dtype": entries[0]["dtype"], "variants": variants})
@@ -437,7 +552,9 @@ def markdown(data: dict) -> str:
         f"- Copy bandwidth (x * s, {meta.get('copy_elements', COPY_ELEMENTS):.0e} float32, bytes read + written): "
         f"{_fmt(data['copy_bandwidth_gbps'], '{:.1f}')} GB/s; "
         f"{meta['repeats']} interleaved samples per program, each of back-to-back executions lasting "
-        f">= {meta['min_sample_s']} s; times are per execution",
+        f">= {meta['min_sample_s']} s; "
+        + ("each execution a device-side loop of the program (see `looped_program`); times are per run"
+           if meta.get("looped") else "times are per execution"),
     ]
     if not meta.get("complete", True):
         lines.append(f"- Incomplete: the run stopped after {len(data['results'])} of the program groups")
@@ -463,8 +580,10 @@ def markdown(data: dict) -> str:
             _fmt(s.get("copy_fraction"), "{:.0%}")]) + " |")
     if data["checks"]:
         bad = [c for c in data["checks"] if not c["allclose"]]
-        lines += ["", f"Outputs checked against TensorFlow's for {len(data['checks'])} programs: "
-                      f"{len(data['checks']) - len(bad)} equal (allclose)" + (f"; differ: {bad}" if bad else "")]
+        looped = sum(c["id"].endswith(":looped") for c in data["checks"])
+        lines += ["", f"Outputs checked against TensorFlow's: {len(data['checks']) - looped} programs as exported "
+                      f"and {looped} inside the timing loop; {len(data['checks']) - len(bad)} of "
+                      f"{len(data['checks'])} equal (allclose)" + (f"; differ: {bad}" if bad else "")]
     if data["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in data["failures"]]
     return "\n".join(lines) + "\n"
@@ -480,10 +599,12 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--out", default=None, help="where replay.json/.md go (default: DIR)")
     parser.add_argument("--filter", default=None, metavar="REGEX", help="only the cases matching it")
     parser.add_argument("--workers", type=int, default=None, help="threads drawing the inputs (default: 4)")
+    parser.add_argument("--no-loop", action="store_true",
+                        help="time one run per execution (default: a device-side loop of many, see looped_program)")
     args = parser.parse_args(argv)
     data = replay(args.directory, repeats=max(args.repeats, 1), min_sample_s=args.min_sample,
                   platform_name=args.platform, check_only=args.check_only, out_dir=args.out,
-                  filter_pattern=args.filter, workers=args.workers)
+                  filter_pattern=args.filter, workers=args.workers, loop=not args.no_loop)
     print(markdown(data))
     bad = [c for c in data["checks"] if not c["allclose"]]
     return 1 if data["failures"] or bad else 0

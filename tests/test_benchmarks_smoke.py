@@ -210,6 +210,20 @@ def test_readme_regeneration_finds_its_markers_and_sections():
     assert replaced == "a <!-- m:begin -->\nnew\n<!-- m:end --> b"
 
 
+def test_export_sizes_beyond_the_default_plan():
+    """``export --sizes`` takes any size: 1e8 for a GPU whose L2 holds 1e7 floats."""
+    from benchmarks import cases
+
+    by_group = {c.group: c for c in cases.registry()}
+    assert by_group["elementwise"].shape_for("1e8") == (10**8,)
+    assert by_group["elementwise"].shape_for("2500") == (2500,)
+    assert by_group["rowwise"].shape_for("1e8") == (10**5, 1000)
+    assert by_group["rowwise"].shape_for("2500") is None  # not whole rows of 1000
+    assert by_group["crossentropy"].shape_for("512x4096") == (512, 4096)
+    assert by_group["crossentropy"].shape_for("1e8") is None
+    assert by_group["elementwise"].shape_for("8192x1000") is None
+
+
 def test_export_writes_stablehlo_and_manifest(runs):
     code, out, err = runs["export"]
     assert code == 0, err[-4000:]
@@ -242,8 +256,12 @@ def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
         manifest = json.load(f)
     assert data["failures"] == []
     assert data["label"].startswith("XLA program replayed through jaxlib on ")
-    assert len(data["checks"]) == len(manifest["programs"])
+    # Each program is checked as exported and as timed (inside the device-side loop).
+    assert len(data["checks"]) == 2 * len(manifest["programs"])
+    assert {c["id"] for c in data["checks"] if c["id"].endswith(":looped")} == \
+        {p["id"] + ":looped" for p in manifest["programs"]}
     assert all(c["allclose"] for c in data["checks"]), data["checks"]
+    assert data["meta"]["looped"] and all(v["loops"] > 1 for e in data["results"] for v in e["variants"].values())
     for entry in data["results"]:
         assert entry["variants"]["safeops"]["median_s"] > 0 and entry["variants"]["safeops"]["samples"] == 2
     assert (tmp_path / "replay.md").read_text().startswith("# XLA program replayed through jaxlib on ")
