@@ -10,6 +10,14 @@ ops at every size from a second run (:data:`ROWWISE_ARGS`); this script copies
 their Markdown between the ``<!-- accuracy:begin/end -->``, ``<!-- benchmark:begin/end -->``,
 ``<!-- rowwise:begin/end -->`` and ``<!-- edges:begin/end -->`` markers of README.md, and the ratio plot
 to ``docs/``. No figure in those sections is typed by hand.
+
+The GPU section (``<!-- gpu:begin/end -->``) is copied from ``docs/gpu/replay.md``, the
+report of a replay on a GPU machine (it needs one, so this script never reruns it):
+
+    python -m benchmarks export EXPORT/check --smoke                  # here, with TensorFlow
+    python -m benchmarks export EXPORT/full --sizes 1e7,8192x1000,256x32000,1e8
+    bash benchmarks/gpu_replay.sh EXPORT RESULTS                      # there, jax only
+    cp RESULTS/full/replay.{json,md} docs/gpu/ && cp RESULTS/check/replay.json docs/gpu/check.json
 """
 
 from __future__ import annotations
@@ -37,6 +45,21 @@ ROWWISE = RESULTS / "rowwise"
 ROWWISE_ARGS = ("--filter", r"^math\.(softmax|log_softmax|reduce_logsumexp|l2_normalize|norm)$",
                 "--modes", "graph", "--passes", "fwd,fwdbwd", "--repeats", "11", "--min-sample", "0.02")
 ROWWISE_SECTIONS = ("forward+backward, tf.function", "forward, tf.function")
+GPU_REPORT = ROOT / "docs" / "gpu" / "replay.md"
+
+
+def gpu_section(report: str) -> str:
+    """The replay's title and header lines, its targets, and its full table folded."""
+    parts = re.split(r"(?m)^## ", report)
+    title, *head = [line for line in parts[0].splitlines() if line.startswith(("# ", "- "))]
+    sections = {part.splitlines()[0].strip(): part.split("\n", 1)[1].strip() for part in parts[1:]}
+    out = [f"**{title[2:]}**", "", *head]
+    if "Targets" in sections:
+        out += ["", sections["Targets"]]
+    if "Every program" in sections:
+        out += ["", "<details><summary>Every program (median time per run)</summary>", "",
+                sections["Every program"], "", "</details>"]
+    return "\n".join(out)
 
 
 def _run(args: list[str]) -> None:
@@ -84,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     bench = _sections((RESULTS / "benchmark.md").read_text(), BENCH_SECTIONS)
     text = _replace(text, "benchmark", bench)
     text = _replace(text, "rowwise", _sections((ROWWISE / "benchmark.md").read_text(), ROWWISE_SECTIONS))
+    if GPU_REPORT.exists():
+        text = _replace(text, "gpu", gpu_section(GPU_REPORT.read_text()))
     plot = RESULTS / "ratios_graph_fwdbwd.png"
     if plot.exists():
         shutil.copy(plot, ROOT / "docs" / "benchmark_cpu_ratios.png")

@@ -365,6 +365,7 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
         "meta": {"device": device_name, "platform": device.platform, "jax": jax.__version__,
                  "jaxlib": _jaxlib_version(), "python": platform.python_version(), "host": platform.node(),
                  "producer": manifest.get("producer"), "exported_on": manifest.get("cpu_model"),
+                 "source": manifest.get("source"),
                  "repeats": repeats, "min_sample_s": min_sample_s, "copy_elements": copy_elements,
                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "programs": len(programs), "looped": loop,
                  "complete": False},
@@ -548,7 +549,8 @@ def markdown(data: dict) -> str:
         f"# {data['label']}",
         "",
         f"- jax {meta['jax']}, jaxlib {meta['jaxlib']}, Python {meta['python']}; programs from {meta['producer']}"
-        + (f" on {meta['exported_on']}" if meta.get("exported_on") else ""),
+        + (f" on {meta['exported_on']}" if meta.get("exported_on") else "")
+        + (f", safeops at commit {meta['source']}" if meta.get("source") else ""),
         f"- Copy bandwidth (x * s, {meta.get('copy_elements', COPY_ELEMENTS):.0e} float32, bytes read + written): "
         f"{_fmt(data['copy_bandwidth_gbps'], '{:.1f}')} GB/s; "
         f"{meta['repeats']} interleaved samples per program, each of back-to-back executions lasting "

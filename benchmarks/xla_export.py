@@ -40,6 +40,22 @@ def _program_id(index: int, case: str, variant: str, pass_: str, size: str) -> s
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{index:04d}_{case}_{variant}_{pass_}_{size}")
 
 
+def source_version() -> str | None:
+    """The commit the programs were traced from (``+changes`` if safeops/ or
+    benchmarks/ differ from it), so replayed figures name the code they time."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "safeops", "benchmarks"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
 def save_arrays(path: str, arrays: list) -> None:
     """npz of arrays; bfloat16 stored as its uint16 bits (npz cannot name it)."""
     np.savez(path, **{f"a{i}": (a.view(np.uint16) if a.dtype.name == "bfloat16" else a)
@@ -110,6 +126,7 @@ def _export_jobs(out_dir, jobs, dtype, data_limit, bar, programs, failures):
         "producer": f"TensorFlow {tf.__version__} tf.function(jit_compile=True).experimental_get_compiler_ir"
                     "(...)(stage='stablehlo')",
         "cpu_model": runner.cpu_model(),
+        "source": source_version(),
         "dtype": dtype,
         "programs": programs,
         "failures": failures,

@@ -200,7 +200,7 @@ def test_readme_regeneration_finds_its_markers_and_sections():
 
     text = open(os.path.join(ROOT, "README.md")).read()
     written = set(re.findall(r'_replace\(text, "(\w+)"', inspect.getsource(readme.main)))
-    assert written == {"accuracy", "edges", "benchmark", "rowwise"}
+    assert written == {"accuracy", "edges", "benchmark", "rowwise", "gpu"}
     for marker in written:
         assert text.count(f"<!-- {marker}:begin -->") == 1 and text.count(f"<!-- {marker}:end -->") == 1
     report = "# t\n\n- Device: x\n\n## Targets\n\nT\n\n## forward, tf.function\n\nF\n\n## other\n\nO\n"
@@ -208,6 +208,12 @@ def test_readme_regeneration_finds_its_markers_and_sections():
     assert kept == "- Device: x\n\n#### forward, tf.function\n\nF"
     replaced = readme._replace("a <!-- m:begin -->\nold\n<!-- m:end --> b", "m", "new")
     assert replaced == "a <!-- m:begin -->\nnew\n<!-- m:end --> b"
+    gpu = readme.gpu_section("# XLA program replayed through jaxlib on GPU X\n\n- a\n\n## Targets\n\nT\n\n"
+                             "## Every program\n\nE\n")
+    assert gpu == ("**XLA program replayed through jaxlib on GPU X**\n\n- a\n\nT\n\n"
+                   "<details><summary>Every program (median time per run)</summary>\n\nE\n\n</details>")
+    # The README's GPU table is the committed replay report's, not typed by hand.
+    assert readme.gpu_section(readme.GPU_REPORT.read_text()) in text
 
 
 def test_export_sizes_beyond_the_default_plan():
@@ -230,6 +236,10 @@ def test_export_writes_stablehlo_and_manifest(runs):
     with open(runs["export_dir"] / "manifest.json") as f:
         manifest = json.load(f)
     assert manifest["failures"] == []
+    # The commit the programs came from, so a replay's figures name the code they time.
+    import re
+
+    assert manifest["source"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+changes)?", manifest["source"])
     programs = manifest["programs"]
     assert {p["case"] for p in programs} == {"math.log", "nn.softmax_cross_entropy_with_logits"}
     assert {p["variant"] for p in programs} == {"safeops", "naive", "builtin", "roofline"}
