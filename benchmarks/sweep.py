@@ -13,6 +13,15 @@ accurate in float64 (relative error about ``1e-16``, nine orders of magnitude
 below a float32 ULP, so the float32 rounding of the reference is the
 correctly rounded result except in ties too rare to matter).
 
+``python -m benchmarks.sweep export DIR`` writes the same sweep as XLA
+programs (the StableHLO of ``jit_compile`` functions: safeops' op,
+TensorFlow's where it has one, and for ``logit`` and ``log1mexp`` the
+formula safeops widens to float64, kept in float32), and ``python -m
+benchmarks.sweep replay DIR`` runs them through jaxlib on whatever device it
+sees (no TensorFlow needed) against the same float64 references: C3 on a
+GPU, and whether a GPU's float32 kernels would make the widening
+unnecessary there.
+
 Reported per op and mode: the largest value error in ULP (C3's measure,
 ``tests.ulp.ftz_ulps``: distance to the rounded reference in representable
 float32 values, subnormals counted as 0), where the reference is finite,
@@ -27,17 +36,20 @@ sweeps come from this script.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-import safeops.math as tfm  # noqa: E402
 from tests.ulp import ftz_ulps, ulp_of  # noqa: E402
+
+# TensorFlow and safeops are imported where they are used: ``replay`` runs
+# where only jax, jaxlib and NumPy are installed.
 
 F32 = np.float32
 LN2 = np.log(2.0)
@@ -125,38 +137,201 @@ MODES = ("eager", "function", "jit")
 
 
 def _runner(fn, mode):
+    import tensorflow as tf
+
     if mode == "eager":
         return fn
     return tf.function(fn, jit_compile=(mode == "jit"))
 
 
-def sweep(name: str, n: int, modes: tuple, seed: int = 0) -> dict:
-    """Worst float32 ULP error and non-finite count of ``safeops.math.<name>`` per mode."""
-    arity, domains, reference = OPS[name]
+def draw(name: str, n: int, seed: int = 0) -> list:
+    """The float32 arguments of the sweep of ``name``: ``n`` points over its domains."""
+    arity, domains, _ = OPS[name]
     rng = np.random.default_rng(seed)
     per = -(-n // len(domains))
     args = [d(rng, per) for d in domains]
-    args = [np.concatenate([a[i] for a in args]) for i in range(arity)]
+    return [np.concatenate([a[i] for a in args]) for i in range(arity)]
+
+
+def exact_values(name: str, args: list) -> np.ndarray:
+    """The float64 reference values at ``args``."""
     with np.errstate(all="ignore"):
-        exact = reference(*[a.astype(np.float64) for a in args])
+        return OPS[name][2](*[a.astype(np.float64) for a in args])
+
+
+def worst(name: str, args: list, got: np.ndarray, exact: np.ndarray) -> dict:
+    """Largest ULP error (C3's measure) where the reference is finite, where, and the non-finite count."""
     defined = np.isfinite(exact)
+    ulps = ftz_ulps(got, exact, "float32")
+    if name == "logaddexp":
+        scale = np.maximum(np.abs(args[0]), np.abs(args[1])).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            ulps = np.minimum(ulps, np.abs(got.astype(np.float64) - exact) / ulp_of(scale, "float32"))
+    ulps = np.where(defined, ulps, 0.0)
+    at = int(np.argmax(ulps))
+    return {
+        "max_ulp": float(ulps[at]),
+        "at": [float(a[at]) for a in args],
+        "non_finite": int(np.sum(defined & ~np.isfinite(got))),
+    }
+
+
+def sweep(name: str, n: int, modes: tuple, seed: int = 0) -> dict:
+    """Worst float32 ULP error and non-finite count of ``safeops.math.<name>`` per mode."""
+    import tensorflow as tf
+
+    import safeops.math as tfm
+
+    args = draw(name, n, seed)
+    exact = exact_values(name, args)
     fn = getattr(tfm, name)
     out = {"points": int(args[0].size)}
     for mode in modes:
         got = _runner(fn, mode)(*[tf.constant(a) for a in args]).numpy()
-        ulps = ftz_ulps(got, exact, "float32")
-        if name == "logaddexp":
-            scale = np.maximum(np.abs(args[0]), np.abs(args[1])).astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                ulps = np.minimum(ulps, np.abs(got.astype(np.float64) - exact) / ulp_of(scale, "float32"))
-        ulps = np.where(defined, ulps, 0.0)
-        worst = int(np.argmax(ulps))
-        out[mode] = {
-            "max_ulp": float(ulps[worst]),
-            "at": [float(a[worst]) for a in args],
-            "non_finite": int(np.sum(defined & ~np.isfinite(got))),
-        }
+        out[mode] = worst(name, args, got, exact)
     return out
+
+
+# ------------------------------------------------------------------ on another device
+
+#: TensorFlow's own op, where it has one.
+BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
+            "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
+            "sqrt": "math.sqrt"}
+
+
+def _logit_float32(x):
+    """safeops' ``logit`` formula with its ``log1p`` left in float32 (safeops widens it)."""
+    import tensorflow as tf
+
+    d = 2.0 * x - 1.0
+    r = tf.math.log1p(tf.where(d < 0.0, -d, d) / tf.minimum(x, 1.0 - x))
+    return tf.where(d < 0.0, -r, r)
+
+
+def _log1mexp_float32(x):
+    """Mächler's two branches (safeops' float64 formula) in float32 (safeops widens it)."""
+    import tensorflow as tf
+
+    a = tf.abs(x)
+    return tf.where(a <= LN2, tf.math.log(-tf.math.expm1(-a)), tf.math.log1p(-tf.exp(-a)))
+
+
+#: The formula safeops evaluates in float64 for float32 inputs, kept in float32.
+FLOAT32_FORMULAS = {"logit": _logit_float32, "log1mexp": _log1mexp_float32}
+
+
+def variants(name: str) -> dict:
+    """variant -> function of the exported sweep programs of ``name``."""
+    import tensorflow as tf
+
+    import safeops.math as tfm
+
+    out = {"safeops": getattr(tfm, name)}
+    if name in BUILTINS:
+        module, attr = BUILTINS[name].split(".")
+        out["builtin"] = getattr(getattr(tf, module), attr)
+    if name in FLOAT32_FORMULAS:
+        out["float32"] = FLOAT32_FORMULAS[name]
+    return out
+
+
+def _positional(fn):
+    """``fn`` of its tensor inputs alone: experimental_get_compiler_ir binds every parameter (``name`` too)."""
+
+    def call(*xs):
+        return fn(*xs)
+
+    return call
+
+
+def _checksum(args: list) -> int:
+    return zlib.crc32(b"".join(np.ascontiguousarray(a).tobytes() for a in args))
+
+
+def export(directory: str, n: int, ops: list, seed: int = 0) -> dict:
+    """Writes each op's variants as StableHLO at the sweep's points, with this CPU's XLA result."""
+    import tensorflow as tf
+
+    from benchmarks import runner, xla_export
+
+    os.makedirs(directory, exist_ok=True)
+    programs = []
+    for name in ops:
+        args = draw(name, n, seed)
+        exact = exact_values(name, args)
+        tensors = [tf.constant(a) for a in args]
+        for variant, fn in variants(name).items():
+            compiled = tf.function(_positional(fn), jit_compile=True)
+            pid = f"sweep_{name}_{variant}"
+            with open(os.path.join(directory, pid + ".mlir"), "w") as f:
+                f.write(compiled.experimental_get_compiler_ir(*tensors)(stage="stablehlo"))
+            programs.append({"id": pid, "file": pid + ".mlir", "op": name, "variant": variant, "n": n,
+                             "seed": seed, "points": int(args[0].size), "checksum": _checksum(args),
+                             "here": worst(name, args, compiled(*tensors).numpy(), exact)})
+    manifest = {"format": "sweep-1", "producer": f"TensorFlow {tf.__version__} (jit_compile StableHLO)",
+                "cpu_model": runner.cpu_model(), "source": xla_export.source_version(), "programs": programs}
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def replay(directory: str, platform_name: str | None = None, out_dir: str | None = None) -> dict:
+    """Runs the exported sweep through jaxlib and measures it against the float64 references."""
+    import jax
+
+    from benchmarks import replay as replay_lib
+
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
+    client, device = replay_lib.backend_and_device(platform_name)
+    device_name = f"{device.platform.upper()} {getattr(device, 'device_kind', '')}".strip()
+    rows, failures = [], []
+    for entry in manifest["programs"]:
+        args = draw(entry["op"], entry["n"], entry["seed"])
+        try:
+            with open(os.path.join(directory, entry["file"])) as f:
+                executable = replay_lib.compile_program(client, device, f.read())
+            run = replay_lib.Runner(executable, [jax.device_put(a, device) for a in args])
+            got = np.asarray(run.first[0])
+        except Exception as error:  # noqa: BLE001 - recorded and reported
+            failures.append(f"{entry['id']}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            continue
+        rows.append({"op": entry["op"], "variant": entry["variant"], "points": entry["points"],
+                     "same_points": _checksum(args) == entry["checksum"],
+                     "device": worst(entry["op"], args, got, exact_values(entry["op"], args)),
+                     "here": entry["here"]})
+    data = {"label": f"float32 ULP sweep replayed through jaxlib on {device_name}",
+            "meta": {"device": device_name, "jax": jax.__version__, "exported_on": manifest.get("cpu_model"),
+                     "source": manifest.get("source"), "producer": manifest.get("producer")},
+            "results": rows, "failures": failures}
+    out_dir = out_dir or directory
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "sweep_replay.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out_dir, "sweep_replay.md"), "w") as f:
+        f.write(replay_markdown(data))
+    return data
+
+
+def replay_markdown(data: dict) -> str:
+    meta = data["meta"]
+    lines = [f"# {data['label']}", "",
+             f"- Programs: {meta['producer']} on {meta['exported_on']}, safeops at commit {meta['source']}; "
+             f"jax {meta['jax']}",
+             "- ULP: C3's measure against float64 references (NumPy); `here`: the same program under XLA on "
+             "the exporting CPU. `float32`: the formula safeops evaluates in float64, kept in float32.", "",
+             f"| op | variant | points | max ULP ({meta['device']}) | worst at | non-finite | max ULP here "
+             "| same points |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    for r in data["results"]:
+        d = r["device"]
+        lines.append(f"| {r['op']} | {r['variant']} | {r['points']} | {d['max_ulp']:.1f} | "
+                     + ", ".join(f"{v:.9g}" for v in d["at"]) + f" | {d['non_finite']} | "
+                     f"{r['here']['max_ulp']:.1f} | {'yes' if r['same_points'] else 'no'} |")
+    if data["failures"]:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in data["failures"]]
+    return "\n".join(lines) + "\n"
 
 
 def table(results: dict, modes: tuple) -> str:
@@ -170,7 +345,31 @@ def table(results: dict, modes: tuple) -> str:
     return "\n".join(lines)
 
 
+def _device_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.sweep {argv[0]}")
+    p.add_argument("directory")
+    if argv[0] == "export":
+        p.add_argument("--n", type=int, default=2_000_000, help="points per op (default 2 million)")
+        p.add_argument("--ops", nargs="*", default=list(OPS), choices=list(OPS), metavar="OP")
+        p.add_argument("--seed", type=int, default=0)
+        args = p.parse_args(argv[1:])
+        manifest = export(args.directory, args.n, args.ops, args.seed)
+        print(f"wrote {len(manifest['programs'])} sweep programs to {args.directory}", file=sys.stderr)
+        return 0
+    p.add_argument("--platform", default=None, help="jaxlib platform (cpu, gpu, ...); default: jax's")
+    p.add_argument("--out", default=None, help="where sweep_replay.json/.md go (default: DIR)")
+    args = p.parse_args(argv[1:])
+    data = replay(args.directory, args.platform, args.out)
+    print(replay_markdown(data))
+    return 1 if data["failures"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("export", "replay"):
+        return _device_main(argv)
+    import tensorflow as tf
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2_000_000, help="points per op (default 2 million)")
     p.add_argument("--ops", nargs="*", default=list(OPS), choices=list(OPS), metavar="OP")

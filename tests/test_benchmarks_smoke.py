@@ -275,3 +275,26 @@ def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
     for entry in data["results"]:
         assert entry["variants"]["safeops"]["median_s"] > 0 and entry["variants"]["safeops"]["samples"] == 2
     assert (tmp_path / "replay.md").read_text().startswith("# XLA program replayed through jaxlib on ")
+
+
+def test_sweep_export_replays_through_jaxlib_within_c3(tmp_path):
+    """``benchmarks.sweep export`` / ``replay``: the ULP sweep as XLA programs, run where TensorFlow is absent."""
+    pytest.importorskip("jax", reason="jax/jaxlib are test dependencies (pyproject [test])")
+    from benchmarks import sweep
+
+    manifest = sweep.export(str(tmp_path / "sweep"), 3000, ["log", "logit"], seed=3)
+    assert {(p["op"], p["variant"]) for p in manifest["programs"]} == {
+        ("log", "safeops"), ("log", "builtin"), ("logit", "safeops"), ("logit", "float32")}
+    script = ("import sys; sys.modules['tensorflow'] = None; from benchmarks.sweep import main; "
+              f"sys.exit(main(['replay', {str(tmp_path / 'sweep')!r}, '--out', {str(tmp_path)!r}]))")
+    code, out, err = _finish(_start(["-c", script]), timeout=120)
+    assert code == 0, err[-4000:] + out[-2000:]
+    with open(tmp_path / "sweep_replay.json") as f:
+        data = json.load(f)
+    assert data["failures"] == [] and len(data["results"]) == 4
+    for row in data["results"]:
+        assert row["same_points"] and row["points"] >= 3000
+        assert row["device"]["non_finite"] == 0
+        if row["variant"] == "safeops":
+            assert row["device"]["max_ulp"] <= 4 and row["here"]["max_ulp"] <= 4, row
+    assert (tmp_path / "sweep_replay.md").read_text().startswith("# float32 ULP sweep replayed through jaxlib on ")
