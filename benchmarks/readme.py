@@ -24,6 +24,7 @@ report of a replay on a GPU machine (it needs one, so this script never reruns i
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     text = _replace(text, "rowwise", _sections((ROWWISE / "benchmark.md").read_text(), ROWWISE_SECTIONS))
     if GPU_REPORT.exists():
         text = _replace(text, "gpu", gpu_section(GPU_REPORT.read_text()))
+        from benchmarks import replay
+
+        with open(GPU_REPORT.with_suffix(".json")) as f:
+            replay.ratio_plot(json.load(f), str(GPU_REPORT.parent / "ratios_fwdbwd.png"))
     plot = RESULTS / "ratios_graph_fwdbwd.png"
     if plot.exists():
         shutil.copy(plot, ROOT / "docs" / "benchmark_cpu_ratios.png")

@@ -275,6 +275,10 @@ def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
     for entry in data["results"]:
         assert entry["variants"]["safeops"]["median_s"] > 0 and entry["variants"]["safeops"]["samples"] == 2
     assert (tmp_path / "replay.md").read_text().startswith("# XLA program replayed through jaxlib on ")
+    from benchmarks import replay
+
+    png = replay.ratio_plot(data, str(tmp_path / "ratios.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sweep_export_replays_through_jaxlib_within_c3(tmp_path):
