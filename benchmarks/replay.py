@@ -593,36 +593,17 @@ def markdown(data: dict) -> str:
 
 def ratio_plot(data: dict, path: str, pass_: str = "fwdbwd") -> str:
     """PNG of safeops / builtin and safeops / naive per op, at each op's largest size, for one pass."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.report import ratio_bars
 
     largest = {}
     for e in data["results"]:
-        if e["pass"] != pass_:
-            continue
         elements = int(np.prod(e["shape"]))
-        if e["case"] not in largest or elements > largest[e["case"]][0]:
+        if e["pass"] == pass_ and (e["case"] not in largest or elements > largest[e["case"]][0]):
             largest[e["case"]] = (elements, e)
-    cases = list(largest)
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(cases) + 1.5))
-    ys = range(len(cases))
-    for offset, (other, color) in zip((-0.2, 0.2), (("builtin", "tab:green"), ("naive", "tab:red"))):
-        values = [_ratio(largest[c][1]["variants"], "safeops", other) or 0.0 for c in cases]
-        ax.barh([y + offset for y in ys], values, height=0.4, color=color, label=f"safeops / {other}")
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(list(ys))
-    ax.set_yticklabels([f"{c} ({largest[c][1]['size']})" for c in cases], fontsize=7)
-    ax.invert_yaxis()
-    ax.legend(fontsize=7)
-    ax.set_xlabel("time ratio (< 1: safeops faster)")
+    rows = [(f"{case} ({e['size']})", {b: _ratio(e["variants"], "safeops", b) for b in ("builtin", "naive")})
+            for case, (_, e) in largest.items()]
     title = "forward+backward" if pass_ == "fwdbwd" else "forward"
-    ax.set_title(f"{title}, XLA program replayed through jaxlib on {data['meta']['device']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return ratio_bars(rows, f"{title}, XLA program replayed through jaxlib on {data['meta']['device']}", path)
 
 
 def main(argv: list | None = None) -> int:

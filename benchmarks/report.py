@@ -351,24 +351,36 @@ def plots(data: dict, out_dir: str) -> list:
         for e in rows:
             if e["case"] not in largest or e["elements"] > largest[e["case"]]["elements"]:
                 largest[e["case"]] = e
-        fig, ax = plt.subplots(figsize=(8, 0.3 * len(case_names) + 1.5))
-        ys = range(len(case_names))
-        for offset, (b, color) in zip((-0.2, 0.2), (("builtin", "tab:green"), ("naive", "tab:red"))):
-            vals = [ratio(largest[c], "safeops", b) or 0.0 for c in case_names]
-            ax.barh([y + offset for y in ys], vals, height=0.4, color=color, label=f"safeops / {b}")
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_yticks(list(ys))
-        ax.set_yticklabels([f"{c} ({largest[c]['size']})" for c in case_names], fontsize=7)
-        ax.invert_yaxis()
-        ax.legend(fontsize=7)
-        ax.set_xlabel("time ratio (< 1: safeops faster)")
-        ax.set_title(f"{PASS_TITLES[pass_]}, {MODE_TITLES[mode]} ({label})", fontsize=9)
-        fig.tight_layout()
+        bars = [(f"{c} ({largest[c]['size']})",
+                 {b: ratio(largest[c], "safeops", b) for b in ("builtin", "naive")}) for c in case_names]
         path = os.path.join(out_dir, f"ratios_{mode}_{pass_}.png")
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        written.append(ratio_bars(bars, f"{PASS_TITLES[pass_]}, {MODE_TITLES[mode]} ({label})", path))
     return written
+
+
+def ratio_bars(rows: list, title: str, path: str) -> str:
+    """A PNG of horizontal bars: per ``(label, {"builtin": r, "naive": r})`` row, safeops' time ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
+    ys = range(len(rows))
+    for offset, (other, color) in zip((-0.2, 0.2), (("builtin", "tab:green"), ("naive", "tab:red"))):
+        values = [r.get(other) or 0.0 for _, r in rows]
+        ax.barh([y + offset for y in ys], values, height=0.4, color=color, label=f"safeops / {other}")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([name for name, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7)
+    ax.set_xlabel("time ratio (< 1: safeops faster)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 # ------------------------------------------------------------------ writing
