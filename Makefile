@@ -38,7 +38,7 @@ accuracy: $(STAMP)
 	$(BIN)/python -m benchmarks.accuracy
 
 sweep: $(STAMP)
-	$(BIN)/python -m benchmarks.sweep
+	$(BIN)/python -m benchmarks.sweep --gradients
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .hypothesis .pytest_cache

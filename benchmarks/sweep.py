@@ -136,6 +136,27 @@ OPS = {
 MODES = ("eager", "function", "jit")
 
 
+def _sigmoid64(d):
+    return np.exp(-np.logaddexp(0.0, -d))
+
+
+# name -> float64 partial derivatives, one per argument (the gradient sweep).
+DERIVATIVES = {
+    "log": lambda x: (1.0 / x,),
+    "log1p": lambda x: (1.0 / (1.0 + x),),
+    "logit": lambda p: (1.0 / (p * (1.0 - p)),),
+    "log1mexp": lambda x: (np.sign(x) / np.expm1(np.abs(x)),),
+    "xlogy": lambda x, y: (np.log(y), x / y),
+    "xlog1py": lambda x, y: (np.log1p(y), x / (1.0 + y)),
+    "logaddexp": lambda a, b: (_sigmoid64(a - b), _sigmoid64(b - a)),
+    "sigmoid": lambda x: (np.exp(-np.logaddexp(0.0, -x) - np.logaddexp(0.0, x)),),
+    "log_sigmoid": lambda x: (_sigmoid64(-x),),
+    "softplus": lambda x: (_sigmoid64(x),),
+    "softplus_inverse": lambda x: (-1.0 / np.expm1(-x),),
+    "sqrt": lambda x: (0.5 / np.sqrt(x),),
+}
+
+
 def _runner(fn, mode):
     import tensorflow as tf
 
@@ -189,6 +210,47 @@ def sweep(name: str, n: int, modes: tuple, seed: int = 0) -> dict:
     for mode in modes:
         got = _runner(fn, mode)(*[tf.constant(a) for a in args]).numpy()
         out[mode] = worst(name, args, got, exact)
+    return out
+
+
+def gradient_sweep(name: str, n: int, modes: tuple, seed: int = 0) -> dict:
+    """Worst relative gradient error (C3: 1e-5 in float32) per argument and mode.
+
+    The gradient of the op's elementwise output under an upstream gradient
+    of ones (``tape.gradient`` of a non-scalar target), which is also what
+    ``reduce_sum`` passes back. Judged where the exact partial derivative is
+    a normal float32 number (a subnormal one may flush to 0, C3), with
+    errors below ``tiny * 2**8`` in absolute terms.
+    """
+    import tensorflow as tf
+
+    import safeops.math as tfm
+    from tests.ulp import relative_error
+
+    args = draw(name, n, seed)
+    with np.errstate(all="ignore"):
+        exact = DERIVATIVES[name](*[a.astype(np.float64) for a in args])
+    info = np.finfo(np.float32)
+    fn = getattr(tfm, name)
+
+    def gradients(*xs):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            y = fn(*xs)
+        return tape.gradient(y, xs)
+
+    out = {"points": int(args[0].size)}
+    for mode in modes:
+        got = _runner(gradients, mode)(*[tf.constant(a) for a in args])
+        rows = []
+        for g, e in zip(got, exact):
+            g = g.numpy().astype(np.float64)
+            judged = np.isfinite(e) & (np.abs(e) >= info.tiny) & (np.abs(e) <= info.max)
+            err = np.where(judged, relative_error(g, e, float(info.tiny) * 2.0 ** 8), 0.0)
+            at = int(np.argmax(err))
+            rows.append({"max_rel": float(err[at]), "at": [float(a[at]) for a in args],
+                         "non_finite": int(np.sum(judged & ~np.isfinite(g)))})
+        out[mode] = rows
     return out
 
 
@@ -364,6 +426,18 @@ def _device_main(argv: list[str]) -> int:
     return 1 if data["failures"] else 0
 
 
+def gradient_table(results: dict, modes: tuple) -> str:
+    lines = ["| op | argument | " + " | ".join(f"max rel. error {m}" for m in modes) + " | worst at | non-finite |",
+             "|---|---:|" + "---:|" * len(modes) + "---|---:|"]
+    for name, r in results.items():
+        for i in range(len(r[modes[0]])):
+            worst_mode = max(modes, key=lambda m: r[m][i]["max_rel"])
+            at = ", ".join(f"{v:.9g}" for v in r[worst_mode][i]["at"])
+            lines.append(f"| {name} | {i} | " + " | ".join(f"{r[m][i]['max_rel']:.1e}" for m in modes)
+                         + f" | {at} ({worst_mode}) | {sum(r[m][i]['non_finite'] for m in modes)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("export", "replay"):
@@ -376,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: eager, function, jit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the Markdown table here")
+    p.add_argument("--gradients", action="store_true", help="also sweep the gradients (C3: 1e-5 relative)")
     args = p.parse_args(argv)
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = set(modes) - set(MODES)
@@ -383,8 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--modes: expected some of {', '.join(MODES)}, got {', '.join(sorted(unknown))}")
     start = time.time()
     results = {name: sweep(name, args.n, modes, args.seed) for name in args.ops}
-    text = (table(results, modes) + f"\n\nfloat32, {args.n} points per op, seed {args.seed}, "
-            f"TensorFlow {tf.__version__}, {time.time() - start:.0f} s\n")
+    text = table(results, modes)
+    if args.gradients:
+        text += "\n\n" + gradient_table({name: gradient_sweep(name, args.n, modes, args.seed)
+                                         for name in args.ops}, modes)
+    text += (f"\n\nfloat32, {args.n} points per op, seed {args.seed}, "
+             f"TensorFlow {tf.__version__}, {time.time() - start:.0f} s\n")
     print(text)
     if args.out:
         with open(args.out, "w") as f:

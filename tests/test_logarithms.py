@@ -667,3 +667,23 @@ def test_logit_forward_mode_at_one_half():
     with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)) as acc:
         y = tfm.logit(x)
     np.testing.assert_allclose(acc.jvp(y).numpy(), [4.0, 16.0 / 3.0, 16.0 / 3.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["log", "log1p"])
+def test_gradient_of_a_summed_log_of_huge_entries_in_a_tf_function(name):
+    # The upstream gradient of reduce_sum is constant ones; with a plain
+    # ones / x Grappler substitutes Reciprocal(x), whose vectorized CPU
+    # kernel is 2.9e-4 off at x = 3.7e34 (tf.math.log's gradient is). C3: 1e-5.
+    x = np.full(32, 3.6989836540733134e34, np.float32)
+    fn = getattr(tfm, name)
+
+    @tf.function
+    def gradient(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            total = tf.reduce_sum(fn(v))
+        return tape.gradient(total, v)
+
+    got = gradient(tf.constant(x)).numpy().astype(np.float64)
+    exact = 1.0 / (x.astype(np.float64) + (1.0 if name == "log1p" else 0.0))
+    np.testing.assert_allclose(got, exact, rtol=1e-5)

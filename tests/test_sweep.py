@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import sweep
-from tests.ulp import VALUE_ULP
+from tests.ulp import GRAD_RTOL, VALUE_ULP
 
 
 @pytest.mark.parametrize("name", sorted(sweep.OPS))
@@ -19,6 +19,15 @@ def test_float32_sweep_within_c3(name):
         r = result[mode]
         assert r["non_finite"] == 0, (name, mode, r)
         assert r["max_ulp"] <= VALUE_ULP["float32"], (name, mode, r)
+
+
+@pytest.mark.parametrize("name", sorted(sweep.OPS))
+def test_float32_gradient_sweep_within_c3(name):
+    result = sweep.gradient_sweep(name, 60_000, sweep.MODES, seed=7)
+    for mode in sweep.MODES:
+        for argument, r in enumerate(result[mode]):
+            assert r["non_finite"] == 0, (name, mode, argument, r)
+            assert r["max_rel"] <= GRAD_RTOL["float32"], (name, mode, argument, r)
 
 
 def test_sweep_reference_is_checked_against_a_known_error():
