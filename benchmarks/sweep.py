@@ -20,7 +20,8 @@ formula safeops widens to float64, kept in float32), and ``python -m
 benchmarks.sweep replay DIR`` runs them through jaxlib on whatever device it
 sees (no TensorFlow needed) against the same float64 references: C3 on a
 GPU, and whether a GPU's float32 kernels would make the widening
-unnecessary there.
+unnecessary there. safeops' gradients are exported too (``--gradients``
+measures them here).
 
 Reported per op and mode: the largest value error in ULP (C3's measure,
 ``tests.ulp.ftz_ulps``: distance to the rounded reference in representable
@@ -224,13 +225,20 @@ def gradient_sweep(name: str, n: int, modes: tuple, seed: int = 0) -> dict:
     """
     import tensorflow as tf
 
-    import safeops.math as tfm
-    from tests.ulp import relative_error
-
     args = draw(name, n, seed)
-    with np.errstate(all="ignore"):
-        exact = DERIVATIVES[name](*[a.astype(np.float64) for a in args])
-    info = np.finfo(np.float32)
+    out = {"points": int(args[0].size)}
+    for mode in modes:
+        got = _runner(_gradients(name), mode)(*[tf.constant(a) for a in args])
+        out[mode] = gradient_errors(name, args, [g.numpy() for g in got])
+    return out
+
+
+def _gradients(name: str):
+    """``xs -> d(sum of safeops.math.<name>(xs))/dxs``: the partial derivatives, elementwise."""
+    import tensorflow as tf
+
+    import safeops.math as tfm
+
     fn = getattr(tfm, name)
 
     def gradients(*xs):
@@ -239,19 +247,25 @@ def gradient_sweep(name: str, n: int, modes: tuple, seed: int = 0) -> dict:
             y = fn(*xs)
         return tape.gradient(y, xs)
 
-    out = {"points": int(args[0].size)}
-    for mode in modes:
-        got = _runner(gradients, mode)(*[tf.constant(a) for a in args])
-        rows = []
-        for g, e in zip(got, exact):
-            g = g.numpy().astype(np.float64)
-            judged = np.isfinite(e) & (np.abs(e) >= info.tiny) & (np.abs(e) <= info.max)
-            err = np.where(judged, relative_error(g, e, float(info.tiny) * 2.0 ** 8), 0.0)
-            at = int(np.argmax(err))
-            rows.append({"max_rel": float(err[at]), "at": [float(a[at]) for a in args],
-                         "non_finite": int(np.sum(judged & ~np.isfinite(g)))})
-        out[mode] = rows
-    return out
+    return gradients
+
+
+def gradient_errors(name: str, args: list, got: list) -> list:
+    """Per argument: the worst relative error of ``got`` against :data:`DERIVATIVES`, where, non-finite count."""
+    from tests.ulp import relative_error
+
+    with np.errstate(all="ignore"):
+        exact = DERIVATIVES[name](*[a.astype(np.float64) for a in args])
+    info = np.finfo(np.float32)
+    rows = []
+    for g, e in zip(got, exact):
+        g = np.asarray(g, dtype=np.float64)
+        judged = np.isfinite(e) & (np.abs(e) >= info.tiny) & (np.abs(e) <= info.max)
+        err = np.where(judged, relative_error(g, e, float(info.tiny) * 2.0 ** 8), 0.0)
+        at = int(np.argmax(err))
+        rows.append({"max_rel": float(err[at]), "at": [float(a[at]) for a in args],
+                     "non_finite": int(np.sum(judged & ~np.isfinite(g)))})
+    return rows
 
 
 # ------------------------------------------------------------------ on another device
@@ -323,14 +337,19 @@ def export(directory: str, n: int, ops: list, seed: int = 0) -> dict:
         args = draw(name, n, seed)
         exact = exact_values(name, args)
         tensors = [tf.constant(a) for a in args]
-        for variant, fn in variants(name).items():
+        programs_of_op = [(variant, "value", fn) for variant, fn in variants(name).items()]
+        programs_of_op.append(("safeops", "gradient", _gradients(name)))
+        for variant, kind, fn in programs_of_op:
             compiled = tf.function(_positional(fn), jit_compile=True)
-            pid = f"sweep_{name}_{variant}"
+            pid = f"sweep_{name}_{variant}" + ("_gradient" if kind == "gradient" else "")
             with open(os.path.join(directory, pid + ".mlir"), "w") as f:
                 f.write(compiled.experimental_get_compiler_ir(*tensors)(stage="stablehlo"))
-            programs.append({"id": pid, "file": pid + ".mlir", "op": name, "variant": variant, "n": n,
-                             "seed": seed, "points": int(args[0].size), "checksum": _checksum(args),
-                             "here": worst(name, args, compiled(*tensors).numpy(), exact)})
+            outs = compiled(*tensors)
+            here = (worst(name, args, outs.numpy(), exact) if kind == "value"
+                    else gradient_errors(name, args, [g.numpy() for g in outs]))
+            programs.append({"id": pid, "file": pid + ".mlir", "op": name, "variant": variant, "kind": kind,
+                             "n": n, "seed": seed, "points": int(args[0].size), "checksum": _checksum(args),
+                             "here": here})
     manifest = {"format": "sweep-1", "producer": f"TensorFlow {tf.__version__} (jit_compile StableHLO)",
                 "cpu_model": runner.cpu_model(), "source": xla_export.source_version(), "programs": programs}
     with open(os.path.join(directory, "manifest.json"), "w") as f:
@@ -355,13 +374,15 @@ def replay(directory: str, platform_name: str | None = None, out_dir: str | None
             with open(os.path.join(directory, entry["file"])) as f:
                 executable = replay_lib.compile_program(client, device, f.read())
             run = replay_lib.Runner(executable, [jax.device_put(a, device) for a in args])
-            got = np.asarray(run.first[0])
+            got = [np.asarray(o) for o in run.first]
         except Exception as error:  # noqa: BLE001 - recorded and reported
             failures.append(f"{entry['id']}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
             continue
-        rows.append({"op": entry["op"], "variant": entry["variant"], "points": entry["points"],
-                     "same_points": _checksum(args) == entry["checksum"],
-                     "device": worst(entry["op"], args, got, exact_values(entry["op"], args)),
+        kind = entry.get("kind", "value")
+        measured = (worst(entry["op"], args, got[0], exact_values(entry["op"], args)) if kind == "value"
+                    else gradient_errors(entry["op"], args, got))
+        rows.append({"op": entry["op"], "variant": entry["variant"], "kind": kind, "points": entry["points"],
+                     "same_points": _checksum(args) == entry["checksum"], "device": measured,
                      "here": entry["here"]})
     data = {"label": f"float32 ULP sweep replayed through jaxlib on {device_name}",
             "meta": {"device": device_name, "jax": jax.__version__, "exported_on": manifest.get("cpu_model"),
@@ -386,11 +407,24 @@ def replay_markdown(data: dict) -> str:
              f"| op | variant | points | max ULP ({meta['device']}) | worst at | non-finite | max ULP here "
              "| same points |",
              "|---|---|---:|---:|---|---:|---:|---|"]
-    for r in data["results"]:
+    values = [r for r in data["results"] if r.get("kind", "value") == "value"]
+    gradients = [r for r in data["results"] if r.get("kind") == "gradient"]
+    for r in values:
         d = r["device"]
         lines.append(f"| {r['op']} | {r['variant']} | {r['points']} | {d['max_ulp']:.1f} | "
                      + ", ".join(f"{v:.9g}" for v in d["at"]) + f" | {d['non_finite']} | "
                      f"{r['here']['max_ulp']:.1f} | {'yes' if r['same_points'] else 'no'} |")
+    if gradients:
+        lines += ["", "Gradients of safeops' ops (C3: relative error at most 1e-5 where the exact partial "
+                      "derivative is a normal float32 number):", "",
+                  f"| op | argument | points | max rel. error ({meta['device']}) | worst at | non-finite "
+                  "| max rel. error here |",
+                  "|---|---:|---:|---:|---|---:|---:|"]
+        for r in gradients:
+            for i, (d, h) in enumerate(zip(r["device"], r["here"])):
+                lines.append(f"| {r['op']} | {i} | {r['points']} | {d['max_rel']:.1e} | "
+                             + ", ".join(f"{v:.9g}" for v in d["at"]) + f" | {d['non_finite']} | "
+                             f"{h['max_rel']:.1e} |")
     if data["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in data["failures"]]
     return "\n".join(lines) + "\n"

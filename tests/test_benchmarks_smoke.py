@@ -287,18 +287,22 @@ def test_sweep_export_replays_through_jaxlib_within_c3(tmp_path):
     from benchmarks import sweep
 
     manifest = sweep.export(str(tmp_path / "sweep"), 3000, ["log", "logit"], seed=3)
-    assert {(p["op"], p["variant"]) for p in manifest["programs"]} == {
-        ("log", "safeops"), ("log", "builtin"), ("logit", "safeops"), ("logit", "float32")}
+    assert {(p["op"], p["variant"], p["kind"]) for p in manifest["programs"]} == {
+        ("log", "safeops", "value"), ("log", "builtin", "value"), ("log", "safeops", "gradient"),
+        ("logit", "safeops", "value"), ("logit", "float32", "value"), ("logit", "safeops", "gradient")}
     script = ("import sys; sys.modules['tensorflow'] = None; from benchmarks.sweep import main; "
               f"sys.exit(main(['replay', {str(tmp_path / 'sweep')!r}, '--out', {str(tmp_path)!r}]))")
     code, out, err = _finish(_start(["-c", script]), timeout=120)
     assert code == 0, err[-4000:] + out[-2000:]
     with open(tmp_path / "sweep_replay.json") as f:
         data = json.load(f)
-    assert data["failures"] == [] and len(data["results"]) == 4
+    assert data["failures"] == [] and len(data["results"]) == 6
     for row in data["results"]:
         assert row["same_points"] and row["points"] >= 3000
-        assert row["device"]["non_finite"] == 0
-        if row["variant"] == "safeops":
+        if row["kind"] == "gradient":
+            assert all(d["non_finite"] == 0 and d["max_rel"] <= 1e-5 for d in row["device"] + row["here"]), row
+        else:
+            assert row["device"]["non_finite"] == 0
+        if row["kind"] == "value" and row["variant"] == "safeops":
             assert row["device"]["max_ulp"] <= 4 and row["here"]["max_ulp"] <= 4, row
     assert (tmp_path / "sweep_replay.md").read_text().startswith("# float32 ULP sweep replayed through jaxlib on ")
