@@ -357,7 +357,8 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
     results, checks, failures = [], [], []
     copy_elements = _copy_elements(programs)
     copy_gbps = None if check_only else _copy_bandwidth(client, device, repeats, min_sample_s, copy_elements)
-    inputs = _Inputs(programs, workers or min(4, os.cpu_count() or 1))
+    # --check-only runs only the programs whose inputs were saved: draw none.
+    inputs = _Inputs([] if check_only else programs, workers or min(4, os.cpu_count() or 1))
     out_dir = out_dir or directory
     os.makedirs(out_dir, exist_ok=True)
     data = {
@@ -385,9 +386,9 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
                     args = [jax.device_put(a, device) for a in arrays]
                     checks.append(_check(entry, Runner(compile_program(client, device, text), args).first,
                                          directory))
-                else:
+                elif not check_only:
                     args = inputs.get(entry, device)
-                if check_only:
+                if check_only:  # only the programs whose inputs were saved, and no timing
                     continue
                 loops = loops_for(entry, copy_gbps, min_sample_s / 4) if loop else 1
                 start = time.perf_counter()
