@@ -327,7 +327,8 @@ def _copy_elements(programs: list) -> int:
     """The copy program's size: the largest input of any program, at least
     :data:`COPY_ELEMENTS` (a GPU's L2 cache holds tens of MB: a copy that fits
     in it measures the cache, not the memory)."""
-    largest = max((int(np.prod(s["shape"], dtype=np.int64)) for e in programs for s in e["inputs"]), default=0)
+    largest = max((int(np.prod(s["shape"], dtype=np.int64)) for e in programs for s in e["inputs"]),
+                  default=0)
     return max(COPY_ELEMENTS, largest)
 
 
@@ -468,7 +469,8 @@ def _check(entry: dict, outs: list, directory: str) -> dict:
     return {"id": entry["id"], "allclose": equal, "max_abs_diff": worst}
 
 
-def _copy_bandwidth(client, device, repeats: int, min_sample_s: float, n: int = COPY_ELEMENTS) -> float | None:
+def _copy_bandwidth(client, device, repeats: int, min_sample_s: float,
+                    n: int = COPY_ELEMENTS) -> float | None:
     """GB/s (bytes read plus written) of ``x * s`` over ``n`` float32."""
     import jax
 
@@ -549,10 +551,12 @@ def markdown(data: dict) -> str:
     lines = [
         f"# {data['label']}",
         "",
-        f"- jax {meta['jax']}, jaxlib {meta['jaxlib']}, Python {meta['python']}; programs from {meta['producer']}"
+        f"- jax {meta['jax']}, jaxlib {meta['jaxlib']}, Python {meta['python']}; "
+        f"programs from {meta['producer']}"
         + (f" on {meta['exported_on']}" if meta.get("exported_on") else "")
         + (f", safeops at commit {meta['source']}" if meta.get("source") else ""),
-        f"- Copy bandwidth (x * s, {meta.get('copy_elements', COPY_ELEMENTS):.0e} float32, bytes read + written): "
+        f"- Copy bandwidth (x * s, {meta.get('copy_elements', COPY_ELEMENTS):.0e} float32, "
+        "bytes read + written): "
         f"{_fmt(data['copy_bandwidth_gbps'], '{:.1f}')} GB/s; "
         f"{meta['repeats']} interleaved samples per program, each of back-to-back executions lasting "
         f">= {meta['min_sample_s']} s; "
@@ -584,7 +588,8 @@ def markdown(data: dict) -> str:
     if data["checks"]:
         bad = [c for c in data["checks"] if not c["allclose"]]
         looped = sum(c["id"].endswith(":looped") for c in data["checks"])
-        lines += ["", f"Outputs checked against TensorFlow's: {len(data['checks']) - looped} programs as exported "
+        lines += ["", "Outputs checked against TensorFlow's: "
+                      f"{len(data['checks']) - looped} programs as exported "
                       f"and {looped} inside the timing loop; {len(data['checks']) - len(bad)} of "
                       f"{len(data['checks'])} equal (allclose)" + (f"; differ: {bad}" if bad else "")]
     if data["failures"]:
@@ -618,7 +623,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--filter", default=None, metavar="REGEX", help="only the cases matching it")
     parser.add_argument("--workers", type=int, default=None, help="threads drawing the inputs (default: 4)")
     parser.add_argument("--no-loop", action="store_true",
-                        help="time one run per execution (default: a device-side loop of many, see looped_program)")
+                        help="time one run per execution "
+                             "(default: a device-side loop of many, see looped_program)")
     args = parser.parse_args(argv)
     data = replay(args.directory, repeats=max(args.repeats, 1), min_sample_s=args.min_sample,
                   platform_name=args.platform, check_only=args.check_only, out_dir=args.out,

@@ -251,7 +251,8 @@ def _gradients(name: str):
 
 
 def gradient_errors(name: str, args: list, got: list) -> list:
-    """Per argument: the worst relative error of ``got`` against :data:`DERIVATIVES`, where, non-finite count."""
+    """Per argument: the worst relative error of ``got`` against :data:`DERIVATIVES`, where, and
+    the non-finite count."""
     from tests.ulp import relative_error
 
     with np.errstate(all="ignore"):
@@ -313,7 +314,8 @@ def variants(name: str) -> dict:
 
 
 def _positional(fn):
-    """``fn`` of its tensor inputs alone: experimental_get_compiler_ir binds every parameter (``name`` too)."""
+    """``fn`` of its tensor inputs alone: experimental_get_compiler_ir binds every parameter
+    (``name`` too)."""
 
     def call(*xs):
         return fn(*xs)
@@ -376,7 +378,8 @@ def replay(directory: str, platform_name: str | None = None, out_dir: str | None
             run = replay_lib.Runner(executable, [jax.device_put(a, device) for a in args])
             got = [np.asarray(o) for o in run.first]
         except Exception as error:  # noqa: BLE001 - recorded and reported
-            failures.append(f"{entry['id']}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            failures.append(f"{entry['id']}: {type(error).__name__}: {first_line}")
             continue
         kind = entry.get("kind", "value")
         measured = (worst(entry["op"], args, got[0], exact_values(entry["op"], args)) if kind == "value"
@@ -461,7 +464,8 @@ def _device_main(argv: list[str]) -> int:
 
 
 def gradient_table(results: dict, modes: tuple) -> str:
-    lines = ["| op | argument | " + " | ".join(f"max rel. error {m}" for m in modes) + " | worst at | non-finite |",
+    lines = ["| op | argument | " + " | ".join(f"max rel. error {m}" for m in modes)
+             + " | worst at | non-finite |",
              "|---|---:|" + "---:|" * len(modes) + "---|---:|"]
     for name, r in results.items():
         for i in range(len(r[modes[0]])):

@@ -71,7 +71,8 @@ def export(out_dir: str, cases: list, *, dtype: str = "float32", quick: bool = F
         jobs = [(case, label, case.shape_for(label)) for label in sizes for case in cases]
         jobs = [job for job in jobs if job[2] is not None]
     else:
-        jobs = [(case, label, shape) for case in cases for label, shape in case.shapes(quick=quick, smoke=smoke)]
+        jobs = [(case, label, shape) for case in cases
+                for label, shape in case.shapes(quick=quick, smoke=smoke)]
     bar = runner._Progress(len(jobs), progress)
     dot_sums = _xla.set_dot_sums(False)
     try:
@@ -109,7 +110,8 @@ def _export_jobs(out_dir, jobs, dtype, data_limit, bar, programs, failures):
                         "variant": variant, "pass": pass_, "size": label, "shape": list(shape),
                         "dtype": dtype,
                         "inputs": [dict(s, seed=seed) for s, seed in zip(specs, seeds)],
-                        "outputs": [{"shape": [int(n) for n in o.shape], "dtype": o.dtype.name} for o in outs],
+                        "outputs": [{"shape": [int(n) for n in o.shape], "dtype": o.dtype.name}
+                                    for o in outs],
                         "bytes": sum(_inputs.nbytes(s) for s in specs)
                         + sum(int(np.prod(o.shape.as_list() if hasattr(o.shape, "as_list") else o.shape))
                               * o.dtype.size for o in outs),

@@ -271,7 +271,8 @@ def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
     assert {c["id"] for c in data["checks"] if c["id"].endswith(":looped")} == \
         {p["id"] + ":looped" for p in manifest["programs"]}
     assert all(c["allclose"] for c in data["checks"]), data["checks"]
-    assert data["meta"]["looped"] and all(v["loops"] > 1 for e in data["results"] for v in e["variants"].values())
+    assert data["meta"]["looped"]
+    assert all(v["loops"] > 1 for e in data["results"] for v in e["variants"].values())
     for entry in data["results"]:
         assert entry["variants"]["safeops"]["median_s"] > 0 and entry["variants"]["safeops"]["samples"] == 2
     assert (tmp_path / "replay.md").read_text().startswith("# XLA program replayed through jaxlib on ")
@@ -282,7 +283,7 @@ def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
 
 
 def test_sweep_export_replays_through_jaxlib_within_c3(tmp_path):
-    """``benchmarks.sweep export`` / ``replay``: the ULP sweep as XLA programs, run where TensorFlow is absent."""
+    """``benchmarks.sweep export`` / ``replay``: the ULP sweep as XLA programs, run without TensorFlow."""
     pytest.importorskip("jax", reason="jax/jaxlib are test dependencies (pyproject [test])")
     from benchmarks import sweep
 
@@ -300,9 +301,11 @@ def test_sweep_export_replays_through_jaxlib_within_c3(tmp_path):
     for row in data["results"]:
         assert row["same_points"] and row["points"] >= 3000
         if row["kind"] == "gradient":
-            assert all(d["non_finite"] == 0 and d["max_rel"] <= 1e-5 for d in row["device"] + row["here"]), row
+            measured = row["device"] + row["here"]
+            assert all(d["non_finite"] == 0 and d["max_rel"] <= 1e-5 for d in measured), row
         else:
             assert row["device"]["non_finite"] == 0
         if row["kind"] == "value" and row["variant"] == "safeops":
             assert row["device"]["max_ulp"] <= 4 and row["here"]["max_ulp"] <= 4, row
-    assert (tmp_path / "sweep_replay.md").read_text().startswith("# float32 ULP sweep replayed through jaxlib on ")
+    report = (tmp_path / "sweep_replay.md").read_text()
+    assert report.startswith("# float32 ULP sweep replayed through jaxlib on ")
