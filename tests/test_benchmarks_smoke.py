@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,3 +310,22 @@ def test_sweep_export_replays_through_jaxlib_within_c3(tmp_path):
             assert row["device"]["max_ulp"] <= 4 and row["here"]["max_ulp"] <= 4, row
     report = (tmp_path / "sweep_replay.md").read_text()
     assert report.startswith("# float32 ULP sweep replayed through jaxlib on ")
+
+
+def test_replay_check_allows_a_reordered_sum_but_not_a_wrong_one(tmp_path):
+    """A cancelling sum added in another order passes; a wrong sum or element-wise output does not."""
+    from benchmarks import replay
+
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    total, scaled = np.float32(np.sum(x * np.float32(1.5))), x * np.float32(1.5)
+    np.savez(tmp_path / "e.npz", a0=total, a1=scaled)
+    entry = {"id": "p", "data": {"expected": "e.npz"},
+             "outputs": [{"shape": [], "dtype": "float32"}, {"shape": [1000], "dtype": "float32"}]}
+
+    def check(got_total, got_scaled):
+        return replay._check(entry, [np.float32(got_total), got_scaled], str(tmp_path), [x])["allclose"]
+
+    assert check(total, scaled)
+    assert check(total + np.float32(3.4e-5), scaled)  # within eps * n * max|x|, the H200's looped sum
+    assert not check(total + np.float32(1.0), scaled)
+    assert not check(total, scaled + np.float32(3.4e-5) * np.abs(scaled).max())
