@@ -18,7 +18,7 @@ report of a replay on a GPU machine (it needs one, so this script never reruns i
     python -m benchmarks export EXPORT/full --sizes 1e7,8192x1000,256x32000,1e8
     python -m benchmarks.sweep export EXPORT/sweep                    # C3 there (optional)
     bash benchmarks/gpu_replay.sh EXPORT RESULTS                      # there, jax only
-    cp RESULTS/full/replay.{json,md} docs/gpu/ && cp RESULTS/check/replay.json docs/gpu/check.json
+    cp RESULTS/full/replay.{json,md} docs/gpu/ && cp RESULTS/check/replay.md docs/gpu/check.md
 """
 
 from __future__ import annotations
