@@ -34,16 +34,6 @@ def np_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def finfo_eps(dtype) -> float:
-    """Machine epsilon of a float dtype, bfloat16 included."""
-    dtype = np.dtype(dtype)
-    if dtype.name == "bfloat16":
-        import ml_dtypes
-
-        return float(ml_dtypes.finfo(dtype).eps)
-    return float(np.finfo(dtype).eps)
-
-
 def spec(kind: str, shape, dtype: str, **params: Any) -> dict:
     """A JSON-serialisable input spec."""
     return {"kind": kind, "shape": [int(n) for n in shape], "dtype": dtype, **params}

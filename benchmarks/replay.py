@@ -38,6 +38,7 @@ from collections import defaultdict
 import numpy as np
 
 from benchmarks import _inputs
+from tests.ulp import finfo
 
 COPY_ELEMENTS = 10**7
 _COPY_PROGRAM = """module @copy_bandwidth {{
@@ -478,7 +479,7 @@ def _check(entry: dict, outs: list, directory: str, inputs: list | None = None) 
         rtol = 1e-5 if e.dtype.itemsize >= 4 else 1e-2
         atol = rtol * 1e-1
         if e.size < largest:
-            atol = max(atol, float(_inputs.finfo_eps(e.dtype)) * largest * magnitude)
+            atol = max(atol, float(finfo(e.dtype).eps) * largest * magnitude)
         equal &= bool(np.allclose(g64, e64, rtol=rtol, atol=atol, equal_nan=True))
         with np.errstate(invalid="ignore"):
             diff = np.abs(g64 - e64)

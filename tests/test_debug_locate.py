@@ -362,3 +362,8 @@ class TestArguments:
     def test_function_without_a_float_result(self):
         with pytest.raises(ValueError, match=r"fn must be a function that returns a floating-point loss"):
             locate_nonfinite(lambda x: tf.cast(x, tf.int32), X)
+
+
+def test_exp_overflow_names_the_dtype_threshold():
+    report = locate_nonfinite(lambda x: tf.reduce_sum(tf.exp(x)), tf.constant([1.0, 100.0]))
+    assert "Exp overflow" in report.cause and "above log(max float32) = 88.72" in report.cause, report.cause

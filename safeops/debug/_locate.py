@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from safeops import _validate
+from safeops import _dtypes, _validate
 from safeops.debug import _trace
 
 _OP = "safeops.debug.locate_nonfinite"
@@ -317,7 +317,7 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
                                                             "safeops.math.divide_no_nan")
     if kind in ("Exp", "Expm1") and x is not None:
         return (f"Exp overflow: input max is {x.max:.4g}, above log(max {x.dtype}) "
-                f"= {_log_max(x.dtype):.4g}",
+                f"= {_dtypes.log_max(x.dtype):.4g}",
                 "stay in log space: safeops.math.reduce_logsumexp, softmax, log_softmax, softplus; "
                 "or subtract the max before exp")
     if kind == "Pow" and len(ins) == 2:
@@ -368,10 +368,3 @@ def _explain_gradient(op, ins, outs, forward_op, made):
         return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.norm"
     return (f"{op.type} {where} ('{forward_op.name}') made {made} from finite values",
             "replace the forward op by its safeops equivalent (safeops.debug.lint lists them)")
-
-
-def _log_max(dtype: str) -> float:
-    try:
-        return math.log(float(np.finfo(np.dtype(dtype)).max))
-    except TypeError:
-        return math.log(float(tf.as_dtype(dtype).max))
