@@ -74,11 +74,15 @@ _NO_FROM_LOGITS = ("safeops.losses.kl_divergence", "safeops.losses.tversky_loss"
 
 def checked_unit_interval(op, p, name):
     """``p`` with a graph assertion that every non-NaN entry is in ``[0, 1]``."""
-    inside = tf.logical_or(tf.logical_and(p >= 0, p <= 1), tf.math.is_nan(p))
+    if not _validate.validation_enabled():
+        return p
+    # NaN compares false both ways, so it passes (and reaches the output).
+    outside = tf.logical_or(p < 0, p > 1)
     expected = "probabilities in [0, 1]"
     if name == "y_pred" and op not in _NO_FROM_LOGITS:
         expected += " (pass from_logits=True for logits)"
-    checks = _validate.assert_that(tf.reduce_all(inside), op, name, expected, _first_bad(p, inside))
+    checks = _validate.assert_that(tf.logical_not(tf.reduce_any(outside)), op, name, expected,
+                                   lambda: _first_bad(p, outside))
     if not checks:
         return p
     with tf.control_dependencies(checks):
@@ -87,8 +91,11 @@ def checked_unit_interval(op, p, name):
 
 def checked_non_negative(op, x, name):
     """``x`` with a graph assertion that every non-NaN entry is ``>= 0``."""
-    inside = tf.logical_or(x >= 0, tf.math.is_nan(x))
-    checks = _validate.assert_that(tf.reduce_all(inside), op, name, "non-negative", _first_bad(x, inside))
+    if not _validate.validation_enabled():
+        return x
+    outside = x < 0
+    checks = _validate.assert_that(tf.logical_not(tf.reduce_any(outside)), op, name, "non-negative",
+                                   lambda: _first_bad(x, outside))
     if not checks:
         return x
     with tf.control_dependencies(checks):
@@ -171,9 +178,9 @@ def check_axis(op, axis, rank, many=False):
     return _validate.static_axis(op, axis, rank, many=many, runtime=False)
 
 
-def _first_bad(x, inside):
+def _first_bad(x, outside):
     """The first entry outside the domain (an appended 0 keeps an empty input gatherable)."""
-    flat_outside = tf.concat([tf.logical_not(tf.reshape(inside, [-1])), [False]], 0)
+    flat_outside = tf.concat([tf.reshape(outside, [-1]), [False]], 0)
     flat = tf.concat([tf.reshape(x, [-1]), tf.zeros([1], x.dtype)], 0)
     return tf.gather(flat, tf.argmax(tf.cast(flat_outside, tf.int32)))
 

@@ -244,9 +244,11 @@ def _checked_labels(labels, num_classes, who, expected, shape_checks, checked):
     if checked:
         # The first bad label, or the sentinel 0 after the end when all are
         # valid (also for an empty batch, where argmax alone has nothing to reduce).
-        first_bad = tf.gather(
-            tf.concat([flat_labels, tf.zeros([1], labels.dtype)], 0),
-            tf.argmax(tf.concat([tf.cast(tf.logical_not(valid), tf.int32), tf.ones([1], tf.int32)], 0)))
+        def first_bad():
+            return tf.gather(
+                tf.concat([flat_labels, tf.zeros([1], labels.dtype)], 0),
+                tf.argmax(tf.concat([tf.cast(tf.logical_not(valid), tf.int32), tf.ones([1], tf.int32)], 0)))
+
         checks = _validate.assert_that(tf.reduce_all(valid), who[0], who[1], expected, first_bad,
                                        received="a label value of")
     with tf.control_dependencies(shape_checks + checks):
