@@ -522,7 +522,8 @@ def test_a_check_finds_the_bad_entry_only_when_it_fails(mode):
         fn(tf.constant([1.0, -2.0, 3.0, -5.0]), "min")
     # The probability check of a loss names its first bad entry the same way.
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)y_pred must be probabilities.*got.*1\.5"):
-        _in_mode(mode, losses.binary_crossentropy)(tf.constant([[1.0, 0.0, 1.0]]), tf.constant([[0.5, 1.5, 2.5]]))
+        _in_mode(mode, losses.binary_crossentropy)(tf.constant([[1.0, 0.0, 1.0]]),
+                                                   tf.constant([[0.5, 1.5, 2.5]]))
 
 
 # ----------------------------------------------------------------------------
