@@ -243,7 +243,8 @@ def _build_registry() -> list:
         _math("log_softmax", "rowwise", _unary(**_LOGIT), _naive_log_softmax, tf.nn.log_softmax),
         _math("norm", "rowwise", _unary(**_LOGIT), _naive_norm,
               lambda x: tf.norm(x, axis=-1), axis=-1),
-        # p-norms: p >= 2 in the input's dtype, p < 2 in float64 (see safeops.math.norm).
+        # p-norms: p >= 2 in the input's dtype, p < 2 in float64 (see safeops.math.norm);
+        # p = 1/2 takes square roots, p = 1.5 stands for the other p < 2 (float64 pow).
         Case("math.norm_ord3", "rowwise", _unary(**_LOGIT),
              {"safeops": _safeops("math", "norm", ord=3, axis=-1),
               "naive": lambda x: tf.reduce_sum(tf.abs(x) ** 3, axis=-1) ** (1 / 3),
@@ -252,6 +253,10 @@ def _build_registry() -> list:
              {"safeops": _safeops("math", "norm", ord=0.5, axis=-1),
               "naive": lambda x: tf.reduce_sum(tf.sqrt(tf.abs(x)), axis=-1) ** 2,
               "builtin": lambda x: tf.norm(x, ord=0.5, axis=-1)}),
+        Case("math.norm_ord1.5", "rowwise", _unary(**_LOGIT),
+             {"safeops": _safeops("math", "norm", ord=1.5, axis=-1),
+              "naive": lambda x: tf.reduce_sum(tf.abs(x) ** 1.5, axis=-1) ** (1 / 1.5),
+              "builtin": lambda x: tf.norm(x, ord=1.5, axis=-1)}),
         _math("l2_normalize", "rowwise", _unary(**_LOGIT),
               lambda x: x / _naive_norm(x)[..., None], lambda x: tf.math.l2_normalize(x, axis=-1), axis=-1),
     ]
