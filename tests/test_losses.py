@@ -616,6 +616,12 @@ def test_kl_divergence_with_logits_of_close_distributions_is_within_c3(dtype, mo
     want = np.array([_kl_reference(a, b) for a, b in zip(t, s)])
     ulps = np.abs(value.astype(np.float64) - want) / np.spacing(np.abs(want.astype(dtype))).astype(np.float64)
     assert ulps.max() <= 4, ulps
+    # Alone in its batch, a cancelling row takes the float64 pass and an
+    # ordinary one skips it (the tf.cond): both within C3.
+    for i in (0, 2):
+        alone, _ = _value_and_grad(lambda z: losses.kl_divergence_with_logits(tf.constant(t[i:i + 1]), z),
+                                   tf.constant(s[i:i + 1]), mode)
+        assert abs(float(alone[0]) - want[i]) <= 4 * np.spacing(abs(want[i].astype(dtype))), (i, alone, want[i])
     # The student's gradient p - q, against the float64 softmaxes.
     t64, s64 = t.astype(np.float64), s.astype(np.float64)
 
