@@ -158,6 +158,17 @@ class TestNorm:
                 want = min((abs(v) / exact) ** (ord - 1), big)
                 assert got == pytest.approx(float(want), rel=1e-5 if dtype == tf.float32 else 1e-12)
 
+    @pytest.mark.parametrize("ord", [0.01, 0.1, 0.25, 0.5, 1.5])
+    def test_p_norm_beyond_every_range_keeps_its_gradient(self, ord):
+        """A float32 row of 1000 entries 3e37: the norm overflows float32 (inf), the exact gradient
+        ``(|x| / norm)**(p - 1) = 1000**((1 - p) / p)`` does not (or saturates). Unscaled, the float64
+        norm itself overflows for p = 0.01 (3e337) and the gradient came out 0: small p keep the scaling."""
+        x = tf.constant(np.full((1, 1000), 3e37, np.float32))
+        y, g, _ = derivatives(lambda t: tfm.norm(t, ord=ord, axis=-1), x)
+        assert y[0] == INF
+        exact = min(float(mpmath.mpf(1000) ** ((1 - mpmath.mpf(ord)) / ord)), float(np.finfo(np.float32).max))
+        np.testing.assert_allclose(g, exact, rtol=1e-5)
+
     @pytest.mark.parametrize("ord,axis", [("fro", None), ("fro", 0), (0, None), (-1, 0), ("nuc", (0, 1)), (3, (0, 1))])
     def test_bad_ord(self, ord, axis):
         with pytest.raises(ValueError, match="ord"):

@@ -461,7 +461,7 @@ def _p_norm(axis, p: float, dtype: tf.DType, xla: bool):
     entries below ``2**-126`` times the largest one underflow, and for
     ``p < 1`` such terms are not negligible (``(1e-40)**0.1`` is ``1e-4``);
     the root also multiplies the relative error of the sum by ``1/p``.
-    There float64's range holds every term unscaled (``s = 1``). In
+    There float64's range holds every term unscaled (``s = 1``, for ``p >= 1/4``). In
     float64, ``p < 1`` forms each term as ``|x|**p * s**p`` so that it
     underflows only when it is below the smallest normal number itself.
     ``p = 1/2`` takes square roots (:func:`_power`).
@@ -492,16 +492,19 @@ def _p_norm(axis, p: float, dtype: tf.DType, xla: bool):
 
     def forward(x):
         a = tf.abs(tf.cast(x, working_dtype(x)))
-        if a.dtype == x.dtype:
-            scale = _power_of_two_scale(tf.reduce_max(a, axis, keepdims=True))
-            total = tf.reduce_sum(terms(a, scale), axis, keepdims=True)
-        else:
+        if a.dtype != x.dtype and p >= 0.25:
             # float32 in float64: |x|**p of a normal float32 lies in [2**-252,
-            # 2**256] for 0 < p < 2, and neither it, the sum nor the ratios
-            # of the gradient leave float64's range: no scaling, and no pass
-            # for the largest magnitude.
+            # 2**256] for 0 < p < 2, its sum over n < 2**31 entries below
+            # 2**287, the norm below 2**(128 + 31 / p) <= 2**252 for p >=
+            # 1/4, and the gradient's ratio |x| / norm above 2**-378: nothing
+            # leaves float64's range, so no scaling, and no pass for the
+            # largest magnitude. (For p below 1/4 the unscaled norm of a
+            # long row could overflow float64 where the scaled one does not.)
             total = tf.reduce_sum(_zero_safe_pow(a, p), axis, keepdims=True)
             scale = tf.ones_like(total)
+        else:
+            scale = _power_of_two_scale(tf.reduce_max(a, axis, keepdims=True))
+            total = tf.reduce_sum(terms(a, scale), axis, keepdims=True)
         scaled_norm = _zero_safe_pow(total, 1.0 / p)
         return tf.cast(scaled_norm / scale, x.dtype), (scale, scaled_norm)
 
