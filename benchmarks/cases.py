@@ -192,6 +192,14 @@ def _naive_kl(y, p):
     return tf.reduce_sum(y * tf.math.log(y / p), axis=-1)
 
 
+def _two_logits(shape, dtype):
+    return [_inputs.spec("normal", shape, dtype, scale=3.0), _inputs.spec("normal", shape, dtype, scale=3.0)]
+
+
+def _naive_kl_with_logits(t, s):
+    return tf.reduce_sum(tf.nn.softmax(t) * (tf.nn.log_softmax(t) - tf.nn.log_softmax(s)), axis=-1)
+
+
 def _naive_norm(x):
     return tf.sqrt(tf.reduce_sum(x * x, axis=-1))
 
@@ -299,6 +307,9 @@ def _build_registry() -> list:
         Case("losses.kl_divergence", "crossentropy", _two_distributions,
              {"safeops": _safeops("losses", "kl_divergence"), "naive": _naive_kl,
               "builtin": keras.losses.kl_divergence}, (1,)),
+        # Keras has none: teacher and student logits, unrelated (no row cancels, the float64 pass is skipped).
+        Case("losses.kl_divergence_with_logits", "crossentropy", _two_logits,
+             {"safeops": _safeops("losses", "kl_divergence_with_logits"), "naive": _naive_kl_with_logits}, (1,)),
     ]
     return cases
 
