@@ -309,7 +309,8 @@ def _build_registry() -> list:
               "builtin": keras.losses.kl_divergence}, (1,)),
         # Keras has none: teacher and student logits, unrelated (no row cancels, the float64 pass is skipped).
         Case("losses.kl_divergence_with_logits", "crossentropy", _two_logits,
-             {"safeops": _safeops("losses", "kl_divergence_with_logits"), "naive": _naive_kl_with_logits}, (1,)),
+             {"safeops": _safeops("losses", "kl_divergence_with_logits"),
+              "naive": _naive_kl_with_logits}, (1,)),
     ]
     return cases
 
