@@ -99,9 +99,9 @@ def _kl_of_probabilities(floor: float, split: bool, xla: bool, dtype: tf.DType):
     \log \max(y, floor) + [y \ne 0] \, y / \max(y, floor) - \log c`
     (``xlogy``'s two gradients). The forward pass computes the value once
     (one inner XLA function with ``xla``: some twenty float64 kernels
-    fused); the plain terms are never formed (they cost a fifth of the op
-    forward). ``dtype``: the caller's, at whose range second derivatives
-    saturate.
+    fused); the plain terms are never formed (they were, forward, only to
+    carry this gradient). ``dtype``: the caller's, at whose range second
+    derivatives saturate.
     """
 
     def forward(y, p):

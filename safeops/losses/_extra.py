@@ -160,9 +160,9 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         # Where the terms cancel (their absolute sum over twice the KL), the
         # value from the centred form (see _centred_kl); the gradient stays
         # that of the sum above, whose terms are each accurate. The float64
-        # pass runs only for a batch where some row cancels (most of its
-        # cost: 5 times the naive formula when run for every batch); the
-        # cond sees stopped inputs only, so no gradient is taken through it.
+        # pass (most of the op's cost when it runs) runs only for a batch
+        # where some row cancels; the cond sees stopped inputs only, so no
+        # gradient is taken through it.
         cancels = tf.reduce_sum(tf.abs(gap) * q, axis) > 2.0 * tf.abs(kl)
         centred = _compiled_centred_kl(axis)
         teacher, student = tf.stop_gradient(t), tf.stop_gradient(pred.values)
