@@ -94,3 +94,18 @@ def test_kl_divergence_float32_at_a_float32_ulp_of_difference():
         got = float(losses.kl_divergence(y[None], p[None]).numpy()[0])
         want = _reference(y, p, tiny)
         assert abs(got - want) <= 4 * np.spacing(np.float32(abs(want))), (len(y), got, want)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_kl_divergence_range_checks_name_the_argument_and_value(mode):
+    """The range checks of both arguments ride in the float64 pass (per row); each still names its own
+    argument and first bad value, in any row, and NaN passes through to the output."""
+    fn = run(mode, losses.kl_divergence)
+    ok = [[0.5, 0.5], [0.25, 0.75]]
+    for y, p, arg, bad in [(ok, [[0.5, 0.5], [1.25, 0.75]], "y_pred", "1.25"),
+                           ([[0.5, 0.5], [0.25, -0.5]], ok, "y_true", "-0.5")]:
+        message = rf"(?s){arg} must be probabilities.*got.*{bad}"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            fn(tf.constant(y), tf.constant(p))
+    value = fn(tf.constant([[0.5, np.nan], [0.25, 0.75]]), tf.constant([[0.5, 0.5], [0.5, 0.5]])).numpy()
+    assert np.isnan(value[0]) and value[1] == pytest.approx(0.1308, abs=1e-4)

@@ -74,19 +74,38 @@ _NO_FROM_LOGITS = ("safeops.losses.kl_divergence", "safeops.losses.tversky_loss"
 
 def checked_unit_interval(op, p, name):
     """``p`` with a graph assertion that every non-NaN entry is in ``[0, 1]``."""
-    if not _validate.validation_enabled():
-        return p
-    # NaN compares false both ways, so it passes (and reaches the output).
-    outside = tf.logical_or(p < 0, p > 1)
-    expected = "probabilities in [0, 1]"
-    if name == "y_pred" and op not in _NO_FROM_LOGITS:
-        expected += " (pass from_logits=True for logits)"
-    checks = _validate.assert_that(tf.logical_not(tf.reduce_any(outside)), op, name, expected,
-                                   lambda: _first_bad(p, outside))
+    checks = unit_interval_check(op, p, name)
     if not checks:
         return p
     with tf.control_dependencies(checks):
         return tf.identity(p)
+
+
+def outside_unit_interval(p):
+    """Where ``p`` is outside ``[0, 1]``.
+
+    NaN compares false both ways, so it is not (and reaches the output).
+    """
+    return tf.logical_or(p < 0, p > 1)
+
+
+def unit_interval_check(op, p, name, outside=None):
+    """The control dependencies of an assertion that every non-NaN entry of ``p`` is in ``[0, 1]``.
+
+    ``outside``: :func:`outside_unit_interval` of ``p`` or a reduction of it
+    (any entry of a row), when a pass over ``p`` that runs anyway computed
+    it (:func:`safeops.losses.kl_divergence` does, inside its float64
+    function); else it is computed here. ``[]`` when checks are off.
+    """
+    if not _validate.validation_enabled():
+        return []
+    if outside is None:
+        outside = outside_unit_interval(p)
+    expected = "probabilities in [0, 1]"
+    if name == "y_pred" and op not in _NO_FROM_LOGITS:
+        expected += " (pass from_logits=True for logits)"
+    return _validate.assert_that(tf.logical_not(tf.reduce_any(outside)), op, name, expected,
+                                 lambda: _first_bad(p, outside_unit_interval(p)))
 
 
 def checked_non_negative(op, x, name):

@@ -75,21 +75,44 @@ def kl_divergence(y_true, y_pred):
         pred = _common.Prediction(op, y_pred, False, "softmax", -1)
         y = _common.labels_like(op, y_true, pred)
         y = _common.broadcast_labels(op, y, pred.values)
-        y = _common.checked_unit_interval(op, y, "y_true")
         if pred.logits is not None:
+            y = _common.checked_unit_interval(op, y, "y_true")
             cross = tf.math.multiply_no_nan(tfm.log_softmax(pred.logits, axis=-1), y)
             return pred.output(tf.reduce_sum(tfm.xlogy(y, y) - cross, -1))
         # Both logarithms clamped at the same tiny (y_pred's dtype): a label
         # below float16's tiny next to p = 0 made y (log y - log tiny) < 0.
-        p = tf.cast(pred.probabilities(), pred.compute_dtype)
+        p = tf.cast(tf.cast(pred.values, pred.clamp_dtype), pred.compute_dtype)
         floor = _dtypes.tiny(pred.clamp_dtype)
-        kl = _kl_of_probabilities(floor, pred.clamp_dtype == tf.float64, _xla.enabled(), pred.clamp_dtype)
-        return pred.output(kl(y, p))
+        accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
+        value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))
+        kl = _with_kl_gradient(floor, pred.clamp_dtype)(value, y, p)
+        checks = (_common.unit_interval_check(op, y, "y_true", y_outside)
+                  + _common.unit_interval_check(op, p, "y_pred", p_outside))
+        if checks:
+            with tf.control_dependencies(checks):
+                kl = tf.identity(kl)
+        return pred.output(kl)
 
 
 @functools.lru_cache(maxsize=None)
-def _kl_of_probabilities(floor: float, split: bool, xla: bool, dtype: tf.DType):
-    r"""``kl(y, p)``: the value of :func:`_one_signed_kl`, the gradient of ``sum(xlogy(y, y) - xlogy(y, p))``.
+def _accurate_kl(floor: float, split: bool, xla: bool):
+    """``(value, y_outside, p_outside)``: :func:`_one_signed_kl`; whether a row of ``y``, ``p`` leaves [0, 1].
+
+    One inner XLA function (with ``xla``): some twenty float64 kernels
+    fused, and the range checks of both arguments read in the same pass
+    (as separate TensorFlow kernels they were two more passes over each).
+    """
+
+    def value_and_checks(y, p):
+        rows = [tf.reduce_any(_common.outside_unit_interval(v), -1) for v in (y, p)]
+        return (tf.cast(_one_signed_kl(y, p, floor, split), y.dtype), *rows)
+
+    return _xla.compiled(value_and_checks, xla)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_kl_gradient(floor: float, dtype: tf.DType):
+    r"""``op(value, y, p)``: ``value`` with the gradient of ``sum(xlogy(y, y) - xlogy(y, p))``.
 
     The logarithms of the plain terms cancel where ``y_j`` is near ``p_j``
     (50% off in float32 at ``y = [.3, .3, .4]``, ``p = [.3, .3001,
@@ -97,25 +120,21 @@ def _kl_of_probabilities(floor: float, split: bool, xla: bool, dtype: tf.DType):
     :math:`\partial/\partial p = -y / c` (the clamp's boundary gradient
     below ``floor``, 0 where ``y = 0``) and :math:`\partial/\partial y =
     \log \max(y, floor) + [y \ne 0] \, y / \max(y, floor) - \log c`
-    (``xlogy``'s two gradients). The forward pass computes the value once
-    (one inner XLA function with ``xla``: some twenty float64 kernels
-    fused); the plain terms are never formed (they were, forward, only to
-    carry this gradient). ``dtype``: the caller's, at whose range second
+    (``xlogy``'s two gradients); ``value`` (from stopped inputs) gets none.
+    The plain terms are never formed (they were, forward, only to carry
+    this gradient). ``dtype``: the caller's, at whose range second
     derivatives saturate.
     """
 
-    def forward(y, p):
-        return tf.cast(_one_signed_kl(y, p, floor, split), y.dtype)
-
-    def backward(dy, kl, y, p):
+    def backward(dy, kl, value, y, p):
         dy = dy[..., None]
         zeros = tf.zeros_like(y)
         c = tf.maximum(p, floor)
         y_ = tf.maximum(y, floor)
         d_y = tf.math.log(y_) + tf.where(tf.equal(y, 0.0), zeros, y / y_) - tf.math.log(c)
-        return dy * d_y, -dy * (y / c)
+        return tf.zeros_like(value), dy * d_y, -dy * (y / c)
 
-    return _gradient.custom_op(_xla.compiled(forward, xla), backward, dtype)
+    return _gradient.custom_op(lambda value, y, p: tf.identity(value), backward, dtype)
 
 
 def _one_signed_kl(y, p, floor, split=True):
