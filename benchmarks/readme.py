@@ -38,7 +38,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # machine's load from one regeneration to the next.
 BENCH_ARGS = ("--quick", "--repeats", "11", "--min-sample", "0.02")
 BENCH_SECTIONS = ("Targets", "forward+backward, tf.function", "forward, tf.function",
-                  "forward+backward, tf.function(jit_compile=True)")
+                  "forward+backward, tf.function(jit_compile=True)", "forward, eager")
 # The quick plan times tf.function at 1e5 elements only; the row-wise ops'
 # ratios depend on the size (an inner XLA call's launch at small sizes, XLA's
 # CPU loops against TensorFlow's fused kernels at large ones), so the README

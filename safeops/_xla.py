@@ -46,14 +46,45 @@ def enabled() -> bool:
     return _enabled
 
 
-def compiled(fn, xla):
-    """``fn`` as an inner XLA function, or ``fn`` itself when ``xla`` is false."""
+#: Eager calls of a few-kernel op on fewer elements than this run as plain ops
+#: (see :func:`compiled`'s ``eager_plain``).
+EAGER_PLAIN_BELOW = 1 << 16
+
+
+def compiled(fn, xla, eager_plain=False):
+    """``fn`` as an inner XLA function, or ``fn`` itself when ``xla`` is false.
+
+    ``eager_plain``: for ops of a few kernels (``xlogy``, ``divide_no_nan``),
+    an eager call whose largest input has fewer than
+    :data:`EAGER_PLAIN_BELOW` elements runs ``fn`` as plain ops. Calling an
+    XLA function eagerly has a fixed cost of its own, larger there than the
+    few kernels it fuses (``python -m benchmarks --modes eager``, 1e3
+    elements); on large tensors the fused loop wins (no buffer per
+    intermediate). Inside a ``tf.function`` the XLA function is always used.
+    """
     if not xla:
         return fn
-    return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+    jit = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+    if not eager_plain:
+        return jit
+
+    def call(*args):
+        if tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
+            return fn(*args)
+        return jit(*args)
+
+    # The second-order recompute (safeops._gradient._plain) uses the plain function.
+    call.python_function = fn
+    return call
 
 
-def compiled_gradients(backward, xla, groups):
+def _largest_size(args) -> int:
+    """The element count of the largest tensor among ``args`` (eager tensors have static shapes)."""
+    sizes = [a.shape.num_elements() for a in args if isinstance(a, tf.Tensor)]
+    return max([s for s in sizes if s is not None], default=0)
+
+
+def compiled_gradients(backward, xla, groups, eager_plain=False):
     """``backward`` as one inner XLA function per group of input gradients.
 
     ``backward(*args)`` returns one gradient per input; ``groups`` is a
@@ -66,7 +97,8 @@ def compiled_gradients(backward, xla, groups):
     for; XLA removes the dead code inside each call. A group that is asked
     for recomputes what it shares with the others, so put together
     gradients that are usually wanted together. ``xla`` false returns
-    ``backward`` itself (plain ops are pruned one by one).
+    ``backward`` itself (plain ops are pruned one by one); ``eager_plain``
+    as in :func:`compiled`.
     """
     if not xla:
         return backward
@@ -83,6 +115,8 @@ def compiled_gradients(backward, xla, groups):
     calls = [(indices, pick(indices)) for indices in groups]
 
     def gradients(*args):
+        if eager_plain and tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
+            return tuple(backward(*args))
         out = [None] * count
         for indices, call in calls:
             for i, g in zip(indices, call(*args)):

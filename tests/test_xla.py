@@ -131,3 +131,32 @@ def test_sums_in_a_non_last_axis_and_of_complex_dtype_fall_back():
     z = tf.complex(terms, flags)
     (zs,) = tf.function(lambda z: tuple(_sums([z])), jit_compile=True)(z)
     np.testing.assert_allclose(zs.numpy(), tf.reduce_sum(z, -1, keepdims=True).numpy(), rtol=1e-5)
+
+
+def test_eager_plain_runs_small_eager_calls_as_plain_ops():
+    """``eager_plain``: an eager call below EAGER_PLAIN_BELOW elements runs the Python function eagerly;
+    a larger one, and any call inside a tf.function, goes through the XLA function (a trace)."""
+    seen = []
+
+    def fn(x):
+        seen.append(tf.executing_eagerly())
+        return x * 2.0
+
+    def gradients(dy, x, y):
+        seen.append(tf.executing_eagerly())
+        return dy * x, dy * y
+
+    op = _xla.compiled(fn, True, eager_plain=True)
+    np.testing.assert_array_equal(op(tf.ones([10])), np.full([10], 2.0))
+    assert seen == [True]
+    op(tf.ones([_xla.EAGER_PLAIN_BELOW]))
+    assert seen == [True, False]
+    tf.function(op)(tf.ones([10]))
+    assert seen == [True, False, False]
+    assert op.python_function is fn
+    split = _xla.compiled_gradients(gradients, True, [(0,), (1,)], eager_plain=True)
+    seen.clear()
+    split(tf.ones([3]), tf.ones([3]), tf.ones([3]))
+    assert seen == [True]
+    split(*[tf.ones([_xla.EAGER_PLAIN_BELOW])] * 3)
+    assert seen == [True, False, False]

@@ -528,7 +528,8 @@ def _x_times_clamped_log_op(x_log_fn, log_fn, shift: float, floor: float, dtype:
     select) where TensorFlow's is one, 1.1-1.4x its time at 1e5 elements;
     with ``xla`` each pass is one fused loop (:mod:`safeops._xla`), and the
     two gradients are separate calls, so the one of a constant ``x`` (the
-    labels of a cross-entropy) is pruned.
+    labels of a cross-entropy) is pruned. Eager calls on small tensors run
+    as plain ops (``eager_plain``).
     """
 
     def forward(x, y):
@@ -548,7 +549,8 @@ def _x_times_clamped_log_op(x_log_fn, log_fn, shift: float, floor: float, dtype:
         gy = _dtypes.saturate(dz * x / (clamped + shift if shift else clamped), dtype)
         return sum_to_shape(gx, x), sum_to_shape(gy, y)
 
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     _xla.compiled_gradients(backward, xla, [(0,), (1,)], eager_plain=True), dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -171,6 +171,7 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
     The NaN select after ``DivNoNan`` and the backward's divisions, products
     and saturating clips are separate kernels as plain ops (1.3-1.5x
     ``tf.math.divide_no_nan``); with ``xla`` each pass is one fused loop.
+    Eager calls on small tensors run as plain ops (``eager_plain``).
     """
 
     # A bfloat16 subnormal widens to a float32 subnormal: the eager CPU kernel
@@ -198,4 +199,5 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
         dx = _dtypes.saturate(tf.math.divide_no_nan(dq, y), dtype)
         return sum_to_shape(dx, x), sum_to_shape(dy, y)
 
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     _xla.compiled(backward, xla, eager_plain=True), dtype)
