@@ -79,8 +79,8 @@ def compiled(fn, xla, eager_plain=False):
 
 
 def _largest_size(args) -> int:
-    """The element count of the largest tensor among ``args`` (eager tensors have static shapes)."""
-    sizes = [a.shape.num_elements() for a in args if isinstance(a, tf.Tensor)]
+    """The element count of the largest tensor (or variable) among ``args`` (eager shapes are static)."""
+    sizes = [a.shape.num_elements() for a in args if isinstance(getattr(a, "shape", None), tf.TensorShape)]
     return max([s for s in sizes if s is not None], default=0)
 
 
