@@ -81,7 +81,7 @@ def kl_divergence(y_true, y_pred):
             return pred.output(tf.reduce_sum(tfm.xlogy(y, y) - cross, -1))
         # Both logarithms clamped at the same tiny (y_pred's dtype): a label
         # below float16's tiny next to p = 0 made y (log y - log tiny) < 0.
-        p = tf.cast(tf.cast(pred.values, pred.clamp_dtype), pred.compute_dtype)
+        p = pred.values
         floor = _dtypes.tiny(pred.clamp_dtype)
         accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
         value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))

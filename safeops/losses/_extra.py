@@ -170,10 +170,8 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         def centred_value():
             return tf.cast(centred(teacher, student), kl.dtype)
 
-        shape = tf.shape(cancels)
-
         def unused():
-            return tf.zeros(shape, kl.dtype)
+            return tf.zeros_like(cancels, kl.dtype)
 
         accurate = tf.cond(tf.reduce_any(cancels), centred_value, unused)
         return pred.output(tf.where(cancels, _common.value_of(accurate, kl), kl))
