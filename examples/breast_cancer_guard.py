@@ -112,7 +112,9 @@ def main() -> None:
     from safeops.debug import check_inputs
     print("== (b) breast cancer: raw features, ReLU MLP, SGD at learning rate", LEARNING_RATE)
     plain = train_plain()
-    print(f"1. no guard: batch losses {', '.join(f'{v:.3g}' for v in plain['batch_losses'][:4])}"
+    # Keras' logs["loss"] after a batch is the epoch's running mean, not that batch's loss.
+    print(f"1. no guard: running mean loss after each batch "
+          f"{', '.join(f'{v:.3g}' for v in plain['batch_losses'][:4])}"
           f" -> non-finite at step {plain['first_nonfinite_step']}; TerminateOnNaN stops, weights finite: "
           f"{plain['weights_finite']}")
     guarded = train_guarded()

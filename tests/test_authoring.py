@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -38,6 +40,39 @@ def test_loss_class_builds_a_registered_keras_loss():
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(again) is MeanAbsLogError and again.get_config() == config
     assert "A small custom loss" in MeanAbsLogError.__doc__
+
+
+def test_loss_class_as_a_decorator(batch):
+    y, p, _ = batch
+
+    @losses.loss_class(package="safeops_tests", name="DecoratedLogError")
+    def decorated(y_true, y_pred, scale=1.0):
+        return mean_abs_log_error(y_true, y_pred, scale)
+
+    @losses.loss_class
+    def bare_log_error(y_true, y_pred, scale=1.0):
+        return mean_abs_log_error(y_true, y_pred, scale)
+
+    assert keras.saving.get_registered_name(decorated) == "safeops_tests>DecoratedLogError"
+    assert bare_log_error.__name__ == "BareLogError"
+    expected = MeanAbsLogError(scale=3.0)(y, p)
+    for cls in (decorated, bare_log_error):
+        np.testing.assert_array_equal(cls(scale=3.0)(y, p), expected)
+
+
+def test_readme_custom_loss_block_runs(tmp_path):
+    """README's "Your own loss" block, as a user copies it, with a model to compile."""
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+    block = readme.split("### Your own loss", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="sigmoid")])
+    scope = {"model": model}
+    exec(compile(block.replace('name="dice"', 'name="dice", package="safeops_readme"'), "README", "exec"),
+         scope)
+    y = np.random.default_rng(0).uniform(size=(8, 4)).astype("float32")
+    history = model.fit(y, y, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    model.save(tmp_path / "dice.keras")
+    assert type(keras.models.load_model(tmp_path / "dice.keras").loss).__name__ == "dice"
 
 
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", None])

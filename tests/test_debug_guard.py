@@ -234,6 +234,19 @@ def test_loss_spike_counts_as_divergence():
     assert quiet.events == []
 
 
+def test_negative_losses_are_no_spike():
+    """A ratio to a negative median flagged 12 of 16 healthy cosine-similarity batches."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype("float32")
+    y = x @ rng.normal(size=(4, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.1), loss="cosine_similarity")
+    guard = NaNGuard("skip", spike_factor=10.0, verbose=0)
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert history.history["loss"][-1] < 0 and guard.events == []
+
+
 def test_steps_per_execution_above_one():
     x, y = _data(n_batches=6, poison=3)
     keras.utils.set_random_seed(0)
@@ -396,6 +409,17 @@ def test_falling_losses_are_not_a_divergence():
                        recent_losses=[5000.0, 100.0, 4.0], loss_before=math.inf, weight_growth=1.1)
     assert "loss itself" in _likely_cause(event)[0]
     event.recent_losses = [4.0, 100.0, 5000.0]
+    assert _likely_cause(event)[0].startswith("training diverged")
+
+
+def test_losses_below_zero_are_no_rise():
+    """value / max(lowest, tiny) made any rise after a negative loss look like a divergence."""
+    from safeops.debug._guard import GuardEvent, _likely_cause
+
+    event = GuardEvent(step=3, epoch=0, batch=3, action="stop", trigger="non-finite loss", loss=math.inf,
+                       recent_losses=[-0.5, -0.2, 0.1], loss_before=math.inf, weight_growth=1.1)
+    assert "loss itself" in _likely_cause(event)[0]
+    event.recent_losses = [0.001, 1.0, 5000.0]      # positive losses: the rise still counts
     assert _likely_cause(event)[0].startswith("training diverged")
 
 

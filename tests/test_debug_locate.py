@@ -253,6 +253,13 @@ class TestKerasTrainingStep:
         report = locate_nonfinite(model, MODEL_X, MODEL_Y, loss="categorical_crossentropy")
         assert report.op_type == "ReadVariableOp" and "already holds non-finite" in report.cause
 
+    def test_nonfinite_data_is_counted(self):
+        x = MODEL_X.copy()
+        x[0, 0], x[1, 1], x[2, 0] = np.nan, np.inf, np.nan
+        report = locate_nonfinite(build_model(), x, MODEL_Y, loss="categorical_crossentropy")
+        assert report.op_type == "Placeholder"
+        assert "already holds non-finite values (2 NaN, 1 inf)" in report.cause
+
     def test_keras_loss_with_logits_recovered_is_finite(self):
         report = locate_nonfinite(build_model(), MODEL_X, MODEL_Y, loss="categorical_crossentropy")
         assert not report.found

@@ -147,6 +147,60 @@ class TestDoctor:
         assert report.training["steps"] == 4 and report.training["finite"]
         assert report.inputs is not None and report.inputs.n_train == 96
 
+    def test_token_ids_are_not_input_features(self):
+        """doctor told users to standardise the integer ids going into an Embedding."""
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 5000, (128, 10)).astype("int32")
+        y = rng.integers(0, 2, 128).astype("float32")
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((10,), dtype="int32"), keras.layers.Embedding(5000, 8),
+                                  keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(1e6), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        report = doctor(model, (x, y), steps=6, verbose=False)
+        assert report.inputs is None and "standardised inputs" not in report.experiments
+        assert not [c for c in report.causes if c.source == "inputs"]
+        assert not report.training["finite"] and report.top.title == "learning rate too high"
+        assert "reaches |x|" not in report.training["events"][0].cause
+        # The same integers read as numbers by a Dense model are features.
+        keras.utils.set_random_seed(0)
+        dense = keras.Sequential([keras.Input((10,)), keras.layers.Dense(1)])
+        dense.compile(keras.optimizers.SGD(0.01), loss="mse")
+        assert doctor(dense, (x, y), steps=2, experiments=False, verbose=False).inputs is not None
+
+    @pytest.mark.parametrize("as_dataset", [False, True])
+    def test_multi_input_model(self, as_dataset):
+        """A list of input arrays failed in tf.data; a dataset of input tuples in the sample."""
+        rng = np.random.default_rng(0)
+        x1, x2 = rng.normal(size=(64, 3)).astype("float32"), rng.normal(size=(64, 2)).astype("float32")
+        y = rng.normal(size=(64, 1)).astype("float32")
+        keras.utils.set_random_seed(0)
+        a, b = keras.Input((3,)), keras.Input((2,))
+        model = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
+        model.compile(keras.optimizers.SGD(0.01), loss="mse")
+        data = tf.data.Dataset.from_tensor_slices(((x1, x2), y)).batch(16) if as_dataset else ([x1, x2], y)
+        before = _state(model)
+        report = doctor(model, data, steps=3, verbose=False)
+        assert report.training["finite"] and report.training["steps"] == 3
+        assert _state(model) == before
+
+    def test_learning_rate_experiment_scales_a_schedule(self):
+        """With a schedule the "/ 10" run left the rate as it was and reported the result."""
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(128, 6)).astype("float32")
+        y = x[:, :1] * 3.0
+        results = {}
+        for kind in ("float", "schedule"):
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+            lr = 0.3 if kind == "float" else keras.optimizers.schedules.ExponentialDecay(0.3, 1000, 0.99)
+            model.compile(keras.optimizers.SGD(lr), loss="mse")
+            report = doctor(model, (x, y), steps=20, verbose=False)
+            assert not report.training["finite"]
+            results[kind] = report.experiments["learning rate / 10"]
+            if kind == "schedule":
+                assert model.optimizer._learning_rate.__class__.__name__ == "ExponentialDecay"
+        assert results == {"float": True, "schedule": True}
+
     def test_bad_data_argument(self):
         with pytest.raises(TypeError, match="data must be"):
             doctor(_model(), "nope", verbose=False)

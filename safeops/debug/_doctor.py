@@ -26,7 +26,14 @@ from safeops.debug._lint import lint
 from safeops.debug._locate import locate_nonfinite
 from safeops.debug._events import GuardEvent
 from safeops.debug._guard import NaNGuard
-from safeops.debug._state import _dedupe, _tf_variable
+from safeops.debug._state import (
+    ScaledSchedule,
+    _dedupe,
+    _inner_optimizer,
+    _reads_indices,
+    _ScaledCallable,
+    _tf_variable,
+)
 from safeops.debug._preflight import InputReport, check_inputs
 
 
@@ -125,11 +132,11 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(message("safeops.debug.doctor", arg, "a positive integer", repr(value)))
     x, y, dataset = _split_data(data, preflight_rows)
-    x_sample = _first(x, batch_size)
+    x_sample = _first(x, batch_size) if dataset is None else _first_batch_inputs(dataset)
     loss_fn = loss if loss is not None else getattr(model, "loss", None)
 
     lint_findings = _run_lint(model, x_sample, loss_fn)
-    inputs = check_inputs(x, feature_names=feature_names) if _is_matrix(x) else None
+    inputs = check_inputs(x, feature_names=feature_names) if _is_feature_matrix(model, x) else None
 
     if not model.built:
         model(x_sample)   # create the weights, so that they are saved and restored too
@@ -149,9 +156,10 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
                     tried["standardised inputs"] = _guarded_run(
                         model, xs, y, None, steps, batch_size, spike_factor)["finite"]
                 state.restore()
-                with _learning_rate_scaled(model.optimizer, 0.1):
-                    tried["learning rate / 10"] = _guarded_run(
-                        model, x, y, dataset, steps, batch_size, spike_factor)["finite"]
+                with _learning_rate_scaled(model, 0.1) as scaled:
+                    if scaled.applied:
+                        tried["learning rate / 10"] = _guarded_run(
+                            model, x, y, dataset, steps, batch_size, spike_factor)["finite"]
     finally:
         state.restore()
     training.pop("batch", None)
@@ -200,7 +208,8 @@ def _guarded_run(model, x, y, dataset, steps, batch_size, spike_factor) -> dict:
     recorder = _LossRecorder(guard)
     callbacks = [guard, recorder]
     if dataset is None:   # arrays: the first batches in order, cycling, exactly `steps` of them
-        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+        # A list of input arrays (a multi-input model) is one structure to tf.data, not a stack.
+        dataset = tf.data.Dataset.from_tensor_slices((_as_structure(x), _as_structure(y))).batch(batch_size)
     model.fit(dataset.repeat().take(steps), epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
     return {"steps": len(recorder.losses), "finite": not guard.events, "losses": recorder.losses,
             "events": guard.events, "batch": recorder.batch}
@@ -229,22 +238,48 @@ class _ModelState:
 
 
 class _learning_rate_scaled:
-    """Context: the optimizer's float learning rate times ``factor`` (restored by _ModelState)."""
+    """Context: the optimizer's learning rate times ``factor``, put back on exit.
 
-    def __init__(self, optimizer, factor):
-        self.opt = getattr(optimizer, "inner_optimizer", optimizer)
+    A float rate (a variable) is assigned; so is the scale of a rate that
+    :class:`NaNGuard` already wrapped. A ``LearningRateSchedule`` or a
+    zero-argument callable is wrapped for the duration (``ScaledSchedule``,
+    ``_ScaledCallable``), and the model's train function is retraced on entry
+    and on exit, since a traced step holds the rate it was traced with.
+    ``applied`` says whether the rate could be scaled (any other kind of rate
+    is left alone, and the experiment is not run).
+    """
+
+    def __init__(self, model, factor):
+        self.model = model
+        self.opt = _inner_optimizer(model.optimizer)
         self.factor = factor
 
     def __enter__(self):
         lr = getattr(self.opt, "_learning_rate", None)
-        self.value = None
+        self.variable = self.value = self.schedule = None
         if isinstance(lr, (keras.Variable, tf.Variable)):
-            self.value = lr.numpy()
-            lr.assign(self.value * self.factor)
+            self.variable = lr
+        elif isinstance(lr, (ScaledSchedule, _ScaledCallable)):
+            self.variable = lr.scale
+        elif isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) or callable(lr):
+            self.schedule = lr
+            wrapped = ScaledSchedule(lr) if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) \
+                else _ScaledCallable(lr)
+            wrapped.scale.assign(self.factor)
+            self.opt.learning_rate = wrapped
+            self.model.make_train_function(force=True)
+        if self.variable is not None:
+            self.value = self.variable.numpy()
+            self.variable.assign(self.value * self.factor)
+        self.applied = self.variable is not None or self.schedule is not None
+        return self
 
     def __exit__(self, *exc):
-        if self.value is not None:
-            self.opt._learning_rate.assign(self.value)
+        if self.variable is not None:
+            self.variable.assign(self.value)
+        if self.schedule is not None:
+            self.opt.learning_rate = self.schedule
+            self.model.make_train_function(force=True)
 
 
 def _diverged(event: GuardEvent) -> bool:
@@ -269,13 +304,35 @@ def _split_data(data, preflight_rows):
 
 
 def _first(x, n):
+    """The first ``n`` rows of an input array, or of each array of a list, tuple or dict of them."""
     if isinstance(x, dict):
         return {k: v[:n] for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(v[:n] for v in x)
     return x[:n]
 
 
-def _is_matrix(x) -> bool:
-    return x is not None and not isinstance(x, (dict, list, tuple)) and np.asarray(x).dtype.kind in "fiub"
+def _first_batch_inputs(dataset):
+    """The inputs of a dataset's first batch (one array, or the structure of a multi-input model)."""
+    for batch in dataset.take(1):
+        return keras.utils.unpack_x_y_sample_weight(batch)[0]
+    raise ValueError(message("safeops.debug.doctor", "data", "a dataset with at least one batch", "an empty one"))
+
+
+def _as_structure(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _is_feature_matrix(model, x) -> bool:
+    """Whether ``x`` is one array of features that :func:`check_inputs` should read.
+
+    Integer arrays count unless the model reads them as indices (an
+    ``Embedding``, an integer input): token ids are not standardised.
+    """
+    if x is None or isinstance(x, (dict, list, tuple)):
+        return False
+    kind = np.asarray(x).dtype.kind
+    return kind == "f" or (kind in "iub" and not _reads_indices(model))
 
 
 def _standardise(x):

@@ -221,10 +221,14 @@ def _lower_the_learning_rate(scale: str) -> str:
 
 
 def _largest_rise(losses: list) -> float:
-    """The largest ratio of a loss to an earlier one (1 when the losses only fall)."""
+    """The largest ratio of a loss to an earlier one (1 when the losses only fall).
+
+    Only against a non-negative earlier minimum: once a loss that can be
+    negative has gone below 0, a ratio says nothing about a rise.
+    """
     rise, lowest = 1.0, math.inf
     for value in losses:
-        if lowest < math.inf:
+        if 0.0 <= lowest < math.inf:
             rise = max(rise, value / max(lowest, _TINY))
         lowest = min(lowest, value)
     return rise
@@ -232,6 +236,7 @@ def _largest_rise(losses: list) -> float:
 
 def _input_scale(x_stats: list) -> str:
     """'input column #3 reaches |x| = 2e+06' when the inputs are large, else ''."""
+    x_stats = [st for st in x_stats if not st.get("indices")]   # token or category ids
     largest = max(x_stats, key=lambda st: st.get("abs_max", 0.0), default={})
     x_max = largest.get("abs_max", 0.0)
     if not x_max > _LARGE_INPUT:

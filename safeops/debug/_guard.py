@@ -102,6 +102,7 @@ from safeops.debug._state import (
     _inner_optimizer,
     _layer_names_by_variable,
     _layers,
+    _reads_indices,
     _scale_learning_rate,
     _tf_variable,
 )
@@ -145,7 +146,10 @@ class NaNGuard(keras.callbacks.Callback):
       max_loss: optional bound; a batch loss above it counts as divergence
         (catches a run that is blowing up before it reaches inf).
       spike_factor: optional; a batch loss above ``spike_factor`` times the
-        median of the last 20 finite batch losses counts as divergence.
+        median of the last 20 finite batch losses counts as divergence. Only
+        while that median is positive: a loss that can be negative (Keras'
+        ``cosine_similarity``) is not tested this way (``max_loss`` still
+        applies).
       log_dir: optional TensorBoard log directory.
       verbose: print each event's diagnosis when true.
 
@@ -361,7 +365,10 @@ class NaNGuard(keras.callbacks.Callback):
         if self.max_loss is not None and loss > self.max_loss:
             return True
         if self.spike_factor is not None and self._recent:
-            return loss > self.spike_factor * float(np.median(self._recent))
+            # A ratio to the median means something only for a positive median: a loss that
+            # can be negative (cosine similarity, a Gaussian log-likelihood) is not tested.
+            median = float(np.median(self._recent))
+            return median > 0 and loss > self.spike_factor * median
         return False
 
     # ---- actions
@@ -492,7 +499,10 @@ class NaNGuard(keras.callbacks.Callback):
         for label, part in (("x", x), ("y", y)):
             for i, leaf in enumerate(tf.nest.flatten(part) if part is not None else []):
                 name = label if len(tf.nest.flatten(part)) == 1 else f"{label}[{i}]"
-                event.batch_stats[name] = batch_statistics(_to_numpy(leaf), columns=label == "x")
+                event.batch_stats[name] = stats = batch_statistics(_to_numpy(leaf), columns=label == "x")
+                if label == "x" and stats.get("dtype", "").startswith(("int", "uint", "bool")) \
+                        and _reads_indices(model):
+                    stats["indices"] = True   # ids, not features: no input-scale finding
         if self._pre_batch_missing:
             event.notes.append("no recompute: the weights from before the batch were not kept")
         elif x is not None:

@@ -268,9 +268,10 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
     x = ins[0] if ins else None
     fix_log = "safeops.math.log (finite value, live gradient at 0); on a softmax or sigmoid output use " \
               "safeops.math.log_softmax / log_sigmoid or the safeops.nn cross-entropy from logits"
-    if kind == "Placeholder":
-        return (f"an input of the step already holds non-finite values ({x and x.nans or 0} NaN, "
-                f"{x and x.infinities or 0} inf)" if x else "an input of the step is already non-finite",
+    if kind == "Placeholder":   # no inputs: the counts are those of its output, the data
+        data = outs[0] if outs else None
+        return (f"an input of the step already holds non-finite values ({data.nans} NaN, "
+                f"{data.infinities} inf)" if data else "an input of the step is already non-finite",
                 "clean the data: safeops.debug.check_inputs flags non-finite columns")
     if kind == "ReadVariableOp":
         handle = op.inputs[0]

@@ -194,6 +194,22 @@ def _layers(model) -> list:
     return out
 
 
+def _reads_indices(model) -> bool:
+    """Whether the model's integer inputs are indices (token or category ids), not numbers.
+
+    True for a model that declares an integer input or has an ``Embedding``
+    layer: the scale of such an input says nothing about its features, and
+    standardising it would corrupt it.
+    """
+    try:
+        declared = [tf.as_dtype(t.dtype) for t in tf.nest.flatten(model.inputs)]
+    except Exception:  # noqa: BLE001 - a subclassed or unbuilt model declares none
+        declared = []
+    if any(d.is_integer or d == tf.bool for d in declared):
+        return True
+    return any(isinstance(layer, keras.layers.Embedding) for layer in _layers(model))
+
+
 def _layer_names_by_variable(model) -> dict:
     names = {}
     for layer in _layers(model):

@@ -50,6 +50,7 @@ one code path decides, for all of them:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 
@@ -151,8 +152,11 @@ class LossFunctionWrapper(keras.losses.Loss):
         return f"<{type(self).__name__}({getattr(self.fn, '__name__', self.fn)}, kwargs={self._fn_kwargs})>"
 
 
-def loss_class(fn, *, name=None, package="safeops_custom", check_finite=False):
+def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=False):
     """Turns ``fn(y_true, y_pred, **options) -> per-example loss`` into a registered Loss class.
+
+    Called as ``loss_class(fn, ...)``, or as a decorator, bare
+    (``@loss_class``) or with options (``@loss_class(name="dice")``).
 
     The class takes Keras' ``reduction``, ``name`` and ``dtype``, the
     keyword-only ``check_finite``, and ``fn``'s own options by keyword (their
@@ -169,7 +173,8 @@ def loss_class(fn, *, name=None, package="safeops_custom", check_finite=False):
 
     Args:
       fn: The per-example loss: ``fn(y_true, y_pred, **options)``; every
-        parameter after the first two must have a default.
+        parameter after the first two must have a default. None: return the
+        decorator that takes it.
       name: The class name; defaults to ``fn``'s name in CamelCase.
       package: The registration package (``"safeops_custom"``).
       check_finite: The default of the class's ``check_finite`` option.
@@ -197,6 +202,8 @@ def loss_class(fn, *, name=None, package="safeops_custom", check_finite=False):
     2.0
     """
     op = "safeops.losses.loss_class"
+    if fn is None:   # @loss_class(name=...): the decorator
+        return functools.partial(loss_class, name=name, package=package, check_finite=check_finite)
     if not callable(fn):
         raise TypeError(_validate.message(op, "fn", "a callable fn(y_true, y_pred, **options)", type(fn).__name__))
     parameters = list(inspect.signature(fn).parameters.values())[2:]
