@@ -241,7 +241,9 @@ def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> No
     if rank is None:
         return
     for a in np.atleast_1d(np.asarray(axis)):
-        if not -rank <= int(a) < max(rank, 1):
+        if rank == 0:   # as TensorFlow's reductions: a scalar has no axis 0
+            raise AxisError(message(op, arg, "an axis of the input, but a rank-0 input has none", int(a)))
+        if not -rank <= int(a) < rank:
             raise AxisError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
 
 

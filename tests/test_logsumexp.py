@@ -468,3 +468,13 @@ def test_float_or_bool_axis_raises_type_error_naming_it(axis):
         tfm.reduce_logsumexp(tf.ones([2, 3]), axis)
     with pytest.raises(TypeError, match="l2_normalize: axis must be an int"):
         tfm.l2_normalize(tf.ones([2, 3]), axis)
+
+
+@pytest.mark.parametrize("op", ["reduce_logsumexp", "norm", "l2_normalize"])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_axis_of_a_scalar_is_refused_naming_it(op, axis):
+    """C7: axis 0 of a rank-0 input passed the check and met TensorFlow's 'Invalid reduction dimension'."""
+    with pytest.raises(ValueError, match=rf"{op}: axis must be an axis of the input, but a rank-0 input "
+                                         "has none, got (0|-1)"):
+        getattr(tfm, op)(tf.constant(2.0), axis=axis)
+    assert np.isfinite(getattr(tfm, op)(tf.constant(2.0)).numpy())   # no axis: the whole scalar

@@ -352,6 +352,19 @@ class TestDivideNoNan:
             q = tfm.divide_no_nan(x, y)
         assert tape.gradient(q, y).numpy()[0] == pytest.approx(-1e20, rel=1e-6)
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_zero_x_with_a_large_upstream_gradient(self, mode):
+        """x = 0: the y-gradient is 0 even where dq / y overflows (inf * 0 was NaN); NaN dq stays NaN."""
+        def grad_y(x, y, scale):
+            with tf.GradientTape() as tape:
+                tape.watch(y)
+                loss = scale * tf.reduce_sum(tfm.divide_no_nan(x, y))
+            return tape.gradient(loss, y)
+
+        x, y = tf.constant([0.0, 0.0, 2.0]), tf.constant([1e-35, 3.0, 4.0])
+        np.testing.assert_array_equal(run(mode, grad_y)(x, y, tf.constant(1e4)), [0.0, 0.0, -1250.0])
+        assert np.isnan(run(mode, grad_y)(x, y, tf.constant(NAN)).numpy()).all()
+
     def test_broadcasting_reduces_gradients(self):
         x = tf.constant([[1.0], [2.0]])
         y = tf.constant([0.0, 2.0, 4.0])
@@ -430,6 +443,33 @@ def test_max_norms_keep_nan(ord, axis, mode):
         row[position] = np.nan
         got = run(mode, lambda x: tfm.norm(x, ord, axis))(tf.constant([row])).numpy()
         assert np.all(np.isnan(got)), (position, got)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ord", [0.25, 0.3, 0.5, 1.5])
+@pytest.mark.parametrize("row", [[1e-38, 5e-39], [1e-38, 0.0], [3.0, 1e-39]])
+def test_p_norm_of_subnormal_entries_under_nested_tapes(row, ord, mode):
+    """Subnormals are 0 (C3): a zero norm's gradient is 0, not NaN, also while an outer tape records.
+
+    Under nested eager tapes the inner XLA backward compared a widened float32
+    subnormal above 0 but flushed it in the arithmetic: ratio 0**(p - 1).
+    """
+    def value_and_gradient(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = tfm.norm(x, ord=ord)
+            g = inner.gradient(y, x)
+        return y, g
+
+    x = tf.constant(row)
+    y, g = (t.numpy() for t in run(mode, value_and_gradient)(x))
+    flushed = np.where(np.abs(row) < np.finfo(np.float32).tiny, 0.0, row)
+    assert y == pytest.approx(np.sum(np.abs(flushed) ** ord) ** (1 / ord), rel=1e-6)
+    safe = np.where(flushed != 0, np.abs(flushed), 1.0)
+    expected = np.where(flushed != 0, (safe / (y if y > 0 else 1.0)) ** (ord - 1), 0.0)
+    np.testing.assert_allclose(g, expected, rtol=1e-5)
 
 
 def test_divide_no_nan_of_an_infinite_x():

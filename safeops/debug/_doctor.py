@@ -316,7 +316,8 @@ def _first_batch_inputs(dataset):
     """The inputs of a dataset's first batch (one array, or the structure of a multi-input model)."""
     for batch in dataset.take(1):
         return keras.utils.unpack_x_y_sample_weight(batch)[0]
-    raise ValueError(message("safeops.debug.doctor", "data", "a dataset with at least one batch", "an empty one"))
+    raise ValueError(message("safeops.debug.doctor", "data", "a dataset with at least one batch",
+                             "an empty one"))
 
 
 def _as_structure(value):

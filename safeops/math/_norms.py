@@ -490,8 +490,16 @@ def _p_norm(axis, p: float, dtype: tf.DType, xla: bool):
         # gradient (ratio**(p - 1) <= ratio).
         return x.dtype if p >= 2.0 else tf.float64
 
-    def forward(x):
+    def magnitudes(x):
+        # Subnormal entries are 0 here explicitly (C3), in both passes: inside
+        # one XLA loop on this CPU a float32 subnormal widened to float64
+        # compared above 0 while the arithmetic flushed it, so a zero norm
+        # met "live" entries of ratio 0**(p - 1) = inf (NaN gradients).
         a = tf.abs(tf.cast(x, working_dtype(x)))
+        return tf.where(a < _dtypes.tiny(x.dtype), tf.zeros_like(a), a)
+
+    def forward(x):
+        a = magnitudes(x)
         if a.dtype != x.dtype and p >= 0.25:
             # float32 in float64: |x|**p of a normal float32 lies in [2**-252,
             # 2**256] for 0 < p < 2, its sum over n < 2**31 entries below
@@ -511,7 +519,7 @@ def _p_norm(axis, p: float, dtype: tf.DType, xla: bool):
     def backward(dy, y, residuals, x):
         scale, scaled_norm = residuals
         work = scaled_norm.dtype
-        a = tf.abs(tf.cast(x, work))
+        a = magnitudes(x)
         # The entries with a finite, nonzero ratio; a NaN norm passes through (C2).
         live = (((a > 0.0) & tf.math.is_finite(a) & tf.math.is_finite(scaled_norm))
                 | tf.math.is_nan(scaled_norm))

@@ -193,7 +193,10 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
         # -dq/y is formed on its own, not as the negation of dx's dq/y: a
         # quotient shared by two outputs is written to memory by XLA (a
         # divide is too costly to duplicate), an extra pass over the tensor.
-        dy = _dtypes.saturate(tf.math.divide_no_nan(-dq, y) * q, dtype)
+        # Where q = 0 (x = 0) the exact gradient is 0, but -dq/y can still
+        # overflow (dq = 1e4, y = 1e-35) and inf * 0 is NaN: there it is q * dq
+        # (0, or NaN for a NaN dq).
+        dy = _dtypes.saturate(tf.where(tf.equal(q, 0.0), q * dq, tf.math.divide_no_nan(-dq, y) * q), dtype)
         # dq/y itself overflows the output dtype for a float16 y that was
         # subnormal (6e-8 -> 1.7e7 > 65504) but is normal after widening.
         dx = _dtypes.saturate(tf.math.divide_no_nan(dq, y), dtype)
