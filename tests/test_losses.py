@@ -395,6 +395,35 @@ def test_loss_class_keeps_float16_logits_that_keras_loses(mode):
     assert keras_value < 20 and keras_grad[0, 0] == 0  # measured: 16.1, gradient 0
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("name, y, p, scale", [
+    ("BinaryCrossentropy", 0.3, 0.2, 1e5), ("BinaryCrossentropy", 0.3, 0.2, 6e4),
+    ("Poisson", 2.0, 0.9, 32768.0), ("Poisson", 1.0, 0.5, 5e4)])
+def test_float16_predictions_under_loss_scaling_keep_their_gradient(name, y, p, scale, mode):
+    """A loss-scale optimizer's scaled gradient: each entry's terms are summed before float16.
+
+    Each term's gradient was rounded to float16 on its own and overflowed or
+    saturated where the exact sum fits: BinaryCrossentropy gave 0 or NaN,
+    Poisson -3.27e4 (exact -4.0e4) and, at larger scales, the wrong sign.
+    """
+    exact = {"BinaryCrossentropy": -(y / p - (1 - y) / (1 - p)), "Poisson": 1 - y / p}[name] * scale
+    assert abs(exact) < 65504
+    pred = tf.constant([[p]], tf.float16)
+    candidates = [getattr(losses, name)()]          # the class computes and returns float32
+    if scale < 65504:   # the function returns float16: a larger scale makes its own gradient inf
+        candidates.append(getattr(losses, {"BinaryCrossentropy": "binary_crossentropy",
+                                           "Poisson": "poisson"}[name]))
+    for loss in candidates:
+        def grad(pred, loss=loss):
+            with tf.GradientTape() as tape:
+                tape.watch(pred)
+                value = tf.cast(tf.reduce_sum(loss(tf.constant([[y]]), pred)), tf.float32) * scale
+            return tape.gradient(value, pred)
+
+        got = float(_in_mode(mode, grad)(pred)[0, 0])
+        assert got == pytest.approx(exact, rel=2e-3), (loss, got, exact)
+
+
 def test_softmax_logits_are_not_taken_for_sigmoid_logits():
     """Keras scores a softmax output given to binary_crossentropy with the softmax logits."""
     y = tf.constant([[1.0, 0.0]])

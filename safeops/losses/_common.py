@@ -15,6 +15,7 @@ import math
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
+from safeops.math import _logarithms
 from safeops.losses import _probabilities
 
 
@@ -50,18 +51,24 @@ class Prediction:
         self.op = op
 
     def probabilities(self, name="y_pred"):
-        """The values in :attr:`clamp_dtype`, asserted to lie in ``[0, 1]`` (NaN allowed through)."""
-        return checked_unit_interval(self.op, tf.cast(self.values, self.clamp_dtype), name)
+        """The values (compute dtype), asserted to lie in ``[0, 1]`` (NaN allowed through).
 
-    def clamped(self, fn, *args):
-        """``fn(*args)`` (a clamped ``safeops.math`` op) in :attr:`clamp_dtype`, result in the compute dtype.
-
-        The op's clamp and boundary gradient are those of the dtype the
-        caller's ``y_pred`` has, so the gradient stays finite in it (1/tiny
-        is 16384 in float16, ``inf`` once 8.5e37 is cast to it).
+        Not rounded to :attr:`clamp_dtype`: values widened from it are exact
+        in the compute dtype, and a gradient that passed through that
+        rounding per entry would overflow it before the terms of an entry
+        are summed (see :func:`safeops.math._logarithms.xlogy_clamped_as`).
         """
-        result = fn(*[tf.cast(a, self.clamp_dtype) for a in args])
-        return tf.cast(result, self.compute_dtype)
+        return checked_unit_interval(self.op, self.values, name)
+
+    def xlogy(self, x, y):
+        """``safeops.math.xlogy(x, y)`` in the compute dtype, clamped as :attr:`clamp_dtype` is."""
+        return _logarithms.xlogy_clamped_as(tf.cast(x, self.compute_dtype), tf.cast(y, self.compute_dtype),
+                                            self.clamp_dtype)
+
+    def xlog1py(self, x, y):
+        """``safeops.math.xlog1py(x, y)`` in the compute dtype, clamped as :attr:`clamp_dtype` is."""
+        return _logarithms.xlog1py_clamped_as(tf.cast(x, self.compute_dtype), tf.cast(y, self.compute_dtype),
+                                              self.clamp_dtype)
 
     def output(self, loss):
         """Rounds a compute-dtype loss to the dtype of ``y_pred`` (once)."""

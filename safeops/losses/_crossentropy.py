@@ -25,7 +25,6 @@ import functools
 import keras
 import tensorflow as tf
 
-import safeops.math as tfm
 from safeops import _dtypes, _validate, nn
 from safeops._gradient import custom_op
 from safeops.losses import _common
@@ -96,7 +95,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
             per_entry = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=pred.logits)
         else:
             p = pred.probabilities()
-            per_entry = -(pred.clamped(tfm.xlogy, y, p) + pred.clamped(tfm.xlog1py, 1.0 - y, -p))
+            per_entry = -(pred.xlogy(y, p) + pred.xlog1py(1.0 - y, -p))
         return pred.output(tf.reduce_mean(per_entry, axis))
 
 
@@ -161,7 +160,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         y = _common.smoothed_categorical(y, label_smoothing, axis)
         if pred.logits is not None:
             return pred.output(nn.softmax_cross_entropy_with_logits(y, pred.logits, axis=axis))
-        p = tf.cast(pred.probabilities(), pred.compute_dtype)
+        p = pred.probabilities()
         floor = _dtypes.tiny(pred.clamp_dtype)
         return pred.output(_probability_xent(axis, floor, pred.clamp_dtype)(y, p))
 
@@ -225,7 +224,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
             labels = tf.squeeze(labels, axis)
         from_probabilities = pred.logits is None
         # Logits, or probabilities (in the compute dtype) on the probability path.
-        values = tf.cast(pred.probabilities(), pred.compute_dtype) if from_probabilities else pred.logits
+        values = pred.probabilities() if from_probabilities else pred.logits
         if rank is None and axis != -1:
             raise ValueError(_validate.message(
                 op, "y_pred", f"a tensor of known rank for axis={axis} (only -1 works without one)",

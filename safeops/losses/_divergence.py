@@ -230,9 +230,8 @@ def poisson(y_true, y_pred):
         pred = _common.Prediction(op, y_pred, False)
         y = _common.labels_like(op, y_true, pred)
         y = _common.broadcast_labels(op, y, pred.values)
-        rate = _common.checked_non_negative(op, tf.cast(pred.values, pred.clamp_dtype), "y_pred")
-        log_term = pred.clamped(tfm.xlogy, y, rate)
-        return pred.output(tf.reduce_mean(tf.cast(rate, pred.compute_dtype) - log_term, -1))
+        rate = _common.checked_non_negative(op, pred.values, "y_pred")
+        return pred.output(tf.reduce_mean(rate - pred.xlogy(y, rate), -1))
 
 
 @keras.saving.register_keras_serializable(package="safeops")

@@ -102,7 +102,7 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
         y_true = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y_true, pred.values)
         y_true = _common.checked_unit_interval(op, y_true, "y_true")
-        y_pred = tf.cast(pred.probabilities(), pred.compute_dtype)
+        y_pred = pred.probabilities()
         axes = list(range(1, y_pred.shape.rank))
         tp = tf.reduce_sum(y_true * y_pred, axes)
         fp = tf.reduce_sum((1.0 - y_true) * y_pred, axes)

@@ -110,7 +110,7 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
             # gamma = 0: plain binary cross-entropy.
             loss = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=pred.logits)
         else:
-            p = tf.cast(pred.probabilities(), pred.compute_dtype)
+            p = pred.probabilities()
             focal = _probability_binary_focal(
                 _dtypes.tiny(pred.clamp_dtype), _dtypes.below_one(pred.clamp_dtype), pred.dtype)
             loss = focal(y, p, tf.cast(gamma, p.dtype))
@@ -186,7 +186,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         else:
             # Probabilities: the logits are log(max(p, tiny)), whose derivative
             # each op below writes out (see _probability_focal_composite).
-            values = tf.cast(pred.probabilities(), pred.compute_dtype)
+            values = pred.probabilities()
             floor = _dtypes.tiny(pred.clamp_dtype)
         weights = _constant_alpha(alpha)
         if _fusable(gamma) and weights is not None:

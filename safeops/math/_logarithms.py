@@ -511,6 +511,24 @@ def _clamped_logit(floor: float, ceiling: float, dtype: tf.DType):
     return custom_op(forward, backward, dtype)
 
 
+def xlogy_clamped_as(x, y, clamp_dtype: tf.DType):
+    """:func:`xlogy` of two compute-dtype tensors, with the clamp of ``clamp_dtype`` (for the losses).
+
+    A loss on a float16 ``y_pred`` computes in float32 and rounds once. Its
+    clamp and boundary gradient stay float16's (``1/tiny`` = 16384: finite
+    once cast back), while its terms and their gradients are formed and
+    summed in float32: rounded to float16 one by one, two terms of a
+    gradient scaled by a loss-scale optimizer overflowed (or saturated)
+    where their float16-representable sum does not.
+    """
+    return _x_times_clamped_log(tf.math.xlogy, tf.math.log, 0.0, _dtypes.tiny(clamp_dtype), x.dtype)(x, y)
+
+
+def xlog1py_clamped_as(x, y, clamp_dtype: tf.DType):
+    """:func:`xlog1py` of two compute-dtype tensors, with the clamp of ``clamp_dtype`` (see :func:`xlogy_clamped_as`)."""
+    return _x_times_clamped_log(_xlog1py, _log1p, 1.0, -_dtypes.below_one(clamp_dtype), x.dtype)(x, y)
+
+
 def _x_times_clamped_log(x_log_fn, log_fn, shift: float, floor: float, dtype: tf.DType):
     """The op for these arguments, built once per inner-XLA setting (:func:`_x_times_clamped_log_op`)."""
     return _x_times_clamped_log_op(x_log_fn, log_fn, shift, floor, dtype, _xla.enabled())
