@@ -525,7 +525,7 @@ def xlogy_clamped_as(x, y, clamp_dtype: tf.DType):
 
 
 def xlog1py_clamped_as(x, y, clamp_dtype: tf.DType):
-    """:func:`xlog1py` of two compute-dtype tensors, with the clamp of ``clamp_dtype`` (see :func:`xlogy_clamped_as`)."""
+    """:func:`xlog1py` of two compute-dtype tensors, clamped as ``clamp_dtype`` (:func:`xlogy_clamped_as`)."""
     return _x_times_clamped_log(_xlog1py, _log1p, 1.0, -_dtypes.below_one(clamp_dtype), x.dtype)(x, y)
 
 
