@@ -967,3 +967,16 @@ def test_info_nce_shape_check_runs_at_trace_time_and_spares_unknown_dimensions(m
                           jit_compile=(mode == "xla"))
     e = tf.constant(np.random.default_rng(3).normal(size=(3, 4)).astype("float32"))
     np.testing.assert_allclose(unknown(e), losses.info_nce(None, e), rtol=1e-6)
+
+
+def test_scalar_predictions_and_wrong_alpha_length_are_named():
+    """C7: these met TensorFlow's 'Invalid reduction dimension' or a broadcasting error in a mul node."""
+    for name in ("kl_divergence", "poisson"):
+        with pytest.raises(ValueError, match=rf"{name}: y_pred must be a tensor of rank >= 1 .*got a scalar"):
+            getattr(losses, name)(tf.constant(1.0), tf.constant(0.3))
+    for alpha in ([0.1, 0.2, 0.3], tf.constant([0.1, 0.2, 0.3])):
+        with pytest.raises(ValueError, match=r"alpha must be a number or one weight per class \(2\), got 3"):
+            losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=alpha)
+    ok = losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[0.25])
+    np.testing.assert_allclose(ok, losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]]),
+                               rtol=1e-6)

@@ -195,6 +195,13 @@ def smoothed_categorical(y_true, label_smoothing, axis):
     return y_true * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
+def over_last_axis(op, pred, name="y_pred"):
+    """Refuses a scalar ``y_pred`` for a loss that reduces its last axis (no ``axis`` argument to name)."""
+    if pred.values.shape.rank == 0:
+        raise _validate.ArgumentError(_validate.message(
+            op, name, "a tensor of rank >= 1 (the loss reduces its last axis)", "a scalar"))
+
+
 def check_axis(op, axis, rank, many=False):
     """``axis`` as Python ints, in range (:func:`safeops._validate.static_axis`; Keras refuses bools too).
 

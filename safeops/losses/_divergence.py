@@ -62,7 +62,8 @@ def kl_divergence(y_true, y_pred):
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape.
+      ValueError: ``y_pred`` is a scalar, or ``y_true`` does not broadcast
+        to its shape.
 
     Example:
 
@@ -73,6 +74,7 @@ def kl_divergence(y_true, y_pred):
     op = "safeops.losses.kl_divergence"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, False, "softmax", -1)
+        _common.over_last_axis(op, pred)
         y = _common.labels_like(op, y_true, pred)
         y = _common.broadcast_labels(op, y, pred.values)
         if pred.logits is not None:
@@ -217,7 +219,8 @@ def poisson(y_true, y_pred):
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape.
+      ValueError: ``y_pred`` is a scalar, or ``y_true`` does not broadcast
+        to its shape.
 
     Example:
 
@@ -228,6 +231,7 @@ def poisson(y_true, y_pred):
     op = "safeops.losses.poisson"
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, False)
+        _common.over_last_axis(op, pred)
         y = _common.labels_like(op, y_true, pred)
         y = _common.broadcast_labels(op, y, pred.values)
         rate = _common.checked_non_negative(op, pred.values, "y_pred")

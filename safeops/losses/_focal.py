@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -165,7 +166,8 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape or ``axis`` is out of range.
+      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape, ``axis``
+        is out of range, or a list ``alpha`` has neither 1 nor one weight per class.
 
     Example:
 
@@ -188,6 +190,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
             # each op below writes out (see _probability_focal_composite).
             values = pred.probabilities()
             floor = _dtypes.tiny(pred.clamp_dtype)
+        _check_per_class(op, alpha, pred.values.shape[axis])
         weights = _constant_alpha(alpha)
         if _fusable(gamma) and weights is not None:
             scale, per_class = weights
@@ -545,6 +548,16 @@ def _fused_binary_focal(gamma, dtype):
 
 # ----------------------------------------------------------------------------
 # The fused categorical focal loss.
+
+
+def _check_per_class(op, alpha, classes):
+    """Refuses a per-class ``alpha`` whose static length is neither 1 nor the number of classes."""
+    shape = tf.TensorShape(np.shape(alpha)) if isinstance(alpha, (list, tuple)) else getattr(alpha, "shape", None)
+    if shape is None or shape.rank != 1 or shape[0] is None or classes is None:
+        return
+    if shape[0] not in (1, classes):
+        raise _validate.ArgumentError(_validate.message(
+            op, "alpha", f"a number or one weight per class ({classes})", f"{shape[0]} weights"))
 
 
 def _constant_alpha(alpha):
