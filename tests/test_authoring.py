@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -58,6 +59,21 @@ def test_loss_class_as_a_decorator(batch):
     expected = MeanAbsLogError(scale=3.0)(y, p)
     for cls in (decorated, bare_log_error):
         np.testing.assert_array_equal(cls(scale=3.0)(y, p), expected)
+
+
+def test_saving_a_wrapper_of_an_unregistered_function_warns_once():
+    """Such a model saves silently but does not load without custom_objects."""
+    def unregistered_loss(y_true, y_pred):
+        return tf.reduce_mean(tf.square(y_true - y_pred), -1)
+
+    loss = losses.LossFunctionWrapper(unregistered_loss)
+    with pytest.warns(UserWarning, match="'unregistered_loss' is not registered") as record:
+        loss.get_config()
+        loss.get_config()
+    assert len([r for r in record if "is not registered" in str(r.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses.LossFunctionWrapper(losses.binary_crossentropy).get_config()   # registered: silent
 
 
 def test_readme_custom_loss_block_runs(tmp_path):

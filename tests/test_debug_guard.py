@@ -234,6 +234,25 @@ def test_loss_spike_counts_as_divergence():
     assert quiet.events == []
 
 
+def test_guarded_run_computes_what_an_unguarded_one_does():
+    """Keras' step called with the kept batches was traced for their concrete shapes, not the
+    dataset's: an embedding's weights drifted by 1.5e-8 from the unguarded run's after 8 Adam steps."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, size=(64, 5)).astype("int32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    def trained(callbacks):
+        keras.utils.set_random_seed(2)
+        model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 4),
+                                  keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.Adam(0.01), loss="mse")
+        model.fit(data, epochs=2, verbose=0, callbacks=callbacks)
+        return model.get_weights()
+
+    assert _bitwise_equal(trained([NaNGuard("skip", verbose=0)]), trained([]))
+
+
 def test_negative_losses_are_no_spike():
     """A ratio to a negative median flagged 12 of 16 healthy cosine-similarity batches."""
     rng = np.random.default_rng(0)

@@ -9,8 +9,10 @@ two things while ``fit`` runs and removes them when it ends:
   (Keras 3, TensorFlow backend): the wrapper takes the next element(s) from
   the data iterator in Python, keeps a reference to them, and hands them to
   Keras' own compiled step (the same ``tf.function``, XLA included when the
-  model compiles with ``jit_compile``). Nothing is copied; the reference is
-  dropped at the next batch. ``on_train_end`` puts the original back.
+  model compiles with ``jit_compile``), traced for the dataset's shapes as
+  Keras traces it, so that a guarded step computes bit for bit what an
+  unguarded one does. Nothing is copied; the reference is dropped at the
+  next batch. ``on_train_end`` puts the original back.
 * **The gradients, by their effect.** Every Keras optimizer that applies a
   NaN or infinite gradient leaves a NaN or infinite weight or slot variable
   (SGD: ``w - lr * inf``; Adam: ``inf / sqrt(inf)``; a clipped norm of NaN
@@ -461,8 +463,10 @@ class NaNGuard(keras.callbacks.Callback):
             if guard._before is None and not guard._build_tried:
                 guard._build_tried = True
                 guard._build_before_first_step(batches[0])
+            _trace_as_iterator_would(fn, iterator, traced)
             return fn(batches)
 
+        traced: list = []   # whether the step was traced for the dataset's shapes
         guarded_train_function._nanguard_original = fn
         model.train_function = guarded_train_function
 
@@ -581,6 +585,34 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _trace_as_iterator_would(fn, iterator, traced: list) -> None:
+    """Traces Keras' one-batch step for the dataset's element spec, once.
+
+    Keras' own step takes the iterator and draws the batch inside its graph,
+    so its one-batch step is traced for the dataset's shapes (``[None,
+    ...]``). Called with the kept eager batches, that step would be traced
+    for their concrete shapes, which changes the rounding of some ops in the
+    last bits (an embedding's gradient: 1.5e-8 after a few Adam steps).
+    Traced first for the general shapes, the calls with the batches dispatch
+    to that graph, and a guarded run computes what an unguarded one does.
+    The step is found in the closure of Keras 3's train function (TensorFlow
+    backend); anything else (no spec, a distributed iterator, another Keras)
+    is left as it is.
+    """
+    if traced or not isinstance(iterator, tf.data.Iterator):
+        return
+    traced.append(True)
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+    steps = [getattr(c, "__wrapped__", None) for c in cells if getattr(c, "__name__", "") == "one_step_on_data"]
+    for step in steps:
+        if hasattr(step, "get_concrete_function"):
+            try:
+                step.get_concrete_function(iterator.element_spec)
+            except Exception:  # noqa: BLE001 - a step that cannot be traced this way is traced by its call
+                pass
+
 
 
 def _is_real(value) -> bool:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import warnings
 
 import keras
 import tensorflow as tf
@@ -138,6 +139,7 @@ class LossFunctionWrapper(keras.losses.Loss):
         config.update(self._fn_kwargs)
         if type(self) is LossFunctionWrapper:
             config["fn"] = keras.saving.serialize_keras_object(self.fn)
+            _warn_if_unregistered(self.fn)
         return config
 
     @classmethod
@@ -150,6 +152,22 @@ class LossFunctionWrapper(keras.losses.Loss):
 
     def __repr__(self):
         return f"<{type(self).__name__}({getattr(self.fn, '__name__', self.fn)}, kwargs={self._fn_kwargs})>"
+
+
+_WARNED: set = set()
+
+
+def _warn_if_unregistered(fn) -> None:
+    """Warns, once per function, that a saved wrapper of an unregistered ``fn`` will not load by itself."""
+    registered = keras.saving.get_registered_object(keras.saving.get_registered_name(fn))
+    if registered is fn or id(fn) in _WARNED:
+        return
+    _WARNED.add(id(fn))
+    warnings.warn(
+        f"safeops.losses.LossFunctionWrapper: fn {getattr(fn, '__name__', fn)!r} is not registered with "
+        "keras.saving.register_keras_serializable, so it is saved by its bare name: loading the model "
+        "needs it in custom_objects (or resolves Keras' own loss of that name). Register it, or build the "
+        "loss with safeops.losses.loss_class, which registers it.", UserWarning, stacklevel=3)
 
 
 def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=False):
