@@ -605,8 +605,8 @@ def _trace_as_iterator_would(fn, iterator, traced: list) -> None:
         return
     traced.append(True)
     cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
-    steps = [getattr(c, "__wrapped__", None) for c in cells if getattr(c, "__name__", "") == "one_step_on_data"]
-    for step in steps:
+    for step in (getattr(c, "__wrapped__", None) for c in cells
+                 if getattr(c, "__name__", "") == "one_step_on_data"):
         if hasattr(step, "get_concrete_function"):
             try:
                 step.get_concrete_function(iterator.element_spec)
