@@ -48,7 +48,10 @@ class GuardEvent:
       gradient_norms: per layer, the global norm of its gradients there.
       update_ratios: per layer, ``lr * |grad| / |w|``: far above 1 means
         one step rewrote the layer (learning rate too high for the scale).
-      batch_stats: statistics of the offending batch (see :func:`batch_statistics`).
+      batch_stats: statistics of the offending batch (see :func:`batch_statistics`);
+        an integer input that the model reads as indices (it has an
+        ``Embedding`` or declares integer inputs) is marked ``indices`` and
+        left out of the input-scale evidence.
       cause: the likely cause in plain words; ``fix``: what to do.
       learning_rate_before, learning_rate_after: around a rollback.
       restored_to_step: the step of the state that was put back.
