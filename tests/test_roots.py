@@ -438,11 +438,19 @@ def test_matrix_two_norm_of_unknown_rank_matches_tensorflow(axis, keepdims):
 @pytest.mark.parametrize("ord, axis", [(np.inf, -1), (1, (0, 1)), (np.inf, (0, 1))])
 def test_max_norms_keep_nan(ord, axis, mode):
     """C2: XLA's maximum skips NaN (the inf-norm of [nan, 0, 1] was 1 under jit_compile)."""
+    def value_and_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tfm.norm(x, ord, axis)
+        return y, tape.gradient(y, x)
+
     for position in range(3):
         row = [0.0, 1.0, 0.5]
         row[position] = np.nan
-        got = run(mode, lambda x: tfm.norm(x, ord, axis))(tf.constant([row])).numpy()
+        got, grad = (t.numpy() for t in run(mode, value_and_gradient)(tf.constant([row])))
         assert np.all(np.isnan(got)), (position, got)
+        # The same gradient in every mode: NaN at every entry (under XLA it was 0 off the NaN).
+        assert np.all(np.isnan(grad)), (position, grad)
 
 
 @pytest.mark.parametrize("mode", MODES)

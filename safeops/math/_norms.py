@@ -418,14 +418,21 @@ def _power_of_two_scale(largest: tf.Tensor) -> tf.Tensor:
 
 
 def _nan_max(v: tf.Tensor, axis) -> tf.Tensor:
-    """``reduce_max(v, axis, keepdims=True)``, NaN where the slice holds a NaN (C2).
+    """``reduce_max(v, axis, keepdims=True)``, NaN where the slice holds a NaN (C2), value and gradient.
 
     XLA's maximum skips NaN (``jit_compile``: the inf-norm of ``[nan, 0, 1]``
-    was 1), TensorFlow's kernel propagates it; this is NaN in every mode.
+    was 1), TensorFlow's kernel propagates it. So a NaN slice takes its
+    value from ``sum(v * nan)`` instead (NaN), whose gradient is NaN at every
+    entry of the slice, as TensorFlow's ``reduce_max`` gradient is there (no
+    entry equals a NaN maximum); under XLA the gradient was NaN at the NaN
+    entry only and 0 elsewhere.
     """
     top = tf.reduce_max(v, axis, keepdims=True)
     has_nan = tf.reduce_any(tf.math.is_nan(v), axis, keepdims=True)
-    return tf.where(has_nan, tf.constant(float("nan"), v.dtype), top)
+    nan = tf.stop_gradient(tf.where(has_nan, tf.fill(tf.shape(top), tf.constant(float("nan"), v.dtype)),
+                                    tf.zeros_like(top)))
+    nan_slice = tf.reduce_sum(tf.where(has_nan, v, tf.zeros_like(v)) * nan, axis, keepdims=True)
+    return tf.where(has_nan, nan_slice, top)
 
 
 def _power(u: tf.Tensor, p: float) -> tf.Tensor:
