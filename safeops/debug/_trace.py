@@ -27,7 +27,6 @@ import gc
 import inspect
 import os
 import re
-import sys
 import sysconfig
 from typing import Any, Callable
 
