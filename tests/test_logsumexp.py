@@ -478,3 +478,27 @@ def test_axis_of_a_scalar_is_refused_naming_it(op, axis):
                                          "has none, got (0|-1)"):
         getattr(tfm, op)(tf.constant(2.0), axis=axis)
     assert np.isfinite(getattr(tfm, op)(tf.constant(2.0)).numpy())   # no axis: the whole scalar
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype, below", [(tf.float32, -17.0), (tf.float64, -37.0)])
+def test_softmax_of_one_dominant_entry_and_many_below_half_an_ulp(dtype, below, mode):
+    """C3: the row sum held the maximum's 1, and 255 terms below half its ULP were rounded away
+    one by one (23 ULP in float32, 28 in float64); summed as 1 + (sum - 1) they count."""
+    from tests import reference
+
+    x = np.array([[0.0] + [below] * 255, [0.0] + [below] * 127 + [below + 0.5] * 128])
+    exact = reference.rowwise("softmax", x, dtype)
+    got = run(mode, lambda t: tfm.softmax(t))(tf.constant(x, dtype)).numpy()
+    assert np.max(ftz_ulps(got, exact.value, dtype.name)) <= 4
+
+
+def test_weighted_logsumexp_with_a_negative_weight_under_xla():
+    """C3: sum - 1 < 0 met XLA's float64 log1p (50 ULP at weights [1, -0.4]; 109 nearby)."""
+    x = tf.constant([0.0, 0.0], tf.float64)
+    fn = tf.function(lambda t, w: tfm.reduce_logsumexp(t, weights=w), jit_compile=True)
+    for w2 in ("-0.4", "-0.38", "-0.41"):
+        got = float(fn(x, tf.constant([1.0, float(w2)], tf.float64)))
+        with mpmath.workdps(60):
+            exact = float(mpmath.log(1 + mpmath.mpf(float(w2))))
+        assert ftz_ulps(np.array([got]), np.array([exact]), "float64")[0] <= 4, (w2, got, exact)
