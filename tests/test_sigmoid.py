@@ -384,3 +384,29 @@ def test_name_scope_is_safeops_op_name(op_name):
     graph = tf.function(getattr(tfm, op_name)).get_concrete_function(
         tf.TensorSpec([2], tf.float32)).graph
     assert any(op.name.startswith(f"safeops/{op_name}/") for op in graph.get_operations())
+
+
+@functools.lru_cache(maxsize=None)
+def _softplus_sample():
+    """Two points found at 5 ULP and 400 random ones in [-16, -1/4], with their reference values."""
+    from tests import reference
+
+    points = [float.fromhex("-0x1.0a05e0p+2"), float.fromhex("-0x1.038026p+1")]
+    x = np.concatenate([points, np.random.default_rng(3).uniform(-16.0, -0.25, 400)]).astype(np.float32)
+    return x, reference.elementwise("softplus", x, dtype=tf.float32).value
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+def test_softplus_family_within_four_ulp_where_tensorflows_float32_log1p_is_not(mode):
+    """C3: TensorFlow's float32 log1p kernel is 4 ULP off on (0, 1/2); log1p(exp(x)) reached 5 ULP
+    for x in [-16, -2] on tensors of 8 or more entries (its vectorised code)."""
+    from tests.ulp import ftz_ulps
+
+    x, exact = _softplus_sample()
+    ops = {"softplus": tfm.softplus, "log_sigmoid": lambda t: -tfm.log_sigmoid(-t),
+           "logaddexp": lambda t: tfm.logaddexp(tf.zeros_like(t), t)}
+    fn = (lambda f: f) if mode == "eager" else (lambda f: tf.function(f, jit_compile=mode == "jit"))
+    for name, op in ops.items():
+        for size in (len(x), 8):      # a large call (inner XLA) and small eager ones (plain ops)
+            got = np.concatenate([fn(op)(tf.constant(x[i:i + size])).numpy() for i in range(0, len(x), size)])
+            assert np.max(ftz_ulps(got, exact, "float32")) <= 4, (name, size)

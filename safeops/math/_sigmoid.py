@@ -34,9 +34,9 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _ragged, _validate
+from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op
-from safeops.math._logarithms import _log1p
+from safeops.math._logarithms import _log1p, log1p_of_exp
 
 
 def sigmoid(x, name=None):
@@ -137,7 +137,7 @@ def log_sigmoid(x, name=None):
     op = "safeops.math.log_sigmoid"
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
-        y = _log_sigmoid_op(x.dtype)(_dtypes.to_compute(x))
+        y = _log_sigmoid_op(x.dtype, _xla.enabled())(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
@@ -186,7 +186,7 @@ def softplus(features, name=None):
     op = "safeops.math.softplus"
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(features, op, "features")
-        y = _softplus_op(x.dtype)(_dtypes.to_compute(x))
+        y = _softplus_op(x.dtype, _xla.enabled())(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
@@ -293,25 +293,32 @@ def _sigmoid_op(dtype: tf.DType):
 
 
 @functools.lru_cache(maxsize=None)
-def _softplus_op(dtype: tf.DType):
-    """``softplus`` as ``log1p(exp(x))`` up to ``c``, ``x`` above; gradient ``sigmoid(x)``."""
+def _softplus_op(dtype: tf.DType, xla: bool):
+    """``softplus`` as ``log1p(exp(x))`` up to ``c``, ``x`` above; gradient ``sigmoid(x)``.
+
+    The forward is an inner XLA function (with ``xla``; eager calls on small
+    tensors run it as plain ops), for XLA's float32 ``log1p``
+    (:func:`safeops.math._logarithms.log1p_of_exp`).
+    """
     switch = _dtypes.log_inv_eps(_dtypes.compute_dtype(dtype))
 
     def forward(x):
-        return tf.where(x > switch, x, tf.math.log1p(tf.exp(x)))
+        return tf.where(x > switch, x, log1p_of_exp(tf.exp(x), dtype))
 
-    return custom_op(forward, lambda dy, y, x: (_scaled_sigmoid(dy, x),), dtype)
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     lambda dy, y, x: (_scaled_sigmoid(dy, x),), dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _log_sigmoid_op(dtype: tf.DType):
-    """``-softplus(-x)`` written out; gradient ``sigmoid(-x)``."""
+def _log_sigmoid_op(dtype: tf.DType, xla: bool):
+    """``-softplus(-x)`` written out; gradient ``sigmoid(-x)``; the forward as :func:`_softplus_op`'s."""
     switch = _dtypes.log_inv_eps(_dtypes.compute_dtype(dtype))
 
     def forward(x):
-        return tf.where(x < -switch, x, -tf.math.log1p(tf.exp(-x)))
+        return tf.where(x < -switch, x, -log1p_of_exp(tf.exp(-x), dtype))
 
-    return custom_op(forward, lambda dy, y, x: (_scaled_sigmoid(dy, -x),), dtype)
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     lambda dy, y, x: (_scaled_sigmoid(dy, -x),), dtype)
 
 
 @functools.lru_cache(maxsize=None)
