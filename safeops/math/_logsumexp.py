@@ -88,7 +88,10 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     ill-conditioned there (condition number :math:`\sum |x_i| p_i / |y|`
     with :math:`p` the softmax, Blanchard, Higham & Higham 2021), and the
     error is a few ULP of the largest :math:`|x_i|` instead, as for
-    :func:`logaddexp`.
+    :func:`logaddexp`. With weights of both signs the weighted terms can
+    cancel too; the error then grows with the ratio of
+    :math:`\sum |w_i| e^{x_i}` to :math:`|\sum w_i e^{x_i}|`, as any
+    floating-point sum's does.
 
     Edges:
       * all ``-inf`` slice (or all weights 0, or an empty slice): value

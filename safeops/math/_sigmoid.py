@@ -13,7 +13,11 @@ the exact value (2.1e-9 at ``x = 20``) is a normal number.
 Accuracy of safeops' versions in float32, 2 million random points per op
 against float64 references (``python -m benchmarks.sweep``, C3's ULP
 measure): ``sigmoid`` 3 ULP (XLA 2), ``softplus`` 4 (XLA 3),
-``log_sigmoid`` 4 (XLA 3); ``softplus_inverse`` evaluates its value in
+``log_sigmoid`` 4 (XLA 3), measured before their ``log1p`` changed: an
+exhaustive scan found 5 ULP on the way through TensorFlow's float32
+``log1p`` kernel, and they now take XLA's or a float64 one
+(:func:`safeops.math._logarithms.log1p_of_exp`; the points found are in
+``tests/test_sigmoid.py``); ``softplus_inverse`` evaluates its value in
 float64 (:func:`safeops._dtypes.wide_forward`), 0 ULP, because in float32
 it inherited XLA's ``expm1`` error and reached 5 ULP near ``x = 0.3``.
 float64 within 3 ULP everywhere (mpmath references). Gradients: relative
