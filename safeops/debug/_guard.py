@@ -614,7 +614,6 @@ def _trace_as_iterator_would(fn, iterator, traced: list) -> None:
                 pass
 
 
-
 def _is_real(value) -> bool:
     """A real number that is not a bool (NaN included: the range checks then refuse it)."""
     real = isinstance(value, (int, float, np.integer, np.floating))
