@@ -503,3 +503,37 @@ def test_float16_subnormal_keeps_its_value_in_l2_normalize():
     got = tfm.l2_normalize(tf.constant([x, 0, 0, 0], tf.float16)).numpy()
     assert got[0] == pytest.approx(want, rel=1e-3) and got[0] == pytest.approx(0.0332, abs=5e-5)
     assert not got[1:].any()
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("op, ref", [
+    (lambda r: tfm.norm(r), lambda r: tf.norm(r)),
+    (lambda r: tfm.norm(r, ord=3), lambda r: tf.norm(r, ord=3)),
+    (lambda r: tfm.norm(r, ord=0.5), lambda r: tf.norm(r, ord=0.5)),
+    (lambda r: tfm.l2_normalize(r, 0), lambda r: tf.math.l2_normalize(r, 0)),
+], ids=["norm", "ord3", "ord0.5", "l2_normalize"])
+def test_norms_vectorize_under_vectorized_map(op, ref, jit):
+    """C6: the power-of-two scale read exponent bits (tf.bitcast), which pfor cannot vectorize: it
+    fell back to a loop, refused fallback_to_while_loop=False, and failed to compile under XLA."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
+    w = tf.constant(np.random.default_rng(1).normal(size=(5,)).astype(np.float32))
+
+    def per_example(v):
+        def one(r):
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                y = tf.reduce_sum(op(r * w))
+            return y, tape.gradient(y, w)
+        return tf.vectorized_map(one, v, fallback_to_while_loop=False)
+
+    def expected(v):
+        def one(r):
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                y = tf.reduce_sum(ref(r * w))
+            return y, tape.gradient(y, w)
+        return tf.vectorized_map(one, v)
+
+    got = tf.function(per_example, jit_compile=True)(x) if jit else per_example(x)
+    for a, b in zip(got, expected(x)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)

@@ -14,6 +14,8 @@ no rounding error.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -400,21 +402,38 @@ def _safe_sum_of_squares(dtype: tf.DType) -> float:
 def _power_of_two_scale(largest: tf.Tensor) -> tf.Tensor:
     """``2**-e`` with ``2**e <= largest < 2**(e+1)``: exact scaling into ``[1, 2)``.
 
-    Built from the exponent bits of ``largest`` (so no rounding at all); 1
-    where ``largest`` is 0, subnormal, ``inf`` or NaN.
+    ``e`` is clipped so that the scale stays a normal number (``2**-126`` for
+    float32 ``largest`` of ``2**127`` and above); 1 where ``largest`` is 0,
+    subnormal, ``inf`` or NaN. ``e`` comes from a logarithm, which can land
+    one off next to a power of two; the product with the scale, exact, then
+    says which, and one step corrects it. No bit casts: ``tf.vectorized_map``
+    has no rule for ``Bitcast`` (it fell back to a loop over the examples).
     """
     info = _dtypes.finfo(largest.dtype)
-    bits_dtype = tf.int64 if largest.dtype == tf.float64 else tf.int32
-    mantissa_bits = int(info.nmant)
-    bias = int(info.maxexp) - 1
-    exponent_mask = 2 * bias + 1
-    bits = tf.bitcast(largest, bits_dtype)
-    biased = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, mantissa_bits), exponent_mask)
-    # 2**-(biased - bias) has the biased exponent 2*bias - biased; keep it normal.
-    inverse = tf.clip_by_value(2 * bias - biased, 1, 2 * bias)
-    scale = tf.bitcast(tf.bitwise.left_shift(inverse, mantissa_bits), largest.dtype)
-    ordinary = (biased > 0) & (biased < exponent_mask)
-    return tf.stop_gradient(tf.where(ordinary, scale, tf.ones_like(scale)))
+    top = int(info.maxexp) - 2          # 126 (float32), 1022 (float64): 2**±top is normal
+    ordinary = (largest >= float(info.tiny)) & (largest < float("inf"))   # NaN compares false
+    safe = tf.where(ordinary, largest, tf.ones_like(largest))
+    e = tf.clip_by_value(tf.floor(tf.math.log(safe) * (1.0 / math.log(2.0))), -top, top)
+    t = safe * _exact_power_of_two(-e, top)
+    e = tf.clip_by_value(tf.where(t >= 2.0, e + 1.0, tf.where(t < 1.0, e - 1.0, e)), -top, top)
+    return tf.stop_gradient(tf.where(ordinary, _exact_power_of_two(-e, top), tf.ones_like(safe)))
+
+
+def _exact_power_of_two(k: tf.Tensor, top: int) -> tf.Tensor:
+    """``2**k`` for integer-valued ``k`` in ``[-top, top]``, exactly: a product of ``2**(±2**i)`` by ``k``'s bits.
+
+    Every factor and partial product is a power of two between ``2**-top``
+    and ``2**top``, so no product rounds (``tf.pow`` promises no such thing).
+    """
+    magnitude = tf.abs(k)
+    result = tf.ones_like(k)
+    i = 0
+    while (1 << i) <= top:
+        bit = tf.math.floormod(tf.floor(magnitude / float(1 << i)), 2.0)
+        factor = tf.where(k < 0, tf.constant(2.0 ** -(1 << i), k.dtype), tf.constant(2.0 ** (1 << i), k.dtype))
+        result = result * tf.where(tf.equal(bit, 1.0), factor, tf.ones_like(result))
+        i += 1
+    return result
 
 
 def _nan_max(v: tf.Tensor, axis) -> tf.Tensor:
