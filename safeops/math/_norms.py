@@ -420,7 +420,7 @@ def _power_of_two_scale(largest: tf.Tensor) -> tf.Tensor:
 
 
 def _exact_power_of_two(k: tf.Tensor, top: int) -> tf.Tensor:
-    """``2**k`` for integer-valued ``k`` in ``[-top, top]``, exactly: a product of ``2**(±2**i)`` by ``k``'s bits.
+    """``2**k`` for integer-valued ``k`` in ``[-top, top]``, exactly: ``2**(±2**i)`` for each bit of ``k``.
 
     Every factor and partial product is a power of two between ``2**-top``
     and ``2**top``, so no product rounds (``tf.pow`` promises no such thing).
@@ -430,7 +430,8 @@ def _exact_power_of_two(k: tf.Tensor, top: int) -> tf.Tensor:
     i = 0
     while (1 << i) <= top:
         bit = tf.math.floormod(tf.floor(magnitude / float(1 << i)), 2.0)
-        factor = tf.where(k < 0, tf.constant(2.0 ** -(1 << i), k.dtype), tf.constant(2.0 ** (1 << i), k.dtype))
+        up, down = tf.constant(2.0 ** (1 << i), k.dtype), tf.constant(2.0 ** -(1 << i), k.dtype)
+        factor = tf.where(k < 0, down, up)
         result = result * tf.where(tf.equal(bit, 1.0), factor, tf.ones_like(result))
         i += 1
     return result
