@@ -15,7 +15,9 @@ dispatched before TensorFlow is imported.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 
 
@@ -73,24 +75,29 @@ def main(argv: list) -> int:
     from benchmarks import cases, report
 
     device = runner.resolve_device(args.device)
-    modes = tuple(m for m in args.modes.split(",") if m)
-    passes = tuple(p for p in args.passes.split(",") if p)
+    modes = tuple(dict.fromkeys(m for m in args.modes.split(",") if m))       # in order, once each
+    passes = tuple(dict.fromkeys(p for p in args.passes.split(",") if p))
     for m in modes:
         if m not in runner.MODES:
             raise SystemExit(f"benchmarks: unknown mode {m!r} (eager, graph, xla)")
     for p in passes:
         if p not in runner.PASSES:
             raise SystemExit(f"benchmarks: unknown pass {p!r} (fwd, fwdbwd, 2nd)")
-    selected = cases.select(args.filter)
-    if not selected:
-        raise SystemExit(f"benchmarks: no case matches --filter {args.filter!r}")
+    selected = _selected(cases, args.filter)
+    if not runner.plan(selected, modes, passes, quick=args.quick, smoke=args.smoke):
+        raise SystemExit(f"benchmarks: nothing to measure: modes {','.join(modes) or '(none)'} and passes "
+                         f"{','.join(passes) or '(none)'} select no measurement of these cases"
+                         + (" in --smoke" if args.smoke else " in --quick" if args.quick else ""))
+    # Paths are checked before the run, not after it: a typo must not cost the measurements.
+    _check_out_dir(args.out)
+    earlier = _load_compare(args.compare)
     min_sample = args.min_sample if args.min_sample is not None else (0.005 if args.quick else 0.02)
     print(f"benchmarks: {len(selected)} ops on {device}, {args.dtype}, modes {','.join(modes)}, "
           f"passes {','.join(passes)}; allocator: {runner.malloc_setting()['label']}", file=sys.stderr)
     data = runner.benchmark(selected, device=device, dtype=args.dtype, modes=modes, passes=passes,
                             quick=args.quick, smoke=args.smoke, repeats=max(args.repeats, 1),
                             min_sample_s=min_sample, progress=not args.no_progress)
-    paths = report.write_all(data, args.out, args.compare)
+    paths = report.write_all(data, args.out, args.compare, earlier)
     print(report.markdown(data, data.get("compare", {}).get("lines")))
     print(f"wrote {paths['json']}, {paths['markdown']} and {len(paths['png'])} PNG plots", file=sys.stderr)
     if data["failures"]:
@@ -108,12 +115,51 @@ def _export(argv: list) -> int:
 
     quick_sizes = ["1e5", "1e7", "1024x1000"] if args.quick else None
     sizes = [label for label in args.sizes.split(",") if label] if args.sizes else quick_sizes
-    manifest = xla_export.export(args.directory, cases.select(args.filter), dtype=args.dtype, smoke=args.smoke,
-                                 sizes=sizes, data_limit=args.data_limit, progress=not args.no_progress)
+    _check_out_dir(args.directory)
+    manifest = xla_export.export(args.directory, _selected(cases, args.filter), dtype=args.dtype,
+                                 smoke=args.smoke, sizes=sizes, data_limit=args.data_limit,
+                                 progress=not args.no_progress)
     print(f"wrote {len(manifest['programs'])} programs and manifest.json to {args.directory}", file=sys.stderr)
     for failure in manifest["failures"]:
         print("  failed: " + failure, file=sys.stderr)
+    if not manifest["programs"]:
+        print(f"benchmarks export: no program: --sizes {args.sizes!r} names no size of the selected cases"
+              if args.sizes else "benchmarks export: no program", file=sys.stderr)
+        return 1
     return 1 if manifest["failures"] else 0
+
+
+def _selected(cases, pattern):
+    """The cases matching ``--filter``; a clean exit for a bad regular expression or no match."""
+    try:
+        selected = cases.select(pattern)
+    except re.error as error:
+        raise SystemExit(f"benchmarks: --filter {pattern!r} is not a regular expression ({error})")
+    if not selected:
+        raise SystemExit(f"benchmarks: no case matches --filter {pattern!r}")
+    return selected
+
+
+def _check_out_dir(path: str) -> None:
+    """Creates the output directory now, or exits naming it (an existing file, no permission)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"benchmarks: cannot write to {path!r}: {error.strerror or error}")
+
+
+def _load_compare(path: str | None):
+    """The earlier run of ``--compare``, read before this run starts (None without the option)."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"benchmarks: --compare {path!r} cannot be read as JSON: {error}")
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("results"), list):
+        raise SystemExit(f"benchmarks: --compare {path!r} is not a benchmark.json (no 'results' list)")
+    return earlier
 
 
 if __name__ == "__main__":

@@ -213,6 +213,14 @@ def _math(name, group, inputs, naive, builtin=None, wrt=(0,), second_order=False
     return Case(f"math.{name}", group, inputs, variants, wrt, second_order)
 
 
+def _numpy_logaddexp(a, b):
+    """TensorFlow's own ``logaddexp`` (``tf.experimental.numpy``); for bfloat16, which it refuses
+    (it calls ``astype`` on the tensors), on their float32 values, rounded back."""
+    if a.dtype == tf.bfloat16:
+        return tf.cast(tf.experimental.numpy.logaddexp(tf.cast(a, tf.float32), tf.cast(b, tf.float32)), a.dtype)
+    return tf.experimental.numpy.logaddexp(a, b)
+
+
 def _build_registry() -> list:
     log = tf.math.log
     cases = [
@@ -229,7 +237,7 @@ def _build_registry() -> list:
         _math("log1mexp", "elementwise", _unary("uniform", low=0.01, high=10.0),
               lambda x: log(1 - tf.exp(-tf.abs(x)))),
         _math("logaddexp", "elementwise", _binary(_LOGIT, _LOGIT),
-              lambda a, b: log(tf.exp(a) + tf.exp(b)), tf.experimental.numpy.logaddexp, wrt=(0, 1)),
+              lambda a, b: log(tf.exp(a) + tf.exp(b)), _numpy_logaddexp, wrt=(0, 1)),
         _math("sigmoid", "elementwise", _unary(**_LOGIT),
               lambda x: 1 / (1 + tf.exp(-x)), tf.math.sigmoid),
         _math("log_sigmoid", "elementwise", _unary(**_LOGIT),

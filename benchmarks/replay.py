@@ -343,11 +343,21 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
     """
     import re
 
-    import jax
-
-    with open(os.path.join(directory, "manifest.json")) as f:
+    try:
+        import jax
+    except ImportError as error:
+        raise SystemExit(f"benchmarks replay: needs jax and jaxlib ({error}); pip install jax") from None
+    manifest_path = os.path.join(directory, "manifest.json")
+    if not os.path.exists(manifest_path):
+        raise SystemExit(f"benchmarks replay: no {manifest_path} (write one with python -m benchmarks export DIR)")
+    with open(manifest_path) as f:
         manifest = json.load(f)
-    programs = [e for e in manifest["programs"] if not filter_pattern or re.search(filter_pattern, e["case"])]
+    try:
+        programs = [e for e in manifest["programs"] if not filter_pattern or re.search(filter_pattern, e["case"])]
+    except re.error as error:
+        raise SystemExit(f"benchmarks replay: --filter {filter_pattern!r} is not a regular expression ({error})")
+    if not programs:
+        raise SystemExit(f"benchmarks replay: no program of {directory} matches --filter {filter_pattern!r}")
     client, device = backend_and_device(platform_name)
     device_name = f"{device.platform.upper()} {getattr(device, 'device_kind', '')}".strip()
     label = f"XLA program replayed through jaxlib on {device_name}"

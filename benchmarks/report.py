@@ -385,14 +385,21 @@ def ratio_bars(rows: list, title: str, path: str) -> str:
 
 # ------------------------------------------------------------------ writing
 
-def write_all(data: dict, out_dir: str, compare_with: str | None = None) -> dict:
-    """Writes benchmark.json, benchmark.md and the PNGs; returns their paths."""
+def write_all(data: dict, out_dir: str, compare_with: str | None = None, earlier: dict | None = None) -> dict:
+    """Writes benchmark.json, benchmark.md and the PNGs; returns their paths.
+
+    ``earlier``: the run of ``compare_with`` when the caller read it already
+    (``python -m benchmarks`` reads it before measuring, so that a bad path
+    fails at once rather than after the run).
+    """
     os.makedirs(out_dir, exist_ok=True)
     data["targets"] = targets(data)
     compare_lines = None
     if compare_with:
-        with open(compare_with) as f:
-            compare_lines = compare(data, json.load(f))
+        if earlier is None:
+            with open(compare_with) as f:
+                earlier = json.load(f)
+        compare_lines = compare(data, earlier)
         data["compare"] = {"with": compare_with, "lines": compare_lines}
     paths = {"json": os.path.join(out_dir, "benchmark.json"), "markdown": os.path.join(out_dir, "benchmark.md")}
     with open(paths["json"], "w") as f:

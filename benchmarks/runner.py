@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -158,9 +159,16 @@ class Timed:
 
 
 def describe_error(error: BaseException) -> str:
-    """One line: the exception type and the last line of its message (the cause, under tf.function)."""
+    """One line: the exception type and the cause's line of its message.
+
+    Under ``tf.function`` the message is a traceback of the user's code
+    whose cause is the last ``SomeError: ...`` line; a hint can follow it
+    (TensorFlow's numpy-behaviour advice), so that line is taken, else the
+    last one.
+    """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+    causes = [line for line in lines if re.match(r"[A-Za-z_.]*(Error|Exception): ", line)]
+    return f"{type(error).__name__}: {causes[-1] if causes else lines[-1] if lines else ''}"
 
 
 def run_interleaved(timed: list, repeats: int, min_sample_s: float, calibrate: bool = True) -> None:

@@ -329,3 +329,26 @@ def test_replay_check_allows_a_reordered_sum_but_not_a_wrong_one(tmp_path):
     assert check(total + np.float32(3.4e-5), scaled)  # within eps * n * max|x|, the H200's looped sum
     assert not check(total + np.float32(1.0), scaled)
     assert not check(total, scaled + np.float32(3.4e-5) * np.abs(scaled).max())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--filter", "("], "is not a regular expression"),
+    (["--filter", "math.sqrt$", "--compare", "{tmp}/missing.json"], "cannot be read as JSON"),
+    (["--filter", "math.sqrt$", "--compare", "{tmp}/other.json"], "is not a benchmark.json"),
+    (["--filter", "math.sqrt$", "--out", "{tmp}/a_file"], "cannot write to"),
+    (["--filter", "math.sqrt$", "--modes", "eager", "--passes", "2nd"], "nothing to measure"),
+    (["export", "{tmp}/export", "--filter", "["], "is not a regular expression"),
+    (["replay", "{tmp}/no_export"], "no {tmp}/no_export/manifest.json"),
+])
+def test_bad_arguments_stop_before_the_run_with_a_message(tmp_path, args, message):
+    """A typo in a path was found only after the whole run (and lost it); a bad regex was a traceback."""
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "other.json").write_text('{"programs": []}')
+    from benchmarks.__main__ import main
+
+    argv = [a.format(tmp=tmp_path) for a in args]
+    argv = argv if argv[0] in ("export", "replay") else ["--smoke", "--out", str(tmp_path / "out")] + argv
+    with pytest.raises(SystemExit, match=message.format(tmp=tmp_path)) as stop:
+        main(argv)
+    assert stop.value.code != 0
+    assert not (tmp_path / "out" / "benchmark.json").exists()
