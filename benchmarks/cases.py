@@ -217,7 +217,8 @@ def _numpy_logaddexp(a, b):
     """TensorFlow's own ``logaddexp`` (``tf.experimental.numpy``); for bfloat16, which it refuses
     (it calls ``astype`` on the tensors), on their float32 values, rounded back."""
     if a.dtype == tf.bfloat16:
-        return tf.cast(tf.experimental.numpy.logaddexp(tf.cast(a, tf.float32), tf.cast(b, tf.float32)), a.dtype)
+        wide = tf.experimental.numpy.logaddexp(tf.cast(a, tf.float32), tf.cast(b, tf.float32))
+        return tf.cast(wide, a.dtype)
     return tf.experimental.numpy.logaddexp(a, b)
 
 

@@ -349,13 +349,16 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
         raise SystemExit(f"benchmarks replay: needs jax and jaxlib ({error}); pip install jax") from None
     manifest_path = os.path.join(directory, "manifest.json")
     if not os.path.exists(manifest_path):
-        raise SystemExit(f"benchmarks replay: no {manifest_path} (write one with python -m benchmarks export DIR)")
+        raise SystemExit(f"benchmarks replay: no {manifest_path} "
+                         "(write one with python -m benchmarks export DIR)")
     with open(manifest_path) as f:
         manifest = json.load(f)
     try:
-        programs = [e for e in manifest["programs"] if not filter_pattern or re.search(filter_pattern, e["case"])]
+        programs = [e for e in manifest["programs"]
+                    if not filter_pattern or re.search(filter_pattern, e["case"])]
     except re.error as error:
-        raise SystemExit(f"benchmarks replay: --filter {filter_pattern!r} is not a regular expression ({error})")
+        raise SystemExit(f"benchmarks replay: --filter {filter_pattern!r} is not a regular expression "
+                         f"({error})")
     if not programs:
         raise SystemExit(f"benchmarks replay: no program of {directory} matches --filter {filter_pattern!r}")
     client, device = backend_and_device(platform_name)
