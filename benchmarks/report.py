@@ -121,32 +121,35 @@ def targets(data: dict) -> list:
     out = []
 
     def add(name, value, ok, detail):
-        verdict = "not measured" if ok is None else ("PASS" if ok else "FAIL")
+        verdict = "not measured" if ok is None else ok if isinstance(ok, str) else ("PASS" if ok else "FAIL")
         out.append({"target": name, "value": value, "verdict": verdict, "detail": detail})
 
     fb = per_op(results, "graph", "fwdbwd", "safeops", "builtin")
     g = geomean(fb.values())
-    add("fwd+bwd tf.function: geomean safeops/builtin <= 1.05", _num(g),
+    add("fwd+bwd tf.function: geomean safeops/builtin <= 1.05", _shown(g, 1.05),
         None if g is None else g <= 1.05, _worst(fb))
     worst = max(fb.values()) if fb else None
-    add("fwd+bwd tf.function: no op safeops/builtin > 1.25", _num(worst),
+    add("fwd+bwd tf.function: no op safeops/builtin > 1.25", _shown(worst, 1.25),
         None if worst is None else worst <= 1.25,
         _over(fb, 1.25, rounds_over(results, "graph", "fwdbwd", "safeops", "builtin", 1.25)))
 
     fw = per_op(results, "graph", "fwd", "safeops", "builtin")
     worst = max(fw.values()) if fw else None
-    add(f"forward tf.function: no op slower than builtin (ratio <= 1 + {NOISE:.2f} noise band)", _num(worst),
+    add(f"forward tf.function: no op slower than builtin (ratio <= 1 + {NOISE:.2f} noise band)",
+        _shown(worst, 1 + NOISE),
         None if worst is None else worst <= 1 + NOISE,
         _over(fw, 1 + NOISE, rounds_over(results, "graph", "fwd", "safeops", "builtin", 1 + NOISE)))
 
     fn = per_op(results, "graph", "fwdbwd", "safeops", "naive")
     g = geomean(fn.values())
-    add("fwd+bwd tf.function: geomean safeops/naive <= 1.0", _num(g), None if g is None else g <= 1.0, _worst(fn))
+    add("fwd+bwd tf.function: geomean safeops/naive <= 1.0", _shown(g, 1.0), None if g is None else g <= 1.0,
+        _worst(fn))
 
     big = "1e7"
     xb = per_op(results, "xla", "fwdbwd", "safeops", "builtin", group="elementwise", size=big)
     worst = max(xb.values()) if xb else None
-    add(f"XLA fwd+bwd at {big} elementwise: no op slower than builtin (<= 1 + {NOISE:.2f})", _num(worst),
+    add(f"XLA fwd+bwd at {big} elementwise: no op slower than builtin (<= 1 + {NOISE:.2f})",
+        _shown(worst, 1 + NOISE),
         None if worst is None else worst <= 1 + NOISE,
         _over(xb, 1 + NOISE, rounds_over(results, "xla", "fwdbwd", "safeops", "builtin", 1 + NOISE,
                                          group="elementwise", size=big)))
@@ -155,16 +158,31 @@ def targets(data: dict) -> list:
     detail = ", ".join(f"{c.split('.')[-1]} {v:.2f}" + (f" (builtin {br[c]:.2f})" if c in br else "")
                        for c, v in sorted(xr.items()))
     add(f"XLA fwd+bwd at {big}: safeops / same-I/O trivial program (memory roofline; reported)",
-        _num(geomean(xr.values())), None if not xr else True, detail or "-")
+        _num(geomean(xr.values())), None if not xr else "reported", detail or "-")
     if data["meta"].get("device", "").startswith("/GPU"):
         fractions = [e["variants"]["roofline"].get("copy_fraction") for e in results
                      if e["mode"] == "xla" and e["pass"] == "fwdbwd" and e["size"] == big
                      and "roofline" in e["variants"]]
         fractions = [f for f in fractions if f is not None]
         low = min(fractions) if fractions else None
-        add("GPU: trivial program >= 60% of measured copy bandwidth", _num(low),
+        add("GPU: trivial program >= 60% of measured copy bandwidth", _shown(low, 0.6),
             None if low is None else low >= 0.6, "")
     return out
+
+
+def _shown(value: float | None, limit: float) -> str:
+    """``value`` to 2 decimals, or more where 2 would print the limit it is judged against.
+
+    A verdict is taken on the unrounded value: 1.0015 against ``<= 1.00``
+    fails, and printed as "1.00" it read as a contradiction.
+    """
+    if value is None:
+        return "-"
+    for digits in (2, 3, 4, 6):
+        text = f"{value:.{digits}f}"
+        if float(text) != limit or value == limit:
+            return text
+    return f"{value:.6g}"
 
 
 def _worst(ratios: dict, n: int = 3) -> str:
@@ -176,6 +194,8 @@ def _worst(ratios: dict, n: int = 3) -> str:
 
 def _over(ratios: dict, limit: float, rounds: dict | None = None) -> str:
     """The cases over ``limit``, each with the share of its rounds over it where known."""
+    if not ratios:
+        return "-"     # not measured: nothing to name
     over = sorted((c, v) for c, v in ratios.items() if v > limit)
     if not over:
         return "none over"

@@ -126,7 +126,7 @@ def test_report_files_are_written_and_well_formed(runs, smoke_data):
         assert meta.get(key), key
     assert smoke_data["copy_bandwidth"]["start"]["graph"] > 0
     verdicts = {t["verdict"] for t in smoke_data["targets"]}
-    assert verdicts <= {"PASS", "FAIL", "not measured"} and len(smoke_data["targets"]) >= 5
+    assert verdicts <= {"PASS", "FAIL", "not measured", "reported"} and len(smoke_data["targets"]) >= 5
     markdown = (out_dir / "benchmark.md").read_text()
     assert markdown.startswith("# safeops benchmark") and "## Targets" in markdown
     for case in {e["case"] for e in smoke_data["results"]}:
@@ -352,3 +352,12 @@ def test_bad_arguments_stop_before_the_run_with_a_message(tmp_path, args, messag
         main(argv)
     assert stop.value.code != 0
     assert not (tmp_path / "out" / "benchmark.json").exists()
+
+
+def test_target_values_are_not_rounded_onto_their_limit():
+    """1.0015 against <= 1.00 failed but printed "1.00"; a reported figure has no verdict."""
+    from benchmarks import report
+
+    assert report._shown(1.0015, 1.0) == "1.002" and report._shown(1.26, 1.25) == "1.26"
+    assert report._shown(0.5994, 0.6) == "0.599" and report._shown(1.05, 1.05) == "1.05"
+    assert report._over({}, 1.05) == "-" and report._over({"a": 1.0}, 1.05) == "none over"
