@@ -97,6 +97,7 @@ def main(argv: list) -> int:
     data = runner.benchmark(selected, device=device, dtype=args.dtype, modes=modes, passes=passes,
                             quick=args.quick, smoke=args.smoke, repeats=max(args.repeats, 1),
                             min_sample_s=min_sample, progress=not args.no_progress)
+    data["meta"]["filter"] = args.filter   # the targets are judged over these cases only
     paths = report.write_all(data, args.out, args.compare, earlier)
     print(report.markdown(data, data.get("compare", {}).get("lines")))
     print(f"wrote {paths['json']}, {paths['markdown']} and {len(paths['png'])} PNG plots", file=sys.stderr)

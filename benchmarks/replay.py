@@ -544,7 +544,16 @@ def targets(data: dict) -> list:
     bandwidth measured in the same run; over all forward+backward programs,
     the geometric means against the built-in and the naive composite.
     """
-    from benchmarks.report import NOISE, geomean
+    from benchmarks.report import NOISE, _shown, geomean
+
+    def percent(value):   # "60%" for 0.5994 against >= 60% read as a contradiction
+        if value is None:
+            return "-"
+        for digits in (0, 1, 2):
+            text = f"{value:.{digits}%}"
+            if float(text[:-1]) != COPY_TARGET * 100 or value == COPY_TARGET:
+                return text
+        return f"{value:.4%}"
 
     fwdbwd = [e for e in data["results"] if e["pass"] == "fwdbwd"]
     out = []
@@ -559,7 +568,8 @@ def targets(data: dict) -> list:
         ratios = {c: r for c, r in ratios.items() if r is not None}
         worst = max(ratios.values(), default=None)
         over = sorted((c, r) for c, r in ratios.items() if r > 1 + NOISE)
-        add(f"fwd+bwd element-wise at {size}: no op slower than builtin (<= 1 + {NOISE:.2f})", _fmt(worst),
+        add(f"fwd+bwd element-wise at {size}: no op slower than builtin (<= 1 + {NOISE:.2f})",
+            _shown(worst, 1 + NOISE),
             None if worst is None else worst <= 1 + NOISE,
             "over: " + ", ".join(f"{c} {r:.2f}" for c, r in over) if over else "none over")
         shares = {e["case"]: e["variants"]["safeops"].get("copy_fraction") for e in rows
@@ -568,12 +578,12 @@ def targets(data: dict) -> list:
         low = min(shares.values(), default=None)
         under = sorted((c, f) for c, f in shares.items() if f < COPY_TARGET)
         add(f"fwd+bwd element-wise at {size}: safeops >= {COPY_TARGET:.0%} of the measured copy bandwidth",
-            _fmt(low, "{:.0%}"), None if low is None else low >= COPY_TARGET,
+            percent(low), None if low is None else low >= COPY_TARGET,
             "under: " + ", ".join(f"{c} {f:.0%}" for c, f in under) if under else "none under")
     for other, limit in (("builtin", 1.05), ("naive", 1.0)):
         ratios = [_ratio(e["variants"], "safeops", other) for e in fwdbwd]
         g = geomean(r for r in ratios if r is not None)
-        add(f"fwd+bwd, every size: geomean safeops/{other} <= {limit:.2f}", _fmt(g),
+        add(f"fwd+bwd, every size: geomean safeops/{other} <= {limit:.2f}", _shown(g, limit),
             None if g is None else g <= limit, f"{sum(r is not None for r in ratios)} programs")
     return out
 

@@ -228,6 +228,10 @@ def markdown(data: dict, compare_lines: list | None = None) -> str:
         "",
         "## Targets",
         "",
+    ]
+    if meta.get("filter"):
+        lines += [f"Over the cases of `--filter {meta['filter']}` only.", ""]
+    lines += [
         "| target | value | verdict | detail |",
         "|---|---|---|---|",
     ]

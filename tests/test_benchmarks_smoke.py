@@ -361,3 +361,11 @@ def test_target_values_are_not_rounded_onto_their_limit():
     assert report._shown(1.0015, 1.0) == "1.002" and report._shown(1.26, 1.25) == "1.26"
     assert report._shown(0.5994, 0.6) == "0.599" and report._shown(1.05, 1.05) == "1.05"
     assert report._over({}, 1.05) == "-" and report._over({"a": 1.0}, 1.05) == "none over"
+
+
+def test_filtered_targets_say_so(smoke_data):
+    from benchmarks import report
+
+    data = dict(smoke_data, meta=dict(smoke_data["meta"], filter="math.sqrt$"))
+    assert "Over the cases of `--filter math.sqrt$` only." in report.markdown(data)
+    assert "Over the cases of" not in report.markdown(dict(smoke_data, meta=dict(smoke_data["meta"], filter=None)))
