@@ -360,7 +360,8 @@ def replay(directory: str, *, repeats: int = 7, min_sample_s: float = 0.05, plat
         raise SystemExit(f"benchmarks replay: --filter {filter_pattern!r} is not a regular expression "
                          f"({error})")
     if not programs:
-        raise SystemExit(f"benchmarks replay: no program of {directory} matches --filter {filter_pattern!r}")
+        raise SystemExit(f"benchmarks replay: no program in {directory}"
+                         + (f" matches --filter {filter_pattern!r}" if filter_pattern else ""))
     client, device = backend_and_device(platform_name)
     device_name = f"{device.platform.upper()} {getattr(device, 'device_kind', '')}".strip()
     label = f"XLA program replayed through jaxlib on {device_name}"
