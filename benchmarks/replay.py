@@ -547,15 +547,6 @@ def targets(data: dict) -> list:
     """
     from benchmarks.report import NOISE, _shown, geomean
 
-    def percent(value):   # "60%" for 0.5994 against >= 60% read as a contradiction
-        if value is None:
-            return "-"
-        for digits in (0, 1, 2):
-            text = f"{value:.{digits}%}"
-            if float(text[:-1]) != COPY_TARGET * 100 or value == COPY_TARGET:
-                return text
-        return f"{value:.4%}"
-
     fwdbwd = [e for e in data["results"] if e["pass"] == "fwdbwd"]
     out = []
 
@@ -579,7 +570,7 @@ def targets(data: dict) -> list:
         low = min(shares.values(), default=None)
         under = sorted((c, f) for c, f in shares.items() if f < COPY_TARGET)
         add(f"fwd+bwd element-wise at {size}: safeops >= {COPY_TARGET:.0%} of the measured copy bandwidth",
-            percent(low), None if low is None else low >= COPY_TARGET,
+            _shown(low, COPY_TARGET, percent=True), None if low is None else low >= COPY_TARGET,
             "under: " + ", ".join(f"{c} {f:.0%}" for c, f in under) if under else "none under")
     for other, limit in (("builtin", 1.05), ("naive", 1.0)):
         ratios = [_ratio(e["variants"], "safeops", other) for e in fwdbwd]

@@ -165,24 +165,26 @@ def targets(data: dict) -> list:
                      and "roofline" in e["variants"]]
         fractions = [f for f in fractions if f is not None]
         low = min(fractions) if fractions else None
-        add("GPU: trivial program >= 60% of measured copy bandwidth", _shown(low, 0.6),
+        add("GPU: trivial program >= 60% of measured copy bandwidth", _shown(low, 0.6, percent=True),
             None if low is None else low >= 0.6, "")
     return out
 
 
-def _shown(value: float | None, limit: float) -> str:
-    """``value`` to 2 decimals, or more where 2 would print the limit it is judged against.
+def _shown(value: float | None, limit: float, percent: bool = False) -> str:
+    """``value`` to 2 decimals (a percentage to 0), more where that would print the limit it is judged by.
 
     A verdict is taken on the unrounded value: 1.0015 against ``<= 1.00``
-    fails, and printed as "1.00" it read as a contradiction.
+    fails, and printed as "1.00" it read as a contradiction (as did 0.5994
+    against ``>= 60%`` printed "60%").
     """
     if value is None:
         return "-"
-    for digits in (2, 3, 4, 6):
-        text = f"{value:.{digits}f}"
-        if float(text) != limit or value == limit:
+    for digits in ((0, 1, 2, 4) if percent else (2, 3, 4, 6)):
+        text = f"{value:.{digits}%}" if percent else f"{value:.{digits}f}"
+        shown = float(text[:-1]) / 100 if percent else float(text)
+        if not math.isclose(shown, limit, rel_tol=1e-12) or value == limit:
             return text
-    return f"{value:.6g}"
+    return f"{value:.6%}" if percent else f"{value:.6g}"
 
 
 def _worst(ratios: dict, n: int = 3) -> str:

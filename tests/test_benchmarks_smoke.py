@@ -360,6 +360,8 @@ def test_target_values_are_not_rounded_onto_their_limit():
 
     assert report._shown(1.0015, 1.0) == "1.002" and report._shown(1.26, 1.25) == "1.26"
     assert report._shown(0.5994, 0.6) == "0.599" and report._shown(1.05, 1.05) == "1.05"
+    assert report._shown(0.5994, 0.6, percent=True) == "59.9%"
+    assert report._shown(0.72, 0.6, percent=True) == "72%" and report._shown(0.6, 0.6, percent=True) == "60%"
     assert report._over({}, 1.05) == "-" and report._over({"a": 1.0}, 1.05) == "none over"
 
 

@@ -518,22 +518,18 @@ def test_norms_vectorize_under_vectorized_map(op, ref, jit):
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32))
     w = tf.constant(np.random.default_rng(1).normal(size=(5,)).astype(np.float32))
 
-    def per_example(v):
+    def per_example(fn, v, **options):
+        """Per-example value and gradient with respect to ``w`` of ``sum(fn(r * w))``."""
         def one(r):
             with tf.GradientTape() as tape:
                 tape.watch(w)
-                y = tf.reduce_sum(op(r * w))
+                y = tf.reduce_sum(fn(r * w))
             return y, tape.gradient(y, w)
-        return tf.vectorized_map(one, v, fallback_to_while_loop=False)
+        return tf.vectorized_map(one, v, **options)
 
-    def expected(v):
-        def one(r):
-            with tf.GradientTape() as tape:
-                tape.watch(w)
-                y = tf.reduce_sum(ref(r * w))
-            return y, tape.gradient(y, w)
-        return tf.vectorized_map(one, v)
+    def vectorized(v):
+        return per_example(op, v, fallback_to_while_loop=False)
 
-    got = tf.function(per_example, jit_compile=True)(x) if jit else per_example(x)
-    for a, b in zip(got, expected(x)):
+    got = tf.function(vectorized, jit_compile=True)(x) if jit else vectorized(x)
+    for a, b in zip(got, per_example(ref, x)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
