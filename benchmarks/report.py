@@ -321,6 +321,8 @@ def compare(new: dict, old: dict, threshold: float = COMPARE_THRESHOLD) -> list:
         "ratio rows (safeops/builtin, safeops/naive, measured within each run) over the time rows.",
         f"Earlier run: {old['meta'].get('started', '?')} on {device_label(old['meta'])}.",
     ]
+    if not common:
+        lines[2] += " " + _nothing_in_common(new, old)
     if flagged:
         lines += ["", "| op | mode | pass | size | figure | old | new | change |", "|---|---|---|---|---|---|---|---|"]
         for key, o, n, change in flagged:
@@ -328,6 +330,22 @@ def compare(new: dict, old: dict, threshold: float = COMPARE_THRESHOLD) -> list:
             fmt = _num if "/" in figure else _time
             lines.append(f"| {case} | {mode} | {pass_} | {size} | {figure} | {fmt(o)} | {fmt(n)} | {change:+.0%} |")
     return lines
+
+
+def _nothing_in_common(new: dict, old: dict) -> str:
+    """Why two runs share no figure: the key parts (op, mode, pass, size,
+    dtype) whose values do not overlap, each with what either run had."""
+    parts = ("case", "mode", "pass", "size", "dtype")
+    reasons = []
+    for part in parts:
+        mine = sorted({str(e[part]) for e in new["results"]})
+        theirs = sorted({str(e[part]) for e in old["results"]})
+        if not set(mine) & set(theirs):
+            reasons.append(f"{part} {', '.join(theirs) or '(none)'} then, {', '.join(mine) or '(none)'} now")
+    if reasons:
+        return "Nothing to compare: no overlap in " + "; ".join(reasons) + "."
+    return ("Nothing to compare: the runs share ops, modes, passes, sizes and dtypes, but no op was "
+            "measured at the same mode, pass, size and dtype in both.")
 
 
 # ------------------------------------------------------------------ plots

@@ -1,12 +1,16 @@
 """``python -m benchmarks export DIR``: the XLA programs of every jit_compile case.
 
-For each case, size, pass (forward, forward+backward) and variant (plus the
-same-I/O trivial program of each forward+backward), writes the StableHLO that
+For each case, size, pass (forward, forward+backward, and the second order
+where the benchmark measures one: :func:`second_order_wanted`) and variant
+(plus the same-I/O trivial program of each forward+backward), writes the StableHLO that
 TensorFlow produces for ``tf.function(body, jit_compile=True)``
 (``experimental_get_compiler_ir(*args)(stage='stablehlo')``) to
 ``DIR/<id>.mlir`` and describes it in ``DIR/manifest.json``: the input specs
 (shape, dtype, distribution, seed; :mod:`benchmarks._inputs` rebuilds them
-without TensorFlow) and the output shapes and dtypes. For programs whose
+without TensorFlow) and the output shapes and dtypes. Exporting again into
+the same ``DIR`` first removes the files its old manifest lists, so no
+program of an earlier export is left behind to be mistaken for this one's.
+For programs whose
 inputs are small (``data_limit`` bytes), the inputs and TensorFlow's outputs
 are saved too (``<id>.npz``), so the replay can check it computes what
 TensorFlow computed.
@@ -32,7 +36,7 @@ from benchmarks import cases as cases_lib
 from benchmarks import runner
 from safeops import _xla
 
-EXPORT_PASSES = ("fwd", "fwdbwd")
+EXPORT_PASSES = ("fwd", "fwdbwd", "2nd")
 FORMAT = 1
 
 
@@ -56,6 +60,33 @@ def source_version() -> str | None:
     return commit + ("+changes" if dirty else "")
 
 
+def second_order_wanted(case, shape) -> bool:
+    """The runner's rule (:func:`benchmarks.runner.plan`): second order for
+    the cases that declare it, elementwise ones up to 1e6 elements."""
+    return case.second_order and (case.group == "crossentropy" or int(np.prod(shape)) <= 10**6)
+
+
+def _remove_previous(out_dir: str) -> None:
+    """Deletes what an earlier export into ``out_dir`` wrote (the files its
+    manifest lists, then the manifest); anything else there is left alone."""
+    path = os.path.join(out_dir, "manifest.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        names = [p["file"] for p in old.get("programs", [])]
+        names += [n for p in old.get("programs", []) for n in p.get("data", {}).values()]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise SystemExit(f"benchmarks export: {path} is there but is not a manifest this tool wrote ({error}); "
+                         "export into an empty directory or remove it") from None
+    for name in names:
+        target = os.path.join(out_dir, os.path.basename(str(name)))
+        if os.path.isfile(target):
+            os.remove(target)
+    os.remove(path)
+
+
 def save_arrays(path: str, arrays: list) -> None:
     """npz of arrays; bfloat16 stored as its uint16 bits (npz cannot name it)."""
     np.savez(path, **{f"a{i}": (a.view(np.uint16) if a.dtype.name == "bfloat16" else a)
@@ -66,6 +97,7 @@ def export(out_dir: str, cases: list, *, dtype: str = "float32", quick: bool = F
            sizes: list | None = None, data_limit: int = 256 * 2**10, progress: bool = True) -> dict:
     """Writes the programs and the manifest; returns the manifest."""
     os.makedirs(out_dir, exist_ok=True)
+    _remove_previous(out_dir)
     programs, failures = [], []
     if sizes:  # size by size in the order given (a replay cut short keeps the first), where each applies
         jobs = [(case, label, case.shape_for(label)) for label in sizes for case in cases]
@@ -87,6 +119,8 @@ def _export_jobs(out_dir, jobs, dtype, data_limit, bar, programs, failures):
             tensors, specs = cases_lib.make_tensors(case, label, shape, dtype)
             seeds = [_inputs.seed_for(case.name, label, i) for i in range(len(specs))]
             for pass_ in EXPORT_PASSES:
+                if pass_ == "2nd" and not second_order_wanted(case, shape):
+                    continue
                 bodies = {name: runner.build_body(fn, case.wrt, pass_) for name, fn in case.variants.items()}
                 if pass_ == "fwdbwd":
                     bodies["roofline"] = runner.roofline_body(case.wrt)

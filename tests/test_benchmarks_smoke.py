@@ -151,6 +151,25 @@ def test_compare_flags_changes_over_ten_percent(smoke_data):
     assert all("| naive |" not in line for line in flagged)
     unchanged = report.compare(smoke_data, smoke_data)
     assert " 0 changed by more than 10%" in unchanged[2] and not any(line.startswith("| ") for line in unchanged)
+    assert "Nothing to compare" not in unchanged[2]
+
+
+def test_compare_says_why_nothing_is_in_common(smoke_data):
+    from benchmarks import report
+
+    other = json.loads(json.dumps(smoke_data))
+    for entry in other["results"]:
+        entry["dtype"] = "float16"
+    line = report.compare(smoke_data, other)[2]
+    assert line.startswith("0 figures in common")
+    assert "no overlap in dtype float16 then, float32 now" in line, line
+    # Every part overlaps, no full key does: said as such.
+    first, second = (json.loads(json.dumps(e)) for e in smoke_data["results"][:2])
+    first.update(mode="graph", size="1e3")
+    second.update(mode="xla", size="1e5")
+    crossed = [dict(first, mode="xla"), dict(second, mode="graph")]
+    line = report.compare(dict(smoke_data, results=[first, second]), dict(smoke_data, results=crossed))[2]
+    assert line.startswith("0 figures in common") and "share ops, modes, passes, sizes and dtypes" in line, line
 
 
 def test_ratio_pairs_samples_of_the_same_round(smoke_data):
@@ -243,12 +262,33 @@ def test_export_writes_stablehlo_and_manifest(runs):
     assert manifest["source"] is None or re.fullmatch(r"[0-9a-f]{4,40}(\+changes)?", manifest["source"])
     programs = manifest["programs"]
     assert {p["case"] for p in programs} == {"math.log", "nn.softmax_cross_entropy_with_logits"}
+    # Both cases declare a second order, measured by the runner: exported too.
+    assert {(p["case"], p["pass"]) for p in programs if p["variant"] == "safeops"} == \
+        {(c, q) for c in ("math.log", "nn.softmax_cross_entropy_with_logits") for q in ("fwd", "fwdbwd", "2nd")}
     assert {p["variant"] for p in programs} == {"safeops", "naive", "builtin", "roofline"}
     for p in programs:
         text = (runs["export_dir"] / p["file"]).read_text()
         assert "func.func @main" in text and "stablehlo." in text
         assert p["inputs"] and all("seed" in s and "shape" in s for s in p["inputs"])
         assert "data" in p
+
+
+def test_export_again_removes_the_earlier_programs(tmp_path):
+    """A second export into the same directory leaves no program of the first behind."""
+    from benchmarks import cases, xla_export
+
+    by_name = {c.name: c for c in cases.registry()}
+    out = str(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    first = xla_export.export(out, [by_name["math.sqrt"]], smoke=True, progress=False)
+    second = xla_export.export(out, [by_name["math.log1p"]], smoke=True, progress=False)
+    kept = {p["file"] for p in second["programs"]}
+    kept |= {n for p in second["programs"] for n in p.get("data", {}).values()}
+    assert first["programs"] and second["programs"]
+    assert set(os.listdir(out)) == kept | {"manifest.json", "notes.txt"}
+    (tmp_path / "manifest.json").write_text("not json")
+    with pytest.raises(SystemExit, match="is not a manifest this tool wrote"):
+        xla_export.export(out, [by_name["math.log1p"]], smoke=True, progress=False)
 
 
 def test_replay_through_jaxlib_matches_tensorflow(runs, tmp_path):
