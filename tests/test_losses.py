@@ -127,6 +127,45 @@ def test_config_round_trips_every_argument(cls):
         assert again.fn is loss.fn  # for the wrapper: safeops' binary_crossentropy, not Keras'
 
 
+@pytest.mark.parametrize("alpha", [np.float32(0.3), np.array(0.3), np.array([0.2, 0.5, 0.3]),
+                                   np.array([0.2, 0.5, 0.3], np.float16)])
+def test_categorical_focal_takes_numpy_alpha_as_keras_does(alpha):
+    """A numpy alpha once met ``shape.rank`` on a tuple (AttributeError); Keras takes it."""
+    y, p = [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [[0.2, 0.7, 0.1], [0.5, 0.3, 0.2]]
+    expected = keras.losses.CategoricalFocalCrossentropy(alpha=alpha)(y, p)
+    np.testing.assert_allclose(losses.CategoricalFocalCrossentropy(alpha=alpha)(y, p), expected, rtol=1e-5)
+    as_list = losses.categorical_focal_crossentropy(y, p, alpha=np.asarray(alpha).tolist())
+    np.testing.assert_allclose(losses.categorical_focal_crossentropy(y, p, alpha=alpha), as_list, rtol=1e-6)
+
+
+@pytest.mark.parametrize("identifier,expected", [
+    ("categorical_crossentropy", "categorical_crossentropy"), ("kl_divergence", "kl_divergence"),
+    ("CategoricalCrossentropy", "CategoricalCrossentropy"), ("BinaryFocalCrossentropy", "BinaryFocalCrossentropy"),
+    ("gaussian_nll", "gaussian_nll"), ("GaussianNLL", "GaussianNLL"), ("safeops>GaussianNLL", "GaussianNLL"),
+    ({"class_name": "BinaryCrossentropy", "config": {"from_logits": True}}, "BinaryCrossentropy"),
+])
+def test_deserialize_resolves_to_safeops_as_get_does(identifier, expected):
+    """``losses.deserialize`` was Keras' own: a switched import still got Keras' clipped loss from it."""
+    obj = losses.deserialize(identifier)
+    if expected[0].islower():
+        assert obj is getattr(losses, expected)
+    else:
+        assert type(obj) is getattr(losses, expected)
+    if isinstance(identifier, dict):
+        assert obj.get_config()["from_logits"] is True
+
+
+def test_deserialize_leaves_the_rest_to_keras():
+    assert losses.deserialize(None) is None
+    assert losses.deserialize("mean_squared_error") is keras.losses.mean_squared_error
+    assert type(losses.deserialize("MeanSquaredError")) is keras.losses.MeanSquaredError
+
+    def mine(y_true, y_pred):
+        return y_pred
+
+    assert losses.deserialize("categorical_crossentropy", custom_objects={"categorical_crossentropy": mine}) is mine
+
+
 def test_get_keeps_dtype_and_axis_of_a_keras_config():
     config = {"from_logits": True, "ignore_class": -1, "reduction": "sum", "name": "s", "dtype": "float64",
               "axis": 1}
@@ -975,6 +1014,9 @@ def test_scalar_predictions_and_wrong_alpha_length_are_named():
         with pytest.raises(ValueError, match=rf"{name}: y_pred must be a tensor of rank >= 1 .*got a scalar"):
             getattr(losses, name)(tf.constant(1.0), tf.constant(0.3))
     for alpha in ([0.1, 0.2, 0.3], tf.constant([0.1, 0.2, 0.3])):
+        with pytest.raises(ValueError, match=r"alpha must be a number or one weight per class \(2\), got 3"):
+            losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=alpha)
+    for alpha in (np.array([0.1, 0.2, 0.3]), tf.Variable([0.1, 0.2, 0.3])):
         with pytest.raises(ValueError, match=r"alpha must be a number or one weight per class \(2\), got 3"):
             losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=alpha)
     ok = losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[0.25])

@@ -33,8 +33,8 @@ backend.
 
 Every other ``keras.losses`` name (``MeanSquaredError``, ``Huber``,
 ``Loss``, ``serialize``, ...) is Keras' own (:mod:`safeops._dropin`), and
-:func:`get` returns safeops' loss for the identifiers of the losses it
-replaces. Every loss function and class here is registered with Keras as
+:func:`get` and :func:`deserialize` return safeops' loss for the
+identifiers of the losses it replaces. Every loss function and class here is registered with Keras as
 ``"safeops>name"``, so a model compiled with one saves and loads back with
 it (see :mod:`safeops.losses._authoring`).
 """
@@ -77,7 +77,7 @@ __all__ = [
     "kl_divergence_with_logits", "KLDivergenceWithLogits",
     "LossFunctionWrapper", "loss_class",
     "tversky_loss", "TverskyLoss", "info_nce", "InfoNCE",
-    "with_logits", "get",
+    "with_logits", "get", "deserialize",
 ]
 
 
@@ -132,6 +132,38 @@ def get(identifier):
         return _REPLACED.get(obj, obj)
     ours = _REPLACED.get(type(obj))
     return obj if ours is None else ours.from_config(obj.get_config())
+
+
+def deserialize(name, custom_objects=None):
+    """``keras.losses.deserialize``, resolved to safeops' loss as :func:`get` resolves it.
+
+    ``name`` is a loss's name or serialized dict, as for Keras: a function's
+    name gives the function (safeops' where it replaces Keras' one), a class
+    name or a dict gives an instance, built by the safeops class from the
+    dict's own config where safeops replaces that class. An entry of
+    ``custom_objects`` under the same name wins, as in Keras. Anything else
+    (``None``, the losses safeops does not replace) is Keras' answer.
+
+    Example:
+
+    >>> from safeops import losses
+    >>> losses.deserialize("kl_divergence") is losses.kl_divergence
+    True
+    >>> type(losses.deserialize("BinaryCrossentropy")).__module__
+    'safeops.losses._crossentropy'
+    """
+    key = name.get("class_name") if isinstance(name, dict) else name
+    if not (isinstance(key, str) and custom_objects and key in custom_objects):
+        if isinstance(name, dict) and _replacing_class(name) is not None:
+            return get(name)
+        if isinstance(name, str):
+            ours = _own(name)  # a registered name, or one Keras has not
+            if ours is None and _CLASSES.get(name) in _REPLACED.values():
+                ours = _CLASSES[name]  # Keras' answer is a wrapper of its function, not its class
+            if ours is not None:
+                return ours() if _inspect.isclass(ours) else ours
+    obj = _keras.losses.deserialize(name, custom_objects)
+    return _REPLACED.get(obj, obj) if _inspect.isfunction(obj) else obj
 
 
 def _own(name):

@@ -190,6 +190,8 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
             # each op below writes out (see _probability_focal_composite).
             values = pred.probabilities()
             floor = _dtypes.tiny(pred.clamp_dtype)
+        if isinstance(alpha, (np.ndarray, np.generic)) and alpha.ndim <= 1 and alpha.dtype.kind in "iuf":
+            alpha = alpha.tolist()  # numpy numbers as Python ones: the fused path, as for a list
         _check_per_class(op, alpha, pred.values.shape[axis])
         weights = _constant_alpha(alpha)
         if _fusable(gamma) and weights is not None:
@@ -552,7 +554,7 @@ def _fused_binary_focal(gamma, dtype):
 
 def _check_per_class(op, alpha, classes):
     """Refuses a per-class ``alpha`` whose static length is neither 1 nor the number of classes."""
-    shape = tf.TensorShape(np.shape(alpha)) if isinstance(alpha, (list, tuple)) else getattr(alpha, "shape", None)
+    shape = getattr(alpha, "shape", None) if tf.is_tensor(alpha) else tf.TensorShape(np.shape(alpha))
     if shape is None or shape.rank != 1 or shape[0] is None or classes is None:
         return
     if shape[0] not in (1, classes):
