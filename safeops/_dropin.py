@@ -40,3 +40,21 @@ def forward_rest(package: str, namespace: dict, original: Callable[[], object], 
         return sorted(own | {n for n in dir(original()) if not n.startswith("_")})
 
     return __getattr__, __dir__
+
+
+def register_with_keras(namespace: dict, names: list) -> None:
+    """Registers the package's own functions among ``names`` with Keras as ``"safeops>name"``.
+
+    Keras saves a function held by a layer (``keras.layers.Lambda(fn)``) by
+    its registered name when it has one, else by its bare ``__name__``, which
+    loads back as Keras' own function of that name (``softplus``) or fails
+    (``log``). Registered, a safeops op loads back as itself.
+    """
+    import inspect
+
+    import keras
+
+    for name in names:
+        obj = namespace[name]
+        if inspect.isfunction(obj) and obj.__module__.startswith("safeops."):
+            keras.saving.register_keras_serializable(package="safeops")(obj)

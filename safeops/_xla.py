@@ -157,6 +157,11 @@ def per_axis(build=None, *, xla=True):
     def get(axis, *config):
         key = _axis_key(axis)
         if key is _UNCACHEABLE:
+            if isinstance(axis, tf.Variable):
+                # Read here, outside the custom-gradient function: a variable
+                # read inside it makes tf.custom_gradient demand a gradient
+                # for the variable (an int axis has none).
+                axis = tf.convert_to_tensor(axis)
             return build(axis, *config, False) if xla else build(axis, *config)
         return cached(key, *config, _enabled) if xla else cached(key, *config)
 

@@ -142,6 +142,24 @@ def test_registered_names_resolve_to_the_safeops_function(name):
     assert keras.saving.get_registered_name(losses.LossFunctionWrapper) == "safeops>LossFunctionWrapper"
 
 
+@pytest.mark.parametrize("op", ["math.softplus", "math.log", "math.l2_normalize", "nn.log_softmax",
+                                "math.log_sigmoid"])
+def test_a_lambda_layer_saves_and_reloads_the_safeops_op(op, tmp_path):
+    """Saved by its bare name, softplus came back as Keras' activation and log did not load at all."""
+    import safeops
+
+    module, name = op.split(".")
+    fn = getattr(getattr(safeops, module), name)
+    assert keras.saving.get_registered_name(fn) == f"safeops>{name}"
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(fn, output_shape=(3,))(inputs))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=False)
+    assert loaded.layers[-1].function is fn
+    x = np.array([[0.5, 1.0, 2.0]], "float32")
+    np.testing.assert_array_equal(loaded(x), model(x))
+
+
 def test_saved_model_export_reload_and_call(saved):
     model, path = saved
     reloaded = tf.saved_model.load(str(path / "saved_model"))

@@ -502,3 +502,26 @@ def test_weighted_logsumexp_with_a_negative_weight_under_xla():
         with mpmath.workdps(60):
             exact = float(mpmath.log(1 + mpmath.mpf(float(w2))))
         assert ftz_ulps(np.array([got]), np.array([exact]), "float64")[0] <= 4, (w2, got, exact)
+
+
+@pytest.mark.parametrize("axis", [1, -1, [0, 1]])
+def test_variable_axis_inside_tf_function(axis):
+    """A tf.Variable axis read inside the custom-gradient function made TensorFlow ask for a
+    ``variables`` gradient (an internal TypeError); TensorFlow's ops take it."""
+    variable = tf.Variable(axis)
+    x = tf.reshape(tf.range(6.0), [2, 3])
+    pairs = [(tfm.reduce_logsumexp, tf.math.reduce_logsumexp), (tfm.l2_normalize, tf.math.l2_normalize)]
+    for ours, theirs in pairs:
+        def value_and_gradient(op):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = op(x, axis=variable)
+            return y, tape.gradient(y, x)
+
+        got = tf.function(lambda: value_and_gradient(ours))()
+        want = tf.function(lambda: value_and_gradient(theirs))()
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    if isinstance(axis, int):  # TensorFlow's softmax refuses a variable axis in a graph; safeops takes it
+        got = tf.function(lambda: tfm.softmax(x, axis=variable))()
+        np.testing.assert_allclose(got, tf.nn.softmax(x, axis=axis), rtol=1e-6)

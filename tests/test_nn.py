@@ -140,6 +140,16 @@ def test_weighted_with_per_class_pos_weight_gradient(batch):
     np.testing.assert_allclose(tape.gradient(ours, q), tape.gradient(theirs, q), rtol=1e-10)
 
 
+def test_weighted_gradient_at_a_zero_logit_is_exact():
+    """(1 - z) sigmoid(0) - q z sigmoid(0): TensorFlow's subgradient of relu(-x) and |x| at 0 gives 0 and +0.5."""
+    x = tf.zeros([3])
+    z = tf.constant([1.0, 0.5, 0.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = WEIGHTED(z, x, 2.0)
+    np.testing.assert_allclose(tape.gradient(loss, x), (1 - z) / 2 - 2.0 * z / 2, rtol=1e-7)
+
+
 def test_dense_label_gradient_is_minus_log_softmax(batch):
     labels, logits = tf.constant(batch["soft"]), tf.constant(batch["logits"])
     with tf.GradientTape() as tape:

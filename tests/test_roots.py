@@ -223,11 +223,25 @@ class TestL2Normalize:
             got = run(mode, lambda t: tfm.l2_normalize(t, epsilon=epsilon))(x).numpy()
             np.testing.assert_allclose(got, tf.math.l2_normalize(x, epsilon=1e-4).numpy(), rtol=1e-6)
 
+    def test_eager_variable_epsilon_is_read_at_each_call(self):
+        """A tf.Variable epsilon, which TensorFlow takes, was refused as 'a runtime tensor' even eager."""
+        x = tf.constant([[3.0, 4.0], [1e-7, 0.0]])
+        epsilon = tf.Variable(1e-12)
+        np.testing.assert_allclose(tfm.l2_normalize(x, axis=1, epsilon=epsilon),
+                                   tf.math.l2_normalize(x, axis=1, epsilon=epsilon), rtol=1e-6)
+        epsilon.assign(1.0)
+        np.testing.assert_allclose(tfm.l2_normalize(x, axis=1, epsilon=epsilon),
+                                   tf.math.l2_normalize(x, axis=1, epsilon=1.0), rtol=1e-6)
+
     def test_epsilon_errors_name_it(self):
         fn = tf.function(lambda t, e: tfm.l2_normalize(t, epsilon=e),
                          input_signature=[tf.TensorSpec([2]), tf.TensorSpec([])])
-        with pytest.raises(TypeError, match="l2_normalize: epsilon must be a number or a tensor known"):
+        with pytest.raises(TypeError, match="l2_normalize: epsilon must be a number .*or a tensor whose value "
+                                            "is known when the tf.function is traced"):
             fn(tf.ones([2]), tf.constant(1e-4))
+        variable = tf.Variable(1e-4)
+        with pytest.raises(TypeError, match="epsilon must be a number .*got a tensor known only when the graph"):
+            tf.function(lambda t: tfm.l2_normalize(t, epsilon=variable))(tf.ones([2]))
         for bad in (-1.0, float("nan"), float("inf")):
             with pytest.raises(ValueError, match="epsilon must be a finite number >= 0"):
                 tfm.l2_normalize(tf.ones([2]), epsilon=bad)

@@ -32,4 +32,10 @@ __all__ = [
     "sqrt", "norm", "l2_normalize", "divide_no_nan",
 ]
 
+# Registered with Keras as "safeops>name", as the losses are: a Keras layer
+# that holds one (``keras.layers.Lambda(tfm.softplus)``) saves it by that
+# name and loads it back as safeops' op, where the bare name came back as
+# Keras' own function of that name, or not at all.
+_dropin.register_with_keras(globals(), __all__)
+
 __getattr__, __dir__ = _dropin.forward_rest(__name__, globals(), lambda: _tf.math, "tf.math")

@@ -176,7 +176,11 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
     Args:
       x: A float tensor (float16, bfloat16, float32 or float64).
       axis: ``None``, an int, or a list or tuple of ints.
-      epsilon: Lower bound of the sum of squares (TensorFlow's argument).
+      epsilon: Lower bound of the sum of squares (TensorFlow's argument): a
+        number, a constant tensor, or (eager) a ``tf.Variable``. Inside a
+        ``tf.function`` it must be known when the function is traced (it is
+        a constant of the compiled op); TensorFlow also takes a runtime
+        tensor there.
       name: Optional name scope.
       dim: Deprecated alias of ``axis``.
 
@@ -184,9 +188,10 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
       A tensor of the shape and dtype of ``x``.
 
     Raises:
-      TypeError: ``x`` is not a float tensor.
-      ValueError: ``axis`` is out of range, or both ``axis`` and ``dim`` are
-        given.
+      TypeError: ``x`` is not a float tensor, or ``epsilon`` is not a number
+        or is a tensor known only when the graph runs.
+      ValueError: ``axis`` is out of range, both ``axis`` and ``dim`` are
+        given, or ``epsilon`` is negative, infinite or NaN.
 
     Example:
 
@@ -210,18 +215,24 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
 
 
 def _epsilon_value(op: str, epsilon) -> float:
-    """``epsilon`` as a Python float: a number, or a tensor whose value is known while tracing.
+    """``epsilon`` as a Python float: a number, a tensor whose value is known while tracing, or eager a variable.
 
-    The floor is a constant of the compiled op (one per value); a tensor
-    known only when the graph runs is refused with a ``TypeError``, and a
-    negative, infinite or NaN one with a ``ValueError``, both naming it.
+    The floor is a constant of the compiled op (one per value). Eager, a
+    ``tf.Variable`` is read at each call. Inside a ``tf.function`` a tensor
+    known only when the graph runs (an argument, a variable) is refused with
+    a ``TypeError``: the value would be frozen at its first trace. A
+    negative, infinite or NaN one is refused with a ``ValueError``. Both
+    name the argument.
     """
     value = epsilon
-    if isinstance(epsilon, (tf.Tensor, tf.Variable)):
+    if isinstance(epsilon, tf.Variable) and tf.executing_eagerly():
+        value = epsilon.numpy()
+    elif isinstance(epsilon, (tf.Tensor, tf.Variable)):
         value = tf.get_static_value(epsilon)
         if value is None:
             raise TypeError(_validate.message(
-                op, "epsilon", "a number or a tensor known when the function is traced", "a runtime tensor"))
+                op, "epsilon", "a number (a constant of the compiled op), or a tensor whose value is known "
+                "when the tf.function is traced", "a tensor known only when the graph runs"))
     try:
         value = float(np.asarray(value))
     except (TypeError, ValueError):
