@@ -561,6 +561,49 @@ def test_probability_check_runs_in_tf_function_and_can_be_turned_off():
         safeops.set_validation(True)
 
 
+_OUT_OF_RANGE = [
+    ("categorical_crossentropy", [[1.0, 0.0, 0.0]], [[2.0, -1.0, 0.5]], [0, 1]),
+    ("sparse_categorical_crossentropy", [0], [[2.0, -1.0, 0.5]], [0, 1]),
+    ("binary_crossentropy", [[1.0, 0.0, 0.0]], [[2.0, -1.0, 0.5]], [0, 1]),
+    ("binary_focal_crossentropy", [[1.0, 0.0, 0.0]], [[2.0, -1.0, 0.5]], [0, 1]),
+    ("categorical_focal_crossentropy", [[1.0, 0.0, 0.0]], [[2.0, -1.0, 0.5]], [0, 1]),
+    ("kl_divergence", [[1.0, 0.0, 0.0]], [[2.0, -1.0, 0.5]], [0, 1]),
+    ("kl_divergence", [[1.5, 0.0, 0.0]], [[0.2, 0.3, 0.5]], [0]),
+    ("poisson", [[1.0, 0.0, 0.0]], [[-2.0, 1.0, -0.5]], [0, 2]),
+    ("tversky_loss", [[1.0, 0.0, 0.0]], [[2.0, -1.0, 0.5]], [0, 1]),
+]
+
+
+@pytest.mark.parametrize("name,y,p,bad", _OUT_OF_RANGE)
+def test_out_of_range_probabilities_are_nan_under_xla(name, y, p, bad):
+    """Where the range assertion cannot run (XLA drops it), the bad entries' loss and gradient are NaN
+    instead of a silent wrong number (logits passed without from_logits=True gave 0.22)."""
+    fn = getattr(losses, name)
+
+    def value_and_gradient(y, p):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            loss = fn(y, p)
+        return loss, tape.gradient(loss, p)
+
+    y = tf.constant(y, tf.int32 if name.startswith("sparse") else tf.float32)
+    loss, gradient = tf.function(value_and_gradient, jit_compile=True)(y, tf.constant(p))
+    assert np.isnan(loss.numpy()).all()
+    assert np.isnan(gradient.numpy()[0, bad]).all()
+    valid = tf.constant([[0.2, 0.3, 0.5]])
+    y_valid = tf.constant([0]) if name.startswith("sparse") else tf.constant([[1.0, 0.0, 0.0]])
+    loss, gradient = tf.function(value_and_gradient, jit_compile=True)(y_valid, valid)
+    expected, _ = value_and_gradient(y_valid, valid)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert np.isfinite(gradient.numpy()).all()
+    safeops.set_validation(False)  # checks off: nothing added, as outside XLA
+    try:
+        loss, _ = tf.function(value_and_gradient, jit_compile=True)(y, tf.constant(p))
+        assert np.isfinite(loss.numpy()).all()
+    finally:
+        safeops.set_validation(True)
+
+
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_a_check_finds_the_bad_entry_only_when_it_fails(mode):
     """The offending value is built only on failure (built always, it cost several times the check).

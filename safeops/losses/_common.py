@@ -14,7 +14,7 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _validate
+from safeops import _dtypes, _validate, _xla
 from safeops.math import _logarithms
 from safeops.losses import _probabilities
 
@@ -80,7 +80,14 @@ _NO_FROM_LOGITS = ("safeops.losses.kl_divergence", "safeops.losses.tversky_loss"
 
 
 def checked_unit_interval(op, p, name):
-    """``p`` with a graph assertion that every non-NaN entry is in ``[0, 1]``."""
+    """``p`` with a graph assertion that every non-NaN entry is in ``[0, 1]``.
+
+    Under XLA, which drops assertions (TensorFlow 2.21), an entry outside is
+    made NaN instead (:func:`nan_where`), so its loss and gradient are NaN
+    rather than a silent wrong number, as for an out-of-range sparse label.
+    """
+    if _validate.validation_enabled() and _xla.in_xla():
+        return nan_where(outside_unit_interval(p), p)
     checks = unit_interval_check(op, p, name)
     if not checks:
         return p
@@ -115,11 +122,23 @@ def unit_interval_check(op, p, name, outside=None):
                                  lambda: _first_bad(p, outside_unit_interval(p)))
 
 
+def nan_where(bad, x):
+    """``x`` with NaN where ``bad``: ``x + (NaN or 0)``, so the gradient through it is NaN there too.
+
+    For the value checks that cannot raise under XLA (TensorFlow 2.21
+    drops ``tf.debugging.assert_*`` inside ``jit_compile=True``). Adding 0
+    leaves every other entry as it was (``-0.0`` becomes ``+0.0``).
+    """
+    return x + tf.where(bad, tf.constant(float("nan"), x.dtype), tf.zeros([], x.dtype))
+
+
 def checked_non_negative(op, x, name):
-    """``x`` with a graph assertion that every non-NaN entry is ``>= 0``."""
+    """``x`` with a graph assertion that every non-NaN entry is ``>= 0``; under XLA, NaN there instead."""
     if not _validate.validation_enabled():
         return x
     outside = x < 0
+    if _xla.in_xla():
+        return nan_where(outside, x)
     checks = _validate.assert_that(tf.logical_not(tf.reduce_any(outside)), op, name, "non-negative",
                                    lambda: _first_bad(x, outside))
     if not checks:

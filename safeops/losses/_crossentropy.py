@@ -56,7 +56,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         ``p = 1`` with ``y < 1``: value ``16.64 (1 - y)`` (``-log(eps/2)``),
         gradient ``(1 - y) 2/eps`` (1.7e7): finite, pointing back inside.
       * Probabilities outside ``[0, 1]``: ``InvalidArgumentError`` naming
-        ``y_pred`` (eager and ``tf.function``; not under XLA).
+        ``y_pred`` (eager and ``tf.function``); under XLA, which drops the
+        assertion, NaN loss and gradient at those entries.
       * Logits ``±inf`` and NaN: as ``safeops.nn.sigmoid_cross_entropy_with_logits``.
         NaN in ``y_pred`` gives NaN.
 
@@ -125,7 +126,8 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         uniform distribution. Probability 0 at an unlabelled class: gradient
         ``sum(y) / sum(c)`` (1 for normalised probabilities, as in Keras),
         the same in every dtype. Probabilities outside ``[0, 1]``:
-        ``InvalidArgumentError`` naming ``y_pred`` (not under XLA).
+        ``InvalidArgumentError`` naming ``y_pred`` (under XLA, which drops
+        the assertion: NaN loss and gradient there).
       * Logits: as ``safeops.nn.softmax_cross_entropy_with_logits``
         (``-inf`` masks, all ``-inf`` rows, ``+inf`` and NaN).
 

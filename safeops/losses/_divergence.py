@@ -50,7 +50,8 @@ def kl_divergence(y_true, y_pred):
       * ``p_j = 0`` with ``y_j > 0``: ``y_j (log y_j + 87.34)`` in float32,
         gradient ``-y_j/tiny`` (finite); with recovered logits, the exact value.
       * ``y_true`` or ``y_pred`` outside ``[0, 1]``: ``InvalidArgumentError``
-        naming it (not under XLA). NaN gives NaN.
+        naming it (under XLA, which drops the assertion: NaN loss and
+        gradient there). NaN gives NaN.
 
     Args:
       y_true: Target distribution, the shape of ``y_pred`` or one that
@@ -84,6 +85,9 @@ def kl_divergence(y_true, y_pred):
         # Both logarithms clamped at the same tiny (y_pred's dtype): a label
         # below float16's tiny next to p = 0 made y (log y - log tiny) < 0.
         p = pred.values
+        if _validate.validation_enabled() and _xla.in_xla():  # the asserts below are dropped: NaN instead
+            y = _common.nan_where(_common.outside_unit_interval(y), y)
+            p = _common.nan_where(_common.outside_unit_interval(p), p)
         floor = _dtypes.tiny(pred.clamp_dtype)
         accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
         value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))
@@ -206,8 +210,9 @@ def poisson(y_true, y_pred):
     Edges:
       * ``p = 0``, ``y > 0``: value ``87.34 y`` (float32), gradient ``1 - y/tiny``.
       * ``p = 0``, ``y = 0``: value 0, gradient 1.
-      * Negative rates: ``InvalidArgumentError`` naming ``y_pred`` (not
-        under XLA). NaN gives NaN.
+      * Negative rates: ``InvalidArgumentError`` naming ``y_pred`` (under
+        XLA, which drops the assertion: NaN loss and gradient there). NaN
+        gives NaN.
 
     Args:
       y_true: Observed counts, the shape of ``y_pred`` or one that

@@ -74,7 +74,8 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
 
     Edges:
       * ``y_true`` or ``y_pred`` outside ``[0, 1]``: ``InvalidArgumentError``
-        naming it (eager and ``tf.function``; not under XLA). NaN gives NaN.
+        naming it (eager and ``tf.function``; under XLA, which drops the
+        assertion, NaN loss and gradient there). NaN gives NaN.
 
     Args:
       y_true: Masks in ``[0, 1]``, shape ``[batch, ...]`` (any numeric dtype).

@@ -67,7 +67,8 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
       * Infinite logits give the limits: 0 with gradient 0 on the likely
         side (a ``-inf`` mask with label 0), ``+inf`` on the wrong side with
         the limit slope ``(1 - y) ** gamma`` (``z = +inf``), never NaN.
-      * NaN in ``y_pred`` gives NaN; probabilities outside ``[0, 1]`` raise.
+      * NaN in ``y_pred`` gives NaN; probabilities outside ``[0, 1]`` raise
+        (under XLA, which drops the assertion: NaN loss and gradient there).
 
     Args:
       y_true: Labels in ``[0, 1]``, the shape of ``y_pred``.
@@ -149,7 +150,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
       * ``-inf`` logits with label 0: no contribution, gradient 0. With a
         label > 0: ``+inf`` (exact).
       * Probabilities: clamped at ``tiny`` as in :func:`categorical_crossentropy`;
-        outside ``[0, 1]`` they raise. NaN gives NaN.
+        outside ``[0, 1]`` they raise (under XLA: NaN there). NaN gives NaN.
 
     Args:
       y_true: One-hot or soft labels, the shape of ``y_pred`` or one that
