@@ -64,18 +64,36 @@ def compiled(fn, xla, eager_plain=False):
     """
     if not xla:
         return fn
-    jit = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
-    if not eager_plain:
-        return jit
+    function = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+
+    def jit(*args):
+        if not tf.executing_eagerly():
+            args = _local(args)
+        return function(*args)
 
     def call(*args):
-        if tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
+        if eager_plain and tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
             return fn(*args)
         return jit(*args)
 
     # The second-order recompute (safeops._gradient._plain) uses the plain function.
     call.python_function = fn
     return call
+
+
+def _local(args):
+    """``args`` (nested) with each tensor of another graph copied into the current one first (``tf.identity``).
+
+    A ``jit_compile`` function called in a graph enters an XLA context there
+    while it captures its arguments. An argument from another graph (the
+    forward branch of a ``tf.cond``, read by its gradient) is then captured
+    as an XLA intermediate, which ``tf.cond``'s gradient outside XLA cannot
+    resolve ("Could not find external tensor capture"). Copied first, it is
+    captured outside that context, as any plain op's input is.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    return tf.nest.map_structure(
+        lambda a: tf.identity(a) if isinstance(a, tf.Tensor) and a.graph is not graph else a, args)
 
 
 def _largest_size(args) -> int:

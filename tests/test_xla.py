@@ -160,3 +160,58 @@ def test_eager_plain_runs_small_eager_calls_as_plain_ops():
     assert seen == [True]
     split(*[tf.ones([_xla.EAGER_PLAIN_BELOW])] * 3)
     assert seen == [True, False, False]
+
+
+_LABELS = tf.constant([[0.2, 0.3, 0.5], [0.0, 1.0, 0.0]])
+
+
+def _in_cond_cases():
+    import safeops.math as tfm
+    from safeops import losses
+
+    y = _LABELS
+    return {
+        "log_softmax": tfm.log_softmax,
+        "softmax": tfm.softmax,
+        "reduce_logsumexp": lambda v: tfm.reduce_logsumexp(v, -1),
+        "l2_normalize": lambda v: tfm.l2_normalize(v, -1),
+        "norm": lambda v: tfm.norm(v, axis=-1),
+        "xlogy": lambda v: tfm.xlogy(y, tf.abs(v) + 0.1),
+        "xlog1py": lambda v: tfm.xlog1py(y, tf.abs(v)),
+        "divide_no_nan": lambda v: tfm.divide_no_nan(y, v),
+        "logaddexp": lambda v: tfm.logaddexp(v, -v),
+        "softplus": tfm.softplus,
+        "sigmoid_cross_entropy": lambda v: nn.sigmoid_cross_entropy_with_logits(y, v),
+        "softmax_cross_entropy": lambda v: nn.softmax_cross_entropy_with_logits(y, v),
+        "sparse_softmax_cross_entropy": lambda v: nn.sparse_softmax_cross_entropy_with_logits([2, 1], v),
+        "binary_crossentropy": lambda v: losses.binary_crossentropy(y, v, from_logits=True),
+        "categorical_focal": lambda v: losses.categorical_focal_crossentropy(y, v, from_logits=True),
+        "kl_divergence": lambda v: losses.kl_divergence(y, tf.abs(v) / 10),
+        "kl_divergence_with_logits": lambda v: losses.kl_divergence_with_logits(y, v),
+        "info_nce": lambda v: losses.info_nce(None, tf.concat([v, v + 0.1], 1)),
+    }
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_gradient_through_tf_cond_in_a_tf_function(jit):
+    """An inner XLA function called by a tf.cond's gradient captured the branch's tensors inside its XLA
+    context, which tf.cond's gradient then could not find ("Could not find external tensor capture")."""
+    x = tf.constant([[0.5, 2.0, -1.0], [1.0, -3.0, 0.2]])
+    failures = []
+    for name, op in _in_cond_cases().items():
+        def step(v, op=op):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = tf.cond(tf.reduce_sum(v) > 0.0, lambda: op(v), lambda: op(2.0 * v))
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, v)
+
+        want = step(x)
+        try:
+            got = tf.function(step, autograph=False, jit_compile=jit)(x)
+        except Exception as error:  # noqa: BLE001 - collected and reported
+            failures.append(f"{name}: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+            continue
+        if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+            failures.append(f"{name}: {got} != {want}")
+    assert not failures, "\n".join(failures)
