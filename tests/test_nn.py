@@ -129,6 +129,22 @@ def test_dense_broadcasts_labels_like_tensorflow(batch):
     np.testing.assert_allclose(DENSE(labels, logits), tf.nn.softmax_cross_entropy_with_logits(labels, logits))
 
 
+@pytest.mark.parametrize("axis", [None, -1, 1, 0])
+def test_dense_labels_of_a_higher_rank_than_the_logits(axis):
+    """The axis was made non-negative against the logits' rank before the labels broadcast them to a
+    higher one, so the sum ran over the batch: [0.21, 0.28, 0.90] for a [2, 3] batch."""
+    labels = tf.constant([[[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]], [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])  # [2, 2, 3]
+    logits = tf.constant([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])  # [2, 3]
+    if axis == 0:  # classes first in the logits
+        labels, logits = tf.transpose(labels, [0, 2, 1]), tf.transpose(logits)
+    kwargs = {} if axis is None else {"axis": axis}
+    got = DENSE(labels, logits, **kwargs)
+    full = tf.broadcast_to(logits, labels.shape)
+    want = DENSE(labels, full, axis=-1 if axis in (None, -1, 1) else 1)
+    assert got.shape == want.shape == (2, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_weighted_with_per_class_pos_weight_gradient(batch):
     labels, logits = tf.constant(batch["binary"]), tf.constant(batch["wide"])
     q = tf.constant(np.linspace(0.5, 3.0, 5))

@@ -114,9 +114,14 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
                 _validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
         _validate.broadcast_shape(op, "labels", labels, "logits", logits)
         axis = _validate.static_axis(op, axis, rank, runtime=False)
-        if rank is not None and axis < 0:
-            axis += rank
+        # The axis of the logits, counted from the end: labels of a higher
+        # rank add leading axes when they broadcast (a count from the front
+        # then named the batch axis).
+        if rank is not None and axis >= 0:
+            axis -= rank
         labels, logits = _broadcast_pair(labels, logits)
+        if logits.shape.rank is not None:
+            axis += logits.shape.rank
         loss = _soft_label_xent(axis, logits.dtype)(_dtypes.to_compute(labels), _dtypes.to_compute(logits))
         return scope.output(_dtypes.from_compute(loss, logits.dtype))
 
