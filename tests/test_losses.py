@@ -1065,3 +1065,16 @@ def test_scalar_predictions_and_wrong_alpha_length_are_named():
     ok = losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]], alpha=[0.25])
     np.testing.assert_allclose(ok, losses.categorical_focal_crossentropy([[1.0, 0.0]], [[0.5, 0.5]]),
                                rtol=1e-6)
+
+
+def test_gaussian_nll_and_tversky_with_shapes_known_only_when_the_graph_runs():
+    """gaussian_nll refused a [None, None] signature as a wrong shape; tversky_loss of unknown rank
+    met range(1, None) (a raw TypeError)."""
+    gaussian = tf.function(losses.gaussian_nll, input_signature=[tf.TensorSpec([None, None])] * 2)
+    y, p = tf.constant([[1.0, -1.0]]), tf.constant([[0.5, 0.0, 0.0, -1.0]])
+    np.testing.assert_allclose(gaussian(y, p), losses.gaussian_nll(y, p), rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"gaussian_nll: y_pred must be of shape \[\.\.\., 2 d\]"):
+        gaussian(y, p[:, :3])
+    tversky = tf.function(losses.tversky_loss, input_signature=[tf.TensorSpec(None)] * 2)
+    y, p = tf.constant([[[1.0, 0.0], [0.0, 1.0]]]), tf.constant([[[0.8, 0.1], [0.3, 0.6]]])
+    np.testing.assert_allclose(tversky(y, p), losses.tversky_loss(y, p), rtol=1e-6)

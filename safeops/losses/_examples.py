@@ -13,7 +13,8 @@ and gets ``0/0 = NaN`` on an image whose mask and prediction are both empty,
 or hides that with a ``smooth`` constant that biases every other image::
 
     def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
-        axes = list(range(1, y_pred.shape.rank))       # all but the batch axis
+        rank = y_pred.shape.rank
+        axes = list(range(1, rank)) if rank is not None else tf.range(1, tf.rank(y_pred))       # all but the batch axis
         tp = tf.reduce_sum(y_true * y_pred, axes)
         fp = tf.reduce_sum((1 - y_true) * y_pred, axes)
         fn = tf.reduce_sum(y_true * (1 - y_pred), axes)
@@ -104,7 +105,8 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
         _common.same_shape(op, y_true, pred.values)
         y_true = _common.checked_unit_interval(op, y_true, "y_true")
         y_pred = pred.probabilities()
-        axes = list(range(1, y_pred.shape.rank))
+        rank = y_pred.shape.rank
+        axes = list(range(1, rank)) if rank is not None else tf.range(1, tf.rank(y_pred))
         tp = tf.reduce_sum(y_true * y_pred, axes)
         fp = tf.reduce_sum((1.0 - y_true) * y_pred, axes)
         fn = tf.reduce_sum(y_true * (1.0 - y_pred), axes)

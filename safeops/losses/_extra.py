@@ -64,7 +64,9 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: the last axis of ``y_pred`` is not twice that of ``y_true``.
+      ValueError: the last axis of ``y_pred`` is not twice that of ``y_true``
+        (``InvalidArgumentError`` when the graph runs, where the traced
+        shapes leave it unknown).
 
     Example:
 
@@ -79,11 +81,18 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
         pred = _common.Prediction(op, y_pred, True)
         y = _common.labels_like(op, y_true, pred)
         d, d2 = y.shape[-1] if y.shape.rank else None, pred.values.shape[-1] if pred.values.shape.rank else None
-        if d is None or d2 is None or d2 != 2 * d:
-            raise ValueError(_validate.message(
-                op, "y_pred", "of shape [..., 2 d] (means, then log-variances) for y_true [..., d]",
-                f"{pred.values.shape} for {y.shape}"))
-        mean, log_variance = pred.values[..., :d], pred.values[..., d:]
+        expected = "of shape [..., 2 d] (means, then log-variances) for y_true [..., d]"
+        if (d is not None and d2 is not None and d2 != 2 * d) or (d2 is not None and d2 % 2):
+            raise ValueError(_validate.message(op, "y_pred", expected, f"{pred.values.shape} for {y.shape}"))
+        values = pred.values
+        if d is None or d2 is None:  # a last axis known only when the graph runs: checked there
+            d = tf.shape(y)[-1] if d is None else d
+            checks = _validate.assert_that(tf.equal(tf.shape(values)[-1], 2 * d), op, "y_pred", expected,
+                                           lambda: tf.shape(values)[-1], "last dimension")
+            if checks:
+                with tf.control_dependencies(checks):
+                    values = tf.identity(values)
+        mean, log_variance = values[..., :d], values[..., d:]
         floor = _dtypes.variance_floor(pred.clamp_dtype) if min_variance is None else float(min_variance)
         if not floor > 0:
             raise ValueError(_validate.message(op, "min_variance", "a positive number", min_variance))
