@@ -525,3 +525,31 @@ def test_variable_axis_inside_tf_function(axis):
     if isinstance(axis, int):  # TensorFlow's softmax refuses a variable axis in a graph; safeops takes it
         got = tf.function(lambda: tfm.softmax(x, axis=variable))()
         np.testing.assert_allclose(got, tf.nn.softmax(x, axis=axis), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype, top", [(tf.float32, 20.0), (tf.float64, 37.42994775023705)])
+def test_gradient_keeps_the_small_entry_of_a_confident_row(op, dtype, top, mode):
+    """d y_0 / dx of a row [top, 0] is [t, -t], t = p_1 (1 - p_1) or p_1 (about e^-top): 1 - p_0 rounded
+    to 0 gave [0, -t] (TensorFlow 2.21's kernels too), a gradient that no longer sums to 0."""
+    x = tf.constant([[top, 0.0], [0.0, top], [1.0, 0.5]], dtype)
+    cotangent = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, -2.0]], dtype)
+
+    def gradient(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y = tf.reduce_sum(getattr(tfm, op)(t) * cotangent)
+        return tape.gradient(y, t)
+
+    got = run(mode, gradient)(x).numpy()
+    p1 = 1.0 / (1.0 + np.exp(np.float64(top)))
+    tail = p1 * (1.0 - p1) if op == "softmax" else p1
+    np.testing.assert_allclose(got[0], [tail, -tail], rtol=1e-6)
+    np.testing.assert_allclose(got[1], [-tail, tail], rtol=1e-6)
+    # An ordinary row: the plain formula, in float64 by hand.
+    row = np.array([1.0, 0.5])
+    p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+    dy = np.array([1.0, -2.0])
+    want = p * (dy - (dy * p).sum()) if op == "softmax" else dy - p * dy.sum()
+    np.testing.assert_allclose(got[2], want, rtol=1e-6)

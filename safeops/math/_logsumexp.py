@@ -60,6 +60,8 @@ from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch l
 _INF = float("inf")
 # Terms with x - max >= this are summed as e - 1 (exact: e > 1/2), see _sum_minus_one.
 _BIG_SHIFT = -0.69
+# log(1/2): a log-probability above it is the row's only one above 1/2.
+_LOG_2 = 0.6931471805599453
 
 
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weights=None, return_sign=False):
@@ -194,7 +196,10 @@ def softmax(logits, axis=None, name=None):
     and gives NaN for an entirely ``-inf`` (fully masked) row. A fully masked
     row is shifted by 0 and its zero sum divided by 1. The gradient
     ``y * (dy - sum(dy * y))`` is computed from the saved output, as
-    TensorFlow's.
+    TensorFlow's, with ``dy_j - sum(dy * y)`` formed around the entry above
+    1/2 when a row has one, so that its ``1 - y_m`` is the sum of the
+    other entries rather than rounded to 0 (row ``[20, 0]`` in float32:
+    ``[2.1e-9, -2.1e-9]``, where TensorFlow's gives ``[0, -2.1e-9]``).
 
     Edges:
       * row entirely ``-inf`` (fully masked): zeros, gradient 0.
@@ -250,7 +255,10 @@ def log_softmax(logits, axis=None, name=None):
     probability underflows (``x_i - m < -104`` in float32); the kernel
     formula ``(x - m) - log(sum)`` returns exactly 0 for the top entry of a
     row like ``[0, -20]``, whose log-probability is ``-2.06e-9``. The
-    gradient ``dy - exp(y) * sum(dy)`` is computed from the saved output.
+    gradient ``dy - exp(y) * sum(dy)`` is computed from the saved output;
+    at an entry whose probability exceeds 1/2 as ``(dy - sum(dy)) -
+    sum(dy) expm1(y)``, which keeps its ``1 - p`` (``2.06e-9`` there,
+    where ``1 - exp(y)`` rounds to 0).
 
     Edges:
       * row entirely ``-inf`` (fully masked): ``-inf`` everywhere, gradient 0
@@ -594,9 +602,22 @@ def _masked_softmax(axis, dtype, xla):
         return (e + e * err) / total
 
     def backward(dy, y, x):
-        return (y * (dy - tf.reduce_sum(dy * y, axis, keepdims=True)),)
+        # y * (dy - sum(dy * y)) loses the gradient's small entry where one
+        # y_m is near 1: dy_m - sum(dy y) is dy_m (1 - y_m) - ..., and 1 - y_m
+        # rounds to 0 ([20, 0] in float32: the exact [2.1e-9, -2.1e-9] came
+        # out [0, -2.1e-9], no longer summing to 0). With c = dy_m for the
+        # entry above 1/2 (at most one; c = 0 if none) and the sums A, B of
+        # y dy and y over the other entries, sum(dy y) = c (1 - B) + A, so
+        # dy_j - sum(dy y) = (dy_j - c) - (A - c B): at j = m the first term
+        # is exactly 0 and the second is formed from the small entries only.
+        # Where no entry exceeds 1/2 this is the plain formula.
+        big = y > 0.5
+        zeros = tf.zeros_like(y)
+        small = tf.where(big, zeros, y)
+        a, b, c = _xla.last_axis_sums([small * dy, small, tf.where(big, dy, zeros)], axis)
+        return (y * ((dy - c) - (a - c * b)),)
 
-    return custom_op(_xla.compiled(forward, xla), backward, dtype)
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
 
 
 @_xla.per_axis
@@ -612,7 +633,15 @@ def _masked_log_softmax(axis, dtype, xla):
         # NaN rows stay NaN via exp(y).
         dy = tf.where(tf.equal(x, -_INF), tf.zeros_like(dy), dy)
         total, = _xla.last_axis_sums([dy], axis)
-        return (dy - tf.exp(y) * total,)
+        # dy - exp(y) sum(dy) at an entry whose probability is near 1 is
+        # dy - sum(dy) + sum(dy) (1 - p), and 1 - p = -expm1(y) is kept
+        # exactly there rather than rounded away (row [20, 0] in float32:
+        # the top entry's gradient of its own log-probability is 2.1e-9,
+        # not 0).
+        # Only the row's largest y can exceed log(1/2): expm1 of it, per row.
+        top = tf.reduce_max(y, axis, keepdims=True)
+        near_one = y > -_LOG_2
+        return (tf.where(near_one, (dy - total) - total * tf.math.expm1(top), dy - tf.exp(y) * total),)
 
     return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
 
