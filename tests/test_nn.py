@@ -686,3 +686,25 @@ def test_shape_errors_are_both_value_and_invalid_argument_errors(call):
     for kind in (ValueError, tf.errors.InvalidArgumentError):
         with pytest.raises(kind, match="must"):
             call()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype, top", [(tf.float32, 20.0), (tf.float64, 37.42994775023705)])
+def test_cross_entropy_gradient_keeps_the_small_entry_of_a_confident_row(dtype, top, mode):
+    """The gradient of a confident, correct row is [-t, t] with t = 1 - p (about e^-top); p - 1 rounded to
+    0 gave [0, t] (TensorFlow 2.21's kernels too)."""
+    logits = tf.constant([[top, 0.0], [0.0, top], [0.3, -0.2]], dtype)
+    dense = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]], dtype)
+    sparse = tf.constant([0, 1, 1])
+    t = 1.0 / (1.0 + np.exp(np.float64(top)))
+    p = np.exp([0.3, -0.2]) / np.exp([0.3, -0.2]).sum()
+    for op, labels, last in ((DENSE, dense, p - [0.3, 0.7]), (SPARSE, sparse, p - [0.0, 1.0])):
+        def gradient(x, op=op, labels=labels):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(op(labels, x))
+            return tape.gradient(loss, x)
+
+        got = _in_mode(mode, gradient)(logits).numpy()
+        np.testing.assert_allclose(got[:2], [[-t, t], [t, -t]], rtol=1e-6)
+        np.testing.assert_allclose(got[2], last, rtol=1e-6)

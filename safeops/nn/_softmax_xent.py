@@ -51,7 +51,11 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
     labels, so nothing cancels. :math:`\log s` is :math:`\mathrm{log1p}` of
     the sum of the non-maximal terms (Blanchard, Higham and Higham 2021,
     IMA J. Numer. Anal.), each corrected for the rounding of :math:`d`.
-    The naive ``-sum(y * log(softmax(x)))`` overflows in ``exp`` for
+    The gradient at the maximum, :math:`S p_m - y_m` with :math:`p_m` near
+    1, is formed as :math:`(S - y_m) - S (1 - p_m)` with :math:`1 - p_m =
+    -\mathrm{expm1}(-\log s)`, so a confident row keeps its small entry
+    (``[20, 0]`` with label ``[1, 0]``: ``[-2.1e-9, 2.1e-9]``, where
+    TensorFlow's kernel gives ``[0, 2.1e-9]``). The naive ``-sum(y * log(softmax(x)))`` overflows in ``exp`` for
     logits above ~88 (float32), gives ``log(0) = -inf`` and
     then NaN for very negative logits, and ``0 * -inf = NaN`` at ``-inf``
     mask logits; TensorFlow's fused kernel shares the last failure.
@@ -138,7 +142,11 @@ def sparse_softmax_cross_entropy_with_logits(labels, logits, name=None):
     non-maximal terms (Blanchard, Higham and Higham 2021, IMA J. Numer.
     Anal.); both terms are non-negative, so a confident correct prediction
     keeps its small loss to full relative accuracy. The softmax numerator is
-    kept for the gradient; nothing else is materialised.
+    kept for the gradient; nothing else is materialised. At the labelled
+    class, when it is the maximum, :math:`p_k - 1 = \mathrm{expm1}(-\log
+    s)`: a confident correct row keeps its small gradient (``[20, 0]`` at
+    label 0: ``[-2.1e-9, 2.1e-9]``, where TensorFlow's kernel gives ``[0,
+    2.1e-9]``).
 
     Edges:
       * ``-inf`` logits at other classes (masks): no effect on the loss,
@@ -290,11 +298,23 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
     def backward(dy, loss, residuals, y, x):
         shift, e, s, log_s, total = residuals
         dy = tf.expand_dims(dy, axis)
-        dx = e * _safe_ratio(total * dy, s) - dy * y
+        scaled = total * dy
+        dx = e * _safe_ratio(scaled, s) - dy * y
+        # At the maximum (e = 1), T p - dy y with p = 1/s near 1 rounds
+        # 1 - p to 0 ([20, 0], label [1, 0]: the exact -2.1e-9 came out 0):
+        # written as (T - dy y) + T (p - 1), with p - 1 = e/s - 1 =
+        # e expm1(-log s) + (e - 1) from the accurate log s, it is kept. (The
+        # e - 1 is 0 there; it keeps e's derivative for the second order.)
+        near = (scaled - dy * y) + scaled * (e * tf.math.expm1(-log_s) + (e - 1.0))
+        dx = tf.where(tf.equal(e, 1.0), near, dx)
         dlabels = dy * _dtypes.saturate(log_s - (x - shift), dtype)
         return dlabels, dx
 
-    return custom_op_with_residuals(_xla.compiled(forward, xla), backward, dtype)
+    # The backward as inner XLA functions too, one per input's gradient (the
+    # labels' is pruned when nobody asks for it): as TensorFlow kernels the
+    # select at the maximum above is three more passes over the batch.
+    return custom_op_with_residuals(_xla.compiled(forward, xla),
+                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -314,13 +334,22 @@ def _index_xent(dtype: tf.DType):
     def forward(x, labels, valid):
         d, e, s, log_s = _last_axis_log_sum_exp(_xla.enabled())(x)
         loss = tf.squeeze(log_s, -1) - tf.gather_nd(d, at_label(labels))
-        return tf.where(valid, loss, tf.constant(float("nan"), loss.dtype)), (e, s)
+        return tf.where(valid, loss, tf.constant(float("nan"), loss.dtype)), (e, s, log_s)
 
     def backward(dy, loss, residuals, x, labels, valid):
-        e, s = residuals
+        e, s, log_s = residuals
         scale = tf.where(valid, dy, tf.constant(float("nan"), dy.dtype))
         dx = e * _safe_ratio(tf.expand_dims(scale, -1), s)
-        return tf.tensor_scatter_nd_sub(dx, at_label(labels), dy), None, None
+        at = at_label(labels)
+        # The label's entry dy (p - 1): where it is the maximum (e = 1),
+        # p - 1 = e expm1(-log s) + (e - 1) from the accurate log s (the
+        # e - 1, 0 there, keeps e's derivative for the second order), where
+        # e / s - 1 rounds to 0 for a confident row ([20, 0] at label 0:
+        # -2.1e-9, not 0).
+        e_label = tf.gather_nd(e, at)
+        p_minus_one = e_label * tf.math.expm1(-tf.squeeze(log_s, -1)) + (e_label - 1.0)  # e - 1: as above
+        at_label_grad = tf.where(tf.equal(e_label, 1.0), scale * p_minus_one, tf.gather_nd(dx, at) - dy)
+        return tf.tensor_scatter_nd_update(dx, at, at_label_grad), None, None
 
     return custom_op_with_residuals(forward, backward, dtype)
 
