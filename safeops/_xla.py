@@ -64,12 +64,19 @@ def compiled(fn, xla, eager_plain=False):
     """
     if not xla:
         return fn
-    function = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+    # Eager calls of many shapes share a relaxed trace (XLA compiles per shape
+    # either way). Inside a tf.function a relaxed trace would hand the caller
+    # outputs of unknown shape ([None, None] after a few eager shapes): its
+    # later ops lose their static shapes, and under an outer jit_compile a
+    # reduction's gradient then needs a shape XLA cannot infer (a kl_divergence
+    # in a tf.cond failed so). There each trace keeps the caller's shapes.
+    eager_function = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
+    graph_function = tf.function(fn, jit_compile=True, autograph=False)
 
     def jit(*args):
-        if not tf.executing_eagerly():
-            args = _local(args)
-        return function(*args)
+        if tf.executing_eagerly():
+            return eager_function(*args)
+        return graph_function(*_local(args))
 
     def call(*args):
         if eager_plain and tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:

@@ -215,3 +215,31 @@ def test_gradient_through_tf_cond_in_a_tf_function(jit):
         if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
             failures.append(f"{name}: {got} != {want}")
     assert not failures, "\n".join(failures)
+
+
+def test_eager_calls_of_other_shapes_leave_a_tf_function_compilable():
+    """The inner XLA functions' relaxed traces (reduce_retracing, after eager calls of a few shapes) were
+    used inside tf.functions too, where their outputs of unknown shape reached a kl_divergence gradient in
+    a tf.cond under jit_compile whose reduction XLA could then not compile ("must be a compile-time
+    constant"). Inside a tf.function each trace now keeps the caller's shapes."""
+    from safeops import losses
+
+    losses.kl_divergence(tf.constant([[1 - 1e-5, 1e-5]], tf.float16), tf.constant([[1.0, 0.0]], tf.float16))
+    for dtype in (tf.float16, tf.float32):
+        y = tf.constant([[0.0, 1.0, 0.0]], dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            value = losses.kl_divergence(y, tf.constant([[0.0, 1.0, 0.0]], dtype))
+        tape.gradient(value, y)
+    labels = tf.constant([[0.2, 0.3, 0.5], [0.0, 1.0, 0.0]])
+
+    def step(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            y = tf.cond(tf.reduce_sum(v) > 0.0, lambda: losses.kl_divergence(labels, tf.abs(v) / 10),
+                        lambda: losses.kl_divergence(labels, tf.abs(2.0 * v) / 10))
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, v)
+
+    x = tf.constant([[0.5, 2.0, -1.0], [1.0, -3.0, 0.2]])
+    np.testing.assert_allclose(tf.function(step, autograph=False, jit_compile=True)(x), step(x), rtol=1e-5)
