@@ -78,8 +78,8 @@ def _remove_previous(out_dir: str) -> None:
         names = [p["file"] for p in old.get("programs", [])]
         names += [n for p in old.get("programs", []) for n in p.get("data", {}).values()]
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
-        raise SystemExit(f"benchmarks export: {path} is there but is not a manifest this tool wrote ({error}); "
-                         "export into an empty directory or remove it") from None
+        raise SystemExit(f"benchmarks export: {path} is there but is not a manifest this tool wrote "
+                         f"({error}); export into an empty directory or remove it") from None
     for name in names:
         target = os.path.join(out_dir, os.path.basename(str(name)))
         if os.path.isfile(target):

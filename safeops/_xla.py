@@ -89,7 +89,7 @@ def compiled(fn, xla, eager_plain=False):
 
 
 def _local(args):
-    """``args`` (nested) with each tensor of another graph copied into the current one first (``tf.identity``).
+    """``args`` (nested), each tensor of another graph copied into the current one first (``tf.identity``).
 
     A ``jit_compile`` function called in a graph enters an XLA context there
     while it captures its arguments. An argument from another graph (the

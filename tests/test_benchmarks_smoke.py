@@ -169,7 +169,8 @@ def test_compare_says_why_nothing_is_in_common(smoke_data):
     second.update(mode="xla", size="1e5")
     crossed = [dict(first, mode="xla"), dict(second, mode="graph")]
     line = report.compare(dict(smoke_data, results=[first, second]), dict(smoke_data, results=crossed))[2]
-    assert line.startswith("0 figures in common") and "share ops, modes, passes, sizes and dtypes" in line, line
+    assert line.startswith("0 figures in common"), line
+    assert "share ops, modes, passes, sizes and dtypes" in line, line
 
 
 def test_ratio_pairs_samples_of_the_same_round(smoke_data):
@@ -263,8 +264,9 @@ def test_export_writes_stablehlo_and_manifest(runs):
     programs = manifest["programs"]
     assert {p["case"] for p in programs} == {"math.log", "nn.softmax_cross_entropy_with_logits"}
     # Both cases declare a second order, measured by the runner: exported too.
+    cases = ("math.log", "nn.softmax_cross_entropy_with_logits")
     assert {(p["case"], p["pass"]) for p in programs if p["variant"] == "safeops"} == \
-        {(c, q) for c in ("math.log", "nn.softmax_cross_entropy_with_logits") for q in ("fwd", "fwdbwd", "2nd")}
+        {(c, q) for c in cases for q in ("fwd", "fwdbwd", "2nd")}
     assert {p["variant"] for p in programs} == {"safeops", "naive", "builtin", "roofline"}
     for p in programs:
         text = (runs["export_dir"] / p["file"]).read_text()

@@ -140,7 +140,8 @@ def test_categorical_focal_takes_numpy_alpha_as_keras_does(alpha):
 
 @pytest.mark.parametrize("identifier,expected", [
     ("categorical_crossentropy", "categorical_crossentropy"), ("kl_divergence", "kl_divergence"),
-    ("CategoricalCrossentropy", "CategoricalCrossentropy"), ("BinaryFocalCrossentropy", "BinaryFocalCrossentropy"),
+    ("CategoricalCrossentropy", "CategoricalCrossentropy"),
+    ("BinaryFocalCrossentropy", "BinaryFocalCrossentropy"),
     ("gaussian_nll", "gaussian_nll"), ("GaussianNLL", "GaussianNLL"), ("safeops>GaussianNLL", "GaussianNLL"),
     ({"class_name": "BinaryCrossentropy", "config": {"from_logits": True}}, "BinaryCrossentropy"),
 ])
@@ -163,7 +164,8 @@ def test_deserialize_leaves_the_rest_to_keras():
     def mine(y_true, y_pred):
         return y_pred
 
-    assert losses.deserialize("categorical_crossentropy", custom_objects={"categorical_crossentropy": mine}) is mine
+    mapping = {"categorical_crossentropy": mine}
+    assert losses.deserialize("categorical_crossentropy", custom_objects=mapping) is mine
 
 
 def test_get_keeps_dtype_and_axis_of_a_keras_config():
@@ -1073,7 +1075,8 @@ def test_gaussian_nll_and_tversky_with_shapes_known_only_when_the_graph_runs():
     gaussian = tf.function(losses.gaussian_nll, input_signature=[tf.TensorSpec([None, None])] * 2)
     y, p = tf.constant([[1.0, -1.0]]), tf.constant([[0.5, 0.0, 0.0, -1.0]])
     np.testing.assert_allclose(gaussian(y, p), losses.gaussian_nll(y, p), rtol=1e-6)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"gaussian_nll: y_pred must be of shape \[\.\.\., 2 d\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"gaussian_nll: y_pred must be of shape \[\.\.\., 2 d\]"):
         gaussian(y, p[:, :3])
     tversky = tf.function(losses.tversky_loss, input_signature=[tf.TensorSpec(None)] * 2)
     y, p = tf.constant([[[1.0, 0.0], [0.0, 1.0]]]), tf.constant([[[0.8, 0.1], [0.3, 0.6]]])

@@ -133,7 +133,8 @@ def test_dense_broadcasts_labels_like_tensorflow(batch):
 def test_dense_labels_of_a_higher_rank_than_the_logits(axis):
     """The axis was made non-negative against the logits' rank before the labels broadcast them to a
     higher one, so the sum ran over the batch: [0.21, 0.28, 0.90] for a [2, 3] batch."""
-    labels = tf.constant([[[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]], [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])  # [2, 2, 3]
+    # [2, 2, 3] labels, [2, 3] logits
+    labels = tf.constant([[[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]], [[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])
     logits = tf.constant([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])  # [2, 3]
     if axis == 0:  # classes first in the logits
         labels, logits = tf.transpose(labels, [0, 2, 1]), tf.transpose(logits)
@@ -157,7 +158,7 @@ def test_weighted_with_per_class_pos_weight_gradient(batch):
 
 
 def test_weighted_gradient_at_a_zero_logit_is_exact():
-    """(1 - z) sigmoid(0) - q z sigmoid(0): TensorFlow's subgradient of relu(-x) and |x| at 0 gives 0 and +0.5."""
+    """(1 - z) sigmoid(0) - q z sigmoid(0); TensorFlow's subgradients of relu(-x), |x| at 0 give 0, +0.5."""
     x = tf.zeros([3])
     z = tf.constant([1.0, 0.5, 0.0])
     with tf.GradientTape() as tape:

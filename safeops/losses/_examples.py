@@ -13,8 +13,7 @@ and gets ``0/0 = NaN`` on an image whose mask and prediction are both empty,
 or hides that with a ``smooth`` constant that biases every other image::
 
     def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
-        rank = y_pred.shape.rank
-        axes = list(range(1, rank)) if rank is not None else tf.range(1, tf.rank(y_pred))       # all but the batch axis
+        axes = list(range(1, y_pred.shape.rank))       # all but the batch axis
         tp = tf.reduce_sum(y_true * y_pred, axes)
         fp = tf.reduce_sum((1 - y_true) * y_pred, axes)
         fn = tf.reduce_sum(y_true * (1 - y_pred), axes)

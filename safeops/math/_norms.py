@@ -215,7 +215,7 @@ def l2_normalize(x, axis=None, epsilon=1e-12, name=None, dim=None):
 
 
 def _epsilon_value(op: str, epsilon) -> float:
-    """``epsilon`` as a Python float: a number, a tensor whose value is known while tracing, or eager a variable.
+    """``epsilon`` as a Python float: a number, a tensor known while tracing, or (eager) a variable.
 
     The floor is a constant of the compiled op (one per value). Eager, a
     ``tf.Variable`` is read at each call. Inside a ``tf.function`` a tensor

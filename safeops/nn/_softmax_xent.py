@@ -55,9 +55,9 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
     1, is formed as :math:`(S - y_m) - S (1 - p_m)` with :math:`1 - p_m =
     -\mathrm{expm1}(-\log s)`, so a confident row keeps its small entry
     (``[20, 0]`` with label ``[1, 0]``: ``[-2.1e-9, 2.1e-9]``, where
-    TensorFlow's kernel gives ``[0, 2.1e-9]``). The naive ``-sum(y * log(softmax(x)))`` overflows in ``exp`` for
-    logits above ~88 (float32), gives ``log(0) = -inf`` and
-    then NaN for very negative logits, and ``0 * -inf = NaN`` at ``-inf``
+    TensorFlow's kernel gives ``[0, 2.1e-9]``). The naive ``-sum(y *
+    log(softmax(x)))`` overflows in ``exp`` for logits above ~88 (float32),
+    gives ``log(0) = -inf`` and then NaN for very negative logits, and ``0 * -inf = NaN`` at ``-inf``
     mask logits; TensorFlow's fused kernel shares the last failure.
 
     Edges:
