@@ -85,9 +85,9 @@ def kl_divergence(y_true, y_pred):
         # Both logarithms clamped at the same tiny (y_pred's dtype): a label
         # below float16's tiny next to p = 0 made y (log y - log tiny) < 0.
         p = pred.values
-        if _validate.validation_enabled() and _xla.in_xla():  # the asserts below are dropped: NaN instead
-            y = _common.nan_where(_common.outside_unit_interval(y), y)
-            p = _common.nan_where(_common.outside_unit_interval(p), p)
+        if _xla.in_xla():  # the asserts below are dropped there: NaN outside [0, 1] instead
+            y = _common.checked_unit_interval(op, y, "y_true")
+            p = _common.checked_unit_interval(op, p, "y_pred")
         floor = _dtypes.tiny(pred.clamp_dtype)
         accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
         value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))

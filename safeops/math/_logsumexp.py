@@ -637,8 +637,8 @@ def _masked_log_softmax(axis, dtype, xla):
         # dy - sum(dy) + sum(dy) (1 - p), and 1 - p = -expm1(y) is kept
         # exactly there rather than rounded away (row [20, 0] in float32:
         # the top entry's gradient of its own log-probability is 2.1e-9,
-        # not 0).
-        # Only the row's largest y can exceed log(1/2): expm1 of it, per row.
+        # not 0). Only the row's largest y can exceed log(1/2), so expm1 is
+        # taken of the row maximum, once per row.
         top = tf.reduce_max(y, axis, keepdims=True)
         near_one = y > -_LOG_2
         return (tf.where(near_one, (dy - total) - total * tf.math.expm1(top), dy - tf.exp(y) * total),)
