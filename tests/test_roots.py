@@ -158,6 +158,23 @@ class TestNorm:
                 want = min((abs(v) / exact) ** (ord - 1), big)
                 assert got == pytest.approx(float(want), rel=1e-5 if dtype == tf.float32 else 1e-12)
 
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("ord", [2.5, 3.0, 7.0, 10.0, 12.0])
+    @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+    def test_p_norm_at_the_largest_float(self, dtype, ord, mode):
+        """The norm of [largest float] is that float within C3: the root of the rounded sum landed
+        one ULP high and overflowed after the scale-back (inf for p = 2.5, 3, 7, 12 in float32, 10 in
+        float64). A row whose exact norm overflows is still inf, with its finite gradient."""
+        big = float(dtype.max)
+        rows = [[big, 0.0], [-big, 0.0], [big, 1.0], [big, big]]
+        y, g, h = derivatives(lambda t: tfm.norm(t, ord=ord, axis=-1), tf.constant(rows, dtype), mode)
+        assert y[3] == INF
+        ulp = float(np.spacing(dtype.as_numpy_dtype(big)))
+        np.testing.assert_array_less(np.abs(y[:3] - big), 4 * ulp + 0.5)   # finite, C3's 4 ULP
+        np.testing.assert_allclose(g[:3], [[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], rtol=1e-12)
+        np.testing.assert_allclose(g[3], 2.0 ** ((1 - ord) / ord), rtol=1e-5 if dtype == tf.float32 else 1e-12)
+        assert np.isfinite(h).all()
+
     @pytest.mark.parametrize("ord", [0.01, 0.1, 0.25, 0.5, 1.5])
     def test_p_norm_beyond_every_range_keeps_its_gradient(self, ord):
         """A float32 row of 1000 entries 3e37: the norm overflows float32 (inf), the exact gradient
