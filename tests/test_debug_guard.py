@@ -499,3 +499,110 @@ def test_no_kept_batch_reads_nan_not_zero(policy):
                         callbacks=[NaNGuard(policy, verbose=0), recorder])
     assert math.isnan(history.history["loss"][0])
     assert all(math.isnan(logs["loss"]) for logs in recorder.batch_logs)
+
+
+def test_loss_that_cannot_be_recomputed_is_not_read_as_non_finite():
+    """A custom train_step compiled without loss=: the recompute fails, and its NaN default
+    read as 'the loss itself is non-finite' although the batch's loss was 0."""
+
+    class NormModel(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2, name="dense_sub", kernel_initializer="zeros")
+
+        def call(self, x):
+            return self.dense(x)
+
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.norm(self(x, training=True) - y, axis=-1))   # NaN gradient at 0
+            grads = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            return {"loss": loss}
+
+    keras.utils.set_random_seed(0)
+    model = NormModel()
+    model.compile("sgd")
+    x = np.random.default_rng(0).standard_normal((8, 3)).astype("float32")
+    model(x)
+    guard = NaNGuard("skip", verbose=0)
+    model.fit(x, np.zeros((8, 2), "float32"), batch_size=4, epochs=1, verbose=0, callbacks=[guard])
+    event = guard.events[0]
+    assert event.loss_before is None and any("recompute" in note for note in event.notes)
+    assert "loss itself" not in event.cause and "dense_sub" in event.cause
+    assert "pre-batch weights could not be recomputed" in str(event) and "weights nan" not in str(event)
+
+
+def test_batch_losses_after_a_huge_batch_are_unknown_not_zero():
+    """Keras' float32 running total of 1.6e21 swallows a later batch's 16 * 3: the difference
+    of totals read 0, which is no loss, and a median of 0s disables the spike test."""
+    x, y = _data(n_batches=6)
+    y[:BATCH] = 1e10                               # batch 0: a finite loss of about 1e20
+    x[5 * BATCH + 3, 0] = np.nan                   # batch 5: the event that records recent_losses
+    model = _model(keras.optimizers.SGD(0.0))
+    guard = NaNGuard("skip", spike_factor=10.0, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    (event,) = guard.events
+    assert event.batch == 5 and 0.0 not in event.recent_losses
+    assert event.recent_losses == [pytest.approx(1e20, rel=1e-3)]     # the others are unknown
+
+
+def test_batch_loss_is_unknown_only_when_rounding_hides_it():
+    from safeops.debug._guard import _LOSS_RTOL
+
+    x, y = _data(n_batches=3)
+    model = _model(keras.optimizers.SGD(0.0))
+    guard = NaNGuard("skip", spike_factor=10.0, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert len(guard._recent) == 3 and all(v > 0 for v in guard._recent)    # ordinary losses are known
+    total, count = (guard._before.sources[i] for i in guard._tracker_slots)
+    guard._before.save()
+    total.assign(np.float32(1.6e21))                 # what one batch of loss 1e20 leaves
+    guard._before.save()
+    total.assign_add(np.float32(48.0))
+    count.assign_add(16.0)
+    assert guard._batch_loss({"loss": 1e20}) is None
+    total.assign(np.float32(1.6e21))
+    guard._before.save()
+    total.assign_add(np.float32(1.6e21 * 10 * _LOSS_RTOL))
+    count.assign_add(16.0)
+    assert guard._batch_loss({}) == pytest.approx(1e21 * _LOSS_RTOL, rel=1e-3)
+
+
+def test_rollback_falls_back_from_a_checkpoint_that_was_already_diverging():
+    """An epoch end saved an exploding but finite state (weights of norm 1e18); every rollback
+    to it failed at once, and the events blamed ever lower learning rates down to 1e-7."""
+    x = (np.random.default_rng(0).standard_normal((64, 4)) * 30).astype("float32")
+    y = x.sum(1, keepdims=True)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, name="h"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    guard = NaNGuard("rollback", factor=0.1, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[guard])
+    diverging = [e for e in guard.events if "already diverging" in e.cause]
+    assert diverging and not guard.stopped
+    first = diverging[0]
+    assert "learning rate" not in first.cause.split(":")[0] and "too high" not in first.cause
+    assert "previous checkpoint" in first.cause and first.restored_to_step < guard.events[-2].restored_to_step
+    norm = math.sqrt(sum(float(np.sum(np.square(w.astype(np.float64)))) for w in guard.checkpoint_weights()))
+    assert norm < 1e3 and all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_a_diverging_checkpoint_with_none_before_it_is_blamed_not_the_learning_rate():
+    from safeops.debug._guard import GuardEvent
+
+    model = _model(keras.optimizers.SGD(0.01))
+    guard = NaNGuard("rollback", verbose=0)
+    guard.set_model(model)
+    guard.on_train_begin()
+    if guard._checkpoint is None:                       # compiled metrics not built yet
+        guard._start_guarding()
+    guard._restored_step = guard._checkpoint.step       # just rolled back to the only checkpoint
+    event = GuardEvent(step=1, epoch=0, batch=1, action="rollback", trigger="non-finite loss", loss=math.inf,
+                       learning_rate_before=0.01, cause="training diverged: the learning rate 0.01 is too high",
+                       fix="lower the learning rate")
+    guard._act(event)
+    assert "already diverging" in event.cause and "no earlier checkpoint" in event.cause
+    assert "too high" not in event.cause and event.restored_to_step == 0
+    guard.on_train_end()

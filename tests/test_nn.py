@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import mpmath
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -464,6 +465,30 @@ def test_second_derivatives_match_tensorflow(batch, mode):
     for ours, theirs, labels in cases:
         np.testing.assert_allclose(_hessian_vector(ours, labels, logits, v, mode),
                                    _hessian_vector(theirs, labels, logits, v, "eager"), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_second_derivatives_at_a_zero_logit(mode):
+    """The point a zero-initialised output layer starts from: the sigmoid losses'
+    second derivative there was 0 (``tf.abs``'s derivative at 0), exact 1/4 times the
+    label weight, against TensorFlow's sigmoid op, smooth forms and Keras' focal loss."""
+    logits = tf.constant([[0.0, 1e-300, -1e-300, 0.5]], tf.float64)
+    labels = tf.constant([[1.0, 0.0, 0.5, 0.3]], tf.float64)
+    v = tf.constant([[1.0, -2.0, 0.5, 1.0]], tf.float64)
+    focal = lambda z, x: safeops.losses.binary_focal_crossentropy(z, x, from_logits=True)  # noqa: E731
+    keras_focal = lambda z, x: keras.losses.binary_focal_crossentropy(z, x, from_logits=True)  # noqa: E731
+    cases = [
+        (SIGMOID, tf.nn.sigmoid_cross_entropy_with_logits),
+        # TensorFlow's weighted op has 0 at x = 0 as well: the exact form, a
+        # (1 - z) x + (1 + 2 z) softplus(-x) of smooth ops, instead.
+        (lambda z, x: WEIGHTED(z, x, 3.0),
+         lambda z, x: (1 - z) * x + (1 + 2 * z) * tf.math.softplus(-x)),
+        (focal, keras_focal),
+    ]
+    for ours, theirs in cases:
+        got = _hessian_vector(ours, labels, logits, v, mode)
+        assert got[0, 0] != 0
+        np.testing.assert_allclose(got, _hessian_vector(theirs, labels, logits, v, "eager"), rtol=1e-9)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -22,6 +22,7 @@ _TINY = _dtypes.tiny(tf.float64)
 _DIVERGED = 1e3      # recent batch losses (or the weights' norm) that grew this much: a divergence
 _NOTABLE_GROWTH = 10.0  # weight growth worth printing in an event
 _LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
+_LOWER_THE_LEARNING_RATE = "lower the learning rate"   # how the fixes that blame it begin
 
 
 @dataclasses.dataclass
@@ -36,7 +37,9 @@ class GuardEvent:
         ``'non-finite weights'`` (the optimizer applied a non-finite gradient),
         or two of them joined by a comma.
       loss: the batch's loss as Keras computed it (NaN/inf, or finite when
-        only the weights went bad).
+        only the weights went bad); ``None`` when it cannot be told apart
+        from the rounding of Keras' float32 running total of the epoch's
+        losses (a batch after a far larger one, see ``NaNGuard``).
       nonfinite_weights: layers whose weights were non-finite after the
         batch, in layer order; ``nonfinite_weights[0]`` came first.
       nonfinite_gradients: layers whose gradients, recomputed at the
@@ -44,7 +47,9 @@ class GuardEvent:
         first (the order back-propagation reaches them).
       nonfinite_activations: layers whose forward output is non-finite
         (Sequential models), in forward order.
-      loss_before: the batch's loss recomputed at the pre-batch weights.
+      loss_before: the batch's loss recomputed at the pre-batch weights;
+        ``None`` when it could not be recomputed (see ``notes``), so that an
+        unknown loss is never read as a non-finite one.
       gradient_norms: per layer, the global norm of its gradients there.
       update_ratios: per layer, ``lr * |grad| / |w|``: far above 1 means
         one step rewrote the layer (learning rate too high for the scale).
@@ -69,11 +74,11 @@ class GuardEvent:
     batch: int
     action: str
     trigger: str
-    loss: float
+    loss: float | None
     nonfinite_weights: list = dataclasses.field(default_factory=list)
     nonfinite_gradients: list = dataclasses.field(default_factory=list)
     nonfinite_activations: list = dataclasses.field(default_factory=list)
-    loss_before: float = math.nan
+    loss_before: float | None = None
     gradient_norms: dict = dataclasses.field(default_factory=dict)
     update_ratios: dict = dataclasses.field(default_factory=dict)
     batch_stats: dict = dataclasses.field(default_factory=dict)
@@ -90,7 +95,8 @@ class GuardEvent:
         lines = [
             f"NaNGuard: {self.trigger} at epoch {self.epoch}, batch {self.batch} "
             f"(step {self.step}); action: {self.action}",
-            f"  batch loss {self.loss:.4g}; loss at the pre-batch weights {self.loss_before:.4g}",
+            f"  batch loss {_format_loss(self.loss)}; loss at the pre-batch weights "
+            + ("could not be recomputed" if self.loss_before is None else f"{self.loss_before:.4g}"),
         ]
         if self.nonfinite_weights:
             lines.append(f"  weights non-finite after the batch: {', '.join(self.nonfinite_weights)} "
@@ -120,6 +126,10 @@ class GuardEvent:
             lines.append(f"  fix: {self.fix}")
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
+
+
+def _format_loss(loss: float | None) -> str:
+    return "unknown (lost to the rounding of the epoch's running total)" if loss is None else f"{loss:.4g}"
 
 
 def batch_statistics(array: Any, columns: bool = True) -> dict:
@@ -177,7 +187,9 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
                 "NaNGuard(policy='skip') drops such batches meanwhile")
     # The batch's loss at the pre-batch weights, when finite, extends the record of batch losses:
     # with it a run that diverged within one or two steps still shows the rise.
-    losses = event.recent_losses + ([event.loss_before] if math.isfinite(event.loss_before) else [])
+    known_before = event.loss_before is not None
+    losses = event.recent_losses + ([event.loss_before] if known_before and math.isfinite(event.loss_before)
+                                    else [])
     rise = _largest_rise(losses)
     exploded = event.weight_growth >= _DIVERGED          # False for NaN (no recompute)
     scale = _input_scale(x_stats)
@@ -185,7 +197,8 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
         evidence = []
         if event.recent_losses:
             path = [min(event.recent_losses), event.recent_losses[-1]]
-            path = ([path[0]] if path[0] == path[1] else path) + [event.loss]
+            path = ([path[0]] if path[0] == path[1] else path)
+            path += [event.loss] if event.loss is not None else []
             evidence.append("batch losses " + " -> ".join(f"{v:.3g}" for v in path))
         if exploded:
             evidence.append(f"the weights grew {event.weight_growth:.3g}x in {event.step} "
@@ -200,7 +213,7 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
                 f"'{event.nonfinite_activations[0]}'",
                 "find the op with safeops.debug.locate_nonfinite and replace it by its safeops "
                 "equivalent (safeops.debug.lint lists the hazardous patterns)")
-    if not math.isfinite(event.loss_before):
+    if known_before and not math.isfinite(event.loss_before):
         return ("the loss itself is non-finite at finite weights (log of 0, division by 0, "
                 "cross-entropy on probabilities)",
                 "run safeops.debug.lint / locate_nonfinite and use the safeops drop-in for the op they name")
@@ -209,6 +222,19 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
                 f"'{event.nonfinite_gradients[0]}' (sqrt or norm at 0, tf.where over a NaN branch)",
                 "run safeops.debug.locate_nonfinite; safeops.math.sqrt / norm / divide_no_nan keep "
                 "gradients finite")
+    if event.loss_before is None:
+        # No recompute, so no gradients: the batch's own loss is all there is to go by.
+        if event.loss is not None and not math.isfinite(event.loss):
+            return ("the batch's loss is non-finite at finite inputs; it could not be recomputed at the "
+                    "pre-batch weights to tell which op made it so",
+                    "run safeops.debug.lint / locate_nonfinite on guard.bad_batch and use the safeops "
+                    "drop-in for the op they name")
+        where = f" in layer '{event.nonfinite_weights[0]}'" if event.nonfinite_weights else ""
+        return (f"the update made the weights non-finite{where}, but the loss and gradients at the "
+                f"pre-batch weights could not be recomputed to tell a non-finite gradient (sqrt or norm "
+                f"at 0, tf.where over a NaN branch) from an overflowing step",
+                "run safeops.debug.locate_nonfinite on guard.bad_batch; if the gradients are finite, "
+                "lower the learning rate")
     worst = max(event.update_ratios.values(), default=0.0)
     return (f"the optimizer step overflowed: the gradients were finite but one update moved the weights "
             f"by up to {worst:.3g}x their norm at learning rate {event.learning_rate_before:.3g}"
@@ -218,7 +244,7 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
 
 def _lower_the_learning_rate(scale: str) -> str:
     """The fix for a divergence or an overflowing step; ``scale``: the input-scale finding, if any."""
-    return ("lower the learning rate (policy='rollback' does it for you)"
+    return (_LOWER_THE_LEARNING_RATE + " (policy='rollback' does it for you)"
             + (" and standardise the inputs with statistics of the training split only "
                "(safeops.debug.check_inputs shows how)" if scale else ""))
 

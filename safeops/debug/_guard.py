@@ -21,7 +21,12 @@ two things while ``fit`` runs and removes them when it ends:
   non-finite reached the weights. So after each batch one graph call checks
   that every model and optimizer variable is finite, and the batch's own
   loss (from the totals of Keras' loss tracker before and after the batch,
-  not the epoch's running mean) is finite. Only when a check fails does the
+  not the epoch's running mean) is finite. That total is a float32 sum over
+  the epoch, so after a far larger batch (a loss of 1e21) the difference of
+  an ordinary batch is rounding, not its loss: such a loss is *unknown*
+  (``None``), neither checked nor kept for the spike test, rather than read
+  as 0 (the running mean in the logs comes from the same total and knows no
+  more). Only when a check fails does the
   guard recompute, eagerly, the loss and the gradients at the weights from
   before the batch, on the kept batch, to say which layer's gradients went
   non-finite first and why.
@@ -39,6 +44,14 @@ lowers the learning rate by ``factor`` and continues; the running metrics of
 the epoch come from the pre-batch copy, so the bad batch does not poison the
 epoch's mean loss.
 
+A checkpoint can hold a state that is finite but already exploding (weights
+of norm 1e18 at an epoch end): restored, it fails again at once, whatever the
+learning rate. So ``rollback`` also keeps the checkpoint before the last one,
+and when a run fails within ``_DIVERGING_WITHIN`` (2) steps of restoring a
+checkpoint, it drops that checkpoint and restores the previous one; the event
+then says the checkpoint itself was diverging rather than blaming the
+learning rate (also when no previous checkpoint is left to fall back to).
+
 Variables that Keras creates while tracing the first step (the layers of a
 model built without ``keras.Input`` or a subclassed one, the compiled metrics,
 the optimizer's slots) are created before that step from the first batch, the
@@ -47,7 +60,8 @@ is guarded and its state restored like any other. A model that cannot be built
 that way is built by Keras in its first step, as without the guard; guarding
 then starts after that step, and a bad first step can only stop the run.
 
-Cost: two extra copies of the model and optimizer state in device memory.
+Cost: two extra copies of the model and optimizer state in device memory
+(three under ``rollback``: the previous checkpoint).
 Per step, one copy of the state and one finiteness check, each one graph call
 with an op per variable, so the cost grows with the *number* of variables
 (linearly: a deep model of many small layers pays more than a wide one of the
@@ -89,7 +103,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops._validate import message
-from safeops.debug._events import _TINY, GuardEvent, _likely_cause, batch_statistics
+from safeops.debug._events import _LOWER_THE_LEARNING_RATE, _TINY, GuardEvent, _likely_cause, batch_statistics
 from safeops.debug._state import (
     _FLOATS,
     _OP,
@@ -111,6 +125,8 @@ from safeops.debug._state import (
 
 POLICIES = ("stop", "skip", "rollback")
 _RMS_FLOOR = 1e-3    # smallest reference root mean square of the weights for weight_growth
+_LOSS_RTOL = 1e-2    # a batch loss read off the running total with a larger relative error is unknown
+_DIVERGING_WITHIN = 2  # a restored checkpoint that fails again within this many steps was diverging
 
 
 # --------------------------------------------------------------------------- the callback
@@ -206,6 +222,7 @@ class NaNGuard(keras.callbacks.Callback):
         self._writer = None
         self._before: _StateCopy | None = None       # made once the model's variables exist
         self._checkpoint: _StateCopy | None = None
+        self._previous: _StateCopy | None = None     # rollback: the checkpoint before the last
         self._n_model_vars = 0
 
     # ---- what the guard exposes
@@ -234,7 +251,8 @@ class NaNGuard(keras.callbacks.Callback):
         self.stopped = False
         if self.policy == "rollback":
             self._install_scaled_learning_rate()
-        self._before = self._checkpoint = None
+        self._before = self._checkpoint = self._previous = None
+        self._restored_step = None  # rollback: the step of the checkpoint last restored
         self._build_tried = False
         self._pre_batch_missing = False
         self._step = 0
@@ -268,6 +286,8 @@ class NaNGuard(keras.callbacks.Callback):
         self._n_model_vars = len(model_vars)
         self._before = _StateCopy(model_vars + opt_vars + metric_vars, every_step=True)
         self._checkpoint = _StateCopy(model_vars + opt_vars, every_step=self.checkpoint_every == 1)
+        if self.policy == "rollback":
+            self._previous = _StateCopy(model_vars + opt_vars, every_step=self.checkpoint_every == 1)
         checked = [_tf_variable(v) for v in model_vars + opt_vars if v.dtype in _FLOATS]
 
         all_finite = _graph_call(
@@ -284,7 +304,7 @@ class NaNGuard(keras.callbacks.Callback):
         # _RMS_FLOOR so that a model whose weights start at zero does not read as infinite growth.
         norm, size = _global_norm(trainable)
         self._reference_norm = max(norm, math.sqrt(size) * _RMS_FLOOR, _TINY)
-        self._checkpoint.save(step=self._step)
+        self._save_checkpoint()
         self._before.save(step=self._step)
 
     def _build_before_first_step(self, batch) -> None:
@@ -318,8 +338,9 @@ class NaNGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._before is None:
             return
-        if self.checkpoint_every == "epoch" and bool(self._state_finite()):
-            self._checkpoint.save(step=self._step)
+        # No finite step since the last checkpoint (or rollback to it): the state is that checkpoint.
+        if self.checkpoint_every == "epoch" and self._good_steps and bool(self._state_finite()):
+            self._save_checkpoint()
         if logs is not None and self._dropped_in_epoch and not self._kept_in_epoch:
             # No batch of this epoch was kept: the restored trackers are empty and would
             # read 0.0 (a perfect fit) in History and the progress bar.
@@ -338,16 +359,17 @@ class NaNGuard(keras.callbacks.Callback):
             self._start_guarding()
         loss = self._batch_loss(logs)
         finite_state = bool(self._state_finite())
-        spike = self._is_spike(loss)
-        bad_loss = not math.isfinite(loss) or spike
+        spike = loss is not None and self._is_spike(loss)
+        bad_loss = loss is not None and (not math.isfinite(loss) or spike)
         if finite_state and not bad_loss:
-            self._recent.append(loss)
+            if loss is not None:     # an unknown loss is left out of the spike test's median
+                self._recent.append(loss)
             self._step += 1
             self._good_steps += 1
             self._kept_in_epoch += 1
             every = self.checkpoint_every
             if self._pre_batch_missing or (isinstance(every, int) and self._good_steps % every == 0):
-                self._checkpoint.save(step=self._step)
+                self._save_checkpoint()
             return
         trigger = ", ".join(t for t, bad in (("loss spike" if spike else "non-finite loss", bad_loss),
                                              ("non-finite weights", not finite_state)) if bad)
@@ -375,6 +397,29 @@ class NaNGuard(keras.callbacks.Callback):
 
     # ---- actions
 
+    def _save_checkpoint(self) -> None:
+        """Saves the state as the checkpoint; under ``rollback`` the one it replaces becomes
+        the previous checkpoint (the two copies swap roles, so nothing is copied twice)."""
+        if self._previous is not None and self._checkpoint.step is not None:
+            self._checkpoint, self._previous = self._previous, self._checkpoint
+        self._checkpoint.save(step=self._step)
+
+    def _drop_diverging_checkpoint(self, event: GuardEvent) -> None:
+        """The last checkpoint failed again right after it was restored: blame it, not the
+        learning rate, and make the previous checkpoint (if one is kept) the one to restore."""
+        bad = self._checkpoint.step
+        steps = f"{self._good_steps} finite " + ("step" if self._good_steps == 1 else "steps")
+        if self._previous is not None and self._previous.step is not None:
+            self._checkpoint, self._previous = self._previous, self._checkpoint
+            self._previous.step = None          # dropped: never restored again
+            where = f"; it was dropped and the previous checkpoint (step {self._checkpoint.step}) restored"
+        else:
+            where = "; no earlier checkpoint is kept to fall back to"
+        event.cause = (f"the checkpoint of step {bad} was itself already diverging: restored, it failed "
+                       f"again after {steps}, which a lower learning rate does not change{where}")
+        event.fix = ("checkpoint before the run diverges (a smaller checkpoint_every, or max_loss / "
+                     "spike_factor to catch a finite blow-up), or lower the initial learning rate")
+
     def _act(self, event: GuardEvent) -> None:
         event.learning_rate_after = event.learning_rate_before
         if self._pre_batch_missing:
@@ -394,6 +439,10 @@ class NaNGuard(keras.callbacks.Callback):
             event.restored_to_step = self._before.step
             self._stop()
             return
+        if (self._restored_step == self._checkpoint.step and self._good_steps < _DIVERGING_WITHIN
+                and event.fix.startswith(_LOWER_THE_LEARNING_RATE)):
+            # Blamed on the learning rate, yet the restored checkpoint failed again at once.
+            self._drop_diverging_checkpoint(event)
         if self.rollbacks >= self.max_rollbacks:
             event.action = "give_up"
             self._before.restore()
@@ -404,7 +453,7 @@ class NaNGuard(keras.callbacks.Callback):
             return
         self._before.restore()          # running metrics of this epoch, without the bad batch
         self._checkpoint.restore()      # weights and optimizer state, bit for bit
-        event.restored_to_step = self._checkpoint.step
+        event.restored_to_step = self._restored_step = self._checkpoint.step
         self.rollbacks += 1
         # The checkpoint holds an older learning rate: lower the one in use.
         event.learning_rate_after = _scale_learning_rate(self._optimizer, self.factor,
@@ -470,14 +519,23 @@ class NaNGuard(keras.callbacks.Callback):
         guarded_train_function._nanguard_original = fn
         model.train_function = guarded_train_function
 
-    def _batch_loss(self, logs: dict) -> float:
-        """This batch's loss, from the loss tracker's total and count before and after it."""
+    def _batch_loss(self, logs: dict) -> float | None:
+        """This batch's loss, from the loss tracker's total and count before and after it;
+        ``None`` when the total's rounding hides it (see the module docstring)."""
         if self._tracker_slots is not None:
             total, count = (self._before.sources[i] for i in self._tracker_slots)
             t0, c0 = (float(self._before.copies[i].numpy()) for i in self._tracker_slots)
-            t1, c1 = float(total.numpy()), float(count.numpy())
+            after = total.numpy()
+            t1, c1 = float(after), float(count.numpy())
             if c1 > c0:
-                return (t1 - t0) / (c1 - c0) if math.isfinite(t1) else t1
+                if not math.isfinite(t1):
+                    return t1
+                # t1 is t0 + (this batch's total) rounded in the tracker's dtype: the difference is
+                # off by up to half a spacing of t1 (exact when t0 is 0).
+                error = 0.5 * float(np.spacing(np.abs(after)))
+                if t0 != 0.0 and error > _LOSS_RTOL * abs(t1 - t0):
+                    return None
+                return (t1 - t0) / (c1 - c0)
         value = logs.get("loss", math.nan)
         return float(np.asarray(value))
 

@@ -209,11 +209,17 @@ def _sigmoid_pair(x: tf.Tensor):
     (TensorFlow's CPU ``softplus`` kernel returns ``e`` itself from
     ``|x| > 13.9`` on, up to 7 ULP off, which shows in the loss of a
     confident correct prediction).
+
+    ``-|x|`` is written as ``-x`` or ``x`` by the sign test that picks the
+    sigmoids: the second derivative differentiates this function, and
+    ``tf.abs`` has derivative ``sign(0) = 0`` at 0, which made the
+    cross-entropies' second derivative 0 at a zero logit (exact: 1/4, the
+    point a zero-initialised output layer starts from).
     """
-    e = tf.exp(-tf.abs(x))
+    up = x >= 0
+    e = tf.exp(tf.where(up, -x, x))
     r = 1 / (1 + e)
     small = e * r
-    up = x >= 0
     return e, tf.where(up, r, small), tf.where(up, small, r)
 
 
