@@ -511,6 +511,29 @@ def test_p_norm_of_subnormal_entries_under_nested_tapes(row, ord, mode):
     np.testing.assert_allclose(g, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_divide_no_nan_mixed_second_derivative_at_a_zero_numerator(dtype, mode):
+    """d2(x/y)/dxdy = -1/y**2 from both sides, at x = 0 too (a dice loss with no overlap):
+    the y-gradient's x-derivative there was 1/y (-1/30 for y = -30); 0 at y = 0."""
+    x0 = tf.constant([0.0, 0.0, 2.0, 0.0], dtype)
+    y0 = tf.constant([-30.0, 4.0, 4.0, 0.0], dtype)
+
+    def mixed(x, y):
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch([x, y])
+            with tf.GradientTape() as inner:
+                inner.watch([x, y])
+                q = tf.reduce_sum(tfm.divide_no_nan(x, y))
+            gx, gy = inner.gradient(q, [x, y])
+        return outer.gradient(gy, x), outer.gradient(gx, y)
+
+    yx, xy = (t.numpy() for t in run(mode, mixed)(x0, y0))
+    want = [-1 / 900, -1 / 16, -1 / 16, 0.0]
+    np.testing.assert_allclose(yx, want, rtol=1e-6)
+    np.testing.assert_allclose(xy, want, rtol=1e-6)
+
+
 def test_divide_no_nan_of_an_infinite_x():
     """The documented edge: value ±inf (NaN at y = ±inf), y-gradient NaN where -x/y**2 is inf/inf."""
     big = float(np.finfo(np.float32).max)

@@ -154,12 +154,19 @@ def check_inputs(x_train: Any, x_test: Any = None, *, feature_names: Sequence[st
     >>> sorted(report.kinds())
     ['constant', 'scale', 'spread']
     """
+    for arg, value in (("max_scale", max_scale), ("max_spread", max_spread)):
+        real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        if not real or not value > 0:   # NaN too: every comparison with it is False
+            raise ValueError(message(_OP, arg, "a positive number", repr(value)))
     names = list(feature_names) if feature_names is not None else _column_names(x_train)
     train = _as_matrix(x_train, "x_train")
     test = _as_matrix(x_test, "x_test") if x_test is not None else None
     n, d = train.shape
     if test is not None and test.shape[1] != d:
         raise ValueError(message(_OP, "x_test", f"of {d} features like x_train", test.shape[1]))
+    if feature_names is not None and len(names) != d:
+        # Only the names given: a DataFrame's own columns may not survive flattening to [n, -1].
+        raise ValueError(message(_OP, "feature_names", f"one name per column of x_train ({d})", len(names)))
     if names is None or len(names) != d:
         names = [f"x[{j}]" for j in range(d)]
 

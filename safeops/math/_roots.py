@@ -194,9 +194,13 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
         # quotient shared by two outputs is written to memory by XLA (a
         # divide is too costly to duplicate), an extra pass over the tensor.
         # Where q = 0 (x = 0) the exact gradient is 0, but -dq/y can still
-        # overflow (dq = 1e4, y = 1e-35) and inf * 0 is NaN: there it is q * dq
-        # (0, or NaN for a NaN dq).
-        dy = _dtypes.saturate(tf.where(tf.equal(q, 0.0), q * dq, tf.math.divide_no_nan(-dq, y) * q), dtype)
+        # overflow (dq = 1e4, y = 1e-35) and inf * 0 is NaN: there the
+        # quotient is saturated first (0, or NaN for a NaN dq). Still a
+        # product with q: its derivative in x, -dq/y**2, is the mixed second
+        # derivative (q * dq there gave dq/y: -1/30 for y = -30, exact -1/900).
+        minus_dq_over_y = tf.math.divide_no_nan(-dq, y)
+        dy = _dtypes.saturate(tf.where(tf.equal(q, 0.0), q * _dtypes.saturate(minus_dq_over_y, dtype),
+                                       minus_dq_over_y * q), dtype)
         # dq/y itself overflows the output dtype for a float16 y that was
         # subnormal (6e-8 -> 1.7e7 > 65504) but is normal after widening.
         dx = _dtypes.saturate(tf.math.divide_no_nan(dq, y), dtype)
