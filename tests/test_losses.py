@@ -338,6 +338,31 @@ def test_probability_path_is_finite_with_live_gradient_at_saturation(function, c
         assert np.any(keras_grad[live] == 0) or not np.all(np.isfinite(keras_grad))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_half_precision_zeros_at_unlabelled_classes_leave_the_normaliser(dtype, mode):
+    """A float16 softmax that underflowed to exact zeros: each unlabelled 0 was clamped at
+    float16's smallest normal (6.1e-5) inside the normaliser, and the loss 1.7e-4 came out
+    3.5e-4. Now within 1 ULP of -log(p_k / sum p); a row of zeros stays uniform (log 3)."""
+    probs = np.array([[0.0, 0.0, 1.687e-4, 0.9998, 0.0], [0.0, 1.234e-4, 0.9998, 0.0, 0.0]])
+    p = tf.constant(probs, dtype)
+    labels = np.array([3, 2])
+    onehot = tf.constant(np.eye(5)[labels], tf.float32)
+    fns = [lambda p: losses.categorical_crossentropy(onehot, p),
+           lambda p: losses.sparse_categorical_crossentropy(tf.constant(labels), p),
+           lambda p: losses.categorical_focal_crossentropy(onehot, p, alpha=1.0, gamma=0.0),
+           lambda p: losses.categorical_focal_crossentropy(onehot, p, alpha=tf.constant(1.0), gamma=0.0)]
+    rounded = p.numpy().astype(np.float64)
+    exact = -np.log(rounded[[0, 1], labels] / rounded.sum(-1))
+    ulp = np.spacing(exact.astype(dtype.as_numpy_dtype)).astype(np.float64)
+    for fn in fns:
+        got = _in_mode(mode, fn)(p).numpy().astype(np.float64)
+        np.testing.assert_array_less(np.abs(got - exact), ulp * 1.01)
+    zeros = tf.zeros([1, 3], dtype)
+    uniform = _in_mode(mode, lambda p: losses.categorical_crossentropy([[0.0, 1.0, 0.0]], p))(zeros)
+    assert float(uniform[0]) == pytest.approx(np.log(3), rel=1e-2)
+
+
 def test_probability_path_values_at_the_clamp():
     y, p = [[1.0, 0.0]], [[0.0, 1.0]]
     value, grad = _value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
@@ -900,7 +925,11 @@ def test_probability_gradient_at_a_zero_probability_is_the_normalisers_in_every_
     labels = classes if name.startswith("sparse") else y
     value, grad = _value_and_grad(lambda q: fn(labels, q), tf.constant(p, dtype), mode)
     rounded = tf.cast(tf.constant(p, dtype), tf.float64).numpy()
-    c = np.maximum(rounded, float(_dtypes_tiny(dtype)))
+    # Labelled classes clamp at the dtype's tiny, unlabelled ones at the compute dtype's
+    # (float32 for the half dtypes), unless the whole row is below tiny.
+    floor, low = _dtypes_tiny(dtype), _dtypes_tiny(tf.float64 if dtype == tf.float64 else tf.float32)
+    row_low = (rounded < floor).all(-1, keepdims=True)
+    c = np.maximum(rounded, np.where((y != 0) | row_low, floor, low))
     s = c.sum(-1, keepdims=True)
     expected = y.sum(-1, keepdims=True) / s - y / c
     rtol = {tf.float16: 2e-3, tf.bfloat16: 1.6e-2, tf.float32: 1e-6, tf.float64: 1e-12}[dtype]

@@ -237,6 +237,28 @@ def _first_bad(x, outside):
     return tf.gather(flat, tf.argmax(tf.cast(flat_outside, tf.int32)))
 
 
+def class_floors(labelled: tf.Tensor, p: tf.Tensor, floor: float, axis: int):
+    """The clamp of each class's probability in a categorical loss: ``floor`` where labelled.
+
+    The clamp ``max(p, floor)`` is for the logarithm of a labelled class
+    (C4: finite, live gradient). Every clamped class also enters the
+    normaliser ``sum(max(p, floor))``, and with a half-precision ``floor``
+    (float16's smallest normal, 6.1e-5, while the loss computes in float32)
+    each unlabelled class of probability 0 added 6.1e-5 to it: a float16
+    softmax that underflowed to ``[1 - 1.7e-4, 1.7e-4, 0, 0, 0]`` lost twice
+    its loss. Unlabelled classes are clamped at the compute dtype's smallest
+    normal instead (their share of the normaliser is then below its
+    rounding), except in a row where every probability is below ``floor``,
+    which stays the uniform distribution it was. For float32 and float64
+    the two floors are equal and ``floor`` itself is returned.
+    """
+    low = _dtypes.tiny(p.dtype)
+    if floor <= low:
+        return floor
+    row_low = tf.reduce_all(p < floor, axis, keepdims=True)
+    return tf.where(labelled | row_low, tf.constant(floor, p.dtype), tf.constant(low, p.dtype))
+
+
 def value_of(accurate: tf.Tensor, plain: tf.Tensor) -> tf.Tensor:
     """The value of ``accurate`` with the gradient of ``plain``, where both are finite; else ``plain``.
 

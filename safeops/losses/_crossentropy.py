@@ -125,7 +125,9 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         normaliser (float32), gradient ``-y_j/tiny``; a row of zeros is a
         uniform distribution. Probability 0 at an unlabelled class: gradient
         ``sum(y) / sum(c)`` (1 for normalised probabilities, as in Keras),
-        the same in every dtype. Probabilities outside ``[0, 1]``:
+        the same in every dtype; for float16 and bfloat16 such a class is
+        clamped at float32's ``tiny``, not its dtype's, so that zeros do not
+        weigh in the normaliser (a float16 softmax that underflowed). Probabilities outside ``[0, 1]``:
         ``InvalidArgumentError`` naming ``y_pred`` (under XLA, which drops
         the assertion: NaN loss and gradient there).
       * Logits: as ``safeops.nn.softmax_cross_entropy_with_logits``
@@ -296,11 +298,14 @@ def _probability_xent(axis: int, floor: float, dtype: tf.DType):
     second derivatives saturate.
     """
 
+    def clamped(y, p):
+        return tf.maximum(p, _common.class_floors(tf.not_equal(y, 0.0), p, floor, axis))
+
     def forward(y, p):
-        return nn.softmax_cross_entropy_with_logits(y, tf.math.log(tf.maximum(p, floor)), axis=axis)
+        return nn.softmax_cross_entropy_with_logits(y, tf.math.log(clamped(y, p)), axis=axis)
 
     def backward(dl, loss, y, p):
-        c = tf.maximum(p, floor)
+        c = clamped(y, p)
         s = tf.reduce_sum(c, axis, keepdims=True)
         dl = tf.expand_dims(dl, axis)
         dp = dl * (tf.reduce_sum(y, axis, keepdims=True) / s - y / c)
@@ -319,11 +324,15 @@ def _sparse_probability_xent(floor: float, dtype: tf.DType, who: tuple):
     input of the op, not closed over (see :mod:`safeops._gradient`).
     """
 
+    def clamped(p, labels):
+        at_label = tf.equal(tf.range(tf.shape(p)[-1], dtype=labels.dtype), tf.expand_dims(labels, -1))
+        return tf.maximum(p, _common.class_floors(at_label, p, floor, -1))
+
     def forward(p, labels):
-        return _softmax_xent.sparse_xent(labels, tf.math.log(tf.maximum(p, floor)), who)
+        return _softmax_xent.sparse_xent(labels, tf.math.log(clamped(p, labels)), who)
 
     def backward(dl, loss, p, labels):
-        c = tf.maximum(p, floor)
+        c = clamped(p, labels)
         at_label = tf.one_hot(labels, tf.shape(p)[-1], dtype=p.dtype)
         dp = tf.expand_dims(dl, -1) * (1.0 / tf.reduce_sum(c, -1, keepdims=True) - at_label / c)
         bad_row = tf.expand_dims(tf.math.is_nan(loss), -1)

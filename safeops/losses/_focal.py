@@ -297,21 +297,25 @@ def _probability_focal_composite(axis: int, floor: float, dtype: tf.DType):
     = [0, 1, 0]``) at a labelled class of probability 0.
     """
 
-    def log_normalized(p):
-        return _logsumexp.log_softmax_forward(tf.math.log(tf.maximum(p, floor)), axis)
+    def clamped(p, y):
+        # Unlabelled classes at the compute dtype's floor (_common.class_floors).
+        return tf.maximum(p, _common.class_floors(tf.not_equal(y, 0.0), p, floor, axis))
+
+    def log_normalized(p, y):
+        return _logsumexp.log_softmax_forward(tf.math.log(clamped(p, y)), axis)
 
     def forward(p, y, gamma, alpha):
-        return _categorical_focal_terms(log_normalized(p), y, gamma, alpha, axis)
+        return _categorical_focal_terms(log_normalized(p, y), y, gamma, alpha, axis)
 
     def backward(dl, loss, p, y, gamma, alpha):
         del loss
-        log_p = log_normalized(p)
+        log_p = log_normalized(p, y)
         with tf.GradientTape() as tape:
             tape.watch([log_p, y, gamma, alpha])
             value = _categorical_focal_terms(log_p, y, gamma, alpha, axis)
         du, dy, dgamma, dalpha = tape.gradient(value, [log_p, y, gamma, alpha], output_gradients=dl,
                                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        c = tf.maximum(p, floor)
+        c = clamped(p, y)
         dp = du / c - tf.reduce_sum(du, axis, keepdims=True) / tf.reduce_sum(c, axis, keepdims=True)
         return dp, dy, dgamma, dalpha
 
@@ -624,11 +628,14 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         q = -tf.math.expm1(log_p)
         return q, tf.pow(q, g)
 
-    def logits(z):
-        return z if floor is None else tf.math.log(tf.maximum(z, floor))
+    def clamped(y, z):
+        return tf.maximum(z, _common.class_floors(tf.not_equal(y, 0.0), z, floor, axis))
+
+    def logits(y, z):
+        return z if floor is None else tf.math.log(clamped(y, z))
 
     def forward(y, z):
-        log_p = _logsumexp.log_softmax_forward(logits(z), axis)
+        log_p = _logsumexp.log_softmax_forward(logits(y, z), axis)
         _, f = factor(log_p)
         loss = tf.reduce_sum(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
         # log_p is kept for the backward pass: recomputing it costs two more
@@ -660,7 +667,7 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         if floor is None:
             grad_z = dy * (g_log_p * q - p * others)
         else:
-            c = tf.maximum(z, floor)
+            c = clamped(y, z)
             grad_z = dy * (g_log_p * q / c - others / tf.reduce_sum(c, axis, keepdims=True))
         grad_y = dy * (-w * log_p * f)
         return sum_to_shape(grad_y, y), grad_z
