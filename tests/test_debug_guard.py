@@ -600,8 +600,8 @@ def test_a_diverging_checkpoint_with_none_before_it_is_blamed_not_the_learning_r
         guard._start_guarding()
     guard._restored_step = guard._checkpoint.step       # just rolled back to the only checkpoint
     event = GuardEvent(step=1, epoch=0, batch=1, action="rollback", trigger="non-finite loss", loss=math.inf,
-                       learning_rate_before=0.01, cause="training diverged: the learning rate 0.01 is too high",
-                       fix="lower the learning rate")
+                       learning_rate_before=0.01, fix="lower the learning rate",
+                       cause="training diverged: the learning rate 0.01 is too high")
     guard._act(event)
     assert "already diverging" in event.cause and "no earlier checkpoint" in event.cause
     assert "too high" not in event.cause and event.restored_to_step == 0

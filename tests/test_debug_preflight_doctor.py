@@ -69,6 +69,16 @@ class TestCheckInputs:
         assert check_inputs(np.arange(10.0)).n_features == 1                 # 1-D: one feature
         assert check_inputs(np.zeros((4, 2, 3)) + np.arange(6).reshape(2, 3)).n_features == 6
 
+    @pytest.mark.parametrize("kwargs, arg", [({"max_scale": -1.0}, "max_scale"),
+                                             ({"max_scale": "big"}, "max_scale"), ({"max_scale": True}, "max_scale"),
+                                             ({"max_spread": float("nan")}, "max_spread"),
+                                             ({"feature_names": ["a", "b"]}, "feature_names")])
+    def test_bad_thresholds_and_names_are_refused(self, kwargs, arg):
+        """A negative max_scale flagged every column, a string one raised a ufunc error, and names
+        of the wrong length were silently replaced by x[j]."""
+        with pytest.raises(ValueError, match=rf"check_inputs: {arg} must be"):
+            check_inputs(_clean(d=3), **kwargs)
+
     @settings(max_examples=25, deadline=None)
     @given(st.floats(min_value=-3, max_value=6))
     def test_scale_flag_follows_the_threshold(self, log_scale):
@@ -204,6 +214,13 @@ class TestDoctor:
     def test_bad_data_argument(self):
         with pytest.raises(TypeError, match="data must be"):
             doctor(_model(), "nope", verbose=False)
+
+    def test_uncompiled_model_is_refused_by_name(self):
+        """An uncompiled model failed deep inside with an AttributeError on `optimizer`."""
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)], name="my_net")
+        x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+        with pytest.raises(ValueError, match=r"doctor: model must be compiled .*'my_net'"):
+            doctor(model, (x, x[:, :1]), verbose=False)
 
     @pytest.mark.parametrize("arg, bad", [("steps", -5), ("steps", 0), ("batch_size", 0), ("steps", 2.5),
                                           ("preflight_rows", True)])

@@ -133,8 +133,9 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
             raise ValueError(message("safeops.debug.doctor", arg, "a positive integer", repr(value)))
     if getattr(model, "optimizer", None) is None:
         # An uncompiled Keras model has no `optimizer` attribute at all: say so, not AttributeError.
-        raise ValueError(message("safeops.debug.doctor", "model", "compiled with an optimizer (model.compile)",
-                                 f"model '{getattr(model, 'name', type(model).__name__)}', which is not compiled"))
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(message("safeops.debug.doctor", "model", "compiled with an optimizer",
+                                 f"model '{name}', which is not compiled"))
     x, y, dataset = _split_data(data, preflight_rows)
     x_sample = _first(x, batch_size) if dataset is None else _first_batch_inputs(dataset)
     loss_fn = loss if loss is not None else getattr(model, "loss", None)

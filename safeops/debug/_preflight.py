@@ -155,8 +155,9 @@ def check_inputs(x_train: Any, x_test: Any = None, *, feature_names: Sequence[st
     ['constant', 'scale', 'spread']
     """
     for arg, value in (("max_scale", max_scale), ("max_spread", max_spread)):
-        real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-        if not real or not value > 0:   # NaN too: every comparison with it is False
+        # A bool is no threshold; NaN fails `> 0` as every comparison with it does.
+        real = isinstance(value, (int, float, np.integer, np.floating))
+        if not real or isinstance(value, (bool, np.bool_)) or not value > 0:
             raise ValueError(message(_OP, arg, "a positive number", repr(value)))
     names = list(feature_names) if feature_names is not None else _column_names(x_train)
     train = _as_matrix(x_train, "x_train")
