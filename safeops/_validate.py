@@ -33,8 +33,13 @@ _validation = {"enabled": True}
 def set_validation(enabled: bool) -> None:
     """Turns the value checks (graph assertions) of every op on or off.
 
-    Shape and dtype checks always run; they cost nothing at run time.
+    Shape and dtype checks always run; they cost nothing at run time. The
+    setting is read when an op is traced: a ``tf.function`` already traced
+    keeps the checks it was traced with until it traces again.
     """
+    if not isinstance(enabled, (bool, np.bool_)):
+        # bool("no") is True: a string or number would silently mean "on".
+        raise TypeError(message("safeops.set_validation", "enabled", "True or False", repr(enabled)))
     _validation["enabled"] = bool(enabled)
 
 

@@ -1055,6 +1055,38 @@ def test_tversky_and_info_nce_keep_the_dtype_of_y_pred(dtype):
                                losses.tversky_loss(y, p).numpy().astype(np.float64))
 
 
+@pytest.mark.parametrize("temperature", [0.0, -0.1, float("nan"), float("inf"), "a", True])
+def test_info_nce_refuses_a_bad_temperature(temperature):
+    """0 made every score inf and the loss NaN, silently; a negative one inverts the objective."""
+    e = tf.constant([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    with pytest.raises(ValueError, match=rf"{_INFO_NCE}: temperature must be a finite number > 0, got"):
+        losses.info_nce(None, e, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature"):
+        losses.InfoNCE(temperature=temperature)(tf.zeros([2]), e)
+
+
+@pytest.mark.parametrize("ignore_class", [1.5, -1.5, "1", True, [1]])
+def test_sparse_ignore_class_must_be_an_integer(ignore_class):
+    """A cast to the labels' dtype rounded 1.5 to 1 and silently ignored class 1."""
+    with pytest.raises(TypeError, match=r"sparse_categorical_crossentropy: ignore_class must be None or an "
+                                        r"integer label, got"):
+        losses.sparse_categorical_crossentropy(tf.constant([0, 1, 2]), tf.zeros([3, 3]), from_logits=True,
+                                               ignore_class=ignore_class)
+    # Integral values of any number type still work (Keras passes floats through configs).
+    for ok in (1, 1.0, np.int64(1)):
+        got = losses.sparse_categorical_crossentropy(tf.constant([0, 1, 2]), tf.zeros([3, 3]),
+                                                     from_logits=True, ignore_class=ok)
+        np.testing.assert_allclose(got, [np.log(3), 0.0, np.log(3)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("enabled", ["no", 0, None])
+def test_set_validation_takes_only_a_bool(enabled):
+    """bool("no") is True: a string left the checks on while its caller meant off."""
+    with pytest.raises(TypeError, match="set_validation: enabled must be True or False"):
+        safeops.set_validation(enabled)
+    assert safeops._validate.validation_enabled()
+
+
 def test_info_nce_refuses_non_float_and_badly_laid_out_y_pred():
     """An int y_pred was reported as safeops.math.l2_normalize's x, an odd last dimension by tf.split."""
     float_names = r"must be a floating-point tensor \(float16, bfloat16, float32 or float64\)"

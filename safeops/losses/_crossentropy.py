@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _validate, nn
@@ -237,7 +238,13 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
             values = tf.experimental.numpy.moveaxis(values, axis, -1)
         valid = None
         if ignore_class is not None:
-            valid = tf.not_equal(labels, tf.cast(ignore_class, labels.dtype))
+            if isinstance(ignore_class, bool) or not (
+                    isinstance(ignore_class, (int, np.integer))
+                    or (isinstance(ignore_class, (float, np.floating)) and float(ignore_class).is_integer())):
+                # A cast to the labels' integer dtype would round 1.5 to 1 and ignore that class.
+                raise TypeError(_validate.message(op, "ignore_class", "None or an integer label",
+                                                  repr(ignore_class)))
+            valid = tf.not_equal(labels, tf.cast(int(ignore_class), labels.dtype))
             labels = tf.where(valid, labels, tf.zeros_like(labels))
             # Ignored rows get logits 0 (probabilities 1): finite, whatever y_pred holds.
             neutral = tf.ones_like(values) if from_probabilities else tf.zeros_like(values)

@@ -50,7 +50,10 @@ numbers near ``score_ii`` and loses it (see :func:`info_nce`). Under
 
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -167,6 +170,12 @@ def info_nce(y_true, y_pred, temperature=0.1):
             raise ValueError(_validate.message(
                 op, "y_pred", "of shape [batch, 2 d], the anchors' embeddings then the positives' "
                 "(rank 2, an even last dimension)", shape))
+        if not (tf.is_tensor(temperature) or isinstance(temperature, tf.Variable)):
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+                    or not (math.isfinite(float(temperature)) and float(temperature) > 0):
+                # 0 made every score inf and the loss NaN; a negative one inverts the objective.
+                raise ValueError(_validate.message(op, "temperature", "a finite number > 0",
+                                                   repr(temperature)))
         anchors, positives = tf.split(pred.values, 2, axis=-1)
         anchors = tfm.l2_normalize(anchors, axis=-1)
         positives = tfm.l2_normalize(positives, axis=-1)
