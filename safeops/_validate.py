@@ -317,11 +317,16 @@ def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str,
     if not validation_enabled():
         return []
     data = [f"{op}: {arg} must be {expected}" + (f". Received {received}" if received else ", got")]
+    if tf.executing_eagerly():
+        # Raised here with the message alone: an eager tf.debugging.Assert wraps it as
+        # "Expected 'tf.Tensor(False, ...)' to be true. Summarized data: b'...'".
+        if bool(condition):
+            return []
+        value = got() if callable(got) else got
+        raise tf.errors.InvalidArgumentError(
+            None, None, data[0] + ("" if value is None else " " + _shown(value)))
     if not callable(got):
         return [tf.debugging.Assert(condition, data + ([] if got is None else [got]), summarize=8)]
-
-    if tf.executing_eagerly():
-        return [] if bool(condition) else [tf.debugging.Assert(condition, data + [got()], summarize=8)]
 
     def failed():
         # The raw op: tf.debugging.Assert would wrap it in a second cond.
@@ -329,6 +334,15 @@ def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str,
 
     # The branches return operations: the cond is the control dependency.
     return [tf.cond(condition, tf.no_op, failed)]
+
+
+def _shown(value) -> str:
+    """An offending value as a failed graph assertion shows it: a scalar, or the first 8 entries."""
+    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    if array.ndim == 0:
+        return str(array.item())
+    flat = array.reshape(-1)
+    return np.array2string(flat[:8], separator=" ")[:-1] + (" ...]" if flat.size > 8 else "]")
 
 
 def eager_failure(error: tf.errors.InvalidArgumentError) -> tf.errors.InvalidArgumentError:

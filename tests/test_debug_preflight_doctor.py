@@ -70,7 +70,8 @@ class TestCheckInputs:
         assert check_inputs(np.zeros((4, 2, 3)) + np.arange(6).reshape(2, 3)).n_features == 6
 
     @pytest.mark.parametrize("kwargs, arg", [({"max_scale": -1.0}, "max_scale"),
-                                             ({"max_scale": "big"}, "max_scale"), ({"max_scale": True}, "max_scale"),
+                                             ({"max_scale": "big"}, "max_scale"),
+                                             ({"max_scale": True}, "max_scale"),
                                              ({"max_spread": float("nan")}, "max_spread"),
                                              ({"feature_names": ["a", "b"]}, "feature_names")])
     def test_bad_thresholds_and_names_are_refused(self, kwargs, arg):

@@ -1079,6 +1079,23 @@ def test_sparse_ignore_class_must_be_an_integer(ignore_class):
         np.testing.assert_allclose(got, [np.log(3), 0.0, np.log(3)], rtol=1e-6)
 
 
+def test_eager_value_checks_raise_their_message_alone():
+    """Eager checks read "Expected 'tf.Tensor(False, ...)' to be true. Summarized data: b'...'"."""
+    cases = [
+        (lambda: losses.categorical_crossentropy([[0.0, 1.0]], [[0.5, 1.5]]),
+         "safeops.losses.categorical_crossentropy: y_pred must be probabilities in [0, 1] "
+         "(pass from_logits=True for logits), got 1.5"),
+        (lambda: losses.poisson([[1.0]], [[-1.0]]),
+         "safeops.losses.poisson: y_pred must be non-negative, got -1.0"),
+        (lambda: losses.CategoricalCrossentropy(check_finite=True)([[1.0, 0.0]] * 9, [[np.nan, 0.0]] * 9),
+         "per-example loss must be finite, got [nan nan nan nan nan nan nan nan ...]"),
+    ]
+    for call, text in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            call()
+        assert caught.value.message.endswith(text) and "Summarized" not in caught.value.message
+
+
 @pytest.mark.parametrize("enabled", ["no", 0, None])
 def test_set_validation_takes_only_a_bool(enabled):
     """bool("no") is True: a string left the checks on while its caller meant off."""
