@@ -340,7 +340,7 @@ def _shown(value) -> str:
     """An offending value as a failed graph assertion shows it: a scalar, or the first 8 entries."""
     array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
     if array.ndim == 0:
-        return str(array.item())
+        return str(array[()])   # in its own dtype: float32 1.3, not 1.2999999523162842
     flat = array.reshape(-1)
     return np.array2string(flat[:8], separator=" ")[:-1] + (" ...]" if flat.size > 8 else "]")
 
