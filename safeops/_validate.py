@@ -111,7 +111,7 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
     ``dtype`` (``xlogy(np.float64(2), float32_tensor)`` is float32). Python
     floats become ``dtype`` when given, else float32 as in TensorFlow, and
     a list of NumPy scalars keeps their dtype (as ``tf.convert_to_tensor``).
-    ``cast=True`` casts float and integer tensors to ``dtype`` as well, for
+    ``cast=True`` casts float, integer and bool tensors to ``dtype`` as well, for
     the arguments that TensorFlow's kernel casts (the labels of
     ``softmax_cross_entropy_with_logits``). SparseTensors are refused (only
     ``sqrt`` takes one, as TensorFlow's). Integers (but for the conversions
@@ -121,14 +121,18 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
     if isinstance(value, tf.SparseTensor):
         raise TypeError(message(
             op, arg, "a dense " + _FLOAT_NAMES[2:], "a SparseTensor (tf.sparse.to_dense first)"))
+    if cast and dtype is not None and isinstance(value, (list, tuple, np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind == "b":     # TensorFlow's op casts bool labels too
+            return tf.constant(array.astype(dtype.as_numpy_dtype), dtype=dtype)
     if isinstance(value, (np.ndarray, np.generic)) and dtype is not None and value.dtype.kind in "fiu":
         return tf.constant(value, dtype=dtype)
     if isinstance(value, (tf.Tensor, tf.Variable)) or hasattr(value, "dtype"):
         got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
         if cast and dtype is not None:
-            if got is not None and (got.is_floating or got.is_integer):
+            if got is not None and (got.is_floating or got.is_integer or got == tf.bool):
                 return tf.cast(value, dtype)
-            raise TypeError(message(op, arg, "a float or integer tensor", _dtype_name(value)))
+            raise TypeError(message(op, arg, "a float, integer or bool tensor", _dtype_name(value)))
         if got is None or got not in _dtypes.FLOAT_DTYPES:
             raise TypeError(message(op, arg, _FLOAT_NAMES, _dtype_name(value)))
         if dtype is not None and got != dtype:

@@ -407,7 +407,8 @@ def test_numpy_operand_next_to_a_tensor_takes_its_dtype_as_in_tensorflow(name, o
 
 
 def test_dense_dtype_errors_name_the_argument():
-    with pytest.raises(TypeError, match=r"softmax_cross_entropy_with_logits: labels must be a float or integer"):
+    with pytest.raises(TypeError,
+                       match=r"softmax_cross_entropy_with_logits: labels must be a float, integer or bool"):
         DENSE(tf.constant([["a", "b", "c"]]), tf.ones([1, 3]))
     with pytest.raises(TypeError, match=r"logits must be a floating-point tensor"):
         DENSE(tf.ones([2, 3]), tf.ones([2, 3], tf.int32))
@@ -465,6 +466,16 @@ def test_second_derivatives_match_tensorflow(batch, mode):
     for ours, theirs, labels in cases:
         np.testing.assert_allclose(_hessian_vector(ours, labels, logits, v, mode),
                                    _hessian_vector(theirs, labels, logits, v, "eager"), rtol=1e-9, atol=1e-12)
+
+
+def test_dense_labels_and_axis_as_tensorflow_takes_them():
+    """TensorFlow's op casts bool labels and reads axis=None as -1; both were refused."""
+    logits = tf.constant([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+    onehot = [[True, False, False], [False, False, True]]
+    want = tf.nn.softmax_cross_entropy_with_logits(tf.constant(onehot), logits, axis=None).numpy()
+    for labels in (tf.constant(onehot), np.array(onehot), onehot):
+        np.testing.assert_allclose(DENSE(labels, logits).numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(DENSE(tf.cast(onehot, tf.float32), logits, axis=None).numpy(), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -79,13 +79,13 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
         eager, ``tf.function`` and XLA.
 
     Args:
-      labels: A float or integer tensor, array or list, broadcastable to
+      labels: A float, integer or bool tensor, array or list, broadcastable to
         ``logits`` (usually the same shape): a distribution per slice along
         ``axis``. Cast to ``logits.dtype``, as TensorFlow's op does.
       logits: A float tensor (float16, bfloat16, float32 or float64) of
         unscaled log-probabilities. float16 and bfloat16 are computed in
         float32 and rounded once.
-      axis: The class dimension. Defaults to -1, the last one.
+      axis: The class dimension. Defaults to -1, the last one (also for ``None``).
       name: Optional name scope.
 
     Returns:
@@ -117,6 +117,8 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
             raise _validate.ArgumentError(
                 _validate.message(op, "logits", "a tensor of rank >= 1", "a scalar"))
         _validate.broadcast_shape(op, "labels", labels, "logits", logits)
+        if axis is None:    # TensorFlow's op reads None as the last axis
+            axis = -1
         axis = _validate.static_axis(op, axis, rank, runtime=False)
         # The axis of the logits, counted from the end: labels of a higher
         # rank add leading axes when they broadcast (a count from the front
