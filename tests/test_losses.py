@@ -1096,6 +1096,32 @@ def test_eager_value_checks_raise_their_message_alone():
         assert caught.value.message.endswith(text) and "Summarized" not in caught.value.message
 
 
+@pytest.mark.parametrize("fn, kwargs, arg", [
+    (losses.binary_crossentropy, {"label_smoothing": "a"}, "label_smoothing"),
+    (losses.categorical_crossentropy, {"label_smoothing": True}, "label_smoothing"),
+    (losses.binary_focal_crossentropy, {"gamma": "a"}, "gamma"),
+    (losses.categorical_focal_crossentropy, {"alpha": "a"}, "alpha"),
+    (losses.categorical_focal_crossentropy, {"label_smoothing": [0.1]}, "label_smoothing"),
+])
+def test_non_numeric_keywords_are_refused_by_name(fn, kwargs, arg):
+    """They failed deep inside: "unsupported operand type(s) for -: 'float' and 'str'",
+    "Cast string to float"."""
+    with pytest.raises(TypeError, match=rf"{fn.__name__}: {arg} must be a number"):
+        fn([[0.0, 1.0]], [[0.3, 0.7]], **kwargs)
+    with pytest.raises(TypeError, match="gaussian_nll: min_variance must be None or a positive number"):
+        losses.gaussian_nll([[0.0]], [[0.0, 0.0]], min_variance="a")
+    # Numbers of every kind still pass: Python, NumPy, tensors, per-class lists.
+    losses.categorical_focal_crossentropy([[0.0, 1.0]], [[0.3, 0.7]], alpha=[0.5, 1], gamma=np.float32(2),
+                                          label_smoothing=tf.constant(0.1))
+
+
+def test_sparse_losses_take_bool_labels_as_keras_does():
+    labels, logits = tf.constant([True, False, True]), tf.constant([[0.1, 2.0], [1.0, -1.0], [0.0, 0.5]])
+    ours = losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    keras_value = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    np.testing.assert_allclose(ours, keras_value, rtol=1e-6)
+
+
 @pytest.mark.parametrize("enabled", ["no", 0, None])
 def test_set_validation_takes_only_a_bool(enabled):
     """bool("no") is True: a string left the checks on while its caller meant off."""

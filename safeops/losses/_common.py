@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _validate, _xla
@@ -192,6 +193,31 @@ def broadcast_labels(op, y_true, y_pred):
     if joint is None or joint.rank != y_pred.shape.rank or not joint.is_compatible_with(y_pred.shape):
         same_shape(op, y_true, y_pred)
     return tf.broadcast_to(y_true, tf.shape(y_pred))
+
+
+def check_number(op, name, value, *, lists=False, none=False):
+    """Refuses a keyword that is not a number (a float or integer tensor also passes), naming it.
+
+    A string ``label_smoothing`` or ``gamma`` failed deep inside with
+    "unsupported operand type(s) for -: 'float' and 'str'" or "Cast string
+    to float"; a bool is no number here either. ``lists``: a list of numbers
+    also passes (per-class ``alpha``); ``none``: so does ``None``.
+    """
+    if value is None and none:
+        return
+    if tf.is_tensor(value) or isinstance(value, tf.Variable):
+        if value.dtype.is_floating or value.dtype.is_integer:
+            return
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "iuf":
+            return
+    elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return
+    elif lists and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
+        return
+    expected = "a number" + (", a list of numbers" if lists else "") + " or a numeric tensor"
+    raise TypeError(_validate.message(op, name, expected, repr(value)))
 
 
 def smoothed_binary(y_true, label_smoothing):

@@ -92,6 +92,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         axis = _common.check_axis(op, axis, pred.values.shape.rank, many=True)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
+        _common.check_number(op, "label_smoothing", label_smoothing, none=True)
         y = _common.smoothed_binary(y, label_smoothing)
         if pred.logits is not None:
             per_entry = nn.sigmoid_cross_entropy_with_logits(labels=y, logits=pred.logits)
@@ -162,6 +163,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
+        _common.check_number(op, "label_smoothing", label_smoothing, none=True)
         y = _common.smoothed_categorical(y, label_smoothing, axis)
         if pred.logits is not None:
             return pred.output(nn.softmax_cross_entropy_with_logits(y, pred.logits, axis=axis))
@@ -264,11 +266,11 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
 
 
 def _class_indices(op, y_true):
-    """Integer labels: ints kept, floats truncated as Keras does, others refused."""
+    """Integer labels: ints kept, floats truncated and bools cast as Keras does, others refused."""
     y_true = y_true if isinstance(y_true, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(y_true)
     if y_true.dtype.is_integer:
         return _validate.integer_tensor(y_true, op, "y_true")
-    if y_true.dtype.is_floating:
+    if y_true.dtype.is_floating or y_true.dtype == tf.bool:   # Keras casts bool labels to 0 and 1 too
         return tf.cast(y_true, tf.int64)
     raise TypeError(_validate.message(op, "y_true", "integer class indices", y_true.dtype.name))
 

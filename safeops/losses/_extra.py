@@ -6,6 +6,7 @@ import functools
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -93,6 +94,10 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
                 with tf.control_dependencies(checks):
                     values = tf.identity(values)
         mean, log_variance = values[..., :d], values[..., d:]
+        number = isinstance(min_variance, (int, float, np.integer, np.floating))
+        if min_variance is not None and (isinstance(min_variance, bool) or not number):
+            raise TypeError(_validate.message(op, "min_variance", "None or a positive number",
+                                              repr(min_variance)))
         floor = _dtypes.variance_floor(pred.clamp_dtype) if min_variance is None else float(min_variance)
         if not floor > 0:
             raise ValueError(_validate.message(op, "min_variance", "a positive number", min_variance))

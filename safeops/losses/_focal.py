@@ -101,6 +101,9 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
         axis = _common.check_axis(op, axis, pred.values.shape.rank, many=True)
         y = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, y, pred.values)
+        _common.check_number(op, "label_smoothing", label_smoothing, none=True)
+        _common.check_number(op, "gamma", gamma)
+        _common.check_number(op, "alpha", alpha, lists=True)
         y = _common.smoothed_binary(y, label_smoothing)
         if pred.logits is not None and _fusable(gamma):
             loss = _fused_binary_focal(float(gamma), pred.dtype)(y, pred.logits)
@@ -183,6 +186,9 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
         y = _common.labels_like(op, y_true, pred)
         y = _common.broadcast_labels(op, y, pred.values)
+        _common.check_number(op, "label_smoothing", label_smoothing, none=True)
+        _common.check_number(op, "gamma", gamma)
+        _common.check_number(op, "alpha", alpha, lists=True)
         y = _common.smoothed_categorical(y, label_smoothing, axis)
         if pred.logits is not None:
             values, floor = pred.logits, None
