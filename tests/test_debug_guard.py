@@ -63,9 +63,21 @@ def test_bad_arguments_are_refused():
         NaNGuard("rollback", checkpoint_every=0)
     for arg, bad in [("factor", "0.1"), ("checkpoint_every", True), ("max_rollbacks", -1),
                      ("max_rollbacks", 2.0), ("max_loss", -1.0), ("max_loss", "1e3"),
-                     ("spike_factor", 0.5), ("spike_factor", float("nan"))]:
+                     ("spike_factor", 0.5), ("spike_factor", float("nan")),
+                     ("log_dir", 5), ("verbose", "yes"), ("verbose", 3)]:
         with pytest.raises(ValueError, match=rf"NaNGuard: {arg} must be .*, got {re.escape(repr(bad))}"):
             NaNGuard("rollback", **{arg: bad})
+
+
+def test_scaled_schedule_refuses_what_fails_at_the_first_step():
+    """ScaledSchedule(0.1) was accepted and failed at the optimizer's first step; scale=-1 flipped it."""
+    with pytest.raises(TypeError, match=r"ScaledSchedule: schedule must be a learning-rate schedule"):
+        ScaledSchedule(0.1)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    for bad in (-1.0, 0.0, float("inf"), "a", True):
+        with pytest.raises(ValueError, match=rf"ScaledSchedule: scale must be a finite number > 0, got"):
+            ScaledSchedule(schedule, bad)
+    assert float(ScaledSchedule(schedule, 0.5)(0)) == pytest.approx(0.05)
 
 
 def test_skip_is_exactly_training_without_the_batch():

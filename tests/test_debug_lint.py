@@ -387,3 +387,16 @@ class TestArguments:
     def test_loss_with_a_plain_function(self):
         with pytest.raises(ValueError, match=r"^safeops.debug.lint: loss must be None for a plain function"):
             lint(log_of_softmax, X, loss="mse", print=False)
+
+
+def test_fn_and_gradients_are_checked_by_name():
+    """lint(42, x) raised autograph's "'int' object is not callable"; gradients="no" read as True."""
+    from safeops.debug import locate_nonfinite
+
+    x = tf.ones([2])
+    with pytest.raises(TypeError, match=r"debug.lint: fn must be a function or a Keras model, got 42"):
+        lint(42, x, print=False)
+    with pytest.raises(TypeError, match=r"locate_nonfinite: fn must be a function or a Keras model"):
+        locate_nonfinite("notfn", x)
+    with pytest.raises(TypeError, match=r"lint: gradients must be True or False, got 'no'"):
+        lint(lambda t: tf.reduce_sum(t), x, gradients="no", print=False)

@@ -97,6 +97,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import os
 
 import keras
 import numpy as np
@@ -204,6 +205,11 @@ class NaNGuard(keras.callbacks.Callback):
             raise ValueError(message(_OP, "max_loss", "None or a positive number", repr(max_loss)))
         if spike_factor is not None and (not _is_real(spike_factor) or not spike_factor > 1):
             raise ValueError(message(_OP, "spike_factor", "None or a number above 1", repr(spike_factor)))
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            # Else a TypeError from the summary writer, inside fit.
+            raise ValueError(message(_OP, "log_dir", "None or a directory path", repr(log_dir)))
+        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
+            raise ValueError(message(_OP, "verbose", "0, 1 or 2", repr(verbose)))
         self.policy = policy
         self.factor = float(factor)
         self.max_rollbacks = int(max_rollbacks)

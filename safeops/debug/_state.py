@@ -35,6 +35,14 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, schedule, scale: float = 1.0):
+        if not callable(schedule):
+            # Else "'float' object is not callable" at the optimizer's first step.
+            raise TypeError(message("safeops.debug.ScaledSchedule", "schedule",
+                                    "a learning-rate schedule (callable on the step)", repr(schedule)))
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(message("safeops.debug.ScaledSchedule", "scale", "a finite number > 0",
+                                     repr(scale)))
         self.schedule = schedule
         self.scale = keras.Variable(float(scale), dtype="float32", trainable=False,
                                     name="nanguard_lr_scale")

@@ -306,6 +306,11 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
     it reads, or when it reads none its float array arguments except those
     whose parameter name says they hold data (:data:`DATA_ARGUMENT_NAMES`).
     """
+    if not callable(fn):
+        # Else autograph failed inside the trace: "'int' object is not callable", naming no argument.
+        raise TypeError(_validate.message(op, "fn", "a function or a Keras model", repr(fn)[:80]))
+    if not isinstance(gradients, (bool, np.bool_)):
+        raise TypeError(_validate.message(op, "gradients", "True or False", repr(gradients)[:80]))
     model = fn if is_keras_layer(fn) else None
     if model is not None:
         args = _as_fit_feeds(args)
