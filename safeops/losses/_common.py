@@ -205,10 +205,7 @@ def check_number(op, name, value, *, lists=False, none=False):
     """
     if value is None and none:
         return
-    if tf.is_tensor(value) or isinstance(value, tf.Variable):
-        if value.dtype.is_floating or value.dtype.is_integer:
-            return
-    elif isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray):
         if value.dtype.kind in "iuf":
             return
     elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
@@ -216,6 +213,13 @@ def check_number(op, name, value, *, lists=False, none=False):
     elif lists and isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
         return
+    elif hasattr(value, "dtype"):     # tensors and variables, TensorFlow's and Keras'
+        try:
+            dtype = tf.as_dtype(value.dtype)
+        except TypeError:
+            dtype = None
+        if dtype is not None and (dtype.is_floating or dtype.is_integer):
+            return
     expected = "a number" + (", a list of numbers" if lists else "") + " or a numeric tensor"
     raise TypeError(_validate.message(op, name, expected, repr(value)))
 
