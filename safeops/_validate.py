@@ -48,6 +48,12 @@ def validation_enabled() -> bool:
     return _validation["enabled"]
 
 
+def is_real_number(value: Any) -> bool:
+    """A Python or NumPy real number that is not a bool (NaN and inf included: range checks refuse them)."""
+    real = isinstance(value, (int, float, np.integer, np.floating))
+    return real and not isinstance(value, (bool, np.bool_))
+
+
 def message(op: str, arg: str, expected: str, got: Any, verb: str = "be") -> str:
     """The one error-message shape: ``'<op>: <arg> must be <expected>, got <got>'``.
 

@@ -103,7 +103,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from safeops._validate import message
+from safeops._validate import is_real_number, message
 from safeops.debug._events import _LOWER_THE_LEARNING_RATE, _TINY, GuardEvent, _likely_cause, batch_statistics
 from safeops.debug._state import (
     _FLOATS,
@@ -193,7 +193,7 @@ class NaNGuard(keras.callbacks.Callback):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(message(_OP, "policy", f"one of {POLICIES}", repr(policy)))
-        if not _is_real(factor) or not 0.0 < factor < 1.0:
+        if not is_real_number(factor) or not 0.0 < factor < 1.0:
             raise ValueError(message(_OP, "factor", "a number in (0, 1)", repr(factor)))
         every = checkpoint_every
         if every != "epoch" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
@@ -201,9 +201,9 @@ class NaNGuard(keras.callbacks.Callback):
                                      repr(checkpoint_every)))
         if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
             raise ValueError(message(_OP, "max_rollbacks", "a non-negative integer", repr(max_rollbacks)))
-        if max_loss is not None and (not _is_real(max_loss) or not max_loss > 0):
+        if max_loss is not None and (not is_real_number(max_loss) or not max_loss > 0):
             raise ValueError(message(_OP, "max_loss", "None or a positive number", repr(max_loss)))
-        if spike_factor is not None and (not _is_real(spike_factor) or not spike_factor > 1):
+        if spike_factor is not None and (not is_real_number(spike_factor) or not spike_factor > 1):
             raise ValueError(message(_OP, "spike_factor", "None or a number above 1", repr(spike_factor)))
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             # Else a TypeError from the summary writer, inside fit.
@@ -676,12 +676,6 @@ def _trace_as_iterator_would(fn, iterator, traced: list) -> None:
                 step.get_concrete_function(iterator.element_spec)
             except Exception:  # noqa: BLE001 - a step that cannot be traced this way is traced by its call
                 pass
-
-
-def _is_real(value) -> bool:
-    """A real number that is not a bool (NaN included: the range checks then refuse it)."""
-    real = isinstance(value, (int, float, np.integer, np.floating))
-    return real and not isinstance(value, (bool, np.bool_))
 
 
 def _write_summary(tag: str, value, step: int, plugin: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safeops._validate import message
+from safeops._validate import is_real_number, message
 
 _OP = "safeops.debug.check_inputs"
 
@@ -156,8 +156,7 @@ def check_inputs(x_train: Any, x_test: Any = None, *, feature_names: Sequence[st
     """
     for arg, value in (("max_scale", max_scale), ("max_spread", max_spread)):
         # A bool is no threshold; NaN fails `> 0` as every comparison with it does.
-        real = isinstance(value, (int, float, np.integer, np.floating))
-        if not real or isinstance(value, (bool, np.bool_)) or not value > 0:
+        if not is_real_number(value) or not value > 0:
             raise ValueError(message(_OP, arg, "a positive number", repr(value)))
     names = list(feature_names) if feature_names is not None else _column_names(x_train)
     train = _as_matrix(x_train, "x_train")

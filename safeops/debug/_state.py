@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from safeops._validate import message
+from safeops._validate import is_real_number, message
 
 _OP = "safeops.debug.NaNGuard"   # the name in error messages, here and in NaNGuard
 _FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -39,8 +39,7 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
             # Else "'float' object is not callable" at the optimizer's first step.
             raise TypeError(message("safeops.debug.ScaledSchedule", "schedule",
                                     "a learning-rate schedule (callable on the step)", repr(schedule)))
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-                or not (math.isfinite(scale) and scale > 0):
+        if not is_real_number(scale) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(message("safeops.debug.ScaledSchedule", "scale", "a finite number > 0",
                                      repr(scale)))
         self.schedule = schedule

@@ -208,10 +208,9 @@ def check_number(op, name, value, *, lists=False, none=False):
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "iuf":
             return
-    elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    elif _validate.is_real_number(value):
         return
-    elif lists and isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
+    elif lists and isinstance(value, (list, tuple)) and all(_validate.is_real_number(v) for v in value):
         return
     elif hasattr(value, "dtype"):     # tensors and variables, TensorFlow's and Keras'
         try:

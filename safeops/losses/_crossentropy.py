@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _validate, nn
@@ -240,9 +239,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
             values = tf.experimental.numpy.moveaxis(values, axis, -1)
         valid = None
         if ignore_class is not None:
-            if isinstance(ignore_class, bool) or not (
-                    isinstance(ignore_class, (int, np.integer))
-                    or (isinstance(ignore_class, (float, np.floating)) and float(ignore_class).is_integer())):
+            if not (_validate.is_real_number(ignore_class) and float(ignore_class).is_integer()):
                 # A cast to the labels' integer dtype would round 1.5 to 1 and ignore that class.
                 raise TypeError(_validate.message(op, "ignore_class", "None or an integer label",
                                                   repr(ignore_class)))

@@ -53,7 +53,6 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -171,8 +170,8 @@ def info_nce(y_true, y_pred, temperature=0.1):
                 op, "y_pred", "of shape [batch, 2 d], the anchors' embeddings then the positives' "
                 "(rank 2, an even last dimension)", shape))
         if not (tf.is_tensor(temperature) or isinstance(temperature, tf.Variable)):
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
-                    or not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            ok = _validate.is_real_number(temperature) and math.isfinite(temperature) and temperature > 0
+            if not ok:
                 # 0 made every score inf and the loss NaN; a negative one inverts the objective.
                 raise ValueError(_validate.message(op, "temperature", "a finite number > 0",
                                                    repr(temperature)))

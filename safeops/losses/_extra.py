@@ -6,7 +6,6 @@ import functools
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -94,8 +93,7 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
                 with tf.control_dependencies(checks):
                     values = tf.identity(values)
         mean, log_variance = values[..., :d], values[..., d:]
-        number = isinstance(min_variance, (int, float, np.integer, np.floating))
-        if min_variance is not None and (isinstance(min_variance, bool) or not number):
+        if min_variance is not None and not _validate.is_real_number(min_variance):
             raise TypeError(_validate.message(op, "min_variance", "None or a positive number",
                                               repr(min_variance)))
         floor = _dtypes.variance_floor(pred.clamp_dtype) if min_variance is None else float(min_variance)
