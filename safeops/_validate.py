@@ -248,14 +248,20 @@ def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> No
 
     A float or bool axis raises ``TypeError`` naming ``arg`` (whatever the rank).
     """
+    if isinstance(axis, (tf.Tensor, tf.Variable)) and not axis.dtype.is_integer:
+        raise TypeError(message(op, arg, "an int or a list of ints", f"a {axis.dtype.name} tensor"))
     if axis is None or isinstance(axis, (tf.Tensor, tf.Variable)):
         return
-    array = np.asarray(axis)
-    if array.size and array.dtype.kind in "fbcUS":  # () and [] are "no axes", float64 to NumPy
+    try:
+        array = np.asarray(axis)
+    except ValueError:   # ragged nesting such as [[0], 1]
+        array = np.asarray(None)
+    # () and [] are "no axes", float64 to NumPy; nested lists: TensorFlow's graph mode refuses them too
+    if (array.size and array.dtype.kind in "fbcUSO") or array.ndim > 1:
         raise TypeError(message(op, arg, "an int or a list of ints", repr(axis)))
     if rank is None:
         return
-    for a in np.atleast_1d(np.asarray(axis)):
+    for a in np.atleast_1d(array):
         if rank == 0:   # as TensorFlow's reductions: a scalar has no axis 0
             raise AxisError(message(op, arg, "an axis of the input, but a rank-0 input has none", int(a)))
         if not -rank <= int(a) < rank:
@@ -290,7 +296,10 @@ def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: b
             raise TypeError(message(op, arg, f"{one}, known when the function is traced", "a runtime tensor"))
         axis = known
     if isinstance(axis, (np.ndarray, list, tuple)):
-        values = np.asarray(axis)
+        try:
+            values = np.asarray(axis)
+        except ValueError:   # ragged nesting such as [[0], 1]
+            raise TypeError(message(op, arg, one, repr(axis))) from None
         if values.ndim == 0:
             axis = values[()]
         elif not many or values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
@@ -370,6 +379,21 @@ def eager_failure(error: tf.errors.InvalidArgumentError) -> tf.errors.InvalidArg
 
 
 _INTEGER_NAMES = "an integer tensor (int32 or int64)"
+
+
+def converted(value: Any, op: str, arg: str, expected: str) -> tf.Tensor:
+    """``tf.convert_to_tensor(value)``, or ``TypeError`` naming ``arg`` where it cannot convert.
+
+    For arguments of any dtype checked after conversion (labels): ``None``,
+    ragged lists and objects got TensorFlow's "Attempt to convert a value
+    (None)" without the argument's name.
+    """
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value
+    try:
+        return tf.convert_to_tensor(value)
+    except (TypeError, ValueError):
+        raise TypeError(message(op, arg, expected, f"{type(value).__name__} {value!r:.80}")) from None
 
 
 def integer_tensor(value: Any, op: str, arg: str) -> tf.Tensor:

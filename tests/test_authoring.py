@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -59,6 +60,27 @@ def test_loss_class_as_a_decorator(batch):
     expected = MeanAbsLogError(scale=3.0)(y, p)
     for cls in (decorated, bare_log_error):
         np.testing.assert_array_equal(cls(scale=3.0)(y, p), expected)
+
+
+def test_loss_class_refuses_a_function_that_cannot_take_y_true_and_y_pred():
+    """C7: the class was built and failed at its first call with a bare TypeError."""
+    expected = r"loss_class: fn must be a callable fn\(y_true, y_pred, \*\*options\), got <lambda>\(y\)"
+    with pytest.raises(TypeError, match=expected):
+        losses.loss_class(lambda y: y, package="safeops_tests")
+    with pytest.raises(TypeError, match=r"got three\(a, b, c\)"):
+        def three(a, b, c):
+            return a
+        losses.loss_class(three, package="safeops_tests")
+
+
+def test_loss_class_of_a_partial_takes_its_function_name(batch):
+    """A functools.partial has no __name__ (AttributeError before); its options keep the partial's values."""
+    y, p, _ = batch
+    cls = losses.loss_class(functools.partial(mean_abs_log_error, scale=3.0), package="safeops_tests",
+                            name="PartialLogError")
+    loss = cls()
+    assert loss.name == "mean_abs_log_error" and loss.get_config()["scale"] == 3.0
+    np.testing.assert_array_equal(loss(y, p), MeanAbsLogError(scale=3.0)(y, p))
 
 
 def test_saving_a_wrapper_of_an_unregistered_function_warns_once():

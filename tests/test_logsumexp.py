@@ -461,9 +461,10 @@ def test_log_softmax_plus_inf_entry_is_nan_there_and_minus_inf_elsewhere(mode):
     assert np.isfinite(got[2]).all()
 
 
-@pytest.mark.parametrize("axis", [1.0, True, [0.0, 1.0]])
+@pytest.mark.parametrize("axis", [1.0, True, [0.0, 1.0], [[0]], [[0], 1], tf.constant(1.0), [None]])
 def test_float_or_bool_axis_raises_type_error_naming_it(axis):
-    """C7: it was TensorFlow's 'Cannot convert 1.0 to EagerTensor of dtype int32'."""
+    """C7: it was TensorFlow's 'Cannot convert 1.0 to EagerTensor of dtype int32' (a nested list: NumPy's
+    'only 0-dimensional arrays can be converted'; a float tensor: 'Value for attr 'Tidx' of float')."""
     with pytest.raises(TypeError, match="reduce_logsumexp: axis must be an int"):
         tfm.reduce_logsumexp(tf.ones([2, 3]), axis)
     with pytest.raises(TypeError, match="l2_normalize: axis must be an int"):

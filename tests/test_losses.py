@@ -518,10 +518,38 @@ def test_with_logits_rejects_bad_arguments():
         losses.with_logits(p, p, "tanh")
     with pytest.raises(ValueError, match="logits"):
         losses.with_logits(p, tf.zeros([3]), "sigmoid")
+    # The record is an attribute of the tensor object itself (was AttributeError on None's shape).
+    with pytest.raises(TypeError, match="with_logits: probabilities must be a tf.Tensor, got ndarray"):
+        losses.with_logits(np.zeros([2], "float32"), p, "sigmoid")
+    with pytest.raises(TypeError, match="with_logits: logits must be a tf.Tensor, got NoneType"):
+        losses.with_logits(p, None, "sigmoid")
+    with pytest.raises(ValueError, match="with_logits: axis must be in"):
+        losses.with_logits(p, p, "softmax", axis=3)
 
 
 # ----------------------------------------------------------------------------
 # Errors (C7).
+
+
+@pytest.mark.parametrize("name", ["binary_crossentropy", "categorical_crossentropy",
+                                  "sparse_categorical_crossentropy", "binary_focal_crossentropy",
+                                  "categorical_focal_crossentropy", "kl_divergence",
+                                  "kl_divergence_with_logits", "poisson", "gaussian_nll", "tversky_loss"])
+@pytest.mark.parametrize("y_true", [None, [[0.0], [1.0, 0.0]]], ids=["none", "ragged"])
+def test_labels_that_do_not_convert_raise_type_error_naming_y_true(name, y_true):
+    """C7: it was TensorFlow's 'Attempt to convert a value (None) with an unsupported type', unnamed."""
+    y_pred = tf.constant([[0.25, 0.75], [0.5, 0.5]])
+    with pytest.raises(TypeError, match=rf"safeops.losses.{name}: y_true must be .*, got (NoneType|list)"):
+        getattr(losses, name)(y_true, y_pred)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_sparse_crossentropy_over_zero_classes_names_y_pred(from_logits):
+    """C7: no label indexes an empty class axis; it was the label check's 'y_true must be in [0, 0)'."""
+    with pytest.raises(ValueError, match=r"sparse_categorical_crossentropy: y_pred must have at least one "
+                                         r"class .*, got shape \(3, 0\)"):
+        losses.sparse_categorical_crossentropy(tf.zeros([3], tf.int32), tf.zeros([3, 0]),
+                                               from_logits=from_logits)
 
 
 def test_sparse_crossentropy_of_unknown_rank_in_a_function():

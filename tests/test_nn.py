@@ -303,6 +303,13 @@ def test_nan_label_propagates_in_dense():
 # --------------------------------------------------------------------------- labels out of range
 
 
+def test_sparse_logits_without_a_class_are_refused_naming_them():
+    """C7, as TensorFlow's kernel ('Must have at least one class'); it was the label check's '[0, 0)'."""
+    with pytest.raises(ValueError, match=r"logits must have at least one class .*\(3, 0\)\. Must have"):
+        nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros([3], tf.int32), logits=tf.zeros([3, 0]))
+
+
+
 @pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("bad", [3, -1])
 def test_out_of_range_label_raises(mode, bad):

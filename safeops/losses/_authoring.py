@@ -224,18 +224,31 @@ def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=Fal
         return functools.partial(loss_class, name=name, package=package, check_finite=check_finite)
     if not callable(fn):
         raise TypeError(_validate.message(op, "fn", "a callable fn(y_true, y_pred, **options)", type(fn).__name__))
-    parameters = list(inspect.signature(fn).parameters.values())[2:]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):   # some builtins: taken on trust
+        signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY)
+                                       for n in ("y_true", "y_pred")])
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(_validate.message(
+            op, "fn", "a callable fn(y_true, y_pred, **options)", f"{_name_of(fn)}{signature}")) from None
+    parameters = list(signature.parameters.values())[2:]
     options = {}
     for p in parameters:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if p.default is p.empty:
-            raise TypeError(_validate.message(op, f"option {p.name!r} of {fn.__name__}", "given a default", "none"))
+            raise TypeError(_validate.message(
+                op, f"option {p.name!r} of {_name_of(fn)}", "given a default", "none"))
         options[p.name] = p.default
-    class_name = name or _camel_case(fn.__name__)
+    fn_name = _name_of(fn)
+    class_name = name or _camel_case(fn_name)
     default_check = bool(check_finite)
 
-    def __init__(self, reduction=_REDUCTION, name=fn.__name__, dtype=None, *, check_finite=default_check, **kwargs):
+    def __init__(self, reduction=_REDUCTION, name=fn_name, dtype=None, *, check_finite=default_check,
+                 **kwargs):
         unknown = sorted(set(kwargs) - set(options))
         if unknown:
             raise TypeError(_validate.message(
@@ -245,10 +258,17 @@ def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=Fal
 
     cls = type(class_name, (LossFunctionWrapper,), {
         "__init__": __init__,
-        "__doc__": f"Loss class of ``{fn.__name__}`` made by ``safeops.losses.loss_class``.\n\n{fn.__doc__ or ''}",
+        "__doc__": (f"Loss class of ``{fn_name}`` made by ``safeops.losses.loss_class``.\n\n"
+                    f"{fn.__doc__ or ''}"),
         "__module__": getattr(fn, "__module__", __name__),
     })
     return keras.saving.register_keras_serializable(package=package, name=class_name)(cls)
+
+
+def _name_of(fn) -> str:
+    """``fn``'s name; a ``functools.partial`` (no ``__name__``) goes by its function's."""
+    inner = getattr(fn, "func", None)
+    return getattr(fn, "__name__", None) or getattr(inner, "__name__", None) or type(fn).__name__
 
 
 def _aligned(y_true, y_pred):

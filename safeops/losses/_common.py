@@ -161,7 +161,7 @@ def labels_like(op, y_true, prediction, name="y_true"):
     """
     if isinstance(y_true, str) or getattr(getattr(y_true, "dtype", None), "name", "") == "string":
         raise TypeError(_validate.message(op, name, "numeric labels", "a string"))
-    y_true = tf.convert_to_tensor(y_true)
+    y_true = _validate.converted(y_true, op, name, "numeric labels")
     if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
         raise TypeError(_validate.message(op, name, "numeric labels", y_true.dtype.name))
     if y_true.dtype.is_floating and y_true.dtype.size <= prediction.compute_dtype.size:

@@ -264,7 +264,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
 
 def _class_indices(op, y_true):
     """Integer labels: ints kept, floats truncated and bools cast as Keras does, others refused."""
-    y_true = y_true if isinstance(y_true, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(y_true)
+    y_true = _validate.converted(y_true, op, "y_true", "integer class indices")
     if y_true.dtype.is_integer:
         return _validate.integer_tensor(y_true, op, "y_true")
     if y_true.dtype.is_floating or y_true.dtype == tf.bool:   # Keras casts bool labels to 0 and 1 too

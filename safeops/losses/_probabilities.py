@@ -98,6 +98,8 @@ def with_logits(probabilities, logits, activation, axis=-1):
       ``probabilities``, now carrying the record.
 
     Raises:
+      TypeError: ``probabilities`` or ``logits`` is not a ``tf.Tensor``, or
+        ``axis`` is not an int.
       ValueError: ``activation`` is not one of the two, or the shapes differ.
 
     Example:
@@ -112,6 +114,10 @@ def with_logits(probabilities, logits, activation, axis=-1):
     op = "safeops.losses.with_logits"
     if activation not in ACTIVATIONS:
         raise ValueError(_validate.message(op, "activation", '"sigmoid" or "softmax"', repr(activation)))
+    for arg, value in (("probabilities", probabilities), ("logits", logits)):
+        if not isinstance(value, tf.Tensor):   # the record is an attribute of this very object
+            raise TypeError(_validate.message(op, arg, "a tf.Tensor", type(value).__name__))
+    axis = _validate.static_axis(op, axis, probabilities.shape.rank, runtime=False)
     if not probabilities.shape.is_compatible_with(logits.shape):
         raise ValueError(_validate.message(
             op, "logits", f"of the shape of probabilities {probabilities.shape}", logits.shape))

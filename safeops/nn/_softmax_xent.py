@@ -454,6 +454,11 @@ def _check_sparse_shapes(who: tuple, labels: tf.Tensor, logits: tf.Tensor) -> li
         raise _validate.ArgumentError(
             _validate.message(op, logit_name, "a tensor of rank >= 1", "a scalar")
             + f". `{logit_name}` cannot be a scalar.")
+    if logits.shape[-1] == 0:   # no class for any label to index
+        raise _validate.ArgumentError(
+            _validate.message(op, logit_name, "at least one class (a last dimension >= 1)",
+                              f"shape {logits.shape}", verb="have")
+            + ". Must have at least one class.")
     known_ranks = labels.shape.rank is not None and logits.shape.rank is not None
     if known_ranks and labels.shape.rank != logits.shape.rank - 1:
         raise _validate.ArgumentError(
