@@ -176,23 +176,54 @@ def same_shape(op, y_true, y_pred):
             op, "y_true and y_pred", "the same shape", f"{y_true.shape} and {y_pred.shape}", verb="have"))
 
 
-def broadcast_labels(op, y_true, y_pred):
-    """``y_true`` broadcast to the shape of ``y_pred``, else :func:`same_shape`'s ``ValueError``.
+def broadcast_labels(op, y_true, pred, axis=-1, normalised=False):
+    """``y_true`` and ``pred``'s values broadcast against each other, else :func:`same_shape`'s ``ValueError``.
 
-    For the losses whose Keras versions broadcast their labels
+    For the losses whose Keras versions broadcast their operands
     (``categorical_focal_crossentropy``, ``kl_divergence``, ``poisson``: one
-    label row ``[1, n]`` against a batch ``[b, n]``). Keras' cross-entropies
-    refuse such shapes, and so do safeops' (:func:`same_shape`).
+    label row ``[1, n]`` against a batch ``[b, n]``, one prediction row
+    against a batch of labels, a ``[b, 1]`` rate against ``[b, n]`` counts,
+    leading dimensions added to either). Keras' cross-entropies refuse such
+    shapes, and so do safeops' (:func:`same_shape`). Returns the labels;
+    where ``y_pred`` grows, ``pred.values`` (and ``pred.logits``, which a
+    softmax along ``axis`` commutes with) are replaced by broadcast ones,
+    whose gradient sums back to ``y_pred``'s shape. ``y_pred`` growing
+    along ``axis`` itself (one class against several) drops the recovered
+    logits (the log-softmax of broadcast logits is not the log of the
+    broadcast probabilities), and is refused with ``normalised`` (a loss
+    that normalises ``y_pred`` along ``axis``: Keras' focal loss normalises
+    the single class to a constant 1 before broadcasting it).
     """
-    if y_true.shape.is_compatible_with(y_pred.shape) or not isinstance(y_true, tf.Tensor):
+    values = pred.values
+    if y_true.shape.is_compatible_with(values.shape) or not isinstance(y_true, tf.Tensor):
         return y_true
     try:
-        joint = tf.broadcast_static_shape(y_true.shape, y_pred.shape)
+        joint = tf.broadcast_static_shape(y_true.shape, values.shape)
     except ValueError:
         joint = None
-    if joint is None or joint.rank != y_pred.shape.rank or not joint.is_compatible_with(y_pred.shape):
-        same_shape(op, y_true, y_pred)
-    return tf.broadcast_to(y_true, tf.shape(y_pred))
+    if joint is None or joint.rank is None:
+        same_shape(op, y_true, values)
+    if joint.rank == values.shape.rank and joint.is_compatible_with(values.shape):
+        return tf.broadcast_to(y_true, tf.shape(values))    # the labels alone grow
+    if axis >= 0 and joint.rank != values.shape.rank:
+        # A leading dimension added to y_pred would move a non-negative class axis.
+        raise ValueError(_validate.message(
+            op, "y_true and y_pred", f"the same rank for axis={axis}", f"{y_true.shape} and {values.shape}",
+            verb="have"))
+    shape = tf.broadcast_dynamic_shape(tf.shape(y_true), tf.shape(values))
+    if values.shape[axis] == 1 and joint[axis] != 1:
+        if normalised:
+            raise ValueError(_validate.message(
+                op, "y_pred", f"more than one class along axis {axis} to broadcast against y_true",
+                f"{values.shape} against {y_true.shape}", verb="have"))
+        pred.logits = None     # the log-softmax of broadcast logits is not the log of broadcast values
+    from_logits = pred.logits is values
+    pred.values = tf.broadcast_to(values, shape)
+    if from_logits:
+        pred.logits = pred.values
+    elif pred.logits is not None:
+        pred.logits = tf.broadcast_to(pred.logits, shape)
+    return tf.broadcast_to(y_true, shape)
 
 
 def check_number(op, name, value, *, lists=False, none=False):

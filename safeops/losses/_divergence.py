@@ -77,7 +77,7 @@ def kl_divergence(y_true, y_pred):
         pred = _common.Prediction(op, y_pred, False, "softmax", -1)
         _common.over_last_axis(op, pred)
         y = _common.labels_like(op, y_true, pred)
-        y = _common.broadcast_labels(op, y, pred.values)
+        y = _common.broadcast_labels(op, y, pred)
         if pred.logits is not None:
             y = _common.checked_unit_interval(op, y, "y_true")
             cross = tf.math.multiply_no_nan(tfm.log_softmax(pred.logits, axis=-1), y)
@@ -238,7 +238,7 @@ def poisson(y_true, y_pred):
         pred = _common.Prediction(op, y_pred, False)
         _common.over_last_axis(op, pred)
         y = _common.labels_like(op, y_true, pred)
-        y = _common.broadcast_labels(op, y, pred.values)
+        y = _common.broadcast_labels(op, y, pred)
         rate = _common.checked_non_negative(op, pred.values, "y_pred")
         return pred.output(tf.reduce_mean(rate - pred.xlogy(y, rate), -1))
 

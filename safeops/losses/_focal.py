@@ -185,7 +185,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
         y = _common.labels_like(op, y_true, pred)
-        y = _common.broadcast_labels(op, y, pred.values)
+        y = _common.broadcast_labels(op, y, pred, axis, normalised=True)
         _common.check_number(op, "label_smoothing", label_smoothing, none=True)
         _common.check_number(op, "gamma", gamma)
         _common.check_number(op, "alpha", alpha, lists=True)
