@@ -177,7 +177,7 @@ def same_shape(op, y_true, y_pred):
 
 
 def broadcast_labels(op, y_true, pred, axis=-1, normalised=False):
-    """``y_true`` and ``pred``'s values broadcast against each other, else :func:`same_shape`'s ``ValueError``.
+    """``y_true`` and ``pred``'s values broadcast together, else :func:`same_shape`'s ``ValueError``.
 
     For the losses whose Keras versions broadcast their operands
     (``categorical_focal_crossentropy``, ``kl_divergence``, ``poisson``: one

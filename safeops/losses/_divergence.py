@@ -54,17 +54,16 @@ def kl_divergence(y_true, y_pred):
         gradient there). NaN gives NaN.
 
     Args:
-      y_true: Target distribution, the shape of ``y_pred`` or one that
-        broadcasts to it (as in Keras).
+      y_true: Target distribution, of a shape that broadcasts with
+        ``y_pred``'s (as in Keras: either may be one row against a batch).
       y_pred: Predicted distribution (probabilities); any float dtype.
 
     Returns:
-      The per-example divergence: ``y_pred``'s shape without the last axis.
+      The per-example divergence: the broadcast shape without the last axis.
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: ``y_pred`` is a scalar, or ``y_true`` does not broadcast
-        to its shape.
+      ValueError: ``y_pred`` is a scalar, or the shapes do not broadcast.
 
     Example:
 
@@ -215,17 +214,16 @@ def poisson(y_true, y_pred):
         gives NaN.
 
     Args:
-      y_true: Observed counts, the shape of ``y_pred`` or one that
-        broadcasts to it (as in Keras).
+      y_true: Observed counts, of a shape that broadcasts with ``y_pred``'s
+        (as in Keras: a ``[b, 1]`` rate against ``[b, n]`` counts too).
       y_pred: Predicted rates, ``>= 0``; any float dtype.
 
     Returns:
-      The per-example loss: ``y_pred``'s shape without the last axis.
+      The per-example loss: the broadcast shape without the last axis.
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: ``y_pred`` is a scalar, or ``y_true`` does not broadcast
-        to its shape.
+      ValueError: ``y_pred`` is a scalar, or the shapes do not broadcast.
 
     Example:
 

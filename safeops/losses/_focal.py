@@ -156,8 +156,9 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
         outside ``[0, 1]`` they raise (under XLA: NaN there). NaN gives NaN.
 
     Args:
-      y_true: One-hot or soft labels, the shape of ``y_pred`` or one that
-        broadcasts to it (as in Keras).
+      y_true: One-hot or soft labels, of a shape that broadcasts with
+        ``y_pred``'s (as in Keras), but for a ``y_pred`` of one class
+        against several (refused: Keras normalises that class to 1).
       y_pred: Probabilities, or logits with ``from_logits=True``.
       alpha: Weight, a float or a list of one per class.
       gamma: The focusing parameter, ``>= 0``.
@@ -166,12 +167,13 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
       axis: The class axis. Defaults to -1.
 
     Returns:
-      The per-example loss, ``y_pred``'s shape without ``axis``, its dtype.
+      The per-example loss, the broadcast shape without ``axis``, ``y_pred``'s dtype.
 
     Raises:
       TypeError: ``y_pred`` is not a float tensor.
-      ValueError: ``y_true`` does not broadcast to ``y_pred``'s shape, ``axis``
-        is out of range, or a list ``alpha`` has neither 1 nor one weight per class.
+      ValueError: the shapes do not broadcast (or ``y_pred`` has one class
+        against several), ``axis`` is out of range, or a list ``alpha`` has
+        neither 1 nor one weight per class.
 
     Example:
 
