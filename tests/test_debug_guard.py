@@ -75,7 +75,7 @@ def test_scaled_schedule_refuses_what_fails_at_the_first_step():
         ScaledSchedule(0.1)
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
     for bad in (-1.0, 0.0, float("inf"), "a", True):
-        with pytest.raises(ValueError, match=rf"ScaledSchedule: scale must be a finite number > 0, got"):
+        with pytest.raises(ValueError, match=r"ScaledSchedule: scale must be a finite number > 0, got"):
             ScaledSchedule(schedule, bad)
     assert float(ScaledSchedule(schedule, 0.5)(0)) == pytest.approx(0.05)
 
@@ -618,3 +618,74 @@ def test_a_diverging_checkpoint_with_none_before_it_is_blamed_not_the_learning_r
     assert "already diverging" in event.cause and "no earlier checkpoint" in event.cause
     assert "too high" not in event.cause and event.restored_to_step == 0
     guard.on_train_end()
+
+
+# --------------------------------------------------------------------------- what the audit found
+
+
+def test_nan_labels_are_named_with_their_rows():
+    x, y = _data(n_batches=4, poison=2, where="y")
+    model = _model()
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[guard])
+    event = guard.events[0]
+    assert event.batch == 2 and event.batch_stats["y"]["nonfinite_rows"] == [3]
+    assert "batch 2's labels (y" in event.cause and "rows [3] of the batch" in event.cause, event.cause
+    assert event.fix.startswith("clean the labels")
+
+
+def _float16_model(optimizer, kernel=None):
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.Constant(kernel) if kernel is not None else "glorot_uniform"
+    keras.mixed_precision.set_global_policy("float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)),
+                                  keras.layers.Dense(16, kernel_initializer=init, name="h"),
+                                  keras.layers.Dense(1, name="out")])
+        model.compile(optimizer, loss="mse")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return model
+
+
+def test_float16_optimizer_slot_overflow_is_not_blamed_on_the_learning_rate():
+    """Adam's second moment g**2 passes 65504 in float16 for |g| > 256, with finite gradients."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((64, 4)) * 10.0).astype("float32")
+    y = (rng.random((64, 1)) * 100.0).astype("float32")
+    model = _float16_model(keras.optimizers.Adam(0.01))
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[guard])
+    event = guard.events[0]
+    assert not event.nonfinite_gradients and math.isfinite(event.loss_before)
+    assert event.cause.startswith("float16 overflow, not the learning rate"), event.cause
+    assert "float16 variable" in event.cause
+    assert "mixed_float16" in event.fix and "LossScaleOptimizer" in event.fix
+    assert not event.fix.startswith("lower the learning rate"), event.fix
+
+
+def test_float16_activation_overflow():
+    x = np.random.default_rng(0).random((16, 4)).astype("float32") * 300.0
+    model = _float16_model(keras.optimizers.SGD(0.01), kernel=100.0)
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(x, np.ones((16, 1), "float32"), batch_size=8, shuffle=False, verbose=0, callbacks=[guard])
+    event = guard.events[0]
+    assert "layer 'h' computes in float16" in event.cause and "65504" in event.cause, event.cause
+    assert "mixed_float16" in event.fix
+
+
+def test_log_of_zero_in_a_float16_layer_is_not_an_overflow():
+    keras.mixed_precision.set_global_policy("float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)),
+                                  keras.layers.Dense(1, kernel_initializer="zeros", name="d"),
+                                  keras.layers.Lambda(lambda t: keras.ops.log(t), name="log")])
+        model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    guard = NaNGuard("stop", verbose=0)
+    model.fit(np.ones((8, 4), "float32"), np.ones((8, 1), "float32"), batch_size=8, verbose=0,
+              callbacks=[guard])
+    event = guard.events[0]
+    assert event.nonfinite_activations == ["log"] and not event.float16_overflow, event.cause

@@ -374,3 +374,111 @@ class TestArguments:
 def test_exp_overflow_names_the_dtype_threshold():
     report = locate_nonfinite(lambda x: tf.reduce_sum(tf.exp(x)), tf.constant([1.0, 100.0]))
     assert "Exp overflow" in report.cause and "above log(max float32) = 88.72" in report.cause, report.cause
+
+
+# --------------------------------------------------------------------------- what the audit found
+
+
+def _regression_model(dtype=None, kernel=None) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.Constant(kernel) if kernel is not None else "glorot_uniform"
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, kernel_initializer=init, name="big",
+                                                                     dtype=dtype),
+                              keras.layers.Dense(1, name="out")])
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    return model
+
+
+class TestLabels:
+    """A NaN in the labels is named as the labels, not as TensorFlow's placeholder ('fed_1')."""
+
+    def test_model_labels(self):
+        y = np.ones((16, 1), np.float32)
+        y[5, 0] = np.nan
+        report = locate_nonfinite(_regression_model(), MODEL_X, y)
+        assert report.found and report.op_type == "Placeholder" and report.input_name == "y"
+        assert "the labels y" in report.cause, report.cause
+        assert "(1 NaN, 0 inf) at index (5, 0)" in report.cause, report.cause
+        assert "clean the labels" in report.fix and "fed_" not in report.cause + report.fix
+        assert str(report).startswith("safeops.debug.locate_nonfinite: the data fed as y already holds")
+
+    def test_labels_of_a_plain_loss_function(self):
+        y_true = np.array([0.0, np.inf, 1.0], np.float32)
+        report = locate_nonfinite(lambda y_true, y_pred: tf.reduce_sum((y_true - y_pred) ** 2), y_true,
+                                  np.zeros(3, np.float32))
+        assert report.input_name == "argument 'y_true'"
+        assert "the labels argument 'y_true'" in report.cause and "(0 NaN, 1 inf) at index 1" in report.cause
+
+    def test_inputs_are_not_called_labels(self):
+        x = MODEL_X.copy()
+        x[2, 1] = np.nan
+        report = locate_nonfinite(_regression_model(), x, np.ones((16, 1), np.float32))
+        assert report.input_name == "x" and report.cause.startswith("the input x already holds")
+        assert "labels" not in report.cause
+
+
+class TestFloat16Overflow:
+    """An activation beyond float16's 65504 is a range problem: the fix is the dtype, not the learning
+    rate."""
+
+    def test_float16_layer(self):
+        report = locate_nonfinite(_regression_model(dtype="float16", kernel=100.0), MODEL_X * 300.0,
+                                  np.ones((16, 1), np.float32))
+        assert report.phase == "forward" and report.op_type == "MatMul"
+        assert report.cause.startswith("float16 overflow: MatMul made") and "65504" in report.cause
+        assert "learning rate" not in report.cause, report.cause
+        assert "mixed_float16" in report.fix and "LossScaleOptimizer" in report.fix
+        assert not report.fix.startswith("lower the learning rate"), report.fix
+
+    def test_mixed_float16_names_the_layer_dtype(self):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            model = _regression_model(kernel=100.0)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        report = locate_nonfinite(model, MODEL_X * 300.0, np.ones((16, 1), np.float32))
+        assert report.cause.startswith("float16 overflow"), report.cause
+        assert report.fix.startswith("give the layer that overflows dtype='float32'"), report.fix
+
+    def test_float32_overflow_keeps_its_advice(self):
+        report = locate_nonfinite(lambda x: tf.reduce_sum(x * x), np.array([1e30], np.float32))
+        assert "float16" not in report.cause and "lower the learning rate" in report.fix
+
+    def test_log_of_zero_in_float16_is_not_an_overflow(self):
+        report = locate_nonfinite(lambda x: tf.reduce_sum(tf.math.log(x)), np.array([0.0, 1.0], np.float16))
+        assert report.cause.startswith("Log of 0"), report.cause
+
+
+def _argmax_of_a_nan_model() -> keras.Model:
+    """The forward pass makes NaN (log of a negative number), but the output (class ids) is finite."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
+                              keras.layers.Lambda(lambda t: keras.ops.log(t - 100.0)),
+                              keras.layers.Lambda(lambda t: keras.ops.argmax(t, -1))])
+    model.compile("sgd", "mse")
+    return model
+
+
+class TestWithoutLabels:
+    """Without y only the forward pass runs; its first NaN is reported, and the report says what was not
+    checked."""
+
+    def test_nan_in_the_forward_pass(self):
+        report = locate_nonfinite(_argmax_of_a_nan_model(), MODEL_X)
+        assert report.found and report.phase == "forward" and report.op_type == "Log", str(report)
+        assert "no y was given" in report.note and "loss and the gradients were not checked" in report.note
+        assert "the model's outputs are finite" in report.note and "note: no y was given" in str(report)
+
+    def test_y_none_is_no_y(self):
+        report = locate_nonfinite(_argmax_of_a_nan_model(), MODEL_X, None)
+        assert report.found and report.op_type == "Log" and "no y was given" in report.note
+
+    def test_nonfinite_output_is_listed(self):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: keras.ops.sqrt(t))])
+        report = locate_nonfinite(model, MODEL_X)
+        assert report.op_type == "Sqrt" and report.nonfinite_outputs and not report.later_sources
+        assert "the model's outputs are finite" not in report.note
+
+    def test_finite_forward_pass(self):
+        report = locate_nonfinite(build_model(), MODEL_X)
+        assert not report.found and "no y was given" in report.note
+        assert str(report).startswith("safeops.debug.locate_nonfinite: the forward pass is finite")

@@ -384,8 +384,10 @@ def _rank(lint_findings, inputs, training, tried, located) -> list:
             str(getattr(finding, "fix", "")), "lint"))
 
     if located is not None and getattr(located, "found", False):
+        name = getattr(located, "input_name", None)
         causes.append(Cause(
-            f"first non-finite op: {located.op_name} ({located.op_type})", 92,
+            f"non-finite data in {name}" if name else f"first non-finite op: {located.op_name} "
+                                                       f"({located.op_type})", 92,
             f"{located.cause} (in the {located.phase} pass" + (f", {located.location})" if
                                                                  located.location else ")"),
             str(located.fix), "locate"))

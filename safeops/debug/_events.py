@@ -21,8 +21,26 @@ from safeops import _dtypes
 _TINY = _dtypes.tiny(tf.float64)
 _DIVERGED = 1e3      # recent batch losses (or the weights' norm) that grew this much: a divergence
 _NOTABLE_GROWTH = 10.0  # weight growth worth printing in an event
+_SHOWN_ROWS = 5     # rows with non-finite entries named in a batch's statistics
 _LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
 _LOWER_THE_LEARNING_RATE = "lower the learning rate"   # how the fixes that blame it begin
+FLOAT16_MAX = 65504.0   # largest finite float16: a value beyond it is inf
+
+
+def float16_fix(float16_variables: bool) -> str:
+    """The fix for a float16 overflow; ``float16_variables``: the variables themselves are float16
+    (the ``'float16'`` policy or a layer built with ``dtype='float16'``), not only the activations."""
+    layer = ("give the layer that overflows dtype='float32' (or 'bfloat16': float32's range, float16's "
+             "size), or keep its activations small (normalise its input)")
+    if float16_variables:
+        return ("use keras.mixed_precision.set_global_policy('mixed_float16') rather than float16 "
+                "variables: variables, optimizer state and loss stay float32, and compile wraps the "
+                "optimizer in a keras.optimizers.LossScaleOptimizer, which skips steps whose gradients "
+                f"overflow; if an activation still overflows, {layer}. A lower learning rate does not "
+                f"widen float16's range (largest value {FLOAT16_MAX:.0f})")
+    return (f"{layer}; keep the optimizer a keras.optimizers.LossScaleOptimizer (compile adds one under "
+            f"mixed_float16). A lower learning rate does not widen float16's range (largest value "
+            f"{FLOAT16_MAX:.0f})")
 
 
 @dataclasses.dataclass
@@ -66,6 +84,10 @@ class GuardEvent:
         square of 1e-3 per weight, so weights that start at 0 do not read as
         infinite growth); orders of magnitude above 1 mean the run diverged, even
         when too few batch losses were seen to tell.
+      float16_overflow: what shows that a float16 tensor overflowed (a
+        layer computing in float16 whose output holds inf, a float16 weight,
+        optimizer slot or gradient gone infinite); '' when nothing does.
+        ``float16_variables``: whether the model's variables are float16.
       notes: parts of the diagnosis that were skipped or are approximate, and why.
     """
 
@@ -89,6 +111,8 @@ class GuardEvent:
     restored_to_step: int | None = None
     recent_losses: list = dataclasses.field(default_factory=list)
     weight_growth: float = math.nan
+    float16_overflow: str = ""
+    float16_variables: bool = False
     notes: list = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
@@ -136,7 +160,9 @@ def batch_statistics(array: Any, columns: bool = True) -> dict:
     """Summary of one batch tensor: shape, min, max, mean, std, max |x|, counts of NaN, inf, zeros.
 
     For a 2-D batch and ``columns`` it also names the columns of largest
-    magnitude (``top_columns``: ``[(column, max |x|), ...]``).
+    magnitude (``top_columns``: ``[(column, max |x|), ...]``). When entries are
+    NaN or inf, ``nonfinite_rows`` lists the first rows (index along axis 0,
+    within the batch) that hold them, so that the bad examples can be found.
     """
     a = np.asarray(array)
     stats: dict = {"shape": tuple(a.shape), "dtype": str(a.dtype)}
@@ -155,6 +181,9 @@ def batch_statistics(array: Any, columns: bool = True) -> dict:
         std=float(finite.std()) if finite.size else math.nan,
         abs_max=float(np.abs(finite).max()) if finite.size else math.nan,
     )
+    if stats["n_nan"] or stats["n_inf"]:
+        bad = ~np.isfinite(a.reshape(a.shape[0], -1)) if a.ndim else ~np.isfinite(a.reshape(1, 1))
+        stats["nonfinite_rows"] = [int(i) for i in np.flatnonzero(bad.any(axis=1))[:_SHOWN_ROWS]]
     if columns and a.ndim == 2 and a.shape[1] > 1:
         col_max = np.nanmax(np.where(np.isfinite(a), np.abs(a), np.nan), axis=0)
         col_max = np.nan_to_num(col_max, nan=0.0)
@@ -181,10 +210,18 @@ def _likely_cause(event: GuardEvent) -> tuple[str, str]:
     bad_inputs = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in x_stats)
     bad_targets = sum(s.get("n_nan", 0) + s.get("n_inf", 0) for s in y_stats)
     if bad_inputs or bad_targets:
-        where = "inputs" if bad_inputs else "targets"
-        return (f"the batch's {where} contain {bad_inputs or bad_targets} NaN/inf entries",
-                "clean the data (safeops.debug.check_inputs flags non-finite columns); "
-                "NaNGuard(policy='skip') drops such batches meanwhile")
+        where = "inputs (x)" if bad_inputs else "labels (y, the targets the loss compares with)"
+        rows = sorted({r for s in (x_stats if bad_inputs else y_stats) for r in s.get("nonfinite_rows", [])})
+        at = f" (rows {rows[:_SHOWN_ROWS]} of the batch)" if rows else ""
+        return (f"the data is bad, not the model: batch {event.batch}'s {where} contain "
+                f"{bad_inputs or bad_targets} NaN/inf entries{at}",
+                ("clean the data (safeops.debug.check_inputs flags non-finite columns)" if bad_inputs else
+                 "clean the labels: drop or repair the examples whose y is NaN/inf (np.isfinite(y)); "
+                 "no change to the model makes a loss on a NaN target finite")
+                + "; NaNGuard(policy='skip') drops such batches meanwhile")
+    if event.float16_overflow:
+        return (f"float16 overflow, not the learning rate: {event.float16_overflow}",
+                float16_fix(event.float16_variables))
     # The batch's loss at the pre-batch weights, when finite, extends the record of batch losses:
     # with it a run that diverged within one or two steps still shows the rise.
     known_before = event.loss_before is not None

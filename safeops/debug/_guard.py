@@ -104,7 +104,14 @@ import numpy as np
 import tensorflow as tf
 
 from safeops._validate import is_real_number, message
-from safeops.debug._events import _LOWER_THE_LEARNING_RATE, _TINY, GuardEvent, _likely_cause, batch_statistics
+from safeops.debug._events import (
+    _LOWER_THE_LEARNING_RATE,
+    _TINY,
+    FLOAT16_MAX,
+    GuardEvent,
+    _likely_cause,
+    batch_statistics,
+)
 from safeops.debug._state import (
     _FLOATS,
     _OP,
@@ -128,6 +135,7 @@ POLICIES = ("stop", "skip", "rollback")
 _RMS_FLOOR = 1e-3    # smallest reference root mean square of the weights for weight_growth
 _LOSS_RTOL = 1e-2    # a batch loss read off the running total with a larger relative error is unknown
 _DIVERGING_WITHIN = 2  # a restored checkpoint that fails again within this many steps was diverging
+_NEAR_FLOAT16_MAX = FLOAT16_MAX / 64   # finite values this large beside an inf: float16 ran out of range
 
 
 # --------------------------------------------------------------------------- the callback
@@ -556,6 +564,11 @@ class NaNGuard(keras.callbacks.Callback):
             if any(not np.all(np.isfinite(np.asarray(w))) for w in layer.weights
                    if tf.as_dtype(w.dtype) in _FLOATS)
         ]
+        event.float16_variables = any(tf.as_dtype(v.dtype) == tf.float16 for v in model.trainable_variables)
+        # Read before the pre-batch state is put back: a float16 weight or optimizer slot that the update
+        # took past 65504 (Adam's g**2 for |g| > 256). It is float16's range, not the learning rate,
+        # when the gradients turn out finite (checked after the recompute).
+        state_overflow = _float16_state_overflow(model, self._optimizer)
         data = self._batches[0] if len(self._batches) == 1 else _concat_batches(self._batches)
         if data is not None and any(isinstance(leaf, tf.distribute.DistributedValues)
                                     for leaf in tf.nest.flatten(data)):
@@ -583,6 +596,10 @@ class NaNGuard(keras.callbacks.Callback):
                                    f"the layers and cause below come from the weights and the batch only")
             finally:
                 self._before.restore()   # the diagnosis must not move BatchNorm statistics or seeds
+        if (not event.float16_overflow and state_overflow and event.loss_before is not None
+                and math.isfinite(event.loss_before) and not event.nonfinite_gradients):
+            event.float16_overflow = (f"the gradients at the pre-batch weights are finite, but the update "
+                                      f"made {state_overflow}")
         event.cause, event.fix = _likely_cause(event)
         return event
 
@@ -593,6 +610,8 @@ class NaNGuard(keras.callbacks.Callback):
             for layer in model.layers:
                 h = layer(h, training=True)
                 if not np.all(np.isfinite(_to_numpy(h))):
+                    if not event.nonfinite_activations:
+                        event.float16_overflow = _float16_activation_overflow(layer, h)
                     event.nonfinite_activations.append(layer.name)
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
@@ -686,6 +705,36 @@ def _write_summary(tag: str, value, step: int, plugin: str) -> None:
         plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin))
     tensor = tf.constant(value, tf.float32) if plugin == "scalars" else tf.constant(value)
     tf.summary.write(tag, tensor, step=step, metadata=metadata.SerializeToString())
+
+
+def _float16_activation_overflow(layer, output) -> str:
+    """Evidence that ``layer``'s float16 output overflowed, or ''.
+
+    Its output (from finite inputs: it is the first non-finite one) holds inf
+    while its finite values come near float16's largest value: values that
+    outgrew the range, unlike a log(0), whose -inf sits beside small values.
+    """
+    values = [np.asarray(_to_numpy(t)) for t in tf.nest.flatten(output)]
+    v = np.concatenate([t.astype(np.float64).ravel() for t in values if t.dtype == np.float16] or [[]])
+    finite = np.abs(v[np.isfinite(v)])
+    n_inf = int(np.isinf(v).sum())
+    if not n_inf or not finite.size or finite.max() < _NEAR_FLOAT16_MAX:
+        return ""
+    return (f"layer '{layer.name}' computes in float16 and its output holds {n_inf} inf beside finite "
+            f"values up to {finite.max():.4g} (float16's largest value is {FLOAT16_MAX:.0f})")
+
+
+def _float16_state_overflow(model, optimizer) -> str:
+    """'the float16 variable ... hold inf' for the first float16 model or optimizer variable holding inf."""
+    for v in itertools.chain(model.variables, getattr(optimizer, "variables", [])):
+        if tf.as_dtype(v.dtype) != tf.float16:
+            continue
+        n_inf = int(np.isinf(np.asarray(v.numpy(), np.float64)).sum())
+        if n_inf:
+            name = getattr(v, "path", None) or v.name
+            return (f"the float16 variable '{name}' hold {n_inf} inf (float16's largest value is "
+                    f"{FLOAT16_MAX:.0f})")
+    return ""
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from safeops import _dtypes, _validate
 from safeops.debug import _trace
+from safeops.debug._events import FLOAT16_MAX, float16_fix
 
 _OP = "safeops.debug.locate_nonfinite"
 
@@ -88,12 +89,16 @@ class TensorStats:
 class NonFiniteReport:
     """Where the first NaN or Inf of a step was born, and why.
 
-    ``found`` is False when the loss and every gradient are finite.
+    ``found`` is False when the loss and every gradient are finite (for a
+    model called without ``y``: when every tensor of the forward pass is).
     ``phase`` is ``'forward'`` or ``'backward'``; ``forward_op`` names, for a
     gradient op, the forward op it differentiates. ``input_stats`` describe
     the op's float inputs, ``output_stats`` its outputs; ``nonfinite_outputs``
     lists which of the step's results (the loss, gradients by variable) are
-    not finite.
+    not finite. ``input_name`` is set when the non-finite values were already
+    in the data: the user's name for that input (``'x'``, ``'y'``, a
+    function's parameter). ``note`` says what was not checked (no ``y``: the
+    loss and gradients).
     """
 
     found: bool
@@ -108,13 +113,21 @@ class NonFiniteReport:
     output_stats: list = dataclasses.field(default_factory=list)
     nonfinite_outputs: list = dataclasses.field(default_factory=list)
     later_sources: int = 0
+    input_name: str | None = None
+    note: str = ""
 
     def __str__(self) -> str:
         if not self.found:
-            return "safeops.debug.locate_nonfinite: the loss and all gradients are finite" + \
-                (f" ({self.cause})" if self.cause else "")
-        lines = [f"safeops.debug.locate_nonfinite: first non-finite value made in the {self.phase} pass by",
-                 f"  op {self.op_name} ({self.op_type}) at {self.location}"]
+            what = "the forward pass is finite" if self.note else "the loss and all gradients are finite"
+            return f"safeops.debug.locate_nonfinite: {what}" + (f" ({self.cause})" if self.cause else "") + \
+                (f"\n  note: {self.note}" if self.note else "")
+        if self.input_name is not None:
+            lines = [f"safeops.debug.locate_nonfinite: the data fed as {self.input_name} already holds "
+                     f"non-finite values", f"  input {self.input_name} (graph op {self.op_name}) "
+                                           f"passed at {self.location}"]
+        else:
+            lines = [f"safeops.debug.locate_nonfinite: first non-finite value made in the {self.phase} pass "
+                     f"by", f"  op {self.op_name} ({self.op_type}) at {self.location}"]
         if self.forward_op:
             lines.append(f"  (part of the gradient of {self.forward_op})")
         lines.append("  inputs:")
@@ -128,6 +141,8 @@ class NonFiniteReport:
             lines.append(f"  non-finite results of the step: {shown}")
         if self.later_sources:
             lines.append(f"  ({self.later_sources} later op(s) also turned finite inputs non-finite)")
+        if self.note:
+            lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
 
@@ -139,6 +154,11 @@ def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> No
         model, ``args`` are ``x, y`` (and optionally ``sample_weight``): the
         step is ``loss(y, model(x, training=True))`` plus the model's own
         losses, differentiated with respect to its trainable variables.
+        With ``x`` alone (or ``y=None``) only the forward pass
+        ``model(x, training=True)`` is run, and its first non-finite tensor
+        is reported, even one masked before the output: without labels there
+        is no loss to differentiate, so the loss and gradients are not
+        checked (the report's ``note`` says so).
       *args: the inputs (real values: this runs the step).
       loss: for a model, the loss: a callable ``loss(y_true, y_pred)``, a
         Keras loss or its name, or a dict (by output name) or list (by
@@ -153,7 +173,9 @@ def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> No
       its float array arguments except those whose parameter name says they
       hold data (``y``, ``y_true``, ``labels``, ``targets``,
       ``sample_weight``, ``mask``; so ``loss(y, logits)`` is differentiated
-      with respect to ``logits`` only).
+      with respect to ``logits`` only). Non-finite data is named by the
+      argument that holds it; labels (a model's ``y``, a function's ``y_true``
+      or ``labels``) are called labels, with the rows that hold NaN or inf.
 
     Raises:
       ValueError: a model called without inputs or with an ``x`` it rejects,
@@ -166,11 +188,17 @@ def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> No
       >>> report.phase, report.op_type, report.cause.split(":")[0]
       ('forward', 'Log', 'Log of 0')
     """
+    forward_only = False
     if _trace.is_keras_layer(fn):
         if not args:
             raise ValueError(_validate.message(_OP, "args", "x, y (and optionally sample_weight) for a Keras "
                                                "model", "none"))
-        traced = _trace.trace_step(fn, args, {}, loss=_trace.resolve_loss(loss, _OP), collect=True, op=_OP)
+        # Without labels there is no loss: a made-up one (the sum of the outputs) would have gradients
+        # that training never computes, so only the forward pass is run and checked.
+        forward_only = len(args) < 2 or args[1] is None
+        traced = _trace.trace_step(fn, args[:1] if forward_only else args, {},
+                                   loss=_trace.resolve_loss(loss, _OP), gradients=not forward_only,
+                                   collect=True, op=_OP)
     else:
         if loss is not None:
             raise ValueError(_validate.message(_OP, "loss", "None for a plain function (what it returns is "
@@ -185,7 +213,8 @@ def locate_nonfinite(fn: Any, *args: Any, loss: Any = None, **kwargs: Any) -> No
     finally:
         for v, value in saved:
             v.assign(value)
-    return _diagnose(traced, dict(zip(traced.fetch, (np.asarray(v) for v in values))))
+    values = dict(zip(traced.fetch, (np.asarray(v) for v in values)))
+    return _diagnose_forward(traced, values) if forward_only else _diagnose(traced, values)
 
 
 # --------------------------------------------------------------------------- diagnosis
@@ -195,11 +224,12 @@ def _finite(value: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
 
 
-def _diagnose(traced, values: dict) -> NonFiniteReport:
-    bad_results = [name for name in traced.final if name in values and not _finite(values[name])]
-    if not bad_results:
-        return NonFiniteReport(found=False)
-    ops = traced.graph.get_operations()
+_NO_Y = ("no y was given, so only the forward pass model(x) was run: the loss and the gradients were "
+         "not checked (pass y to check them)")
+
+
+def _sources(traced, values: dict, ops: list) -> list:
+    """``(index, op)`` of each op whose float inputs are all finite but whose output is not."""
     sources = []
     for index, op in enumerate(ops):
         outs = [t for t in op.outputs if t.name in values]
@@ -210,21 +240,78 @@ def _diagnose(traced, values: dict) -> NonFiniteReport:
             continue   # a constant -inf (a mask) is intended, not born here
         if all(_finite(values[t.name]) for t in floats_in):
             sources.append((index, op))
+    return sources
+
+
+def _diagnose(traced, values: dict) -> NonFiniteReport:
+    bad_results = [name for name in traced.final if name in values and not _finite(values[name])]
+    if not bad_results:
+        return NonFiniteReport(found=False)
+    ops = traced.graph.get_operations()
+    sources = _sources(traced, values, ops)
     if not sources:   # pragma: no cover - every non-finite value has a first op
         return NonFiniteReport(found=True, cause="could not attribute the non-finite values to an op",
                                nonfinite_outputs=_describe_results(traced, bad_results))
+    return _report(traced, values, ops, sources, _describe_results(traced, bad_results))
+
+
+def _diagnose_forward(traced, values: dict) -> NonFiniteReport:
+    """A model called without ``y``: the first non-finite tensor of ``model(x)``, masked or not."""
+    ops = traced.graph.get_operations()
+    sources = _sources(traced, values, ops[:traced.n_model])
+    if not sources:
+        return NonFiniteReport(found=False, note=_NO_Y)
+    bad = [name for name in traced.model_outputs if name in values and not _finite(values[name])]
+    report = _report(traced, values, ops, sources, [f"the model's output ({n})" for n in bad])
+    report.note = _NO_Y + ("" if bad else "; the model's outputs are finite (the value is masked before "
+                                           "them), so it matters only if the loss or a gradient reads it")
+    return report
+
+
+def _report(traced, values: dict, ops: list, sources: list, nonfinite_outputs: list) -> NonFiniteReport:
     index, op = sources[0]
     phase = "forward" if index < traced.n_forward else "backward"
     forward_op = _differentiated_op(op, ops[:traced.n_forward]) if phase == "backward" else None
+    name = traced.fed_names.get(op.outputs[0].name) if op.type == "Placeholder" and op.outputs else None
     in_stats = [TensorStats.of(t.name, values[t.name]) for t in op.inputs if t.name in values]
-    out_stats = [TensorStats.of(t.name, values[t.name]) for t in op.outputs if t.name in values]
-    cause, fix = _explain(op, in_stats, out_stats, forward_op, traced.variables)
+    out_stats = [TensorStats.of(name or t.name, values[t.name]) for t in op.outputs if t.name in values]
+    if name is not None:
+        cause, fix = _explain_data(name, op.outputs[0].name in traced.labels, values[op.outputs[0].name])
+    else:
+        cause, fix = _explain(op, in_stats, out_stats, forward_op, traced.variables,
+                              _float16_variables(traced.graph))
     where = _trace.location(forward_op if forward_op is not None and _trace.user_frame(op) is None else op)
     return NonFiniteReport(
         found=True, phase=phase, op_name=op.name, op_type=op.type, location=where, input_stats=in_stats,
         cause=cause, fix=fix, output_stats=out_stats,
         forward_op=f"{forward_op.type} '{forward_op.name}'" if forward_op is not None else None,
-        nonfinite_outputs=_describe_results(traced, bad_results), later_sources=len(sources) - 1)
+        nonfinite_outputs=nonfinite_outputs, later_sources=len(sources) - 1, input_name=name)
+
+
+_SHOWN = 5   # indices of non-finite entries named in a cause
+
+
+def _explain_data(name: str, is_labels: bool, value: np.ndarray) -> tuple:
+    """Cause and fix for data that is already non-finite when the step starts."""
+    v = np.asarray(value, dtype=np.float64)
+    nans, infs = int(np.sum(np.isnan(v))), int(np.sum(np.isinf(v)))
+    at = [tuple(int(i) for i in index) for index in np.argwhere(~np.isfinite(v))[:_SHOWN]]
+    where = ""
+    if at and v.ndim:
+        shown = ", ".join(str(i[0]) if len(i) == 1 else str(i) for i in at)
+        where = f" at index {shown}" + (" ..." if nans + infs > len(at) else "")
+    if is_labels:
+        return (f"the labels {name} (the targets, y_true of the loss) hold non-finite values ({nans} NaN, "
+                f"{infs} inf){where}: the data is bad, not the model",
+                f"clean the labels: drop or repair the examples whose {name} is NaN/inf (np.isfinite); "
+                "no change to the model makes a loss on a NaN target finite")
+    return (f"the input {name} already holds non-finite values ({nans} NaN, {infs} inf){where}",
+            "clean the data: safeops.debug.check_inputs flags non-finite columns")
+
+
+def _float16_variables(graph) -> bool:
+    """Whether the step reads float16 variables (the 'float16' policy), not only float16 activations."""
+    return any(getattr(v, "dtype", None) == tf.float16 for v in getattr(graph, "variables", ()))
 
 
 def _describe_results(traced, names) -> list:
@@ -260,8 +347,45 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
 
-def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = None) -> tuple:
-    """The likely cause in plain words, and the fix."""
+def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = None,
+             float16_variables: bool = False) -> tuple:
+    """The likely cause in plain words, and the fix.
+
+    An inf made in a float16 tensor from finite inputs by anything but a
+    log, a division by 0 or the like is float16's narrow range (largest
+    value 65504) running out: that is said first, with the mixed-precision
+    fix, since a lower learning rate does not widen the range.
+    """
+    cause, fix = _explain_op(op, ins, outs, forward_op, variables)
+    if _float16_overflow(op, ins, outs, forward_op):
+        # The generic cause blames the learning rate; an op-specific one (Exp above log(max)) is kept.
+        detail = "" if cause.startswith(f"{op.type} overflowed to") else f"; {cause}"
+        return (f"float16 overflow: {op.type} made {_count(outs[0].infinities, 'inf')} in a float16 tensor "
+                f"from finite inputs (float16's largest value is {FLOAT16_MAX:.0f}){detail}",
+                float16_fix(float16_variables))
+    return cause, fix
+
+
+#: Ops whose inf from finite inputs is a domain edge (log 0, 1/0), not a value outgrowing the dtype.
+_DOMAIN_EDGE = ("Log", "Log1p", "Xlogy", "Xdivy", "Rsqrt", "Sqrt", "Acos", "Asin", "Atanh", "Reciprocal",
+                "Inv", "Lgamma", "Digamma")
+
+
+def _float16_overflow(op, ins: list, outs: list, forward_op) -> bool:
+    """Whether ``op`` overflowed float16: its float16 output holds inf, and not at a domain edge."""
+    if op.type in ("Placeholder", "ReadVariableOp") or not outs or outs[0].dtype != "float16":
+        return False
+    if not any(s.infinities for s in outs) or op.type in _DOMAIN_EDGE:
+        return False
+    if forward_op is not None and op.type in _GRAD_OF:   # SqrtGrad at 0 is 1/0, not an overflow
+        return False
+    if op.type in ("RealDiv", "Div", "DivNoNan") and ins and ins[-1].zeros:
+        return False   # division by 0
+    return True
+
+
+def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = None) -> tuple:
+    """The likely cause of one op in plain words, and the fix (dtype-independent)."""
     kind = op.type
     nan = any(s.nans for s in outs)
     made = "NaN" if nan else "inf"

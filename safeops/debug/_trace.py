@@ -146,6 +146,14 @@ class TracedStep:
     respect to (fed arguments, and the captured handles of variables);
     ``variables`` maps a captured variable handle's name to the variable's
     readable name (a Keras ``variable.path`` where there is one).
+    ``fed_names`` maps each fed placeholder's tensor name to the user's name
+    for that input (``'x'``, ``'y'``, ``"y['cls']"``, ``'sample_weight'`` for
+    a model; the parameter's name, or ``'argument 0'``, for a function), and
+    ``labels`` holds the placeholders that carry labels (a model's ``y``, a
+    function's parameter named like ``y_true``): a non-finite value there is
+    bad data, not the model's doing. ``n_model`` is the number of ops made by
+    the model's call, before the loss (a model only; else ``n_forward``), and
+    ``model_outputs`` the names of its float outputs.
     """
 
     graph: Any
@@ -159,6 +167,10 @@ class TracedStep:
     differentiated: set = dataclasses.field(default_factory=set)
     variables: dict = dataclasses.field(default_factory=dict)
     n_targets: int = 0
+    fed_names: dict = dataclasses.field(default_factory=dict)
+    labels: set = dataclasses.field(default_factory=set)
+    n_model: int = 0
+    model_outputs: list = dataclasses.field(default_factory=list)
 
 
 def is_keras_layer(fn: Any) -> bool:
@@ -184,6 +196,8 @@ def _unwrap(fn: Callable) -> Callable:
 #: differentiates with respect to them (``loss(y_true, y_pred)``: only ``y_pred``).
 DATA_ARGUMENT_NAMES = frozenset({"y", "y_true", "ytrue", "yt", "label", "labels", "target", "targets",
                                  "sample_weight", "sample_weights", "mask"})
+#: Those of :data:`DATA_ARGUMENT_NAMES` that hold the labels (targets, ``y_true`` of a loss).
+LABEL_ARGUMENT_NAMES = DATA_ARGUMENT_NAMES - {"sample_weight", "sample_weights", "mask"}
 
 _LOSS_EXPECTED = ("a callable loss(y_true, y_pred), a Keras loss or its name, or a dict (by output name) "
                   "or list (by output position) of them")
@@ -321,7 +335,15 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
     paths = ["/".join(str(k) for k in p) for p, _ in _nest.flatten_with_tuple_paths((args, kwargs))]
     labels = [_argument_label(paths[i]) for i in feed_index]
     python_fn = None if model is not None else _unwrap(fn)
-    data_args = set() if model is not None else _data_arguments(python_fn, paths, feed_index)
+    if model is not None:
+        fed_names = [_model_input_label(paths[i]) for i in feed_index]
+        label_args = {k for k, i in enumerate(feed_index) if paths[i].split("/")[1:2] == ["1"]}
+        data_args: set = set()
+    else:
+        params = _parameter_names(python_fn, paths, feed_index)
+        fed_names = [f"argument '{name}'" if name else label for name, label in zip(params, labels)]
+        data_args = {k for k, name in enumerate(params) if name in DATA_ARGUMENT_NAMES}
+        label_args = {k for k, name in enumerate(params) if name in LABEL_ARGUMENT_NAMES}
     record: dict = {}
 
     def _safeops_traced_step(*fed):
@@ -353,6 +375,9 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
             if sources:
                 grads = tape.gradient(targets, sources)
         record["n_forward"] = n_forward
+        record.setdefault("n_model", n_forward)
+        record["fed_names"] = {t.name: name for t, name in zip(fed, fed_names)}
+        record["labels"] = {t.name for k, t in enumerate(fed) if k in label_args}
         record["n_targets"] = len(targets)
         record["final"] = [t.name for t in targets] + [g.name for g in grads if isinstance(g, tf.Tensor)]
         # Labelled after tracing: the graph lists the variables it captured only once it is complete.
@@ -380,7 +405,8 @@ def trace_step(fn: Any, args: tuple, kwargs: dict, *, loss: Any = None, gradient
                       gradient_of=gradient_of, fetch=record.get("fetch", []), concrete=concrete,
                       inputs=feeds, note=record.get("note", ""), differentiated=record["differentiated"],
                       variables=_captured_variable_labels(concrete.graph, names),
-                      n_targets=record["n_targets"])
+                      n_targets=record["n_targets"], fed_names=record["fed_names"], labels=record["labels"],
+                      n_model=record["n_model"], model_outputs=record.get("model_outputs", []))
 
 
 def _as_fit_feeds(args: tuple) -> tuple:
@@ -399,25 +425,34 @@ def _as_fit_feeds(args: tuple) -> tuple:
     return tuple(tf.nest.map_structure(cast, a) for a in args)
 
 
-def _data_arguments(python_fn, paths: list, feed_index: list) -> set:
-    """Positions in the fed tensors of the arguments named like data (:data:`DATA_ARGUMENT_NAMES`)."""
+def _parameter_names(python_fn, paths: list, feed_index: list) -> list:
+    """For each fed tensor, the name of the parameter of ``python_fn`` it is passed as (None if unknown)."""
     try:
         params = list(inspect.signature(python_fn).parameters.values())
     except (TypeError, ValueError):   # a builtin or C callable: no names to go by
-        return set()
+        return [None] * len(feed_index)
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    out = set()
-    for k, i in enumerate(feed_index):
+    out = []
+    for i in feed_index:
         parts = paths[i].split("/")
-        if len(parts) < 2:
-            continue
-        if parts[0] == "0":   # positional: ('0', index, ...)
-            name = positional[int(parts[1])] if int(parts[1]) < len(positional) else None
-        else:                 # keyword: ('1', name, ...)
-            name = parts[1]
-        if name in DATA_ARGUMENT_NAMES:
-            out.add(k)
+        name = None
+        if len(parts) >= 2:
+            if parts[0] == "0":   # positional: ('0', index, ...)
+                name = positional[int(parts[1])] if int(parts[1]) < len(positional) else None
+            else:                 # keyword: ('1', name, ...)
+                name = parts[1]
+        out.append(name)
     return out
+
+
+def _model_input_label(path: str) -> str:
+    """``'x'``, ``'y'``, ``"y['cls']"``, ``'x[0]'`` or ``'sample_weight'`` from a model step's nest path."""
+    parts = path.split("/")
+    if parts[0] != "0" or len(parts) < 2 or not parts[1].isdigit():
+        return _argument_label(path)
+    index = int(parts[1])
+    head = ("x", "y", "sample_weight")[index] if index < 3 else f"argument {index}"
+    return head + "".join(f"[{p}]" if p.isdigit() else f"['{p}']" for p in parts[2:])
 
 
 def _variable_names(graph) -> dict:
@@ -498,6 +533,9 @@ def _model_objective(model, call_args: tuple, loss, record: dict, op: str) -> li
     y = call_args[1] if len(call_args) > 1 else None
     sample_weight = call_args[2] if len(call_args) > 2 else None
     y_pred = _call_model(model, x, op, record)
+    record["n_model"] = len(tf.compat.v1.get_default_graph().get_operations())
+    record["model_outputs"] = [t.name for t in tf.nest.flatten(y_pred)
+                               if isinstance(t, tf.Tensor) and t.dtype.is_floating]
     if y is not None and loss is not None:
         try:
             pairs = output_losses(model, loss, y_pred, op)
