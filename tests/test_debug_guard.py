@@ -69,6 +69,33 @@ def test_bad_arguments_are_refused():
             NaNGuard("rollback", **{arg: bad})
 
 
+class _CountingIdentity(keras.layers.Layer):
+    """Counts its Python calls: once per trace of the train step (or per eager call)."""
+
+    calls = 0
+
+    def call(self, x):
+        type(self).calls += 1
+        return x
+
+
+def test_guarded_fit_traces_the_step_a_bounded_number_of_times():
+    """A retrace per batch (a Python value that changes in the step's signature) would make every step
+    pay a trace; the guard must leave the step traced a few times, not once per batch (24 here)."""
+    _CountingIdentity.calls = 0
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), _CountingIdentity(), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)).astype("float32"), rng.normal(size=(60, 1)).astype("float32")
+    guard = NaNGuard(policy="rollback")
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[guard])   # 8 batches
+    traced = _CountingIdentity.calls
+    assert 1 <= traced <= 4 and not guard.events
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[guard])
+    assert _CountingIdentity.calls - traced <= 2
+
+
 def test_scaled_schedule_refuses_what_fails_at_the_first_step():
     """ScaledSchedule(0.1) was accepted and failed at the optimizer's first step; scale=-1 flipped it."""
     with pytest.raises(TypeError, match=r"ScaledSchedule: schedule must be a learning-rate schedule"):
