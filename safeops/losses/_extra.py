@@ -121,17 +121,29 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
     (``t_j = -inf``) adds 0 and passes no gradient, even where the student
     masks it too. The naive
     ``sum(softmax(t) * (log(softmax(t)) - log(softmax(s))))`` is NaN at any
-    ``-inf`` logit and loses every probability that underflows. The terms
-    still have both signs: where they cancel (two close distributions, the
-    end of a distillation run) the value comes from a centred form without
-    cancellation, computed in float64 (see ``_centred_kl``): within 4 ULP of
-    mpmath where the plain sum was 20000 ULP off in float32 at ``t = [0,
-    0.01, 0.02]``, ``s = 0``. The gradient is the plain sum's.
+    ``-inf`` logit and loses every probability that underflows. That sum
+    still loses its value's digits: its terms have both signs and cancel for
+    two close distributions (the end of a distillation run), and each
+    log-probability carries a rounding of about ``eps |log q_j|``, which
+    can exceed a small KL (11% off at ``t = [0, 0, -20]``, ``s = [0, 0,
+    -30]`` in float32). The value comes from a centred form without
+    cancellation, computed in float64 (see ``_centred_kl``), for float32
+    and narrower inputs only where the same sum in float64 would not do
+    (a KL below about 1e-6): within 1 ULP of mpmath in float32 where the
+    plain sum was 20000 ULP off at ``t = [0, 0.01, 0.02]``, ``s = 0``. For
+    float64 inputs the centred form has rounding of its own: within 5 ULP
+    measured on random and masked rows (the plain sum is kept where it is
+    the more accurate). The gradient is the plain sum's.
 
     Edges:
       * ``t_j = -inf``: no contribution, gradient 0 (also if ``s_j = -inf``).
       * ``s_j = -inf`` with ``q_j > 0``: ``+inf`` (exact).
       * A teacher row all ``-inf``: 0. NaN in either gives NaN.
+      * Student logits so far apart that ``log_softmax`` overflows (a spread
+        near the dtype's largest value): ``inf``, as ``log_softmax`` gives.
+      * float64 inputs: a teacher probability below float64's ``tiny`` (a
+        teacher gap above 708) is dropped with its term; float32 and
+        narrower inputs keep it (their value is computed in float64).
       * Gradients flow to both arguments (wrap ``y_true`` in
         ``tf.stop_gradient`` for a fixed teacher).
 
@@ -169,24 +181,76 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         # gradient NaN. A NaN q_j still gives NaN.
         gap = tf.where(q > 0, log_q - log_p, tf.zeros_like(log_q))
         kl = tf.reduce_sum(gap * q, axis)
-        # Where the terms cancel (their absolute sum over twice the KL), the
-        # value from the centred form (see _centred_kl); the gradient stays
-        # that of the sum above, whose terms are each accurate. The float64
-        # pass (most of the op's cost when it runs) runs only for a batch
-        # where some row cancels; the cond sees stopped inputs only, so no
-        # gradient is taken through it.
-        cancels = tf.reduce_sum(tf.abs(gap) * q, axis) > 2.0 * tf.abs(kl)
-        centred = _compiled_centred_kl(axis)
+        # The value from a float64 evaluation, the gradient from the sum
+        # above, whose terms are each accurate. The sum's value is not: each
+        # log-probability is rounded to its dtype, an absolute error of about
+        # eps |log q_j| that the difference keeps, so the sum is off by up to
+        # eps sum_j q_j (|log q_j| + |log p_j|), an entropy's worth of ULP,
+        # whatever the KL. Where the KL is small against that (two close
+        # distributions, or a few classes that differ far out in the tail:
+        # 11% off at t = [0, 0, -20], s = [0, 0, -30] in float32) its digits
+        # are gone, and a test on the terms' cancellation (an earlier gate)
+        # let rows 12 ULP off through on random logits. The float64 passes
+        # see stopped inputs only, so no gradient is taken through them.
         teacher, student = tf.stop_gradient(t), tf.stop_gradient(pred.values)
+        if pred.compute_dtype == tf.float64:
+            accurate = _compiled_centred_kl(axis)(teacher, student)
+            # The centred form in float64 of float64 inputs has errors of its
+            # own: its exp(-x_j) amplifies the rounding of x_j by |x_j| (5 ULP
+            # at t = [0, -30, 5], s = 0, up to 59 where the KL is large). The
+            # plain sum is kept where its rounding bound is below 3 times the
+            # KL: on 2400 random rows (against mpmath at 150 digits) the plain
+            # sum was within 3.1 ULP there, and the centred form within 4.6
+            # ULP above (the plain one up to 1e17 ULP).
+            terms = tf.where(q > 0, q * (tf.abs(log_q) + tf.abs(log_p)), tf.zeros_like(q))
+            bound = tf.reduce_sum(terms, axis)
+            value = tf.where(bound < 3.0 * tf.abs(kl), kl, _common.value_of(accurate, kl))
+        else:
+            # Narrower inputs: the same sum in float64 has 29 bits to spare.
+            # Its error is below eps64 (bound + 64) (64: the logarithms of the
+            # rows' sums of exp, absolute errors of a few eps64), within half
+            # a float32 ULP unless that exceeds 2**-26 times the KL. Only a
+            # batch with such a row (a KL below about 1e-6: two close
+            # distributions) pays for the centred form, twice the float64 sum.
+            wide, wide_bound = _compiled_wide_kl(axis)(teacher, student)
+            close = wide_bound + 64.0 > 2.0**26 * tf.abs(wide)
 
-        def centred_value():
-            return tf.cast(centred(teacher, student), kl.dtype)
+            def centred_value():
+                return tf.where(close, _compiled_centred_kl(axis)(teacher, student), wide)
 
-        def unused():
-            return tf.zeros_like(cancels, kl.dtype)
+            accurate = tf.cond(tf.reduce_any(close), centred_value, lambda: wide)
+            value = _common.value_of(tf.cast(accurate, kl.dtype), kl)
+        return pred.output(value)
 
-        accurate = tf.cond(tf.reduce_any(cancels), centred_value, unused)
-        return pred.output(tf.where(cancels, _common.value_of(accurate, kl), kl))
+
+@_xla.per_axis
+def _compiled_wide_kl(axis, xla: bool):
+    """``(kl, bound)`` in float64 along ``axis`` (inner XLA with ``xla``): the plain sum, its rounding bound.
+
+    ``kl = sum_j q_j (log q_j - log p_j)`` of the float64 log-softmaxes of
+    ``t`` and ``s``, with the entries of ``q_j = 0`` left out, and ``bound
+    = sum_j q_j (|log q_j| + |log p_j|)``: ``kl`` is off by about ``eps``
+    times ``bound`` (float64's ``eps``), plus a few ``eps`` from the
+    logarithm of each row's sum (an absolute error: ``log(1 + r)`` as
+    ``log`` of the rounded ``1 + r``, where ``log_softmax`` takes ``log1p``).
+    """
+
+    def shifted(v):   # v - max and the row's sum of exp: float64's rounding is within the bound
+        top = tf.reduce_max(v, axis, keepdims=True)
+        z = v - tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
+        e = tf.exp(z)
+        return z, e, tf.reduce_sum(e, axis, keepdims=True)
+
+    def wide_kl(t, s):
+        (zt, et, sum_t), (zs, _, sum_s) = shifted(tf.cast(t, tf.float64)), shifted(tf.cast(s, tf.float64))
+        log_q, log_p, q = zt - tf.math.log(sum_t), zs - tf.math.log(sum_s), et / sum_t
+        live = q > 0
+        zeros = tf.zeros_like(q)
+        kl = tf.reduce_sum(tf.where(live, q * (log_q - log_p), zeros), axis)
+        bound = tf.reduce_sum(tf.where(live, q * (tf.abs(log_q) + tf.abs(log_p)), zeros), axis)
+        return kl, bound
+
+    return _xla.compiled(wide_kl, xla)
 
 
 @_xla.per_axis
@@ -214,7 +278,10 @@ def _centred_kl(t, s, axis):
     order in ``m``; :math:`\varphi` is :func:`safeops.losses._common.exp_gap`.
     The rows are shifted by their maxima with the rounding kept (TwoSum,
     :func:`safeops.math._logsumexp.exact_shift`), so that logits far from 0
-    lose nothing in ``t - s``. Entries with :math:`q_j = 0` are dropped.
+    lose nothing in ``t - s``. Entries with :math:`q_j = 0` are left out of
+    the sums, and the student's mass :math:`d` on them adds
+    :math:`-\log(1 - d)` (the sum of :math:`q_j e^{-g_j}` over the others
+    is :math:`1 - d`).
     Non-finite results (an infinite KL, NaN, an overflowing ``exp(-x)``)
     are left to the caller's plain sum.
     """
@@ -230,14 +297,25 @@ def _centred_kl(t, s, axis):
     # q from the shifted logits with their rounding put back, exp(dt + et) =
     # exp(dt) (1 + et): the rounding of dt alone is a relative error of
     # |dt| eps in q_j (54 eps at dt = -54: 22 ULP in the KL).
-    e = tf.exp(dt) * (1.0 + et)
-    q = e / tf.reduce_sum(e, axis, keepdims=True)
+    def probabilities(d, err):
+        e = tf.exp(d) * (1.0 + err)
+        return e / tf.reduce_sum(e, axis, keepdims=True)
+
+    q, p = probabilities(dt, et), probabilities(ds, es)
     live = q > 0
-    delta = tf.where(live, (dt - ds) + (et - es), tf.zeros_like(dt))
+    zeros = tf.zeros_like(q)
+    delta = tf.where(live, (dt - ds) + (et - es), zeros)
     x = delta - tf.reduce_sum(q * delta, axis, keepdims=True)
-    a = tf.reduce_sum(tf.where(live, q * _common.exp_gap(x), tf.zeros_like(q)), axis)
+    a = tf.reduce_sum(tf.where(live, q * _common.exp_gap(x), zeros), axis)
     m = tf.reduce_sum(q * x, axis)
-    return _logarithms._log1p(a) + m * (a / (1.0 + a))
+    # The student's mass on the classes the teacher leaves out (masks, or
+    # q_j below float64's range): sum_live q_j e^(-g_j) is the student's
+    # mass on the others, 1 - dead, not 1, which adds -log(1 - dead) (it was
+    # dropped: 1.3e-16 for an exact 1.1e-10 with 5 masked classes of 200).
+    dead = tf.reduce_sum(tf.where(live, zeros, p), axis)
+    kept = tf.reduce_sum(tf.where(live, p, zeros), axis)
+    lost = tf.where(dead < 0.5, -_logarithms._log1p(-dead), -tf.math.log(kept))
+    return (_logarithms._log1p(a) + m * (a / (1.0 + a))) + lost
 
 
 @functools.lru_cache(maxsize=None)
