@@ -1076,6 +1076,18 @@ def test_from_logits_none_is_false_as_in_keras_and_a_string_is_refused():
             getattr(losses, name)(y, p, from_logits="yes")
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype, residual", [(np.float32, 1e20), (np.float64, 1e160)])
+def test_gaussian_nll_gradient_saturates_where_the_loss_overflows(mode, dtype, residual):
+    """C1: a residual whose squared scale overflows gave the loss inf (rounded) and the log-variance a
+    gradient of -inf, which turns an optimizer step NaN; it saturates at -max now."""
+    y = tf.constant([[0.0]], dtype)
+    value, grad = _value_and_grad(lambda p: losses.gaussian_nll(y, p),
+                                  tf.constant([[residual, -50.0]], dtype), mode)
+    assert np.isposinf(value).all()
+    assert np.isfinite(grad).all() and grad[0, 1] == -np.finfo(dtype).max and grad[0, 0] > 0
+
+
 # ----------------------------------------------------------------------------
 # Errors (C7) of the worked examples: tversky_loss / TverskyLoss, info_nce / InfoNCE.
 

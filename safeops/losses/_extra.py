@@ -12,7 +12,7 @@ import safeops.math as tfm
 from safeops.math import _logarithms, _logsumexp
 from safeops import _dtypes, _validate, _xla
 from safeops._gradient import custom_op
-from safeops.losses import _common
+from safeops.losses import _common, _probabilities
 from safeops.losses._authoring import LossFunctionWrapper
 
 _REDUCTION = "sum_over_batch_size"
@@ -44,6 +44,10 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
       * ``s <= log(min_variance)`` (``-inf`` included): value at the floor,
         gradient ``0.5 (1 - (y - mu)**2 / min_variance)`` (finite).
       * ``s = +inf``: ``+inf`` (an infinitely wide Gaussian has no density).
+      * A residual so large that ``(y - mu)**2 / (2 v)`` overflows: ``inf``
+        (rounded), with gradients saturated at the dtype's largest value
+        (``-max`` for ``s``), never ``inf``; the second derivative in ``s``
+        (``0.5 (y - mu)**2 / v``, beyond the range too) is NaN there.
       * float16: at the default floor (9.8e-4) a residual above about 11
         makes ``(y - mean)**2 / (2 v)`` exceed 65504, and the float16 result
         is ``inf``; the Loss class computes and returns float32.
@@ -92,6 +96,12 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
             if checks:
                 with tf.control_dependencies(checks):
                     values = tf.identity(values)
+        # The loss overflows to inf for a residual beyond about sqrt(max) times
+        # the deviation (1.8e19 at unit variance in float32), a rounded
+        # overflow; its gradient for s, 0.5 (1 - z**2), would be -inf there and
+        # turn an optimizer step NaN. Saturated at the dtype's largest value
+        # (an identity forward), it keeps its sign and stays finite (C1).
+        values = _probabilities.saturating_cast(values, values.dtype)
         mean, log_variance = values[..., :d], values[..., d:]
         if min_variance is not None and not _validate.is_real_number(min_variance):
             raise TypeError(_validate.message(op, "min_variance", "None or a positive number",
