@@ -66,9 +66,13 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):
         finite number where the exact one overflows. A value whose exact
         result overflows is ``inf``, with a finite gradient. In float64 the
         root multiplies the sum's rounding error by ``1/p``: for ``p < 1``
-        expect a few ULP more than for the 2-norm.
+        expect a few ULP more than for the 2-norm (12 to 14 ULP measured at
+        ``ord=0.1``, 37 over 1e5 entries).
       * ``±inf`` entry: value ``+inf``; the gradient at the infinite entries
-        is NaN (``inf / inf``).
+        is NaN (``inf / inf``) for ``p`` other than 1 and ``inf``. ``ord=1``
+        gives ``sign(x)`` there (as at every entry), ``ord=inf`` shares
+        ``sign(x)`` among the entries of largest magnitude, the infinite
+        ones.
       * ``NaN``: NaN value and gradient in the affected norms.
       * The matrix 2-norm uses ``tf.linalg.svd`` and its gradient as is
         (not guarded at repeated singular values).
