@@ -1,6 +1,7 @@
-"""The fused focal losses on logits: values and both gradients against mpmath, the
+"""The focal losses: the fused ops on logits (values and both gradients against mpmath, the
 edges (infinite logits, masks, NaN, labels outside [0, 1]), every mode, the inner
-XLA switch, second order, and agreement with the unfused path a tensor gamma takes."""
+XLA switch, second order, agreement with the unfused path a tensor gamma takes) and the
+probability paths."""
 
 from __future__ import annotations
 
@@ -186,6 +187,35 @@ def test_binary_probability_second_order_finite(gamma, dtype, mode):
     h64 = outer.gradient(g64, p64)
     rtol = 1e-2 if dtype == tf.bfloat16 else 1e-5
     np.testing.assert_allclose([g[0, 4], h[0, 4]], [g64.numpy(), h64.numpy()], rtol=rtol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_probability_values_match_mpmath(dtype, mode):
+    """C3 on probabilities: q was rebuilt as exp(log p) and raised as exp(gamma log q), each exp turning
+    its argument's rounding into |gamma log q| ULP (91 ULP in float32 at p = 2.6e-13, 636 in float64 near
+    p = 1e-49), and a Python gamma reached a float64 loss rounded to float32 (7e-6 at p = 1e-60)."""
+    tiny = 1e-30 if dtype == np.float32 else 1e-60
+    ps = np.array([2.6e-13, 1e-5, 0.0024, 0.3, 0.92560893, 0.99988705, tiny, 8.3e-50, 1e-200], np.float64)
+    ps = ps[ps >= tiny].astype(dtype)
+    cases = [(y, p, g) for y in (0.0, 1.0, 0.3) for p in ps for g in (2.0, 5.0)]
+    gammas = sorted({g for _, _, g in cases})
+    for gamma in gammas:
+        y = np.array([[c[0]] for c in cases if c[2] == gamma], dtype)
+        p = np.array([[c[1]] for c in cases if c[2] == gamma], dtype)
+        got = run(mode, lambda a, b: losses.binary_focal_crossentropy(a, b, gamma=gamma))(
+            tf.constant(y), tf.constant(p)).numpy().astype(np.float64)
+        with mp.workdps(120):
+            want = []
+            for (yy,), (pp,) in zip(y, p):
+                yy, pp = mp.mpf(float(yy)), mp.mpf(float(pp))
+                q = yy * (1 - pp) + (1 - yy) * pp
+                want.append(float(q ** gamma * (-yy * mp.log(pp) - (1 - yy) * mp.log1p(-pp))))
+        want = np.array(want)
+        ok = np.abs(want) >= np.finfo(dtype).tiny
+        ulps = np.abs(got - want)[ok] / np.spacing(np.abs(want[ok]).astype(dtype)).astype(np.float64)
+        assert ulps.max() <= 4, (gamma, ulps.max(), np.argmax(ulps))
+
 
 # ----------------------------------------------------------------------------
 # Categorical.

@@ -226,6 +226,18 @@ def broadcast_labels(op, y_true, pred, axis=-1, normalised=False):
     return tf.broadcast_to(y_true, shape)
 
 
+def number_tensor(value, dtype):
+    """A number option (``gamma``, ``alpha``) as a tensor of ``dtype``, converted in ``dtype`` itself.
+
+    ``tf.cast`` of a Python float converts it to float32 first: a float64
+    loss got ``gamma = 1.7`` as 1.7000000476837158 (7e-6 relative in the
+    focal factor ``p**gamma`` at ``p = 1e-60``). Tensors and variables are cast.
+    """
+    if isinstance(value, (int, float, list, tuple, np.ndarray, np.generic)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
 def check_number(op, name, value, *, lists=False, none=False):
     """Refuses a keyword that is not a number (a float or integer tensor also passes), naming it.
 
