@@ -67,10 +67,10 @@ def test_loss_class_refuses_a_function_that_cannot_take_y_true_and_y_pred():
     expected = r"loss_class: fn must be a callable fn\(y_true, y_pred, \*\*options\), got <lambda>\(y\)"
     with pytest.raises(TypeError, match=expected):
         losses.loss_class(lambda y: y, package="safeops_tests")
-    with pytest.raises(TypeError, match=r"got three\(a, b, c\)"):
-        def three(a, b, c):
-            return a
-        losses.loss_class(three, package="safeops_tests")
+    with pytest.raises(TypeError, match=r"got keyword_only\(y_true, \*, y_pred\)"):
+        def keyword_only(y_true, *, y_pred):
+            return y_pred
+        losses.loss_class(keyword_only, package="safeops_tests")
 
 
 def test_loss_class_of_a_partial_takes_its_function_name(batch):

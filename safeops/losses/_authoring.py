@@ -229,11 +229,6 @@ def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=Fal
     except (TypeError, ValueError):   # some builtins: taken on trust
         signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY)
                                        for n in ("y_true", "y_pred")])
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        raise TypeError(_validate.message(
-            op, "fn", "a callable fn(y_true, y_pred, **options)", f"{_name_of(fn)}{signature}")) from None
     parameters = list(signature.parameters.values())[2:]
     options = {}
     for p in parameters:
@@ -243,6 +238,11 @@ def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=Fal
             raise TypeError(_validate.message(
                 op, f"option {p.name!r} of {_name_of(fn)}", "given a default", "none"))
         options[p.name] = p.default
+    try:   # with every option defaulted, a fn that cannot take (y_true, y_pred) fails here
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(_validate.message(
+            op, "fn", "a callable fn(y_true, y_pred, **options)", f"{_name_of(fn)}{signature}")) from None
     fn_name = _name_of(fn)
     class_name = name or _camel_case(fn_name)
     default_check = bool(check_finite)
