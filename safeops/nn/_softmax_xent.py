@@ -70,7 +70,9 @@ def softmax_cross_entropy_with_logits(labels, logits, axis=-1, name=None):
         ``-y`` (0 for an all-zero label slice). Never NaN.
       * ``+inf`` logit: the softmax is undefined (``inf - inf``); loss and
         gradients of that slice are NaN, as in TensorFlow. ``NaN`` in a
-        logit or label: NaN loss and gradients for that slice.
+        logit: NaN loss and gradients for that slice. ``NaN`` in a label:
+        NaN loss and logit gradient for that slice; the label gradient,
+        ``-log softmax(x)``, does not read the labels and stays finite.
       * Gradient with respect to the labels is ``-log softmax(x)``: ``+inf``
         at a ``-inf`` logit, saturated to the dtype's largest finite value so
         that a label computed by another op (a teacher's softmax) receives
