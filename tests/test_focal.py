@@ -217,6 +217,16 @@ def test_binary_probability_values_match_mpmath(dtype, mode):
         assert ulps.max() <= 4, (gamma, ulps.max(), np.argmax(ulps))
 
 
+def test_a_python_gamma_reaches_a_float64_loss_unrounded():
+    """tf.cast of a Python float goes through float32: gamma 1.7 became 1.7000000476837158, 6.5e-6
+    relative in p**gamma at p = 6.25e-60 (the focal factor of a float64 loss)."""
+    p = 6.251590035740294e-60
+    got = float(losses.binary_focal_crossentropy(np.array([[0.0]]), np.array([[p]]), gamma=1.7)[0])
+    with mp.workdps(60):
+        want = float(mp.mpf(p) ** mp.mpf(1.7) * -mp.log1p(-mp.mpf(p)))
+    assert abs(got - want) <= 4 * np.spacing(want), (got, want)
+
+
 # ----------------------------------------------------------------------------
 # Categorical.
 
