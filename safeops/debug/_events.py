@@ -24,7 +24,7 @@ _NOTABLE_GROWTH = 10.0  # weight growth worth printing in an event
 _SHOWN_ROWS = 5     # rows with non-finite entries named in a batch's statistics
 _LARGE_INPUT = 1e2   # |x| above this: input scale is a suspect (check_inputs has the full rule)
 _LOWER_THE_LEARNING_RATE = "lower the learning rate"   # how the fixes that blame it begin
-FLOAT16_MAX = 65504.0   # largest finite float16: a value beyond it is inf
+FLOAT16_MAX = _dtypes.max_value(tf.float16)   # 65504: a float16 value beyond it is inf
 
 
 def float16_fix(float16_variables: bool) -> str:

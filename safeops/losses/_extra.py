@@ -246,8 +246,7 @@ def _compiled_wide_kl(axis, xla: bool):
     """
 
     def shifted(v):   # v - max and the row's sum of exp: float64's rounding is within the bound
-        top = tf.reduce_max(v, axis, keepdims=True)
-        z = v - tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
+        z = v - _logsumexp._finite_or_zero(tf.reduce_max(v, axis, keepdims=True))
         e = tf.exp(z)
         return z, e, tf.reduce_sum(e, axis, keepdims=True)
 
@@ -299,9 +298,7 @@ def _centred_kl(t, s, axis):
     t, s = tf.cast(t, wide), tf.cast(s, wide)
 
     def shifted(v):
-        top = tf.reduce_max(v, axis, keepdims=True)
-        top = tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
-        return _logsumexp.exact_shift(v, top)
+        return _logsumexp.exact_shift(v, _logsumexp._finite_or_zero(tf.reduce_max(v, axis, keepdims=True)))
 
     (dt, et), (ds, es) = shifted(t), shifted(s)
     # q from the shifted logits with their rounding put back, exp(dt + et) =

@@ -652,6 +652,17 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
     def clamped(y, z):
         return tf.maximum(z, _common.class_floors(tf.not_equal(y, 0.0), z, floor, axis))
 
+    def sum_of_others(v, top):
+        """``sum_{j != i} v_j`` for each ``i`` along ``axis``, from partial sums over ``top`` and the rest.
+
+        Leaving out a top entry (``p_i`` near 1) from the whole sum would
+        cancel; from its own partial sum it is exact.
+        """
+        zeros = tf.zeros_like(v)
+        v_top, v_rest = tf.where(top, v, zeros), tf.where(top, zeros, v)
+        return ((tf.reduce_sum(v_top, axis, keepdims=True) - v_top)
+                + (tf.reduce_sum(v_rest, axis, keepdims=True) - v_rest))
+
     def normalised(y, z):
         """``(log p, q)`` of logits, or (with ``floor``) of probabilities, taken from ``p`` itself.
 
@@ -674,12 +685,8 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         wide = tf.float64 if c.dtype != tf.float64 else c.dtype
         c_ = tf.cast(c, wide)
         total = tf.reduce_sum(c_, axis, keepdims=True)
-        top = tf.equal(c_, tf.reduce_max(c_, axis, keepdims=True))
-        zeros = tf.zeros_like(c_)
-        c_top, c_rest = tf.where(top, c_, zeros), tf.where(top, zeros, c_)
-        others = ((tf.reduce_sum(c_top, axis, keepdims=True) - c_top)
-                  + (tf.reduce_sum(c_rest, axis, keepdims=True) - c_rest))
-        q = others / total
+        q = sum_of_others(c_, tf.equal(c_, tf.reduce_max(c_, axis, keepdims=True))) / total
+        zeros = tf.zeros_like(q)
         near_one = q < 0.5
         log_p = tf.where(near_one, tf.math.log1p(-tf.cast(tf.where(near_one, q, zeros), c.dtype)),
                          tf.math.log(c) - tf.cast(tf.math.log(total), c.dtype))
@@ -709,11 +716,7 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         # eps / q_i, 3e-4 in float64 at logits [30, 0, -5, 1]). The sum over
         # the others is formed from two partial sums, over the top entries
         # and over the rest, so that leaving out the top one is exact.
-        top = tf.equal(log_p, tf.reduce_max(log_p, axis, keepdims=True))
-        zeros = tf.zeros_like(g_log_p)
-        g_top, g_rest = tf.where(top, g_log_p, zeros), tf.where(top, zeros, g_log_p)
-        others = ((tf.reduce_sum(g_top, axis, keepdims=True) - g_top)
-                  + (tf.reduce_sum(g_rest, axis, keepdims=True) - g_rest))
+        others = sum_of_others(g_log_p, tf.equal(log_p, tf.reduce_max(log_p, axis, keepdims=True)))
         dy = tf.expand_dims(dy, axis)
         if floor is None:
             grad_z = dy * (g_log_p * q - p * others)
