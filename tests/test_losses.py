@@ -871,6 +871,54 @@ def test_kl_divergence_with_logits_teacher_gradient_at_a_masked_class():
     assert dt.numpy()[0, 1] == 0 and dt.numpy()[1, 1] == 0 and dt.numpy()[1, 2] == 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_kl_divergence_with_logits_gradients_of_confident_rows(mode):
+    """C3 for gradients where a probability is near 1: p - q and q (g - KL) lose their small entries.
+
+    Through the plain sum's autodiff the top entries' gradients came out
+    with the wrong sign or 0 (student -1.5e-9 for 2.6e-9 at t = [20, 0, 0],
+    s = [21, 0, 0]; teacher +2.8e-8 for -2.8e-8 in the second row).
+    """
+    t = np.array([[20.0, 0.0, 0.0], [0.0, 18.0, 1.0], [30.0, 1.0, -3.0], [0.5, -1.0, 2.0]], np.float32)
+    s = np.array([[21.0, 0.0, 0.0], [0.0, 18.5, 1.0], [30.0, 1.0, -2.0], [0.0, 0.0, 1.0]], np.float32)
+
+    def step(t, s):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([t, s])
+            kl = losses.kl_divergence_with_logits(t, s)
+        return tape.gradient(kl, t), tape.gradient(kl, s)
+
+    run = step if mode == "eager" else tf.function(step, jit_compile=mode == "xla")
+    dt, ds = [g.numpy().astype(np.float64) for g in run(tf.constant(t), tf.constant(s))]
+
+    import mpmath
+
+    def reference(a, b):  # (d/dt, d/ds) at 50 digits: float64's p - q at p, q ~ 1 - 1e-13 is 0.1% off
+        with mpmath.workdps(50):
+            ea, eb = [mpmath.exp(mpmath.mpf(float(v))) for v in a], [mpmath.exp(mpmath.mpf(float(v))) for v in b]
+            q, p = [v / mpmath.fsum(ea) for v in ea], [v / mpmath.fsum(eb) for v in eb]
+            g = [mpmath.log(x) - mpmath.log(y) for x, y in zip(q, p)]
+            kl = mpmath.fsum(x * y for x, y in zip(q, g))
+            return [float(x * (y - kl)) for x, y in zip(q, g)], [float(y - x) for x, y in zip(q, p)]
+
+    wants = [reference(a, b) for a, b in zip(t, s)]
+    for got, want in ((dt, np.array([w[0] for w in wants])), (ds, np.array([w[1] for w in wants]))):
+        sizable = np.abs(want) > 1e-20
+        np.testing.assert_allclose(got[sizable], want[sizable], rtol=1e-5)
+
+
+def test_kl_divergence_with_logits_nan_teacher_gives_nan_student_gradient():
+    """C2: a NaN teacher row made the loss NaN but the student's gradient 0 (the masked sum dropped it)."""
+    t = tf.constant([[np.nan, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    s = tf.constant([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(s)
+        kl = losses.kl_divergence_with_logits(t, s)
+    ds = tape.gradient(kl, s).numpy()
+    assert np.isnan(kl.numpy()[0]) and np.all(np.isnan(ds[0]))
+    assert np.isfinite(kl.numpy()[1]) and np.all(np.isfinite(ds[1]))
+
+
 def test_kl_divergence_recovers_softmax_logits():
     z = tf.constant([[0.0, -200.0]])
     t = tf.constant([[0.5, 0.5]])

@@ -331,18 +331,6 @@ def class_floors(labelled: tf.Tensor, p: tf.Tensor, floor: float, axis: int):
     return tf.where(labelled | row_low, tf.constant(floor, p.dtype), tf.constant(low, p.dtype))
 
 
-def value_of(accurate: tf.Tensor, plain: tf.Tensor) -> tf.Tensor:
-    """The value of ``accurate`` with the gradient of ``plain``, where both are finite; else ``plain``.
-
-    For a loss whose plain formula has accurate derivatives but loses its
-    value to cancellation: ``accurate`` (computed from stopped inputs)
-    replaces the value, ``plain - stop_gradient(plain)`` (0) carries the
-    gradient. An infinite or NaN value stays the plain one (and its gradient).
-    """
-    use = tf.math.is_finite(plain) & tf.math.is_finite(accurate)
-    return tf.where(use, tf.stop_gradient(accurate) + (plain - tf.stop_gradient(plain)), plain)
-
-
 # The 2nd to 24th Taylor coefficients of exp(u) - 1 - u, 1 / k!, highest first (Horner).
 _EXP_GAP_COEFFICIENTS = [1.0 / math.factorial(k) for k in range(24, 1, -1)]
 

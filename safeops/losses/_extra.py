@@ -8,7 +8,6 @@ import math
 import keras
 import tensorflow as tf
 
-import safeops.math as tfm
 from safeops.math import _logarithms, _logsumexp
 from safeops import _dtypes, _validate, _xla
 from safeops._gradient import custom_op
@@ -136,21 +135,27 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
     two close distributions (the end of a distillation run), and each
     log-probability carries a rounding of about ``eps |log q_j|``, which
     can exceed a small KL (11% off at ``t = [0, 0, -20]``, ``s = [0, 0,
-    -30]`` in float32). The value comes from a centred form without
-    cancellation, computed in float64 (see ``_centred_kl``), for float32
-    and narrower inputs only where the same sum in float64 would not do
-    (a KL below about 1e-6): within 1 ULP of mpmath in float32 where the
-    plain sum was 20000 ULP off at ``t = [0, 0.01, 0.02]``, ``s = 0``. For
-    float64 inputs the centred form has rounding of its own: within 5 ULP
-    measured on random and masked rows (the plain sum is kept where it is
-    the more accurate). The gradient is the plain sum's.
+    -30]`` in float32). The op's forward computes only a value from
+    float64: for float32 and narrower inputs the same sum in float64, and a
+    centred form without cancellation (see ``_centred_kl``) only where that
+    would not do (a KL below about 1e-6): within 1 ULP of mpmath in float32
+    where the plain sum was 20000 ULP off at ``t = [0, 0.01, 0.02]``, ``s =
+    0``. For float64 inputs the centred form has rounding of its own:
+    within 5 ULP measured on random and masked rows (the plain sum is kept
+    where it is the more accurate). The backward computes the plain sum's
+    gradient directly (``_kl_gradients``), keeping the small entries of a
+    confident row.
 
     Edges:
       * ``t_j = -inf``: no contribution, gradient 0 (also if ``s_j = -inf``).
       * ``s_j = -inf`` with ``q_j > 0``: ``+inf`` (exact).
-      * A teacher row all ``-inf``: 0. NaN in either gives NaN.
+      * A teacher row all ``-inf``: 0, gradients 0. NaN in either gives NaN,
+        and NaN gradients for both.
       * Student logits so far apart that ``log_softmax`` overflows (a spread
-        near the dtype's largest value): ``inf``, as ``log_softmax`` gives.
+        near the dtype's largest value): float64 inputs give ``inf``, as
+        ``log_softmax`` does; narrower ones the value computed in float64
+        (``1.27e38`` at ``t = [0, 1, 0]``, ``s = [-2e38, 2e38, 0]``), ``inf``
+        only beyond their range.
       * float64 inputs: a teacher probability below float64's ``tiny`` (a
         teacher gap above 708) is dropped with its term; float32 and
         narrower inputs keep it (their value is computed in float64).
@@ -181,91 +186,180 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
         t = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, t, pred.values)
-        log_q = tfm.log_softmax(t, axis=axis)
-        log_p = tfm.log_softmax(pred.values, axis=axis)
-        q = tfm.softmax(t, axis=axis)
-        # Where q_j = 0 the difference is -inf (or NaN when s_j = -inf too);
-        # it is replaced by 0 before the product, not zeroed by it
-        # (multiply_no_nan), since the product's gradient for q_j is that
-        # difference, and -inf times softmax's 0 turned the teacher's
-        # gradient NaN. A NaN q_j still gives NaN.
-        gap = tf.where(q > 0, log_q - log_p, tf.zeros_like(log_q))
-        kl = tf.reduce_sum(gap * q, axis)
-        # The value from a float64 evaluation, the gradient from the sum
-        # above, whose terms are each accurate. The sum's value is not: each
-        # log-probability is rounded to its dtype, an absolute error of about
-        # eps |log q_j| that the difference keeps, so the sum is off by up to
-        # eps sum_j q_j (|log q_j| + |log p_j|), an entropy's worth of ULP,
-        # whatever the KL. Where the KL is small against that (two close
-        # distributions, or a few classes that differ far out in the tail:
-        # 11% off at t = [0, 0, -20], s = [0, 0, -30] in float32) its digits
-        # are gone, and a test on the terms' cancellation (an earlier gate)
-        # let rows 12 ULP off through on random logits. The float64 passes
-        # see stopped inputs only, so no gradient is taken through them.
-        teacher, student = tf.stop_gradient(t), tf.stop_gradient(pred.values)
-        if pred.compute_dtype == tf.float64:
-            accurate = _compiled_centred_kl(axis)(teacher, student)
-            # The centred form in float64 of float64 inputs has errors of its
-            # own: its exp(-x_j) amplifies the rounding of x_j by |x_j| (5 ULP
-            # at t = [0, -30, 5], s = 0, up to 59 where the KL is large). The
-            # plain sum is kept where its rounding bound is below 3 times the
-            # KL: on 2400 random rows (against mpmath at 150 digits) the plain
-            # sum was within 3.1 ULP there, and the centred form within 4.6
-            # ULP above (the plain one up to 1e17 ULP).
-            terms = tf.where(q > 0, q * (tf.abs(log_q) + tf.abs(log_p)), tf.zeros_like(q))
-            bound = tf.reduce_sum(terms, axis)
-            value = tf.where(bound < 3.0 * tf.abs(kl), kl, _common.value_of(accurate, kl))
-        else:
-            # Narrower inputs: the same sum in float64 has 29 bits to spare.
-            # Its error is below eps64 (bound + 64) (64: the logarithms of the
-            # rows' sums of exp, absolute errors of a few eps64), within half
-            # a float32 ULP unless that exceeds 2**-26 times the KL. Only a
-            # batch with such a row (a KL below about 1e-6: two close
-            # distributions) pays for the centred form, twice the float64 sum.
-            wide, wide_bound = _compiled_wide_kl(axis)(teacher, student)
-            close = wide_bound + 64.0 > 2.0**26 * tf.abs(wide)
-
-            def centred_value():
-                return tf.where(close, _compiled_centred_kl(axis)(teacher, student), wide)
-
-            accurate = tf.cond(tf.reduce_any(close), centred_value, lambda: wide)
-            value = _common.value_of(tf.cast(accurate, kl.dtype), kl)
-        return pred.output(value)
+        return pred.output(_kl_with_logits(axis, pred.dtype)(t, pred.values))
 
 
 @_xla.per_axis
-def _compiled_wide_kl(axis, xla: bool):
-    """``(kl, bound)`` in float64 along ``axis`` (inner XLA with ``xla``): the plain sum, its rounding bound.
+def _kl_with_logits(axis, dtype, xla: bool):
+    r"""The op along ``axis``: its value from float64, its gradient from the plain sum.
 
-    ``kl = sum_j q_j (log q_j - log p_j)`` of the float64 log-softmaxes of
-    ``t`` and ``s``, with the entries of ``q_j = 0`` left out, and ``bound
-    = sum_j q_j (|log q_j| + |log p_j|)``: ``kl`` is off by about ``eps``
-    times ``bound`` (float64's ``eps``), plus a few ``eps`` from the
-    logarithm of each row's sum (an absolute error: ``log(1 + r)`` as
-    ``log`` of the rounded ``1 + r``, where ``log_softmax`` takes ``log1p``).
+    Forward, only the value (no gradient is formed through it). The sum
+    :math:`\sum_j q_j (\log q_j - \log p_j)` of rounded log-probabilities
+    loses its value's digits: each :math:`\log q_j` is off by about
+    :math:`\epsilon |\log q_j|`, which the difference keeps, so the sum is
+    off by up to :math:`\epsilon \sum_j q_j (|\log q_j| + |\log p_j|)`, an
+    entropy's worth of ULP whatever the KL. Where the KL is small against
+    that (two close distributions, or a few classes that differ far out in
+    the tail: 11% off at ``t = [0, 0, -20]``, ``s = [0, 0, -30]`` in
+    float32) its digits are gone, and a test on the terms' cancellation (an
+    earlier gate) let rows 12 ULP off through on random logits.
+
+    * float32 and narrower inputs: the same sum in float64
+      (:func:`_wide_kl`), which has 29 bits to spare: its error is below
+      :math:`\epsilon_{64}` (bound + 64), within half a float32 ULP unless
+      that exceeds :math:`2^{-26}` times the KL. Only a batch with such a
+      row (a KL below about 1e-6: two close distributions) pays for the
+      centred form (:func:`_centred_kl`), twice the float64 sum.
+    * float64 inputs: the centred form has errors of its own (its
+      :math:`e^{-x_j}` amplifies the rounding of :math:`x_j` by
+      :math:`|x_j|`: 5 ULP at ``t = [0, -30, 5]``, ``s = 0``, up to 59
+      where the KL is large). The plain sum is kept where its rounding
+      bound is below 3 times the KL: on 2400 random rows (against mpmath at
+      150 digits) it was within 3.1 ULP there, and the centred form within
+      4.6 ULP above (the plain one up to 1e17 ULP).
+
+    Backward: the plain sum's gradient (:func:`_kl_gradients`), in the
+    input's dtype. The forward's float64 passes were paid on top of the
+    plain sum's own forward before, which only carried this gradient: 2.95
+    times the naive formula forward only, 2.60 forward and backward.
     """
+    wide = tf.float64
 
-    def shifted(v):   # v - max and the row's sum of exp: float64's rounding is within the bound
-        z = v - _logsumexp._finite_or_zero(tf.reduce_max(v, axis, keepdims=True))
-        e = tf.exp(z)
-        return z, e, tf.reduce_sum(e, axis, keepdims=True)
+    wide_kl = _xla.compiled(functools.partial(_wide_kl, axis=axis), xla)
+    centred_kl = _xla.compiled(functools.partial(_centred_kl, axis=axis), xla)
 
-    def wide_kl(t, s):
-        (zt, et, sum_t), (zs, _, sum_s) = shifted(tf.cast(t, tf.float64)), shifted(tf.cast(s, tf.float64))
-        log_q, log_p, q = zt - tf.math.log(sum_t), zs - tf.math.log(sum_s), et / sum_t
-        live = q > 0
-        zeros = tf.zeros_like(q)
-        kl = tf.reduce_sum(tf.where(live, q * (log_q - log_p), zeros), axis)
-        bound = tf.reduce_sum(tf.where(live, q * (tf.abs(log_q) + tf.abs(log_p)), zeros), axis)
-        return kl, bound
+    def narrow_value(t, s):
+        # Stopped: a tf.function differentiated from outside (twice, under
+        # jit_compile) otherwise builds the tf.cond's gradient, which needs
+        # Optional ops that XLA lacks, although the custom gradient never
+        # differentiates this pass.
+        t, s = tf.stop_gradient(t), tf.stop_gradient(s)
+        kl, bound = wide_kl(t, s)
+        close = bound + 64.0 > 2.0**26 * tf.abs(kl)
 
-    return _xla.compiled(wide_kl, xla)
+        def centred_value():
+            centred = centred_kl(t, s)
+            return tf.where(close & tf.math.is_finite(centred), centred, kl)
+
+        return tf.cast(tf.cond(tf.reduce_any(close), centred_value, lambda: kl), t.dtype)
+
+    def wide_value(t, s):
+        kl, bound = _exact_kl(t, s, axis)
+        centred = _centred_kl(t, s, axis)
+        plain = (bound < 3.0 * tf.abs(kl)) | ~tf.math.is_finite(kl) | ~tf.math.is_finite(centred)
+        return tf.where(plain, kl, centred)
+
+    if _dtypes.compute_dtype(dtype) == wide:
+        forward = _xla.compiled(wide_value, xla)
+    else:
+        def forward(t, s):
+            return narrow_value(t, s)
+
+        # The second-order pass recomputes the forward as plain ops; the
+        # gradient does not read the value, so the float64 sum alone will do.
+        forward.python_function = lambda t, s: tf.cast(_wide_kl(t, s, axis)[0], t.dtype)
+
+    def backward(dy, kl, t, s):
+        return _kl_gradients(dy, t, s, axis)
+
+    return custom_op(forward, _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
 
 
-@_xla.per_axis
-def _compiled_centred_kl(axis, xla: bool):
-    """:func:`_centred_kl` along ``axis`` as one inner XLA function (with ``xla``): its float64 kernels fused."""
-    return _xla.compiled(lambda t, s: _centred_kl(t, s, axis), xla)
+def _kl_gradients(dy, t, s, axis):
+    r"""``(d/dt, d/ds)`` of :math:`\sum_j [q_j > 0]\, q_j (\log q_j - \log p_j)` times ``dy``.
+
+    With :math:`g_j = \log q_j - \log p_j` (0 where :math:`q_j = 0`) and
+    :math:`K = \sum_j q_j g_j`: :math:`\partial/\partial t_k = q_k (g_k -
+    K)` and :math:`\partial/\partial s_k = p_k Q - q_k` with :math:`Q =
+    \sum_j q_j = 1`, both computed so that a confident row keeps its small
+    entries:
+
+    * teacher: :math:`g_k - K = (g_k - c) - \sum_j q_j (g_j - c)` for any
+      :math:`c`; with :math:`c = g_m` of the entry above 1/2 (at most one; 0
+      if none) the sum runs over the small entries only, and the top
+      entry's :math:`g_m - K` is formed without rounding :math:`1 - q_m`.
+    * student: where both :math:`p_k` and :math:`q_k` exceed 1/2,
+      :math:`p_k Q - q_k = (1 - q_k) - Q (1 - p_k) - (1 - Q)` from the exact
+      complements (:func:`safeops.math._logsumexp.softmax_parts`): at
+      ``t = [20, 0]``, ``s = [21, 0]`` in float32, ``p - q`` rounds to 0 at
+      the top entry.
+
+    Masks, as :func:`safeops.math.log_softmax`'s and :func:`safeops.math.softmax`'s
+    gradients gave through the plain sum: a class the teacher masks
+    (:math:`q_k = 0`) gets no teacher gradient; a class the student masks
+    (:math:`s_k = -\infty`) gets no student gradient, and :math:`Q` is the
+    teacher's mass on the other classes (0 for an all ``-inf`` teacher row,
+    whose gradients are 0). NaN rows give NaN.
+    """
+    log_q, q, q_rest, q_mass = _logsumexp.softmax_parts(t, axis)
+    log_p, p, p_rest, _ = _logsumexp.softmax_parts(s, axis)
+    dy = tf.expand_dims(dy, axis)
+    zeros = tf.zeros_like(q)
+    gap = tf.where(tf.not_equal(q, 0.0), log_q - log_p, zeros)
+    big = q > 0.5
+    c = tf.reduce_sum(tf.where(big, gap, zeros), axis, keepdims=True)
+    others = tf.reduce_sum(tf.where(big, zeros, q * (gap - c)), axis, keepdims=True)
+    d_t = dy * (q * ((gap - c) - others))
+    masked = tf.equal(s, tf.constant(-math.inf, s.dtype))
+    dead, = _xla.last_axis_sums([tf.where(masked, q, zeros)], axis)
+    kept = q_mass - dead
+    # Both above 1/2: the rows' maxima, whose complements the rows hold.
+    confident = (q > 0.5) & (p > 0.5)
+    d_s = tf.where(confident, (q_rest - kept * p_rest) - dead, kept * p - q)
+    return d_t, tf.where(masked, zeros, dy * d_s)
+
+
+def _wide_kl(t, s, axis):
+    r"""``(kl, bound)`` in float64 along ``axis``: the plain sum and its rounding bound.
+
+    With the shifted logits :math:`z = t - \max t`, :math:`w = s - \max s`
+    (exact in float64 for float32 inputs), :math:`A = \sum_j e^{z_j}` and
+    :math:`D = \sum_j e^{w_j}`, :math:`\log q_j = z_j - \log A` and
+    :math:`\log p_j = w_j - \log D`, so (with :math:`\sum_j q_j = 1`)
+
+    .. math:: \mathrm{KL} = \frac{1}{A} \sum_j e^{z_j} (z_j - w_j) - \log A + \log D,
+
+    and since :math:`z_j \le 0 \le \log A`, :math:`|\log q_j| = |z_j| +
+    \log A` exactly: ``bound`` :math:`= \sum_j q_j (|\log q_j| + |\log
+    p_j|) = \frac{1}{A} \sum_j e^{z_j} (|z_j| + |w_j|) + \log A + \log D`.
+    ``kl`` is off by about float64's ``eps`` times ``bound``, plus a few
+    ``eps`` from the two logarithms. The four row sums are one pass
+    (:func:`safeops._xla.last_axis_sums`) with no elementwise quotient.
+    Entries with :math:`e^{z_j} = 0` (masked, or below float64's range) are
+    left out; an all ``-inf`` teacher row gives 0, an all ``-inf`` student
+    row (:math:`\log p = -\infty`) ``inf``; NaN gives NaN.
+    """
+    t, s = tf.cast(t, tf.float64), tf.cast(s, tf.float64)
+    z = t - _logsumexp._finite_or_zero(tf.reduce_max(t, axis, keepdims=True))
+    w = s - _logsumexp._finite_or_zero(tf.reduce_max(s, axis, keepdims=True))
+    e = tf.exp(z)
+    live = tf.not_equal(e, 0.0)
+    zeros = tf.zeros_like(e)
+    a, cross, spread, d = _xla.last_axis_sums(
+        [e, tf.where(live, e * (z - w), zeros), tf.where(live, e * (tf.abs(z) + tf.abs(w)), zeros), tf.exp(w)],
+        axis)
+    empty = tf.equal(a, 0.0)
+    log_a = tf.math.log(tf.where(empty, tf.ones_like(a), a))
+    log_d = tf.math.log(tf.where(tf.equal(d, 0.0), tf.ones_like(d), d))
+    kl = tf.where(empty, tf.zeros_like(a), (cross / a - log_a) + log_d)
+    bound = (spread / a + log_a) + log_d
+    return tf.squeeze(kl, axis), tf.squeeze(bound, axis)
+
+
+def _exact_kl(t, s, axis):
+    """``(kl, bound)`` as :func:`_wide_kl`, for float64 inputs: the shifts' roundings kept.
+
+    The log-probabilities of :func:`safeops.math.log_softmax` (the exact
+    shift, the row sum as ``1 + (sum - 1)``) and the probabilities of
+    :func:`safeops.math.softmax`: in float64, ``t - max t`` rounds.
+    """
+    log_q, q, _, _ = _logsumexp.softmax_parts(t, axis)
+    log_p = _logsumexp.softmax_parts(s, axis)[0]
+    live = tf.not_equal(q, 0.0)
+    zeros = tf.zeros_like(q)
+    kl = tf.reduce_sum(tf.where(live, q * (log_q - log_p), zeros), axis)
+    bound = tf.reduce_sum(tf.where(live, q * (tf.abs(log_q) + tf.abs(log_p)), zeros), axis)
+    return kl, bound
 
 
 def _centred_kl(t, s, axis):

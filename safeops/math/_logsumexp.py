@@ -659,3 +659,30 @@ def _log_sum_or_zero(t):
     """``log1p(t)``, or 0 for an all ``-inf`` row (``t = -1``) so ``-inf - 0`` stays ``-inf``."""
     empty = tf.equal(t, -1.0)
     return tf.where(empty, tf.zeros_like(t), tf.math.log1p(tf.where(empty, tf.zeros_like(t), t)))
+
+
+
+
+def softmax_parts(x, axis):
+    """``(log_softmax(x), softmax(x), complement, mass)`` from one exact shift, for ops that fuse them.
+
+    The values of :func:`log_softmax` and :func:`softmax` (the shift by the
+    row maximum with its rounding kept, the row sum as ``1 + (sum - 1)``),
+    and two per-row values (``keepdims``): ``mass``, the softmax's sum (1,
+    or 0 for an all ``-inf`` row), and ``complement``, ``1 - p`` at the
+    row's maximum without rounding where ``p`` is near 1. The row sum minus
+    1 is held as ``rest``, to which the maximum's own term adds exactly 0,
+    so ``1 - p_max = rest / (1 + rest)`` (``[20, 0]`` in float32:
+    ``2.06e-9``, where ``1 - p`` is 0). Only the maximum can have ``p >
+    1/2``; elsewhere ``1 - p`` is accurate as it is. ``x`` must be the
+    tensor the maximum is taken of (an input, not an expression XLA may
+    recompute with another rounding). A NaN row gives NaN.
+    """
+    m = _finite_or_zero(tf.reduce_max(x, axis, keepdims=True))
+    z, err = exact_shift(x, m)
+    rest = _sum_minus_one(z, err, axis)
+    log_p = (z - _log_sum_or_zero(rest)) + err
+    e = tf.exp(z)
+    total = 1.0 + rest
+    guarded = tf.where(tf.equal(total, 0.0), tf.ones_like(total), total)
+    return log_p, (e + tf.math.multiply_no_nan(e, err)) / guarded, rest / guarded, total / guarded
