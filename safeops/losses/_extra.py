@@ -335,9 +335,9 @@ def _wide_kl(t, s, axis):
     e = tf.exp(z)
     live = tf.not_equal(e, 0.0)
     zeros = tf.zeros_like(e)
-    a, cross, spread, d = _xla.last_axis_sums(
-        [e, tf.where(live, e * (z - w), zeros), tf.where(live, e * (tf.abs(z) + tf.abs(w)), zeros), tf.exp(w)],
-        axis)
+    cross = tf.where(live, e * (z - w), zeros)
+    spread = tf.where(live, e * (tf.abs(z) + tf.abs(w)), zeros)
+    a, cross, spread, d = _xla.last_axis_sums([e, cross, spread, tf.exp(w)], axis)
     empty = tf.equal(a, 0.0)
     log_a = tf.math.log(tf.where(empty, tf.ones_like(a), a))
     log_d = tf.math.log(tf.where(tf.equal(d, 0.0), tf.ones_like(d), d))
