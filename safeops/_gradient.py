@@ -32,6 +32,18 @@ differentiable ops only. Three things are added at second order:
 The first-order path costs nothing beyond ``forward`` and ``backward``: the
 second-order wrapper is an identity in the graph. The grad closure keeps
 ``y`` and ``xs`` alive until the backward pass, nothing else.
+
+One place drops every custom gradient: ``tf.vectorized_map`` (and
+``pfor``) differentiated by a tape *outside* the map. TensorFlow's
+vectorizer rewrites the ``IdentityN`` that carries the custom gradient as a
+plain ``IdentityN`` (``_convert_identity_n`` in
+``tensorflow/python/ops/parallel_for/pfor.py``, TensorFlow 2.21), so the tape
+differentiates ``forward``'s own ops instead. That is the right gradient
+away from clamps and masks for ops whose forward is the formula, and 0 for
+an op whose forward computes only a value from stopped inputs; such ops
+check :func:`in_vectorized_map` and add a differentiable plain form
+(:func:`with_plain_gradient`). A tape inside the mapped function (per-example
+gradients) builds the custom gradients before the map and is unaffected.
 """
 
 from __future__ import annotations
@@ -258,6 +270,30 @@ def _differentiate_backward(forward, backward, dy, xs, smooth, ddx):
         redo = tuple(backward(dy, y, residuals, *xs))
     return tape.gradient([redo[i] for i in smooth], [dy, *floats], output_gradients=list(ddx),
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def in_vectorized_map() -> bool:
+    """Whether the graph being built is the body of a ``tf.vectorized_map`` (``pfor``) being traced.
+
+    TensorFlow traces the mapped function under the name scope
+    ``loop_body`` before it vectorizes the ops (``_pfor_impl`` in
+    ``tensorflow/python/ops/parallel_for/control_flow_ops.py``); there is no
+    public test. Eager code is never inside one.
+    """
+    if tf.executing_eagerly():
+        return False
+    return "loop_body" in tf.compat.v1.get_default_graph().get_name_scope().split("/")
+
+
+def with_plain_gradient(value: tf.Tensor, plain: tf.Tensor) -> tf.Tensor:
+    """``value``, with the autodiff gradient of ``plain`` (0 where ``plain`` is infinite, NaN kept).
+
+    For an op whose custom gradient a vectorizer drops (see the module
+    docstring): ``plain`` is a differentiable form of the same quantity
+    whose ops have TensorFlow's registered gradients.
+    """
+    delta = plain - tf.stop_gradient(plain)
+    return tf.stop_gradient(value) + tf.where(tf.math.is_inf(plain), tf.zeros_like(delta), delta)
 
 
 def sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:

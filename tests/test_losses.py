@@ -920,6 +920,35 @@ def test_kl_divergence_with_logits_nan_teacher_gives_nan_student_gradient():
     assert np.isfinite(kl.numpy()[1]) and np.all(np.isfinite(ds[1]))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_logits"])
+def test_kl_divergences_under_vectorized_map_with_the_tape_outside(name, mode):
+    """C6: TensorFlow's vectorizer drops custom gradients (pfor rewrites their IdentityN), and these
+    ops' forwards compute only a value from stopped inputs: the gradient was 0 everywhere. Under jit,
+    kl_divergence_with_logits' tf.cond became dynamic shapes that XLA refused."""
+    rng = np.random.default_rng(4)
+    if name == "kl_divergence":
+        a = tf.constant(rng.dirichlet(np.ones(5), size=(4, 3)).astype(np.float32))
+        b = tf.constant(rng.dirichlet(np.ones(5), size=(4, 3)).astype(np.float32))
+    else:
+        t = rng.normal(size=(4, 3, 5)).astype(np.float32)
+        t[0, 0, 1] = t[1, 1, :] = -np.inf  # a masked class; an all -inf teacher row (0, gradients 0)
+        t[3, 2, 0] = np.nan  # NaN stays NaN in the value and the student's gradient
+        a, b = tf.constant(t), tf.constant(rng.normal(size=(4, 3, 5)).astype(np.float32))
+    op = getattr(losses, name)
+
+    def step(a, b, mapped):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            kl = tf.vectorized_map(lambda e: op(e[0], e[1]), (a, b)) if mapped else op(a, b)
+        return [kl, *tape.gradient(kl, [a, b])]
+
+    run = step if mode == "eager" else tf.function(step, jit_compile=mode == "xla")
+    for got, want in zip(run(a, b, True), step(a, b, False)):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+        assert np.any(got != 0)
+
+
 def test_kl_divergence_recovers_softmax_logits():
     z = tf.constant([[0.0, -200.0]])
     t = tf.constant([[0.5, 0.5]])

@@ -91,6 +91,8 @@ def kl_divergence(y_true, y_pred):
         accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
         value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))
         kl = _with_kl_gradient(floor, pred.clamp_dtype)(value, y, p)
+        if _gradient.in_vectorized_map():  # the op's gradient is dropped there (see _gradient)
+            kl = _gradient.with_plain_gradient(kl, _plain_kl(y, p, floor))
         checks = (_common.unit_interval_check(op, y, "y_true", y_outside)
                   + _common.unit_interval_check(op, p, "y_pred", p_outside))
         if checks:
@@ -140,6 +142,19 @@ def _with_kl_gradient(floor: float, dtype: tf.DType):
         return tf.zeros_like(value), dy * d_y, -dy * (y / c)
 
     return _gradient.custom_op(lambda value, y, p: tf.identity(value), backward, dtype)
+
+
+def _plain_kl(y, p, floor):
+    """``sum(y log y' - y log c)`` with the clamps straight through: :func:`_with_kl_gradient`'s gradient by autodiff.
+
+    For a vectorizer that dropped the op's gradient. ``max(v, floor)`` is
+    taken as ``v + stop_gradient(max(v, floor) - v)``, whose derivative is 1
+    below the floor too, so the boundary gradient ``-y / floor`` stays.
+    """
+    def clamped(v):
+        return v + tf.stop_gradient(tf.maximum(v, floor) - v)
+
+    return tf.reduce_sum(y * tf.math.log(clamped(y)) - y * tf.math.log(clamped(p)), -1)
 
 
 def _one_signed_kl(y, p, floor, split=True):

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from safeops.math import _logarithms, _logsumexp
-from safeops import _dtypes, _validate, _xla
+from safeops import _dtypes, _gradient, _validate, _xla
 from safeops._gradient import custom_op
 from safeops.losses import _common, _probabilities
 from safeops.losses._authoring import LossFunctionWrapper
@@ -186,7 +186,10 @@ def kl_divergence_with_logits(y_true, y_pred, axis=-1):
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
         t = _common.labels_like(op, y_true, pred)
         _common.same_shape(op, t, pred.values)
-        return pred.output(_kl_with_logits(axis, pred.dtype)(t, pred.values))
+        kl = _kl_with_logits(axis, pred.dtype)(t, pred.values)
+        if _gradient.in_vectorized_map():  # the op's gradient is dropped there (see _gradient)
+            kl = _gradient.with_plain_gradient(kl, _plain_kl_with_logits(t, pred.values, axis))
+        return pred.output(kl)
 
 
 @_xla.per_axis
@@ -241,6 +244,8 @@ def _kl_with_logits(axis, dtype, xla: bool):
             centred = centred_kl(t, s)
             return tf.where(close & tf.math.is_finite(centred), centred, kl)
 
+        if _gradient.in_vectorized_map():  # its tf.cond becomes dynamic shapes there, which XLA refuses
+            return tf.cast(centred_value(), t.dtype)
         return tf.cast(tf.cond(tf.reduce_any(close), centred_value, lambda: kl), t.dtype)
 
     def wide_value(t, s):
@@ -263,6 +268,23 @@ def _kl_with_logits(axis, dtype, xla: bool):
         return _kl_gradients(dy, t, s, axis)
 
     return custom_op(forward, _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
+
+
+def _plain_kl_with_logits(t, s, axis):
+    """The plain sum in TensorFlow's ops, for its gradient where a vectorizer dropped the op's.
+
+    The difference is set to 0 where ``q_j = 0`` before the product, so a
+    masked teacher class passes no ``0 * inf`` into the gradient, and an all
+    ``-inf`` teacher row (a NaN softmax in TensorFlow) is read as zeros and
+    contributes 0.
+    """
+    minus_inf = tf.constant(-math.inf, t.dtype)
+    empty = tf.reduce_all(tf.equal(t, minus_inf), axis, keepdims=True)
+    t = tf.where(empty, tf.zeros_like(t), t)
+    q = tf.nn.softmax(t, axis)
+    live = tf.not_equal(q, 0.0) & ~empty  # NaN kept
+    gap = tf.where(live, tf.nn.log_softmax(t, axis) - tf.nn.log_softmax(s, axis), tf.zeros_like(q))
+    return tf.reduce_sum(gap * q, axis)
 
 
 def _kl_gradients(dy, t, s, axis):
