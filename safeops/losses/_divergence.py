@@ -145,7 +145,7 @@ def _with_kl_gradient(floor: float, dtype: tf.DType):
 
 
 def _plain_kl(y, p, floor):
-    """``sum(y log y' - y log c)`` with the clamps straight through: :func:`_with_kl_gradient`'s gradient by autodiff.
+    """``sum(y log y' - y log c)``, clamps straight through: :func:`_with_kl_gradient`'s gradient by autodiff.
 
     For a vectorizer that dropped the op's gradient. ``max(v, floor)`` is
     taken as ``v + stop_gradient(max(v, floor) - v)``, whose derivative is 1
