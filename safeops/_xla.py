@@ -99,8 +99,10 @@ def _local(args):
     captured outside that context, as any plain op's input is.
     """
     graph = tf.compat.v1.get_default_graph()
+    # An eager tensor (a forward-mode accumulator traces the backward pass
+    # in a graph with eager inputs) has no graph: it is captured as a constant.
     return tf.nest.map_structure(
-        lambda a: tf.identity(a) if isinstance(a, tf.Tensor) and a.graph is not graph else a, args)
+        lambda a: tf.identity(a) if tf.is_symbolic_tensor(a) and a.graph is not graph else a, args)
 
 
 def _largest_size(args) -> int:

@@ -143,3 +143,23 @@ def test_second_order_of_a_function_differentiated_from_outside(name, jit):
     expected = hvp(loss)
     assert np.all(np.isfinite(expected)) and np.any(expected != 0)
     np.testing.assert_allclose(hvp(tf.function(loss, jit_compile=jit)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "reduce_logsumexp", "softmax_xent"])
+def test_eager_forward_mode_through_an_inner_xla_function(name):
+    """An eager ForwardAccumulator traces the backward pass in a graph with eager inputs, which the
+    inner XLA call read .graph of (AttributeError); the JVP is now the forward formula's (the Jacobian's)."""
+    x = tf.constant([[0.5, -1.0, 2.0], [0.1, 0.2, -0.3]])
+    v = tf.constant([[1.0, 0.5, -2.0], [0.3, -0.1, 0.7]])
+    labels = tf.constant([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    fn = {"softmax": sm.softmax, "log_softmax": sm.log_softmax,
+          "reduce_logsumexp": lambda z: sm.reduce_logsumexp(z, -1),
+          "softmax_xent": lambda z: sn.softmax_cross_entropy_with_logits(labels, z)}[name]
+    with tf.autodiff.ForwardAccumulator(x, v) as acc:
+        y = fn(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y2 = fn(x)
+    jacobian = tape.jacobian(y2, x).numpy().reshape(y2.shape.num_elements(), -1)
+    want = (jacobian @ v.numpy().reshape(-1)).reshape(y2.shape)
+    np.testing.assert_allclose(acc.jvp(y).numpy(), want, rtol=1e-5, atol=1e-7)
