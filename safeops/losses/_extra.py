@@ -222,9 +222,8 @@ def _kl_with_logits(axis, dtype, xla: bool):
       4.6 ULP above (the plain one up to 1e17 ULP).
 
     Backward: the plain sum's gradient (:func:`_kl_gradients`), in the
-    input's dtype. The forward's float64 passes were paid on top of the
-    plain sum's own forward before, which only carried this gradient: 2.95
-    times the naive formula forward only, 2.60 forward and backward.
+    input's dtype, one inner XLA call per argument. The plain sum itself is
+    never formed: it was, forward, only to carry this gradient.
     """
     wide = tf.float64
 
@@ -335,7 +334,7 @@ def _wide_kl(t, s, axis):
     r"""``(kl, bound)`` in float64 along ``axis``: the plain sum and its rounding bound.
 
     With the shifted logits :math:`z = t - \max t`, :math:`w = s - \max s`
-    (exact in float64 for float32 inputs), :math:`A = \sum_j e^{z_j}` and
+    (one float64 rounding at most), :math:`A = \sum_j e^{z_j}` and
     :math:`D = \sum_j e^{w_j}`, :math:`\log q_j = z_j - \log A` and
     :math:`\log p_j = w_j - \log D`, so (with :math:`\sum_j q_j = 1`)
 

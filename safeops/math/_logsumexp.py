@@ -661,8 +661,6 @@ def _log_sum_or_zero(t):
     return tf.where(empty, tf.zeros_like(t), tf.math.log1p(tf.where(empty, tf.zeros_like(t), t)))
 
 
-
-
 def softmax_parts(x, axis):
     """``(log_softmax(x), softmax(x), complement, mass)`` from one exact shift, for ops that fuse them.
 
@@ -676,7 +674,8 @@ def softmax_parts(x, axis):
     ``2.06e-9``, where ``1 - p`` is 0). Only the maximum can have ``p >
     1/2``; elsewhere ``1 - p`` is accurate as it is. ``x`` must be the
     tensor the maximum is taken of (an input, not an expression XLA may
-    recompute with another rounding). A NaN row gives NaN.
+    recompute with another rounding). An all ``-inf`` row gives ``-inf``,
+    0, ``complement`` -1 and ``mass`` 0; a NaN row NaN.
     """
     m = _finite_or_zero(tf.reduce_max(x, axis, keepdims=True))
     z, err = exact_shift(x, m)
