@@ -191,8 +191,11 @@ def watched_eagerly(x: tf.Tensor) -> bool:
     """Whether a GradientTape on this thread watches ``x`` (eager; ``True`` where unknown).
 
     TensorFlow's own test (``record.should_record_backprop``), as in
-    :func:`_could_record`.
+    :func:`_could_record`. A ``tf.Variable`` (which that test does not take:
+    ``SystemError``) counts as watched.
     """
+    if isinstance(x, tf.Variable):
+        return True
     return _record is None or _record.should_record_backprop([x])
 
 

@@ -191,7 +191,12 @@ def saturating_cast(value: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
 
     Eager, with no tape watching ``value`` (labels usually), a plain cast:
     the custom gradient's bookkeeping would be most of a small loss's cost.
+    A ``tf.Variable`` is read first (a tape that watches it records the
+    read); TensorFlow's test for a watched tensor raised ``SystemError`` on
+    the variable itself.
     """
+    if isinstance(value, tf.Variable):
+        value = tf.convert_to_tensor(value)
     if tf.executing_eagerly() and not watched_eagerly(value):
         return tf.cast(value, dtype)
     return _saturating_widen(value.dtype, tf.as_dtype(dtype))(value)
