@@ -51,7 +51,7 @@ def enabled() -> bool:
 EAGER_PLAIN_BELOW = 1 << 16
 
 
-def compiled(fn, xla, eager_plain=False):
+def compiled(fn, xla, eager_plain=False, exact=False):
     """``fn`` as an inner XLA function, or ``fn`` itself when ``xla`` is false.
 
     ``eager_plain``: for ops of a few kernels (``xlogy``, ``divide_no_nan``),
@@ -61,6 +61,12 @@ def compiled(fn, xla, eager_plain=False):
     few kernels it fuses (``python -m benchmarks --modes eager``, 1e3
     elements); on large tensors the fused loop wins (no buffer per
     intermediate). Inside a ``tf.function`` the XLA function is always used.
+
+    ``exact``: for the row-wise ops that rely on exact relations between
+    an input and its row maximum, each float argument passes through
+    :func:`exact_input` where the caller is itself compiled by XLA (inside,
+    the function sees its parameters only, and the producer it will be
+    fused with is the caller's).
     """
     if not xla:
         return fn
@@ -76,7 +82,10 @@ def compiled(fn, xla, eager_plain=False):
     def jit(*args):
         if tf.executing_eagerly():
             return eager_function(*args)
-        return graph_function(*_local(args))
+        args = _local(args)
+        if exact:
+            args = tuple(exact_input(a) if isinstance(a, tf.Tensor) else a for a in args)
+        return graph_function(*args)
 
     def call(*args):
         if eager_plain and tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
@@ -111,7 +120,7 @@ def _largest_size(args) -> int:
     return max([s for s in sizes if s is not None], default=0)
 
 
-def compiled_gradients(backward, xla, groups, eager_plain=False):
+def compiled_gradients(backward, xla, groups, eager_plain=False, exact=False):
     """``backward`` as one inner XLA function per group of input gradients.
 
     ``backward(*args)`` returns one gradient per input; ``groups`` is a
@@ -125,7 +134,7 @@ def compiled_gradients(backward, xla, groups, eager_plain=False):
     for recomputes what it shares with the others, so put together
     gradients that are usually wanted together. ``xla`` false returns
     ``backward`` itself (plain ops are pruned one by one); ``eager_plain``
-    as in :func:`compiled`.
+    and ``exact`` as in :func:`compiled`.
     """
     if not xla:
         return backward
@@ -137,7 +146,7 @@ def compiled_gradients(backward, xla, groups, eager_plain=False):
         def part(*args):
             grads = backward(*args)
             return tuple(grads[i] for i in indices)
-        return compiled(part, True)
+        return compiled(part, True, exact=exact)
 
     calls = [(indices, pick(indices)) for indices in groups]
 
@@ -228,6 +237,51 @@ def _dot_sums_allowed() -> bool:
     if os.environ.get("TF_SET_ONEDNN_FPMATH_MODE"):
         return False
     return not tf.config.list_logical_devices("GPU") and not tf.config.list_logical_devices("TPU")
+
+
+def exact_input(x: tf.Tensor) -> tf.Tensor:
+    """``x`` with the same bits in every loop that reads it, where XLA compiles the graph.
+
+    The row-wise ops take a row's maximum ``m`` and then rely on exact
+    relations between ``x`` and ``m``: ``x - m`` is 0 at the maximum (the
+    cross-entropies count the ties there), and TwoSum recovers the rounding
+    of ``x - m``. Under an outer ``jit_compile`` XLA fuses the producer of
+    ``x`` into each loop that reads it, and on this CPU contracts a product
+    followed by the subtraction into one fused multiply-add: with ``x = v
+    c`` (logits scaled by a temperature), the maximum's loop sees ``fl(v
+    c)`` and another loop computes ``fma(v, c, -m)``, so ``x - m`` at the
+    maximum is ``1e-8``, not 0. The softmax cross-entropy then counted no
+    tie and dropped the maximum's term from its row sum: losses 18% to 100
+    times off and wrong gradients, measured with logits ``x * 1.3``, ``x /
+    0.7`` and ``tanh(x) * 5``. ``nextafter(x, x)`` is ``x`` (NaN and
+    infinities included) but not a product, so nothing contracts across it;
+    XLA does not fold it away (its optimization barrier, tried first, is
+    removed before fusion on the CPU). Its gradient is the identity. Outside
+    XLA, and for dtypes other than float32 and float64 (half dtypes are
+    computed in float32), ``x`` is returned as it is.
+    """
+    if x.dtype not in (tf.float32, tf.float64) or not in_xla() or not _fusible(x):
+        return x
+    return tf.math.nextafter(x, x)
+
+
+#: Producers whose output XLA keeps in a buffer of its own (parameters,
+#: constants, variables, products of matrices): nothing is recomputed.
+_MATERIALIZED = frozenset({"Placeholder", "Const", "ReadVariableOp", "MatMul", "BatchMatMul",
+                           "BatchMatMulV2", "BatchMatMulV3", "Conv1D", "Conv2D", "Conv3D", "Einsum"})
+#: Producers without a product of their own: they are recomputed exactly unless an input is.
+_ADDITIVE = frozenset({"BiasAdd", "Add", "AddV2", "Sub", "Neg", "Identity", "StopGradient", "Reshape",
+                       "ExpandDims", "Squeeze", "Transpose"})
+
+
+def _fusible(x, depth=4) -> bool:
+    """Whether XLA may compute ``x`` differently in two loops (:func:`exact_input`); ``True`` if unknown."""
+    op = getattr(x, "op", None)
+    if op is None or op.type in _MATERIALIZED:
+        return False
+    if op.type in _ADDITIVE and depth > 0:
+        return any(_fusible(t, depth - 1) for t in op.inputs if t.dtype.is_floating)
+    return True
 
 
 def in_xla() -> bool:

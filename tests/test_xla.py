@@ -243,3 +243,96 @@ def test_eager_calls_of_other_shapes_leave_a_tf_function_compilable():
 
     x = tf.constant([[0.5, 2.0, -1.0], [1.0, -3.0, 0.2]])
     np.testing.assert_allclose(tf.function(step, autograph=False, jit_compile=True)(x), step(x), rtol=1e-5)
+
+
+def _fused_input_cases():
+    from safeops import losses
+    import safeops.math as tfm
+
+    rng = np.random.default_rng(6)
+    y = rng.uniform(0.05, 0.9, size=(64, 10)).astype(np.float32)
+    y /= y.sum(-1, keepdims=True)
+    labels = tf.argmax(y, -1)
+    return {
+        "softmax_xent": lambda v: nn.softmax_cross_entropy_with_logits(y, v),
+        "sparse_xent": lambda v: nn.sparse_softmax_cross_entropy_with_logits(labels, v),
+        "cce_logits": lambda v: losses.categorical_crossentropy(y, v, from_logits=True),
+        "scce_logits": lambda v: losses.sparse_categorical_crossentropy(labels, v, from_logits=True),
+        "cce_of_softmax": lambda v: losses.categorical_crossentropy(y, tf.nn.softmax(v)),
+        "focal_logits": lambda v: losses.categorical_focal_crossentropy(y, v, from_logits=True),
+        "kl_with_logits": lambda v: losses.kl_divergence_with_logits(y * 3.0, v),
+        "log_softmax": lambda v: tfm.log_softmax(v) * y,
+        "softmax": lambda v: tfm.softmax(v) * y,
+        "reduce_logsumexp": lambda v: tfm.reduce_logsumexp(v, -1),
+        "weighted_logsumexp": lambda v: tfm.reduce_logsumexp(v, -1, weights=y),
+    }
+
+
+@pytest.mark.parametrize("scale", ["times_c", "over_t", "tanh"])
+@pytest.mark.parametrize("name", sorted(_fused_input_cases()))
+def test_row_ops_of_a_fused_expression_under_jit_compile(name, scale):
+    """Logits XLA fuses into the op (x * 1.3, x / 0.7, tanh(x) * 5): XLA contracted the product and the
+    shift x - max into one fused multiply-add in some loops, so x - max was 1e-8, not 0, at the maximum;
+    the softmax cross-entropies counted no tie and lost the maximum's term (losses 18% to 100 times off,
+    gradients wrong). Against the same function run eagerly."""
+    op = _fused_input_cases()[name]
+    expr = {"times_c": lambda v: v * 1.3, "over_t": lambda v: v / 0.7, "tanh": lambda v: tf.tanh(v) * 5.0}[scale]
+    x = tf.constant(np.random.default_rng(7).normal(size=(64, 10)).astype(np.float32))
+
+    def value_and_grad(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            out = op(expr(v))
+        return out, tape.gradient(out, v)
+
+    for got, want in zip(tf.function(value_and_grad, jit_compile=True)(x), value_and_grad(x)):
+        got, want = got.numpy(), want.numpy()
+        # Relative to the largest entry: XLA rounds x / 0.7 as x * (1 / 0.7), a 1-ULP different input.
+        assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)), (got, want)
+
+
+def test_softmax_xent_in_a_while_loop_under_jit_compile():
+    """The same contraction in a loop body: tf.while_loop's gradient under jit_compile was 2.2 times off."""
+    rng = np.random.default_rng(8)
+    x = tf.constant(rng.normal(size=(6, 4)).astype(np.float32))
+    y = tf.constant(rng.dirichlet(np.ones(4), size=6).astype(np.float32))
+
+    def loss(v):
+        def body(i, acc):
+            scale = tf.cast(i + 1, tf.float32) / 3.0
+            return i + 1, acc + tf.reduce_sum(nn.softmax_cross_entropy_with_logits(y, v * scale))
+        return tf.while_loop(lambda i, acc: i < 3, body, (0, 0.0), maximum_iterations=3)[1]
+
+    def grad(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            total = loss(v)
+        return total, tape.gradient(total, v)
+
+    for got, want in zip(tf.function(grad, jit_compile=True)(x), grad(x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_exact_input_guards_only_what_xla_may_recompute():
+    """The guard (nextafter) goes only where the producer is fused: not on parameters or matmuls."""
+    seen = {}
+
+    def f(v, w):
+        product = tf.matmul(v, w)
+        cases = {"parameter": v, "matmul": product, "bias": tf.nn.bias_add(product, [1.0, 2.0]),
+                 "scaled": v * 1.3, "bias_of_scaled": tf.nn.bias_add(v * 1.3, [1.0, 2.0])}
+        out = {}
+        for name, t in cases.items():
+            guarded = _xla.exact_input(t)
+            seen[name] = guarded.op.type
+            out[name] = guarded
+        return out
+
+    v, w = tf.constant([[1.0, 2.0], [3.0, 4.0]]), tf.constant([[0.5, 0.0], [0.0, 0.5]])
+    got = tf.function(f, jit_compile=True)(v, w)
+    assert seen == {"parameter": "Placeholder", "matmul": "MatMul", "bias": "BiasAdd",
+                    "scaled": "NextAfter", "bias_of_scaled": "NextAfter"}
+    np.testing.assert_array_equal(got["scaled"], v.numpy() * np.float32(1.3))
+    plain = tf.function(f)(v, w)  # outside XLA nothing is guarded
+    assert seen["scaled"] == "Mul"
+    np.testing.assert_array_equal(plain["bias_of_scaled"], got["bias_of_scaled"])

@@ -227,8 +227,8 @@ def _kl_with_logits(axis, dtype, xla: bool):
     """
     wide = tf.float64
 
-    wide_kl = _xla.compiled(functools.partial(_wide_kl, axis=axis), xla)
-    centred_kl = _xla.compiled(functools.partial(_centred_kl, axis=axis), xla)
+    wide_kl = _xla.compiled(functools.partial(_wide_kl, axis=axis), xla, exact=True)
+    centred_kl = _xla.compiled(functools.partial(_centred_kl, axis=axis), xla, exact=True)
 
     def narrow_value(t, s):
         # Stopped: a tf.function differentiated from outside (twice, under
@@ -254,7 +254,7 @@ def _kl_with_logits(axis, dtype, xla: bool):
         return tf.where(plain, kl, centred)
 
     if _dtypes.compute_dtype(dtype) == wide:
-        forward = _xla.compiled(wide_value, xla)
+        forward = _xla.compiled(wide_value, xla, exact=True)
     else:
         def forward(t, s):
             return narrow_value(t, s)
@@ -266,7 +266,7 @@ def _kl_with_logits(axis, dtype, xla: bool):
     def backward(dy, kl, t, s):
         return _kl_gradients(dy, t, s, axis)
 
-    return custom_op(forward, _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
+    return custom_op(forward, _xla.compiled_gradients(backward, xla, [(0,), (1,)], exact=True), dtype)
 
 
 def _plain_kl_with_logits(t, s, axis):
@@ -350,7 +350,7 @@ def _wide_kl(t, s, axis):
     left out; an all ``-inf`` teacher row gives 0, an all ``-inf`` student
     row (:math:`\log p = -\infty`) ``inf``; NaN gives NaN.
     """
-    t, s = tf.cast(t, tf.float64), tf.cast(s, tf.float64)
+    t, s = tf.cast(_xla.exact_input(t), tf.float64), tf.cast(_xla.exact_input(s), tf.float64)
     z = t - _logsumexp._finite_or_zero(tf.reduce_max(t, axis, keepdims=True))
     w = s - _logsumexp._finite_or_zero(tf.reduce_max(s, axis, keepdims=True))
     e = tf.exp(z)
@@ -410,7 +410,8 @@ def _centred_kl(t, s, axis):
     are left to the caller's plain sum.
     """
     wide = tf.float64
-    t, s = tf.cast(t, wide), tf.cast(s, wide)
+    t = tf.cast(_xla.exact_input(t), wide)  # exact shifts (see safeops._xla.exact_input)
+    s = tf.cast(_xla.exact_input(s), wide)
 
     def shifted(v):
         return _logsumexp.exact_shift(v, _logsumexp._finite_or_zero(tf.reduce_max(v, axis, keepdims=True)))

@@ -415,6 +415,7 @@ def _unweighted_logsumexp(axis, dtype, xla):
     """``lse(x)`` with ``keepdims=True``; gradient ``exp(x - lse)``, 0 in an all ``-inf`` slice."""
 
     def forward(x):
+        x = _xla.exact_input(x)  # x - m exact (see safeops._xla.exact_input), as in the backward
         m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
         t = _sum_minus_one(*exact_shift(x, m), axis)
         return m + _log1p_or_minus_inf(t), (m, t)
@@ -423,6 +424,7 @@ def _unweighted_logsumexp(axis, dtype, xla):
         # exp(x - m) / sum from the saved shift and sum, not exp(x - y) from
         # the rounded y: at x = [1e4, 1e4] (float32) that is 0.49989, not 0.5.
         m, t = residuals
+        x = _xla.exact_input(x)
         size = 1.0 + t
         size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)  # all -inf: 0 / 1
         z, err = exact_shift(x, m)
@@ -433,7 +435,8 @@ def _unweighted_logsumexp(axis, dtype, xla):
         p = tf.where(at_inf, tf.ones_like(p), p)
         return (dy * p,)
 
-    return custom_op_with_residuals(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=True),
+                                    _xla.compiled(backward, xla, exact=True), dtype)
 
 
 def _softmax_weights(x, y):
@@ -464,6 +467,7 @@ def _weighted_logsumexp(axis, dtype, return_sign):
     """
 
     def forward(x, w):
+        x, w = _xla.exact_input(x), _xla.exact_input(w)  # exact shifts (see safeops._xla.exact_input)
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
         minus_inf = tf.fill(tf.shape(x), tf.constant(-_INF, x.dtype))
         x = tf.where(live, x, minus_inf)
@@ -502,6 +506,7 @@ def _weighted_logsumexp(axis, dtype, return_sign):
 
     def backward(dy, y, residuals, x, w):
         mx, mw, ek, magnitude = residuals
+        x, w = _xla.exact_input(x), _xla.exact_input(w)
         if return_sign:
             dy, y = dy[0] * y[1], y[0]  # d log|s| / dx = sign(s) * w * exp(x - log|s|)
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
@@ -586,6 +591,7 @@ def _masked_softmax(axis, dtype, xla):
     """``exp(z) (1 + err) / sum`` with the exact shift ``z + err = x - max``; gradient from the output."""
 
     def forward(x):
+        x = _xla.exact_input(x)  # x - m exact (see safeops._xla.exact_input)
         m = tf.stop_gradient(tf.reduce_max(x, axis, keepdims=True))
         # A fully masked row (max -inf) is shifted by 0, so every term is
         # exp(-inf) = 0 and the row sum 0 (divided by 1 below). A +inf or NaN
@@ -617,7 +623,7 @@ def _masked_softmax(axis, dtype, xla):
         a, b, c = _xla.last_axis_sums([small * dy, small, tf.where(big, dy, zeros)], axis)
         return (y * ((dy - c) - (a - c * b)),)
 
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+    return custom_op(_xla.compiled(forward, xla, exact=True), _xla.compiled(backward, xla, exact=True), dtype)
 
 
 @_xla.per_axis
@@ -643,11 +649,12 @@ def _masked_log_softmax(axis, dtype, xla):
         near_one = y > -_LOG_2
         return (tf.where(near_one, (dy - total) - total * tf.math.expm1(top), dy - tf.exp(y) * total),)
 
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
+    return custom_op(_xla.compiled(forward, xla, exact=True), _xla.compiled(backward, xla, exact=True), dtype)
 
 
 def log_softmax_forward(x, axis):
     """The value of :func:`log_softmax` in plain TensorFlow ops, for ops that fuse it into their own forward pass."""
+    x = _xla.exact_input(x)  # x - m exact (see safeops._xla.exact_input)
     m = tf.stop_gradient(_finite_or_zero(tf.reduce_max(x, axis, keepdims=True)))
     z, err = exact_shift(x, m)
     # (z - L) + err: z <= 0 and L >= 0, so the subtraction does not cancel
@@ -674,9 +681,11 @@ def softmax_parts(x, axis):
     ``2.06e-9``, where ``1 - p`` is 0). Only the maximum can have ``p >
     1/2``; elsewhere ``1 - p`` is accurate as it is. ``x`` must be the
     tensor the maximum is taken of (an input, not an expression XLA may
-    recompute with another rounding). An all ``-inf`` row gives ``-inf``,
-    0, ``complement`` -1 and ``mass`` 0; a NaN row NaN.
+    recompute with another rounding: :func:`safeops._xla.exact_input`
+    makes it one). An all ``-inf`` row gives ``-inf``, 0, ``complement``
+    -1 and ``mass`` 0; a NaN row NaN.
     """
+    x = _xla.exact_input(x)
     m = _finite_or_zero(tf.reduce_max(x, axis, keepdims=True))
     z, err = exact_shift(x, m)
     rest = _sum_minus_one(z, err, axis)

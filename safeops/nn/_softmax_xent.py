@@ -317,8 +317,8 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
     # The backward as inner XLA functions too, one per input's gradient (the
     # labels' is pruned when nobody asks for it): as TensorFlow kernels the
     # select at the maximum above is three more passes over the batch.
-    return custom_op_with_residuals(_xla.compiled(forward, xla),
-                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)
+    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=True),
+                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)], exact=True), dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -361,7 +361,7 @@ def _index_xent(dtype: tf.DType):
 @functools.lru_cache(maxsize=None)
 def _last_axis_log_sum_exp(xla: bool):
     """``(d, e, s, log s)`` of :func:`_shifted_log_sum_exp` on the last axis (one XLA function with ``xla``)."""
-    return _xla.compiled(lambda x: _shifted_log_sum_exp(x, -1)[1:], xla)
+    return _xla.compiled(lambda x: _shifted_log_sum_exp(x, -1)[1:], xla, exact=True)
 
 
 def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
@@ -384,6 +384,7 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
     gradient) needs the maximum's term in both. A NaN reaches ``log s``
     either way.
     """
+    x = _xla.exact_input(x)  # the ties at the maximum are counted by x - shift == 0 (see exact_input)
     shift = tf.reduce_max(x, axis, keepdims=True)
     shift = tf.stop_gradient(tf.where(shift == float("-inf"), tf.zeros_like(shift), shift))
     d, err = _logsumexp.exact_shift(x, shift)
