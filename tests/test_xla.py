@@ -276,7 +276,8 @@ def test_row_ops_of_a_fused_expression_under_jit_compile(name, scale):
     the softmax cross-entropies counted no tie and lost the maximum's term (losses 18% to 100 times off,
     gradients wrong). Against the same function run eagerly."""
     op = _fused_input_cases()[name]
-    expr = {"times_c": lambda v: v * 1.3, "over_t": lambda v: v / 0.7, "tanh": lambda v: tf.tanh(v) * 5.0}[scale]
+    expr = {"times_c": lambda v: v * 1.3, "over_t": lambda v: v / 0.7,
+            "tanh": lambda v: tf.tanh(v) * 5.0}[scale]
     x = tf.constant(np.random.default_rng(7).normal(size=(64, 10)).astype(np.float32))
 
     def value_and_grad(v):
