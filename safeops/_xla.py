@@ -77,7 +77,20 @@ def compiled(fn, xla, eager_plain=False, exact=False):
     # reduction's gradient then needs a shape XLA cannot infer (a kl_divergence
     # in a tf.cond failed so). There each trace keeps the caller's shapes.
     eager_function = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=True)
-    graph_function = tf.function(fn, jit_compile=True, autograph=False)
+
+    # The static shapes are part of the key: TensorFlow otherwise reuses any
+    # earlier trace whose signature is more general (one from a tf.data map,
+    # [None, C]), and its outputs' unknown shapes then reached a
+    # tf.while_loop's gradient under jit_compile, which XLA refused ("must be
+    # a compile-time constant").
+    def keyed(shapes, *args):
+        del shapes
+        return fn(*args)
+
+    keyed_function = tf.function(keyed, jit_compile=True, autograph=False)
+
+    def graph_function(*args):
+        return keyed_function(_static_shapes(args), *args)
 
     def jit(*args):
         if tf.executing_eagerly():
@@ -112,6 +125,12 @@ def _local(args):
     # in a graph with eager inputs) has no graph: it is captured as a constant.
     return tf.nest.map_structure(
         lambda a: tf.identity(a) if tf.is_symbolic_tensor(a) and a.graph is not graph else a, args)
+
+
+def _static_shapes(args) -> tuple:
+    """The static shape of each tensor among ``args`` (``None`` for an unknown rank), as a hashable key."""
+    return tuple(tuple(a.shape.as_list()) if isinstance(a, tf.Tensor) and a.shape.rank is not None else None
+                 for a in tf.nest.flatten(args))
 
 
 def _largest_size(args) -> int:

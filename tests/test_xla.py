@@ -337,3 +337,26 @@ def test_exact_input_guards_only_what_xla_may_recompute():
     plain = tf.function(f)(v, w)  # outside XLA nothing is guarded
     assert seen["scaled"] == "Mul"
     np.testing.assert_array_equal(plain["bias_of_scaled"], got["bias_of_scaled"])
+
+
+def test_an_earlier_trace_of_unknown_shape_leaves_static_shapes():
+    """TensorFlow reused the [None, 4] trace of an inner XLA function for a [6, 4] call: the unknown
+    shapes of its outputs reached a tf.while_loop's gradient under jit_compile, which XLA refused."""
+    from safeops import losses
+
+    rng = np.random.default_rng(9)
+    x = tf.constant(rng.uniform(0.05, 0.9, size=(6, 4)).astype(np.float32))
+    y = tf.constant(rng.uniform(0.05, 0.9, size=(6, 4)).astype(np.float32))
+    general = tf.function(losses.kl_divergence, input_signature=[tf.TensorSpec([None, 4])] * 2)
+    general(y, x)
+
+    def grad(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+
+            def body(i, acc):
+                return i + 1, acc + tf.reduce_sum(losses.kl_divergence(y, v * tf.cast(i + 1, tf.float32) / 3.0))
+            total = tf.while_loop(lambda i, acc: i < 3, body, (0, 0.0), maximum_iterations=3)[1]
+        return tape.gradient(total, v)
+
+    np.testing.assert_allclose(tf.function(grad, jit_compile=True)(x), grad(x), rtol=1e-5)
