@@ -355,7 +355,8 @@ def test_an_earlier_trace_of_unknown_shape_leaves_static_shapes():
             tape.watch(v)
 
             def body(i, acc):
-                return i + 1, acc + tf.reduce_sum(losses.kl_divergence(y, v * tf.cast(i + 1, tf.float32) / 3.0))
+                scaled = v * tf.cast(i + 1, tf.float32) / 3.0
+                return i + 1, acc + tf.reduce_sum(losses.kl_divergence(y, scaled))
             total = tf.while_loop(lambda i, acc: i < 3, body, (0, 0.0), maximum_iterations=3)[1]
         return tape.gradient(total, v)
 
