@@ -288,9 +288,10 @@ def exact_input(x: tf.Tensor) -> tf.Tensor:
 #: constants, variables, products of matrices): nothing is recomputed.
 _MATERIALIZED = frozenset({"Placeholder", "Const", "ReadVariableOp", "MatMul", "BatchMatMul",
                            "BatchMatMulV2", "BatchMatMulV3", "Conv1D", "Conv2D", "Conv3D", "Einsum"})
-#: Producers without a product of their own: they are recomputed exactly unless an input is.
+#: Producers without a product of their own: they are recomputed exactly unless an input is (a
+#: float16 matmul cast to float32, as the mixed-precision policies compute, is left as it is).
 _ADDITIVE = frozenset({"BiasAdd", "Add", "AddV2", "Sub", "Neg", "Identity", "StopGradient", "Reshape",
-                       "ExpandDims", "Squeeze", "Transpose"})
+                       "ExpandDims", "Squeeze", "Transpose", "Cast"})
 
 
 def _fusible(x, depth=4) -> bool:

@@ -320,8 +320,10 @@ def test_exact_input_guards_only_what_xla_may_recompute():
 
     def f(v, w):
         product = tf.matmul(v, w)
+        half = tf.cast(tf.matmul(tf.cast(v, tf.float16), tf.cast(w, tf.float16)), tf.float32)
         cases = {"parameter": v, "matmul": product, "bias": tf.nn.bias_add(product, [1.0, 2.0]),
-                 "scaled": v * 1.3, "bias_of_scaled": tf.nn.bias_add(v * 1.3, [1.0, 2.0])}
+                 "scaled": v * 1.3, "bias_of_scaled": tf.nn.bias_add(v * 1.3, [1.0, 2.0]),
+                 "half_matmul": half, "half_scaled": tf.cast(tf.cast(v, tf.float16) * 1.5, tf.float32)}
         out = {}
         for name, t in cases.items():
             guarded = _xla.exact_input(t)
@@ -332,7 +334,8 @@ def test_exact_input_guards_only_what_xla_may_recompute():
     v, w = tf.constant([[1.0, 2.0], [3.0, 4.0]]), tf.constant([[0.5, 0.0], [0.0, 0.5]])
     got = tf.function(f, jit_compile=True)(v, w)
     assert seen == {"parameter": "Placeholder", "matmul": "MatMul", "bias": "BiasAdd",
-                    "scaled": "NextAfter", "bias_of_scaled": "NextAfter"}
+                    "scaled": "NextAfter", "bias_of_scaled": "NextAfter", "half_matmul": "Cast",
+                    "half_scaled": "NextAfter"}
     np.testing.assert_array_equal(got["scaled"], v.numpy() * np.float32(1.3))
     plain = tf.function(f)(v, w)  # outside XLA nothing is guarded
     assert seen["scaled"] == "Mul"
