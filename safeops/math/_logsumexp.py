@@ -679,11 +679,11 @@ def softmax_parts(x, axis):
     1 is held as ``rest``, to which the maximum's own term adds exactly 0,
     so ``1 - p_max = rest / (1 + rest)`` (``[20, 0]`` in float32:
     ``2.06e-9``, where ``1 - p`` is 0). Only the maximum can have ``p >
-    1/2``; elsewhere ``1 - p`` is accurate as it is. ``x`` must be the
-    tensor the maximum is taken of (an input, not an expression XLA may
-    recompute with another rounding: :func:`safeops._xla.exact_input`
-    makes it one). An all ``-inf`` row gives ``-inf``, 0, ``complement``
-    -1 and ``mass`` 0; a NaN row NaN.
+    1/2``; elsewhere ``1 - p`` is accurate as it is. The maximum and the
+    shifts read one ``x`` (:func:`safeops._xla.exact_input`), so the
+    maximum's own term is exactly 1 under an outer ``jit_compile`` too. An
+    all ``-inf`` row gives ``-inf``, 0, ``complement`` -1 and ``mass`` 0; a
+    NaN row NaN.
     """
     x = _xla.exact_input(x)
     m = _finite_or_zero(tf.reduce_max(x, axis, keepdims=True))
