@@ -51,7 +51,7 @@ def enabled() -> bool:
 EAGER_PLAIN_BELOW = 1 << 16
 
 
-def compiled(fn, xla, eager_plain=False, exact=False):
+def compiled(fn, xla, eager_plain=False, exact=()):
     """``fn`` as an inner XLA function, or ``fn`` itself when ``xla`` is false.
 
     ``eager_plain``: for ops of a few kernels (``xlogy``, ``divide_no_nan``),
@@ -62,11 +62,12 @@ def compiled(fn, xla, eager_plain=False, exact=False):
     elements); on large tensors the fused loop wins (no buffer per
     intermediate). Inside a ``tf.function`` the XLA function is always used.
 
-    ``exact``: for the row-wise ops that rely on exact relations between
-    an input and its row maximum, each float argument passes through
+    ``exact``: the positions of the arguments whose row maxima the
+    function takes (the logits of the row-wise ops); each passes through
     :func:`exact_input` where the caller is itself compiled by XLA (inside,
     the function sees its parameters only, and the producer it will be
-    fused with is the caller's).
+    fused with is the caller's). The other arguments (an upstream gradient,
+    a forward output) are left alone: guarded, they cost a pass.
     """
     if not xla:
         return fn
@@ -97,7 +98,8 @@ def compiled(fn, xla, eager_plain=False, exact=False):
             return eager_function(*args)
         args = _local(args)
         if exact:
-            args = tuple(exact_input(a) if isinstance(a, tf.Tensor) else a for a in args)
+            args = tuple(exact_input(a) if i in exact and isinstance(a, tf.Tensor) else a
+                         for i, a in enumerate(args))
         return graph_function(*args)
 
     def call(*args):
@@ -139,7 +141,7 @@ def _largest_size(args) -> int:
     return max([s for s in sizes if s is not None], default=0)
 
 
-def compiled_gradients(backward, xla, groups, eager_plain=False, exact=False):
+def compiled_gradients(backward, xla, groups, eager_plain=False, exact=()):
     """``backward`` as one inner XLA function per group of input gradients.
 
     ``backward(*args)`` returns one gradient per input; ``groups`` is a

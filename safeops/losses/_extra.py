@@ -227,8 +227,8 @@ def _kl_with_logits(axis, dtype, xla: bool):
     """
     wide = tf.float64
 
-    wide_kl = _xla.compiled(functools.partial(_wide_kl, axis=axis), xla, exact=True)
-    centred_kl = _xla.compiled(functools.partial(_centred_kl, axis=axis), xla, exact=True)
+    wide_kl = _xla.compiled(functools.partial(_wide_kl, axis=axis), xla, exact=(0, 1))
+    centred_kl = _xla.compiled(functools.partial(_centred_kl, axis=axis), xla, exact=(0, 1))
 
     def narrow_value(t, s):
         # Stopped: a tf.function differentiated from outside (twice, under
@@ -254,7 +254,7 @@ def _kl_with_logits(axis, dtype, xla: bool):
         return tf.where(plain, kl, centred)
 
     if _dtypes.compute_dtype(dtype) == wide:
-        forward = _xla.compiled(wide_value, xla, exact=True)
+        forward = _xla.compiled(wide_value, xla, exact=(0, 1))
     else:
         def forward(t, s):
             return narrow_value(t, s)
@@ -266,7 +266,8 @@ def _kl_with_logits(axis, dtype, xla: bool):
     def backward(dy, kl, t, s):
         return _kl_gradients(dy, t, s, axis)
 
-    return custom_op(forward, _xla.compiled_gradients(backward, xla, [(0,), (1,)], exact=True), dtype)
+    # The backward's arguments: dy, the value, t, s (whose maxima it takes again).
+    return custom_op(forward, _xla.compiled_gradients(backward, xla, [(0,), (1,)], exact=(2, 3)), dtype)
 
 
 def _plain_kl_with_logits(t, s, axis):

@@ -727,5 +727,5 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         return sum_to_shape(grad_y, y), grad_z
 
     # Logits and labels in separate calls: the labels' gradient is pruned when unused.
-    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=True),
-                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)], exact=True), dtype)
+    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=(1,)),
+                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)

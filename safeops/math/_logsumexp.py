@@ -435,8 +435,9 @@ def _unweighted_logsumexp(axis, dtype, xla):
         p = tf.where(at_inf, tf.ones_like(p), p)
         return (dy * p,)
 
-    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=True),
-                                    _xla.compiled(backward, xla, exact=True), dtype)
+    # The backward recomputes x - m (args dy, y, residuals, x): x as the forward read it.
+    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=(0,)),
+                                    _xla.compiled(backward, xla, exact=(3,)), dtype)
 
 
 def _softmax_weights(x, y):
@@ -623,7 +624,7 @@ def _masked_softmax(axis, dtype, xla):
         a, b, c = _xla.last_axis_sums([small * dy, small, tf.where(big, dy, zeros)], axis)
         return (y * ((dy - c) - (a - c * b)),)
 
-    return custom_op(_xla.compiled(forward, xla, exact=True), _xla.compiled(backward, xla, exact=True), dtype)
+    return custom_op(_xla.compiled(forward, xla, exact=(0,)), _xla.compiled(backward, xla), dtype)
 
 
 @_xla.per_axis
@@ -649,7 +650,7 @@ def _masked_log_softmax(axis, dtype, xla):
         near_one = y > -_LOG_2
         return (tf.where(near_one, (dy - total) - total * tf.math.expm1(top), dy - tf.exp(y) * total),)
 
-    return custom_op(_xla.compiled(forward, xla, exact=True), _xla.compiled(backward, xla, exact=True), dtype)
+    return custom_op(_xla.compiled(forward, xla, exact=(0,)), _xla.compiled(backward, xla), dtype)
 
 
 def log_softmax_forward(x, axis):

@@ -317,8 +317,8 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
     # The backward as inner XLA functions too, one per input's gradient (the
     # labels' is pruned when nobody asks for it): as TensorFlow kernels the
     # select at the maximum above is three more passes over the batch.
-    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=True),
-                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)], exact=True), dtype)
+    return custom_op_with_residuals(_xla.compiled(forward, xla, exact=(1,)),
+                                    _xla.compiled_gradients(backward, xla, [(1,), (0,)]), dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -361,7 +361,7 @@ def _index_xent(dtype: tf.DType):
 @functools.lru_cache(maxsize=None)
 def _last_axis_log_sum_exp(xla: bool):
     """``(d, e, s, log s)`` of :func:`_shifted_log_sum_exp` on the last axis (one XLA function with ``xla``)."""
-    return _xla.compiled(lambda x: _shifted_log_sum_exp(x, -1)[1:], xla, exact=True)
+    return _xla.compiled(lambda x: _shifted_log_sum_exp(x, -1)[1:], xla, exact=(0,))
 
 
 def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
