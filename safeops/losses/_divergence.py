@@ -152,7 +152,10 @@ def _plain_kl(y, p, floor):
 
     For a vectorizer that dropped the op's gradient. ``max(v, floor)`` is
     taken as ``v + stop_gradient(max(v, floor) - v)``, whose derivative is 1
-    below the floor too, so the boundary gradient ``-y / floor`` stays.
+    below the floor too, so the boundary gradient ``-y / floor`` stays
+    (not ``_extra._floored``, a custom op whose gradient the vectorizer
+    would drop as well). The terms' cancellation does not matter here: only
+    the gradient is read.
     """
     def clamped(v):
         return v + tf.stop_gradient(tf.maximum(v, floor) - v)
