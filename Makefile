@@ -24,8 +24,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples
 
+# test_gradient.py runs in processes of its own: after about 2000 other tests
+# in one process (sigmoid, contract, logsumexp, debug_lint, xla), TensorFlow
+# 2.21 crashed (segfault or abort) in a jit-compiled second-order test; seen at
+# 7c0cd9d too, and not when the file runs alone.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests --ignore=tests/test_gradient.py
+	$(BIN)/python -m pytest -n 2 tests/test_gradient.py
 	$(BIN)/python -m pytest -q --doctest-modules safeops
 
 bench: $(STAMP)

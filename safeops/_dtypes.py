@@ -124,6 +124,34 @@ def saturate(g: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.clip_by_value(g, -bound, bound)
 
 
+# Infinities and NaN without a constant that holds one. tf.debugging's
+# enable_check_numerics checks every op's output, a graph's constants and
+# fills too: an op that compares with -inf, or selects from a tensor of -inf
+# or NaN that it discards, stopped a check_numerics run on finite inputs.
+# The tests compare with the largest finite magnitude, and the values come
+# from a logarithm that is infinite (or NaN) only where they are selected.
+
+
+def is_minus_inf(x: tf.Tensor) -> tf.Tensor:
+    """``x == -inf`` (false for NaN), against the lowest finite value of ``x``'s dtype."""
+    return tf.less(x, tf.constant(-max_value(x.dtype), x.dtype))
+
+
+def is_plus_inf(x: tf.Tensor) -> tf.Tensor:
+    """``x == +inf`` (false for NaN), against the largest finite value of ``x``'s dtype."""
+    return tf.greater(x, tf.constant(max_value(x.dtype), x.dtype))
+
+
+def minus_inf_or_zero(cond: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """``-inf`` where ``cond``, 0 elsewhere: ``log(1 - cond)``, infinite only where it is selected."""
+    return tf.math.log(tf.cast(tf.logical_not(cond), dtype))
+
+
+def nan_or_zero(cond: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """NaN where ``cond``, 0 elsewhere: ``log(1 - 2 cond)``, NaN only where it is selected."""
+    return tf.math.log(1.0 - 2.0 * tf.cast(cond, dtype))
+
+
 def log_inv_eps(dtype: tf.DType) -> float:
     """``-log(eps(dtype))``: beyond it ``exp(-x) < eps``, so ``x + log1p(exp(-x))`` rounds to ``x``.
 

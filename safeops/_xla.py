@@ -25,6 +25,10 @@ try:  # TensorFlow's test for an XLA-compiled graph (see in_xla)
     from tensorflow.python.ops import control_flow_util as _control_flow_util
 except ImportError:  # pragma: no cover
     _control_flow_util = None
+try:  # the op callbacks of tf.debugging.enable_check_numerics and tfdbg (see enabled)
+    from tensorflow.python.eager import context as _context
+except ImportError:  # pragma: no cover
+    _context = None
 
 _enabled = os.environ.get("SAFEOPS_INNER_XLA", "1") != "0"
 
@@ -42,8 +46,21 @@ def set_inner_xla(enabled: bool) -> bool:
 
 
 def enabled() -> bool:
-    """Whether ops built now use inner XLA functions."""
-    return _enabled
+    """Whether ops built now use inner XLA functions.
+
+    Not while an op callback is registered: ``tf.debugging.enable_check_numerics``
+    and ``tf.debugging.experimental.enable_dump_debug_info`` instrument every
+    graph traced after them, an inner XLA function's too, with ops that XLA
+    cannot compile (``DebugNumericSummaryV2``, ``DebugIdentityV2``): every
+    call of an op with an inner XLA function failed there. The same formulas
+    run as TensorFlow ops, which the callback then checks one by one.
+    """
+    return _enabled and not _op_callbacks()
+
+
+def _op_callbacks() -> bool:
+    """Whether an op callback is registered in this thread (TensorFlow's own test, without its import)."""
+    return _context is not None and bool(getattr(_context.context(), "op_callbacks", None))
 
 
 #: Eager calls of a few-kernel op on fewer elements than this run as plain ops
@@ -220,7 +237,7 @@ def per_axis(build=None, *, xla=True):
                 # for the variable (an int axis has none).
                 axis = tf.convert_to_tensor(axis)
             return build(axis, *config, False) if xla else build(axis, *config)
-        return cached(key, *config, _enabled) if xla else cached(key, *config)
+        return cached(key, *config, enabled()) if xla else cached(key, *config)
 
     return get
 

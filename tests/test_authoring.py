@@ -256,6 +256,14 @@ def test_info_nce_matches_naive_and_stays_finite_where_naive_overflows():
         grad = tape.gradient(value, x)
         assert value.dtype == tf.float32 and np.isfinite(value.numpy())
         assert np.all(np.isfinite(grad.numpy().astype(np.float32))), dtype
+    # The function on float16 (the class widens first): the float32 boundary
+    # gradient at the zero embedding (5e6 here) overflowed float16 to inf.
+    x = tf.constant(zero_row, tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.reduce_sum(losses.info_nce(None, x, temperature=0.1))
+    grad = tape.gradient(value, x).numpy().astype(np.float32)
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() == np.finfo(np.float16).max
 
 
 def test_info_nce_class_config_round_trip():

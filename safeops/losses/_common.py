@@ -42,7 +42,10 @@ class Prediction:
         self.clamp_dtype = _probabilities.source_dtype(y_pred)
         self.dtype = y_pred.dtype
         self.compute_dtype = _dtypes.compute_dtype(y_pred.dtype)
-        self.values = _dtypes.to_compute(y_pred)
+        # A half y_pred's gradient saturates at its range (a float32 boundary
+        # gradient, such as l2_normalize's at a zero embedding, overflowed it).
+        widen = y_pred.dtype in _dtypes.HALF_DTYPES
+        self.values = _probabilities.saturating_cast(y_pred, self.compute_dtype) if widen else y_pred
         if from_logits:
             self.logits = self.values
         elif recovered is not None:
@@ -130,7 +133,7 @@ def nan_where(bad, x):
     drops ``tf.debugging.assert_*`` inside ``jit_compile=True``). Adding 0
     leaves every other entry as it was (``-0.0`` becomes ``+0.0``).
     """
-    return x + tf.where(bad, tf.constant(float("nan"), x.dtype), tf.zeros([], x.dtype))
+    return x + _dtypes.nan_or_zero(bad, x.dtype)
 
 
 def checked_non_negative(op, x, name):
@@ -343,11 +346,14 @@ def exp_gap(x: tf.Tensor) -> tf.Tensor:
     cancels for small ``|x|`` (relative error ``2 eps / |x|``); below
     ``|x| = 1.3`` the Taylor series to degree 24 is used (truncation below
     1e-17 relative there), beyond it ``expm1(-x) + x``, which then loses
-    at most a factor 2.
+    at most a factor 2. Below ``x = 1 - log(max)`` (-708.8 in float64) it
+    saturates at about ``max / e`` instead of overflowing (the callers
+    discard those rows: no ``inf`` for ``enable_check_numerics`` to stop at).
     """
     near = tf.abs(x) < 1.3
     u = -tf.where(near, x, tf.zeros_like(x))
     series = tf.zeros_like(u)
     for coefficient in _EXP_GAP_COEFFICIENTS:
         series = series * u + coefficient
-    return tf.where(near, series * tf.square(u), tf.math.expm1(-x) + x)
+    far = tf.maximum(x, 1.0 - _dtypes.log_max(x.dtype))
+    return tf.where(near, series * tf.square(u), tf.math.expm1(-far) + far)

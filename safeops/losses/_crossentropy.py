@@ -342,7 +342,7 @@ def _sparse_probability_xent(floor: float, dtype: tf.DType, who: tuple):
         at_label = tf.one_hot(labels, tf.shape(p)[-1], dtype=p.dtype)
         dp = tf.expand_dims(dl, -1) * (1.0 / tf.reduce_sum(c, -1, keepdims=True) - at_label / c)
         bad_row = tf.expand_dims(tf.math.is_nan(loss), -1)
-        return tf.where(bad_row, tf.constant(float("nan"), dp.dtype), dp), None
+        return tf.where(bad_row, _dtypes.nan_or_zero(bad_row, dp.dtype), dp), None
 
     return custom_op(forward, backward, dtype)
 

@@ -278,8 +278,7 @@ def _plain_kl_with_logits(t, s, axis):
     ``-inf`` teacher row (a NaN softmax in TensorFlow) is read as zeros and
     contributes 0.
     """
-    minus_inf = tf.constant(-math.inf, t.dtype)
-    empty = tf.reduce_all(tf.equal(t, minus_inf), axis, keepdims=True)
+    empty = tf.reduce_all(_dtypes.is_minus_inf(t), axis, keepdims=True)
     t = tf.where(empty, tf.zeros_like(t), t)
     q = tf.nn.softmax(t, axis)
     live = tf.not_equal(q, 0.0) & ~empty  # NaN kept
@@ -322,7 +321,7 @@ def _kl_gradients(dy, t, s, axis):
     c = tf.reduce_sum(tf.where(big, gap, zeros), axis, keepdims=True)
     others = tf.reduce_sum(tf.where(big, zeros, q * (gap - c)), axis, keepdims=True)
     d_t = dy * (q * ((gap - c) - others))
-    masked = tf.equal(s, tf.constant(-math.inf, s.dtype))
+    masked = _dtypes.is_minus_inf(s)
     dead, = _xla.last_axis_sums([tf.where(masked, q, zeros)], axis)
     kept = q_mass - dead
     # Both above 1/2: the rows' maxima, whose complements the rows hold.
@@ -438,7 +437,10 @@ def _centred_kl(t, s, axis):
     # dropped: 1.3e-16 for an exact 1.1e-10 with 5 masked classes of 200).
     dead = tf.reduce_sum(tf.where(live, zeros, p), axis)
     kept = tf.reduce_sum(tf.where(live, p, zeros), axis)
-    lost = tf.where(dead < 0.5, -_logarithms._log1p(-dead), -tf.math.log(kept))
+    # Each branch on its own side (a kept mass of 0, where the centred form is
+    # not selected, gave log(0) = -inf for enable_check_numerics to stop at).
+    tiny = _dtypes.tiny(kept.dtype)
+    lost = tf.where(dead < 0.5, -_logarithms._log1p(-tf.minimum(dead, 0.5)), -tf.math.log(tf.maximum(kept, tiny)))
     return (_logarithms._log1p(a) + m * (a / (1.0 + a))) + lost
 
 

@@ -434,7 +434,7 @@ def _binary_focal_parts(y, z):
     # Labels outside [0, 1] have no focal factor (1 - p_t can be negative):
     # NaN, as documented.
     outside = (y < 0.0) | (y > 1.0)
-    q = tf.where(outside, tf.fill(tf.shape(q), tf.constant(float("nan"), q.dtype)), q)
+    q = tf.where(outside, _dtypes.nan_or_zero(outside, q.dtype), q)
     return sign, a, t, l1p, c, yt, bce, num, q
 
 
@@ -710,7 +710,7 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         ratio = tf.where(has_q, log_p / tf.where(has_q, q, tf.ones_like(q)), -tf.ones_like(q))
         g_log_p = w * y * f * (g * tf.math.multiply_no_nan(ratio, p) - 1.0)
         # Frozen at -inf (mask) logits before the sum, as log_softmax's backward.
-        g_log_p = tf.where(tf.equal(z, -float("inf")), tf.zeros_like(g_log_p), g_log_p)
+        g_log_p = tf.where(_dtypes.is_minus_inf(z), tf.zeros_like(g_log_p), g_log_p)
         # g_i - p_i sum_j g_j, written g_i q_i - p_i sum_{j != i} g_j: for the
         # top class (p_i near 1) the direct form cancels (relative error
         # eps / q_i, 3e-4 in float64 at logits [30, 0, -5, 1]). The sum over

@@ -577,7 +577,10 @@ def _log1mexp_clamped(floor: float, dtype: tf.DType):
 
     def forward(x):
         a = tf.maximum(tf.abs(x), floor)
-        return tf.where(a <= _LOG_2, tf.math.log(-tf.math.expm1(-a)), _log1p(-tf.exp(-a)))
+        # Each branch on its own side of the switch: log1p(-1) = -inf was made
+        # and discarded for small a, which stopped enable_check_numerics.
+        near = tf.math.log(-tf.math.expm1(-tf.minimum(a, _LOG_2)))
+        return tf.where(a <= _LOG_2, near, _log1p(-tf.exp(-tf.maximum(a, _LOG_2))))
 
     def float64_for_narrower(x):
         # The value of a float32 (or half) input, evaluated in float64 and
@@ -625,7 +628,7 @@ def _log_add_exp(dtype: tf.DType, xla: bool):
         # TensorFlow's at 1e8 elements on the H200 replay (docs/gpu); on
         # this CPU, 0.80x before and 0.70x after (tf.function, two quick
         # benchmark runs, each ratio within its run).
-        dy = tf.where(tf.equal(tf.maximum(x1, x2), -math.inf), tf.zeros_like(dy), dy)
+        dy = tf.where(_dtypes.is_minus_inf(tf.maximum(x1, x2)), tf.zeros_like(dy), dy)
         # SoftplusGrad(g, d) is g * sigmoid(d) in one fused, accurate kernel
         # (g / (1 + exp(-d))); both weights are formed directly, so the
         # small one is never 1 minus the large one.
@@ -658,7 +661,8 @@ def _log1p(u: tf.Tensor) -> tf.Tensor:
     """
     if u.dtype != tf.float64:
         return tf.math.log1p(u)
-    return tf.where(u < -0.25, tf.math.log(1.0 + u), tf.math.log1p(u))
+    # Each branch only on its own side (no NaN or -inf made and discarded).
+    return tf.where(u < -0.25, tf.math.log(1.0 + tf.minimum(u, -0.25)), tf.math.log1p(tf.maximum(u, -0.25)))
 
 
 def log1p_of_exp(u: tf.Tensor, dtype: tf.DType) -> tf.Tensor:

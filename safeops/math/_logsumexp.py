@@ -57,7 +57,6 @@ from safeops._gradient import custom_op, custom_op_with_residuals
 from safeops.math import _logarithms
 from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch lives in safeops._xla)
 
-_INF = float("inf")
 # Terms with x - max >= this are summed as e - 1 (exact: e > 1/2), see _sum_minus_one.
 _BIG_SHIFT = -0.69
 # log(1/2): a log-probability above it is the row's only one above 1/2.
@@ -347,7 +346,7 @@ def _log1p_or_minus_inf(t):
     """
     empty = tf.equal(t, -1.0)
     safe = tf.where(empty, tf.zeros_like(t), t)
-    return tf.where(empty, tf.fill(tf.shape(t), tf.constant(-_INF, t.dtype)), _logarithms._log1p(safe))
+    return _logarithms._log1p(safe) + _dtypes.minus_inf_or_zero(empty, t.dtype)
 
 
 def exact_shift(x, m):
@@ -431,7 +430,7 @@ def _unweighted_logsumexp(axis, dtype, xla):
         e = tf.exp(z)
         p = (e + e * err) / size
         # A +inf slice (y = +inf): 1 at its +inf entries, 0 elsewhere.
-        at_inf = tf.equal(x, _INF) & tf.equal(y, _INF)
+        at_inf = _dtypes.is_plus_inf(x) & _dtypes.is_plus_inf(y)
         p = tf.where(at_inf, tf.ones_like(p), p)
         return (dy * p,)
 
@@ -443,7 +442,8 @@ def _unweighted_logsumexp(axis, dtype, xla):
 def _softmax_weights(x, y):
     """``exp(x - y)`` with 0 where ``y = -inf`` and 1 at ``+inf`` entries of a ``+inf`` slice."""
     # y = -inf only for an all -inf slice: shift by +inf so every weight is 0.
-    shift = tf.where(tf.equal(y, -_INF), tf.fill(tf.shape(y), tf.constant(_INF, y.dtype)), y)
+    empty = _dtypes.is_minus_inf(y)
+    shift = tf.where(empty, -_dtypes.minus_inf_or_zero(empty, y.dtype), y)
     gap = x - shift
     gap = tf.where(tf.equal(x, shift), tf.zeros_like(gap), gap)  # +inf - (+inf) -> 0
     return tf.exp(gap)
@@ -465,25 +465,33 @@ def _weighted_logsumexp(axis, dtype, return_sign):
     ``|e| >= 1/2`` contribute ``e - 1`` (exact, Sterbenz) and their signed
     count is added back as an integer, so ``|sum| - 1`` keeps its remainder
     for either sign of the sum.
+
+    An entry of weight 0 is read as ``x = 0``, ``log|w| =`` the lowest
+    finite value (not ``-inf``: no infinity is made for finite inputs, which
+    ``tf.debugging.enable_check_numerics`` would stop at): its score is
+    below every live entry's but ``-inf``, its term ``exp(lowest - ...)``
+    is 0, and a slice whose top is such an entry has no live term of finite
+    score (``mw`` is the lowest value: the shift is then 0, as for an all
+    ``-inf`` slice).
     """
 
     def forward(x, w):
         x, w = _xla.exact_input(x), _xla.exact_input(w)  # exact shifts (see safeops._xla.exact_input)
         live = tf.not_equal(w, 0.0) | tf.math.is_nan(x)
-        minus_inf = tf.fill(tf.shape(x), tf.constant(-_INF, x.dtype))
-        x = tf.where(live, x, minus_inf)
+        lowest = tf.fill(tf.shape(x), tf.constant(-_dtypes.max_value(x.dtype), x.dtype))
+        x = tf.where(live, x, tf.zeros_like(x))
         log_w, err_w = _log_abs(w, live)
         score = tf.stop_gradient(x + log_w)
         top = tf.equal(score, tf.reduce_max(score, axis, keepdims=True))
-        mx = tf.reduce_max(tf.where(top, tf.stop_gradient(x), minus_inf), axis, keepdims=True)
+        mx = tf.reduce_max(tf.where(top, tf.stop_gradient(x), lowest), axis, keepdims=True)
         top = top & tf.equal(tf.stop_gradient(x), mx)
-        mw = tf.reduce_max(tf.where(top, tf.stop_gradient(log_w), minus_inf), axis, keepdims=True)
-        valid = tf.math.is_finite(mx) & tf.math.is_finite(mw)
+        mw = tf.reduce_max(tf.where(top, tf.stop_gradient(log_w), lowest), axis, keepdims=True)
+        valid = tf.math.is_finite(mx) & tf.math.is_finite(mw) & (mw > -_dtypes.max_value(x.dtype))
         mx = tf.where(valid, mx, tf.zeros_like(mx))
         mw = tf.where(valid, mw, tf.zeros_like(mw))
         # The log's rounding error at the maximum (ties in x and log|w| share it to first order).
         top = top & tf.equal(tf.stop_gradient(log_w), mw)
-        ek = tf.reduce_max(tf.where(top, tf.stop_gradient(err_w), minus_inf), axis, keepdims=True)
+        ek = tf.reduce_max(tf.where(top, tf.stop_gradient(err_w), lowest), axis, keepdims=True)
         ek = tf.where(valid, ek, tf.zeros_like(ek))
         e = _weighted_exponent(x, log_w, err_w, mx, mw, ek)
         sg = tf.sign(w)
@@ -525,7 +533,8 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         folded = tf.sign(w) * _weighted_exponent(x, log_w, err_w, mx, mw, ek) / size
         tiny = _dtypes.tiny(x.dtype)
         wp = w * p
-        normal = (p >= tiny) & (p < _INF) & (tf.abs(wp) >= tiny) & (tf.abs(wp) < _INF)
+        huge = _dtypes.max_value(x.dtype)
+        normal = (p >= tiny) & (p <= huge) & (tf.abs(wp) >= tiny) & (tf.abs(wp) <= huge)
         wp = tf.where(normal, wp, folded)
         finite = tf.math.is_finite(y)
         fallback = _softmax_weights(x, y)
@@ -541,7 +550,7 @@ def _weighted_logsumexp(axis, dtype, return_sign):
 
 
 def _log_abs(w, live):
-    """``(L, err)``: ``L = log|w|`` as rounded (``-inf`` off ``live``) and ``err ~ log|w| - L``.
+    """``(L, err)``: ``L = log|w|`` as rounded (the lowest finite value off ``live``) and ``err ~ log|w| - L``.
 
     ``|w| exp(-L) = exp(err) = 1 + err + ...``, and ``exp(-L)`` is within an
     ulp or two of ``1/|w|``, so ``|w| exp(-L) - 1`` is ``err`` with an
@@ -550,9 +559,9 @@ def _log_abs(w, live):
     leaves the range (``|w|`` near the largest finite number, whose
     reciprocal is subnormal and flushed), ``err`` is taken as 0.
     """
-    minus_inf = tf.fill(tf.shape(w), tf.constant(-_INF, w.dtype))
+    lowest = tf.fill(tf.shape(w), tf.constant(-_dtypes.max_value(w.dtype), w.dtype))
     a = tf.abs(w)
-    log_a = tf.where(live, tf.math.log(a), minus_inf)
+    log_a = tf.where(live, tf.math.log(a + tf.cast(~live, a.dtype)), lowest)  # log(1) off live
     r = a * tf.exp(-tf.where(live, log_a, tf.zeros_like(a))) - 1.0
     err = tf.where(live & (tf.abs(r) < 2.0 ** -10), r, tf.zeros_like(r))
     return log_a, tf.stop_gradient(err)
@@ -580,7 +589,7 @@ def _weighted_exponent(x, log_w, err_w, mx, mw, ek):
 def _sign_of_sum(y):
     """Sign of ``sum(exp(x))`` from its log: 0 at ``-inf``, NaN at NaN, else 1."""
     one = tf.ones_like(y)
-    return tf.where(tf.equal(y, -_INF), tf.zeros_like(y), tf.where(tf.math.is_nan(y), y, one))
+    return tf.where(_dtypes.is_minus_inf(y), tf.zeros_like(y), tf.where(tf.math.is_nan(y), y, one))
 
 
 # ----------------------------------------------------------------------------
@@ -598,7 +607,7 @@ def _masked_softmax(axis, dtype, xla):
         # exp(-inf) = 0 and the row sum 0 (divided by 1 below). A +inf or NaN
         # maximum is kept: x - m is then NaN or -inf everywhere in the row
         # and the row sum NaN, so the whole row is NaN.
-        m = tf.where(tf.equal(m, -_INF), tf.zeros_like(m), m)
+        m = tf.where(_dtypes.is_minus_inf(m), tf.zeros_like(m), m)
         z, err = exact_shift(x, m)
         e = tf.exp(z)
         # The row sum as 1 + (sum - 1): summed with the maximum's 1 in the
@@ -638,7 +647,7 @@ def _masked_log_softmax(axis, dtype, xla):
         # Frozen where the *input* is -inf (a mask), not where y is: y is also
         # -inf when x - max overflows ([-max, max]), and there the gradient is 1.
         # NaN rows stay NaN via exp(y).
-        dy = tf.where(tf.equal(x, -_INF), tf.zeros_like(dy), dy)
+        dy = tf.where(_dtypes.is_minus_inf(x), tf.zeros_like(dy), dy)
         total, = _xla.last_axis_sums([dy], axis)
         # dy - exp(y) sum(dy) at an entry whose probability is near 1 is
         # dy - sum(dy) + sum(dy) (1 - p), and 1 - p = -expm1(y) is kept

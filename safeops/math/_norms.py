@@ -281,7 +281,7 @@ def _euclidean_norm(axis, dtype: tf.DType):
         # reduction. A zero sum takes the scaled path: it may be an
         # underflowed one ([1e-25, 1e-25] in float32).
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
-        ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
+        ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq <= _dtypes.max_value(sum_sq.dtype)))
         if _xla.in_xla():
             # No differentiable path into the tf.cond (see below): its
             # branches see a frozen x, and the plain root's derivative (for
@@ -357,7 +357,7 @@ def _unit_vector(axis, floor: float, dtype: tf.DType, xla: bool):
             # here would be differentiated, see _euclidean_norm.
             return with_residuals(*scaled_forward(x))
         sum_sq = tf.reduce_sum(tf.square(x), axis, keepdims=True)
-        ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq < float("inf")))
+        ordinary = tf.reduce_all((sum_sq >= safe_min) & (sum_sq <= _dtypes.max_value(sum_sq.dtype)))
 
         def plain():
             # TensorFlow's formula, x * rsqrt(max(sum, epsilon)), with a
@@ -429,7 +429,7 @@ def _power_of_two_scale(largest: tf.Tensor) -> tf.Tensor:
     """
     info = _dtypes.finfo(largest.dtype)
     top = int(info.maxexp) - 2          # 126 (float32), 1022 (float64): 2**±top is normal
-    ordinary = (largest >= float(info.tiny)) & (largest < float("inf"))   # NaN compares false
+    ordinary = (largest >= float(info.tiny)) & (largest <= float(info.max))   # NaN compares false
     safe = tf.where(ordinary, largest, tf.ones_like(largest))
     e = tf.clip_by_value(tf.floor(tf.math.log(safe) * (1.0 / math.log(2.0))), -top, top)
     t = safe * _exact_power_of_two(-e, top)
@@ -467,8 +467,7 @@ def _nan_max(v: tf.Tensor, axis) -> tf.Tensor:
     """
     top = tf.reduce_max(v, axis, keepdims=True)
     has_nan = tf.reduce_any(tf.math.is_nan(v), axis, keepdims=True)
-    nan = tf.stop_gradient(tf.where(has_nan, tf.fill(tf.shape(top), tf.constant(float("nan"), v.dtype)),
-                                    tf.zeros_like(top)))
+    nan = tf.stop_gradient(_dtypes.nan_or_zero(has_nan, v.dtype))
     nan_slice = tf.reduce_sum(tf.where(has_nan, v, tf.zeros_like(v)) * nan, axis, keepdims=True)
     return tf.where(has_nan, nan_slice, top)
 
@@ -616,7 +615,7 @@ def _p_norm(axis, p: float, dtype: tf.DType, xla: bool):
         else:
             ratio = _power(scaled / safe_norm, p - 1.0)
         g = tf.where(live, ratio, tf.zeros_like(ratio)) * tf.sign(tf.cast(x, work))
-        g = tf.where(tf.math.is_inf(a), tf.fill(tf.shape(g), tf.constant(np.nan, work)), g)
+        g = tf.where(tf.math.is_inf(a), _dtypes.nan_or_zero(tf.math.is_inf(a), work), g)
         g = _dtypes.saturate(g, dtype) * tf.cast(dy, work)
         return (tf.cast(g, x.dtype),)
 

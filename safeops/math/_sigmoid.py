@@ -307,7 +307,9 @@ def _softplus_op(dtype: tf.DType, xla: bool):
     switch = _dtypes.log_inv_eps(_dtypes.compute_dtype(dtype))
 
     def forward(x):
-        return tf.where(x > switch, x, log1p_of_exp(tf.exp(x), dtype))
+        # exp of at most `switch`: the branch not taken never overflows (an
+        # inf there, discarded, still stopped enable_check_numerics).
+        return tf.where(x > switch, x, log1p_of_exp(tf.exp(tf.minimum(x, switch)), dtype))
 
     return custom_op(_xla.compiled(forward, xla, eager_plain=True),
                      lambda dy, y, x: (_scaled_sigmoid(dy, x),), dtype)
@@ -319,7 +321,7 @@ def _log_sigmoid_op(dtype: tf.DType, xla: bool):
     switch = _dtypes.log_inv_eps(_dtypes.compute_dtype(dtype))
 
     def forward(x):
-        return tf.where(x < -switch, x, -log1p_of_exp(tf.exp(-x), dtype))
+        return tf.where(x < -switch, x, -log1p_of_exp(tf.exp(-tf.maximum(x, -switch)), dtype))
 
     return custom_op(_xla.compiled(forward, xla, eager_plain=True),
                      lambda dy, y, x: (_scaled_sigmoid(dy, -x),), dtype)
@@ -339,12 +341,14 @@ def _softplus_inverse_op(floor: float, dtype: tf.DType):
 
     def forward(x):
         x = tf.maximum(x, floor)
-        small = tf.math.log(tf.math.expm1(x))
+        # Each branch on its own side of its switch (an expm1 that overflows,
+        # a log1p(-1), made and discarded, stopped enable_check_numerics).
+        small = tf.math.log(tf.math.expm1(tf.minimum(x, _LOG_4_3)))
         # log(e^x - 1) = t + log(2 - e^-t) with t = x - log 2 = (x - head) - tail:
         # x - head is exact, both terms share the sign of t (no cancellation),
         # and the tail enters to first order, 2 tail / (2 - e^-t), so no chain
         # of constant subtractions is left for graph optimizers to reassociate.
-        t = x - head
+        t = tf.clip_by_value(x, _LOG_4_3, switch) - head
         v = -tf.math.expm1(-t)
         middle = t + (_log1p(v) - 2.0 * tail / (1.0 + v))
         return tf.where(x < _LOG_4_3, small, tf.where(x > switch, x, middle))

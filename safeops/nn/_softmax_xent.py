@@ -338,11 +338,11 @@ def _index_xent(dtype: tf.DType):
     def forward(x, labels, valid):
         d, e, s, log_s = _last_axis_log_sum_exp(_xla.enabled())(x)
         loss = tf.squeeze(log_s, -1) - tf.gather_nd(d, at_label(labels))
-        return tf.where(valid, loss, tf.constant(float("nan"), loss.dtype)), (e, s, log_s)
+        return tf.where(valid, loss, _dtypes.nan_or_zero(~valid, loss.dtype)), (e, s, log_s)
 
     def backward(dy, loss, residuals, x, labels, valid):
         e, s, log_s = residuals
-        scale = tf.where(valid, dy, tf.constant(float("nan"), dy.dtype))
+        scale = tf.where(valid, dy, _dtypes.nan_or_zero(~valid, dy.dtype))
         dx = e * _safe_ratio(tf.expand_dims(scale, -1), s)
         at = at_label(labels)
         # The label's entry dy (p - 1): where it is the maximum (e = 1),
@@ -386,7 +386,7 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
     """
     x = _xla.exact_input(x)  # the ties at the maximum are counted by x - shift == 0 (see exact_input)
     shift = tf.reduce_max(x, axis, keepdims=True)
-    shift = tf.stop_gradient(tf.where(shift == float("-inf"), tf.zeros_like(shift), shift))
+    shift = tf.stop_gradient(tf.where(_dtypes.is_minus_inf(shift), tf.zeros_like(shift), shift))
     d, err = _logsumexp.exact_shift(x, shift)
     e = tf.exp(d)
     # Each term off the maximum is exp(d) (1 + err), err the rounding of
