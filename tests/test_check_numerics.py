@@ -72,10 +72,12 @@ CASES = {
     "norm_ord1.5": (lambda x: tfm.norm(x, ord=1.5, axis=-1), ZEROS),
     "norm_ord3": (lambda x: tfm.norm(x, ord=3, axis=-1), ZEROS),
     "l2_normalize": (lambda x: tfm.l2_normalize(x, -1), ZEROS),
-    "softmax_cross_entropy_with_logits": (lambda x: nn.softmax_cross_entropy_with_logits(_labels(x), x), LOGITS),
+    "softmax_cross_entropy_with_logits": (
+        lambda x: nn.softmax_cross_entropy_with_logits(_labels(x), x), LOGITS),
     "sparse_softmax_cross_entropy_with_logits": (
         lambda x: nn.sparse_softmax_cross_entropy_with_logits(tf.constant([1, 3]), x), LOGITS),
-    "sigmoid_cross_entropy_with_logits": (lambda x: nn.sigmoid_cross_entropy_with_logits(_labels(x), x), LOGITS),
+    "sigmoid_cross_entropy_with_logits": (
+        lambda x: nn.sigmoid_cross_entropy_with_logits(_labels(x), x), LOGITS),
     "weighted_cross_entropy_with_logits": (
         lambda x: nn.weighted_cross_entropy_with_logits(_labels(x), x, 2.0), LOGITS),
     "binary_crossentropy": (lambda x: losses.binary_crossentropy(_labels(x), x), PROBS),
@@ -85,7 +87,8 @@ CASES = {
     "categorical_crossentropy_softmax": (
         lambda x: losses.categorical_crossentropy(_labels(x), tf.nn.softmax(x)), LOGITS),
     "categorical_crossentropy_logits": (
-        lambda x: losses.categorical_crossentropy(_labels(x), x, from_logits=True, label_smoothing=0.1), LOGITS),
+        lambda x: losses.categorical_crossentropy(_labels(x), x, from_logits=True, label_smoothing=0.1),
+        LOGITS),
     "sparse_categorical_crossentropy": (
         lambda x: losses.sparse_categorical_crossentropy(tf.constant([1, 3]), x), PROBS),
     "sparse_categorical_crossentropy_logits": (
@@ -95,7 +98,8 @@ CASES = {
     "poisson": (lambda x: losses.poisson(_labels(x), x), PROBS),
     "binary_focal_crossentropy": (lambda x: losses.binary_focal_crossentropy(_labels(x), x), PROBS),
     "binary_focal_crossentropy_logits": (
-        lambda x: losses.binary_focal_crossentropy(_labels(x), x, from_logits=True, apply_class_balancing=True),
+        lambda x: losses.binary_focal_crossentropy(_labels(x), x, from_logits=True,
+                                                   apply_class_balancing=True),
         LOGITS),
     "categorical_focal_crossentropy": (lambda x: losses.categorical_focal_crossentropy(_labels(x), x), PROBS),
     "categorical_focal_crossentropy_logits": (
@@ -127,7 +131,8 @@ def _fit_model() -> list:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 5)).astype(np.float32) * 30.0  # features never standardised
     y = keras.utils.to_categorical(rng.integers(0, 3, 64), 3)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
     model.compile(optimizer=keras.optimizers.SGD(0.01),
                   loss=losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
     return model.fit(x, y, batch_size=16, epochs=2, verbose=0).history["loss"]
@@ -139,7 +144,8 @@ def results() -> dict:
     for mode, dtype in RUNS:
         for name, (fn, x) in CASES.items():
             try:
-                out[f"{mode}/{dtype}/{name}"] = _value_and_gradient(fn, mode, tf.constant(x, getattr(tf, dtype)))
+                x = tf.constant(x, getattr(tf, dtype))
+                out[f"{mode}/{dtype}/{name}"] = _value_and_gradient(fn, mode, x)
             except Exception as e:  # noqa: BLE001 (reported, as the test's message)
                 out[f"{mode}/{dtype}/{name}"] = f"{type(e).__name__}: {str(e)[:300]}"
     try:

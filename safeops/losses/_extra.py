@@ -440,7 +440,8 @@ def _centred_kl(t, s, axis):
     # Each branch on its own side (a kept mass of 0, where the centred form is
     # not selected, gave log(0) = -inf for enable_check_numerics to stop at).
     tiny = _dtypes.tiny(kept.dtype)
-    lost = tf.where(dead < 0.5, -_logarithms._log1p(-tf.minimum(dead, 0.5)), -tf.math.log(tf.maximum(kept, tiny)))
+    lost = tf.where(dead < 0.5, -_logarithms._log1p(-tf.minimum(dead, 0.5)),
+                    -tf.math.log(tf.maximum(kept, tiny)))
     return (_logarithms._log1p(a) + m * (a / (1.0 + a))) + lost
 
 

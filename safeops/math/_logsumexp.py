@@ -550,7 +550,7 @@ def _weighted_logsumexp(axis, dtype, return_sign):
 
 
 def _log_abs(w, live):
-    """``(L, err)``: ``L = log|w|`` as rounded (the lowest finite value off ``live``) and ``err ~ log|w| - L``.
+    """``(L, err)``: ``L = log|w|`` as rounded (the lowest finite value off ``live``), ``err ~ log|w| - L``.
 
     ``|w| exp(-L) = exp(err) = 1 + err + ...``, and ``exp(-L)`` is within an
     ulp or two of ``1/|w|``, so ``|w| exp(-L) - 1`` is ``err`` with an
