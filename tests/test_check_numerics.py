@@ -20,10 +20,6 @@ subprocess (:func:`main`) that prints its results as JSON.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -32,6 +28,7 @@ import tensorflow as tf
 
 import safeops.math as tfm
 from safeops import losses, nn
+from _subprocess import print_json, run_main
 
 PROBS = [[0.0, 1.0, 0.5, 1e-30], [0.25, 0.25, 0.5, 0.0]]        # exact 0 and 1, a tiny one
 LABELS = [[0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.5, 0.0]]
@@ -162,20 +159,12 @@ def main() -> None:
     tf.debugging.enable_check_numerics()
     out = results()
     out["inner_xla"] = _xla.enabled()
-    print("CHECKED_JSON " + json.dumps(out))
+    print_json(out)
 
 
 @pytest.fixture(scope="module")
 def checked():
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]),
-               TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", "import test_check_numerics as t; t.main()"],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=root)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECKED_JSON ")]
-    assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(line[0].split(" ", 1)[1])
+    return run_main("test_check_numerics", "main", timeout=600)
 
 
 @pytest.fixture(scope="module")

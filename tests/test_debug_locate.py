@@ -7,11 +7,8 @@ must name the same op (or an earlier one) and add the cause.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -20,6 +17,7 @@ import tensorflow as tf
 
 import safeops.math as tfm
 from safeops.debug import NonFiniteReport, TensorStats, locate_nonfinite
+from _subprocess import print_json, run_main
 
 
 def log_of_zero(x):
@@ -124,20 +122,12 @@ def check_numerics_main() -> None:
         return loss, tape.gradient(loss, model.trainable_variables)
 
     out["model"] = first_bad(train_step, tf.constant(MODEL_X), tf.constant(MODEL_Y))
-    print("CHECK_NUMERICS_JSON " + json.dumps(out))
+    print_json(out)
 
 
 @pytest.fixture(scope="module")
 def check_numerics():
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, here, os.environ.get("PYTHONPATH", "")]),
-               TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", "import test_debug_locate as t; t.check_numerics_main()"],
-                          capture_output=True, text=True, env=env, timeout=240, cwd=root)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK_NUMERICS_JSON ")]
-    assert line, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(line[0].split(" ", 1)[1])
+    return run_main("test_debug_locate", "check_numerics_main", timeout=240)
 
 
 @pytest.fixture(scope="module")
