@@ -266,14 +266,25 @@ def _euclidean_norm(axis, dtype: tf.DType):
 
     safe_min = _safe_sum_of_squares(dtype)
 
-    def scaled_forward(x):
+    def scaled_parts(x):
         scale = _power_of_two_scale(tf.reduce_max(tf.abs(x), axis, keepdims=True))
         sum_sq = tf.reduce_sum(tf.square(x * scale), axis, keepdims=True)
         positive = tf.not_equal(sum_sq, 0.0)  # NaN counts as positive: NaN kept
         # sqrt only of nonzero sums, so no sqrt'(0) = inf at second order.
         scaled_norm = tf.where(positive, tf.sqrt(tf.where(positive, sum_sq, tf.ones_like(sum_sq))),
                                tf.zeros_like(sum_sq))
+        return scaled_norm, scale
+
+    def from_parts(scaled_norm, scale):
+        # The value is formed after the tf.cond, whose branches return two
+        # different tensors: the plain branch's (norm, norm) pair, one tensor
+        # twice, came out of TensorFlow Lite's converter (TF 2.21) as
+        # garbage (1e-45 for the norm of [3, 4]). Dividing by a scale of 1
+        # is exact, so the plain value keeps its bits.
         return scaled_norm / scale, (scale, scaled_norm)
+
+    def scaled_forward(x):
+        return from_parts(*scaled_parts(x))
 
     def forward(x):
         # As in _unit_vector: with no plain sum of squares near overflow or
@@ -290,16 +301,15 @@ def _euclidean_norm(axis, dtype: tf.DType):
             # then costs nothing where it is not taken.
             norm_ = tf.sqrt(sum_sq)
             frozen, still = tf.stop_gradient(x), tf.stop_gradient(norm_)
-            y, residuals = tf.cond(ordinary, lambda: (still, (tf.ones_like(still), still)),
-                                   lambda: scaled_forward(frozen))
+            y, residuals = from_parts(*tf.cond(ordinary, lambda: (still, tf.ones_like(still)),
+                                               lambda: scaled_parts(frozen)))
             tangent = tf.where(tf.math.is_finite(norm_), norm_ - still, tf.zeros_like(norm_))
             return y + tangent, residuals
 
         def plain():
-            norm_ = tf.sqrt(sum_sq)
-            return norm_, (tf.ones_like(norm_), norm_)
+            return tf.sqrt(sum_sq), tf.ones_like(sum_sq)
 
-        return tf.cond(ordinary, plain, lambda: scaled_forward(x))
+        return from_parts(*tf.cond(ordinary, plain, lambda: scaled_parts(x)))
 
     # A tf.cond in a pass that is differentiated (this forward, under a tape
     # outside a jit_compile function; the second-order pass, which
