@@ -77,6 +77,11 @@ def double_where(a):
     return tf.where(a > 0.0, tf.math.log(a), 0.0)  # lint: double-where
 
 
+def inverse_trig_at_one(a):
+    u = tfm.l2_normalize(a, -1)
+    return tf.math.acos(tf.reduce_sum(u * u[::-1], -1))  # lint: inverse-trig-at-one
+
+
 NAIVE = {
     "log-of-softmax": (log_of_softmax, (X,)),
     "log-of-sigmoid": (log_of_sigmoid, (X,)),
@@ -88,7 +93,11 @@ NAIVE = {
     "exp-overflow": (exp_overflow, (X,)),
     "fractional-pow-at-zero": (fractional_pow_at_zero, (X,)),
     "double-where": (double_where, (X,)),
+    "inverse-trig-at-one": (inverse_trig_at_one, (X,)),
 }
+
+#: Patterns with no safeops op to name: the fix is the user's own clip.
+NO_SAFEOPS_OP = {"inverse-trig-at-one"}
 
 # --------------------------------------------------------------------------- the safeops equivalents
 
@@ -104,6 +113,8 @@ SAFE = {
     "exp-overflow": (lambda a: tfm.softmax(a) + tfm.reduce_logsumexp(a), (X,)),
     "fractional-pow-at-zero": (lambda a: tf.exp(0.3 * tfm.log(tf.nn.relu6(a))), (X,)),
     "double-where": (lambda a: tf.where(a > 0.0, tfm.log(a), 0.0), (X,)),
+    "inverse-trig-at-one": (lambda a: tf.math.acos(tf.clip_by_value(
+        tf.reduce_sum(tfm.l2_normalize(a, -1) * tfm.l2_normalize(a, -1)[::-1], -1), -1 + 1e-7, 1 - 1e-7)), (X,)),
 }
 
 # Hand-written code that is safe without safeops: the range analysis must know it.
@@ -135,7 +146,7 @@ class TestEachPattern:
         hits = [f for f in findings if f.pattern == pattern]
         assert hits, [str(f) for f in findings]
         assert _at_marker(hits[0], pattern), hits[0].location
-        assert "safeops" in hits[0].fix and hits[0].message and hits[0].op_type
+        assert ("safeops" in hits[0].fix or pattern in NO_SAFEOPS_OP) and hits[0].message and hits[0].op_type
 
     @pytest.mark.parametrize("pattern", sorted(SAFE))
     def test_safeops_equivalent_does_not(self, pattern):
@@ -164,6 +175,16 @@ class TestDetails:
     def test_sqrt_and_norm_messages(self):
         (finding,) = lint(sqrt_at_zero, X, print=False)
         assert "norm" in finding.message and "safeops.math.norm" in finding.fix
+
+    @pytest.mark.parametrize("op", [tf.math.acos, tf.math.asin, tf.math.atanh])
+    def test_inverse_trig_clipped_to_the_closed_interval_is_still_reported(self, op):
+        """A clip to [-1, 1] makes the value finite but not the gradient at +-1 (inf there)."""
+        findings = lint(lambda a: op(tf.clip_by_value(a, -1.0, 1.0)), X, print=False)
+        assert _patterns(findings) == ["inverse-trig-at-one"], [str(f) for f in findings]
+        assert "[-1, 1]" in findings[0].message and "1 - eps" in findings[0].fix
+
+    def test_inverse_trig_of_a_clip_strictly_inside_is_quiet(self):
+        assert lint(lambda a: tf.math.acos(tf.clip_by_value(a, -0.999, 0.999)), X, print=False) == []
 
     def test_tf_function_is_traced_through(self):
         assert _patterns(lint(tf.function(log_of_nonpositive), X, print=False)) == ["log-of-nonpositive"]
@@ -365,6 +386,15 @@ class TestLabelOnlyHazards:
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
         assert lint(model, X6, Y3, loss=kl_masked_on_labels, print=False) == []
+
+    def test_acos_of_clipped_labels_is_quiet_and_of_the_prediction_is_not(self):
+        """acos of labels clipped to [-1, 1]: finite value, and no gradient reaches the labels."""
+        def angle_loss(y, logits):
+            return tf.reduce_sum(tf.math.acos(tf.clip_by_value(y, -1.0, 1.0)) * logits, axis=-1)
+
+        assert lint(angle_loss, Y3, X6[:, :3], print=False) == []
+        assert _patterns(lint(lambda y, logits: angle_loss(logits, y), Y3, X6[:, :3], print=False)) \
+            == ["inverse-trig-at-one"]
 
     def test_the_same_where_on_the_prediction_is_reported(self):
         assert _patterns(lint(lambda y, logits: kl_masked_on_labels(logits, y), Y3, X6[:, :3], print=False)) \

@@ -27,6 +27,14 @@ _LOWER_THE_LEARNING_RATE = "lower the learning rate"   # how the fixes that blam
 FLOAT16_MAX = _dtypes.max_value(tf.float16)   # 65504: a float16 value beyond it is inf
 
 
+#: The fix for an inverse trigonometric function at or past +-1 (lint's finding and locate's cause).
+INVERSE_TRIG_FIX = {
+    kind: (f"clip into the open interval: tf.math.{kind.lower()}(tf.clip_by_value(x, -1 + eps, 1 - eps)) "
+           "with eps = 1e-7 in float32, 1e-3 in float16, 1e-2 in bfloat16 (a smaller eps rounds back to 1); "
+           "a clip to [-1, 1] removes the NaN value but not the inf gradient at +-1")
+    for kind in ("Acos", "Asin", "Atanh")}
+
+
 def float16_fix(float16_variables: bool) -> str:
     """The fix for a float16 overflow; ``float16_variables``: the variables themselves are float16
     (the ``'float16'`` policy or a layer built with ``dtype='float16'``), not only the activations."""

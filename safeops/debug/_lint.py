@@ -32,7 +32,8 @@ Patterns (``Finding.pattern``)
 ``crossentropy-on-probabilities``, ``log-of-softmax``, ``log-of-sigmoid``,
 ``log-of-clip``, ``log-of-nonpositive``, ``division-by-zero``,
 ``sqrt-at-zero``, ``exp-overflow``, ``fractional-pow-at-zero``,
-``double-where``. See :data:`PATTERNS` for the one-line reason of each.
+``double-where``, ``inverse-trig-at-one``. See :data:`PATTERNS` for the
+one-line reason of each.
 
 Modules
 -------

@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from safeops import _dtypes, _validate
 from safeops.debug import _trace
-from safeops.debug._events import FLOAT16_MAX, float16_fix
+from safeops.debug._events import FLOAT16_MAX, INVERSE_TRIG_FIX, float16_fix
 
 _OP = "safeops.debug.locate_nonfinite"
 
@@ -322,7 +322,7 @@ def _describe_results(traced, names) -> list:
 _GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Reciprocal", "TanhGrad": "Tanh",
             "SigmoidGrad": "Sigmoid", "SoftplusGrad": "Softplus", "ReluGrad": "Relu", "EluGrad": "Elu"}
 _HAZARDOUS_FORWARD = ("Log", "Log1p", "Sqrt", "Rsqrt", "RealDiv", "Div", "Reciprocal", "Pow", "Exp",
-                      "Xlogy", "Xdivy", "Acos", "Asin", "Atan2", "Softmax", "EuclideanNorm")
+                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Atan2", "Softmax", "EuclideanNorm")
 
 
 def _differentiated_op(op, forward_ops):
@@ -340,7 +340,26 @@ def _differentiated_op(op, forward_ops):
     for t in read:
         if t.op.type in _HAZARDOUS_FORWARD:
             return t.op
-    return read[0].op if read else None
+    if read:
+        return read[0].op
+    # Reads gradient tensors only (acos' 1/sqrt(1 - x**2) is Reciprocal of
+    # Sqrt of Sub of Square(x)): the hazardous consumer of the forward
+    # tensors a few gradient ops back.
+    frontier, seen = list(op.inputs), set()
+    for _ in range(4):
+        earlier = []
+        for t in frontier:
+            if t.name in seen:
+                continue
+            seen.add(t.name)
+            if t.op.name in forward_names:
+                hazardous = [c for c in t.consumers() if c.name in forward_names and c.type in _HAZARDOUS_FORWARD]
+                if hazardous:
+                    return hazardous[0]
+            else:
+                earlier.extend(t.op.inputs)
+        frontier = earlier
+    return None
 
 
 def _count(n: int, what: str) -> str:
@@ -457,6 +476,11 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
         return f"Pow overflow: base up to {base.max:.4g}", "work in log space: exp(p * safeops.math.log(x))"
     if kind == "Softmax" and x is not None:
         return ("Softmax of a row with +inf or all -inf entries", "safeops.math.softmax (all -inf rows give 0)")
+    if kind in ("Acos", "Asin", "Atanh") and x is not None:
+        edge = "at or beyond +-1 (inf at +-1, NaN beyond)" if kind == "Atanh" else "outside [-1, 1] (NaN there)"
+        return (f"{kind} of an input {edge}: input range [{x.min:.9g}, {x.max:.9g}]; a cosine similarity "
+                "or a dot product of normalised vectors lands past +-1 by a rounding error (1.00000012 "
+                "in float32)", INVERSE_TRIG_FIX[kind])
     if kind in ("ReduceLogSumExp",):
         return "log-sum-exp of an all -inf slice", "safeops.math.reduce_logsumexp"
     biggest = max((max(abs(s.min), abs(s.max)) for s in ins if not math.isnan(s.min)), default=math.nan)
@@ -491,5 +515,9 @@ def _explain_gradient(op, ins, outs, forward_op, made):
                 "safeops.math.sqrt for p = 0.5, else exp(p * safeops.math.log(x))")
     if ftype == "EuclideanNorm":
         return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.norm"
+    if ftype in ("Acos", "Asin", "Atanh"):
+        derivative = "1/(1 - x**2)" if ftype == "Atanh" else "1/sqrt(1 - x**2)"
+        return (f"{derivative} {where} at x = +-1 (the input reached +-1, a clip to [-1, 1] included); "
+                f"gives {made}", INVERSE_TRIG_FIX[ftype])
     return (f"{op.type} {where} ('{forward_op.name}') made {made} from finite values",
             "replace the forward op by its safeops equivalent (safeops.debug.lint lists them)")

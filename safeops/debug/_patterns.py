@@ -3,7 +3,7 @@
 :data:`PATTERNS` (each pattern with its one-line reason), the :class:`Finding`
 a match produces, and the matchers: :func:`_match` recognises a hazardous op
 (log of probabilities, division or sqrt at zero, exp overflow, fractional
-pow, the double ``tf.where``) and builds the finding with its safeops fix,
+pow, the double ``tf.where``, acos/asin/atanh at +-1) and builds the finding with its safeops fix,
 asking the value ranges of :mod:`safeops.debug._ranges` whether an operand
 can be zero.
 """
@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from safeops.debug import _trace
+from safeops.debug._events import INVERSE_TRIG_FIX
 from safeops.debug._ranges import _TRANSPARENT, _ancestors, _const_array, _const_value, _producer
 
 #: Each pattern with why it is hazardous, in one line.
@@ -38,6 +39,8 @@ PATTERNS = {
     "fractional-pow-at-zero": "the gradient p x**(p-1) is inf at 0 for p < 1, and the value is NaN for x < 0",
     "double-where": "the where masks the value only: backprop still computes the unselected branch's "
                     "gradient (inf or NaN there) and multiplies it by 0, and 0 * inf = NaN",
+    "inverse-trig-at-one": "acos and asin are NaN outside [-1, 1] (atanh inf at +-1), where a cosine similarity "
+                           "lands by rounding (1.0000001), and their gradient is inf at +-1",
 }
 
 
@@ -164,6 +167,16 @@ def _match(op, ranges, live=None):
                   "x/0 = inf, 0/0 = NaN, and the gradient -x/y**2 overflows near 0"
             yield _finding("division-by-zero", op, msg,
                            "safeops.math.divide_no_nan(x, y): 0 where y == 0, with a finite gradient"), op.name
+        return
+    if kind in ("Acos", "Asin", "Atanh"):
+        arg = op.inputs[0]
+        r = ranges.get(arg)
+        inside = (r.lo > -1 or (r.lo == -1 and r.lo_open)) and (r.hi < 1 or (r.hi == 1 and r.hi_open))
+        if inside or (kind != "Atanh" and r.lo >= -1 and r.hi <= 1 and live is not None and arg.name not in live):
+            return   # strictly inside; or clipped to [-1, 1] where no gradient flows (finite value)
+        msg = f"{kind.lower()} of a value not known to lie strictly inside (-1, 1) (range {r}): " \
+              + PATTERNS["inverse-trig-at-one"]
+        yield _finding("inverse-trig-at-one", op, msg, INVERSE_TRIG_FIX[kind]), op.name
         return
     if kind in ("Sqrt", "Rsqrt", "EuclideanNorm"):
         arg = op.inputs[0]
