@@ -52,6 +52,18 @@ def asin_at_one(x):
     return tf.reduce_sum(tf.math.asin(tf.clip_by_value(x, -1.0, 1.0)))  # locate: asin_at_one
 
 
+def lgamma_at_zero(x):
+    return tf.reduce_sum(tf.math.lgamma(x))  # locate: lgamma_at_zero
+
+
+def angle_of_zero_vector(x):
+    return tf.reduce_sum(tf.math.atan2(x[:, 0], x[:, 1]))  # locate: angle_of_zero_vector
+
+
+def log_cosh(x):
+    return tf.reduce_sum(tf.math.log(tf.math.cosh(x)))  # locate: log_cosh
+
+
 X = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]], dtype=np.float32)
 X_BIG = np.array([[1.0, 100.0, 2.0]], dtype=np.float32)
 #: A cosine similarity one float32 ULP past 1 (what rounding makes of aligned unit vectors).
@@ -69,9 +81,13 @@ CASES = {
                       ["Acos of an input outside [-1, 1]", "[-1, 1.00000012]", "cosine similarity"]),
     "asin_at_one": (asin_at_one, X_COS, "backward", "Reciprocal",
                     ["1/sqrt(1 - x**2) in the gradient of Asin at x = +-1", "clip to [-1, 1]"]),
+    "lgamma_at_zero": (lgamma_at_zero, X, "forward", "Lgamma", ["Lgamma at a pole", "4 zeros"]),
+    "angle_of_zero_vector": (angle_of_zero_vector, X, "backward", "RealDiv",
+                             ["in the gradient of Atan2 at y = x = 0"]),
+    "log_cosh": (log_cosh, X_BIG, "forward", "Cosh", ["Cosh overflow", "largest |input| is 100", "89.42"]),
 }
-#: Causes with no safeops op to name: the fix is a clip into (-1, 1).
-NO_SAFEOPS_OP = {"acos_past_one", "asin_at_one"}
+#: Causes with no safeops op to name: the fix is the user's own clip or mask.
+NO_SAFEOPS_OP = {"acos_past_one": "1 - eps", "asin_at_one": "1 - eps", "angle_of_zero_vector": "nonzero"}
 
 
 def _marker_line(name: str) -> int:
@@ -170,7 +186,7 @@ class TestCases:
         assert report.found and report.phase == phase and report.op_type == op_type, str(report)
         for word in words:
             assert word in report.cause, report.cause
-        assert "safeops" in report.fix or ("1 - eps" in report.fix and name in NO_SAFEOPS_OP), report.fix
+        assert "safeops" in report.fix or NO_SAFEOPS_OP.get(name, "safeops") in report.fix, report.fix
 
     @pytest.mark.parametrize("name", sorted(CASES))
     def test_points_at_the_users_line(self, reports, name):

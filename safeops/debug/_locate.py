@@ -322,7 +322,8 @@ def _describe_results(traced, names) -> list:
 _GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Reciprocal", "TanhGrad": "Tanh",
             "SigmoidGrad": "Sigmoid", "SoftplusGrad": "Softplus", "ReluGrad": "Relu", "EluGrad": "Elu"}
 _HAZARDOUS_FORWARD = ("Log", "Log1p", "Sqrt", "Rsqrt", "RealDiv", "Div", "Reciprocal", "Pow", "Exp",
-                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Atan2", "Softmax", "EuclideanNorm")
+                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Atan2", "Softmax", "EuclideanNorm", "Lgamma",
+                      "Digamma")
 
 
 def _differentiated_op(op, forward_ops):
@@ -384,6 +385,10 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
                 float16_fix(float16_variables))
     return cause, fix
 
+
+LGAMMA_FIX = ("a shape, count or concentration parameter (a Poisson or negative-binomial rate, a Gamma shape, "
+              "a Dirichlet concentration) must stay positive: make it safeops.math.softplus(z) plus a small "
+              "floor, not the raw output of a linear layer")
 
 #: Ops whose inf from finite inputs is a domain edge (log 0, 1/0), not a value outgrowing the dtype.
 _DOMAIN_EDGE = ("Log", "Log1p", "Xlogy", "Xdivy", "Rsqrt", "Sqrt", "Acos", "Asin", "Atanh", "Reciprocal",
@@ -464,6 +469,17 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
                 f"= {_dtypes.log_max(x.dtype):.4g}",
                 "stay in log space: safeops.math.reduce_logsumexp, softmax, log_softmax, softplus; "
                 "or subtract the max before exp")
+    if kind in ("Cosh", "Sinh") and x is not None:
+        # cosh(x) = exp(|x|) / 2 (1 + exp(-2|x|)): past the dtype's range from |x| = log(2 max) on.
+        limit = _dtypes.log_max(x.dtype) + math.log(2.0)
+        return (f"{kind} overflow: largest |input| is {max(abs(x.min), abs(x.max)):.4g}, above "
+                f"log(2 max {x.dtype}) = {limit:.4g}",
+                "for log(cosh(x)) use x + safeops.math.softplus(-2 x) - log(2) (keras.losses.log_cosh's "
+                "form); otherwise stay in log space or bound the input")
+    if kind in ("Lgamma", "Digamma") and x is not None:
+        return (f"{kind} at a pole: input min is {x.min:.6g} ({_count(x.zeros, 'zero')}, "
+                f"{_count(x.negatives, 'negative value')}); lgamma is inf and digamma NaN at 0 and at "
+                "the negative integers", LGAMMA_FIX)
     if kind == "Pow" and len(ins) == 2:
         base, p = ins
         if base.zeros and p.negatives:
@@ -515,6 +531,15 @@ def _explain_gradient(op, ins, outs, forward_op, made):
                 "safeops.math.sqrt for p = 0.5, else exp(p * safeops.math.log(x))")
     if ftype == "EuclideanNorm":
         return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.norm"
+    if ftype in ("Lgamma", "Digamma"):
+        return (f"{op.type} {where} at a pole (0 or a negative integer in the input of {ftype}); gives {made}",
+                LGAMMA_FIX)
+    if ftype == "Atan2":
+        return (f"division by x**2 + y**2 = 0 {where} at y = x = 0: d atan2(y, x) = (x dy - y dx) / (x**2 + y**2), and the angle "
+                f"of a zero vector has no derivative; gives {made}",
+                "take the angle of nonzero vectors only: nonzero = x**2 + y**2 > 0; "
+                "tf.where(nonzero, tf.math.atan2(y, tf.where(nonzero, x, 1.0)), 0.0) (the inner where keeps "
+                "the unselected gradient finite)")
     if ftype in ("Acos", "Asin", "Atanh"):
         derivative = "1/(1 - x**2)" if ftype == "Atanh" else "1/sqrt(1 - x**2)"
         return (f"{derivative} {where} at x = +-1 (the input reached +-1, a clip to [-1, 1] included); "
