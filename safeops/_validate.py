@@ -229,9 +229,19 @@ class ArgumentError(tf.errors.InvalidArgumentError, ValueError):
     ``InvalidArgumentError`` eagerly and a ``ValueError`` while tracing);
     safeops raises at once in every mode, and code written to catch either
     keeps working.
+
+    Raised as ``ArgumentError(text)``. The signature is that of TensorFlow's
+    errors because autograph, when a traced function raises, re-creates an
+    ``OpError`` as ``type(e)(node_def, op, message, payloads)`` if its
+    ``__init__`` takes exactly those arguments (``create_exception`` in
+    ``tensorflow/python/autograph/impl/api.py``, TensorFlow 2.21), and
+    raises a ``StagingError`` otherwise: with ``__init__(self, text)``,
+    ``tf.function(lambda x: softmax(x, axis=5))`` raised neither a
+    ``ValueError`` nor an ``InvalidArgumentError``.
     """
 
-    def __init__(self, text: str):
+    def __init__(self, node_def, op=None, message=None, *args):
+        text = node_def if message is None else message
         tf.errors.InvalidArgumentError.__init__(self, None, None, text)
         self.args = (text,)
 

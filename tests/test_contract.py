@@ -611,6 +611,33 @@ def test_non_float_input_raises_type_error_naming_the_argument(name, bad):
             spec.fn(good, weights=_BAD_INPUTS[bad]())
 
 
+_SHAPE_AND_AXIS_ERRORS = {
+    "softmax axis": lambda v: tfm.softmax(v, axis=5),
+    "log_softmax axis": lambda v: tfm.log_softmax(v, axis=-3),
+    "reduce_logsumexp axis": lambda v: tfm.reduce_logsumexp(v, axis=2),
+    "xlogy shapes": lambda v: tfm.xlogy(v, tf.zeros([4, 5])),
+    "norm axis": lambda v: tfm.norm(v, axis=3),
+    "softmax_cross_entropy_with_logits shapes": lambda v: safeops.nn.softmax_cross_entropy_with_logits(
+        tf.zeros([3, 3]), v),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_SHAPE_AND_AXIS_ERRORS))
+@pytest.mark.parametrize("autograph", [True, False])
+def test_shape_and_axis_errors_keep_their_type_while_tracing(case, autograph):
+    """C7: raised while a tf.function traces, the error is still a ValueError and an InvalidArgumentError.
+
+    Autograph re-raises what a traced function raises; an exception type whose
+    constructor it cannot call came out as a StagingError, which code catching
+    TensorFlow's error types missed.
+    """
+    fn = tf.function(_SHAPE_AND_AXIS_ERRORS[case], autograph=autograph)
+    with pytest.raises(ValueError) as info:
+        fn(tf.zeros([2, 3]))
+    assert isinstance(info.value, tf.errors.InvalidArgumentError), type(info.value)
+    assert f"safeops.{'nn' if 'cross' in case else 'math'}.{case.split()[0]}: " in str(info.value), str(info.value)
+
+
 @pytest.mark.parametrize("name", [n for n in OP_NAMES if SPECS[n].kind == "binary"])
 def test_python_float_next_to_python_int_is_float32_as_in_tensorflow(name):
     # TensorFlow converts divide_no_nan(1.0, 2) to float32; two ints stay refused (C7).

@@ -87,6 +87,13 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
         expected = "of shape [..., 2 d] (means, then log-variances) for y_true [..., d]"
         if (d is not None and d2 is not None and d2 != 2 * d) or (d2 is not None and d2 % 2):
             raise ValueError(_validate.message(op, "y_pred", expected, f"{pred.values.shape} for {y.shape}"))
+        if y.shape.rank and pred.values.shape.rank:   # the batch axes: TensorFlow's Sub said it first
+            try:
+                tf.broadcast_static_shape(y.shape[:-1], pred.values.shape[:-1])
+            except ValueError:
+                raise _validate.ArgumentError(_validate.message(
+                    op, "y_true and y_pred", "broadcast-compatible shapes in every axis but the last",
+                    f"{y.shape} and {pred.values.shape}")) from None
         values = pred.values
         if d is None or d2 is None:  # a last axis known only when the graph runs: checked there
             d = tf.shape(y)[-1] if d is None else d
