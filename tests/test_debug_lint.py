@@ -131,6 +131,8 @@ KNOWN_SAFE = {
     "the double where": lambda a: tf.where(a > 0.0, tf.math.log(tf.where(a > 0.0, a, 1.0)), 0.0),
     "where on a safe branch": lambda a: tf.where(a > 0.0, tf.math.log(a * a + 1.0), 0.0),
     "divide_no_nan": lambda a: tf.math.divide_no_nan(a, a),
+    "log of softmax + 1": lambda a: tf.math.log(tf.nn.softmax(a) + 1.0),
+    "keras poisson on a softmax": lambda a: keras.losses.poisson(a, tf.nn.softmax(a)),
 }
 
 
@@ -182,6 +184,16 @@ class TestDetails:
         findings = lint(lambda a: op(tf.clip_by_value(a, -1.0, 1.0)), X, print=False)
         assert _patterns(findings) == ["inverse-trig-at-one"], [str(f) for f in findings]
         assert "[-1, 1]" in findings[0].message and "1 - eps" in findings[0].fix
+
+    def test_an_epsilon_added_to_probabilities_is_seen_through(self):
+        """log(p + 1e-7), the usual hand-written guard: finite, but the gradient shrinks by p / (p + eps)."""
+        findings = lint(lambda y, z: -tf.reduce_sum(y * tf.math.log(tf.nn.softmax(z) + 1e-7), -1), Y, X,
+                        print=False)
+        assert _patterns(findings) == ["crossentropy-on-probabilities"], [str(f) for f in findings]
+        assert "softmax output plus 1e-07" in findings[0].message
+        assert "p / (p + 1e-07)" in findings[0].message and "from_logits=True" in findings[0].fix
+        findings = lint(lambda z: tf.math.log(1e-8 + tf.sigmoid(z)), X, print=False)
+        assert _patterns(findings) == ["log-of-sigmoid"] and "plus 1e-08" in findings[0].message
 
     def test_inverse_trig_of_a_clip_strictly_inside_is_quiet(self):
         assert lint(lambda a: tf.math.acos(tf.clip_by_value(a, -0.999, 0.999)), X, print=False) == []

@@ -60,11 +60,27 @@ class Finding:
                f"    why: {self.message}\n    fix: {self.fix}"
 
 
+#: A constant added to a probability up to this is an epsilon (log(p + 1e-7)); log(p + 1) is a
+#: transform whose gradient is bounded (mean squared logarithmic error), not a guard.
+_LARGEST_EPSILON = 1e-3
+
+
 def _probability_source(t):
-    """``('Softmax'|'Sigmoid'|'1-Sigmoid'|None, clip_value or None)`` for the operand of a log."""
-    clip = None
+    """``('Softmax'|'Sigmoid'|'1-Sigmoid'|None, clip_value or None, epsilon or None)`` for a log's operand.
+
+    ``epsilon``: a positive constant up to :data:`_LARGEST_EPSILON` added to the
+    probability (``log(p + 1e-7)``).
+    """
+    clip, epsilon = None, None
     for _ in range(16):
         op = _producer(t)
+        if op.type in ("AddV2", "Add"):
+            constants = [_const_value(i) for i in op.inputs]
+            known = [(c, other) for c, other in zip(constants, op.inputs[::-1]) if c is not None]
+            if len(known) == 1 and 0 < known[0][0] <= _LARGEST_EPSILON:
+                epsilon = epsilon if epsilon is not None else known[0][0]
+                t = known[0][1]
+                continue
         if op.type in ("Maximum", "Minimum", "ClipByValue"):
             const = [_const_value(i) for i in op.inputs[1:]]
             if op.type == "Maximum" or op.type == "ClipByValue":
@@ -75,11 +91,11 @@ def _probability_source(t):
             t = op.inputs[0]    # p / sum(p): Keras renormalises probabilities before clipping
             continue
         if op.type in ("Softmax", "Sigmoid"):
-            return op.type, clip
+            return op.type, clip, epsilon
         if op.type == "Sub" and _const_value(op.inputs[0]) == 1.0 and _producer(op.inputs[1]).type == "Sigmoid":
-            return "1-Sigmoid", clip
-        return None, clip
-    return None, clip
+            return "1-Sigmoid", clip, epsilon
+        return None, clip, epsilon
+    return None, clip, epsilon
 
 
 def _keras_focal_loss(op):
@@ -119,14 +135,21 @@ def _match(op, ranges, live=None):
         return
     if kind in ("Log", "Log1p"):
         arg = op.inputs[0]
-        source, clip = _probability_source(arg)
+        source, clip, epsilon = _probability_source(arg)
+        if source is not None and epsilon is not None and "poisson" in _trace.step_functions(op):
+            return   # Keras' poisson, p - y log(p + eps): a rate, not a cross-entropy, even on a softmax
         if kind == "Log" and source is not None:
             what = {"Softmax": "a softmax", "Sigmoid": "a sigmoid", "1-Sigmoid": "1 - sigmoid"}[source]
             clipped = f" (clipped at {clip:g})" if clip is not None else ""
+            # log(p + eps): finite, but d/dz = p'/(p + eps) shrinks by p / (p + eps), to 0 once p underflows.
+            why = (f"; the epsilon keeps the value finite, but scales the gradient by p / (p + {epsilon:g}): "
+                   "0 once p underflows, so the confidently wrong predictions stop learning"
+                   if epsilon is not None else None)
+            clipped += f" plus {epsilon:g}" if epsilon is not None else ""
             if _feeds_a_product(op):
                 pattern = "crossentropy-on-probabilities"
-                msg = (f"cross-entropy on probabilities: labels times log of {what} output{clipped}; "
-                       + PATTERNS[pattern])
+                msg = (f"cross-entropy on probabilities: labels times log of {what} output{clipped}"
+                       + (why or "; " + PATTERNS[pattern]))
                 fix = ("compute it from the logits: safeops.nn.softmax_cross_entropy_with_logits(labels, logits) "
                        "or safeops.losses.categorical_crossentropy(y, logits, from_logits=True)"
                        if source == "Softmax" else
@@ -139,7 +162,7 @@ def _match(op, ranges, live=None):
                            "probabilities and clips)")
             else:
                 pattern = "log-of-softmax" if source == "Softmax" else "log-of-sigmoid"
-                msg = f"log of {what} output{clipped}: " + PATTERNS[pattern]
+                msg = f"log of {what} output{clipped}" + (why or ": " + PATTERNS[pattern])
                 fix = ("safeops.math.log_softmax(logits) instead of log(softmax(logits))" if source == "Softmax"
                        else "safeops.math.log_sigmoid(x) for log(sigmoid(x)); log_sigmoid(-x) for "
                             "log(1 - sigmoid(x))")
