@@ -35,6 +35,12 @@ INVERSE_TRIG_FIX = {
     for kind in ("Acos", "Asin", "Atanh")}
 
 
+#: The fix for lgamma or digamma at a pole (lint's finding and locate's cause).
+LGAMMA_FIX = ("a shape, count or concentration parameter (a Poisson or negative-binomial rate, a Gamma shape, "
+              "a Dirichlet concentration) must stay positive: make it safeops.math.softplus(z) plus a small "
+              "floor, not the raw output of a linear layer")
+
+
 def float16_fix(float16_variables: bool) -> str:
     """The fix for a float16 overflow; ``float16_variables``: the variables themselves are float16
     (the ``'float16'`` policy or a layer built with ``dtype='float16'``), not only the activations."""

@@ -22,7 +22,10 @@ output can still underflow to 0, which is why log-of-softmax is its own
 pattern); ``abs``, ``square``, ``x * x``, ``relu`` are non-negative; sums,
 products, ``maximum``/``minimum``, reductions and the shape-only ops
 propagate intervals; ``tf.where(x > c, a, b)`` refines ``x`` inside each
-branch. Shapes and sizes are assumed non-empty (at least 1). Ops under a
+branch. Shapes and sizes are assumed non-empty (at least 1). The outputs
+of safeops' own ops get their op's range (``softplus`` and ``sqrt``
+non-negative, ``sigmoid`` and ``softmax`` in ``[0, 1]``, ...: their
+forwards are inner XLA calls the analysis cannot read). Ops under a
 ``safeops/`` name scope are safe by construction and are not reported, nor
 are the ops of an optimizer's update rule (``opt.apply_gradients`` in a
 custom step: Adam's ``sqrt(v) + epsilon`` is the optimizer's business).
@@ -32,8 +35,8 @@ Patterns (``Finding.pattern``)
 ``crossentropy-on-probabilities``, ``log-of-softmax``, ``log-of-sigmoid``,
 ``log-of-clip``, ``log-of-nonpositive``, ``division-by-zero``,
 ``sqrt-at-zero``, ``exp-overflow``, ``fractional-pow-at-zero``,
-``double-where``, ``inverse-trig-at-one``. See :data:`PATTERNS` for the
-one-line reason of each.
+``double-where``, ``inverse-trig-at-one``, ``lgamma-at-pole``. See
+:data:`PATTERNS` for the one-line reason of each.
 
 Modules
 -------

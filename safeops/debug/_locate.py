@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from safeops import _dtypes, _validate
 from safeops.debug import _trace
-from safeops.debug._events import FLOAT16_MAX, INVERSE_TRIG_FIX, float16_fix
+from safeops.debug._events import FLOAT16_MAX, INVERSE_TRIG_FIX, LGAMMA_FIX, float16_fix
 
 _OP = "safeops.debug.locate_nonfinite"
 
@@ -385,10 +385,6 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
                 float16_fix(float16_variables))
     return cause, fix
 
-
-LGAMMA_FIX = ("a shape, count or concentration parameter (a Poisson or negative-binomial rate, a Gamma shape, "
-              "a Dirichlet concentration) must stay positive: make it safeops.math.softplus(z) plus a small "
-              "floor, not the raw output of a linear layer")
 
 #: Ops whose inf from finite inputs is a domain edge (log 0, 1/0), not a value outgrowing the dtype.
 _DOMAIN_EDGE = ("Log", "Log1p", "Xlogy", "Xdivy", "Rsqrt", "Sqrt", "Acos", "Asin", "Atanh", "Reciprocal",

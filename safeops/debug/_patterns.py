@@ -3,7 +3,7 @@
 :data:`PATTERNS` (each pattern with its one-line reason), the :class:`Finding`
 a match produces, and the matchers: :func:`_match` recognises a hazardous op
 (log of probabilities, division or sqrt at zero, exp overflow, fractional
-pow, the double ``tf.where``, acos/asin/atanh at +-1) and builds the finding with its safeops fix,
+pow, the double ``tf.where``, acos/asin/atanh at +-1, lgamma at a pole) and builds the finding with its safeops fix,
 asking the value ranges of :mod:`safeops.debug._ranges` whether an operand
 can be zero.
 """
@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from safeops.debug import _trace
-from safeops.debug._events import INVERSE_TRIG_FIX
+from safeops.debug._events import INVERSE_TRIG_FIX, LGAMMA_FIX
 from safeops.debug._ranges import _TRANSPARENT, _ancestors, _const_array, _const_value, _producer
 
 #: Each pattern with why it is hazardous, in one line.
@@ -41,6 +41,8 @@ PATTERNS = {
                     "gradient (inf or NaN there) and multiplies it by 0, and 0 * inf = NaN",
     "inverse-trig-at-one": "acos and asin are NaN outside [-1, 1] (atanh inf at +-1), where a cosine similarity "
                            "lands by rounding (1.0000001), and their gradient is inf at +-1",
+    "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: a "
+                      "rate, dispersion or concentration from a linear layer crosses them",
 }
 
 
@@ -190,6 +192,14 @@ def _match(op, ranges, live=None):
                   "x/0 = inf, 0/0 = NaN, and the gradient -x/y**2 overflows near 0"
             yield _finding("division-by-zero", op, msg,
                            "safeops.math.divide_no_nan(x, y): 0 where y == 0, with a finite gradient"), op.name
+        return
+    if kind in ("Lgamma", "Digamma"):
+        arg = op.inputs[0]
+        r = ranges.get(arg)
+        if r.positive() or (live is not None and arg.name not in live):
+            return   # positive; or labels (lgamma(y + 1) of counts): no gradient, the data's own range
+        msg = f"{kind.lower()} of a value not known to be positive (range {r}): " + PATTERNS["lgamma-at-pole"]
+        yield _finding("lgamma-at-pole", op, msg, LGAMMA_FIX), op.name
         return
     if kind in ("Acos", "Asin", "Atanh"):
         arg = op.inputs[0]

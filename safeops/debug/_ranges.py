@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -187,6 +188,22 @@ _CONSTANT_RANGES = {"Sigmoid": _UNIT_OPEN, "Softmax": _UNIT_OPEN, "Tanh": _Range
                     "Softplus": _POSITIVE, "Relu": _NONNEG, "Relu6": _Range(0.0, 6.0)}
 
 
+#: What safeops' own ops return. Their outputs leave through the IdentityN of a custom gradient
+#: named ``.../safeops/<op>/IdentityN``, fed by an inner XLA call the analysis cannot see into.
+#: (softplus underflows to 0 and sigmoid reaches 0 and 1 in floating point: closed bounds.)
+_SAFEOPS_RANGES = {"softplus": _NONNEG, "sqrt": _NONNEG, "norm": _NONNEG, "sigmoid": _Range(0.0, 1.0),
+                   "softmax": _Range(0.0, 1.0), "log_sigmoid": _Range(-math.inf, 0.0),
+                   "log_softmax": _Range(-math.inf, 0.0), "log1mexp": _Range(-math.inf, 0.0),
+                   "l2_normalize": _Range(-1.0, 1.0)}
+_SAFEOPS_OUTPUT = re.compile(r"(?:^|/)safeops(?:_\d+)?/(\w+)/IdentityN(?:_\d+)?$")
+
+
+def _safeops_range(t) -> "_Range | None":
+    """The range of a safeops op's output ``t`` (see :data:`_SAFEOPS_RANGES`), or None."""
+    match = _SAFEOPS_OUTPUT.search(t.op.name) if t.value_index == 0 else None
+    return _SAFEOPS_RANGES.get(match.group(1)) if match else None
+
+
 class _Ranges:
     """Interval of every float tensor of one graph, computed lazily with an explicit stack."""
 
@@ -238,6 +255,8 @@ class _Ranges:
             return _Range(float(value.min()), float(value.max()), nonzero=bool(np.all(value != 0)))
         if kind in _CONSTANT_RANGES:
             return _CONSTANT_RANGES[kind]
+        if kind == "IdentityN" and _safeops_range(t) is not None:
+            return _safeops_range(t)
         if kind in ("Select", "SelectV2"):
             return self._select(op)
         if kind == "Split" and len(x) > 1:
