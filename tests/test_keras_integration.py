@@ -41,6 +41,50 @@ CASES = {
 }
 
 
+# Padded token sequences (0 = padding) for a masked sequence model; the keras twin of each loss.
+SEQUENCES = RNG.integers(1, 20, size=(16, 7))
+SEQUENCES[:, 5:] = 0
+SEQUENCES[::3, 2:] = 0
+TOKENS = RNG.integers(0, 5, size=(16, 7))
+MASKED_CASES = {
+    "SparseCategoricalCrossentropy_logits": (
+        lambda m: m.SparseCategoricalCrossentropy(from_logits=True), None, TOKENS),
+    "CategoricalCrossentropy": (lambda m: m.CategoricalCrossentropy(), "softmax", np.eye(5)[TOKENS]),
+    "BinaryCrossentropy_logits": (lambda m: m.BinaryCrossentropy(from_logits=True), None, np.eye(5)[TOKENS]),
+    "KLDivergence": (lambda m: m.KLDivergence(), "softmax", np.eye(5)[TOKENS] * 0.9 + 0.02),
+}
+
+
+def _masked_sequence_model(activation):
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((7,), dtype="int32")
+    h = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    h = keras.layers.LSTM(8, return_sequences=True)(h)
+    return keras.Model(tokens, keras.layers.Dense(5, activation=activation)(h))
+
+
+@pytest.mark.parametrize("case", sorted(MASKED_CASES))
+def test_a_keras_mask_on_the_output_weights_the_loss_as_keras_does(case):
+    """Embedding(mask_zero=True) marks the padded steps; Keras reads the mask off y_pred in Loss.__call__
+    and in compile's loss. safeops' loss must count the same steps, in evaluate, fit and a direct call."""
+    make, activation, y = MASKED_CASES[case]
+    results = []
+    for module in (keras.losses, losses):
+        model = _masked_sequence_model(activation)
+        loss = make(module)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+        evaluated = model.evaluate(SEQUENCES, y, batch_size=16, verbose=0)
+        prediction = model(SEQUENCES)
+        assert getattr(prediction, "_keras_mask", None) is not None
+        called = float(loss(y, prediction))
+        unmasked = float(loss(y, tf.identity(prediction)))    # a new tensor: no mask
+        fitted = model.fit(SEQUENCES, y, batch_size=8, epochs=1, verbose=0).history["loss"]
+        results.append([evaluated, called, *fitted])
+        # the mask changes the loss (little: an untrained model is near uniform; rounding is 1e-7)
+        assert abs(called - unmasked) > 1e-6 * abs(unmasked), (called, unmasked)
+    np.testing.assert_allclose(results[1], results[0], rtol=2e-5)
+
+
 def _model(activation, units, seed=0, dtype=None):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
