@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import tensorflow as tf
 
@@ -31,6 +32,31 @@ except ImportError:  # pragma: no cover
     _context = None
 
 _enabled = os.environ.get("SAFEOPS_INNER_XLA", "1") != "0"
+
+
+def _shape_limit_from_environment() -> int:
+    text = os.environ.get("SAFEOPS_INNER_XLA_SHAPES", "32")
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ValueError(f"safeops: SAFEOPS_INNER_XLA_SHAPES must be a non-negative integer, got {text!r}")
+    return limit
+
+
+#: Input shapes (with dtypes) one inner XLA function compiles for before new ones run as plain ops.
+_shape_limit = _shape_limit_from_environment()
+_shape_limit_warned = False
+
+
+def set_shape_limit(limit: int) -> int:
+    """Sets how many input shapes each inner XLA function compiles for (see :func:`compiled`); returns the old."""
+    global _shape_limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"safeops: the shape limit must be a non-negative int, got {limit!r}")
+    old, _shape_limit = _shape_limit, limit
+    return old
 
 
 def set_inner_xla(enabled: bool) -> bool:
@@ -85,9 +111,43 @@ def compiled(fn, xla, eager_plain=False, exact=()):
     the function sees its parameters only, and the producer it will be
     fused with is the caller's). The other arguments (an upstream gradient,
     a forward output) are left alone: guarded, they cost a pass.
+
+    Shapes that keep changing. XLA compiles once per input shape (a tenth
+    of a second or more), and every compiled program keeps memory mappings
+    for the life of the process: fed a new shape at every step, a training
+    step reaches Linux's default ``vm.max_map_count`` (65530), where
+    TensorFlow crashes. So ``fn`` runs as plain TensorFlow ops (the same formulas,
+    no compile) for a call whose shapes would be the function's
+    ``_shape_limit + 1``-th (``SAFEOPS_INNER_XLA_SHAPES``, default 32, read
+    at import; one warning per process), and in a graph whose inputs have
+    an unknown dimension other than the first (a ``padded_batch`` of
+    sequences, an ``input_signature`` of ``[None, None]``), where XLA
+    would compile at run time for every shape that comes, out of sight of
+    any count here. An unknown first dimension (Keras' batch) keeps the
+    inner XLA function: it usually takes one or two sizes. Under an outer
+    ``jit_compile`` the function is inlined into the caller's program and
+    none of this applies.
     """
     if not xla:
         return fn
+    seen = set()
+
+    def fits(key) -> bool:
+        global _shape_limit_warned
+        if key in seen:
+            return True
+        if len(seen) >= _shape_limit:
+            if not _shape_limit_warned:
+                _shape_limit_warned = True
+                warnings.warn(
+                    f"safeops: an inner XLA function has compiled for {_shape_limit} input shapes; calls "
+                    "with new shapes now run as plain TensorFlow ops. If your shapes change at every step, "
+                    "set SAFEOPS_INNER_XLA=0; to allow more compiled shapes, SAFEOPS_INNER_XLA_SHAPES.",
+                    RuntimeWarning, stacklevel=4)
+            return False
+        seen.add(key)
+        return True
+
     # Eager calls of many shapes share a relaxed trace (XLA compiles per shape
     # either way). Inside a tf.function a relaxed trace would hand the caller
     # outputs of unknown shape ([None, None] after a few eager shapes): its
@@ -112,8 +172,12 @@ def compiled(fn, xla, eager_plain=False, exact=()):
 
     def jit(*args):
         if tf.executing_eagerly():
-            return eager_function(*args)
+            return eager_function(*args) if fits(_shape_key(args)) else fn(*args)
         args = _local(args)
+        if not in_xla():
+            key = _shape_key(args)
+            if not _settled(key) or not fits(key):
+                return fn(*args)
         if exact:
             args = tuple(exact_input(a) if i in exact and isinstance(a, tf.Tensor) else a
                          for i, a in enumerate(args))
@@ -150,6 +214,17 @@ def _static_shapes(args) -> tuple:
     """The static shape of each tensor among ``args`` (``None`` for an unknown rank), as a hashable key."""
     return tuple(tuple(a.shape.as_list()) if isinstance(a, tf.Tensor) and a.shape.rank is not None else None
                  for a in tf.nest.flatten(args))
+
+
+def _shape_key(args) -> tuple:
+    """Each tensor's static shape and dtype among ``args`` (``None`` for an unknown rank), hashable."""
+    return tuple((tuple(a.shape.as_list()) if a.shape.rank is not None else None, a.dtype.name)
+                 if isinstance(a, tf.Tensor) else None for a in tf.nest.flatten(args))
+
+
+def _settled(key) -> bool:
+    """Whether every tensor of a :func:`_shape_key` has a known rank and known dimensions after the first."""
+    return all(entry is None or (entry[0] is not None and None not in entry[0][1:]) for entry in key)
 
 
 def _largest_size(args) -> int:

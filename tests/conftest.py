@@ -24,6 +24,10 @@ import sys
 
 # Before TensorFlow is imported anywhere: no C++ info/warning logs, no oneDNN banner.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before safeops is imported: no limit on the input shapes an inner XLA function compiles for.
+# The suite calls each op at far more than 32 shapes, and which calls passed the limit would hang
+# on which test files a worker ran before (test_xla.py tests the limit itself).
+os.environ.setdefault("SAFEOPS_INNER_XLA_SHAPES", "1000000")
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # ``from tests import naive`` works without PYTHONPATH

@@ -1,10 +1,14 @@
 """The inner-XLA helpers of ``safeops._xla``: one call per gradient group, same results."""
 
+import warnings
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from safeops import _xla, nn
+import safeops.math as tfm
+from safeops import _xla, losses, nn
 from tests._modes import MODES, run
 
 
@@ -364,3 +368,61 @@ def test_an_earlier_trace_of_unknown_shape_leaves_static_shapes():
         return tape.gradient(total, v)
 
     np.testing.assert_allclose(tf.function(grad, jit_compile=True)(x), grad(x), rtol=1e-5)
+
+
+def _xla_calls(fn, spec) -> int:
+    """How many inner XLA calls (``_XlaMustCompile`` function calls) ``fn`` traced for ``spec`` holds."""
+    graph = tf.function(fn).get_concrete_function(spec).graph
+    count = 0
+    for op in graph.get_operations():
+        try:
+            count += bool(op.get_attr("_XlaMustCompile"))
+        except ValueError:
+            pass
+    return count
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "reduce_logsumexp"])
+def test_an_unknown_dimension_after_the_first_runs_plain_ops(op):
+    """XLA would compile at run time for every shape that comes (padded_batch sequences), unseen."""
+    fn = lambda x: getattr(tfm, op)(x, axis=-1)  # noqa: E731
+    assert _xla_calls(fn, tf.TensorSpec([None, 5])) == 1      # Keras' unknown batch: compiled
+    assert _xla_calls(fn, tf.TensorSpec([3, 5])) == 1
+    assert _xla_calls(fn, tf.TensorSpec([None, None])) == 0   # plain ops
+    assert _xla_calls(fn, tf.TensorSpec([4, None, 5])) == 0
+    assert _xla_calls(fn, tf.TensorSpec(None)) == 0
+    x = tf.constant([[1.0, -2.0, 30.0], [0.5, 0.25, -1.0]])
+    plain = tf.function(fn, input_signature=[tf.TensorSpec([None, None])])(x)
+    np.testing.assert_allclose(plain.numpy(), fn(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_past_the_shape_limit_new_shapes_run_plain_ops_with_one_warning(mode, monkeypatch):
+    """Each compiled shape keeps memory mappings for good: a shape per step crashed TensorFlow."""
+    monkeypatch.setattr(_xla, "_shape_limit", 3)
+    monkeypatch.setattr(_xla, "_shape_limit_warned", False)
+    gamma = 2.37 if mode == "eager" else 2.41   # a configuration of its own: a fresh inner function
+    loss = lambda y, x: losses.categorical_focal_crossentropy(y, x, gamma=gamma, from_logits=True)  # noqa: E731
+    calls = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(2, 8):
+            x = tf.constant(np.linspace(-3.0, 3.0, 2 * n).reshape(2, n), tf.float32)
+            y = tf.one_hot([0, n - 1], n)
+            if mode == "graph":
+                calls.append(_xla_calls(lambda x, y=y: loss(y, x), tf.TensorSpec(x.shape)))
+            got = loss(y, x) if mode == "eager" else tf.function(loss)(y, x)
+            np.testing.assert_allclose(got.numpy(), keras.losses.categorical_focal_crossentropy(
+                y, x, gamma=gamma, from_logits=True).numpy(), rtol=1e-5)
+    limit_warnings = [w for w in caught if "SAFEOPS_INNER_XLA_SHAPES" in str(w.message)]
+    assert len(limit_warnings) == 1 and limit_warnings[0].category is RuntimeWarning
+    if mode == "graph":
+        assert min(calls[:3]) > 0 and calls[3:] == [0, 0, 0], calls
+
+
+def test_the_shape_limit_is_checked():
+    with pytest.raises(ValueError, match="shape limit must be a non-negative int, got -1"):
+        _xla.set_shape_limit(-1)
+    old = _xla.set_shape_limit(5)
+    assert _xla.set_shape_limit(old) == 5
+
