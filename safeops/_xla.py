@@ -51,7 +51,7 @@ _shape_limit_warned = False
 
 
 def set_shape_limit(limit: int) -> int:
-    """Sets how many input shapes each inner XLA function compiles for (see :func:`compiled`); returns the old."""
+    """Sets how many input shapes each inner XLA function compiles for (:func:`compiled`); returns the old."""
     global _shape_limit
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"safeops: the shape limit must be a non-negative int, got {limit!r}")

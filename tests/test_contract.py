@@ -635,7 +635,8 @@ def test_shape_and_axis_errors_keep_their_type_while_tracing(case, autograph):
     with pytest.raises(ValueError) as info:
         fn(tf.zeros([2, 3]))
     assert isinstance(info.value, tf.errors.InvalidArgumentError), type(info.value)
-    assert f"safeops.{'nn' if 'cross' in case else 'math'}.{case.split()[0]}: " in str(info.value), str(info.value)
+    module = "nn" if "cross" in case else "math"
+    assert f"safeops.{module}.{case.split()[0]}: " in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("name", [n for n in OP_NAMES if SPECS[n].kind == "binary"])

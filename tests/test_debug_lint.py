@@ -118,8 +118,8 @@ SAFE = {
     "exp-overflow": (lambda a: tfm.softmax(a) + tfm.reduce_logsumexp(a), (X,)),
     "fractional-pow-at-zero": (lambda a: tf.exp(0.3 * tfm.log(tf.nn.relu6(a))), (X,)),
     "double-where": (lambda a: tf.where(a > 0.0, tfm.log(a), 0.0), (X,)),
-    "inverse-trig-at-one": (lambda a: tf.math.acos(tf.clip_by_value(
-        tf.reduce_sum(tfm.l2_normalize(a, -1) * tfm.l2_normalize(a, -1)[::-1], -1), -1 + 1e-7, 1 - 1e-7)), (X,)),
+    "inverse-trig-at-one": (lambda a: tf.math.acos(tf.clip_by_value(tf.reduce_sum(
+        tfm.l2_normalize(a, -1) * tfm.l2_normalize(a, -1)[::-1], -1), -1 + 1e-7, 1 - 1e-7)), (X,)),
     "lgamma-at-pole": (lambda a: tf.reduce_sum(tf.math.lgamma(tfm.softplus(a * 2.0 - 1.0) + 1e-3)), (X,)),
 }
 

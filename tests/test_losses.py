@@ -1372,10 +1372,11 @@ def test_scalar_predictions_and_wrong_alpha_length_are_named():
 def test_gaussian_nll_batch_shapes_that_do_not_broadcast_name_both_arguments(mode):
     """C7: TensorFlow's Sub raised 'Incompatible shapes: [2,2] vs. [3,2]'; a row of y_pred broadcasts."""
     fn = losses.gaussian_nll if mode == "eager" else tf.function(losses.gaussian_nll)
-    with pytest.raises(ValueError, match=r"gaussian_nll: y_true and y_pred must be broadcast-compatible shapes "
-                                         r"in every axis but the last, got \(2, 2\) and \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"gaussian_nll: y_true and y_pred must be broadcast-compatible "
+                                         r"shapes in every axis but the last, got \(2, 2\) and \(3, 4\)"):
         fn(tf.zeros([2, 2]), tf.zeros([3, 4]))
-    np.testing.assert_allclose(fn(tf.zeros([2, 2]), tf.zeros([1, 4])), [0.5 * np.log(2 * np.pi)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(fn(tf.zeros([2, 2]), tf.zeros([1, 4])), [0.5 * np.log(2 * np.pi)] * 2,
+                               rtol=1e-6)
 
 
 def test_gaussian_nll_and_tversky_with_shapes_known_only_when_the_graph_runs():

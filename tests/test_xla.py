@@ -385,7 +385,8 @@ def _xla_calls(fn, spec) -> int:
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "reduce_logsumexp"])
 def test_an_unknown_dimension_after_the_first_runs_plain_ops(op):
     """XLA would compile at run time for every shape that comes (padded_batch sequences), unseen."""
-    fn = lambda x: getattr(tfm, op)(x, axis=-1)  # noqa: E731
+    def fn(x):
+        return getattr(tfm, op)(x, axis=-1)
     assert _xla_calls(fn, tf.TensorSpec([None, 5])) == 1      # Keras' unknown batch: compiled
     assert _xla_calls(fn, tf.TensorSpec([3, 5])) == 1
     assert _xla_calls(fn, tf.TensorSpec([None, None])) == 0   # plain ops
@@ -402,7 +403,8 @@ def test_past_the_shape_limit_new_shapes_run_plain_ops_with_one_warning(mode, mo
     monkeypatch.setattr(_xla, "_shape_limit", 3)
     monkeypatch.setattr(_xla, "_shape_limit_warned", False)
     gamma = 2.37 if mode == "eager" else 2.41   # a configuration of its own: a fresh inner function
-    loss = lambda y, x: losses.categorical_focal_crossentropy(y, x, gamma=gamma, from_logits=True)  # noqa: E731
+    def loss(y, x):
+        return losses.categorical_focal_crossentropy(y, x, gamma=gamma, from_logits=True)
     calls = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

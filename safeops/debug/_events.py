@@ -36,9 +36,9 @@ INVERSE_TRIG_FIX = {
 
 
 #: The fix for lgamma or digamma at a pole (lint's finding and locate's cause).
-LGAMMA_FIX = ("a shape, count or concentration parameter (a Poisson or negative-binomial rate, a Gamma shape, "
-              "a Dirichlet concentration) must stay positive: make it safeops.math.softplus(z) plus a small "
-              "floor, not the raw output of a linear layer")
+LGAMMA_FIX = ("a shape, count or concentration parameter (a Poisson or negative-binomial rate, a Gamma "
+              "shape, a Dirichlet concentration) must stay positive: make it safeops.math.softplus(z) plus a "
+              "small floor, not the raw output of a linear layer")
 
 
 def float16_fix(float16_variables: bool) -> str:

@@ -322,8 +322,8 @@ def _describe_results(traced, names) -> list:
 _GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Reciprocal", "TanhGrad": "Tanh",
             "SigmoidGrad": "Sigmoid", "SoftplusGrad": "Softplus", "ReluGrad": "Relu", "EluGrad": "Elu"}
 _HAZARDOUS_FORWARD = ("Log", "Log1p", "Sqrt", "Rsqrt", "RealDiv", "Div", "Reciprocal", "Pow", "Exp",
-                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Atan2", "Softmax", "EuclideanNorm", "Lgamma",
-                      "Digamma")
+                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Atan2", "Softmax", "EuclideanNorm",
+                      "Lgamma", "Digamma")
 
 
 def _differentiated_op(op, forward_ops):
@@ -354,7 +354,8 @@ def _differentiated_op(op, forward_ops):
                 continue
             seen.add(t.name)
             if t.op.name in forward_names:
-                hazardous = [c for c in t.consumers() if c.name in forward_names and c.type in _HAZARDOUS_FORWARD]
+                hazardous = [c for c in t.consumers()
+                             if c.name in forward_names and c.type in _HAZARDOUS_FORWARD]
                 if hazardous:
                     return hazardous[0]
             else:
@@ -489,7 +490,8 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
     if kind == "Softmax" and x is not None:
         return ("Softmax of a row with +inf or all -inf entries", "safeops.math.softmax (all -inf rows give 0)")
     if kind in ("Acos", "Asin", "Atanh") and x is not None:
-        edge = "at or beyond +-1 (inf at +-1, NaN beyond)" if kind == "Atanh" else "outside [-1, 1] (NaN there)"
+        edge = ("at or beyond +-1 (inf at +-1, NaN beyond)" if kind == "Atanh"
+                else "outside [-1, 1] (NaN there)")
         return (f"{kind} of an input {edge}: input range [{x.min:.9g}, {x.max:.9g}]; a cosine similarity "
                 "or a dot product of normalised vectors lands past +-1 by a rounding error (1.00000012 "
                 "in float32)", INVERSE_TRIG_FIX[kind])
@@ -528,11 +530,11 @@ def _explain_gradient(op, ins, outs, forward_op, made):
     if ftype == "EuclideanNorm":
         return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.norm"
     if ftype in ("Lgamma", "Digamma"):
-        return (f"{op.type} {where} at a pole (0 or a negative integer in the input of {ftype}); gives {made}",
-                LGAMMA_FIX)
+        return (f"{op.type} {where} at a pole (0 or a negative integer in the input of {ftype}); "
+                f"gives {made}", LGAMMA_FIX)
     if ftype == "Atan2":
-        return (f"division by x**2 + y**2 = 0 {where} at y = x = 0: d atan2(y, x) = (x dy - y dx) / (x**2 + y**2), and the angle "
-                f"of a zero vector has no derivative; gives {made}",
+        return (f"division by x**2 + y**2 = 0 {where} at y = x = 0: d atan2(y, x) = (x dy - y dx) / "
+                f"(x**2 + y**2), and the angle of a zero vector has no derivative; gives {made}",
                 "take the angle of nonzero vectors only: nonzero = x**2 + y**2 > 0; "
                 "tf.where(nonzero, tf.math.atan2(y, tf.where(nonzero, x, 1.0)), 0.0) (the inner where keeps "
                 "the unselected gradient finite)")

@@ -3,9 +3,9 @@
 :data:`PATTERNS` (each pattern with its one-line reason), the :class:`Finding`
 a match produces, and the matchers: :func:`_match` recognises a hazardous op
 (log of probabilities, division or sqrt at zero, exp overflow, fractional
-pow, the double ``tf.where``, acos/asin/atanh at +-1, lgamma at a pole) and builds the finding with its safeops fix,
-asking the value ranges of :mod:`safeops.debug._ranges` whether an operand
-can be zero.
+pow, the double ``tf.where``, acos/asin/atanh at +-1, lgamma at a pole) and
+builds the finding with its safeops fix, asking the value ranges of
+:mod:`safeops.debug._ranges` whether an operand can be zero.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ PATTERNS = {
     "fractional-pow-at-zero": "the gradient p x**(p-1) is inf at 0 for p < 1, and the value is NaN for x < 0",
     "double-where": "the where masks the value only: backprop still computes the unselected branch's "
                     "gradient (inf or NaN there) and multiplies it by 0, and 0 * inf = NaN",
-    "inverse-trig-at-one": "acos and asin are NaN outside [-1, 1] (atanh inf at +-1), where a cosine similarity "
-                           "lands by rounding (1.0000001), and their gradient is inf at +-1",
-    "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: a "
-                      "rate, dispersion or concentration from a linear layer crosses them",
+    "inverse-trig-at-one": "acos and asin are NaN outside [-1, 1] (atanh inf at +-1), where a cosine "
+                           "similarity lands by rounding (1.0000001), and their gradient is inf at +-1",
+    "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: "
+                      "a rate, dispersion or concentration from a linear layer crosses them",
 }
 
 
@@ -205,7 +205,8 @@ def _match(op, ranges, live=None):
         arg = op.inputs[0]
         r = ranges.get(arg)
         inside = (r.lo > -1 or (r.lo == -1 and r.lo_open)) and (r.hi < 1 or (r.hi == 1 and r.hi_open))
-        if inside or (kind != "Atanh" and r.lo >= -1 and r.hi <= 1 and live is not None and arg.name not in live):
+        clipped = kind != "Atanh" and r.lo >= -1 and r.hi <= 1
+        if inside or (clipped and live is not None and arg.name not in live):
             return   # strictly inside; or clipped to [-1, 1] where no gradient flows (finite value)
         msg = f"{kind.lower()} of a value not known to lie strictly inside (-1, 1) (range {r}): " \
               + PATTERNS["inverse-trig-at-one"]

@@ -43,7 +43,7 @@ they are simply inlined). The price is an XLA compile, tens to a few
 hundred milliseconds, the first time each new input shape is seen: code
 whose shapes change at every step (unpadded sequence lengths) should turn it
 off with ``SAFEOPS_INNER_XLA=0`` in the environment (read at import) or
-:func:`set_inner_xla`. ``softmax`` remains 1.1-1.3x TensorFlow's kernel
+:func:`set_inner_xla`. ``softmax`` remains 1.1-1.4x TensorFlow's kernel
 (measured by ``python -m benchmarks``): the price of the exact shift and of
 XLA's CPU code for row reductions, paid for accuracy (C3 before C8).
 """
