@@ -123,8 +123,10 @@ def compiled(fn, xla, eager_plain=False, exact=()):
     an unknown dimension other than the first (a ``padded_batch`` of
     sequences, an ``input_signature`` of ``[None, None]``), where XLA
     would compile at run time for every shape that comes, out of sight of
-    any count here. An unknown first dimension (Keras' batch) keeps the
-    inner XLA function: it usually takes one or two sizes. Under an outer
+    any count here, and where that first dimension is a data-dependent count
+    (the rows kept by ``tf.boolean_mask``, :func:`_data_dependent_rows`).
+    Another unknown first dimension (Keras' batch) keeps the inner XLA
+    function: it usually takes one or two sizes. Under an outer
     ``jit_compile`` the function is inlined into the caller's program and
     none of this applies.
     """
@@ -176,7 +178,7 @@ def compiled(fn, xla, eager_plain=False, exact=()):
         args = _local(args)
         if not in_xla():
             key = _shape_key(args)
-            if not _settled(key) or not fits(key):
+            if not _settled(key) or _data_dependent_rows(args) or not fits(key):
                 return fn(*args)
         if exact:
             args = tuple(exact_input(a) if i in exact and isinstance(a, tf.Tensor) else a
@@ -225,6 +227,34 @@ def _shape_key(args) -> tuple:
 def _settled(key) -> bool:
     """Whether every tensor of a :func:`_shape_key` has a known rank and known dimensions after the first."""
     return all(entry is None or (entry[0] is not None and None not in entry[0][1:]) for entry in key)
+
+
+#: Ops whose output's length depends on the values of their input (tf.boolean_mask's Where).
+_DATA_DEPENDENT = frozenset({"Where", "Unique", "UniqueV2", "UniqueWithCounts", "DynamicPartition"})
+
+
+def _data_dependent_rows(args, depth: int = 8, budget: int = 64) -> bool:
+    """Whether a tensor among ``args`` of unknown first dimension is made from a data-dependent count.
+
+    The rows that ``tf.boolean_mask`` (a ``Where``) keeps number differently at
+    every step, and an inner XLA function would compile for each count. Looks
+    ``depth`` ops back, at most ``budget`` ops in all.
+    """
+    frontier = [a for a in tf.nest.flatten(args)
+                if isinstance(a, tf.Tensor) and a.shape.rank and a.shape[0] is None and hasattr(a, "op")]
+    seen = set()
+    for _ in range(depth):
+        earlier = []
+        for t in frontier:
+            op = t.op
+            if op.name in seen or len(seen) >= budget:
+                continue
+            seen.add(op.name)
+            if op.type in _DATA_DEPENDENT:
+                return True
+            earlier.extend(op.inputs)
+        frontier = earlier
+    return False
 
 
 def _largest_size(args) -> int:

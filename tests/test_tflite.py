@@ -1,4 +1,4 @@
-"""TensorFlow Lite conversion of every public op: TensorFlow's value, or a loud failure.
+"""TensorFlow Lite conversion of the public ops: TensorFlow's value, or a loud failure.
 
 A model trained with safeops ops inside it (an embedding layer that
 normalises, a head that takes a ``log_softmax``) may be converted for
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import safeops.math as tfm
 from test_check_numerics import CASES
 
 #: Cases whose graphs need ops TFLite's builtins lack (the Flex delegate, not
@@ -60,7 +61,5 @@ def test_tflite_gives_tensorflows_value_or_fails_loudly(name):
 def test_norm_of_an_ordinary_row_converts_exactly():
     """The plain branch of the Euclidean norm, the one TFLite broke: [3, 4] and [-100, 100, 0, 80]."""
     x = tf.constant([[3.0, 4.0, 0.0, 0.0], [-100.0, 100.0, 0.0, 80.0]])
-    import safeops.math as tfm
-
     np.testing.assert_allclose(_tflite_value(lambda v: tfm.norm(v, axis=-1), x),
                                5.0 + float(np.sqrt(26400.0)), rtol=1e-6)

@@ -370,9 +370,9 @@ def test_an_earlier_trace_of_unknown_shape_leaves_static_shapes():
     np.testing.assert_allclose(tf.function(grad, jit_compile=True)(x), grad(x), rtol=1e-5)
 
 
-def _xla_calls(fn, spec) -> int:
-    """How many inner XLA calls (``_XlaMustCompile`` function calls) ``fn`` traced for ``spec`` holds."""
-    graph = tf.function(fn).get_concrete_function(spec).graph
+def _xla_calls(fn, *specs) -> int:
+    """How many inner XLA calls (``_XlaMustCompile`` function calls) ``fn`` traced for ``specs`` holds."""
+    graph = tf.function(fn).get_concrete_function(*specs).graph
     count = 0
     for op in graph.get_operations():
         try:
@@ -395,6 +395,25 @@ def test_an_unknown_dimension_after_the_first_runs_plain_ops(op):
     x = tf.constant([[1.0, -2.0, 30.0], [0.5, 0.25, -1.0]])
     plain = tf.function(fn, input_signature=[tf.TensorSpec([None, None])])(x)
     np.testing.assert_allclose(plain.numpy(), fn(x).numpy(), rtol=1e-6)
+
+
+def test_rows_kept_by_a_boolean_mask_run_plain_ops():
+    """Their count changes at every step (a Where): XLA would compile for each; a gather keeps XLA."""
+    def masked(logits, labels, mask):
+        return nn.sparse_softmax_cross_entropy_with_logits(tf.boolean_mask(labels, mask),
+                                                           tf.boolean_mask(logits, mask))
+
+    specs = (tf.TensorSpec([4, 6, 5]), tf.TensorSpec([4, 6], tf.int32), tf.TensorSpec([4, 6], tf.bool))
+    assert _xla_calls(masked, *specs) == 0
+    gathered = tf.TensorSpec([4, 5]), tf.TensorSpec([None], tf.int32)
+    assert _xla_calls(lambda x, i: tfm.log_softmax(tf.gather(x, i)), *gathered) == 1
+    logits = tf.reshape(tf.range(120, dtype=tf.float32) * 0.37 % 5.0, [4, 6, 5])
+    labels = tf.reshape(tf.range(24) % 5, [4, 6])
+    mask = tf.reshape(tf.range(24) % 3 > 0, [4, 6])
+    np.testing.assert_allclose(tf.function(masked)(logits, labels, mask).numpy(),
+                               tf.nn.sparse_softmax_cross_entropy_with_logits(
+                                   tf.boolean_mask(labels, mask), tf.boolean_mask(logits, mask)).numpy(),
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["eager", "graph"])
