@@ -21,11 +21,13 @@ Which path a loss takes with ``from_logits=False``
    ``Cast``. The Loss classes keep the record through their own float16 ->
    float32 cast, so mixed precision does not lose it.
 2. Otherwise (raw ``tf.sigmoid``/``tf.nn.softmax`` or ``safeops.math``
-   outputs in eager mode, a tensor the caller cast or reshaped, the outputs
-   of a reloaded SavedModel): the clamped logarithms of ``safeops.math``,
-   whose value at a probability of 0 is ``-log(tiny)`` (87.34 in float32)
-   and whose gradient there is finite and nonzero (contract C4), where Keras
-   gives 16.1 and a gradient of exactly 0.
+   outputs in eager mode, which includes a ``tf.function`` run under
+   ``tf.config.run_functions_eagerly(True)``; a tensor the caller cast or
+   reshaped; the outputs of a reloaded SavedModel): the clamped
+   logarithms of ``safeops.math``, whose value at a probability of 0 is
+   ``-log(tiny)`` (87.34 in float32) and whose gradient there is finite
+   and nonzero (contract C4), where Keras gives 16.1 and a gradient of
+   exactly 0.
 
 The details, and why Keras' own recovery is not trusted as is, are in
 :mod:`safeops.losses._probabilities`. Requires Keras 3 with the TensorFlow
