@@ -123,8 +123,9 @@ def compiled(fn, xla, eager_plain=False, exact=()):
     an unknown dimension other than the first (a ``padded_batch`` of
     sequences, an ``input_signature`` of ``[None, None]``), where XLA
     would compile at run time for every shape that comes, out of sight of
-    any count here, and where that first dimension is a data-dependent count
-    (the rows kept by ``tf.boolean_mask``, :func:`_data_dependent_rows`).
+    any count here, and where that first dimension varies with the data
+    (the rows kept by ``tf.boolean_mask``, padded sequences reshaped to
+    rows: :func:`_data_dependent_rows`).
     Another unknown first dimension (Keras' batch) keeps the inner XLA
     function: it usually takes one or two sizes. Under an outer
     ``jit_compile`` the function is inlined into the caller's program and
@@ -234,11 +235,14 @@ _DATA_DEPENDENT = frozenset({"Where", "Unique", "UniqueV2", "UniqueWithCounts", 
 
 
 def _data_dependent_rows(args, depth: int = 8, budget: int = 64) -> bool:
-    """Whether a tensor among ``args`` of unknown first dimension is made from a data-dependent count.
+    """Whether a tensor among ``args`` of unknown first dimension has rows that vary with the data.
 
-    The rows that ``tf.boolean_mask`` (a ``Where``) keeps number differently at
-    every step, and an inner XLA function would compile for each count. Looks
-    ``depth`` ops back, at most ``budget`` ops in all.
+    Two sources, looked for ``depth`` ops back (at most ``budget`` ops in
+    all): a data-dependent count (the rows that ``tf.boolean_mask``, a
+    ``Where``, keeps), and an earlier tensor with an unknown dimension after
+    its first, folded into the rows (``tf.reshape(logits, [-1, classes])``
+    of padded sequences). Either changes at every step, and an inner XLA
+    function would compile for each size.
     """
     frontier = [a for a in tf.nest.flatten(args)
                 if isinstance(a, tf.Tensor) and a.shape.rank and a.shape[0] is None and hasattr(a, "op")]
@@ -246,6 +250,8 @@ def _data_dependent_rows(args, depth: int = 8, budget: int = 64) -> bool:
     for _ in range(depth):
         earlier = []
         for t in frontier:
+            if t.shape.rank is None or None in t.shape[1:]:
+                return True
             op = t.op
             if op.name in seen or len(seen) >= budget:
                 continue

@@ -416,6 +416,17 @@ def test_rows_kept_by_a_boolean_mask_run_plain_ops():
                                rtol=1e-5)
 
 
+def test_padded_sequences_reshaped_to_rows_run_plain_ops():
+    """[batch, time, classes] -> [-1, classes] with an unknown time: the row count changes with each batch."""
+    def flattened(logits):
+        return tfm.log_softmax(tf.reshape(logits, [-1, 3]))
+
+    assert _xla_calls(flattened, tf.TensorSpec([None, None, 3])) == 0
+    assert _xla_calls(flattened, tf.TensorSpec([None, 4, 3])) == 1     # only the batch unknown
+    weights = tf.Variable(tf.ones([7, 3]))
+    assert _xla_calls(lambda x: tfm.log_softmax(tf.matmul(x, weights)), tf.TensorSpec([None, 7])) == 1
+
+
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 def test_past_the_shape_limit_new_shapes_run_plain_ops_with_one_warning(mode, monkeypatch):
     """Each compiled shape keeps memory mappings for good: a shape per step crashed TensorFlow."""
