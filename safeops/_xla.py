@@ -171,7 +171,7 @@ def compiled(fn, xla, eager_plain=False, exact=()):
     keyed_function = tf.function(keyed, jit_compile=True, autograph=False)
 
     def graph_function(*args):
-        return keyed_function(_static_shapes(args), *args)
+        return keyed_function(_shape_key(args), *args)
 
     def jit(*args):
         if tf.executing_eagerly():
@@ -211,12 +211,6 @@ def _local(args):
     # in a graph with eager inputs) has no graph: it is captured as a constant.
     return tf.nest.map_structure(
         lambda a: tf.identity(a) if tf.is_symbolic_tensor(a) and a.graph is not graph else a, args)
-
-
-def _static_shapes(args) -> tuple:
-    """The static shape of each tensor among ``args`` (``None`` for an unknown rank), as a hashable key."""
-    return tuple(tuple(a.shape.as_list()) if isinstance(a, tf.Tensor) and a.shape.rank is not None else None
-                 for a in tf.nest.flatten(args))
 
 
 def _shape_key(args) -> tuple:
