@@ -6,8 +6,11 @@ import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from safeops import losses
+from safeops.losses import _divergence
 from tests._modes import MODES, run
 
 
@@ -109,3 +112,74 @@ def test_kl_divergence_range_checks_name_the_argument_and_value(mode):
             fn(tf.constant(y), tf.constant(p))
     value = fn(tf.constant([[0.5, np.nan], [0.25, 0.75]]), tf.constant([[0.5, 0.5], [0.5, 0.5]])).numpy()
     assert np.isnan(value[0]) and value[1] == pytest.approx(0.1308, abs=1e-4)
+
+
+def _f32_rows(rng, kind, rows, n):
+    """``(y, p)`` float64 arrays of one family: rows that cancel little (the float32 form's) or much."""
+    def softmax(scale):
+        z = rng.normal(size=(rows, n)) * scale
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    hot = np.eye(n)[rng.integers(0, n, rows)]
+    if kind == "unrelated":
+        return softmax(rng.uniform(0.5, 3)), softmax(rng.uniform(0.5, 3))
+    if kind == "one_hot":
+        return hot, softmax(rng.uniform(0.5, 3))
+    if kind == "smoothed":
+        eps = rng.uniform(0.01, 0.2)
+        return hot * (1 - eps) + eps / n, softmax(rng.uniform(0.5, 3))
+    y = softmax(1.0)  # "close": the prediction a relative 10**-k from the label, normalised or not
+    p = np.clip(y * (1 + rng.normal(size=y.shape) * 10.0 ** rng.uniform(-7, -1)), 0, 1)
+    return y, (p / p.sum(-1, keepdims=True) if rng.integers(2) else p)
+
+
+def _ulps(got, y, p, dtype):
+    tiny = float(np.finfo(np.float32).tiny) if dtype != tf.float16 else float(np.finfo(np.float16).tiny)
+    want = np.array([_reference(a, b, tiny) for a, b in zip(y, p)])
+    spacing = tf.constant(np.abs(want), tf.float32)
+    spacing = (tf.cast(tf.cast(spacing, dtype), tf.float32) if dtype != tf.float32 else spacing).numpy()
+    ulp = {tf.float32: np.spacing(spacing.astype(np.float32)).astype(np.float64),
+           tf.float16: np.spacing(spacing.astype(np.float16)).astype(np.float64),
+           tf.bfloat16: np.exp2(np.floor(np.log2(np.maximum(spacing, 1e-38))) - 7)}[dtype]
+    return np.abs(got - want) / np.where(want == 0, 1.0, ulp)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["unrelated", "one_hot", "smoothed", "close"]),
+       n=st.sampled_from([2, 3, 10, 200]), dtype=st.sampled_from([tf.float32, tf.float16, tf.bfloat16]))
+def test_kl_divergence_float32_form_within_c3_whenever_it_is_taken(seed, kind, n, dtype):
+    """Under XLA, float32 inputs take the float32 logarithms where their error bound is within 3 ULP.
+
+    Wherever the form reports ``accurate``, every row is within 4 ULP of
+    mpmath (its bound holds); and the op is within 4 ULP in every case,
+    taking the float64 form where the bound is not met (``close`` rows,
+    whose cancellation amplifies the float32 logarithm's error). Inputs
+    are rounded to ``dtype`` first, the reference sees the rounded ones.
+    """
+    rng = np.random.default_rng(seed)
+    y, p = _f32_rows(rng, kind, 8, n)
+    y = tf.cast(tf.constant(y, tf.float32), dtype)
+    p = tf.cast(tf.constant(p, tf.float32), dtype)
+    y64, p64 = (tf.cast(v, tf.float64).numpy() for v in (y, p))
+    floor = float(np.finfo(np.float16 if dtype == tf.float16 else np.float32).tiny)
+    value, accurate = tf.function(lambda a, b: _divergence._float32_kl(a, b, floor, dtype), jit_compile=True)(y, p)
+    if accurate:
+        rounded = tf.cast(tf.cast(value, dtype), tf.float64).numpy()
+        assert _ulps(rounded, y64, p64, dtype).max() <= 4
+    for mode in ("function", "jit"):
+        got = tf.cast(run(mode, losses.kl_divergence)(y, p), tf.float64).numpy()
+        assert _ulps(got, y64, p64, dtype).max() <= 4, (mode, bool(accurate))
+
+
+@pytest.mark.parametrize("kind", ["unrelated", "one_hot", "smoothed"])
+def test_kl_divergence_float32_form_is_taken_where_terms_do_not_cancel(kind):
+    """The benchmark's rows (two unrelated softmax outputs) and labels against any prediction take the
+    float32 form at 1000 classes; ``close`` rows (a distillation near its end) do not."""
+    rng = np.random.default_rng(7)
+    floor = float(np.finfo(np.float32).tiny)
+    form = tf.function(lambda a, b: _divergence._float32_kl(a, b, floor, tf.float32)[1], jit_compile=True)
+    y, p = (tf.constant(v, tf.float32) for v in _f32_rows(rng, kind, 64, 1000))
+    assert bool(form(y, p))
+    y, p = (tf.constant(v, tf.float32) for v in _f32_rows(rng, "close", 64, 1000))
+    assert not bool(form(y, p))
