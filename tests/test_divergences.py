@@ -9,7 +9,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safeops import losses
+from safeops import _xla, losses
 from safeops.losses import _divergence
 from tests._modes import MODES, run
 
@@ -100,13 +100,24 @@ def test_kl_divergence_float32_at_a_float32_ulp_of_difference():
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
-def test_kl_divergence_range_checks_name_the_argument_and_value(mode):
+@pytest.mark.parametrize("inner_xla", [False, True])
+def test_kl_divergence_range_checks_name_the_argument_and_value(mode, inner_xla):
     """The range checks of both arguments ride in the float64 pass (per row); each still names its own
     argument and first bad value, in any row, and NaN passes through to the output."""
-    fn = run(mode, losses.kl_divergence)
+    old = _xla.set_inner_xla(inner_xla)
+    try:
+        _range_checks(run(mode, losses.kl_divergence))
+    finally:
+        _xla.set_inner_xla(old)
+
+
+def _range_checks(fn):
     ok = [[0.5, 0.5], [0.25, 0.75]]
     for y, p, arg, bad in [(ok, [[0.5, 0.5], [1.25, 0.75]], "y_pred", "1.25"),
-                           ([[0.5, 0.5], [0.25, -0.5]], ok, "y_true", "-0.5")]:
+                           ([[0.5, 0.5], [0.25, -0.5]], ok, "y_true", "-0.5"),
+                           # a NaN beside it (under XLA the flags ride in a sum a NaN would spoil)
+                           ([[np.nan, 0.5], [0.25, 0.75]], [[0.5, 2.0], [0.5, 0.5]], "y_pred", "2"),
+                           ([[0.5, np.inf], [0.25, 0.75]], [[0.5, 0.5], [0.5, np.nan]], "y_true", "inf")]:
         message = rf"(?s){arg} must be probabilities.*got.*{bad}"
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             fn(tf.constant(y), tf.constant(p))
@@ -163,7 +174,8 @@ def test_kl_divergence_float32_form_within_c3_whenever_it_is_taken(seed, kind, n
     p = tf.cast(tf.constant(p, tf.float32), dtype)
     y64, p64 = (tf.cast(v, tf.float64).numpy() for v in (y, p))
     floor = float(np.finfo(np.float16 if dtype == tf.float16 else np.float32).tiny)
-    value, accurate = tf.function(lambda a, b: _divergence._float32_kl(a, b, floor, dtype), jit_compile=True)(y, p)
+    value, accurate, *_ = tf.function(lambda a, b: _divergence._float32_kl(a, b, floor, dtype), jit_compile=True)(
+        y, p)
     if accurate:
         rounded = tf.cast(tf.cast(value, dtype), tf.float64).numpy()
         assert _ulps(rounded, y64, p64, dtype).max() <= 4
