@@ -41,7 +41,8 @@ def spec(kind: str, shape, dtype: str, **params: Any) -> dict:
 
 def make_array(input_spec: dict, seed: int) -> np.ndarray:
     """The array an input spec describes, drawn from ``seed``."""
-    rng = np.random.default_rng(seed)
+    # "base_seed": inputs that share it share their draw (a distribution and one near it).
+    rng = np.random.default_rng(input_spec.get("base_seed", seed))
     shape = tuple(input_spec["shape"])
     kind = input_spec["kind"]
     if kind == "uniform":
@@ -54,6 +55,8 @@ def make_array(input_spec: dict, seed: int) -> np.ndarray:
         values = rng.integers(0, input_spec["classes"], size=shape)
     elif kind == "simplex":  # rows of probabilities: the softmax of normal logits of ``scale``
         logits = rng.standard_normal(size=shape) * input_spec["scale"]
+        if input_spec.get("jitter"):  # each logit moved by jitter * N(0, 1), drawn from the input's own seed
+            logits = logits + np.random.default_rng(seed).standard_normal(size=shape) * input_spec["jitter"]
         values = np.exp(logits - logits.max(-1, keepdims=True))
         values /= values.sum(-1, keepdims=True)
     elif kind == "one_hot":
