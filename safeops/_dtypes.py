@@ -113,17 +113,6 @@ def log_max(dtype: tf.DType) -> float:
     return float(np.log(max_value(dtype)))
 
 
-def binade(x: tf.Tensor) -> tf.Tensor:
-    """``2**floor(log2(|x|))`` of a float32 tensor, from its exponent bits; 0 for 0 and subnormals.
-
-    A float32 ``x`` of that binade has an ULP of ``binade(x) * eps(float32)``
-    (and a number rounded to ``dtype`` there, ``binade(x) * eps(dtype)``).
-    Infinity and NaN give ``inf``.
-    """
-    bits = tf.bitwise.bitwise_and(tf.bitcast(tf.abs(x), tf.int32), 0x7F800000)
-    return tf.bitcast(bits, tf.float32)
-
-
 def saturate(g: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """Clips ``g`` to the finite range of ``dtype``, keeping NaN.
 

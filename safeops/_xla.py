@@ -89,14 +89,6 @@ def _op_callbacks() -> bool:
     return _context is not None and bool(getattr(_context.context(), "op_callbacks", None))
 
 
-#: The largest error of XLA's float32 ``log``, in ULP of its result, that an op may rely on.
-#: XLA's CPU backend reaches 1.19 over every positive normal float32 (its
-#: own polynomial; ``SAFEOPS_EXHAUSTIVE=1`` runs ``test_xla_float32_log_ulp``
-#: over all of them, CI samples 2**22); CUDA documents 1 for the ``logf``
-#: that XLA's GPU backend calls. TensorFlow's own CPU kernel (Eigen) reaches
-#: 3.47 near 1: ops that rely on this bound check :func:`in_xla` first.
-LOG_F32_ULP = 1.25
-
 #: Eager calls of a few-kernel op on fewer elements than this run as plain ops
 #: (see :func:`compiled`'s ``eager_plain``).
 EAGER_PLAIN_BELOW = 1 << 16

@@ -11,6 +11,7 @@ away from those points and are exact at them.
 from __future__ import annotations
 
 import functools
+import math
 
 import keras
 import tensorflow as tf
@@ -33,9 +34,11 @@ def kl_divergence(y_true, y_pred):
     Stable rewrite: ``xlogy(y, y) - xlogy(y, p)`` elementwise (safeops'
     ``xlogy``: 0 where ``y == 0``, the logs clamped at ``tiny`` of
     ``y_pred``'s dtype with a live gradient where ``p == 0``). Its value
-    comes from a form without cancellation (``_one_signed_kl``: where
-    ``y_j`` is near ``p_j``, ``y_j log(y_j / p_j)`` as ``y_j phi(L_j) + (y_j
-    - p_j)``, ``phi(x) = exp(-x) - 1 + x``, in float64): two close
+    is summed in float64 from terms accurate to a few float64 roundings:
+    for inputs of float32 or narrower, ``y_j log(y_j / p_j)`` from a
+    float32 logarithm and one float64 Newton step (``_corrected_kl``); for
+    float64 inputs, where ``y_j`` is near ``p_j``, as ``y_j phi(L_j) + (y_j
+    - p_j)``, ``phi(x) = exp(-x) - 1 + x`` (``_one_signed_kl``). Two close
     distributions keep their small KL (at ``y = [.3, .3, .4]``, ``p = [.3,
     .3001, .3999]`` the plain float32 sum was 50% off); the gradient is the
     plain form's. When ``y_pred`` came from a softmax on the
@@ -88,9 +91,7 @@ def kl_divergence(y_true, y_pred):
             y = _common.checked_unit_interval(op, y, "y_true")
             p = _common.checked_unit_interval(op, p, "y_pred")
         floor = _dtypes.tiny(pred.clamp_dtype)
-        # A vectorizer turns the tf.cond of _float32_kl into a per-example choice of dynamic shape.
-        split, fast = pred.clamp_dtype == tf.float64, not _gradient.in_vectorized_map()
-        accurate = _accurate_kl(floor, split, fast, _xla.enabled())
+        accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
         value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))
         kl = _with_kl_gradient(floor, pred.clamp_dtype, _xla.enabled())(value, y, p)
         if _gradient.in_vectorized_map():  # the op's gradient is dropped there (see _gradient)
@@ -104,26 +105,22 @@ def kl_divergence(y_true, y_pred):
 
 
 @functools.lru_cache(maxsize=None)
-def _accurate_kl(floor: float, split: bool, fast: bool, xla: bool):
+def _accurate_kl(floor: float, split: bool, xla: bool):
     """``(value, y_outside, p_outside)``: :func:`_one_signed_kl`; whether a row of ``y``, ``p`` leaves [0, 1].
 
     One inner XLA function (with ``xla``): some twenty float64 kernels
     fused, and the range checks of both arguments read in the same pass
     (as separate TensorFlow kernels they were two more passes over each).
-    Compiled by XLA, inputs of float32 or narrower first take (with ``fast``)
-    :func:`_float32_kl`, and the float64 logarithms run only for a batch
-    whose error bound that form cannot meet (a tenth of the float64
-    form's time is the float32 logarithm; the float64 one is most of it).
+    Inputs of float32 or narrower take :func:`_corrected_kl` (float32
+    logarithms made exact in float64 without a float64 logarithm), float64
+    inputs :func:`_one_signed_kl`.
     """
 
     def value_and_checks(y, p):
-        classes = y.shape[-1]
-        # The bound of _float32_kl holds for XLA's log only; its flag counts, below 2**26 classes.
-        if split or not fast or not _xla.in_xla() or classes is None or classes >= 2 ** 26:
+        if split:
             rows = [tf.reduce_any(_common.outside_unit_interval(v), -1) for v in (y, p)]
-            return (tf.cast(_one_signed_kl(y, p, floor, split), y.dtype), *rows)
-        value, accurate, *rows = _float32_kl(y, p, floor, y.dtype)
-        value = tf.cond(accurate, lambda: value, lambda: _one_signed_kl(y, p, floor, False))
+            return (tf.cast(_one_signed_kl(y, p, floor, True), y.dtype), *rows)
+        value, *rows = _corrected_kl(y, p, floor)
         return (tf.cast(value, y.dtype), *rows)
 
     return _xla.compiled(value_and_checks, xla)
@@ -195,7 +192,8 @@ def _one_signed_kl(y, p, floor, split=True):
     would cancel there: :math:`y \varphi(L) \approx c` for :math:`y \ll c`).
     Labels 0 add 0.
 
-    ``split=False`` (inputs of float32 or narrower) sums :math:`y_j L_j`
+    ``split=False`` (inputs of float32 or narrower; the op itself takes
+    :func:`_corrected_kl` for them) sums :math:`y_j L_j`
     as they are, in float64: two float32 numbers that differ differ by at
     least a float32 ULP, so the cancellation between terms of opposite
     sign amplifies their float64 rounding (1e-16) by at most about
@@ -227,74 +225,76 @@ def _one_signed_kl(y, p, floor, split=True):
     return (one_signed + mass) + far
 
 
-def _float32_kl(y, p, floor, dtype):
-    r"""``(value, accurate, y_outside, p_outside)``: :func:`_one_signed_kl` from float32 logarithms, and more.
+#: 1/k! for k = 1..16: expm1's Taylor series at |x| < 1/2, cut where the next term is below
+#: 2**-60 of the sum (0.5**16 / 17! = 4e-20).
+_EXPM1_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(1, 17))
+#: Row counts of entries outside [0, 1] ride in one float64 sum: y_true's in units of 2**600,
+#: y_pred's of 2**627; exact for rows shorter than 2**26.
+_Y_FLAG, _P_FLAG, _MAX_FLAGGED = 2.0 ** 600, 2.0 ** 627, 2 ** 26
 
-    For inputs of float32 or narrower, computed by XLA (whose float32
-    ``log`` is within :data:`safeops._xla.LOG_F32_ULP` of its result;
-    TensorFlow's own kernel is not). ``value`` is the float64 row sum of
-    :math:`y_j L_j`, :math:`L_j = \log(y'_j / c_j)` (the clamps of
-    :func:`kl_divergence`); ``accurate`` (a scalar): every row's error
-    bound is within 3 ULP of ``dtype`` at its value, so that, rounded to
-    ``dtype``, it is within C3's 4. A batch where it is not takes the
-    float64 logarithms instead (:func:`_accurate_kl`). ``y_outside``,
-    ``p_outside``: whether a row of ``y``, ``p`` has an entry outside
-    ``[0, 1]``, counted in the bound's sum (below).
 
-    Each :math:`L_j` is :math:`\log u_j + \log(y'_j / (u_j c_j))` with
-    :math:`u_j = y'_j / c_j` rounded to float32: the second term is the
-    rounding of that ratio, :math:`-\operatorname{log1p}(-\sigma_j) =
-    \sigma_j + \sigma_j^2 / 2` to :math:`2^{-73}` with :math:`\sigma_j
-    = (y'_j - u_j c_j) / y'_j` (:math:`|\sigma_j| \le 2^{-24}`; the
-    product :math:`u_j c_j` has 48 bits and the difference is exact, in
-    float64). What is left is the float32 ``log``'s error,
-    :math:`\le E \operatorname{ulp}(\log u_j)` with :math:`E` =
-    ``LOG_F32_ULP``, and the float64 roundings of the products and of the
-    sum over :math:`n` terms, each :math:`|y_j L_j| \le 2 y_j
-    \operatorname{binade}(\log u_j) + 2^{-23} y_j`. So a row is off by at
-    most :math:`\sum_j y_j (b_j (E 2^{-23} + 2 (n + 3) 2^{-53}) + (n + 3)
-    2^{-76} + 2^{-72})`, :math:`b_j = \operatorname{binade}(\log u_j)`
-    (:func:`safeops._dtypes.binade`), one more sum in the same pass.
-    An entry outside ``[0, 1]`` adds :math:`2^{600}` (``y``) or
-    :math:`2^{627}` (``p``) to that sum instead, a NaN bound 0: with fewer
-    than :math:`2^{26}` classes the two counts are read back exactly
-    (``sum >= 2**627``; ``floor(sum / 2**600) mod 2**27 > 0``), and such a
-    row is never accurate. A separate reduction of each range check was a
-    tenth of the forward's time (1024x1000, hand-measured).
+def _corrected_kl(y, p, floor):
+    r"""``(value, y_outside, p_outside)``: :func:`_one_signed_kl` of float32 (or narrower) inputs, in a third of its time.
 
-    Where the terms do not cancel, that bound is a few tenths of an ULP of
-    the row's KL: two unrelated distributions, a one-hot or smoothed label
-    against any prediction (the benchmark's rows: at most 0.6 of the 3 ULP
-    allowed). Where they do (a prediction close to its label, as late in a
-    distillation) it is far over, and the float32 logarithm's error truly
-    is: the float64 form is needed there. The bound rests on :math:`E`, an
-    error that XLA's CPU log meets over every float32 (and CUDA documents
-    for the GPU's); a log less accurate than that would break it, which
-    ``tests/test_xla.py`` checks for on the machine it runs on.
+    With :math:`c = \max(p, floor)`, :math:`y' = \max(y, floor)` (the
+    clamps of :func:`kl_divergence`), :math:`L_j = \log(y'_j / c_j)` is
+    taken first from float32: :math:`x = \log(y' / c)`, ratio and
+    logarithm in float32, within about :math:`2^{-21} |L|`. One Newton
+    step in float64 makes it exact to a few float64 roundings:
+    :math:`L = x + \operatorname{log1p}(z)`, :math:`z = y' / (c e^x) - 1
+    \approx x`'s relative error, and :math:`\operatorname{log1p}(z) = z -
+    z^2/2` to :math:`z^3/3`, below :math:`2^{-60} |L|`. The exponential
+    costs a seventh of float64's logarithm under XLA on this CPU (which
+    was most of :func:`_one_signed_kl`), and ``z`` is formed without
+    cancellation:
+
+    * where :math:`|x| < 1/2` (:math:`y_j` near :math:`c_j`, :math:`L_j`
+      as small as :math:`2^{-24}`), :math:`e^x = 1 + m` with
+      :math:`m = \operatorname{expm1}(x)` from its Taylor series
+      (:data:`_EXPM1_TAYLOR`; XLA's float64 ``expm1`` took more time than
+      the logarithm), and :math:`z = ((y' - c) - c m) / (c (1 + m))`:
+      :math:`y' - c` is exact, and :math:`c m` is within :math:`2^{-21}`
+      of it, so the numerator carries an absolute error of a float64
+      rounding of :math:`y' - c` only, relative :math:`2^{-52}` to
+      :math:`L` however small;
+    * elsewhere (:math:`|L| > 0.49`) :math:`z = (y' - c e^x) / (c e^x)`
+      with float64's ``exp``, an absolute error of about :math:`2^{-52}`.
+
+    So each term :math:`y_j L_j` is within a few float64 roundings, the
+    accuracy :func:`_one_signed_kl` argues is enough without its split for
+    float32 inputs (and its tests at a float32 ULP of difference hold).
+    Labels 0 add 0. ``y_outside``, ``p_outside``: whether a row of ``y``,
+    ``p`` has an entry outside ``[0, 1]``, counted in the same pass as a
+    second float64 sum (:data:`_Y_FLAG`; a separate reduction of each
+    range check was a tenth of the forward's time at 1024x1000,
+    hand-measured), or by two reductions for longer rows.
     """
     narrow, wide = tf.float32, tf.float64
     y, p = tf.cast(y, narrow), tf.cast(p, narrow)
     c = tf.maximum(p, floor)
     y_ = tf.maximum(y, floor)
-    u = y_ / c  # in [tiny, 1 / tiny]: finite and normal
-    log_u = tf.math.log(u)
-    sigma = (tf.cast(y_, wide) - tf.cast(u, wide) * tf.cast(c, wide)) / tf.cast(y_, wide)
-    y_wide = tf.cast(y, wide)
-    terms = y_wide * (tf.cast(log_u, wide) + sigma * (1.0 + 0.5 * sigma))
-    n = tf.cast(tf.shape(terms)[-1], wide)
-    per_binade = _xla.LOG_F32_ULP * 2.0 ** -23 + 2.0 * (n + 3.0) * 2.0 ** -53
-    bounds = y_wide * (tf.cast(_dtypes.binade(log_u), wide) * per_binade + ((n + 3.0) * 2.0 ** -76 + 2.0 ** -72))
+    x_narrow = tf.math.log(y_ / c)  # y_ / c in [tiny, 1 / tiny]: finite
+    x = tf.cast(x_narrow, wide)
+    y_wide, c_wide = tf.cast(y_, wide), tf.cast(c, wide)
+    near = tf.abs(x_narrow) < 0.5
+    zeros = tf.zeros_like(x)
+    t = tf.where(near, x, zeros)
+    m = tf.zeros_like(t) + _EXPM1_TAYLOR[-1]
+    for coefficient in reversed(_EXPM1_TAYLOR[:-1]):
+        m = m * t + coefficient
+    m = m * t
+    scaled = c_wide * tf.where(near, 1.0 + m, tf.exp(tf.where(near, zeros, x)))  # c e^x
+    z = tf.where(near, (y_wide - c_wide) - c_wide * m, y_wide - scaled) / scaled
+    terms = tf.cast(y, wide) * (x + (z - 0.5 * z * z))
     y_out, p_out = _common.outside_unit_interval(y), _common.outside_unit_interval(p)
-    zeros = tf.zeros_like(bounds)
-    flags = tf.where(y_out, zeros + 2.0 ** 600, zeros) + tf.where(p_out, zeros + 2.0 ** 627, zeros)
-    bounds = tf.where(y_out | p_out, flags, tf.where(tf.math.is_nan(bounds), zeros, bounds))
-    value, bound = (tf.squeeze(s, -1) for s in _xla.last_axis_sums([terms, bounds], -1))
-    y_outside = tf.math.floormod(tf.math.floor(bound * 2.0 ** -600), 2.0 ** 27) > 0
-    # The ULP of the true value, which is within the bound (under 3 * 2**-7
-    # relative when accepted) of value: that of |value| less 2**-5 relative.
-    low = tf.cast(tf.abs(value) * (1.0 - 2.0 ** -5), narrow)
-    allowed = 3.0 * _dtypes.eps(dtype) * tf.cast(_dtypes.binade(low), wide)
-    return value, tf.reduce_all(bound <= allowed), y_outside, bound >= 2.0 ** 627
+    classes = y.shape[-1]
+    if classes is None or classes >= _MAX_FLAGGED:
+        value = tf.reduce_sum(terms, -1)
+        return value, tf.reduce_any(y_out, -1), tf.reduce_any(p_out, -1)
+    flags = tf.where(y_out, zeros + _Y_FLAG, zeros) + tf.where(p_out, zeros + _P_FLAG, zeros)
+    value, counts = (tf.squeeze(v, -1) for v in _xla.last_axis_sums([terms, flags], -1))
+    y_outside = tf.math.floormod(tf.math.floor(counts / _Y_FLAG), float(2 * _MAX_FLAGGED)) > 0
+    return value, y_outside, counts >= _P_FLAG
 
 
 @keras.saving.register_keras_serializable(package="safeops")
