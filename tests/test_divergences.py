@@ -94,7 +94,7 @@ def test_kl_divergence_float32_at_a_float32_ulp_of_difference(mode):
             p = np.clip(y.astype(np.float64) * (1 + rng.normal(size=n) * rel), 0, 1)
             rows.append((y, (p / p.sum() if i % 2 else p).astype(np.float32)))
     fn = run("jit" if mode == "jit" else "eager", losses.kl_divergence)
-    old = _xla.set_inner_xla(mode != "plain")  # plain: TensorFlow's kernels, whose float32 log is less accurate
+    old = _xla.set_inner_xla(mode != "plain")  # plain: TensorFlow kernels, the float64 form
     try:
         for y, p in rows:
             got = float(fn(y[None], p[None]).numpy()[0])
@@ -172,8 +172,8 @@ def test_kl_divergence_float32_inputs_within_c3(seed, kind, n, dtype, inner_xla)
     distributions, a one-hot or smoothed label against a softmax output)
     and on ``close`` ones (the prediction a relative 1e-7 to 1e-1 from
     the label, normalised or not), in a ``tf.function`` (the inner XLA
-    function, or the same formulas as TensorFlow kernels, whose float32
-    ``log`` is less accurate) and under an outer ``jit_compile``. Inputs
+    function; with it off, TensorFlow kernels of the float64 form) and
+    under an outer ``jit_compile`` (the Newton step either way). Inputs
     are rounded to ``dtype`` first; the reference sees the rounded ones.
     """
     rng = np.random.default_rng(seed)
