@@ -91,7 +91,10 @@ def kl_divergence(y_true, y_pred):
             y = _common.checked_unit_interval(op, y, "y_true")
             p = _common.checked_unit_interval(op, p, "y_pred")
         floor = _dtypes.tiny(pred.clamp_dtype)
-        accurate = _accurate_kl(floor, pred.clamp_dtype == tf.float64, _xla.enabled())
+        # In a vectorized map the row sums of _corrected_kl (a dot with a ones vector) took a shape
+        # XLA could not read; the float64 form's reductions vectorize.
+        wide = pred.clamp_dtype == tf.float64
+        accurate = _accurate_kl(floor, wide or _gradient.in_vectorized_map(), wide, _xla.enabled())
         value, y_outside, p_outside = accurate(tf.stop_gradient(y), tf.stop_gradient(p))
         kl = _with_kl_gradient(floor, pred.clamp_dtype, _xla.enabled())(value, y, p)
         if _gradient.in_vectorized_map():  # the op's gradient is dropped there (see _gradient)
@@ -105,7 +108,7 @@ def kl_divergence(y_true, y_pred):
 
 
 @functools.lru_cache(maxsize=None)
-def _accurate_kl(floor: float, split: bool, xla: bool):
+def _accurate_kl(floor: float, plain: bool, split: bool, xla: bool):
     """``(value, y_outside, p_outside)``: :func:`_one_signed_kl`; whether a row of ``y``, ``p`` leaves [0, 1].
 
     One inner XLA function (with ``xla``): some twenty float64 kernels
@@ -113,14 +116,14 @@ def _accurate_kl(floor: float, split: bool, xla: bool):
     (as separate TensorFlow kernels they were two more passes over each).
     Compiled by XLA, inputs of float32 or narrower take
     :func:`_corrected_kl` (float32 logarithms made exact in float64 without
-    a float64 logarithm); float64 inputs, and all inputs outside XLA,
-    :func:`_one_signed_kl`.
+    a float64 logarithm); float64 inputs, all inputs outside XLA, and with
+    ``plain``, :func:`_one_signed_kl` (``split`` for float64).
     """
 
     def value_and_checks(y, p):
         # As TensorFlow kernels (no XLA), _corrected_kl's series is some thirty more passes over the
         # batch: 1.4 times _one_signed_kl's time with its float64 logarithm (1024x1000, hand-measured).
-        if split or not _xla.in_xla():
+        if plain or not _xla.in_xla():
             rows = [tf.reduce_any(_common.outside_unit_interval(v), -1) for v in (y, p)]
             return (tf.cast(_one_signed_kl(y, p, floor, split), y.dtype), *rows)
         value, *rows = _corrected_kl(y, p, floor)
