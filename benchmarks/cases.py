@@ -190,7 +190,7 @@ def _two_distributions(shape, dtype):
 
 def _close_distributions(shape, dtype):
     # A prediction near its label (a distillation late in training): the terms cancel, and
-    # kl_divergence's float32 form gives way to its float64 logarithms.
+    # kl_divergence must keep its digits there at no extra cost.
     return [_inputs.spec("simplex", shape, dtype, scale=1.0, base_seed=5),
             _inputs.spec("simplex", shape, dtype, scale=1.0, base_seed=5, jitter=0.01)]
 

@@ -120,7 +120,7 @@ def _range_checks(fn):
     ok = [[0.5, 0.5], [0.25, 0.75]]
     for y, p, arg, bad in [(ok, [[0.5, 0.5], [1.25, 0.75]], "y_pred", "1.25"),
                            ([[0.5, 0.5], [0.25, -0.5]], ok, "y_true", "-0.5"),
-                           # a NaN beside it (under XLA the flags ride in a sum a NaN would spoil)
+                           # a NaN beside it (under XLA the flags ride in a float64 sum of their own)
                            ([[np.nan, 0.5], [0.25, 0.75]], [[0.5, 2.0], [0.5, 0.5]], "y_pred", "2"),
                            ([[0.5, np.inf], [0.25, 0.75]], [[0.5, 0.5], [0.5, np.nan]], "y_true", "inf")]:
         message = rf"(?s){arg} must be probabilities.*got.*{bad}"
@@ -131,7 +131,7 @@ def _range_checks(fn):
 
 
 def _f32_rows(rng, kind, rows, n):
-    """``(y, p)`` float64 arrays of one family: rows that cancel little (the float32 form's) or much."""
+    """``(y, p)`` float64 arrays of one family: rows whose terms cancel little, or much (``close``)."""
     def softmax(scale):
         z = rng.normal(size=(rows, n)) * scale
         e = np.exp(z - z.max(-1, keepdims=True))
