@@ -270,7 +270,12 @@ def _corrected_kl(y, p, floor):
     So each term :math:`y_j L_j` is within a few float64 roundings, the
     accuracy :func:`_one_signed_kl` argues is enough without its split for
     float32 inputs (and its tests at a float32 ULP of difference hold).
-    Labels 0 add 0. ``y_outside``, ``p_outside``: whether a row of ``y``,
+
+    Edges: labels 0 add 0 (``y' = floor`` keeps ``x`` finite); a zero
+    prediction is ``c = floor``, ``x`` up to ``log(1/tiny)`` (87.3 in
+    float32), whose ``exp`` is finite in float64; ``y' = c`` gives ``x =
+    m = z = 0``; NaN gives NaN (an infinite entry, outside ``[0, 1]``,
+    gives NaN too and is flagged). ``y_outside``, ``p_outside``: whether a row of ``y``,
     ``p`` has an entry outside ``[0, 1]``, counted in the same pass as a
     second float64 sum (:data:`_Y_FLAG`; a separate reduction of each
     range check was a tenth of the forward's time at 1024x1000,
