@@ -396,8 +396,10 @@ def _sum_minus_one(z, err, axis):
     :func:`safeops._xla.last_axis_sums` (a dot with a ones vector on a CPU,
     where XLA's own row sums of an expression are scalar loops: 1.1-1.4x
     ``tf.reduce_logsumexp``'s forward at 1e6 to 1e7 elements with a complex
-    sum, 0.6-0.9x with the dot, in A/B runs). The count is exact up to
-    ``2**24`` entries per slice in float32.
+    sum, 0.6-0.9x with the dot, in A/B runs), in float64
+    (:func:`safeops._dtypes.sum_dtype`) and rounded once: a confident row's
+    remainder summed in float32 was 23 ULP off in ``log_softmax`` of ``[0,
+    -15.3 x 3999]``. The count is exact.
     """
     e = tf.exp(z)
     # e >= exp(-0.69) > 1/2 (the threshold is on z, not on e: a count that
@@ -405,8 +407,8 @@ def _sum_minus_one(z, err, axis):
     big = z >= _BIG_SHIFT
     # err is 0 wherever e is not finite (a +inf entry): no inf * 0 = NaN.
     terms = tf.where(big, e - 1.0, e) + tf.math.multiply_no_nan(e, err)
-    rest, count = _xla.last_axis_sums([terms, tf.cast(big, e.dtype)], axis)
-    return rest + (count - 1.0)
+    rest, count = _xla.last_axis_sums([terms, tf.cast(big, e.dtype)], axis, _dtypes.sum_dtype(e.dtype))
+    return tf.cast(rest + (count - 1.0), e.dtype)
 
 
 @_xla.per_axis
@@ -610,6 +612,21 @@ def _masked_softmax(axis, dtype, xla):
         m = tf.where(_dtypes.is_minus_inf(m), tf.zeros_like(m), m)
         z, err = exact_shift(x, m)
         e = tf.exp(z)
+        if x.dtype == tf.float32:
+            # float32 (and the half dtypes): each numerator e (1 + err), the
+            # row sum and the quotient in float64, rounded once. A float32 sum's
+            # rounding grows with the row's length (5.1 ULP of softmax over
+            # rows of 1000 standard normal entries, 5.6 over 32000); in
+            # float64 the result carries exp's error (XLA's: 1.01 ULP) and
+            # one rounding. float64's digits also keep the terms below half a
+            # float32 ULP of the maximum's 1, for which the float64 inputs'
+            # form below splits its sum as 1 + (sum - 1): one part to sum
+            # here, not two, and a product per entry, not a quotient.
+            e64, err64 = tf.cast(e, tf.float64), tf.cast(err, tf.float64)
+            total, = _xla.last_axis_sums([e64 + e64 * err64], axis)  # one term per entry, exact
+            total = tf.where(tf.equal(total, 0.0), tf.ones_like(total), total)
+            inv = 1.0 / total
+            return tf.cast(e64 * inv + (e64 * inv) * err64, x.dtype)
         # The row sum as 1 + (sum - 1): summed with the maximum's 1 in the
         # accumulator, terms below half an ULP of 1 were rounded away one by
         # one ([0, -17 x 255] in float32: 23 ULP at the maximum, 15 elsewhere).
