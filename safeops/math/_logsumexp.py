@@ -76,7 +76,9 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     weight at the largest ``x`` is not lost in ``w_k - 1``, and the rounding
     errors of ``log|w_i|`` and of the exponent are added back), the terms near
     :math:`\pm 1` summed apart so the remainder is exact (Blanchard, Higham & Higham 2021, IMA J. Numer. Anal.,
-    Algorithm 4.2). The naive ``log(reduce_sum(exp(x)))`` overflows for
+    Algorithm 4.2); without weights, a float32 remainder accumulates in
+    float64 (in float32 it was beyond 4 ULP for ``[0, -15.3 x 3999]``,
+    whose 3999 equal terms round alike). The naive ``log(reduce_sum(exp(x)))`` overflows for
     ``x > 88`` in float32 and gives ``log 0 = -inf`` for ``x < -104``; the
     usual max shift with ``log`` instead of ``log1p`` returns 0 for
     ``[0, -20]`` where the answer is ``2.06e-9``. The gradient is the softmax
@@ -186,9 +188,14 @@ def softmax(logits, axis=None, name=None):
     Stable rewrite: :math:`y_i = e^{z_i} (1 + \epsilon_i) / \sum_j e^{z_j}
     (1 + \epsilon_j)` where :math:`z_i + \epsilon_i = x_i - m` exactly
     (:math:`m` the row maximum, :math:`\epsilon_i` the rounding error of the
-    shift, recovered by TwoSum), the row sum formed as ``1 + (sum - 1)``
-    (:func:`_sum_minus_one`) so that the terms below half an ULP of the
-    maximum's 1 keep their share. The naive ``exp(x) / sum(exp(x))``
+    shift, recovered by TwoSum). For float32 (and the half dtypes, computed
+    in float32) each :math:`e^{z_i} (1 + \epsilon_i)`, the row sum and the
+    quotient are formed in float64 and rounded once: a float32 row sum's
+    rounding grows with the row's length (beyond 4 ULP over ``[0, log 0.1
+    x 3999]`` and over rows of 1000 standard normal entries). For float64
+    the row sum is formed as ``1 + (sum - 1)`` (:func:`_sum_minus_one`) so
+    that the terms below half an ULP of the maximum's 1 keep their share.
+    The naive ``exp(x) / sum(exp(x))``
     overflows for ``x > 88`` in float32; the usual max shift (Blanchard,
     Higham & Higham 2021, IMA J. Numer. Anal.), TensorFlow's kernel,
     inherits the rounding of ``x - m``, up to 67 ULP on the accuracy sample,
@@ -249,7 +256,9 @@ def log_softmax(logits, axis=None, name=None):
     e^{z_j}(1 + \epsilon_j) - 1)) + \epsilon_i` with :math:`z_i + \epsilon_i
     = x_i - m` exactly (:math:`m` the row maximum, :math:`\epsilon_i` from
     TwoSum) and the maximum's own term summed apart (Blanchard, Higham &
-    Higham 2021, IMA J. Numer. Anal.).
+    Higham 2021, IMA J. Numer. Anal.), in float64 for float32 inputs (a
+    float32 sum was beyond 4 ULP at the top entry of ``[0, -15.3 x
+    3999]``).
     The naive ``log(softmax(x))`` gives ``log 0 = -inf`` as soon as a
     probability underflows (``x_i - m < -104`` in float32); the kernel
     formula ``(x - m) - log(sum)`` returns exactly 0 for the top entry of a
