@@ -27,6 +27,11 @@ NEEDS_FLEX_OR_REFUSED = {
     "logit", "log1mexp", "softplus_inverse", "sigmoid", "norm_ord0.5", "norm_ord1.5", "norm_ord3",
     "kl_divergence", "kl_divergence_with_logits", "binary_focal_crossentropy",
     "categorical_focal_crossentropy", "info_nce",
+    # Row sums in float64 for float32 inputs (C3 over long rows): float64 ops are not builtins.
+    "softmax", "log_softmax", "reduce_logsumexp", "softmax_cross_entropy_with_logits",
+    "sparse_softmax_cross_entropy_with_logits", "categorical_crossentropy", "categorical_crossentropy_logits",
+    "categorical_crossentropy_softmax", "sparse_categorical_crossentropy",
+    "sparse_categorical_crossentropy_logits", "categorical_focal_crossentropy_logits",
 }
 
 
