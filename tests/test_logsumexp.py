@@ -595,3 +595,16 @@ class TestLongRows:
                 assert ulps <= 4, (op, name, mode, inner_xla, ulps)
         finally:
             _logsumexp.set_inner_xla(old)
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("return_sign", [False, True])
+    def test_weighted_within_4_ulp(self, exact, return_sign, mode):
+        """The weighted form's float32 rest: 23 ULP off with weights 1 on the confident row."""
+        fn = run(mode, lambda t, w: tfm.reduce_logsumexp(t, axis=-1, weights=w, return_sign=return_sign))
+        for name, x in self.ROWS.items():
+            got = fn(tf.constant(x), tf.ones_like(tf.constant(x)))
+            value = np.asarray(got[0] if return_sign else got)
+            if return_sign:
+                np.testing.assert_array_equal(np.asarray(got[1]), 1.0)
+            ulps = np.max(ftz_ulps(value, exact["reduce_logsumexp", name], "float32"))
+            assert ulps <= 4, (name, mode, return_sign, ulps)
