@@ -488,7 +488,7 @@ def last_axis_sums(parts, axis, dtype=None):
     With ``dtype`` (``tf.float64``) the parts are widened to it and summed
     and returned in it: a float32 sum's rounding grows with the row's
     length (5.6 ULP of a softmax over 32000 entries), a float64 one stays
-    below half a float32 ULP for any row TensorFlow can hold. In the dot the
+    below half a float32 ULP for rows up to ``2**28`` entries. In the dot the
     widening is a conversion in its loop, no pass of its own.
     """
     if dtype is not None:

@@ -32,6 +32,7 @@ NEEDS_FLEX_OR_REFUSED = {
     "sparse_softmax_cross_entropy_with_logits", "categorical_crossentropy", "categorical_crossentropy_logits",
     "categorical_crossentropy_softmax", "sparse_categorical_crossentropy",
     "sparse_categorical_crossentropy_logits", "categorical_focal_crossentropy_logits",
+    "reduce_logsumexp_sign", "reduce_logsumexp_zero_weights",
 }
 
 
