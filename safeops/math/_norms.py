@@ -517,7 +517,7 @@ def _accumulated(v: tf.Tensor, axis) -> tf.Tensor:
     """
     if v.dtype != tf.float32:
         return tf.reduce_sum(v, axis, keepdims=True)
-    return tf.cast(tf.reduce_sum(tf.cast(v, tf.float64), axis, keepdims=True), v.dtype)
+    return tf.cast(tf.reduce_sum(tf.cast(v, _dtypes.sum_dtype(v.dtype)), axis, keepdims=True), v.dtype)
 
 
 @_xla.per_axis
