@@ -20,7 +20,10 @@ import functools
 import os
 import warnings
 
+import numpy as np
 import tensorflow as tf
+
+from safeops import _gradient
 
 try:  # TensorFlow's test for an XLA-compiled graph (see in_xla)
     from tensorflow.python.ops import control_flow_util as _control_flow_util
@@ -504,3 +507,52 @@ def last_axis_sums(parts, axis, dtype=None):
         both = tf.reduce_sum(tf.complex(parts[0], parts[1]), axis, keepdims=True)
         return [tf.math.real(both), tf.math.imag(both)]
     return [tf.reduce_sum(p, axis, keepdims=True) for p in parts]
+
+
+#: Chunk length of :func:`wide_sums`' dot over a long reduction (a row below :data:`_DOT_SUM_MAX`).
+_DOT_CHUNK = 1024
+
+
+def wide_sums(v, axis, dtype):
+    """``reduce_sum(v, axis, keepdims=True)`` with ``v`` widened to ``dtype`` and summed in it.
+
+    For sums whose rounding grows with their length in float32: XLA's CPU
+    reduction accumulates a long axis in a few float32 partial sums (the
+    sum of squares of 1e7 entries of 1.1 came out 1.8e-4 relative off,
+    1545 ULP of the norm), TensorFlow's kernels in blocks (a dozen ULP).
+    ``axis``: ``None``, an int or a tuple of ints; ``dtype``: float64
+    (:func:`safeops._dtypes.sum_dtype`).
+
+    Where :func:`last_axis_sums` would take a dot (XLA compiles the
+    caller, the host has no GPU) and the summed axes are the trailing ones
+    of a static shape (``None``, the last axis, the last two), they are
+    flattened to one axis and summed as a dot with a ones vector, in
+    chunks of :data:`_DOT_CHUNK` (zero-padded) when that axis is not
+    statically shorter than :data:`_DOT_SUM_MAX`, the chunk sums then by a
+    reduction: the widening and the expression before it are fused into
+    the dot's loop. Sum of squares of 1e7 float32 entries under
+    ``jit_compile``, hand-measured here: 0.46 times the float32
+    reduction's time, 1.64 for a float64 reduction. Elsewhere the widened
+    tensor is reduced by ``reduce_sum``.
+    """
+    wide = tf.cast(v, dtype)
+    shape = v.shape.as_list() if v.shape.is_fully_defined() else None
+    plain = (not shape or isinstance(axis, (tf.Tensor, tf.Variable)) or dtype not in (tf.float32, tf.float64)
+             or not in_xla() or not _dot_sums_allowed() or _gradient.in_vectorized_map())
+    if plain:  # in a vectorized map the reshapes below took a shape XLA could not read
+        return tf.reduce_sum(wide, axis, keepdims=True)
+    rank = len(shape)
+    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
+    axes = sorted({int(a) % rank for a in listed})
+    kept = rank - len(axes)
+    if not axes or axes != list(range(kept, rank)):
+        return tf.reduce_sum(wide, axis, keepdims=True)
+    length = int(np.prod(shape[kept:]))
+    if length < _DOT_SUM_MAX:
+        sums = tf.einsum("...n,n->...", tf.reshape(wide, shape[:kept] + [length]), tf.ones([length], dtype))
+    else:
+        padding = -length % _DOT_CHUNK
+        padded = tf.pad(tf.reshape(wide, shape[:kept] + [length]), [[0, 0]] * kept + [[0, padding]])
+        chunks = tf.reshape(padded, shape[:kept] + [(length + padding) // _DOT_CHUNK, _DOT_CHUNK])
+        sums = tf.reduce_sum(tf.einsum("...cn,n->...c", chunks, tf.ones([_DOT_CHUNK], dtype)), -1)
+    return tf.reshape(sums, shape[:kept] + [1] * len(axes))

@@ -191,6 +191,26 @@ class TestNorm:
                 want = float(mpmath.root(total, ord))
             assert abs(float(got) - want) <= 4 * float(np.spacing(np.float32(want))), (got, want)
 
+    @pytest.mark.parametrize("op, shape, axis", [(op, shape, axis) for op in ("norm", "l2_normalize")
+                                                 for shape, axis in [((10**7,), None), ((2, 100_000), -1),
+                                                                     ((100_000, 2), 0)]]
+                             + [("norm", (2, 700, 1500), (1, 2))])
+    def test_euclidean_long_rows_under_xla_within_c3(self, op, shape, axis):
+        """XLA's float32 reduction left the Euclidean norm of 1e7 entries of 1.1 1545 ULP off (a few
+        float32 partial sums): under XLA the squares are summed in float64 (a dot, in chunks for long
+        rows) and rounded once, within C3 for trailing and other axes, the norm and the unit vector."""
+        x = np.full(shape, 1.1, np.float32)
+        x.reshape(-1)[::3] = 3.3
+        total = np.sum(np.square(x.astype(np.float64)), axis=axis, keepdims=True)  # float64 pairwise
+        if op == "norm":
+            got = run("jit", lambda t: tfm.norm(t, axis=axis, keepdims=True))(tf.constant(x)).numpy()
+            want = np.sqrt(total)
+        else:
+            got = run("jit", lambda t: tfm.l2_normalize(t, axis=axis))(tf.constant(x)).numpy()
+            want = x / np.sqrt(total)
+        ulps = np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32))
+        assert ulps.max() <= 4, ulps.max()
+
     @pytest.mark.parametrize("ord", [0.01, 0.1, 0.25, 0.5, 1.5])
     def test_p_norm_beyond_every_range_keeps_its_gradient(self, ord):
         """A float32 row of 1000 entries 3e37: the norm overflows float32 (inf), the exact gradient
