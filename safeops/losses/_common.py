@@ -305,6 +305,36 @@ def check_axis(op, axis, rank, many=False):
     return _validate.static_axis(op, axis, rank, many=many, runtime=False)
 
 
+def mean(v, axis):
+    """``reduce_mean(v, axis)``, summed in float64 for a float32 ``v`` and rounded once.
+
+    The per-example means of the losses (``binary_crossentropy``, the binary
+    focal loss, ``poisson``, ``gaussian_nll``) over a long last axis: a
+    float32 sum's rounding grows with the row's length, most where the
+    terms are equal (binary cross-entropy of rows of 4000 equal entries: 20
+    ULP in a graph, ``poisson`` 8.5 under XLA). In float64 it stays below
+    half a float32 ULP; under XLA the sum is the dot of
+    :func:`safeops._xla.wide_sums`. Hand-measured here at 1024x1000 in a
+    graph: the cast and the float64 sum cost about a reduction's launch
+    (binary cross-entropy forward+backward within noise of the float32 mean).
+    Its gradient is the autodiff one (the float32 cotangent spread over the
+    row). ``axis``: an int, a tuple of ints or ``None`` (all).
+    """
+    if v.dtype != tf.float32:
+        return tf.reduce_mean(v, axis)
+    wide = _dtypes.sum_dtype(v.dtype)
+    rank = v.shape.rank
+    if rank is None:
+        return tf.cast(tf.reduce_mean(tf.cast(v, wide), axis), v.dtype)
+    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
+    axes = sorted({int(a) % rank for a in listed}) if rank else []
+    if not axes:  # nothing summed (a scalar, an empty tuple of axes)
+        return tf.reduce_mean(v, axis)
+    total = _xla.wide_sums(v, axis, wide)
+    count = tf.cast(tf.size(v), wide) / tf.cast(tf.maximum(tf.size(total), 1), wide)
+    return tf.cast(tf.squeeze(total, axes) / count, v.dtype)
+
+
 def _first_bad(x, outside):
     """The first entry outside the domain (an appended 0 keeps an empty input gatherable)."""
     flat_outside = tf.concat([tf.reshape(outside, [-1]), [False]], 0)

@@ -98,7 +98,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         else:
             p = pred.probabilities()
             per_entry = -(pred.xlogy(y, p) + pred.xlog1py(1.0 - y, -p))
-        return pred.output(tf.reduce_mean(per_entry, axis))
+        return pred.output(_common.mean(per_entry, axis))
 
 
 @keras.saving.register_keras_serializable(package="safeops")

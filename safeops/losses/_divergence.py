@@ -369,7 +369,7 @@ def poisson(y_true, y_pred):
         y = _common.labels_like(op, y_true, pred)
         y = _common.broadcast_labels(op, y, pred)
         rate = _common.checked_non_negative(op, pred.values, "y_pred")
-        return pred.output(tf.reduce_mean(rate - pred.xlogy(y, rate), -1))
+        return pred.output(_common.mean(rate - pred.xlogy(y, rate), -1))
 
 
 @keras.saving.register_keras_serializable(package="safeops")

@@ -117,7 +117,7 @@ def gaussian_nll(y_true, y_pred, *, min_variance=None):
             raise ValueError(_validate.message(op, "min_variance", "a positive number", min_variance))
         s = _floored(math.log(floor), pred.compute_dtype)(log_variance)
         z = (y - mean) * tf.exp(-0.5 * s)
-        return pred.output(tf.reduce_mean(0.5 * (_LOG_2PI + s + tf.square(z)), -1))
+        return pred.output(_common.mean(0.5 * (_LOG_2PI + s + tf.square(z)), -1))
 
 
 @keras.saving.register_keras_serializable(package="safeops")

@@ -122,7 +122,7 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
             loss = focal(y, p, _common.number_tensor(gamma, p.dtype))
         if apply_class_balancing:
             loss = (y * alpha + (1.0 - y) * (1.0 - alpha)) * loss
-        return pred.output(tf.reduce_mean(loss, axis))
+        return pred.output(_common.mean(loss, axis))
 
 
 @keras.saving.register_keras_serializable(package="safeops")
