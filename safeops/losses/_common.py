@@ -305,6 +305,28 @@ def check_axis(op, axis, rank, many=False):
     return _validate.static_axis(op, axis, rank, many=many, runtime=False)
 
 
+def total(v, axis):
+    """``reduce_sum(v, axis)``, summed in float64 for a float32 ``v`` and rounded once.
+
+    For sums over many entries, as :func:`mean` (the soft counts of
+    ``tversky_loss`` over an image: with float32 sums, the loss over
+    512x512 pixels of two values was 107 ULP off under XLA, 16 in a
+    graph). ``axis``: an int, a list of ints, ``None`` or
+    an int tensor (a rank known only at run time: TensorFlow's float64 sum).
+    """
+    if v.dtype != tf.float32:
+        return tf.reduce_sum(v, axis)
+    wide = _dtypes.sum_dtype(v.dtype)
+    rank = v.shape.rank
+    if rank is None or isinstance(axis, tf.Tensor):
+        return tf.cast(tf.reduce_sum(tf.cast(v, wide), axis), v.dtype)
+    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
+    axes = sorted({int(a) % rank for a in listed}) if rank else []
+    if not axes:
+        return tf.reduce_sum(v, axis)
+    return tf.cast(tf.squeeze(_xla.wide_sums(v, axis, wide), axes), v.dtype)
+
+
 def mean(v, axis):
     """``reduce_mean(v, axis)``, summed in float64 for a float32 ``v`` and rounded once.
 

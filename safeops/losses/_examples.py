@@ -108,9 +108,10 @@ def tversky_loss(y_true, y_pred, alpha=0.5, beta=0.5):
         y_pred = pred.probabilities()
         rank = y_pred.shape.rank
         axes = list(range(1, rank)) if rank is not None else tf.range(1, tf.rank(y_pred))
-        tp = tf.reduce_sum(y_true * y_pred, axes)
-        fp = tf.reduce_sum((1.0 - y_true) * y_pred, axes)
-        fn = tf.reduce_sum(y_true * (1.0 - y_pred), axes)
+        # The soft counts run over whole images: summed in float64 (_common.total).
+        tp = _common.total(y_true * y_pred, axes)
+        fp = _common.total((1.0 - y_true) * y_pred, axes)
+        fn = _common.total(y_true * (1.0 - y_pred), axes)
         errors = alpha * fp + beta * fn
         return pred.output(tfm.divide_no_nan(errors, tp + errors))
 
