@@ -234,7 +234,9 @@ def test_tversky_over_whole_images_within_c3(shape, mode):
     y = np.full(shape, 0.7, np.float32)
     p = np.full(shape, 0.6, np.float32)
     p.reshape(-1)[::5] = 0.2
-    fn = losses.tversky_loss if mode == "eager" else tf.function(losses.tversky_loss, jit_compile=mode == "jit")
+    fn = losses.tversky_loss
+    if mode != "eager":
+        fn = tf.function(fn, jit_compile=mode == "jit")
     got = fn(tf.constant(y), tf.constant(p)).numpy().astype(np.float64)
     y64, p64 = y.astype(np.float64), p.astype(np.float64)
     axes = tuple(range(1, len(shape)))
