@@ -311,20 +311,12 @@ def total(v, axis):
     For sums over many entries, as :func:`mean` (the soft counts of
     ``tversky_loss`` over an image: with float32 sums, the loss over
     512x512 pixels of two values was 107 ULP off under XLA, 16 in a
-    graph). ``axis``: an int, a list of ints, ``None`` or
-    an int tensor (a rank known only at run time: TensorFlow's float64 sum).
+    graph). ``axis``: an int, a list of ints, ``None`` or an int tensor
+    (a rank known only at run time: TensorFlow's float64 sum).
     """
     if v.dtype != tf.float32:
         return tf.reduce_sum(v, axis)
-    wide = _dtypes.sum_dtype(v.dtype)
-    rank = v.shape.rank
-    if rank is None or isinstance(axis, tf.Tensor):
-        return tf.cast(tf.reduce_sum(tf.cast(v, wide), axis), v.dtype)
-    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
-    axes = sorted({int(a) % rank for a in listed}) if rank else []
-    if not axes:
-        return tf.reduce_sum(v, axis)
-    return tf.cast(tf.squeeze(_xla.wide_sums(v, axis, wide), axes), v.dtype)
+    return tf.cast(_wide_sum(v, axis), v.dtype)
 
 
 def mean(v, axis):
@@ -337,24 +329,30 @@ def mean(v, axis):
     ULP in a graph, ``poisson`` 8.5 under XLA). In float64 it stays below
     half a float32 ULP; under XLA the sum is the dot of
     :func:`safeops._xla.wide_sums`. Hand-measured here at 1024x1000 in a
-    graph: the cast and the float64 sum cost about a reduction's launch
-    (binary cross-entropy forward+backward within noise of the float32 mean).
-    Its gradient is the autodiff one (the float32 cotangent spread over the
-    row). ``axis``: an int, a tuple of ints or ``None`` (all).
+    graph: a sigmoid cross-entropy's forward+backward with this mean
+    within noise of the float32 mean's time. Its gradient is the autodiff
+    one (the float32 cotangent spread over the row). ``axis``: as
+    :func:`total`'s. An empty row gives NaN, as ``reduce_mean``.
     """
     if v.dtype != tf.float32:
         return tf.reduce_mean(v, axis)
+    sums = _wide_sum(v, axis)
+    count = (tf.cast(tf.size(v, out_type=tf.int64), sums.dtype)
+             / tf.cast(tf.maximum(tf.size(sums, out_type=tf.int64), 1), sums.dtype))
+    return tf.cast(sums / count, v.dtype)
+
+
+def _wide_sum(v, axis):
+    """``reduce_sum(v, axis)`` in the sum dtype: :func:`safeops._xla.wide_sums`, the summed axes dropped."""
     wide = _dtypes.sum_dtype(v.dtype)
     rank = v.shape.rank
-    if rank is None:
-        return tf.cast(tf.reduce_mean(tf.cast(v, wide), axis), v.dtype)
+    if rank is None or isinstance(axis, tf.Tensor):
+        return tf.reduce_sum(tf.cast(v, wide), axis)
     listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
     axes = sorted({int(a) % rank for a in listed}) if rank else []
-    if not axes:  # nothing summed (a scalar, an empty tuple of axes)
-        return tf.reduce_mean(v, axis)
-    total = _xla.wide_sums(v, axis, wide)
-    count = tf.cast(tf.size(v), wide) / tf.cast(tf.maximum(tf.size(total), 1), wide)
-    return tf.cast(tf.squeeze(total, axes) / count, v.dtype)
+    if not axes:  # nothing summed (a scalar, an empty tuple of axes): squeeze would drop every 1
+        return tf.reduce_sum(tf.cast(v, wide), axis)
+    return tf.squeeze(_xla.wide_sums(v, axis, wide), axes)
 
 
 def _first_bad(x, outside):
