@@ -343,16 +343,13 @@ def mean(v, axis):
 
 
 def _wide_sum(v, axis):
-    """``reduce_sum(v, axis)`` in the sum dtype: :func:`safeops._xla.wide_sums`, the summed axes dropped."""
-    wide = _dtypes.sum_dtype(v.dtype)
-    rank = v.shape.rank
-    if rank is None or isinstance(axis, tf.Tensor):
-        return tf.reduce_sum(tf.cast(v, wide), axis)
-    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
-    axes = sorted({int(a) % rank for a in listed}) if rank else []
-    if not axes:  # nothing summed (a scalar, an empty tuple of axes): squeeze would drop every 1
-        return tf.reduce_sum(tf.cast(v, wide), axis)
-    return tf.squeeze(_xla.wide_sums(v, axis, wide), axes)
+    """``reduce_sum(v, axis)`` in the sum dtype: :func:`safeops._xla.wide_sums`, the summed axes dropped.
+
+    ``wide_sums`` keeps the summed axes with length 1; a sum over them with
+    the same ``axis`` drops them (one entry each: exact), for every form
+    ``reduce_sum`` takes (``None``, ints, an empty tuple, an int tensor).
+    """
+    return tf.reduce_sum(_xla.wide_sums(v, axis, _dtypes.sum_dtype(v.dtype)), axis)
 
 
 def _first_bad(x, outside):
