@@ -556,3 +556,62 @@ def wide_sums(v, axis, dtype):
         chunks = tf.reshape(padded, shape[:kept] + [(length + padding) // _DOT_CHUNK, _DOT_CHUNK])
         sums = tf.reduce_sum(tf.einsum("...cn,n->...c", chunks, tf.ones([_DOT_CHUNK], dtype)), -1)
     return tf.reshape(sums, shape[:kept] + [1] * len(axes))
+
+
+#: blocked_sums: a float32 sum of at most this many entries is left to TensorFlow's kernel as it is.
+_BLOCKED_MIN_INNER, _BLOCKED_MIN_OUTER = 1024, 16
+#: blocked_sums: the block lengths tried, longest first (a divisor of the summed length).
+_BLOCKS_INNER, _BLOCKS_OUTER = range(256, 31, -1), range(16, 7, -1)
+
+
+def blocked_sums(v, axis):
+    """``reduce_sum(v, axis, keepdims=True)`` of float32 ``v`` in float32 blocks whose sums add in float64.
+
+    For a graph, where :func:`wide_sums`' float64 ``reduce_sum`` is a cast
+    kernel and a float64 pass (1.4 to 1.8 times ``tf.norm``'s forward,
+    hand-measured at 1e5 to 1e7 entries), and TensorFlow's float32
+    reduction is not accurate enough: its error grows with the summed
+    length, for equal entries most. Measured here on sums of squares of
+    equal entries (in ULP of the sum): over the last axis 5 at 1024
+    entries, 25 at 4096, 33 at 1e5; over a leading axis, which the kernel
+    accumulates as running sums, 3 at 16 rows of 3 columns, 20 at 1000 rows
+    of 64, 5250 at 1e5 rows of 16.
+
+    The summed axes (contiguous, of static length ``n``) are reshaped, at
+    no cost, into ``n / b`` blocks of ``b`` entries, ``b`` a divisor of
+    ``n``: up to 256 where they are the trailing axes and ``n > 1024``, up
+    to 16 elsewhere and ``n > 16`` (blocks of 32 rows of 3 columns left
+    the sum 6.7 ULP off). The blocks are summed by TensorFlow's float32
+    kernel, their sums in float64, rounded once: within 2.6 ULP of the sum
+    at every shape tried (equal, uniform, normal and sorted entries), 0.9
+    to 1.0 times the float32 reduction's time at 1e6 entries and above, up
+    to 1.15 at 1000x1000 over the leading axis (hand-measured). Where no
+    such divisor exists (a prime length), the axes are not contiguous
+    (where TensorFlow's kernel was 29 ULP off over axes 0 and 2 of 20x2x9
+    entries) or their length is unknown until the graph runs, ``v`` is
+    summed in float64. Other dtypes, a tensor ``axis`` and an unknown rank
+    take ``reduce_sum`` as it is.
+    """
+    shape = v.shape
+    if v.dtype != tf.float32 or isinstance(axis, (tf.Tensor, tf.Variable)) or shape.rank is None:
+        return tf.reduce_sum(v, axis, keepdims=True)
+    rank = shape.rank
+    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
+    axes = sorted({int(a) % rank for a in listed}) if rank else []
+    if not axes:
+        return tf.reduce_sum(v, axis, keepdims=True)
+    first, last = axes[0], axes[-1]
+    lengths = shape.as_list()[first:last + 1]
+    if axes != list(range(first, last + 1)) or None in lengths:
+        return tf.cast(tf.reduce_sum(tf.cast(v, tf.float64), axis, keepdims=True), v.dtype)
+    length, trailing = int(np.prod(lengths)), last == rank - 1
+    if length <= (_BLOCKED_MIN_INNER if trailing else _BLOCKED_MIN_OUTER):
+        return tf.reduce_sum(v, axis, keepdims=True)
+    block = next((b for b in (_BLOCKS_INNER if trailing else _BLOCKS_OUTER) if length % b == 0), None)
+    if block is None:
+        return tf.cast(tf.reduce_sum(tf.cast(v, tf.float64), axis, keepdims=True), v.dtype)
+    dims = shape.as_list() if shape.is_fully_defined() else tf.unstack(tf.shape(v))
+    before, after = list(dims[:first]), list(dims[last + 1:])
+    blocks = tf.reduce_sum(tf.reshape(v, before + [length // block, block] + after), first + 1)
+    total = tf.cast(tf.reduce_sum(tf.cast(blocks, tf.float64), first), v.dtype)
+    return tf.reshape(total, before + [1] * len(axes) + after)

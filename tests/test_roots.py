@@ -211,6 +211,29 @@ class TestNorm:
         ulps = np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32))
         assert ulps.max() <= 4, ulps.max()
 
+    @pytest.mark.parametrize("mode", ["eager", "function"])
+    @pytest.mark.parametrize("op, shape, axis", [(op, shape, axis) for op in ("norm", "l2_normalize")
+                                                 for shape, axis in [((100_000,), None), ((4, 8192), -1),
+                                                                     ((100_000, 16), 0), ((16, 5000, 3), 1),
+                                                                     ((30, 7, 1000), (1, 2)), ((1000, 64), 0),
+                                                                     ((100_003,), None), ((20, 2, 9), (0, 2))]])
+    def test_euclidean_long_rows_in_a_graph_within_c3(self, op, shape, axis, mode):
+        """TensorFlow's float32 reduction left the norm of 1e5 equal entries 12 ULP off, and over a
+        leading axis, which it sums as running sums, up to 2264 (1e5 rows of 16): outside XLA the squares
+        are summed in float32 blocks of at most 256 entries (16 over a leading axis), the block sums in
+        float64. A prime length and non-contiguous axes take a float64 sum."""
+        x = np.full(shape, 1.1, np.float32)
+        x.reshape(-1)[::3] = 3.3
+        total = np.sum(np.square(x.astype(np.float64)), axis=axis, keepdims=True)  # float64 pairwise
+        if op == "norm":
+            got = run(mode, lambda t: tfm.norm(t, axis=axis, keepdims=True))(tf.constant(x)).numpy()
+            want = np.sqrt(total)
+        else:
+            got = run(mode, lambda t: tfm.l2_normalize(t, axis=axis))(tf.constant(x)).numpy()
+            want = x / np.sqrt(total)
+        ulps = np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32))
+        assert ulps.max() <= 4, ulps.max()
+
     @pytest.mark.parametrize("ord", [0.01, 0.1, 0.25, 0.5, 1.5])
     def test_p_norm_beyond_every_range_keeps_its_gradient(self, ord):
         """A float32 row of 1000 entries 3e37: the norm overflows float32 (inf), the exact gradient

@@ -529,14 +529,17 @@ def _sum_of_squares(x: tf.Tensor, axis) -> tf.Tensor:
     is :func:`safeops._xla.wide_sums`, rounded once: XLA's float32
     reduction left the Euclidean norm of 1e7 entries of 1.1 1545 ULP off
     (3.8 at 1e5), and the dot it takes is faster than that reduction. In a
-    graph or eagerly it is TensorFlow's float32 kernels, as ``tf.norm``:
-    their blocked sum stays within about a dozen ULP of the norm at any
-    length (12.2 at 1e5 equal entries; random entries within 1), and
-    widening there, a cast kernel and a float64 sum, cost 1.24 to 1.67
-    times ``tf.norm``'s forward at 1e5 to 1e7 (hand-measured).
+    graph or eagerly it is :func:`safeops._xla.blocked_sums`: TensorFlow's
+    float32 kernel, as ``tf.norm``, over blocks short enough to keep its
+    rounding within about 2 ULP of the sum, the block sums in float64.
+    ``tf.norm``'s one float32 reduction left the norm of 1e5 equal entries
+    12.2 ULP off, and over the leading axis of 1e5 rows of 16 about 2600;
+    a float64 sum as TensorFlow kernels cost 1.24 to 1.67 times
+    ``tf.norm``'s forward at 1e5 to 1e7 (hand-measured), the blocks about
+    1.0.
     """
     if x.dtype != tf.float32 or not _xla.in_xla():
-        return tf.reduce_sum(tf.square(x), axis, keepdims=True)
+        return _xla.blocked_sums(tf.square(x), axis)
     wide = _dtypes.sum_dtype(x.dtype)
     return tf.cast(_xla.wide_sums(tf.square(tf.cast(x, wide)), axis, wide), x.dtype)
 
