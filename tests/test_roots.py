@@ -212,11 +212,11 @@ class TestNorm:
         assert ulps.max() <= 4, ulps.max()
 
     @pytest.mark.parametrize("mode", ["eager", "function"])
-    @pytest.mark.parametrize("op, shape, axis", [(op, shape, axis) for op in ("norm", "l2_normalize")
-                                                 for shape, axis in [((100_000,), None), ((4, 8192), -1),
-                                                                     ((100_000, 16), 0), ((16, 5000, 3), 1),
-                                                                     ((30, 7, 1000), (1, 2)), ((1000, 64), 0),
-                                                                     ((100_003,), None), ((20, 2, 9), (0, 2))]])
+    @pytest.mark.parametrize("op, shape, axis", [
+        (op, shape, axis) for op in ("norm", "l2_normalize")
+        for shape, axis in [((100_000,), None), ((4, 8192), -1), ((100_000, 16), 0), ((16, 5000, 3), 1),
+                            ((30, 7, 1000), (1, 2)), ((1000, 64), 0), ((100_003,), None),
+                            ((20, 2, 9), (0, 2))]])
     def test_euclidean_long_rows_in_a_graph_within_c3(self, op, shape, axis, mode):
         """TensorFlow's float32 reduction left the norm of 1e5 equal entries 12 ULP off, and over a
         leading axis, which it sums as running sums, up to 2264 (1e5 rows of 16): outside XLA the squares

@@ -460,9 +460,9 @@ def test_the_shape_limit_is_checked():
 
 
 
-@pytest.mark.parametrize("shape, axis", [((100_000,), None), ((3, 4096), -1), ((3, 4096), 1), ((50_000, 3), 0),
-                                         ((4, 1000, 5), (1, 2)), ((6, 3000, 2), 1), ((20, 2, 9), (0, 2)),
-                                         ((2, 4099), -1), ((5, 7), None), ((), None), ((4, 3), [])])
+@pytest.mark.parametrize("shape, axis", [
+    ((100_000,), None), ((3, 4096), -1), ((3, 4096), 1), ((50_000, 3), 0), ((4, 1000, 5), (1, 2)),
+    ((6, 3000, 2), 1), ((20, 2, 9), (0, 2)), ((2, 4099), -1), ((5, 7), None), ((), None), ((4, 3), [])])
 @pytest.mark.parametrize("known", [True, False])
 def test_blocked_sums_are_float64_sums_of_float32_blocks(shape, axis, known):
     """Same shape as ``reduce_sum(keepdims=True)`` and within 3 ULP of the float64 sum, for trailing,
