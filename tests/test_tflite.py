@@ -72,3 +72,18 @@ def test_norm_of_an_ordinary_row_converts_exactly():
     x = tf.constant([[3.0, 4.0, 0.0, 0.0], [-100.0, 100.0, 0.0, 80.0]])
     np.testing.assert_allclose(_tflite_value(lambda v: tfm.norm(v, axis=-1), x),
                                5.0 + float(np.sqrt(26400.0)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["norm", "l2_normalize"])
+def test_long_euclidean_rows_give_tensorflows_value_or_fail_loudly(op):
+    """Rows past 1024 entries sum their squares in float32 blocks added in float64 (C3): a float64 sum
+    is not a TFLite builtin, so without the Flex delegate the interpreter refuses the model."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 2048)), tf.float32)
+    fn = (lambda v: tfm.norm(v, axis=-1)) if op == "norm" else (lambda v: tfm.l2_normalize(v, axis=-1))
+    want = float(tf.function(lambda v: tf.reduce_sum(fn(v)))(x))
+    try:
+        got = float(_tflite_value(fn, x))
+    except RuntimeError as e:
+        assert "Flex" in str(e), str(e)[-500:]
+        return
+    np.testing.assert_allclose(got, want, rtol=1e-5)
