@@ -579,9 +579,9 @@ def blocked_sums(v, axis):
 
     The summed axes (contiguous, of static length ``n``) are reshaped, at
     no cost, into ``n / b`` blocks of ``b`` entries, ``b`` a divisor of
-    ``n``: up to 256 where they are the trailing axes and ``n > 1024``, up
+    ``n``: 32 to 256 where they are the trailing axes and ``n > 1024``, 8
     to 16 elsewhere and ``n > 16`` (blocks of 32 rows of 3 columns left
-    the sum 6.7 ULP off). The blocks are summed by TensorFlow's float32
+    the sum 6.7 ULP off), the largest that divides. The blocks are summed by TensorFlow's float32
     kernel, their sums in float64, rounded once: within 2.6 ULP of the sum
     at every shape tried (equal, uniform, normal and sorted entries), 0.9
     to 1.0 times the float32 reduction's time at 1e6 entries and above, up

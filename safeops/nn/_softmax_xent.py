@@ -296,13 +296,14 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
         # The label mass and the label-weighted shifted logits are summed in
         # float64 (safeops._dtypes.sum_dtype) and the loss rounded once
         # where that is a dot (rows shorter than 4096 under XLA on a CPU: the
-        # widening is a conversion in its loop, 1.02-1.03 times the float32
-        # form's time at 1024x1000) or the axis is not the last one (which
-        # TensorFlow's kernels and XLA's sum as running sums: over axis 0 of
-        # 1e5 x 16 logits under labels of 1e-5 the loss was 102 ULP off).
-        # Long last-axis rows keep float32 sums: widened they cost 1.15 to
-        # 1.2 times as much at 256x32000, where smoothed labels leave the
-        # loss up to 4.2 ULP off (hand-measured).
+        # widening is a conversion in its loop, 1.02 to 1.09 times the
+        # float32 form's time at 1024x1000 in three A/B runs) or the axis is
+        # not the last one (which TensorFlow's kernels and XLA sum as running
+        # sums: over axis 0 of 1e5 x 16 logits under labels of 1e-5 the loss
+        # was 102 ULP off). Long last-axis rows keep float32 sums: widened
+        # they cost 1.15 to 1.2 times as much at 256x32000, where smoothed
+        # labels leave the loss 4.2 ULP off (5.3 at 1e5 classes; all
+        # hand-measured).
         parts = [y, tf.math.multiply_no_nan(d, y)]
         if _xla.sums_as_dot(y, axis) or not _is_last_axis(y, axis):
             wide = _dtypes.sum_dtype(y.dtype)
