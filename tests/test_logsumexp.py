@@ -597,6 +597,28 @@ class TestLongRows:
             _logsumexp.set_inner_xla(old)
 
     @pytest.mark.parametrize("mode", MODES)
+    def test_log_softmax_gradient_over_a_leading_axis(self, mode):
+        """``dy - softmax * sum(dy)`` over axis 0 of 1e5 rows: TensorFlow's kernels and XLA sum a
+        leading axis as running sums, and the float32 ``sum(dy)`` left the gradient 1.3e-5 relative off
+        (over C3's 1e-5; 4.4e-6 over the last axis of the transpose). The backward's sums over such an
+        axis are float64 (``safeops._xla.last_axis_sums``)."""
+        x = np.full((100_000, 16), 1.1, np.float32)
+        x[::3] = 3.3
+        dy = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+
+        def gradient(v, w):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = tfm.log_softmax(v, axis=0)
+            return tape.gradient(y, v, output_gradients=w)
+
+        got = run(mode, gradient)(tf.constant(x), tf.constant(dy)).numpy().astype(np.float64)
+        e = np.exp(x.astype(np.float64) - x.max(0))
+        want = dy - e / e.sum(0) * dy.astype(np.float64).sum(0)
+        large = np.abs(want) > 1e-3 * np.abs(want).max()
+        assert np.max(np.abs(got - want)[large] / np.abs(want)[large]) <= 1e-5
+
+    @pytest.mark.parametrize("mode", MODES)
     @pytest.mark.parametrize("return_sign", [False, True])
     def test_weighted_within_4_ulp(self, exact, return_sign, mode):
         """The weighted form's float32 rest: 23 ULP off with weights 1 on the confident row."""

@@ -305,7 +305,7 @@ def _soft_label_xent(axis: int, dtype: tf.DType, xla: bool):
         # labels leave the loss 4.2 ULP off (5.3 at 1e5 classes; all
         # hand-measured).
         parts = [y, tf.math.multiply_no_nan(d, y)]
-        if _xla.sums_as_dot(y, axis) or not _is_last_axis(y, axis):
+        if _xla.sums_as_dot(y, axis) or _xla.running_sums(y, axis):
             wide = _dtypes.sum_dtype(y.dtype)
             total, dot = _xla.last_axis_sums(parts, axis, wide)
             log_s_wide = tf.cast(log_s, wide)
@@ -432,7 +432,7 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
         # kernels and XLA accumulate as running sums, s is summed in float64
         # too (85714 maxima among 1e5 entries of an axis 0: a float32 s was
         # 4.2 off in a graph, 8.5 under XLA, and the loss over 100 ULP).
-        if _is_last_axis(e, axis):
+        if not _xla.running_sums(e, axis):
             s = tf.reduce_sum(e, axis, keepdims=True)
             s_wide = tf.cast(s, wide)
         else:
@@ -442,11 +442,6 @@ def _shifted_log_sum_exp(x: tf.Tensor, axis: int):
         ties = _round_with_identity_gradient(s_wide - rest)
     log_s = tf.math.log1p(tf.where(s == 0, tf.zeros_like(s), tf.cast(rest + (ties - 1), e.dtype)))
     return shift, d, e, s, log_s
-
-
-def _is_last_axis(x: tf.Tensor, axis: int) -> bool:
-    """Whether ``axis`` is the last axis of ``x`` (``False`` where the rank is unknown and ``axis >= 0``)."""
-    return axis == -1 or (x.shape.rank is not None and axis == x.shape.rank - 1)
 
 
 @tf.custom_gradient
