@@ -225,7 +225,7 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
 def _categorical_focal_terms(log_p, y, gamma, alpha, axis):
     """``sum_j alpha_j (1 - p_j)**gamma (-y_j log p_j)`` from ``log p``, by safeops ops."""
     cross = tf.math.multiply_no_nan(-log_p, y)
-    return tf.reduce_sum(alpha * _times_focal_factor(cross, tfm.log1mexp(log_p), gamma), axis)
+    return _common.total(alpha * _times_focal_factor(cross, tfm.log1mexp(log_p), gamma), axis)
 
 
 def _is_zero(gamma):
@@ -695,7 +695,9 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
     def forward(y, z):
         log_p, q = normalised(y, z)
         f = tf.cast(tf.pow(q, tf.constant(g, q.dtype)), z.dtype)
-        loss = tf.reduce_sum(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
+        # Summed in float64 and rounded once (_common.total): in float32 the
+        # loss of 1e5 uniform classes under uniform labels was 11.6 ULP off.
+        loss = _common.total(weights(z) * tf.math.multiply_no_nan(-log_p, y) * f, axis)
         # log_p is kept for the backward pass: recomputing it costs two more
         # row reductions there.
         return loss, (log_p,)
