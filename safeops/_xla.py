@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from safeops import _gradient
+from safeops import _dtypes, _gradient
 
 try:  # TensorFlow's test for an XLA-compiled graph (see in_xla)
     from tensorflow.python.ops import control_flow_util as _control_flow_util
@@ -456,11 +456,16 @@ def running_sums(x, axis) -> bool:
     sum stays within a few dozen ULP).
     """
     rank = x.shape.rank
-    if rank is None or rank == 0 or axis is None or isinstance(axis, (tf.Tensor, tf.Variable)):
+    if rank is None or axis is None or isinstance(axis, (tf.Tensor, tf.Variable)):
         return False
-    listed = axis if isinstance(axis, (tuple, list)) else [axis]
-    summed = {int(a) % rank for a in listed}
-    return bool(summed) and any(a not in summed for a in range(min(summed), rank))
+    summed = _summed_axes(axis, rank)
+    return bool(summed) and summed != list(range(summed[0], rank))
+
+
+def _summed_axes(axis, rank: int) -> list:
+    """The axes ``reduce_sum(axis=axis)`` sums over a rank-``rank`` tensor: sorted, non-negative, distinct."""
+    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
+    return sorted({int(a) % rank for a in listed}) if rank else []
 
 
 def sums_as_dot(x, axis) -> bool:
@@ -516,7 +521,7 @@ def last_axis_sums(parts, axis, dtype=None):
     last axis of the transpose).
     """
     if dtype is None and parts[0].dtype == tf.float32 and running_sums(parts[0], axis):
-        return [tf.cast(v, tf.float32) for v in last_axis_sums(parts, axis, tf.float64)]
+        return [tf.cast(v, tf.float32) for v in last_axis_sums(parts, axis, _dtypes.sum_dtype(tf.float32))]
     if dtype is not None:
         parts = [tf.cast(p, dtype) for p in parts]
     x = parts[0]
@@ -565,8 +570,7 @@ def wide_sums(v, axis, dtype):
     if plain:  # in a vectorized map the reshapes below took a shape XLA could not read
         return tf.reduce_sum(wide, axis, keepdims=True)
     rank = len(shape)
-    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
-    axes = sorted({int(a) % rank for a in listed})
+    axes = _summed_axes(axis, rank)
     kept = rank - len(axes)
     if not axes or axes != list(range(kept, rank)):
         return tf.reduce_sum(wide, axis, keepdims=True)
@@ -611,30 +615,30 @@ def blocked_sums(v, axis):
     to 1.15 at 1000x1000 over the leading axis (hand-measured). Where no
     such divisor exists (a prime length), the axes are not contiguous
     (where TensorFlow's kernel was 29 ULP off over axes 0 and 2 of 20x2x9
-    entries) or their length is unknown until the graph runs, ``v`` is
-    summed in float64. Other dtypes, a tensor ``axis`` and an unknown rank
+    entries) or their length is unknown until the graph runs, ``v`` takes
+    :func:`wide_sums` (a float64 sum). Other dtypes, a tensor ``axis`` and an unknown rank
     take ``reduce_sum`` as it is.
     """
     shape = v.shape
     if v.dtype != tf.float32 or isinstance(axis, (tf.Tensor, tf.Variable)) or shape.rank is None:
         return tf.reduce_sum(v, axis, keepdims=True)
-    rank = shape.rank
-    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
-    axes = sorted({int(a) % rank for a in listed}) if rank else []
+    rank, wide = shape.rank, _dtypes.sum_dtype(v.dtype)
+    axes = _summed_axes(axis, rank)
     if not axes:
         return tf.reduce_sum(v, axis, keepdims=True)
     first, last = axes[0], axes[-1]
     lengths = shape.as_list()[first:last + 1]
-    if axes != list(range(first, last + 1)) or None in lengths:
-        return tf.cast(tf.reduce_sum(tf.cast(v, tf.float64), axis, keepdims=True), v.dtype)
-    length, trailing = int(np.prod(lengths)), last == rank - 1
-    if length <= (_BLOCKED_MIN_INNER if trailing else _BLOCKED_MIN_OUTER):
+    trailing = last == rank - 1
+    contiguous = axes == list(range(first, last + 1)) and None not in lengths
+    length = int(np.prod(lengths)) if contiguous else None
+    if contiguous and length <= (_BLOCKED_MIN_INNER if trailing else _BLOCKED_MIN_OUTER):
         return tf.reduce_sum(v, axis, keepdims=True)
-    block = next((b for b in (_BLOCKS_INNER if trailing else _BLOCKS_OUTER) if length % b == 0), None)
+    block = next((b for b in (_BLOCKS_INNER if trailing else _BLOCKS_OUTER) if length % b == 0),
+                 None) if contiguous else None
     if block is None:
-        return tf.cast(tf.reduce_sum(tf.cast(v, tf.float64), axis, keepdims=True), v.dtype)
+        return tf.cast(wide_sums(v, axis, wide), v.dtype)
     dims = shape.as_list() if shape.is_fully_defined() else tf.unstack(tf.shape(v))
     before, after = list(dims[:first]), list(dims[last + 1:])
     blocks = tf.reduce_sum(tf.reshape(v, before + [length // block, block] + after), first + 1)
-    total = tf.cast(tf.reduce_sum(tf.cast(blocks, tf.float64), first), v.dtype)
+    total = tf.cast(tf.reduce_sum(tf.cast(blocks, wide), first), v.dtype)
     return tf.reshape(total, before + [1] * len(axes) + after)
