@@ -25,7 +25,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from safeops import _dtypes, _validate, nn
+from safeops import _dtypes, _validate, _xla, nn
 from safeops._gradient import custom_op
 from safeops.losses import _common
 from safeops.nn import _softmax_xent
@@ -312,9 +312,9 @@ def _probability_xent(axis: int, floor: float, dtype: tf.DType):
 
     def backward(dl, loss, y, p):
         c = clamped(y, p)
-        s = tf.reduce_sum(c, axis, keepdims=True)
+        s, total = _xla.last_axis_sums([c, y], axis)  # float64 over a leading axis (running sums)
         dl = tf.expand_dims(dl, axis)
-        dp = dl * (tf.reduce_sum(y, axis, keepdims=True) / s - y / c)
+        dp = dl * (total / s - y / c)
         dy = dl * (tf.math.log(s) - tf.math.log(c))
         return dy, dp
 

@@ -326,7 +326,7 @@ def _kl_gradients(dy, t, s, axis):
     gap = tf.where(tf.not_equal(q, 0.0), log_q - log_p, zeros)
     big = q > 0.5
     c = tf.reduce_sum(tf.where(big, gap, zeros), axis, keepdims=True)
-    others = tf.reduce_sum(tf.where(big, zeros, q * (gap - c)), axis, keepdims=True)
+    others, = _xla.last_axis_sums([tf.where(big, zeros, q * (gap - c))], axis)  # float64 over a leading axis
     d_t = dy * (q * ((gap - c) - others))
     masked = _dtypes.is_minus_inf(s)
     dead, = _xla.last_axis_sums([tf.where(masked, q, zeros)], axis)

@@ -337,7 +337,8 @@ def _probability_focal_composite(axis: int, floor: float, dtype: tf.DType):
         du, dy, dgamma, dalpha = tape.gradient(value, [log_p, y, gamma, alpha], output_gradients=dl,
                                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
         c = clamped(p, y)
-        dp = du / c - tf.reduce_sum(du, axis, keepdims=True) / tf.reduce_sum(c, axis, keepdims=True)
+        sum_du, total = _xla.last_axis_sums([du, c], axis)  # float64 over a leading axis (running sums)
+        dp = du / c - sum_du / total
         return dp, dy, dgamma, dalpha
 
     return custom_op(forward, backward, dtype)
@@ -660,8 +661,11 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
         """
         zeros = tf.zeros_like(v)
         v_top, v_rest = tf.where(top, v, zeros), tf.where(top, zeros, v)
-        return ((tf.reduce_sum(v_top, axis, keepdims=True) - v_top)
-                + (tf.reduce_sum(v_rest, axis, keepdims=True) - v_rest))
+        # Float32 parts over a leading axis are summed in float64 (last_axis_sums; TensorFlow and
+        # XLA add running sums there): over axis 0 of 1e6 x 4 logits under uniform labels the logits'
+        # gradient was 1.5e-2 relative off.
+        top_sum, rest_sum = _xla.last_axis_sums([v_top, v_rest], axis)
+        return (top_sum - v_top) + (rest_sum - v_rest)
 
     def normalised(y, z):
         """``(log p, q)`` of logits, or (with ``floor``) of probabilities, taken from ``p`` itself.
@@ -724,7 +728,7 @@ def _fused_categorical_focal_op(gamma, per_class, axis, dtype, xla, floor=None):
             grad_z = dy * (g_log_p * q - p * others)
         else:
             c = clamped(y, z)
-            grad_z = dy * (g_log_p * q / c - others / tf.reduce_sum(c, axis, keepdims=True))
+            grad_z = dy * (g_log_p * q / c - others / _xla.last_axis_sums([c], axis)[0])
         grad_y = dy * (-w * log_p * f)
         return sum_to_shape(grad_y, y), grad_z
 
