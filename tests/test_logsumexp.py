@@ -505,6 +505,31 @@ def test_weighted_logsumexp_with_a_negative_weight_under_xla():
         assert ftz_ulps(np.array([got]), np.array([exact]), "float64")[0] <= 4, (w2, got, exact)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_weighted_live_entry_at_the_lowest_value_next_to_a_zero_weight(dtype, mode):
+    """x = [-max, -max], weights [0, 0.5]: the live score -max + log 0.5 rounds to -max, the score a
+    zero weight's entry is given, and the tie took the dead entry for the top: the slice read as
+    dead (value -inf, gradients 0). Exactly: -max + log 0.5 (which rounds to -max), d/dx = [0, 1],
+    d/dw = exp(x - y) = [2, 2]."""
+    lowest = -np.finfo(dtype.as_numpy_dtype).max
+    x = tf.constant([[lowest, lowest], [lowest, -1.0]], dtype)
+    w = tf.constant([[0.0, 0.5], [0.0, 0.5]], dtype)
+
+    def value_and_gradients(t, v):
+        with tf.GradientTape() as tape:
+            tape.watch([t, v])
+            y = tfm.reduce_logsumexp(t, axis=-1, weights=v)
+        return (y, *tape.gradient(y, [t, v]))
+
+    y, dx, dw = (v.numpy() for v in run(mode, value_and_gradients)(x, w))
+    assert y[0] == lowest
+    want = np.log(0.5) - 1.0  # the second row: the zero weight's entry at -max is dropped as ever
+    assert abs(y[1] - want) <= 4 * np.spacing(dtype.as_numpy_dtype(abs(want)))
+    np.testing.assert_array_equal(dx, [[0.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_allclose(dw[0], [2.0, 2.0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("axis", [1, -1, [0, 1]])
 def test_variable_axis_inside_tf_function(axis):
     """A tf.Variable axis read inside the custom-gradient function made TensorFlow ask for a

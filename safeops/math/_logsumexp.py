@@ -481,10 +481,10 @@ def _weighted_logsumexp(axis, dtype, return_sign):
     An entry of weight 0 is read as ``x = 0``, ``log|w| =`` the lowest
     finite value (not ``-inf``: no infinity is made for finite inputs, which
     ``tf.debugging.enable_check_numerics`` would stop at): its score is
-    below every live entry's but ``-inf``, its term ``exp(lowest - ...)``
-    is 0, and a slice whose top is such an entry has no live term of finite
-    score (``mw`` is the lowest value: the shift is then 0, as for an all
-    ``-inf`` slice).
+    at most every live entry's but ``-inf`` (equal where a live score
+    rounds to the lowest value), it is never the top, and its term
+    ``exp(lowest - ...)`` is 0. A slice without a live entry of finite
+    score has no top (the shift is then 0, as for an all ``-inf`` slice).
     """
 
     def forward(x, w):
@@ -494,7 +494,9 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         x = tf.where(live, x, tf.zeros_like(x))
         log_w, err_w = _log_abs(w, live)
         score = tf.stop_gradient(x + log_w)
-        top = tf.equal(score, tf.reduce_max(score, axis, keepdims=True))
+        # Only a live entry is the top: a live score rounds to the lowest value too (x = -max, w =
+        # 0.5), and a tie with a dead entry made the slice read as dead (-inf, gradients 0).
+        top = tf.equal(score, tf.reduce_max(score, axis, keepdims=True)) & live
         mx = tf.reduce_max(tf.where(top, tf.stop_gradient(x), lowest), axis, keepdims=True)
         top = top & tf.equal(tf.stop_gradient(x), mx)
         mw = tf.reduce_max(tf.where(top, tf.stop_gradient(log_w), lowest), axis, keepdims=True)
