@@ -518,8 +518,15 @@ def last_axis_sums(parts, axis, dtype=None):
     ``dtype``, float32 parts summed as running sums (:func:`running_sums`)
     are summed in float64 and rounded back: ``log_softmax``'s gradient over
     axis 0 of 1e5 x 16 entries was 1.3e-5 relative off (4.4e-6 over the
-    last axis of the transpose).
+    last axis of the transpose). Float64 parts with ``dtype`` float64 (a
+    float64 input: narrower ones pass narrower parts) are summed by
+    :func:`cascaded_sums`, as trees of short sums: plain float64 sums
+    left ``softmax`` 36 ULP off over rows of 1e6 entries under XLA.
+    Float64 parts without ``dtype`` are a caller's widened float32 values,
+    summed as they are.
     """
+    if parts[0].dtype == tf.float64 and dtype == tf.float64:
+        return [cascaded_sums(p, axis) for p in parts]  # a float64 input: no wider type to sum in
     if dtype is None and parts[0].dtype == tf.float32 and running_sums(parts[0], axis):
         return [tf.cast(v, tf.float32) for v in last_axis_sums(parts, axis, _dtypes.sum_dtype(tf.float32))]
     if dtype is not None:
@@ -616,10 +623,12 @@ def blocked_sums(v, axis):
     such divisor exists (a prime length), the axes are not contiguous
     (where TensorFlow's kernel was 29 ULP off over axes 0 and 2 of 20x2x9
     entries) or their length is unknown until the graph runs, ``v`` takes
-    :func:`wide_sums` (a float64 sum). Other dtypes, a tensor ``axis`` and an unknown rank
-    take ``reduce_sum`` as it is.
+    :func:`wide_sums` (a float64 sum). A float64 ``v`` takes :func:`cascaded_sums`; other dtypes, a
+    tensor ``axis`` and an unknown rank take ``reduce_sum`` as it is.
     """
     shape = v.shape
+    if v.dtype == tf.float64:
+        return cascaded_sums(v, axis)
     if v.dtype != tf.float32 or isinstance(axis, (tf.Tensor, tf.Variable)) or shape.rank is None:
         return tf.reduce_sum(v, axis, keepdims=True)
     rank, wide = shape.rank, _dtypes.sum_dtype(v.dtype)
@@ -642,3 +651,79 @@ def blocked_sums(v, axis):
     blocks = tf.reduce_sum(tf.reshape(v, before + [length // block, block] + after), first + 1)
     total = tf.cast(tf.reduce_sum(tf.cast(blocks, wide), first), v.dtype)
     return tf.reshape(total, before + [1] * len(axes) + after)
+
+
+#: cascaded_sums: a float64 sum of at most this many entries is left to one reduction.
+_CASCADE_MIN = 16
+#: cascaded_sums: entries per partial sum at each level, in a graph (reductions) and under XLA (dots).
+_CASCADE_BLOCK, _CASCADE_BLOCK_XLA = 4, 8
+
+
+def cascaded_sums(v, axis):
+    """``reduce_sum(v, axis, keepdims=True)`` of float64 ``v`` as a tree of short sums.
+
+    A float64 input has no wider type to sum in, and the float64 sums of
+    TensorFlow's kernels and of XLA grow their rounding with the summed
+    length, most for equal terms: sums of 1e4 to 1e6 such terms were 3 to
+    29 ULP off over a last axis and up to 48588 over a leading one (running
+    sums). Here the summed axes are flattened to one of length ``n``,
+    which is cut into blocks of 4 entries (at the first level the longest
+    divisor of ``n`` up to 8, where padding would copy the tensor; zero
+    padding after it), the blocks are summed, and so on until one entry is
+    left: about ``log4(n)`` levels, and each entry's rounding enters as
+    many sums of at most 8 terms (pairwise summation's argument, Higham,
+    Accuracy and Stability of Numerical Algorithms, 2002, section 4.2).
+    Under XLA, which merges a reduction of a reduction back into one, each
+    level is a dot of blocks of 8 with a ones vector, the summed axes moved
+    last; in a graph the levels are reductions in place (a leading axis is
+    reshaped, not moved). Measured on sums of equal, periodic, uniform,
+    squared normal, log-normal and sorted entries of 17 to 3e6 terms over
+    the last, a leading, a middle and all axes: within 2 ULP of the sum
+    eagerly and in a graph, 1 under XLA. The sum alone costs 1.2 to 2.3
+    times one float64 reduction in a graph and 1.2 to 2.9 under XLA
+    (hand-measured here at 1e5 to 1e7 entries).
+
+    Other dtypes, at most :data:`_CASCADE_MIN` summed entries, a tensor
+    ``axis``, an unknown rank or summed length and a vectorized map take
+    ``reduce_sum`` as it is.
+    """
+    shape = v.shape
+    plain = (v.dtype != tf.float64 or isinstance(axis, (tf.Tensor, tf.Variable)) or shape.rank is None
+             or _gradient.in_vectorized_map())
+    if plain:
+        return tf.reduce_sum(v, axis, keepdims=True)
+    rank, dims = shape.rank, shape.as_list()
+    axes = _summed_axes(axis, rank)
+    if not axes or any(dims[a] is None for a in axes):
+        return tf.reduce_sum(v, axis, keepdims=True)
+    n = int(np.prod([dims[a] for a in axes]))
+    if n <= _CASCADE_MIN:
+        return tf.reduce_sum(v, axis, keepdims=True)
+    runtime = tf.unstack(tf.shape(v)) if None in dims else dims
+    out_shape = [1 if a in axes else runtime[a] for a in range(rank)]
+    xla = in_xla()
+    contiguous = axes == list(range(axes[0], axes[-1] + 1))
+    if xla or not contiguous:
+        kept = [a for a in range(rank) if a not in axes]
+        if kept + axes != list(range(rank)):
+            v = tf.transpose(v, kept + axes)
+        before, after = [runtime[a] for a in kept], []
+    else:
+        before, after = runtime[:axes[0]], runtime[axes[-1] + 1:]
+    v = tf.reshape(v, before + [n] + after)
+    at = len(before)
+    # In a graph the first level takes the longest divisor up to 8 (padding would copy the tensor).
+    block = _CASCADE_BLOCK_XLA if xla else next((b for b in range(8, 1, -1) if n % b == 0), _CASCADE_BLOCK)
+    while n > 1:
+        size = min(block, n)
+        padding = -n % size
+        if padding:
+            v = tf.pad(v, [[0, 0]] * at + [[0, padding]] + [[0, 0]] * len(after))
+        m = (n + padding) // size
+        v = tf.reshape(v, before + [m, size] + after)
+        if xla:
+            v = tf.einsum("...b,b->...", v, tf.ones([size], v.dtype))
+        else:
+            v = tf.reduce_sum(v, at + 1)
+        n, block = m, (_CASCADE_BLOCK_XLA if xla else _CASCADE_BLOCK)
+    return tf.reshape(v, out_shape)

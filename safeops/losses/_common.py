@@ -306,7 +306,7 @@ def check_axis(op, axis, rank, many=False):
 
 
 def total(v, axis):
-    """``reduce_sum(v, axis)``, summed in float64 for a float32 ``v`` and rounded once.
+    """``reduce_sum(v, axis)``: a float32 ``v`` summed in float64 and rounded once, a float64 one as a tree.
 
     For sums over many entries, as :func:`mean` (the soft counts of
     ``tversky_loss`` over an image: with float32 sums, the loss over
@@ -314,13 +314,13 @@ def total(v, axis):
     graph). ``axis``: an int, a list of ints, ``None`` or an int tensor
     (a rank known only at run time: TensorFlow's float64 sum).
     """
-    if v.dtype != tf.float32:
+    if v.dtype not in (tf.float32, tf.float64):
         return tf.reduce_sum(v, axis)
-    return tf.cast(_wide_sum(v, axis), v.dtype)
+    return tf.cast(_wide_sum(v, axis), v.dtype)  # float64: a tree of short sums (_wide_sum)
 
 
 def mean(v, axis):
-    """``reduce_mean(v, axis)``, summed in float64 for a float32 ``v`` and rounded once.
+    """``reduce_mean(v, axis)``: a float32 ``v`` summed in float64 and rounded once, a float64 one as a tree.
 
     The per-example means of the losses (``binary_crossentropy``, the binary
     focal loss, ``poisson``, ``gaussian_nll``) over a long last axis: a
@@ -334,21 +334,26 @@ def mean(v, axis):
     one (the float32 cotangent spread over the row). ``axis``: as
     :func:`total`'s. An empty row gives NaN, as ``reduce_mean``.
     """
-    if v.dtype != tf.float32:
+    if v.dtype not in (tf.float32, tf.float64):
         return tf.reduce_mean(v, axis)
-    sums = _wide_sum(v, axis)
+    sums = _wide_sum(v, axis)  # float64: a tree of short sums (_wide_sum)
     count = (tf.cast(tf.size(v, out_type=tf.int64), sums.dtype)
              / tf.cast(tf.maximum(tf.size(sums, out_type=tf.int64), 1), sums.dtype))
     return tf.cast(sums / count, v.dtype)
 
 
 def _wide_sum(v, axis):
-    """``reduce_sum(v, axis)`` in the sum dtype: :func:`safeops._xla.wide_sums`, the summed axes dropped.
+    """``reduce_sum(v, axis)`` in the sum dtype, the summed axes dropped.
+
+    :func:`safeops._xla.wide_sums`, or for a float64 ``v`` (no wider
+    type) :func:`safeops._xla.cascaded_sums`.
 
     ``wide_sums`` keeps the summed axes with length 1; a sum over them with
     the same ``axis`` drops them (one entry each: exact), for every form
     ``reduce_sum`` takes (``None``, ints, an empty tuple, an int tensor).
     """
+    if v.dtype == tf.float64:  # no wider type: a float64 input is summed as a tree of short sums
+        return tf.reduce_sum(_xla.cascaded_sums(v, axis), axis)
     return tf.reduce_sum(_xla.wide_sums(v, axis, _dtypes.sum_dtype(v.dtype)), axis)
 
 

@@ -518,7 +518,7 @@ def _accumulated(v: tf.Tensor, axis) -> tf.Tensor:
     either way.
     """
     if v.dtype != tf.float32:
-        return tf.reduce_sum(v, axis, keepdims=True)
+        return _xla.cascaded_sums(v, axis)  # float64: a tree of short sums; other dtypes as they are
     return tf.cast(_xla.wide_sums(v, axis, _dtypes.sum_dtype(v.dtype)), v.dtype)
 
 
