@@ -658,6 +658,8 @@ def blocked_sums(v, axis):
 _CASCADE_MIN_INNER, _CASCADE_MIN_OUTER = 256, 16
 #: cascaded_sums: entries per partial sum at each level, in a graph (reductions) and under XLA (dots).
 _CASCADE_BLOCK, _CASCADE_BLOCK_XLA = 4, 8
+#: cascaded_sums: the levels of 8 taken for a summed length unknown when traced.
+_CASCADE_LEVELS = 11
 
 
 def cascaded_sums(v, axis):
@@ -689,10 +691,13 @@ def cascaded_sums(v, axis):
     several row sums each become a tree (plain float64 sums of rows of
     1000 periodic entries were 5 to 6 ULP off).
 
-    Other dtypes, short sums (at most 256 entries over the trailing axes,
-    within 3 ULP as they are; 16 over others, which the kernels add as
-    running sums: 38 ULP at 1000 rows), a tensor ``axis``, an unknown rank
-    or summed length and a vectorized map take ``reduce_sum`` as it is.
+    A summed length unknown when traced (the relaxed trace that an inner
+    XLA function takes for its eager calls from the second shape on, an
+    ``input_signature`` of ``None``) takes eleven levels of 8, enough for
+    ``8**11`` entries. Other dtypes, short sums (at most 256 entries over
+    the trailing axes, within 3 ULP as they are; 16 over others, which the
+    kernels add as running sums: 38 ULP at 1000 rows), a tensor ``axis``,
+    an unknown rank and a vectorized map take ``reduce_sum`` as it is.
     """
     shape = v.shape
     plain = (v.dtype != tf.float64 or isinstance(axis, (tf.Tensor, tf.Variable)) or shape.rank is None
@@ -701,12 +706,13 @@ def cascaded_sums(v, axis):
         return tf.reduce_sum(v, axis, keepdims=True)
     rank, dims = shape.rank, shape.as_list()
     axes = _summed_axes(axis, rank)
-    if not axes or any(dims[a] is None for a in axes):
+    if not axes:
         return tf.reduce_sum(v, axis, keepdims=True)
-    n = int(np.prod([dims[a] for a in axes]))
+    known = all(dims[a] is not None for a in axes)
+    n = int(np.prod([dims[a] for a in axes])) if known else None
     contiguous = axes == list(range(axes[0], axes[-1] + 1))
     trailing = contiguous and axes[-1] == rank - 1
-    if n <= (_CASCADE_MIN_INNER if trailing else _CASCADE_MIN_OUTER):
+    if known and n <= (_CASCADE_MIN_INNER if trailing else _CASCADE_MIN_OUTER):
         return tf.reduce_sum(v, axis, keepdims=True)
     runtime = tf.unstack(tf.shape(v)) if None in dims else dims
     out_shape = [1 if a in axes else runtime[a] for a in range(rank)]
@@ -718,20 +724,32 @@ def cascaded_sums(v, axis):
         before, after = [runtime[a] for a in kept], []
     else:
         before, after = runtime[:axes[0]], runtime[axes[-1] + 1:]
-    v = tf.reshape(v, before + [n] + after)
     at = len(before)
+
+    def level(v, length, size):
+        """One level: ``length`` entries zero-padded to blocks of ``size``, each block summed."""
+        padding = -length % size
+        if not isinstance(padding, int) or padding:
+            v = tf.pad(v, [[0, 0]] * at + [[0, padding]] + [[0, 0]] * len(after))
+        length = (length + padding) // size
+        v = tf.reshape(v, before + [length, size] + after)
+        if xla:
+            return tf.einsum("...b,b->...", v, tf.ones([size], v.dtype)), length
+        return tf.reduce_sum(v, at + 1), length
+
+    if not known:
+        # A length known only at run time (an eager call's relaxed trace, which an inner XLA function
+        # gets from its second shape on; an input_signature of None): a fixed number of levels of 8,
+        # enough for 8**11 entries (a level over one entry adds 7 zeros to it).
+        length = tf.reduce_prod(tf.stack([runtime[a] for a in axes]))
+        v = tf.reshape(v, before + [length] + after)
+        for _ in range(_CASCADE_LEVELS):
+            v, length = level(v, length, _CASCADE_BLOCK_XLA)
+        return tf.reshape(v, out_shape)
+    v = tf.reshape(v, before + [n] + after)
     # In a graph the first level takes the longest divisor up to 8 (padding would copy the tensor).
     block = _CASCADE_BLOCK_XLA if xla else next((b for b in range(8, 1, -1) if n % b == 0), _CASCADE_BLOCK)
     while n > 1:
-        size = min(block, n)
-        padding = -n % size
-        if padding:
-            v = tf.pad(v, [[0, 0]] * at + [[0, padding]] + [[0, 0]] * len(after))
-        m = (n + padding) // size
-        v = tf.reshape(v, before + [m, size] + after)
-        if xla:
-            v = tf.einsum("...b,b->...", v, tf.ones([size], v.dtype))
-        else:
-            v = tf.reduce_sum(v, at + 1)
-        n, block = m, (_CASCADE_BLOCK_XLA if xla else _CASCADE_BLOCK)
+        v, n = level(v, n, min(block, n))
+        block = _CASCADE_BLOCK_XLA if xla else _CASCADE_BLOCK
     return tf.reshape(v, out_shape)
