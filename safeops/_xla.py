@@ -667,8 +667,8 @@ def cascaded_sums(v, axis):
 
     A float64 input has no wider type to sum in, and the float64 sums of
     TensorFlow's kernels and of XLA grow their rounding with the summed
-    length, most for equal terms: sums of 1e4 to 1e6 such terms were 3 to
-    29 ULP off over a last axis and up to 48588 over a leading one (running
+    length, most for equal terms: sums of 1e3 to 1e7 such terms were 3 to
+    29 ULP off over a last axis and up to 1.1e6 over a leading one (running
     sums). Here the summed axes are flattened to one of length ``n``,
     which is cut into blocks of 4 entries (at the first level the longest
     divisor of ``n`` up to 8, where padding would copy the tensor; zero

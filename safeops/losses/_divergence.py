@@ -225,8 +225,8 @@ def _one_signed_kl(y, p, floor, split=True):
     log_ratio = tf.math.log(u) + tf.where(close, (r - (u - 1.0)) / u, zeros)
     if not split:
         return tf.reduce_sum(tf.where(tf.equal(y, 0.0), zeros, y * log_ratio), -1)
-    # Float64 inputs: the sums as trees of short sums (_common.total; a float64 reduction over a row
-    # of 1e6 periodic entries was 36 ULP off).
+    # Float64 inputs: the sums as trees of short sums (_common.total; with float64 reductions the KL
+    # of rows of 1e6 periodic entries was 26 ULP off in a graph, 17 under XLA).
     one_signed = _common.total(tf.where(close, y * _common.exp_gap(log_ratio), zeros), -1)
     mass = _common.total(tf.where(close, y - c, zeros), -1)
     far = _common.total(tf.where(close | tf.equal(y, 0.0), zeros, y * log_ratio), -1)
