@@ -1445,7 +1445,8 @@ def test_gaussian_nll_over_long_rows_within_c3(mode):
 
 @pytest.fixture(scope="module")
 def leading_axis_batch():
-    """``[1e6, 4]`` normal logits, distributions over axis 0 and their float64 copies."""
+    """``[1e6, 4]`` float32 inputs: periodic logits ``z`` (0.3, every seventh row -1.2), normal ones
+    ``t`` and ``3 s``, distributions over axis 0 (``y`` of ``t``, ``p`` of ``z``), uniform labels ``u``."""
     rng = np.random.default_rng(3)
 
     def distribution(x):

@@ -1,5 +1,6 @@
 """The inner-XLA helpers of ``safeops._xla``: one call per gradient group, same results."""
 
+import math
 import warnings
 
 import keras
@@ -486,7 +487,6 @@ def _float64_rows(n):
 
 
 def _exact_sums(rows):
-    import math
     return np.array([math.fsum(r.tolist()) for r in rows])
 
 
