@@ -212,6 +212,56 @@ class TestDoctor:
                 assert model.optimizer._learning_rate.__class__.__name__ == "ExponentialDecay"
         assert results == {"float": True, "schedule": True}
 
+    def test_a_model_that_already_went_nan_is_diagnosed_on_a_fresh_copy(self):
+        """On NaN weights every step failed, so both cures read "still non-finite" whatever the cause."""
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(256, 6)) * np.array([1e4, 1, 1e-3, 1, 1, 1]) + np.array([3e4, 0, 0, 0, 0, 0])
+        y = (x[:, 1:2] > 0).astype("float64")
+
+        def my_mse(y_true, y_pred):   # not registered with Keras: its clone is compiled here, not by Keras
+            return tf.reduce_mean(tf.square(y_pred - tf.cast(y_true, y_pred.dtype)), -1)
+
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.01), loss=my_mse)
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+        assert not np.isfinite(model.layers[0].kernel.numpy()).all()   # training went NaN
+        before = _state(model)
+        report = doctor(model, (x, y), steps=10, verbose=False)
+        assert _state(model) == before   # NaN bits included
+        assert report.training["fresh_copy"]
+        assert model.layers[0].kernel.path in report.training["nonfinite_weights"]
+        assert not [n for n in report.training["nonfinite_weights"] if n.startswith("loss")]   # metrics
+        assert report.experiments["standardised inputs"] is True
+        assert report.top.source == "inputs" and report.top.score >= 90
+        weights = [c for c in report.causes if c.source == "weights"]
+        assert len(weights) == 1 and "freshly initialised copy" in weights[0].evidence
+        assert "on a freshly initialised copy went wrong" in str(report)
+
+    def test_a_nan_model_that_cannot_be_cloned_is_not_trained(self):
+        class Net(keras.Model):   # subclassed, without get_config: clone_model cannot rebuild it
+            def __init__(self, width):
+                super().__init__()
+                self.dense = keras.layers.Dense(width)
+
+            def call(self, x):
+                return self.dense(x)
+
+        x = _clean(n=64, d=3).astype("float32")
+        model = Net(1)
+        model.compile(keras.optimizers.SGD(0.01), loss="mse")
+        model(x[:1])
+        model.dense.bias.assign([np.nan])
+        before = _state(model)
+        report = doctor(model, (x, x[:, :1]), steps=4, verbose=False)
+        assert _state(model) == before
+        assert report.training["finite"] is None and report.training["steps"] == 0
+        assert not report.training["fresh_copy"] and report.experiments == {}
+        assert report.top.source == "weights" and "could not be cloned" in report.top.evidence
+        assert not [c for c in report.causes if c.source in ("training", "locate")]
+        assert "no guarded training step run" in str(report)
+
     def test_bad_data_argument(self):
         with pytest.raises(TypeError, match="data must be"):
             doctor(_model(), "nope", verbose=False)

@@ -9,6 +9,13 @@ When the guarded run fails, ``doctor`` tries the two commonest cures on the
 same steps, each from the same starting weights: the inputs standardised
 with training-split statistics, and the learning rate divided by 10. A cure
 that makes the run finite is evidence for its cause, and the ranking uses it.
+
+A model whose training already went NaN usually holds NaN weights. No step
+from them can be finite, so the guarded run and both cures would fail
+whatever the cause: ``doctor`` says so, and runs them on a freshly
+initialised copy (``keras.models.clone_model``, compiled with a copy of
+the optimizer's configuration and the same loss). A model that cannot be
+cloned (a subclassed model without ``get_config``) is not trained at all.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ class Cause:
     score: int
     evidence: str
     fix: str
-    source: str   # 'inputs', 'lint', 'training', 'locate'
+    source: str   # 'inputs', 'lint', 'training', 'locate', 'weights'
 
     def __str__(self) -> str:
         return f"{self.title}  [score {self.score}, from {self.source}]\n     evidence: {self.evidence}\n" \
@@ -65,8 +72,11 @@ class DoctorReport:
       causes: :class:`Cause` list, most likely first.
       lint: the findings of :func:`safeops.debug.lint` on the model and loss.
       inputs: the :class:`~safeops.debug.InputReport` of the training inputs.
-      training: the guarded run: ``steps`` run, ``finite`` (no event),
-        ``losses`` (batch losses), ``events`` (:class:`GuardEvent` list).
+      training: the guarded run: ``steps`` run, ``finite`` (no event; None
+        when no step was run), ``losses`` (batch losses), ``events``
+        (:class:`GuardEvent` list), ``nonfinite_weights`` (names of the
+        variables that held NaN or Inf before any step), ``fresh_copy``
+        (whether the steps ran on a freshly initialised copy).
       experiments: for a failed run, ``{'standardised inputs': finite?,
         'learning rate / 10': finite?}`` (only those that could be tried).
       located: the :func:`safeops.debug.locate_nonfinite` report on the
@@ -87,8 +97,15 @@ class DoctorReport:
 
     def __str__(self) -> str:
         t = self.training
-        state = "stayed finite" if t.get("finite") else f"went wrong at step {t['events'][0].step}"
-        lines = [f"safeops.debug.doctor: {t.get('steps', 0)} guarded training steps {state}"]
+        if t.get("finite") is None:
+            lines = ["safeops.debug.doctor: no guarded training step run (the weights are not finite "
+                     "and the model could not be cloned)"]
+        else:
+            state = "stayed finite" if t["finite"] else f"went wrong at step {t['events'][0].step}"
+            where = " on a freshly initialised copy" if t.get("fresh_copy") else ""
+            steps = t.get("steps", 0)
+            lines = [f"safeops.debug.doctor: {steps} guarded training step{'' if steps == 1 else 's'}"
+                     f"{where} {state}"]
         if t.get("losses"):
             finite = [v for v in t["losses"] if math.isfinite(v)]
             if finite:
@@ -126,7 +143,10 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
 
     Returns:
       A :class:`DoctorReport`. The model's variables, optimizer state and
-      learning rate are exactly what they were before the call.
+      learning rate are exactly what they were before the call. Where the
+      model or optimizer variables already hold NaN or Inf, the steps and
+      the experiments run on a freshly initialised copy of the model (see
+      the module docstring) and the report says which variables.
     """
     for arg, value in (("steps", steps), ("batch_size", batch_size), ("preflight_rows", preflight_rows)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -146,29 +166,43 @@ def doctor(model: keras.Model, data: Any, *, loss: Any = None, steps: int = 30, 
     if not model.built:
         model(x_sample)   # create the weights, so that they are saved and restored too
     state = _ModelState(model)
+    poisoned = state.nonfinite()
+    subject, subject_state, clone_error = model, state, None
+    if poisoned:   # no step from these weights can be finite: train a fresh copy instead
+        subject, clone_error = _fresh_copy(model, x_sample)
+        subject_state = _ModelState(subject) if subject is not None else None
+    located = None
+    tried: dict = {}
     try:
-        training = _guarded_run(model, x, y, dataset, steps, batch_size, spike_factor)
-        located = None
-        tried: dict = {}
-        if not training["finite"]:
+        if subject is None:
+            training = {"steps": 0, "finite": None, "losses": [], "events": []}
+        else:
+            training = _guarded_run(subject, x, y, dataset, steps, batch_size, spike_factor)
+        if training["finite"] is False:
             event = training["events"][0]
             if not _diverged(event):
-                located = _run_locate(model, training["batch"])
+                located = _run_locate(subject, training["batch"])
             if experiments:
                 if inputs is not None and {"scale", "spread"} & inputs.kinds():
-                    state.restore()
+                    subject_state.restore()
                     xs = _standardise(x)
                     tried["standardised inputs"] = _guarded_run(
-                        model, xs, y, None, steps, batch_size, spike_factor)["finite"]
-                state.restore()
-                with _learning_rate_scaled(model, 0.1) as scaled:
+                        subject, xs, y, None, steps, batch_size, spike_factor)["finite"]
+                subject_state.restore()
+                with _learning_rate_scaled(subject, 0.1) as scaled:
                     if scaled.applied:
                         tried["learning rate / 10"] = _guarded_run(
-                            model, x, y, dataset, steps, batch_size, spike_factor)["finite"]
+                            subject, x, y, dataset, steps, batch_size, spike_factor)["finite"]
     finally:
         state.restore()
     training.pop("batch", None)
-    report = DoctorReport(causes=_rank(lint_findings, inputs, training, tried, located),
+    training["nonfinite_weights"] = poisoned
+    training["fresh_copy"] = bool(poisoned) and subject is not None
+    causes = _rank(lint_findings, inputs, training, tried, located)
+    if poisoned:
+        causes = sorted([_poisoned_cause(poisoned, state.weights, clone_error)] + causes,
+                        key=lambda c: -c.score)
+    report = DoctorReport(causes=causes,
                           lint=lint_findings, inputs=inputs, training=training, experiments=tried,
                           located=located)
     if verbose:
@@ -208,6 +242,49 @@ class _LossRecorder(keras.callbacks.Callback):
             self.losses.append(self.guard._recent[-1] if self.guard._recent else math.nan)
 
 
+def _fresh_copy(model, x_sample):
+    """``(copy, None)``: ``model`` with fresh weights, compiled alike; ``(None, why)`` if it cannot be.
+
+    ``keras.models.clone_model`` builds new layers from the configuration,
+    so their weights come from the initializers; the optimizer is rebuilt
+    from its serialized configuration (its state starts empty, as at the
+    first ``fit``), and the loss object is shared (it holds no state).
+    """
+    compiled = model.compiled
+    try:
+        # Keras compiles a clone of a compiled model from its serialized compile
+        # configuration, which fails for a loss function that is not registered
+        # ("Could not locate function 'my_loss'"): the copy is compiled here instead.
+        model.compiled = False
+        try:
+            copy = keras.models.clone_model(model)
+        finally:
+            model.compiled = compiled
+        optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
+        copy.compile(optimizer=optimizer, loss=model.loss, jit_compile=getattr(model, "jit_compile", "auto"))
+        if not copy.built:
+            copy(x_sample)
+    except Exception as error:  # noqa: BLE001 - any model Keras cannot clone: say why in the report
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return copy, None
+
+
+def _poisoned_cause(names, total, clone_error) -> Cause:
+    shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    evidence = (f"{len(names)} of {total} model and optimizer variables hold NaN or Inf before any step "
+                f"({shown}): an earlier update diverged, and every step from these weights is non-finite")
+    if clone_error is None:
+        evidence += ("; the guarded steps and experiments above ran on a freshly initialised copy "
+                     "(keras.models.clone_model), so the other causes are about training from scratch")
+    else:
+        evidence += (f"; the model could not be cloned ({clone_error}), so no step and no experiment "
+                     "was run: the other causes are from the lint and the inputs only")
+    return Cause("the weights are already non-finite", 93, evidence,
+                 "restore finite weights (the last good checkpoint, or rebuild the model), then fix the "
+                 "cause that made them diverge; during fit, NaNGuard(policy='rollback') keeps the last "
+                 "finite weights", "weights")
+
+
 def _guarded_run(model, x, y, dataset, steps, batch_size, spike_factor) -> dict:
     guard = NaNGuard("stop", spike_factor=spike_factor, verbose=0)
     recorder = _LossRecorder(guard)
@@ -228,12 +305,24 @@ class _ModelState:
         if opt is not None and not getattr(opt, "built", True):
             opt.build(model.trainable_variables)   # what fit would do first anyway
         variables = list(model.variables) + (list(opt.variables) if opt is not None else [])
-        variables += [v for m in model.metrics for v in m.variables]
-        self.variables = [_tf_variable(v) for v in _dedupe(variables)]
+        self.weights = len(_dedupe(variables))   # the first entries; the metrics' come after
+        variables = _dedupe(variables + [v for m in model.metrics for v in m.variables])
+        self.names = [getattr(v, "path", None) or v.name for v in variables]
+        self.variables = [_tf_variable(v) for v in variables]
         self.values = [v.numpy() for v in self.variables]
         self.model = model
         self.history = getattr(model, "history", None)
         self.stop_training = getattr(model, "stop_training", False)
+
+    def nonfinite(self) -> list:
+        """Names of the model's and optimizer's float variables whose saved values hold NaN or Inf.
+
+        Metric variables are left out: a NaN loss leaves the loss tracker's
+        total NaN until ``fit`` resets it, and no step reads it.
+        """
+        named = zip(self.names[:self.weights], self.variables, self.values)
+        return [name for name, v, value in named
+                if tf.as_dtype(v.dtype).is_floating and not np.isfinite(value.astype(np.float64)).all()]
 
     def restore(self) -> None:
         for v, value in zip(self.variables, self.values):
@@ -352,7 +441,7 @@ def _standardise(x):
 
 
 def _rank(lint_findings, inputs, training, tried, located) -> list:
-    failed = not training["finite"]
+    failed = training["finite"] is False
     event = training["events"][0] if failed else None
     causes: list[Cause] = []
 
