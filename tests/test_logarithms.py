@@ -19,6 +19,7 @@ import math
 import mpmath
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -216,6 +217,84 @@ BINARY_POINTS = {
         "near_zero_result": (-2.300344, -0.10560658),
     },
 }
+
+
+# ----------------------------------------------------------------------------
+# log of a softmax or sigmoid output: taken from the logits
+
+
+# Where each producer's logits are found: everywhere (a record, Keras' checked attribute) or
+# only in a traced function (TensorFlow's Softmax/Sigmoid op; in eager mode a value has no op).
+ACTIVATIONS = {
+    "safeops_softmax": (tfm.softmax, "softmax", True),
+    "safeops_nn_softmax_axis0": (lambda z: tfm.softmax(tf.transpose(z), axis=0), "softmax_t", True),
+    "keras_softmax": (keras.activations.softmax, "softmax", True),
+    "tf_softmax": (tf.nn.softmax, "softmax", False),
+    "tf_softmax_as_float16": (lambda z: tf.cast(tf.nn.softmax(tf.cast(z, tf.float16)), tf.float32),
+                              "softmax16", False),
+    "safeops_sigmoid": (tfm.sigmoid, "sigmoid", True),
+    "keras_sigmoid": (keras.activations.sigmoid, "sigmoid", True),
+    "tf_sigmoid": (tf.sigmoid, "sigmoid", False),
+}
+
+
+def _log_of_activation_reference(kind, z):
+    """Exact log(activation(z)) and d sum(log(activation(z)) * w) / dz, in float64."""
+    z = np.asarray(z, np.float64)
+    w = np.array([1.0, 0.25, 0.5])
+    if kind.startswith("sigmoid"):
+        value = -np.logaddexp(0.0, -z)
+        return value, w * np.exp(-np.logaddexp(0.0, z))   # sigmoid(-z)
+    if kind == "softmax_t":
+        z, w = z.T, w[:, None]
+    if kind == "softmax16":
+        z = z.astype(np.float16).astype(np.float64)
+    value = z - np.logaddexp.reduce(z, axis=-1 if kind != "softmax_t" else 0, keepdims=True)
+    p = np.exp(value)
+    grad = w - p * np.sum(w * np.ones_like(p), axis=-1 if kind != "softmax_t" else 0, keepdims=True)
+    return value, grad.T if kind == "softmax_t" else grad
+
+
+@pytest.mark.parametrize("producer", sorted(ACTIVATIONS))
+def test_log_of_an_activation_output_is_taken_from_the_logits(producer, mode):
+    """log(softmax(z)) was log(tiny) with gradient 0 where a probability underflowed (C4 lost)."""
+    activation, kind, everywhere = ACTIVATIONS[producer]
+    z = tf.constant([[0.0, 200.0, -10.0]] if kind != "sigmoid" else [[-100.0, 0.0, 30.0]])
+    w = tf.constant([1.0, 0.25, 0.5])
+
+    def body(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = tfm.log(activation(z))
+            total = tf.reduce_sum(value * (w if kind != "softmax_t" else w[:, None]))
+        return value, tape.gradient(total, z)
+
+    value, grad = (t.numpy().astype(np.float64) for t in _in_mode(body, mode)(z))
+    want, want_grad = _log_of_activation_reference(kind, z.numpy())
+    if mode == "eager" and not everywhere:
+        # A value in eager mode: the clamp, as documented; the underflowed entry's gradient is lost.
+        assert value.min() == pytest.approx(np.log(np.finfo(np.float32).tiny))
+        return
+    rtol = 1e-3 if kind == "softmax16" else 1e-6
+    np.testing.assert_allclose(value, want, rtol=rtol, atol=1e-30)
+    np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=1e-6)
+
+
+def test_log_of_an_activation_keeps_the_gradient_off_the_probabilities():
+    """The gradient reaches the logits; a tape that watches the probabilities sees none (documented)."""
+    z = tf.constant([[0.0, 200.0]])
+    p = tfm.softmax(z)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([z, p])
+        value = tfm.log(p)[:, 0]
+    assert tape.gradient(value, p) is None
+    np.testing.assert_allclose(tape.gradient(value, z).numpy(), [[1.0, -1.0]])   # e_0 - p
+    # Anything else is a plain tensor: the clamp, with its live gradient 1/x.
+    q = tf.identity(p)
+    with tf.GradientTape() as tape:
+        tape.watch(q)
+        value = tfm.log(q)
+    np.testing.assert_allclose(tape.gradient(value, q).numpy(), [[1 / np.finfo(np.float32).tiny, 1.0]])
 
 
 # ----------------------------------------------------------------------------

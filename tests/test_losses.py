@@ -429,12 +429,21 @@ def test_raw_tf_sigmoid_recovered_in_graphs_clamped_in_eager(dtype):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_safeops_math_outputs_use_the_clamped_path_with_live_probability_gradient(mode):
-    def loss(p):
-        return losses.categorical_crossentropy([[1.0, 0.0]], p)
-
-    p = tfm.softmax(tf.constant([[-200.0, 0.0]]))
-    value, grad = _value_and_grad(loss, p, mode)
+def test_safeops_math_outputs_carry_their_logits_and_plain_probabilities_are_clamped(mode):
+    """safeops' own softmax and sigmoid outputs were scored as probabilities, even in a graph."""
+    z = tf.constant([[-200.0, 0.0]])
+    value, grad = _value_and_grad(lambda z: losses.categorical_crossentropy([[1.0, 0.0]], tfm.softmax(z)), z,
+                                  mode)
+    np.testing.assert_allclose(value, [200.0], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[-1.0, 1.0]], rtol=1e-6)
+    value, grad = _value_and_grad(lambda z: losses.binary_crossentropy([[1.0, 0.0]], tfm.sigmoid(z)), z,
+                                  mode)
+    np.testing.assert_allclose(value, [(200.0 + np.log(2.0)) / 2], rtol=1e-6)
+    np.testing.assert_allclose(grad, [[-0.5, 0.25]], rtol=1e-6)
+    # Probabilities given as a function's argument carry no logits: the clamped log, live gradient.
+    p = tfm.softmax(z)
+    value, grad = _value_and_grad(lambda p: losses.categorical_crossentropy([[1.0, 0.0]], p),
+                                  tf.identity(p), mode)
     np.testing.assert_allclose(value, [-np.log(TINY32)], rtol=1e-5)
     assert np.isfinite(grad).all() and grad[0, 0] < 0
 

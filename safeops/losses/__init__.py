@@ -30,7 +30,7 @@ Which path a loss takes with ``from_logits=False``
    exactly 0.
 
 The details, and why Keras' own recovery is not trusted as is, are in
-:mod:`safeops.losses._probabilities`. Requires Keras 3 with the TensorFlow
+:mod:`safeops._probabilities`. Requires Keras 3 with the TensorFlow
 backend.
 
 Every other ``keras.losses`` name (``MeanSquaredError``, ``Huber``,
@@ -65,7 +65,7 @@ from safeops.losses._focal import (
     binary_focal_crossentropy,
     categorical_focal_crossentropy,
 )
-from safeops.losses._probabilities import with_logits
+from safeops._probabilities import with_logits
 
 __all__ = [
     "binary_crossentropy", "BinaryCrossentropy",

@@ -17,7 +17,7 @@ one code path decides, for all of them:
   ``keras.backend.floatx()``, stays float32 under a global mixed policy, as
   in Keras); a half-precision ``y_pred`` is widened before the function
   sees it; the logits record of
-  :mod:`safeops.losses._probabilities` and the Keras mask travel with it,
+  :mod:`safeops._probabilities` and the Keras mask travel with it,
   and the gradient handed back to it saturates at the half dtype's largest
   value instead of overflowing to ``inf``;
 * **tf.distribute**: Keras' reduction divides the mean reductions by the
@@ -59,8 +59,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import squeeze_or_expand_to_same_rank
 
-from safeops import _dtypes, _validate
-from safeops.losses import _probabilities
+from safeops import _dtypes, _probabilities, _validate
 
 _REDUCTION = "sum_over_batch_size"
 

@@ -15,9 +15,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from safeops import _dtypes, _validate, _xla
+from safeops import _dtypes, _probabilities, _validate, _xla
 from safeops.math import _logarithms
-from safeops.losses import _probabilities
 
 
 class Prediction:

@@ -3,7 +3,7 @@
 Each function has two paths, and says which it takes:
 
 * **logits** (``from_logits=True``, or ``from_logits=False`` with logits
-  recovered as :mod:`safeops.losses._probabilities` describes): the stable
+  recovered as :mod:`safeops._probabilities` describes): the stable
   cross-entropies of :mod:`safeops.nn`, exact for every finite logit;
 * **probabilities** (nothing recovered): logarithms clamped as in
   :mod:`safeops.math` (``xlogy``/``xlog1py`` for the binary loss; for the

@@ -9,9 +9,9 @@ import keras
 import tensorflow as tf
 
 from safeops.math import _logarithms, _logsumexp
-from safeops import _dtypes, _gradient, _validate, _xla
+from safeops import _dtypes, _gradient, _probabilities, _validate, _xla
 from safeops._gradient import custom_op
-from safeops.losses import _common, _probabilities
+from safeops.losses import _common
 from safeops.losses._authoring import LossFunctionWrapper
 
 _REDUCTION = "sum_over_batch_size"

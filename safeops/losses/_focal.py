@@ -12,7 +12,7 @@ Keras 3.15), and its gradient is 0 there. On logits with a Python
 forward+backward; the binary loss takes the same op with a tensor ``gamma``
 as a third input. On probabilities the factor and the cross-entropy use
 safeops' clamped logarithms (finite, live gradient); logits are recovered
-from sigmoid/softmax outputs as in :mod:`safeops.losses._probabilities`.
+from sigmoid/softmax outputs as in :mod:`safeops._probabilities`.
 """
 
 from __future__ import annotations

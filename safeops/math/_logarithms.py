@@ -28,7 +28,7 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _ragged, _validate, _xla
+from safeops import _dtypes, _probabilities, _ragged, _validate, _xla
 from safeops._gradient import custom_op, sum_to_shape
 
 
@@ -44,6 +44,19 @@ def log(x, name=None):
     ``log(clip_by_value(x, eps, 1))`` has a gradient of exactly 0 below
     ``eps``, so an optimizer can never move ``x`` up again. Here every
     normal number is unchanged and the gradient never dies.
+
+    ``log`` of a softmax or sigmoid output is taken from its logits, as
+    ``log_softmax`` (along the softmax's axis) or ``log_sigmoid``: the
+    output of ``safeops.math.softmax``/``sigmoid`` (or ``safeops.nn``'s)
+    anywhere, of TensorFlow's ``Softmax``/``Sigmoid`` op inside a traced
+    function (through ``Identity`` and float casts), of a Keras activation,
+    or a tensor given logits with ``safeops.losses.with_logits``
+    (:mod:`safeops._probabilities`). Where a probability underflowed to 0
+    the clamp can only give ``log(tiny)``, and the softmax's Jacobian, a
+    multiple of the probability, is 0 there: ``log(softmax([0, 200]))[0]``
+    was -87.34 with gradient ``[0, 0]``; from the logits it is -200 with
+    gradient ``[-1, 1]``. The gradient then reaches the logits, not a tape
+    watching the probabilities themselves (for which it is ``None``).
 
     Edges:
       * ``x`` in ``[0, tiny)``, subnormals and ``x < 0``: value ``log(tiny)``
@@ -76,9 +89,32 @@ def log(x, name=None):
     op = "safeops.math.log"
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
+        found = _probabilities.find(x)
+        if found is not None and found.logits.shape == x.shape:
+            return scope.output(_log_of_activation(found, x.dtype))
         floor = _dtypes.tiny(x.dtype)
         y = _clamped_log(floor, x.dtype)(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
+
+
+def _log_of_activation(found, dtype):
+    """``log(activation(logits))`` of a :class:`safeops._probabilities.Logits` record, in ``dtype``.
+
+    Computed in the wider of ``dtype`` and the logits' dtype (a float16
+    softmax cast to float32 is scored in float32), then cast to ``dtype``.
+    """
+    # Imported here: both modules import this one.
+    from safeops.math._logsumexp import log_softmax
+    from safeops.math._sigmoid import log_sigmoid
+
+    logits = found.logits
+    if dtype.size > logits.dtype.size:
+        logits = tf.cast(logits, dtype)
+    if found.activation == "softmax":
+        value = log_softmax(logits, axis=found.axis)
+    else:
+        value = log_sigmoid(logits)
+    return tf.cast(value, dtype)
 
 
 def log1p(x, name=None):

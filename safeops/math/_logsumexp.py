@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from safeops import _dtypes, _ragged, _validate, _xla
+from safeops import _dtypes, _probabilities, _ragged, _validate, _xla
 from safeops._gradient import custom_op, custom_op_with_residuals
 from safeops.math import _logarithms
 from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch lives in safeops._xla)
@@ -244,7 +244,8 @@ def softmax(logits, axis=None, name=None):
     with _validate.op_scope(op, name) as scope:
         x, axis = _class_axis(op, logits, axis)
         y = _masked_softmax(axis, x.dtype)(_dtypes.to_compute(x))
-        return scope.output(_dtypes.from_compute(y, x.dtype))
+        # The logits ride along for the losses and log (safeops._probabilities).
+        return _probabilities.record(scope.output(_dtypes.from_compute(y, x.dtype)), x, "softmax", axis)
 
 
 def log_softmax(logits, axis=None, name=None):

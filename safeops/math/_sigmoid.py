@@ -38,7 +38,7 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _ragged, _validate, _xla
+from safeops import _dtypes, _probabilities, _ragged, _validate, _xla
 from safeops._gradient import custom_op
 from safeops.math._logarithms import _log1p, log1p_of_exp
 
@@ -92,7 +92,8 @@ def sigmoid(x, name=None):
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _sigmoid_op(x.dtype)(_dtypes.to_compute(x))
-        return scope.output(_dtypes.from_compute(y, x.dtype))
+        # The logits ride along for the losses and log (safeops._probabilities).
+        return _probabilities.record(scope.output(_dtypes.from_compute(y, x.dtype)), x, "sigmoid", -1)
 
 
 def log_sigmoid(x, name=None):

@@ -9,9 +9,11 @@ the probability can only guess). safeops looks for the logits in this order
 and takes the first it finds:
 
 1. **The safeops record** (``_safeops_logits``), attached by
-   :func:`with_logits`: ``(activation, axis, logits)``. Trusted as stated;
-   it works in eager mode, inside ``tf.function`` and under XLA, because it
-   is a Python attribute of the tensor object that the loss receives.
+   :func:`with_logits` and by ``safeops.math.softmax`` and ``sigmoid`` (and
+   so ``safeops.nn``'s) to their outputs: ``(activation, axis, logits)``.
+   Trusted as stated; it works in eager mode, inside ``tf.function`` and
+   under XLA, because it is a Python attribute of the tensor object that the
+   loss receives.
 2. **Keras' attribute** (``_keras_logits``), which Keras 3 sets on the
    output of ``keras.activations.sigmoid``/``softmax`` (and so of any layer
    with ``activation="sigmoid"`` or ``"softmax"``), in eager mode and while
@@ -31,10 +33,11 @@ and takes the first it finds:
 Otherwise the loss uses the probabilities with the clamped logarithms of
 :mod:`safeops.math` (finite value, live gradient, contract C4). That is what
 happens, and can only happen, in eager mode to probabilities that carry no
-record: the output of a raw ``tf.sigmoid``/``tf.nn.softmax`` call or of
-``safeops.math.sigmoid``/``softmax``, a tensor cast or reshaped by the
-caller, or the outputs of a reloaded SavedModel. Inside a traced function,
-rule 3 also covers raw ``tf.sigmoid``/``tf.nn.softmax``.
+record: the output of a raw ``tf.sigmoid``/``tf.nn.softmax`` call, a tensor
+cast or reshaped by the caller, or the outputs of a reloaded SavedModel.
+Inside a traced function, rule 3 also covers raw
+``tf.sigmoid``/``tf.nn.softmax``. ``safeops.math.log`` takes the logits by
+the same rules (``log`` of a softmax output is its ``log_softmax``).
 
 When the logits are used, the loss is a function of the logits, not of the
 probabilities tensor: its gradient reaches the logits (and the layer's
@@ -121,8 +124,28 @@ def with_logits(probabilities, logits, activation, axis=-1):
     if not probabilities.shape.is_compatible_with(logits.shape):
         raise ValueError(_validate.message(
             op, "logits", f"of the shape of probabilities {probabilities.shape}", logits.shape))
-    setattr(probabilities, _RECORD, Logits(activation, int(axis), logits))
+    return record(probabilities, logits, activation, int(axis))
+
+
+def record(probabilities, logits, activation: str, axis: int):
+    """Attaches ``Logits(activation, axis, logits)`` to ``probabilities`` (checked by the caller); returns it.
+
+    A tensor whose attributes cannot be set (none known in TensorFlow 2.21)
+    or an axis known only when the graph runs leaves no record: the losses
+    then use the values.
+    """
+    if not isinstance(axis, int):
+        return probabilities
+    try:
+        setattr(probabilities, _RECORD, Logits(activation, axis, logits))
+    except AttributeError:
+        pass
     return probabilities
+
+
+def find(probabilities):
+    """The :class:`Logits` behind ``probabilities`` by the rules of the module docstring, or ``None``."""
+    return _find_record(probabilities)
 
 
 def recover_logits(y_pred, activation: str, axis: int):
