@@ -10,9 +10,8 @@ infinity. The values must be those of the ordinary run.
 
 Not covered, as documented: second derivatives (TensorFlow's own gradients
 of ``SoftplusGrad`` and ``Pow``, and exact second derivatives that overflow
-before they saturate, form infinities), a zero weight's gradient in
-``reduce_logsumexp`` where ``exp(x - y)`` overflows (it saturates), and
-``-inf`` mask logits (the caller's own input).
+before they saturate, form infinities) and ``-inf`` mask logits (the
+caller's own input).
 
 ``enable_check_numerics`` is global to the thread, so the checked run is a
 subprocess (:func:`main`) that prints its results as JSON.
@@ -61,6 +60,9 @@ CASES = {
     "log_softmax": (tfm.log_softmax, LOGITS),
     "reduce_logsumexp": (lambda x: tfm.reduce_logsumexp(x, -1), LOGITS),
     "reduce_logsumexp_zero_weights": (lambda x: tfm.reduce_logsumexp(x, -1, weights=_labels(x)), MODERATE),
+    # Zero weights on entries 200 and 2e4 above the live one: exp(x - y) overflowed in the backward.
+    "reduce_logsumexp_zero_weights_far_above": (
+        lambda x: tfm.reduce_logsumexp(x, -1, weights=tf.constant([[1.0, 0, 0, 0]] * 2, x.dtype)), LOGITS),
     "reduce_logsumexp_sign": (
         lambda x: tfm.reduce_logsumexp(x, -1, weights=_labels(x) - 0.25, return_sign=True)[0], LOGITS),
     "norm": (lambda x: tfm.norm(x, axis=-1), ZEROS),

@@ -84,7 +84,8 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None, *, weig
     ``[0, -20]`` where the answer is ``2.06e-9``. The gradient is the softmax
     ``w * exp(x - lse)``, formed as ``exp(x - m) / s`` from the saved shift
     and sum. The weight gradient ``exp(x - lse)`` of a zero-weight entry far
-    above the others is saturated at the dtype's largest finite value (C1).
+    above the others is saturated at the dtype's largest finite value (C1),
+    without forming an infinity on the way (``enable_check_numerics``).
 
     Accuracy: a few ULP of the result, except where the result is near 0
     (the sum of exponentials near 1 with entries below 0): the problem is
@@ -452,14 +453,14 @@ def _unweighted_logsumexp(axis, dtype, xla):
                                     _xla.compiled(backward, xla, exact=(3,)), dtype)
 
 
-def _softmax_weights(x, y):
-    """``exp(x - y)`` with 0 where ``y = -inf`` and 1 at ``+inf`` entries of a ``+inf`` slice."""
+def _softmax_weights(x, y, cap):
+    """``exp(min(x - y, cap))`` with 0 where ``y = -inf`` and 1 at ``+inf`` entries of a ``+inf`` slice."""
     # y = -inf only for an all -inf slice: shift by +inf so every weight is 0.
     empty = _dtypes.is_minus_inf(y)
     shift = tf.where(empty, -_dtypes.minus_inf_or_zero(empty, y.dtype), y)
     gap = x - shift
     gap = tf.where(tf.equal(x, shift), tf.zeros_like(gap), gap)  # +inf - (+inf) -> 0
-    return tf.exp(gap)
+    return tf.exp(tf.minimum(gap, cap))
 
 
 @_xla.per_axis(xla=False)
@@ -544,7 +545,15 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         size = 1.0 + magnitude
         size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)
         zero = tf.zeros_like(x)
-        p = _weighted_exponent(x, zero, zero, mx, mw, ek) / size
+        # exp(x - y) itself overflows for an entry far above the top score (a
+        # zero or tiny weight: x = [-1000, -2], w = [1, 0]): its exponent is
+        # capped and the overflow kept aside (over), so that no op makes an
+        # infinity from finite inputs (enable_check_numerics stops there)
+        # and w * p makes no 0 * inf.
+        cap = _dtypes.log_max(x.dtype) - 2.0 ** -8
+        e, exponent = _weighted_exponent(x, zero, zero, mx, mw, ek, cap=cap)
+        over = exponent > cap
+        p = e / size
         # w * exp(x - y): the product where both factors are normal (it keeps
         # w = tiny at exp(x - y) = 1, whose folded exponent log(tiny) can
         # round below the range), else with the weight inside the exponent:
@@ -554,17 +563,25 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         tiny = _dtypes.tiny(x.dtype)
         wp = w * p
         huge = _dtypes.max_value(x.dtype)
-        normal = (p >= tiny) & (p <= huge) & (tf.abs(wp) >= tiny) & (tf.abs(wp) <= huge)
+        normal = (p >= tiny) & ~over & (tf.abs(wp) >= tiny) & (tf.abs(wp) <= huge)
         wp = tf.where(normal, wp, folded)
         finite = tf.math.is_finite(y)
-        fallback = _softmax_weights(x, y)
+        fallback = _softmax_weights(x, y, cap)
         p = tf.where(finite, p, fallback)
         wp = tf.where(finite, wp, w * fallback)
         dx = tf.where(live, dy * wp, tf.zeros_like(p))
-        # A zero weight's own gradient exp(x - y) is exact but may exceed the
-        # dtype ([0, 100] with weights [1, 0]): saturate it (contract C1).
-        dw = _dtypes.saturate(dy * p, dtype)
-        return dx, dw
+        # A zero weight's own gradient dy exp(x - y) is exact but may exceed
+        # the dtype ([0, 100] with weights [1, 0]): saturated (contract C1).
+        # Where exp(x - y) or the product would overflow, its magnitude is
+        # exp(exponent - log S + log|dy|), clipped at the largest finite
+        # number: no infinity on the way, and 0 for dy = 0 (0 * inf was NaN).
+        ady = tf.abs(dy)
+        risky = finite & (over | (p > huge / tf.maximum(ady, 1.0)))
+        log_dw = exponent - tf.math.log(size) + tf.math.log(tf.maximum(ady, tiny))
+        clipped = tf.where(log_dw > cap, tf.fill(tf.shape(log_dw), tf.constant(huge, x.dtype)),
+                           tf.exp(tf.minimum(log_dw, cap)))
+        dw = tf.where(risky, tf.sign(dy) * clipped, dy * tf.where(risky, tf.zeros_like(p), p))
+        return dx, _dtypes.saturate(dw, dtype)
 
     return custom_op_with_residuals(forward, backward, dtype)
 
@@ -587,7 +604,7 @@ def _log_abs(w, live):
     return log_a, tf.stop_gradient(err)
 
 
-def _weighted_exponent(x, log_w, err_w, mx, mw, ek):
+def _weighted_exponent(x, log_w, err_w, mx, mw, ek, cap=None):
     """``|w / w_k| exp(x - x_k)`` as ``exp(z) (1 + c)``, ``z + c`` the exact exponent to first order.
 
     ``z = (x - x_k) + (log|w| - log|w_k|)`` rounds three times; TwoSum
@@ -595,15 +612,17 @@ def _weighted_exponent(x, log_w, err_w, mx, mw, ek):
     logs' own errors (:func:`_log_abs`) are added to them: ``c`` is below
     a few ulps of ``z`` and ``exp(z) c`` its first-order effect (``c**2 / 2``
     is below ``1e-10`` relative). Non-finite parts give ``c = 0``, and an
-    overflowed ``exp(z)`` is kept as ``inf``.
+    overflowed ``exp(z)`` is kept as ``inf``; with ``cap``, ``exp(z)`` is
+    taken at ``min(z, cap)`` and ``(value, z)`` returned.
     """
     a, ea = exact_shift(x, mx)
     b, eb = exact_shift(log_w, mw)
     z, ez = exact_shift(a, -b)
     c = (ea + eb) + (ez + (err_w - ek))
-    e = tf.exp(z)
+    e = tf.exp(z if cap is None else tf.minimum(z, cap))
     # No correction where e overflowed (inf * -c + inf = NaN) or c is not finite.
-    return e + tf.where(tf.math.is_finite(e) & tf.math.is_finite(c), e * c, tf.zeros_like(e))
+    value = e + tf.where(tf.math.is_finite(e) & tf.math.is_finite(c), e * c, tf.zeros_like(e))
+    return value if cap is None else (value, z)
 
 
 def _sign_of_sum(y):
