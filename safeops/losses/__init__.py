@@ -13,15 +13,17 @@ with it (``tversky_loss``/``TverskyLoss``, ``info_nce``/``InfoNCE``).
 Which path a loss takes with ``from_logits=False``
 ---------------------------------------------------
 1. Logits recovered (exact loss, value and gradient, for any logit): the
-   probabilities carry a :func:`with_logits` record; or they are the
-   output of a Keras sigmoid/softmax activation (Keras' ``_keras_logits``,
+   probabilities carry a record (they are the output of
+   ``safeops.math.sigmoid``/``softmax``, or were given one with
+   :func:`with_logits`); or they are the output of a Keras sigmoid/softmax
+   activation (Keras' ``_keras_logits``,
    checked bit for bit in eager mode); or, in a traced graph
    (``tf.function``, ``jit_compile``, ``model.fit``), their producing op is
    ``Sigmoid``/``Softmax`` (last axis), seen through ``Identity`` and
    ``Cast``. The Loss classes keep the record through their own float16 ->
    float32 cast, so mixed precision does not lose it.
-2. Otherwise (raw ``tf.sigmoid``/``tf.nn.softmax`` or ``safeops.math``
-   outputs in eager mode, which includes a ``tf.function`` run under
+2. Otherwise (raw ``tf.sigmoid``/``tf.nn.softmax`` outputs in eager
+   mode, which includes a ``tf.function`` run under
    ``tf.config.run_functions_eagerly(True)``; a tensor the caller cast or
    reshaped; the outputs of a reloaded SavedModel): the clamped
    logarithms of ``safeops.math``, whose value at a probability of 0 is
