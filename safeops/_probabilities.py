@@ -85,9 +85,10 @@ def with_logits(probabilities, logits, activation, axis=-1):
     attribute and the producing op) when called with ``from_logits=False``,
     in eager mode, inside ``tf.function`` and under XLA alike. Use it where
     the probabilities are made by code the losses cannot see through: a raw
-    ``tf.nn.softmax`` in an eager loop, a custom layer. The record is a Python attribute of the tensor object: it does
-    not survive serialisation, ``tf.identity`` or arithmetic, and is not
-    checked (it is trusted as given).
+    ``tf.nn.softmax`` in an eager loop, a custom layer. The record is a
+    Python attribute of the tensor object: it does not survive
+    serialisation, ``tf.identity`` or arithmetic, and is not checked (it is
+    trusted as given).
 
     Args:
       probabilities: The tensor the loss will receive (returned as given).
