@@ -55,7 +55,7 @@ def log(x, name=None):
     the clamp can only give ``log(tiny)``, and the softmax's Jacobian, a
     multiple of the probability, is 0 there: ``log(softmax([0, 200]))[0]``
     was -87.34 with gradient ``[0, 0]``; from the logits it is -200 with
-    gradient ``[-1, 1]``. The gradient then reaches the logits, not a tape
+    gradient ``[1, -1]``. The gradient then reaches the logits, not a tape
     watching the probabilities themselves (for which it is ``None``).
 
     Edges:

@@ -545,11 +545,11 @@ def _weighted_logsumexp(axis, dtype, return_sign):
         size = 1.0 + magnitude
         size = tf.where(tf.equal(size, 0.0), tf.ones_like(size), size)
         zero = tf.zeros_like(x)
-        # exp(x - y) itself overflows for an entry far above the top score (a
-        # zero or tiny weight: x = [-1000, -2], w = [1, 0]): its exponent is
-        # capped and the overflow kept aside (over), so that no op makes an
-        # infinity from finite inputs (enable_check_numerics stops there)
-        # and w * p makes no 0 * inf.
+        # exp(x - y) itself overflows for a zero weight's entry far above the
+        # top (x = [-1000, -2], w = [1, 0]; a normal weight there would make
+        # it the top): its exponent is capped and the overflow kept aside
+        # (over), so that no op makes an infinity from finite inputs
+        # (enable_check_numerics stops there) and w * p makes no 0 * inf.
         cap = _dtypes.log_max(x.dtype) - 2.0 ** -8
         e, exponent = _weighted_exponent(x, zero, zero, mx, mw, ek, cap=cap)
         over = exponent > cap
