@@ -533,14 +533,15 @@ def test_weighted_live_entry_at_the_lowest_value_next_to_a_zero_weight(dtype, mo
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
 def test_weight_gradient_of_an_entry_far_above_the_top(dtype, mode):
-    """d/dw = dy exp(x - y) where exp(x - y) overflows (a zero weight's entry 200 above the live
-    one; a normal weight there would make it the top): it was formed as dy * inf, NaN for dy = 0
-    (a row the loss does not use) and the largest value for any dy, however small. Now dy
-    exp(x - y) where that fits, else the largest value."""
+    """d/dw = dy exp(x - y) where exp(x - y) overflows (a zero weight's entry far above the live one;
+    a normal weight there would make it the top): it was formed as dy * inf, NaN for dy = 0 (a row
+    the loss does not use) and the largest value for any dy, however small. Now dy exp(x - y) where
+    that fits, else the largest value."""
     big = np.finfo(dtype.as_numpy_dtype).max
-    x = tf.constant([[0.0, 200.0]] * 3 + [[0.0, 1e4]], dtype)
+    far, small = (200.0, 1e-30) if dtype == tf.float32 else (800.0, 1e-300)   # exp(far) overflows
+    x = tf.constant([[0.0, far]] * 3 + [[0.0, 1e4]], dtype)
     w = tf.constant([[1.0, 0.0]] * 4, dtype)
-    dy = tf.constant([0.0, 1e-80 if dtype == tf.float64 else 1e-30, 1.0, 1.0], dtype)
+    dy = tf.constant([0.0, small, 1.0, 1.0], dtype)
 
     def weight_gradient(t, v):
         with tf.GradientTape() as tape:
@@ -550,11 +551,11 @@ def test_weight_gradient_of_an_entry_far_above_the_top(dtype, mode):
 
     dw = run(mode, weight_gradient)(x, w).numpy()
     assert dw[0, 1] == 0.0
-    if dtype == tf.float64:   # exp(200) fits, exp(1e4) does not
-        np.testing.assert_allclose(dw[1:3, 1], [1e-80 * np.exp(200.0), np.exp(200.0)], rtol=1e-12)
-    else:   # exp(200) is beyond float32, even times 1e-30: the largest value
-        np.testing.assert_array_equal(dw[1:3, 1], [big, big])
-    assert dw[3, 1] == big
+    if dtype == tf.float64:   # 1e-300 exp(800) = exp(109.2) fits
+        np.testing.assert_allclose(dw[1, 1], np.exp(far + np.log(small)), rtol=1e-12)
+    else:   # 1e-30 exp(200) is beyond float32
+        assert dw[1, 1] == big
+    np.testing.assert_array_equal(dw[2:, 1], [big, big])
     np.testing.assert_allclose(dw[:, 0], dy.numpy(), rtol=1e-6)
 
 
