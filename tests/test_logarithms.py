@@ -16,10 +16,10 @@ from __future__ import annotations
 import functools
 import math
 
+import keras
 import mpmath
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 import safeops.math as tfm
@@ -227,7 +227,7 @@ BINARY_POINTS = {
 # only in a traced function (TensorFlow's Softmax/Sigmoid op; in eager mode a value has no op).
 ACTIVATIONS = {
     "safeops_softmax": (tfm.softmax, "softmax", True),
-    "safeops_nn_softmax_axis0": (lambda z: tfm.softmax(tf.transpose(z), axis=0), "softmax_t", True),
+    "safeops_softmax_axis0": (lambda z: tfm.softmax(tf.transpose(z), axis=0), "softmax_t", True),
     "keras_softmax": (keras.activations.softmax, "softmax", True),
     "tf_softmax": (tf.nn.softmax, "softmax", False),
     "tf_softmax_as_float16": (lambda z: tf.cast(tf.nn.softmax(tf.cast(z, tf.float16)), tf.float32),
