@@ -143,14 +143,9 @@ def record(probabilities, logits, activation: str, axis: int):
     return probabilities
 
 
-def find(probabilities):
-    """The :class:`Logits` behind ``probabilities`` by the rules of the module docstring, or ``None``."""
-    return _find_record(probabilities)
-
-
 def recover_logits(y_pred, activation: str, axis: int):
     """The logits behind ``y_pred`` if ``activation`` along ``axis`` made it, else ``None``."""
-    record = _find_record(y_pred)
+    record = find(y_pred)
     if record is None or record.activation != activation:
         return None
     if activation == "softmax" and not _same_axis(record.axis, axis, y_pred.shape.rank):
@@ -168,7 +163,7 @@ def carry(source, target):
     """
     if target is source or not isinstance(target, tf.Tensor):
         return target
-    record = _find_record(source)
+    record = find(source)
     if record is not None:
         same_shape = source.shape == target.shape and source.shape.is_fully_defined()
         if same_shape:
@@ -242,8 +237,8 @@ def _saturating_widen(narrow: tf.DType, wide: tf.DType):
     )
 
 
-def _find_record(y_pred):
-    """Rule 1, then rule 2 (eager) or rule 3 (graph) of the module docstring."""
+def find(y_pred):
+    """The :class:`Logits` behind ``y_pred`` or ``None``: rule 1, then rule 2 (eager) or 3 (graph) above."""
     if not isinstance(y_pred, tf.Tensor):
         return None
     record = getattr(y_pred, _RECORD, None)
