@@ -29,6 +29,13 @@ and takes the first it finds:
    (the fused softmax always works on the last axis), looking through
    ``Identity`` and float ``Cast`` ops on the way, so a float16 sigmoid
    output cast to float32 still yields its logits (Keras loses them).
+   ``1 - p`` for such a sigmoid output ``p`` (a ``Sub`` op from a constant
+   of ones) is ``sigmoid(-z)``, exactly: the hand-written binary
+   cross-entropy's ``log(1 - p)`` is ``log_sigmoid(-z)``, where ``p``
+   rounded to 1 (``z`` above 17 in float32) left ``log(0)``.
+
+:func:`find_one_plus` finds the logits behind ``1 + u`` for ``u = -p`` (a
+``Neg`` op), for ``log1p(-p)`` and ``xlog1py(y, -p)``.
 
 Otherwise the loss uses the probabilities with the clamped logarithms of
 :mod:`safeops.math` (finite value, live gradient, contract C4). That is what
@@ -36,8 +43,9 @@ happens, and can only happen, in eager mode to probabilities that carry no
 record: the output of a raw ``tf.sigmoid``/``tf.nn.softmax`` call, a tensor
 cast or reshaped by the caller, or the outputs of a reloaded SavedModel.
 Inside a traced function, rule 3 also covers raw
-``tf.sigmoid``/``tf.nn.softmax``. ``safeops.math.log`` takes the logits by
-the same rules (``log`` of a softmax output is its ``log_softmax``).
+``tf.sigmoid``/``tf.nn.softmax``. ``safeops.math.log`` and ``xlogy`` take
+the logits by the same rules (``log`` of a softmax output is its
+``log_softmax``).
 
 When the logits are used, the loss is a function of the logits, not of the
 probabilities tensor: its gradient reaches the logits (and the layer's
@@ -57,6 +65,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _validate
@@ -251,6 +260,33 @@ def find(y_pred):
     return _producing_op(y_pred)
 
 
+def find_one_plus(u):
+    """The :class:`Logits` behind ``1 + u``, for ``u = -p`` (a ``Neg`` op) and ``p`` a sigmoid output.
+
+    ``1 - sigmoid(z) = sigmoid(-z)``: ``log1p(-p)`` is ``log_sigmoid(-z)``.
+    ``None`` in eager mode (a value has no op) and for anything else.
+    """
+    if not isinstance(u, tf.Tensor) or isinstance(u, tf.__internal__.EagerTensor) or u.op.type != "Neg":
+        return None
+    return _complement(find(u.op.inputs[0]))
+
+
+def _complement(found):
+    """``Logits`` of ``1 - p`` for a sigmoid record of ``p`` (``sigmoid(-z)``), else ``None``."""
+    if found is None or found.activation != "sigmoid":
+        return None
+    return Logits("sigmoid", -1, -found.logits)
+
+
+def _is_ones_for(ones, p) -> bool:
+    """Whether ``ones`` is a constant of ones that ``ones - p`` broadcasts to ``p``'s shape."""
+    value = tf.get_static_value(ones)
+    if value is None or not np.all(value == 1):
+        return False
+    return np.size(value) == 1 and np.ndim(value) <= (p.shape.rank or 0) or \
+        (p.shape.is_fully_defined() and tuple(np.shape(value)) == tuple(p.shape))
+
+
 def _checked_keras_logits(y_pred):
     """Keras' ``_keras_logits``, if ``tf.nn.sigmoid``/``softmax`` of it is ``y_pred`` exactly."""
     logits = getattr(y_pred, _KERAS_LOGITS, None)
@@ -267,7 +303,7 @@ def _checked_keras_logits(y_pred):
 
 
 def _producing_op(y_pred):
-    """Walks back through Identity and float Cast ops to a Sigmoid or Softmax op."""
+    """Walks back through Identity and float Cast ops to a Sigmoid or Softmax op (or ``1 - sigmoid``)."""
     t = y_pred
     for _ in range(8):
         op = getattr(t, "op", None)
@@ -277,6 +313,8 @@ def _producing_op(y_pred):
             return Logits("sigmoid", -1, op.inputs[0])
         if op.type == "Softmax":
             return Logits("softmax", -1, op.inputs[0])
+        if op.type == "Sub" and _is_ones_for(op.inputs[0], op.inputs[1]):
+            return _complement(find(op.inputs[1]))
         if op.type not in _PASS_THROUGH or not op.inputs or not op.inputs[0].dtype.is_floating:
             return None
         t = op.inputs[0]

@@ -297,6 +297,93 @@ def test_log_of_an_activation_keeps_the_gradient_off_the_probabilities():
     np.testing.assert_allclose(tape.gradient(value, q).numpy(), [[1 / np.finfo(np.float32).tiny, 1.0]])
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("producer", ["safeops_softmax", "keras_softmax", "tf_softmax", "safeops_sigmoid"])
+def test_log_of_an_activation_with_a_masked_logit_stays_finite(producer, mode):
+    """log(softmax(z)) at a -inf (mask) logit was -inf once taken from the logits: y * log(p) NaN at 0."""
+    activation, kind, everywhere = ACTIVATIONS[producer]
+    z = tf.constant([[0.0, 2.0, -np.inf]])
+    y = tf.constant([[1.0, 0.0, 0.0]] if kind == "softmax" else [[1.0, 1.0, 0.0]])
+
+    def body(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = tfm.log(activation(z))
+            loss = -tf.reduce_sum(y * value) - tf.reduce_sum(tfm.xlogy(y, activation(z)))
+        return value, loss, tape.gradient(loss, z)
+
+    value, loss, grad = (t.numpy().astype(np.float64) for t in _in_mode(body, mode)(z))
+    assert value[0, 2] == pytest.approx(np.log(np.finfo(np.float32).tiny))   # the clamp's value at 0
+    want, want_grad = _log_of_activation_reference(kind, [[0.0, 2.0, -1e4]])
+    if mode != "eager" or everywhere:
+        np.testing.assert_allclose(value[0, :2], want[0, :2], rtol=1e-6)
+    y = y.numpy()
+    np.testing.assert_allclose(loss, -2 * np.sum((y * want)[0, :2]), rtol=1e-6)
+    grad_want = -2 * (y - np.exp(want) * y.sum() if kind == "softmax" else y * np.exp(-np.logaddexp(0, z)))
+    np.testing.assert_allclose(grad, np.where(np.isfinite(z.numpy()), grad_want, 0.0), rtol=1e-6, atol=1e-7)
+
+
+def test_log_of_an_activation_below_the_narrow_range_saturates():
+    """float32 logits 1e5 apart, softmax cast to float16: log p is below float16's range: its lowest."""
+
+    @tf.function
+    def body(z):
+        return tfm.log(tf.cast(tf.nn.softmax(z), tf.float16))
+
+    value = body(tf.constant([[0.0, 1e5]])).numpy()
+    np.testing.assert_array_equal(value, np.array([[np.finfo(np.float16).min, 0.0]], np.float16))
+
+
+# The hand-written binary cross-entropy, four ways; only a sigmoid's complement is recovered.
+_BINARY_FORMS = {
+    "log": lambda y, p: -(y * tfm.log(p) + (1 - y) * tfm.log(1 - p)),
+    "log1p": lambda y, p: -(y * tfm.log(p) + (1 - y) * tfm.log1p(-p)),
+    "xlogy": lambda y, p: -(tfm.xlogy(y, p) + tfm.xlogy(1 - y, 1.0 - p)),
+    "xlog1py": lambda y, p: -(tfm.xlogy(y, p) + tfm.xlog1py(1 - y, -p)),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("form", sorted(_BINARY_FORMS))
+@pytest.mark.parametrize("producer", ["safeops_sigmoid", "keras_sigmoid", "tf_sigmoid"])
+def test_a_hand_written_binary_crossentropy_is_taken_from_the_logits(producer, form, mode):
+    """log(1 - sigmoid(z)) was 87.34 (the clamp) with gradient 0 once sigmoid(z) rounded to 1."""
+    activation = ACTIVATIONS[producer][0]
+    z = tf.constant([-200.0, -30.0, -1.0, 0.0, 2.0, 30.0, 200.0])
+    y = tf.constant([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.75])
+
+    def body(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = _BINARY_FORMS[form](y, activation(z))
+        return loss, tape.gradient(loss, z)
+
+    loss, grad = (t.numpy().astype(np.float64) for t in _in_mode(body, mode)(z))
+    z64, y64 = z.numpy().astype(np.float64), y.numpy().astype(np.float64)
+    want = y64 * np.logaddexp(0.0, -z64) + (1 - y64) * np.logaddexp(0.0, z64)
+    want_grad = np.exp(-np.logaddexp(0.0, -z64)) - y64   # sigmoid(z) - y
+    if mode == "eager":
+        # A value has no op: 1 - p is a plain tensor, and its log the clamp (documented).
+        floor = _dtypes.tiny(tf.float32) if form in ("log", "xlogy") else 1 - _dtypes.below_one(tf.float32)
+        assert loss[5] == pytest.approx(-np.log(floor), rel=1e-6)
+        return
+    np.testing.assert_allclose(loss, want, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-30)
+
+
+def test_xlogy_of_an_activation_has_the_log_as_its_x_gradient():
+    """xlogy(x, softmax(z)): d/dx is log p everywhere (x == 0 included), d/dz reaches the logits."""
+    z = tf.constant([[0.0, 200.0, -np.inf]])
+    x = tf.constant([[1.0, 0.0, 0.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, z])
+        value = tfm.xlogy(x, tfm.softmax(z))
+    np.testing.assert_allclose(value.numpy(), [[-200.0, 0.0, 0.0]])
+    log_tiny = np.log(np.finfo(np.float32).tiny)
+    np.testing.assert_allclose(tape.gradient(value, x).numpy(), [[-200.0, 0.0, log_tiny]], rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(value, z).numpy(), [[1.0, -1.0, 0.0]])
+
+
 # ----------------------------------------------------------------------------
 # log1p
 

@@ -57,6 +57,11 @@ def log(x, name=None):
     was -87.34 with gradient ``[0, 0]``; from the logits it is -200 with
     gradient ``[1, -1]``. The gradient then reaches the logits, not a tape
     watching the probabilities themselves (for which it is ``None``).
+    Inside a traced function ``log(1 - p)`` of a sigmoid output ``p`` is
+    ``log_sigmoid(-z)`` (``1 - sigmoid(z) = sigmoid(-z)``): where ``p``
+    rounded to 1 (``z`` above 17 in float32) the clamp gave 87.34 with
+    gradient 0. A ``-inf`` logit (a mask) gives ``log(tiny)``, the clamp's
+    value at 0, with gradient 0, so that ``y * log(p)`` is 0 at label 0.
 
     Edges:
       * ``x`` in ``[0, tiny)``, subnormals and ``x < 0``: value ``log(tiny)``
@@ -102,6 +107,13 @@ def _log_of_activation(found, dtype):
 
     Computed in the wider of ``dtype`` and the logits' dtype (a float16
     softmax cast to float32 is scored in float32), then cast to ``dtype``.
+
+    A ``-inf`` logit (a mask) has probability exactly 0 and log ``-inf``;
+    ``y * log(p)`` would then be ``0 * -inf = NaN`` at label 0. Such an
+    entry gets the clamp's value ``log(tiny)``, as :func:`log` gives at 0,
+    and a value below ``dtype``'s range (float32 logits 70000 apart, cast to
+    float16) its lowest finite number; their gradient is 0 (a ``-inf``
+    logit's is 0 in any case: the softmax's Jacobian is a multiple of ``p``).
     """
     # Imported here: both modules import this one.
     from safeops.math._logsumexp import log_softmax
@@ -114,7 +126,22 @@ def _log_of_activation(found, dtype):
         value = log_softmax(logits, axis=found.axis)
     else:
         value = log_sigmoid(logits)
-    return tf.cast(value, dtype)
+    lowest = -_dtypes.max_value(dtype)
+    fill = tf.where(_dtypes.is_minus_inf(value), tf.constant(math.log(_dtypes.tiny(dtype)), value.dtype),
+                    tf.constant(lowest, value.dtype))
+    return tf.cast(tf.where(value < lowest, fill, value), dtype)
+
+
+def _x_times_log_of_activation(x, found):
+    """``x * log(activation(logits))`` in ``x``'s dtype, for ``xlogy`` and ``xlog1py``.
+
+    The log (:func:`_log_of_activation`) is finite for finite logits and for
+    ``-inf`` ones, so the product is 0 at ``x == 0`` without a select; its
+    gradients are those of the product: ``log(p)`` for ``x``, everywhere, as
+    the clamped op's.
+    """
+    log_p = _dtypes.to_compute(_log_of_activation(found, x.dtype))
+    return _dtypes.from_compute(_dtypes.to_compute(x) * log_p, x.dtype)
 
 
 def log1p(x, name=None):
@@ -147,6 +174,10 @@ def log1p(x, name=None):
         TensorFlow arithmetic keeps. float16 subnormals become normal float32
         numbers when widened and come back unchanged.
       * ``+inf``: value ``+inf``, gradient 0. ``NaN``: NaN value and gradient.
+      * ``x = -p`` for a sigmoid output ``p`` inside a traced function (a
+        ``Neg`` op; the producers :func:`log` recognises): ``log_sigmoid(-z)``
+        of the logits ``z``, exact where ``p`` rounded to 1, as for
+        ``log(1 - p)``.
       * Second derivative ``-1/(1 + x)**2``, saturated at the dtype's largest
         finite value where it overflows; 0 at clamped points.
 
@@ -171,6 +202,9 @@ def log1p(x, name=None):
     op = "safeops.math.log1p"
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
+        found = _probabilities.find_one_plus(x)
+        if found is not None and found.logits.shape == x.shape:
+            return scope.output(_log_of_activation(found, x.dtype))
         floor = -_dtypes.below_one(x.dtype)
         y = _clamped_log1p(floor, x.dtype)(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
@@ -271,6 +305,12 @@ def xlogy(x, y, name=None):
         NaN). ``NaN`` in ``x``: NaN value and ``y``-gradient; the
         ``x``-gradient is ``log(y)`` (at the clamp for ``y <= 0``), which
         does not depend on ``x``, as in TensorFlow.
+      * ``y`` a softmax or sigmoid output (or ``1 - p`` of a sigmoid's),
+        found as :func:`log` finds it: ``x * log_softmax(z)`` (or
+        ``log_sigmoid``) of the logits, exact where ``y`` underflowed to 0,
+        with gradient ``log(p)`` with respect to ``x`` and none with respect
+        to ``y`` itself (it reaches the logits); a ``-inf`` logit's log is
+        ``log(tiny)``, so ``x == 0`` there still gives 0.
       * Second derivatives saturate at the dtype's largest finite value.
 
     Args:
@@ -298,6 +338,9 @@ def xlogy(x, y, name=None):
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
+        found = _probabilities.find(y)
+        if found is not None and found.logits.shape == y.shape:
+            return scope.output(_x_times_log_of_activation(x, found))
         z = _x_times_clamped_log(tf.math.xlogy, tf.math.log, 0.0, _dtypes.tiny(dtype), dtype)(
             _dtypes.to_compute(x), _dtypes.to_compute(y))
         return scope.output(_dtypes.from_compute(z, dtype))
@@ -332,6 +375,8 @@ def xlog1py(x, y, name=None):
         (TensorFlow returns 0 there). ``NaN`` in ``x``: NaN value and
         ``y``-gradient; the ``x``-gradient is ``log1p(y)``, which does not
         depend on ``x``, as in TensorFlow.
+      * ``y = -p`` for a sigmoid output ``p`` inside a traced function (as
+        in :func:`log1p`): ``x * log_sigmoid(-z)`` of the logits.
       * Second derivatives saturate at the dtype's largest finite value.
 
     Args:
@@ -359,6 +404,9 @@ def xlog1py(x, y, name=None):
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
+        found = _probabilities.find_one_plus(y)
+        if found is not None and found.logits.shape == y.shape:
+            return scope.output(_x_times_log_of_activation(x, found))
         z = _x_times_clamped_log(_xlog1py, _log1p, 1.0, -_dtypes.below_one(dtype), dtype)(
             _dtypes.to_compute(x), _dtypes.to_compute(y))
         return scope.output(_dtypes.from_compute(z, dtype))
