@@ -310,3 +310,56 @@ def sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         return g
     axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(like), s1=tf.shape(g))
     return tf.reshape(tf.reduce_sum(g, axes), tf.shape(like))
+
+
+# ----------------------------------------------------------------------------
+# Saturation at unit scale, overflow at loss scale
+#
+# A float16 input of a loss computed in float32 gets its gradient back
+# through a widening cast that saturates at 65504
+# (safeops._probabilities.saturating_cast): a boundary gradient formed in
+# float32 (l2_normalize's at a zero embedding, 5e6 in info_nce) would be inf
+# in float16 (C1). But mixed_float16 training multiplies the loss by a loss
+# scale (Keras' LossScaleOptimizer starts at 2**15), and an overflow is how
+# the scale learns it is too large: the optimizer skips the step and halves
+# it. Saturated, the overflow never showed, the scale stayed, and every step
+# applied a clipped gradient (a loss error of 100 moved a weight 100 times
+# too little, forever; Keras' own loss skipped 7 steps, then took exact ones).
+#
+# So the cast saturates only for a loss at unit scale: ``loss_scaled_cast``
+# marks where the loss starts, ``report_scale`` where it ends. The end's
+# backward passes its upstream gradient on unchanged and sends the largest
+# finite magnitude in it, ``s``, to the start through a handle (a scalar 0
+# the start returns and the end takes). The start saturates where ``s <= 1``
+# (C1 holds for the loss's own gradient, the reduced loss's ``dy = 1`` or
+# less) and is a plain cast otherwise, so a scaled gradient overflows as
+# TensorFlow's own cast makes it, and as the loss-scale optimizer expects.
+
+
+def loss_scaled_cast(x: tf.Tensor, wide: tf.DType):
+    """``(tf.cast(x, wide), handle)``; the gradient saturates at ``x``'s range if the scale is at most 1."""
+    narrow = x.dtype
+
+    @tf.custom_gradient
+    def start(x):
+        def backward(dy, s):
+            saturated = tf.where(s <= 1.0, _dtypes.saturate(dy, narrow), dy)
+            return tf.cast(saturated, narrow)
+
+        return (tf.cast(x, wide), tf.zeros([], tf.float32)), backward
+
+    return start(x)
+
+
+def report_scale(loss: tf.Tensor, handle: tf.Tensor) -> tf.Tensor:
+    """``loss`` unchanged; its backward sends the largest finite ``|dy|`` to :func:`loss_scaled_cast`."""
+
+    @tf.custom_gradient
+    def end(loss, handle):
+        def backward(dy):
+            magnitude = tf.where(tf.math.is_finite(dy), tf.abs(dy), tf.zeros_like(dy))
+            return dy, tf.cast(tf.reduce_max(magnitude), tf.float32)
+
+        return tf.identity(loss), backward
+
+    return end(loss, handle)

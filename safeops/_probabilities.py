@@ -57,7 +57,9 @@ apply (:func:`carry`), so a ``mixed_float16`` model whose last layer is a
 sigmoid gets the same loss as a float32 one. The Loss classes' widening cast
 also saturates the gradient it hands back to a half-precision ``y_pred`` at
 that dtype's largest value, so a large float32 gradient never becomes
-``inf`` in float16.
+``inf`` in float16, for the loss at unit scale: under a loss-scale
+optimizer's scale a float16 ``y_pred``'s gradient overflows as it must for
+the optimizer to lower the scale (:mod:`safeops.losses._authoring`).
 """
 
 from __future__ import annotations
@@ -162,19 +164,20 @@ def recover_logits(y_pred, activation: str, axis: int):
     return record.logits
 
 
-def carry(source, target):
+def carry(source, target, identical=False):
     """Moves what is known about ``source`` (logits, Keras mask) onto ``target``.
 
     ``target`` is ``source`` cast to another float dtype or reshaped (the
-    rank alignment of the Loss classes). A sigmoid record follows a reshape
-    (the logits are reshaped alike); a softmax record only a shape-keeping
-    cast. Returns ``target``.
+    rank alignment of the Loss classes), or (``identical``) an identity of
+    it. A sigmoid record follows a reshape (the logits are reshaped alike);
+    a softmax record only a shape-keeping cast or an identity. Returns
+    ``target``.
     """
     if target is source or not isinstance(target, tf.Tensor):
         return target
     record = find(source)
     if record is not None:
-        same_shape = source.shape == target.shape and source.shape.is_fully_defined()
+        same_shape = identical or source.shape == target.shape and source.shape.is_fully_defined()
         if same_shape:
             setattr(target, _RECORD, record)
         elif record.activation == "sigmoid":

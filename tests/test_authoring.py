@@ -286,6 +286,35 @@ def test_info_nce_matches_naive_and_stays_finite_where_naive_overflows():
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() == np.finfo(np.float16).max
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_a_float16_gradient_saturates_at_unit_scale_and_overflows_under_a_loss_scale(mode):
+    """Saturated under a loss scale too, a loss-scale optimizer never saw the overflow that lowers it."""
+    zero_row = np.concatenate([np.zeros((1, 8)), np.random.default_rng(2).normal(size=(4, 8))])
+    x = tf.constant(zero_row, tf.float16)
+    z = tf.constant([[-3.0, 0.5]], tf.float16)
+
+    def body(x, z, scale):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, z])
+            nce = losses.InfoNCE(temperature=0.1)(tf.zeros([5]), x) * scale
+            # Logits recovered through the cast: their path does not pass the saturation at all.
+            bce = losses.BinaryCrossentropy()(tf.ones([1, 2]), tf.sigmoid(z)) * scale
+        return tape.gradient(nce, x), tape.gradient(bce, z)
+
+    run = body if mode == "eager" else tf.function(body)
+    unit, unit_z = (g.numpy().astype(np.float64) for g in run(x, z, 1.0))
+    scaled, scaled_z = (g.numpy().astype(np.float64) for g in run(x, z, 1024.0))
+    # The zero embedding's boundary gradient (5e6 in float32) saturates at unit scale (C1)...
+    assert np.all(np.isfinite(unit)) and np.abs(unit).max() == np.finfo(np.float16).max
+    # ...and overflows under a scale, where it is the scale's doing; the other entries are scaled.
+    assert np.isinf(scaled).any()
+    finite = np.isfinite(scaled) & (np.abs(unit) < np.finfo(np.float16).max / 1024)
+    np.testing.assert_allclose(scaled[finite], 1024 * unit[finite], rtol=2e-3, atol=1e-3)
+    # d/dz of the mean BCE at label 1: (sigmoid(z) - 1) / 2, exact through the logits at any scale.
+    np.testing.assert_allclose(scaled_z, 1024 * unit_z, rtol=1e-3)
+    np.testing.assert_allclose(unit_z, (1 / (1 + np.exp(-z.numpy().astype(np.float64))) - 1) / 2, rtol=2e-3)
+
+
 def test_info_nce_class_config_round_trip():
     loss = losses.InfoNCE(temperature=0.2, reduction="sum")
     again = losses.InfoNCE.from_config(loss.get_config())

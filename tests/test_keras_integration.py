@@ -250,6 +250,50 @@ def test_mixed_precision_policies(policy):
     assert keras.config.dtype_policy().name == previous.name
 
 
+@pytest.mark.parametrize("make", [lambda: losses.loss_class(_squared_error)(), losses.BinaryCrossentropy],
+                         ids=["loss_class", "BinaryCrossentropy"])
+def test_mixed_float16_loss_scaling_sees_the_overflow(make):
+    """A float16 y_pred's saturated gradient hid the loss scale's overflow: every step clipped, scale kept."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        x = np.ones((1, 1), np.float32)
+        # A float16 output far from its target; a tanh-made sigmoid hides its logits from the BCE.
+        if make is losses.BinaryCrossentropy:
+            y, lr, exact = np.ones((1, 1), np.float32), 0.01, None
+            activation = lambda t: 0.5 + 0.5 * tf.tanh(t / 2)  # noqa: E731
+        else:
+            y, activation, lr, exact = np.full((1, 1), 100.0, np.float32), None, 1e-4, 1e-4 * 2 * 100
+        dense = keras.layers.Dense(1, activation=activation, bias_initializer="zeros",
+                                   kernel_initializer=keras.initializers.Constant(-4.0))
+        model = keras.Sequential([keras.Input((1,)), dense])
+        if activation is None:
+            dense.kernel.assign([[0.0]])
+        model.compile(optimizer=keras.optimizers.SGD(lr), loss=make())
+        assert model.layers[-1].compute_dtype == "float16"
+        kernels = [float(dense.kernel.numpy()[0, 0])]
+        for _ in range(10):
+            model.fit(x, y, epochs=1, verbose=0)
+            kernels.append(float(dense.kernel.numpy()[0, 0]))
+        steps = np.diff(kernels)
+        # Keras' loss-scale optimizer skipped the steps that overflowed and lowered its scale...
+        assert float(model.optimizer.dynamic_scale) < 2.0 ** 15
+        # ...and then took the exact steps (before: a step 100 times too small, every time).
+        if exact is None:   # -d/dw -log(sigmoid(w)) at w = -4: sigmoid(4); -1/p = -55 overflowed the scale
+            exact = lr / (1 + np.exp(-4.0))
+        taken = steps[steps != 0]
+        assert len(taken) >= 2 and np.allclose(taken[:2], exact, rtol=2e-2)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _squared_error(y_true, y_pred):
+    return tf.reduce_mean(tf.square(y_true - y_pred), axis=-1)
+
+
+keras.saving.register_keras_serializable("safeops_tests")(_squared_error)
+
+
 def test_jit_compile_in_compile():
     for case in ("CategoricalCrossentropy", "BinaryFocalCrossentropy", "GaussianNLL", "TverskyLoss"):
         make, activation, units, y = CASES[case]

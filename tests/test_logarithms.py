@@ -366,6 +366,8 @@ def test_a_hand_written_binary_crossentropy_is_taken_from_the_logits(producer, f
         # A value has no op: 1 - p is a plain tensor, and its log the clamp (documented).
         floor = _dtypes.tiny(tf.float32) if form in ("log", "xlogy") else 1 - _dtypes.below_one(tf.float32)
         assert loss[5] == pytest.approx(-np.log(floor), rel=1e-6)
+        if producer == "safeops_sigmoid":   # the boundary gradient 1/floor times sigmoid'(30) (README)
+            assert grad[5] == pytest.approx(np.exp(-30.0) / floor, rel=1e-5)
         return
     np.testing.assert_allclose(loss, want, rtol=1e-6, atol=1e-30)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-30)

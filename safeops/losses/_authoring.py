@@ -19,7 +19,13 @@ one code path decides, for all of them:
   sees it; the logits record of
   :mod:`safeops._probabilities` and the Keras mask travel with it,
   and the gradient handed back to it saturates at the half dtype's largest
-  value instead of overflowing to ``inf``;
+  value instead of overflowing to ``inf`` while the loss is at unit scale
+  (its upstream gradient at most 1). A float16 ``y_pred``'s gradient under
+  a larger scale (a loss-scale optimizer's, which ``mixed_float16`` in
+  ``compile`` adds) overflows as Keras' own loss's does, so that the
+  optimizer sees it, skips the step and lowers its scale
+  (:func:`safeops._gradient.loss_scaled_cast`); saturated, it took a
+  clipped step every time;
 * **tf.distribute**: Keras' reduction divides the mean reductions by the
   number of replicas in sync (``scale_loss_for_distribution``), so the
   per-replica gradients that the strategy sums are those of the global mean
@@ -59,7 +65,7 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import squeeze_or_expand_to_same_rank
 
-from safeops import _dtypes, _probabilities, _validate
+from safeops import _dtypes, _gradient, _probabilities, _validate
 
 _REDUCTION = "sum_over_batch_size"
 
@@ -104,9 +110,18 @@ class LossFunctionWrapper(keras.losses.Loss):
         self._fn_kwargs = kwargs
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        # A float16 y_pred's gradient saturates at 65504 for the loss at unit
+        # scale only; scaled up by a loss-scale optimizer it overflows, as
+        # the optimizer needs it to (safeops._gradient.loss_scaled_cast).
+        handle = None
+        if _loss_scale_aware(y_pred, self.dtype):
+            wide, handle = _gradient.loss_scaled_cast(y_pred, self.dtype)
+            y_pred = _probabilities.carry(y_pred, wide, identical=True)
         y_pred = keras.tree.map_structure(
             lambda t: _probabilities.cast_keeping_logits(t, self.dtype), y_pred)
         loss = super().__call__(y_true, y_pred, sample_weight)
+        if handle is not None:
+            loss = _gradient.report_scale(loss, handle)
         if self._result_dtype == self._dtype:
             return loss
         return keras.tree.map_structure(lambda t: _rounded(t, self._result_dtype), loss)
@@ -262,6 +277,13 @@ def loss_class(fn=None, *, name=None, package="safeops_custom", check_finite=Fal
         "__module__": getattr(fn, "__module__", __name__),
     })
     return keras.saving.register_keras_serializable(package=package, name=class_name)(cls)
+
+
+def _loss_scale_aware(y_pred, dtype) -> bool:
+    """Whether ``y_pred`` is one float16 tensor widened here, whose gradient may be asked for."""
+    if not isinstance(y_pred, tf.Tensor) or y_pred.dtype != tf.float16 or tf.as_dtype(dtype) == tf.float16:
+        return False
+    return not tf.executing_eagerly() or _gradient.watched_eagerly(y_pred)
 
 
 def _name_of(fn) -> str:

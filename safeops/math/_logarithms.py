@@ -60,7 +60,10 @@ def log(x, name=None):
     Inside a traced function ``log(1 - p)`` of a sigmoid output ``p`` is
     ``log_sigmoid(-z)`` (``1 - sigmoid(z) = sigmoid(-z)``): where ``p``
     rounded to 1 (``z`` above 17 in float32) the clamp gave 87.34 with
-    gradient 0. A ``-inf`` logit (a mask) gives ``log(tiny)``, the clamp's
+    gradient 0 (TensorFlow's sigmoid) or ``-1/tiny`` times
+    ``safeops.math.sigmoid``'s exact derivative (``-3.5e30`` at
+    ``z = 17``). In eager mode ``1 - p`` is a value with no op and still
+    takes the clamp: write ``log_sigmoid(-z)``. A ``-inf`` logit (a mask) gives ``log(tiny)``, the clamp's
     value at 0, with gradient 0, so that ``y * log(p)`` is 0 at label 0.
 
     Edges:
