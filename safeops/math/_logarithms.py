@@ -63,8 +63,9 @@ def log(x, name=None):
     gradient 0 (TensorFlow's sigmoid) or ``-1/tiny`` times
     ``safeops.math.sigmoid``'s exact derivative (``-3.5e30`` at
     ``z = 17``). In eager mode ``1 - p`` is a value with no op and still
-    takes the clamp: write ``log_sigmoid(-z)``. A ``-inf`` logit (a mask) gives ``log(tiny)``, the clamp's
-    value at 0, with gradient 0, so that ``y * log(p)`` is 0 at label 0.
+    takes the clamp: write ``log_sigmoid(-z)``. A ``-inf`` logit (a mask)
+    gives ``log(tiny)``, the clamp's value at 0, with gradient 0, so that
+    ``y * log(p)`` is 0 at label 0.
 
     Edges:
       * ``x`` in ``[0, tiny)``, subnormals and ``x < 0``: value ``log(tiny)``
