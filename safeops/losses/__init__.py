@@ -21,8 +21,8 @@ Which path a loss takes with ``from_logits=False``
    (``tf.function``, ``jit_compile``, ``model.fit``), their producing op is
    ``Sigmoid``/``Softmax`` (last axis), seen through ``Identity`` and
    ``Cast``, or the probabilities are ``1 - p`` of such a sigmoid output
-   (``sigmoid(-z)``). The Loss classes keep the record through their own float16 ->
-   float32 cast, so mixed precision does not lose it.
+   (``sigmoid(-z)``). The Loss classes keep the record through their own
+   float16 -> float32 cast, so mixed precision does not lose it.
 2. Otherwise (raw ``tf.sigmoid``/``tf.nn.softmax`` outputs in eager
    mode, which includes a ``tf.function`` run under
    ``tf.config.run_functions_eagerly(True)``; a tensor the caller cast or
