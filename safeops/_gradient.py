@@ -334,6 +334,10 @@ def sum_to_shape(g: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
 # (C1 holds for the loss's own gradient, the reduced loss's ``dy = 1`` or
 # less) and is a plain cast otherwise, so a scaled gradient overflows as
 # TensorFlow's own cast makes it, and as the loss-scale optimizer expects.
+# Edges: NaN passes through both (C2); an infinite or NaN entry of dy is
+# left out of s, so one example's NaN does not change how the others are
+# cast; an unconnected handle (a gradient that does not pass the loss's
+# end) arrives as 0, and the cast saturates, as before this pair existed.
 
 
 def loss_scaled_cast(x: tf.Tensor, wide: tf.DType):
