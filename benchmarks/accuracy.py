@@ -58,9 +58,9 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
          "sqrt")
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan")
-ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize")
+ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std")
 MASKING = ("reduce_logsumexp", "softmax", "log_softmax")
-REDUCING = ("reduce_logsumexp", "norm")
+REDUCING = ("reduce_logsumexp", "norm", "reduce_std")
 ILL_CONDITIONED = ("logaddexp", "reduce_logsumexp")
 
 TF_BUILTINS = {
@@ -69,7 +69,7 @@ TF_BUILTINS = {
     "log_sigmoid": tf.math.log_sigmoid, "softplus": tf.math.softplus,
     "reduce_logsumexp": tf.math.reduce_logsumexp, "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
     "sqrt": tf.math.sqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
-    "divide_no_nan": tf.math.divide_no_nan,
+    "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
 }
 
 EDGES = {
@@ -119,11 +119,16 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
         return values, other
     rows = max(2, len(values) // ROW_LENGTH)
     values = np.resize(values, rows * ROW_LENGTH).astype(np.float64).reshape(rows, ROW_LENGTH)
-    if op in ("softmax", "log_softmax", "reduce_logsumexp", "l2_normalize", "norm"):
+    if op in ("softmax", "log_softmax", "reduce_logsumexp", "l2_normalize", "norm", "reduce_std"):
         # Most rows at a scale logits have; a quarter keep the whole-range values.
         scale = rng.uniform(-60, 60, values.shape)
         keep = rng.random(rows) < 0.25
         values = np.where(keep[:, None], values, scale)
+    if op == "reduce_std":
+        # An eighth of the rows constant, an eighth a large mean against a small spread (raw features).
+        kind = rng.integers(0, 8, rows)
+        values = np.where((kind == 0)[:, None], values[:, :1], values)
+        values = np.where((kind == 1)[:, None], 1e4 + rng.standard_normal(values.shape), values)
     if op in MASKING:
         values[0, :] = -np.inf
         masked = rng.random(values.shape) < 0.15

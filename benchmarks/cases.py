@@ -211,6 +211,10 @@ def _naive_norm(x):
     return tf.sqrt(tf.reduce_sum(x * x, axis=-1))
 
 
+def _naive_std(x):
+    return tf.sqrt(tf.reduce_mean(tf.square(x - tf.reduce_mean(x, axis=-1, keepdims=True)), axis=-1))
+
+
 # --------------------------------------------------------------------- registry
 
 def _math(name, group, inputs, naive, builtin=None, wrt=(0,), second_order=False, **kwargs):
@@ -283,6 +287,8 @@ def _build_registry() -> list:
               "builtin": lambda x: tf.norm(x, ord=1.5, axis=-1)}),
         _math("l2_normalize", "rowwise", _unary(**_LOGIT),
               lambda x: x / _naive_norm(x)[..., None], lambda x: tf.math.l2_normalize(x, axis=-1), axis=-1),
+        _math("reduce_std", "rowwise", _unary(**_LOGIT), _naive_std,
+              lambda x: tf.math.reduce_std(x, axis=-1), axis=-1),
     ]
 
     def nn(name, inputs, naive, builtin, second_order=False, **kwargs):

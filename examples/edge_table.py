@@ -92,6 +92,8 @@ CASES = [
          tf.math.sqrt, tfm.sqrt),
     Case("norm(x)", "x = [0, 0]", [0.0, 0.0],
          tf.norm, tfm.norm),
+    Case("reduce_std(x)", "x = [2, 2, 2]", [2.0, 2.0, 2.0],
+         tf.math.reduce_std, tfm.reduce_std),
     Case("x / y", "x = 1, y = 0", [0.0],
          lambda y: 1.0 / y, lambda y: tfm.divide_no_nan(1.0, y)),
     Case("logit(p)", "p = 1", [1.0],

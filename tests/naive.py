@@ -83,5 +83,9 @@ def l2_normalize(x, axis=None):
     return x / norm(x, axis=axis, keepdims=True)
 
 
+def reduce_std(input_tensor, axis=None, keepdims=False):
+    return tf.math.reduce_std(input_tensor, axis=axis, keepdims=keepdims)
+
+
 def divide_no_nan(x, y):
     return x / y

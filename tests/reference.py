@@ -401,6 +401,17 @@ def _row_norm(row, f, weights, cotangent, epsilon):
     return [n], (grad,), ([abs(g) for g in grad],)
 
 
+def _row_std(row, f, weights, cotangent, epsilon):
+    n = len(row)
+    m = CTX.fsum(row) / n
+    s = CTX.sqrt(CTX.fsum((x - m) ** 2 for x in row) / n)
+    grad = [(x - m) / (n * s) for x in row] if s != 0 else [ZERO] * n
+    # Scale: the terms whose cancellation forms x - m, the entry and the mean's sum of |x_j| / n.
+    spread = CTX.fsum(abs(x) for x in row) / n
+    scale = [(abs(x) + spread) / (n * s) for x in row] if s != 0 else [ZERO] * n
+    return [s], (grad,), (scale,)
+
+
 def l2_floor(dtype, epsilon: float = 1e-12) -> float:
     """The documented floor of ``l2_normalize``'s sum of squares.
 
@@ -429,11 +440,11 @@ def _row_l2_normalize(row, f, weights, cotangent, epsilon):
 
 ROWWISE = {
     "reduce_logsumexp": _row_logsumexp, "softmax": _row_softmax, "log_softmax": _row_log_softmax,
-    "norm": _row_norm, "l2_normalize": _row_l2_normalize,
+    "norm": _row_norm, "l2_normalize": _row_l2_normalize, "reduce_std": _row_std,
 }
 
 #: Row ops whose value has one entry per row (the others keep the row's shape).
-REDUCING = ("reduce_logsumexp", "norm")
+REDUCING = ("reduce_logsumexp", "norm", "reduce_std")
 
 #: Row ops that take ``-inf`` entries as masks (the others need finite rows).
 MASKING = ("reduce_logsumexp", "softmax", "log_softmax")

@@ -56,6 +56,7 @@ EDGES = {
     "log_softmax": (-15.9, -36.0, 88.8, -103.9),
     "norm": (1e-20, 1e20, 1e-160, 1e160),
     "l2_normalize": (1e-6, 1e-7, 1e-20, 1e20, 1e-160, 1e160),
+    "reduce_std": (1e4, 0.1, 1e-20, 1e20, 1e-160, 1e160),
 }
 
 
@@ -160,6 +161,11 @@ def matrices(draw, op: str, dtype, masks: bool = False, max_rows: int = 4, max_c
     for _ in range(rows):
         if masks and draw(st.integers(0, 5)) == 0:
             data.append([-math.inf] * cols)
+        elif op == "reduce_std" and draw(st.integers(0, 2)) == 0:
+            # No or little spread: equal entries, or entries a few representable steps apart.
+            v = float(cast([draw(entry)], dtype)[0])
+            data.append([step(v, k, dtype) for k in draw(st.lists(st.integers(-2, 2), min_size=cols,
+                                                                    max_size=cols))])
         else:
             data.append(draw(st.lists(entry, min_size=cols, max_size=cols)))
     return cast(data, dtype)

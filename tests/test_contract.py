@@ -140,6 +140,7 @@ SPECS = {s.name: s for s in [
     Spec("norm", "reduce", ("tensor",), tf.norm),
     Spec("l2_normalize", "row", ("x",), tf.math.l2_normalize),
     Spec("divide_no_nan", "binary", ("x", "y"), tf.math.divide_no_nan),
+    Spec("reduce_std", "reduce", ("input_tensor",), tf.math.reduce_std),
 ]}
 
 OP_NAMES = list(SPECS)
@@ -521,7 +522,7 @@ def _shape_calls(name):
         return [((m,), {}), ((t3,), {}), ((np.float32(0.5),), {})]
     if spec.kind == "binary":
         return [((m, m), {}), ((col, row), {}), ((m, np.float32(0.5)), {})]
-    if name == "reduce_logsumexp":
+    if name in ("reduce_logsumexp", "reduce_std"):
         return [((t3,), {}), ((t3,), {"axis": 1}), ((t3,), {"axis": [0, 2], "keepdims": True}),
                 ((t3,), {"axis": -1, "keepdims": True})]
     if name == "norm":
@@ -615,6 +616,7 @@ _SHAPE_AND_AXIS_ERRORS = {
     "softmax axis": lambda v: tfm.softmax(v, axis=5),
     "log_softmax axis": lambda v: tfm.log_softmax(v, axis=-3),
     "reduce_logsumexp axis": lambda v: tfm.reduce_logsumexp(v, axis=2),
+    "reduce_std axis": lambda v: tfm.reduce_std(v, axis=[0, 2]),
     "xlogy shapes": lambda v: tfm.xlogy(v, tf.zeros([4, 5])),
     "norm axis": lambda v: tfm.norm(v, axis=3),
     "softmax_cross_entropy_with_logits shapes": lambda v: safeops.nn.softmax_cross_entropy_with_logits(

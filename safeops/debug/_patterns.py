@@ -221,13 +221,17 @@ def _match(op, ranges, live=None):
             return   # rsqrt(x) then minimum(., c): the value is capped (Keras' l2_normalize does this)
         if kind == "EuclideanNorm" or not r.positive():
             is_norm = kind == "EuclideanNorm" or _producer(arg).type == "Sum"
+            is_std = kind == "Sqrt" and _is_variance(arg)
             what = "norm (sqrt of a sum of squares)" if is_norm else "sqrt"
+            what = "standard deviation (sqrt of a variance)" if is_std else what
             if kind == "Rsqrt":
                 msg = f"rsqrt of a value that can be 0 (range {r}): 1/sqrt(0) = inf"
                 fix = "safeops.math.divide_no_nan(1., safeops.math.sqrt(x)), or rsqrt of x plus a positive floor"
             else:
                 msg = f"{what} of a value that can be 0 (range {r}): " + PATTERNS["sqrt-at-zero"]
                 fix = "safeops.math.norm(x, axis=...)" if is_norm else "safeops.math.sqrt(x)"
+                if is_std:   # tf.math.reduce_std, or a hand-written one: NaN where the entries are equal
+                    fix = "safeops.math.reduce_std(x, axis=...)"
                 fix += ": finite gradient at 0"
             yield _finding("sqrt-at-zero", op, msg, fix), op.name
         return
@@ -251,6 +255,16 @@ def _match(op, ranges, live=None):
             fix = ("safeops.math.sqrt(x)" if p.size == 1 and float(p.flat[0]) == 0.5
                    else "tf.exp(p * safeops.math.log(x)) for x >= 0 (finite gradient at 0)")
             yield _finding("fractional-pow-at-zero", op, msg, fix), op.name
+
+
+def _is_variance(t) -> bool:
+    """Whether ``t`` is a mean of squared deviations (``tf.math.reduce_variance``, ``tf.nn.moments``)."""
+    mean = _producer(t)
+    if mean.type != "Mean":
+        return False
+    square = _producer(mean.inputs[0])
+    return square.type == "SquaredDifference" or (
+        square.type == "Square" and _producer(square.inputs[0]).type == "Sub")
 
 
 def _bounded_by_minimum(op) -> bool:

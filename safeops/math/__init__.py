@@ -8,7 +8,7 @@ they are not. Ops that TensorFlow lacks (``logit``, ``log1mexp``,
 The ops live in topic modules: logarithms with clamped domains
 (``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
 softmax family (``_logsumexp``), square roots and safe division
-(``_roots``), and norms (``_norms``).
+(``_roots``), norms (``_norms``) and the standard deviation (``_moments``).
 
 Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
 TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
@@ -21,6 +21,7 @@ from safeops import _dropin
 
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
 from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
+from safeops.math._moments import reduce_std
 from safeops.math._norms import l2_normalize, norm
 from safeops.math._roots import divide_no_nan, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
@@ -29,7 +30,7 @@ __all__ = [
     "log", "log1p", "logit", "xlogy", "xlog1py", "log1mexp", "logaddexp",
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "softmax", "log_softmax",
-    "sqrt", "norm", "l2_normalize", "divide_no_nan",
+    "sqrt", "norm", "l2_normalize", "divide_no_nan", "reduce_std",
 ]
 
 # Registered with Keras as "safeops>name", as the losses are: a Keras layer
