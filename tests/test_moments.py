@@ -181,6 +181,19 @@ def test_errors_name_the_argument():
         tfm.reduce_std(tf.zeros([2, 3]), axis=1.0)
 
 
+def test_locate_names_a_deviation_of_equal_entries():
+    import keras
+
+    inputs = keras.Input([4])
+    hidden = keras.layers.Dense(4, kernel_initializer="ones")(inputs)   # every entry of a row equal
+    spread = keras.layers.Lambda(lambda t: tf.math.reduce_std(t, axis=-1, keepdims=True))(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(spread))
+    model.compile(loss="mse")
+    report = debug.locate_nonfinite(model, np.ones([8, 4], np.float32), np.ones([8, 1], np.float32))
+    assert report.op_type == "SqrtGrad", report
+    assert "standard deviation" in report.cause and report.fix.startswith("safeops.math.reduce_std"), report
+
+
 def test_lint_points_a_tensorflow_deviation_to_reduce_std():
     import keras
 

@@ -42,6 +42,7 @@ import tensorflow as tf
 from safeops import _dtypes, _validate
 from safeops.debug import _trace
 from safeops.debug._events import FLOAT16_MAX, INVERSE_TRIG_FIX, LGAMMA_FIX, float16_fix
+from safeops.debug._patterns import _is_variance
 
 _OP = "safeops.debug.locate_nonfinite"
 
@@ -513,9 +514,12 @@ def _explain_gradient(op, ins, outs, forward_op, made):
         # SqrtGrad is dy / (2 sqrt(x)): a nonzero dy over sqrt(x) = 0 is a plain 1/0 = inf; a zero dy
         # (0 * inf) is NaN.
         what = "0 * inf" if made == "NaN" else "1/0"
-        return (f"{what} {where} at 0: d sqrt(x)/dx = 1/(2 sqrt(x)) is inf where sqrt(x) = 0 "
-                f"({_count(zeros, 'zero')}); gives {made}",
-                "safeops.math.sqrt / safeops.math.norm: finite gradient at 0")
+        cause = (f"{what} {where} at 0: d sqrt(x)/dx = 1/(2 sqrt(x)) is inf where sqrt(x) = 0 "
+                 f"({_count(zeros, 'zero')}); gives {made}")
+        if ftype == "Sqrt" and _is_variance(forward_op.inputs[0]):
+            return (cause + "; the sqrt is a standard deviation (tf.math.reduce_std), 0 where a slice's "
+                    "entries are all equal", "safeops.math.reduce_std(x, axis=...): gradient 0 there")
+        return cause, "safeops.math.sqrt / safeops.math.norm: finite gradient at 0"
     if ftype in ("Log", "Log1p", "Reciprocal"):
         return (f"1/x {where} at x = {'0' if ftype == 'Log' else '-1'} ({_count(zeros, 'zero')} in the input of "
                 f"the gradient op); gives {made}",
