@@ -127,3 +127,45 @@ def reduced(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis, keepdims
 def _padded(op: str, arg: str, rt: tf.RaggedTensor) -> tf.Tensor:
     values = _validate.float_tensor(rt.flat_values, op, arg)
     return rt.with_flat_values(values).to_tensor(default_value=tf.constant(-_INF, values.dtype))
+
+
+def loss_over_last_axis(fn: Callable, op: str, y_true: Any, y_pred: Any, mean: bool = False,
+                        pred_padding: float = 0.0):
+    """A per-example loss ``fn(y_true, y_pred)`` reduced over the last axis, of ragged operands.
+
+    For the losses Keras computes on ragged tensors through its ragged ops
+    (``kl_divergence``, ``poisson``, ``categorical_focal_crossentropy``).
+    Both operands must be ragged with one row partition (asserted in the
+    graph). A uniform last axis runs on the ``flat_values`` and the result
+    keeps the row partition; a ragged last axis (a ragged matrix) is padded
+    with zeros in both, where a label of 0 adds nothing to the sums these
+    losses take, and the result is dense, one value per row, as Keras'
+    (``y_pred`` is padded with ``pred_padding``: ``-inf`` for logits, a
+    masked class). A mean over the row (``mean``, ``poisson``) is rescaled
+    from the padded length to the row's own (an empty row gives NaN, as a
+    mean of nothing).
+    """
+    for arg, value in (("y_true", y_true), ("y_pred", y_pred)):
+        if not isinstance(value, tf.RaggedTensor):
+            raise TypeError(_validate.message(op, arg, "a RaggedTensor like the other argument",
+                                              type(value).__name__))
+    checks = [tf.debugging.assert_equal(a, b, message=f"{op}: y_true and y_pred must have the same row "
+                                                      "partition")
+              for a, b in zip(y_true.nested_row_lengths(), y_pred.nested_row_lengths())]
+    with tf.control_dependencies(checks):
+        if y_pred.flat_values.shape.rank is None or y_pred.flat_values.shape.rank >= 2:
+            return y_pred.with_flat_values(fn(tf.identity(y_true.flat_values), tf.identity(y_pred.flat_values)))
+        if y_pred.ragged_rank != 1:
+            raise TypeError(_validate.message(
+                op, "y_pred", "a RaggedTensor with a uniform last axis, or a ragged matrix",
+                f"a ragged tensor of shape {y_pred.shape}"))
+        labels = _validate.float_tensor(y_true.flat_values, op, "y_true")
+        values = _validate.float_tensor(y_pred.flat_values, op, "y_pred")
+        padded_pred = y_pred.with_flat_values(values).to_tensor(tf.constant(pred_padding, values.dtype))
+        padded_true = y_true.with_flat_values(labels).to_tensor(tf.constant(0.0, labels.dtype),
+                                                                shape=tf.shape(padded_pred))
+        loss = fn(padded_true, padded_pred)
+    if not mean:
+        return loss
+    lengths = tf.cast(y_pred.row_lengths(), loss.dtype)
+    return loss * (tf.cast(tf.shape(padded_pred)[1], loss.dtype) / lengths)

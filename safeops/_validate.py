@@ -152,7 +152,7 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
             # A Python int next to a float tensor (``xlogy(0, y)``) is a
             # scalar literal, as TensorFlow treats it.
             return tf.constant(array, dtype=dtype)
-        raise TypeError(message(op, arg, _FLOAT_NAMES, f"{array.dtype.name} {value!r}"))
+        raise TypeError(message(op, arg, _FLOAT_NAMES, f"{_converted_dtype_name(value, array)} {value!r}"))
     if dtype is None and isinstance(value, (list, tuple)):
         # As tf.convert_to_tensor: Python floats give float32, NumPy scalars
         # keep their dtype ([np.float64(1.0)] is float64).
@@ -163,6 +163,14 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
         if converted is not None and converted.dtype in _dtypes.FLOAT_DTYPES:
             return converted
     return tf.constant(array, dtype=dtype or tf.float32)
+
+
+def _converted_dtype_name(value: Any, array: np.ndarray) -> str:
+    """The dtype TensorFlow gives ``value`` (a Python int is int32, NumPy's int64), else NumPy's name."""
+    try:
+        return tf.convert_to_tensor(value).dtype.name
+    except (TypeError, ValueError):
+        return array.dtype.name
 
 
 def _is_tf_dtype_like(dtype: Any) -> bool:
@@ -276,6 +284,9 @@ def axis_in_range(op: str, axis: Any, rank: int | None, arg: str = "axis") -> No
             raise AxisError(message(op, arg, "an axis of the input, but a rank-0 input has none", int(a)))
         if not -rank <= int(a) < rank:
             raise AxisError(message(op, arg, f"in [-{rank}, {rank}) for a rank-{rank} input", int(a)))
+    listed = [int(a) % rank for a in np.atleast_1d(array)]
+    if len(set(listed)) < len(listed):   # TensorFlow's reductions refuse them too, from their kernel
+        raise AxisError(message(op, arg, f"distinct axes of a rank-{rank} input", repr(axis)))
 
 
 def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: bool = False,
@@ -411,8 +422,12 @@ def integer_tensor(value: Any, op: str, arg: str) -> tf.Tensor:
 
     Tensors and arrays of any integer dtype are accepted (the narrow and
     unsigned ones are widened to int64); Python ints and lists of them
-    become int32, as in TensorFlow. Floats, booleans and strings are refused.
+    become int32, as in TensorFlow. Floats, booleans, strings and
+    SparseTensors are refused.
     """
+    if isinstance(value, tf.SparseTensor):
+        raise TypeError(message(
+            op, arg, "a dense " + _INTEGER_NAMES[3:], "a SparseTensor (tf.sparse.to_dense first)"))
     if hasattr(value, "dtype"):
         got = tf.as_dtype(value.dtype) if _is_tf_dtype_like(value.dtype) else None
         if got is None or not got.is_integer:

@@ -314,11 +314,21 @@ _UNCACHEABLE = object()
 
 
 def _axis_key(axis):
-    """``axis`` as a hashable key (lists become tuples), or ``_UNCACHEABLE`` for a tensor."""
-    if axis is None or isinstance(axis, int):
+    """``axis`` as a hashable key of Python ints (lists and arrays become tuples), or ``_UNCACHEABLE``.
+
+    NumPy integers and integer arrays (``np.arange(1, 3)``, ``np.where(...)[0]``), which TensorFlow's
+    reductions take, become Python ints here, so the op built for them reads Python axes (a 1-d
+    array reached ``int(a)`` of a whole array). A tensor is ``_UNCACHEABLE``.
+    """
+    if isinstance(axis, (np.integer, np.ndarray)) and not isinstance(axis, bool):
+        array = np.asarray(axis)
+        if array.dtype.kind in "iu" and array.ndim <= 1:
+            axis = int(array) if array.ndim == 0 else [int(a) for a in array]
+    if axis is None or (isinstance(axis, int) and not isinstance(axis, bool)):
         return axis
-    if isinstance(axis, (list, tuple)) and all(isinstance(a, int) for a in axis):
-        return tuple(axis)
+    if isinstance(axis, (list, tuple)) and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                                               for a in axis):
+        return tuple(int(a) for a in axis)
     return _UNCACHEABLE
 
 
@@ -464,7 +474,7 @@ def running_sums(x, axis) -> bool:
 
 def _summed_axes(axis, rank: int) -> list:
     """The axes ``reduce_sum(axis=axis)`` sums over a rank-``rank`` tensor: sorted, non-negative, distinct."""
-    listed = range(rank) if axis is None else (axis if isinstance(axis, (tuple, list)) else [axis])
+    listed = range(rank) if axis is None else np.ravel(axis).tolist()
     return sorted({int(a) % rank for a in listed}) if rank else []
 
 

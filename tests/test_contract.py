@@ -617,6 +617,8 @@ _SHAPE_AND_AXIS_ERRORS = {
     "log_softmax axis": lambda v: tfm.log_softmax(v, axis=-3),
     "reduce_logsumexp axis": lambda v: tfm.reduce_logsumexp(v, axis=2),
     "reduce_std axis": lambda v: tfm.reduce_std(v, axis=[0, 2]),
+    "l2_normalize axis": lambda v: tfm.l2_normalize(v, axis=[1, -1]),   # one axis twice
+    "reduce_logsumexp axes": lambda v: tfm.reduce_logsumexp(v, axis=[0, 0]),
     "xlogy shapes": lambda v: tfm.xlogy(v, tf.zeros([4, 5])),
     "norm axis": lambda v: tfm.norm(v, axis=3),
     "softmax_cross_entropy_with_logits shapes": lambda v: safeops.nn.softmax_cross_entropy_with_logits(
@@ -639,6 +641,25 @@ def test_shape_and_axis_errors_keep_their_type_while_tracing(case, autograph):
     assert isinstance(info.value, tf.errors.InvalidArgumentError), type(info.value)
     module = "nn" if "cross" in case else "math"
     assert f"safeops.{module}.{case.split()[0]}: " in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", ["reduce_logsumexp", "reduce_std", "l2_normalize"])
+@pytest.mark.parametrize("axis", [np.array([1]), np.array([0, 2]), np.arange(1, 3), np.int64(2), np.array(-1),
+                                  [np.int64(0), 1]], ids=repr)
+def test_numpy_integer_axes_as_in_tensorflow(name, axis):
+    # Axes built with NumPy (np.arange, np.where(...)[0]); a 1-d array crashed l2_normalize's sums.
+    x = tf.reshape(tf.range(1.0, 25.0), [2, 3, 4])
+    want = SPECS[name].original(x, axis=axis)
+    for got in (SPECS[name].fn(x, axis=axis), tf.function(lambda t: SPECS[name].fn(t, axis=axis))(x)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_a_python_int_is_named_int32_as_tensorflow_converts_it():
+    for value, text in ((2, "got int32 2"), ([1, 2], "got int32 [1, 2]"), (2**40, "got int64 1099511627776")):
+        with pytest.raises(TypeError, match=re.escape(f"safeops.math.logit: x must be a floating-point tensor "
+                                                      f"(float16, bfloat16, float32 or float64), {text}")):
+            tfm.logit(value)
 
 
 @pytest.mark.parametrize("name", [n for n in OP_NAMES if SPECS[n].kind == "binary"])

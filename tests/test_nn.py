@@ -412,6 +412,8 @@ def test_sparse_labels_must_be_integers():
     with pytest.raises(TypeError, match=r"logits must be a floating-point tensor"):
         SPARSE([0, 1], tf.ones([2, 3], tf.int32))
     assert SPARSE(tf.constant([0, 1], tf.uint8), tf.ones([2, 3])).shape == (2,)
+    with pytest.raises(TypeError, match=r"labels must be a dense integer tensor .*got a SparseTensor"):
+        SPARSE(tf.sparse.from_dense(tf.constant([0, 1])), tf.ones([2, 3]))
 
 
 def test_shape_errors_name_both_arguments():

@@ -183,3 +183,71 @@ def test_binary_op_of_a_ragged_and_a_dense_operand_inside_tf_function():
     got = tf.function(lambda a, b: tfm.xlogy(a, b))(rt, y)
     want = tf.math.xlogy(rt, y)
     np.testing.assert_allclose(got.flat_values.numpy(), want.flat_values.numpy(), rtol=1e-6)
+
+
+_LAST_AXIS_LOSSES = ["kl_divergence", "poisson", "categorical_focal_crossentropy"]
+
+
+@pytest.mark.parametrize("name", _LAST_AXIS_LOSSES)
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_losses_over_a_ragged_last_axis_match_keras(name, mode):
+    # Keras computes these three through its ragged ops; one value per row, dense.
+    import keras
+
+    from safeops import losses
+
+    y_true = tf.ragged.constant([[0.4, 0.6], [1.0], [0.2, 0.3, 0.5]])
+    y_pred = tf.ragged.constant([[0.3, 0.7], [0.9], [0.1, 0.1, 0.8]])
+
+    def call(t, p):
+        with tf.GradientTape() as tape:
+            tape.watch(p.flat_values)
+            loss = getattr(losses, name)(t, p)
+        return loss, tf.convert_to_tensor(tape.gradient(loss, p.flat_values))
+
+    loss, grad = (call if mode == "eager" else tf.function(call))(y_true, y_pred)
+    want = getattr(keras.losses, name)(y_true, y_pred)
+    assert not isinstance(loss, tf.RaggedTensor) and loss.shape == want.shape == [3]
+    # Keras clips to [1e-7, 1] and adds 1e-7 (see safeops.losses); the focal loss of the exact row [1.0]
+    # against 0.9 is 0 up to Keras' 4e-22.
+    np.testing.assert_allclose(loss.numpy(), want.numpy(), rtol=2e-6, atol=1e-20)
+    # The gradient reaches each row's own entries: the row's formula on its dense values.
+    for r, (t, p) in enumerate(zip(y_true.to_list(), y_pred.to_list())):
+        start = int(y_pred.row_splits[r])
+        _, dense_grad = call(tf.ragged.constant([t]), tf.ragged.constant([p]))
+        np.testing.assert_allclose(grad.numpy()[start:start + len(p)], dense_grad.numpy(), rtol=1e-6)
+
+
+def test_categorical_focal_logits_are_padded_as_masked_classes():
+    from safeops import losses
+
+    y_true = tf.ragged.constant([[0.0, 1.0], [1.0], [0.0, 0.0, 1.0]])
+    logits = tf.ragged.constant([[0.3, 0.7], [0.9], [0.1, 0.1, 0.8]])
+    got = losses.categorical_focal_crossentropy(y_true, logits, from_logits=True).numpy()
+    for r, (t, z) in enumerate(zip(y_true.to_list(), logits.to_list())):
+        want = losses.categorical_focal_crossentropy([t], [z], from_logits=True).numpy()[0]
+        assert got[r] == pytest.approx(want, rel=1e-6, abs=1e-30)
+
+
+@pytest.mark.parametrize("name", _LAST_AXIS_LOSSES)
+def test_losses_over_a_uniform_last_axis_keep_the_row_partition(name):
+    import keras
+
+    from safeops import losses
+
+    y_true = tf.RaggedTensor.from_row_lengths(tf.constant([[0.5, 0.5], [0.1, 0.9], [1.0, 0.0]]), [2, 1])
+    y_pred = tf.RaggedTensor.from_row_lengths(tf.constant([[0.4, 0.6], [0.2, 0.8], [0.7, 0.3]]), [2, 1])
+    got, want = getattr(losses, name)(y_true, y_pred), getattr(keras.losses, name)(y_true, y_pred)
+    assert isinstance(got, tf.RaggedTensor)
+    np.testing.assert_array_equal(got.row_splits.numpy(), want.row_splits.numpy())
+    np.testing.assert_allclose(got.flat_values.numpy(), want.flat_values.numpy(), rtol=1e-5)
+
+
+def test_ragged_losses_refuse_a_dense_partner_or_another_partition():
+    from safeops import losses
+
+    y_true = tf.ragged.constant([[0.4, 0.6], [1.0]])
+    with pytest.raises(TypeError, match=r"safeops\.losses\.kl_divergence: y_pred must be a RaggedTensor"):
+        losses.kl_divergence(y_true, tf.constant([[0.3, 0.7], [0.9, 0.1]]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same row partition"):
+        losses.poisson(y_true, tf.ragged.constant([[0.3], [0.7, 0.9]]))

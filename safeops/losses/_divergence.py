@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 import safeops.math as tfm
-from safeops import _dtypes, _gradient, _validate, _xla
+from safeops import _dtypes, _gradient, _ragged, _validate, _xla
 from safeops.losses import _common
 from safeops.losses._authoring import LossFunctionWrapper
 
@@ -75,6 +75,8 @@ def kl_divergence(y_true, y_pred):
     array([0.6931472], dtype=float32)
     """
     op = "safeops.losses.kl_divergence"
+    if _ragged.any_ragged(y_true, y_pred):
+        return _ragged.loss_over_last_axis(kl_divergence, op, y_true, y_pred)
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, False, "softmax", -1)
         _common.over_last_axis(op, pred)
@@ -365,6 +367,8 @@ def poisson(y_true, y_pred):
     array([0.30685282], dtype=float32)
     """
     op = "safeops.losses.poisson"
+    if _ragged.any_ragged(y_true, y_pred):
+        return _ragged.loss_over_last_axis(poisson, op, y_true, y_pred, mean=True)
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, False)
         _common.over_last_axis(op, pred)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 import safeops.math as tfm
-from safeops import _dtypes, _validate, _xla, nn
+from safeops import _dtypes, _ragged, _validate, _xla, nn
 from safeops.math import _logarithms, _logsumexp
 from safeops._gradient import custom_op, custom_op_with_residuals, sum_to_shape
 from safeops.losses import _common
@@ -184,6 +184,14 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
     array([2500.], dtype=float32)
     """
     op = "safeops.losses.categorical_focal_crossentropy"
+    if _ragged.any_ragged(y_true, y_pred):
+        rank = getattr(y_pred, "shape", tf.TensorShape(None)).rank
+        if not (axis == -1 or (rank is not None and axis == rank - 1)):
+            raise TypeError(_validate.message(op, "axis", "-1 (the last axis) for RaggedTensor arguments", axis))
+        # Padded logits are masked classes (-inf): a 0 would take its share of the softmax.
+        return _ragged.loss_over_last_axis(
+            lambda t, p: categorical_focal_crossentropy(t, p, alpha, gamma, from_logits, label_smoothing),
+            op, y_true, y_pred, pred_padding=-_ragged._INF if from_logits else 0.0)
     with _validate.op_scope(op, None):
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
         axis = _common.check_axis(op, axis, pred.values.shape.rank)
