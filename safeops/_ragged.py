@@ -154,7 +154,8 @@ def loss_over_last_axis(fn: Callable, op: str, y_true: Any, y_pred: Any, mean: b
               for a, b in zip(y_true.nested_row_lengths(), y_pred.nested_row_lengths())]
     with tf.control_dependencies(checks):
         if y_pred.flat_values.shape.rank is None or y_pred.flat_values.shape.rank >= 2:
-            return y_pred.with_flat_values(fn(tf.identity(y_true.flat_values), tf.identity(y_pred.flat_values)))
+            values = fn(tf.identity(y_true.flat_values), tf.identity(y_pred.flat_values))
+            return y_pred.with_flat_values(values)
         if y_pred.ragged_rank != 1:
             raise TypeError(_validate.message(
                 op, "y_pred", "a RaggedTensor with a uniform last axis, or a ragged matrix",

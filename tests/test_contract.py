@@ -657,8 +657,9 @@ def test_numpy_integer_axes_as_in_tensorflow(name, axis):
 
 def test_a_python_int_is_named_int32_as_tensorflow_converts_it():
     for value, text in ((2, "got int32 2"), ([1, 2], "got int32 [1, 2]"), (2**40, "got int64 1099511627776")):
-        with pytest.raises(TypeError, match=re.escape(f"safeops.math.logit: x must be a floating-point tensor "
-                                                      f"(float16, bfloat16, float32 or float64), {text}")):
+        expected = f"safeops.math.logit: x must be a floating-point tensor (float16, bfloat16, float32 or " \
+                   f"float64), {text}"
+        with pytest.raises(TypeError, match=re.escape(expected)):
             tfm.logit(value)
 
 

@@ -187,7 +187,8 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
     if _ragged.any_ragged(y_true, y_pred):
         rank = getattr(y_pred, "shape", tf.TensorShape(None)).rank
         if not (axis == -1 or (rank is not None and axis == rank - 1)):
-            raise TypeError(_validate.message(op, "axis", "-1 (the last axis) for RaggedTensor arguments", axis))
+            raise TypeError(_validate.message(op, "axis", "-1 (the last axis) for RaggedTensor arguments",
+                                              axis))
         # Padded logits are masked classes (-inf): a 0 would take its share of the softmax.
         return _ragged.loss_over_last_axis(
             lambda t, p: categorical_focal_crossentropy(t, p, alpha, gamma, from_logits, label_smoothing),
