@@ -58,9 +58,10 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
          "sqrt")
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan")
-ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std")
+ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std",
+        "reduce_euclidean_norm")
 MASKING = ("reduce_logsumexp", "softmax", "log_softmax")
-REDUCING = ("reduce_logsumexp", "norm", "reduce_std")
+REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")
 ILL_CONDITIONED = ("logaddexp", "reduce_logsumexp")
 
 TF_BUILTINS = {
@@ -70,6 +71,7 @@ TF_BUILTINS = {
     "reduce_logsumexp": tf.math.reduce_logsumexp, "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
     "sqrt": tf.math.sqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
+    "reduce_euclidean_norm": tf.math.reduce_euclidean_norm,
 }
 
 EDGES = {
@@ -119,7 +121,8 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
         return values, other
     rows = max(2, len(values) // ROW_LENGTH)
     values = np.resize(values, rows * ROW_LENGTH).astype(np.float64).reshape(rows, ROW_LENGTH)
-    if op in ("softmax", "log_softmax", "reduce_logsumexp", "l2_normalize", "norm", "reduce_std"):
+    if op in ("softmax", "log_softmax", "reduce_logsumexp", "l2_normalize", "norm", "reduce_std",
+              "reduce_euclidean_norm"):
         # Most rows at a scale logits have; a quarter keep the whole-range values.
         scale = rng.uniform(-60, 60, values.shape)
         keep = rng.random(rows) < 0.25

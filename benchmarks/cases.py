@@ -52,6 +52,8 @@ class Case:
       variants: variant name -> ``fn(*tensors) -> tensor``.
       wrt: positions of the inputs the gradient is taken with respect to.
       second_order: whether the second-order pass is measured.
+      unsupported: ``(variant, mode, pass)`` triples not measured, where
+        TensorFlow's own op cannot run (the report shows them as n/a).
     """
 
     name: str
@@ -60,6 +62,7 @@ class Case:
     variants: dict
     wrt: tuple = (0,)
     second_order: bool = False
+    unsupported: tuple = ()
 
     def shapes(self, quick: bool = False, smoke: bool = False) -> list:
         """(label, shape) of the sizes measured for this case."""
@@ -287,6 +290,10 @@ def _build_registry() -> list:
               "builtin": lambda x: tf.norm(x, ord=1.5, axis=-1)}),
         _math("l2_normalize", "rowwise", _unary(**_LOGIT),
               lambda x: x / _naive_norm(x)[..., None], lambda x: tf.math.l2_normalize(x, axis=-1), axis=-1),
+        # TensorFlow's EuclideanNorm has no XLA kernel (TF 2.21): its builtin is not measured there.
+        dataclasses.replace(_math("reduce_euclidean_norm", "rowwise", _unary(**_LOGIT), _naive_norm,
+                                  lambda x: tf.math.reduce_euclidean_norm(x, axis=-1), axis=-1),
+                            unsupported=tuple(("builtin", "xla", p) for p in ("fwd", "fwdbwd", "2nd"))),
         _math("reduce_std", "rowwise", _unary(**_LOGIT), _naive_std,
               lambda x: tf.math.reduce_std(x, axis=-1), axis=-1),
     ]

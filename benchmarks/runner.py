@@ -503,6 +503,8 @@ def _measure(item: Item, tensors: tuple, specs: list, in_bytes: int, memory: Pea
     case = item.case
     timed = []
     for name, fn in case.variants.items():
+        if (name, item.mode, item.pass_) in case.unsupported:
+            continue
         timed.append(Timed(name, compile_body(build_body(fn, case.wrt, item.pass_), item.mode), tensors))
     if item.mode == "xla" and item.pass_ == "fwdbwd":
         timed.append(Timed("roofline", compile_body(roofline_body(case.wrt), "xla"), tensors))

@@ -121,7 +121,8 @@ def _export_jobs(out_dir, jobs, dtype, data_limit, bar, programs, failures):
             for pass_ in EXPORT_PASSES:
                 if pass_ == "2nd" and not second_order_wanted(case, shape):
                     continue
-                bodies = {name: runner.build_body(fn, case.wrt, pass_) for name, fn in case.variants.items()}
+                bodies = {name: runner.build_body(fn, case.wrt, pass_) for name, fn in case.variants.items()
+                          if (name, "xla", pass_) not in case.unsupported}
                 if pass_ == "fwdbwd":
                     bodies["roofline"] = runner.roofline_body(case.wrt)
                 for variant, body in bodies.items():

@@ -92,6 +92,8 @@ CASES = [
          tf.math.sqrt, tfm.sqrt),
     Case("norm(x)", "x = [0, 0]", [0.0, 0.0],
          tf.norm, tfm.norm),
+    Case("reduce_euclidean_norm(x)", "x = [0, 0]", [0.0, 0.0],
+         tf.math.reduce_euclidean_norm, tfm.reduce_euclidean_norm),
     Case("reduce_std(x)", "x = [2, 2, 2]", [2.0, 2.0, 2.0],
          tf.math.reduce_std, tfm.reduce_std),
     Case("x / y", "x = 1, y = 0", [0.0],

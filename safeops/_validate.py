@@ -127,6 +127,9 @@ def float_tensor(value: Any, op: str, arg: str, dtype: tf.DType | None = None,
     if isinstance(value, tf.SparseTensor):
         raise TypeError(message(
             op, arg, "a dense " + _FLOAT_NAMES[2:], "a SparseTensor (tf.sparse.to_dense first)"))
+    if isinstance(value, tf.RaggedTensor):   # the ops that take one read its flat values first
+        raise TypeError(message(op, arg, "a dense " + _FLOAT_NAMES[2:],
+                                "a RaggedTensor, which this op does not take, as TensorFlow's does not"))
     if cast and dtype is not None and isinstance(value, (list, tuple, np.ndarray, np.generic)):
         array = np.asarray(value)
         if array.dtype.kind == "b":     # TensorFlow's op casts bool labels too

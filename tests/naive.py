@@ -83,6 +83,10 @@ def l2_normalize(x, axis=None):
     return x / norm(x, axis=axis, keepdims=True)
 
 
+def reduce_euclidean_norm(input_tensor, axis=None, keepdims=False):
+    return tf.math.reduce_euclidean_norm(input_tensor, axis=axis, keepdims=keepdims)
+
+
 def reduce_std(input_tensor, axis=None, keepdims=False):
     return tf.math.reduce_std(input_tensor, axis=axis, keepdims=keepdims)
 

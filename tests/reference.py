@@ -441,10 +441,11 @@ def _row_l2_normalize(row, f, weights, cotangent, epsilon):
 ROWWISE = {
     "reduce_logsumexp": _row_logsumexp, "softmax": _row_softmax, "log_softmax": _row_log_softmax,
     "norm": _row_norm, "l2_normalize": _row_l2_normalize, "reduce_std": _row_std,
+    "reduce_euclidean_norm": _row_norm,
 }
 
 #: Row ops whose value has one entry per row (the others keep the row's shape).
-REDUCING = ("reduce_logsumexp", "norm", "reduce_std")
+REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")
 
 #: Row ops that take ``-inf`` entries as masks (the others need finite rows).
 MASKING = ("reduce_logsumexp", "softmax", "log_softmax")

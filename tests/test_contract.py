@@ -138,6 +138,7 @@ SPECS = {s.name: s for s in [
     Spec("log_softmax", "row", ("logits",), tf.nn.log_softmax, masks=True),
     Spec("sqrt", "unary", ("x",), tf.math.sqrt, clamp=_positive_below(lambda f: 0.0)),
     Spec("norm", "reduce", ("tensor",), tf.norm),
+    Spec("reduce_euclidean_norm", "reduce", ("input_tensor",), tf.math.reduce_euclidean_norm),
     Spec("l2_normalize", "row", ("x",), tf.math.l2_normalize),
     Spec("divide_no_nan", "binary", ("x", "y"), tf.math.divide_no_nan),
     Spec("reduce_std", "reduce", ("input_tensor",), tf.math.reduce_std),
@@ -522,7 +523,7 @@ def _shape_calls(name):
         return [((m,), {}), ((t3,), {}), ((np.float32(0.5),), {})]
     if spec.kind == "binary":
         return [((m, m), {}), ((col, row), {}), ((m, np.float32(0.5)), {})]
-    if name in ("reduce_logsumexp", "reduce_std"):
+    if name in ("reduce_logsumexp", "reduce_std", "reduce_euclidean_norm"):
         return [((t3,), {}), ((t3,), {"axis": 1}), ((t3,), {"axis": [0, 2], "keepdims": True}),
                 ((t3,), {"axis": -1, "keepdims": True})]
     if name == "norm":
@@ -643,7 +644,7 @@ def test_shape_and_axis_errors_keep_their_type_while_tracing(case, autograph):
     assert f"safeops.{module}.{case.split()[0]}: " in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("name", ["reduce_logsumexp", "reduce_std", "l2_normalize"])
+@pytest.mark.parametrize("name", ["reduce_logsumexp", "reduce_std", "reduce_euclidean_norm", "l2_normalize"])
 @pytest.mark.parametrize("axis", [np.array([1]), np.array([0, 2]), np.arange(1, 3), np.int64(2), np.array(-1),
                                   [np.int64(0), 1]], ids=repr)
 def test_numpy_integer_axes_as_in_tensorflow(name, axis):

@@ -125,6 +125,15 @@ def test_other_ops_refuse_a_sparse_tensor_naming_the_argument(name):
         getattr(tfm, name)(st)
 
 
+@pytest.mark.parametrize("call", [lambda r: tfm.norm(r), lambda r: tfm.l2_normalize(r, axis=-1),
+                                  lambda r: tfm.reduce_euclidean_norm(r, axis=1),
+                                  lambda r: nn.weighted_cross_entropy_with_logits(r, r, 2.0)],
+                         ids=["norm", "l2_normalize", "reduce_euclidean_norm", "weighted_cross_entropy"])
+def test_ops_tensorflow_refuses_ragged_for_refuse_it_naming_the_argument(rt, call):
+    with pytest.raises(TypeError, match=r"must be a dense floating-point tensor .*got a RaggedTensor"):
+        call(rt)
+
+
 @pytest.mark.parametrize("name", ["xlogy", "xlog1py", "divide_no_nan"])
 def test_binary_ops_broadcast_a_dense_operand_against_the_rows(name):
     """``op(ragged [3, None], dense [3, 1])`` is row-wise, as in tf.math.

@@ -646,3 +646,47 @@ def test_norms_vectorize_under_vectorized_map(op, ref, jit):
     got = tf.function(vectorized, jit_compile=True)(x) if jit else vectorized(x)
     for a, b in zip(got, per_example(ref, x)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+class TestReduceEuclideanNorm:
+    """``tf.math.reduce_euclidean_norm``'s drop-in: the Euclidean norm over any axes."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_zero_slice_has_zero_gradient(self, dtype, mode):
+        # TensorFlow's kernel gives 0/0 = NaN at every entry of a zero slice.
+        x = tf.constant([[0.0, 0.0], [3.0, 4.0]], dtype)
+        y, g, h = derivatives(lambda t: tfm.reduce_euclidean_norm(t, axis=-1), x, mode)
+        np.testing.assert_allclose(y, [0.0, 5.0], rtol=rtol(dtype))
+        np.testing.assert_allclose(g, [[0.0, 0.0], [0.6, 0.8]], rtol=rtol(dtype))
+        assert np.isfinite(h).all() and (h[0] == 0).all()
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_no_overflow_where_tensorflow_squares_overflow(self, mode):
+        x = tf.constant([[3e30, 4e30], [3e-30, 4e-30]], tf.float32)
+        y = run(mode, lambda t: tfm.reduce_euclidean_norm(t, axis=-1))(x).numpy()
+        np.testing.assert_allclose(y, [5e30, 5e-30], rtol=1e-7)
+
+    def test_axes_and_keepdims_match_tensorflow(self):
+        x = tf.constant(np.random.default_rng(7).standard_normal([2, 3, 4]), tf.float32)
+        for kwargs in ({}, {"axis": 1}, {"axis": [0, 2]}, {"axis": (0, 1, 2), "keepdims": True}, {"axis": []},
+                       {"axis": -1, "keepdims": True}, {"axis": tf.constant([1, 2])}):
+            ours, theirs = tfm.reduce_euclidean_norm(x, **kwargs), tf.math.reduce_euclidean_norm(x, **kwargs)
+            assert ours.shape == theirs.shape, kwargs
+            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, err_msg=str(kwargs))
+
+    def test_lint_and_locate_name_it_for_tensorflows_op(self):
+        import keras
+
+        from safeops import debug
+
+        inputs = keras.Input([4])
+        hidden = keras.layers.Dense(4, kernel_initializer="zeros")(inputs)   # a zero vector per row
+        norm = keras.layers.Lambda(lambda t: tf.math.reduce_euclidean_norm(t, axis=-1, keepdims=True))(hidden)
+        model = keras.Model(inputs, keras.layers.Dense(1)(norm))
+        model.compile(loss="mse")
+        x, y = np.ones([8, 4], np.float32), np.ones([8, 1], np.float32)
+        findings = [f for f in debug.lint(model, x, y) if f.op_type == "EuclideanNorm"]
+        assert findings and findings[0].fix.startswith("safeops.math.reduce_euclidean_norm"), findings
+        report = debug.locate_nonfinite(model, x, y)
+        assert report.fix == "safeops.math.reduce_euclidean_norm", report

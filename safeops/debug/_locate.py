@@ -532,7 +532,7 @@ def _explain_gradient(op, ins, outs, forward_op, made):
         return (f"p x**(p-1) {where} at x = 0 with p < 1; gives {made}",
                 "safeops.math.sqrt for p = 0.5, else exp(p * safeops.math.log(x))")
     if ftype == "EuclideanNorm":
-        return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.norm"
+        return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.reduce_euclidean_norm"
     if ftype in ("Lgamma", "Digamma"):
         return (f"{op.type} {where} at a pole (0 or a negative integer in the input of {ftype}); "
                 f"gives {made}", LGAMMA_FIX)

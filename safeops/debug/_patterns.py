@@ -230,6 +230,8 @@ def _match(op, ranges, live=None):
             else:
                 msg = f"{what} of a value that can be 0 (range {r}): " + PATTERNS["sqrt-at-zero"]
                 fix = "safeops.math.norm(x, axis=...)" if is_norm else "safeops.math.sqrt(x)"
+                if kind == "EuclideanNorm":   # tf.math.reduce_euclidean_norm: its drop-in
+                    fix = "safeops.math.reduce_euclidean_norm(x, axis=...)"
                 if is_std:   # tf.math.reduce_std, or a hand-written one: NaN where the entries are equal
                     fix = "safeops.math.reduce_std(x, axis=...)"
                 fix += ": finite gradient at 0"

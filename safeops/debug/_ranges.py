@@ -194,7 +194,8 @@ _CONSTANT_RANGES = {"Sigmoid": _UNIT_OPEN, "Softmax": _UNIT_OPEN, "Tanh": _Range
 _SAFEOPS_RANGES = {"softplus": _NONNEG, "sqrt": _NONNEG, "norm": _NONNEG, "sigmoid": _Range(0.0, 1.0),
                    "softmax": _Range(0.0, 1.0), "log_sigmoid": _Range(-math.inf, 0.0),
                    "log_softmax": _Range(-math.inf, 0.0), "log1mexp": _Range(-math.inf, 0.0),
-                   "l2_normalize": _Range(-1.0, 1.0), "reduce_std": _NONNEG}
+                   "l2_normalize": _Range(-1.0, 1.0), "reduce_std": _NONNEG,
+                   "reduce_euclidean_norm": _NONNEG}
 _SAFEOPS_OUTPUT = re.compile(r"(?:^|/)safeops(?:_\d+)?/(\w+)/IdentityN(?:_\d+)?$")
 
 

@@ -22,7 +22,7 @@ from safeops import _dropin
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
 from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
 from safeops.math._moments import reduce_std
-from safeops.math._norms import l2_normalize, norm
+from safeops.math._norms import l2_normalize, norm, reduce_euclidean_norm
 from safeops.math._roots import divide_no_nan, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
@@ -30,7 +30,7 @@ __all__ = [
     "log", "log1p", "logit", "xlogy", "xlog1py", "log1mexp", "logaddexp",
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "softmax", "log_softmax",
-    "sqrt", "norm", "l2_normalize", "divide_no_nan", "reduce_std",
+    "sqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
 ]
 
 # Registered with Keras as "safeops>name", as the losses are: a Keras layer
