@@ -166,6 +166,16 @@ def test_ragged_rows(mode):
     assert np.isfinite(dense[2]).all()
 
 
+def test_ragged_nan_and_empty_rows():
+    rt = tf.ragged.constant([[NAN, 1.0], [2.0, 2.0, 2.0], [], [1.0, 3.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(rt.flat_values)
+        y = tfm.reduce_std(rt, axis=1)
+    g = tf.convert_to_tensor(tape.gradient(y, rt.flat_values)).numpy()
+    assert np.isnan(y.numpy()[[0, 2]]).all() and y.numpy()[1] == 0 and y.numpy()[3] == 1
+    assert np.isnan(g[:2]).all() and (g[2:5] == 0).all() and (g[5:] == [-0.5, 0.5]).all()
+
+
 def test_ragged_axes_keepdims_and_dtypes_match_tensorflow():
     r2 = tf.ragged.constant([[1.0, 2.0, 3.0], [4.0, 4.0], [5.0]])
     r3 = tf.ragged.constant([[[1.0, 2.0], [3.0]], [[4.0, 4.0, 4.0]]])

@@ -117,7 +117,8 @@ def reduce_std(input_tensor, axis=None, keepdims=False, name=None):
 def _deviation(axis, dtype: tf.DType, xla: bool):
     """``reduce_std(x, axis, keepdims=True)``: float64 centring and sums; gradient ``(x - mean) / (n std)``.
 
-    The residuals are the float64 mean of the (scaled) slice, the scale,
+    The residuals are the float64 mean of the (scaled) slice, the mean of
+    its centred values (:func:`_corrected_variance`'s shift), the scale,
     the scaled deviation and the slice length: the backward recentres ``x``
     from them, in float64, so its centred values are those of the forward
     pass.
@@ -251,11 +252,11 @@ def _root(dtype: tf.DType):
     """``sqrt(v)`` for ``v >= 0``, derivative 0 at 0 (a subgradient): a finite second derivative there."""
 
     def forward(v):
-        positive = v > 0.0
+        positive = tf.not_equal(v, 0.0)  # NaN counts as positive: NaN kept (C2)
         return tf.where(positive, tf.sqrt(tf.where(positive, v, tf.ones_like(v))), tf.zeros_like(v))
 
     def backward(dy, y, v):
-        positive = y > 0.0
+        positive = tf.not_equal(y, 0.0)
         return (dy * tf.where(positive, 0.5 / tf.where(positive, y, tf.ones_like(y)), tf.zeros_like(y)),)
 
     return custom_op(forward, backward, dtype)
