@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op, custom_op_with_residuals
+from safeops.math._logsumexp import _drop_reduced
 from safeops.math._norms import _power_of_two_scale
 
 
@@ -104,12 +105,11 @@ def reduce_std(input_tensor, axis=None, keepdims=False, name=None):
         return _ragged_std(op, input_tensor, axis, keepdims, name)
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(input_tensor, op, "input_tensor")
-        _validate.axis_in_range(op, axis, x.shape.rank)
-        axis = _static_axis(axis)
+        axis = _axes(op, axis, x.shape.rank)
         dtype = x.dtype
         y = _deviation(axis, dtype)(_dtypes.to_compute(x))
-        if not keepdims:  # a sum over the kept axes of length 1: exact, and any axis form works
-            y = tf.reshape(y, []) if axis is None else tf.reduce_sum(y, axis)
+        if not keepdims:
+            y = _drop_reduced(y, axis)
         return scope.output(_dtypes.from_compute(y, dtype))
 
 
@@ -189,8 +189,7 @@ def _ragged_std(op, rt, axis, keepdims, name):
     with _validate.op_scope(op, name) as scope:
         values = _validate.float_tensor(rt.flat_values, op, "input_tensor")
         rank = rt.shape.rank
-        _validate.axis_in_range(op, axis, rank)
-        axis = _static_axis(axis)
+        axis = _axes(op, axis, rank)
         axes = None if isinstance(axis, (tf.Tensor, tf.Variable)) else (
             list(range(rank)) if axis is None else sorted({int(a) % rank for a in np.ravel(axis)}))
         if axes == list(range(rank)):
@@ -210,13 +209,18 @@ def _ragged_std(op, rt, axis, keepdims, name):
             f"{axis!r} for a ragged tensor of shape {rt.shape}"))
 
 
-def _static_axis(axis):
-    """``axis`` with a tensor whose value is known while tracing (``tf.constant([0, 1])``) read as ints."""
-    if isinstance(axis, (tf.Tensor, tf.Variable)):
-        known = tf.get_static_value(axis)
-        if known is not None:
-            return known.tolist()
-    return axis
+def _axes(op, axis, rank):
+    """``axis`` checked and read as Python ints (:func:`safeops._validate.static_axis`).
+
+    An integer tensor known only when the graph runs is returned as it is,
+    as TensorFlow's reductions take it; one known while tracing
+    (``tf.constant([0, 1])``) is read, so that float64 sums over leading
+    axes take their static (tree) form.
+    """
+    runtime = isinstance(axis, (tf.Tensor, tf.Variable)) and axis.dtype.is_integer
+    if runtime and tf.get_static_value(axis) is None:
+        return axis
+    return _validate.static_axis(op, axis, rank, many=True)
 
 
 def _segment_deviation(values, splits):

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from safeops import _dtypes, _validate, _xla
 from safeops._gradient import custom_op, custom_op_with_residuals
+from safeops.math import _logsumexp
 
 _VECTOR_ORDS = ("euclidean", 1, 2, np.inf)
 _MATRIX_ORDS = ("euclidean", "fro", 1, 2, np.inf)
@@ -310,8 +311,8 @@ def reduce_euclidean_norm(input_tensor, axis=None, keepdims=False, name=None):
         _validate.axis_in_range(op, axis, x.shape.rank)
         dtype = x.dtype
         y = _euclidean_norm(axis, dtype)(_dtypes.to_compute(x))
-        if not keepdims:  # a sum over the kept axes of length 1: exact, and any axis form works
-            y = tf.reshape(y, []) if axis is None else tf.reduce_sum(y, axis)
+        if not keepdims:
+            y = _logsumexp._drop_reduced(y, axis)
         return scope.output(_dtypes.from_compute(y, dtype))
 
 
