@@ -93,3 +93,19 @@ def reduce_std(input_tensor, axis=None, keepdims=False):
 
 def divide_no_nan(x, y):
     return x / y
+
+
+def acos(x):
+    return tf.math.acos(x)
+
+
+def asin(x):
+    return tf.math.asin(x)
+
+
+def atanh(x):
+    return 0.5 * tf.math.log((1.0 + x) / (1.0 - x))
+
+
+def atan2(y, x):
+    return tf.math.atan2(y, x)

@@ -255,12 +255,47 @@ def _divide_no_nan(x, y, f):
     return x / y, (1 / y, -x / (y * y))
 
 
+def _acos(x, f):
+    c = min(max(x, CTX.mpf(-f.below_one)), CTX.mpf(f.below_one))
+    return CTX.acos(min(max(x, -ONE), ONE)), (-1 / CTX.sqrt((1 - c) * (1 + c)),)
+
+
+def _asin(x, f):
+    c = min(max(x, CTX.mpf(-f.below_one)), CTX.mpf(f.below_one))
+    return CTX.asin(min(max(x, -ONE), ONE)), (1 / CTX.sqrt((1 - c) * (1 + c)),)
+
+
+def _atanh(x, f):
+    x = min(max(x, CTX.mpf(-f.below_one)), CTX.mpf(f.below_one))
+    return CTX.atanh(x), (1 / ((1 - x) * (1 + x)),)
+
+
+def _atan2(y, x, f):
+    """The angle of ``(x, y)``, gradient 0 at the origin; signed zeros are :func:`elementwise`'s."""
+    r2 = x * x + y * y
+    if r2 == 0:
+        return ZERO, (ZERO, ZERO)
+    return CTX.atan2(y, x), (x / r2, -y / r2)
+
+
 ELEMENTWISE = {
     "log": _log, "log1p": _log1p, "logit": _logit, "log1mexp": _log1mexp,
     "sigmoid": _sigmoid, "log_sigmoid": _log_sigmoid, "softplus": _softplus,
     "softplus_inverse": _softplus_inverse, "sqrt": _sqrt,
     "xlogy": _xlogy, "xlog1py": _xlog1py, "logaddexp": _logaddexp, "divide_no_nan": _divide_no_nan,
+    "acos": _acos, "asin": _asin, "atanh": _atanh, "atan2": _atan2,
 }
+
+
+def _atan2_of_zero(y: float, x: float, f: Format, flush: bool) -> float:
+    """``atan2(±0, x)`` by IEEE 754's signed zeros: ``±0`` for ``x >= +0``, ``±pi`` for ``x <= -0``.
+
+    mpmath has no signed zero; the result is exact (0) or ``pi`` rounded to
+    float64, whose rounding to the narrower formats is not a midpoint case.
+    """
+    def signed(v):
+        return math.copysign(0.0, v) if (v == 0 or (flush and abs(v) < f.tiny)) else v
+    return math.atan2(signed(y), signed(x))
 
 
 def elementwise(name: str, *arrays, dtype, flush: bool = True) -> Reference:
@@ -285,6 +320,8 @@ def elementwise(name: str, *arrays, dtype, flush: bool = True) -> Reference:
                 g.append(_NAN)
             continue
         v, gs = fn(*(_input(x, f, flush) for x in xs), f)
+        if name == "atan2" and _input(xs[0], f, flush) == 0:
+            v = CTX.mpf(_atan2_of_zero(*xs, f, flush))
         values.append(v)
         for g, gi in zip(grads, gs):
             g.append(gi)

@@ -116,6 +116,11 @@ def _xlog_clamp(bound_fn):
     return clamp
 
 
+def _outside_open_unit(sign):
+    """Clamp rule ``|x| >= 1 - eps/2`` (the gradient is taken there): the gradient has ``sign`` at both ends."""
+    return lambda xs, f: [(np.abs(xs[0]) >= f.below_one, 0, sign)]
+
+
 SPECS = {s.name: s for s in [
     Spec("log", "unary", ("x",), tf.math.log, clamp=_positive_below(lambda f: f.tiny)),
     Spec("log1p", "unary", ("x",), tf.math.log1p, clamp=_positive_below(lambda f: -f.below_one)),
@@ -142,6 +147,10 @@ SPECS = {s.name: s for s in [
     Spec("l2_normalize", "row", ("x",), tf.math.l2_normalize),
     Spec("divide_no_nan", "binary", ("x", "y"), tf.math.divide_no_nan),
     Spec("reduce_std", "reduce", ("input_tensor",), tf.math.reduce_std),
+    Spec("acos", "unary", ("x",), tf.math.acos, clamp=_outside_open_unit(-1)),
+    Spec("asin", "unary", ("x",), tf.math.asin, clamp=_outside_open_unit(+1)),
+    Spec("atanh", "unary", ("x",), tf.math.atanh, clamp=_outside_open_unit(+1)),
+    Spec("atan2", "binary", ("y", "x"), tf.math.atan2),
 ]}
 
 OP_NAMES = list(SPECS)

@@ -8,7 +8,8 @@ they are not. Ops that TensorFlow lacks (``logit``, ``log1mexp``,
 The ops live in topic modules: logarithms with clamped domains
 (``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
 softmax family (``_logsumexp``), square roots and safe division
-(``_roots``), norms (``_norms``) and the standard deviation (``_moments``).
+(``_roots``), norms (``_norms``), the standard deviation (``_moments``) and
+the inverse trigonometric functions (``_inverse_trig``).
 
 Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
 TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
@@ -19,6 +20,7 @@ import tensorflow as _tf
 
 from safeops import _dropin
 
+from safeops.math._inverse_trig import acos, asin, atan2, atanh
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
 from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
 from safeops.math._moments import reduce_std
@@ -31,6 +33,7 @@ __all__ = [
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "softmax", "log_softmax",
     "sqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
+    "acos", "asin", "atanh", "atan2",
 ]
 
 # Registered with Keras as "safeops>name", as the losses are: a Keras layer

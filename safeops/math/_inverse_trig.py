@@ -1,0 +1,366 @@
+"""Inverse trigonometric and hyperbolic functions: ``acos``, ``asin``, ``atanh``, ``atan2``.
+
+Each is finite, with a finite derivative, at the points where
+TensorFlow's is not, and those points are where real models land:
+
+* ``acos``/``asin`` of a cosine similarity (angular and ArcFace-style
+  margins, geodesic distances on the sphere). A similarity of two equal
+  vectors is 1 only up to rounding: ``1.0000001`` gives NaN, and exactly 1
+  gives the derivative ``-1/sqrt(1 - x**2) = -inf``, NaN after the next
+  product with 0.
+* ``atanh`` of a ``tanh``-squashed action (the log-likelihood correction of
+  SAC-style policies), of a correlation (Fisher's z), of a norm in the
+  Poincare ball: ``tanh`` rounds to exactly 1 in float32 from 9.01 on, and
+  ``atanh(1)`` is ``inf`` with an ``inf`` derivative.
+* ``atan2`` of a zero vector (the angle of a 2-d offset, a phase): its
+  value is 0, but its gradient ``(x, -y) / (x**2 + y**2)`` is ``0/0``;
+  and ``x**2 + y**2`` underflows to 0 in float32 for a vector of length
+  1e-20, where the exact gradient (1e20) is finite.
+
+Each op that clamps its domain follows contract C4, as ``sqrt`` does at 0
+(:mod:`safeops.math._roots`): the value is taken at the input clamped to
+the closed domain, where it is finite (``acos(1) = 0``), and the gradient
+at the input clamped to the largest numbers of the dtype strictly inside
+(``±below_one``, ``1 - eps/2``), the nearest points where the derivative
+is finite. Every bound comes from :mod:`safeops._dtypes`.
+
+Accuracy with TF 2.21 on CPU (``python -m benchmarks.accuracy`` and the
+contract tests against mpmath): TensorFlow's own float32 ``acos`` and
+``asin`` kernels are up to 4.3 and 4.5 ULP off (every float32 in
+``[0.5, 1]``, against float64), over C3, while XLA's expansions of the same
+functions are within 2.3 and 2.4 ULP; float32 ``acos``/``asin`` therefore
+run as an inner XLA function (:mod:`safeops._xla`). XLA's float64
+``atanh`` is up to 125 ULP off near ``-0.41`` (its ``log1p``, see
+``safeops.math._logarithms._log1p``); float64 ``atanh`` is computed as
+``log1p`` of a nonnegative argument instead (within 3 ULP).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import tensorflow as tf
+
+from safeops import _dtypes, _ragged, _validate, _xla
+from safeops._gradient import custom_op, sum_to_shape
+
+
+def acos(x, name=None):
+    r"""Arc cosine with the domain clamped to [-1, 1] and a finite gradient at ±1.
+
+    Formula: :math:`\arccos x`, gradient :math:`-1/\sqrt{1 - x^2}`.
+
+    Stable rewrite: value :math:`\arccos(\operatorname{clip}(x, -1, 1))`,
+    gradient :math:`-1/\sqrt{(1 - c)(1 + c)}` with
+    :math:`c = \operatorname{clip}(x, -b, b)` and :math:`b` the largest
+    number of ``x.dtype`` below 1 (``1 - eps/2``). The factored
+    :math:`(1 - c)(1 + c)` is exact to a rounding or two at every ``c``,
+    where ``1 - c*c`` loses up to all of its digits near ±1 (TensorFlow's
+    gradient forms it so). The naive ``tf.math.acos`` is NaN for
+    ``|x| > 1`` (a cosine similarity of two equal vectors is often
+    ``1.0000001``) and its gradient is ``-inf`` at ±1, NaN after the
+    next product with 0; clipping the input to ``[-1 + eps, 1 - eps]``
+    instead moves every value near ±1 (``acos(1)`` becomes ``3.5e-4`` in
+    float32 with ``eps = 6e-8``) and kills the gradient beyond.
+
+    Edges:
+      * ``|x| >= 1`` (``±inf`` included): value ``acos(±1)`` (0 or
+        ``pi``), gradient ``-1/sqrt((1 - b)(1 + b))``, about
+        ``-1/sqrt(eps)``: -2896 in float32, -6.7e7 in float64, -32 in
+        float16, -11.3 in bfloat16. It is negative at both ends: a step
+        that lowers ``acos`` raises ``x``, back into the domain from below
+        -1, and one that raises it lowers ``x``, back from above 1.
+      * ``NaN``: NaN value and gradient.
+      * Second derivative :math:`-x/(1 - x^2)^{3/2}`; 0 at clamped points.
+      * float32 runs XLA's expansion of ``acos`` (within 2.3 ULP; TensorFlow's
+        kernel is up to 4.3 off), also outside ``jit_compile``; where the
+        inner XLA functions are off (``SAFEOPS_INNER_XLA=0``) it is
+        TensorFlow's kernel.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.acos([1.0000001, 0.0, -1.0]).numpy()
+    array([0.       , 1.5707964, 3.1415927], dtype=float32)
+    """
+    return _unary(acos, "safeops.math.acos", _arc(tf.math.acos, -1.0), x, name)
+
+
+def asin(x, name=None):
+    r"""Arc sine with the domain clamped to [-1, 1] and a finite gradient at ±1.
+
+    Formula: :math:`\arcsin x`, gradient :math:`1/\sqrt{1 - x^2}`.
+
+    Stable rewrite: value :math:`\arcsin(\operatorname{clip}(x, -1, 1))`,
+    gradient :math:`1/\sqrt{(1 - c)(1 + c)}` with
+    :math:`c = \operatorname{clip}(x, -b, b)`, ``b = 1 - eps/2`` as for
+    :func:`acos`, whose failure modes ``tf.math.asin`` shares: NaN past ±1
+    and an infinite gradient at ±1.
+
+    Edges:
+      * ``|x| >= 1`` (``±inf`` included): value ``±pi/2``, gradient
+        ``1/sqrt((1 - b)(1 + b))``: 2896 in float32, 6.7e7 in float64, 32
+        in float16, 11.3 in bfloat16; positive at both ends, so a step
+        that lowers ``asin`` lowers ``x``, back into the domain from above
+        1, and one that raises it raises ``x``, back from below -1.
+      * ``asin(±0)`` is ``±0``. ``NaN``: NaN value and gradient.
+      * Second derivative :math:`x/(1 - x^2)^{3/2}`; 0 at clamped points.
+      * float32 runs XLA's expansion of ``asin`` (within 2.4 ULP; TensorFlow's
+        kernel is up to 4.5 off), as :func:`acos` does.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.asin([1.0000001, 0.5, -2.0]).numpy()
+    array([ 1.5707964,  0.5235988, -1.5707964], dtype=float32)
+    """
+    return _unary(asin, "safeops.math.asin", _arc(tf.math.asin, 1.0), x, name)
+
+
+def atanh(x, name=None):
+    r"""Inverse hyperbolic tangent with the domain clamped inside (-1, 1).
+
+    Formula: :math:`\operatorname{artanh} x = \tfrac12 \log\frac{1 + x}{1 - x}`,
+    gradient :math:`1/(1 - x^2)`.
+
+    Stable rewrite: ``x`` is clamped to :math:`[-b, b]` with ``b`` the
+    largest number of the dtype below 1 (``1 - eps/2``), value and gradient
+    both: the value at ±1 is infinite, so unlike :func:`acos` the value
+    clamps too, as :func:`~safeops.math.logit` does (``atanh(x)`` is
+    ``logit((1 + x)/2)/2``). The gradient is :math:`1/((1 - c)(1 + c))`,
+    factored as in :func:`acos`. float64 values are
+    :math:`\operatorname{sign}(x)\,\tfrac12\operatorname{log1p}(2|x|/(1 - |x|))`,
+    a ``log1p`` of a nonnegative number (``1 - |x|`` is exact for
+    ``|x| >= 1/2``); float32 values are TensorFlow's kernel (within 1.8 ULP,
+    2.9 under XLA). The naive ``tf.math.atanh`` is ``±inf`` at ±1 with an
+    infinite gradient and NaN beyond: ``atanh(tanh(u))`` for a float32
+    ``u`` above 9.01, where ``tanh`` rounds to 1.
+
+    Edges:
+      * ``|x| >= b`` (±1, beyond, ``±inf``): value ``±atanh(b)`` (±8.66 in
+        float32, ±18.71 in float64, ±4.16 in float16, ±2.77 in bfloat16),
+        gradient ``1/((1 - b)(1 + b))``, about ``2/eps``: 1.7e7 in float32,
+        9.0e15 in float64, 2048 in float16, 256 in bfloat16; positive, so a
+        step that lowers ``|atanh|`` moves ``x`` back inside.
+      * ``atanh(±0)`` is ``±0``. ``NaN``: NaN value and gradient.
+      * Second derivative :math:`2x/(1 - x^2)^2`; 0 at clamped points.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.atanh([1.0, 0.5, -2.0]).numpy()
+    array([ 8.664339  ,  0.54930615, -8.664339  ], dtype=float32)
+    """
+    return _unary(atanh, "safeops.math.atanh", _clamped_atanh, x, name)
+
+
+def atan2(y, x, name=None):
+    r"""Angle of the vector ``(x, y)``, with a finite gradient at the origin.
+
+    Formula: :math:`\operatorname{atan2}(y, x)`, the angle in
+    :math:`[-\pi, \pi]` of :math:`(x, y)` (``tf.math.atan2``: ``y``
+    first); gradient :math:`(x, -y)/(x^2 + y^2)` with respect to
+    :math:`(y, x)`.
+
+    Stable rewrite: the value is TensorFlow's ``atan2``. The gradient is
+    formed from the vector scaled by :math:`s = \max(|x|, |y|)`:
+
+    .. math:: \frac{\partial}{\partial y} = \frac{u}{s\,(u^2 + v^2)}, \quad
+              \frac{\partial}{\partial x} = \frac{-v}{s\,(u^2 + v^2)}, \quad
+              u = x/s,\; v = y/s,
+
+    so that :math:`u^2 + v^2 \in [1, 2]` never overflows or underflows,
+    and 0 where :math:`s` is 0 (or subnormal, which TensorFlow flushes).
+    The naive gradient's :math:`x^2 + y^2` is 0 at the origin (``0/0``:
+    NaN), underflows to 0 in float32 below a length of about ``1e-19``
+    (``inf`` where the exact gradient is finite) and overflows above
+    ``1.8e19`` (0 where it is not small: no, it is ``1/length``, so tiny
+    there, and ``inf/inf`` NaN for an infinite entry).
+
+    Edges:
+      * ``x = y = 0`` (either sign, subnormals included): value as
+        TensorFlow's (``0``, ``±pi`` for ``x = -0``), gradient 0 for both:
+        the angle of a zero vector has no derivative, and 0 is the choice
+        that leaves the other terms of a loss in charge, as ``norm``'s
+        gradient at 0 does.
+      * ``±inf`` in ``x`` or ``y``: value as TensorFlow's, gradient 0 for
+        both (the limit of ``x/(x**2 + y**2)`` along any finite partner;
+        TensorFlow's is NaN). ``NaN`` in either: NaN value and gradients.
+      * Second derivatives :math:`\mp 2xy/(x^2 + y^2)^2` and
+        :math:`(y^2 - x^2)/(x^2 + y^2)^2`, formed from the same scaled
+        vector; 0 at the origin; they overflow, saturated, only where the
+        exact ones do.
+
+    Args:
+      y: A float tensor (float16, bfloat16, float32 or float64).
+      x: A float tensor of the same dtype, broadcastable against ``y``.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the broadcast shape and the dtype of ``y``.
+
+    Raises:
+      TypeError: ``y`` or ``x`` is not a float tensor, or their dtypes differ.
+      ValueError: the shapes do not broadcast.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> import safeops.math as tfm
+    >>> y = x = tf.constant([0.0, 1.0])
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch([y, x])
+    ...     angle = tfm.atan2(y, x)
+    >>> angle.numpy()
+    array([0.       , 0.7853982], dtype=float32)
+    >>> [g.numpy() for g in tape.gradient(angle, [y, x])]
+    [array([0. , 0.5], dtype=float32), array([ 0. , -0.5], dtype=float32)]
+    """
+    if _ragged.any_ragged(y, x):
+        return _ragged.elementwise(atan2, y, x, name=name)
+    op = "safeops.math.atan2"
+    with _validate.op_scope(op, name) as scope:
+        y, x = _validate.float_tensors(op, y=y, x=x)
+        _validate.broadcast_shape(op, "y", y, "x", x)
+        dtype = y.dtype
+        angle = _angle(dtype, _xla.enabled())(_dtypes.to_compute(y), _dtypes.to_compute(x))
+        return scope.output(_dtypes.from_compute(angle, dtype))
+
+
+# ----------------------------------------------------------------------------
+# Private helpers.
+
+
+def _unary(public, op, build, x, name):
+    """The shared body of the clamped unary ops: ragged rows, validation, half-precision widening."""
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(public, x, name=name)
+    with _validate.op_scope(op, name) as scope:
+        x = _validate.float_tensor(x, op, "x")
+        y = build(x.dtype, _xla.enabled())(_dtypes.to_compute(x))
+        return scope.output(_dtypes.from_compute(y, x.dtype))
+
+
+def _arc(value_fn, sign):
+    """``build(dtype, xla)`` of ``acos`` (``sign`` -1) or ``asin`` (+1): see :func:`acos`."""
+
+    @functools.lru_cache(maxsize=None)
+    def build(dtype: tf.DType, xla: bool):
+        bound = _dtypes.below_one(dtype)
+
+        def forward(x):
+            x = tf.clip_by_value(x, -1.0, 1.0)
+            angle = value_fn(x)
+            if sign > 0 and _xla.in_xla():
+                # XLA expands asin as 2 atan2(x, 1 + sqrt(1 - x**2)): for |x|
+                # below 2 tiny the half angle is subnormal and flushed, and
+                # asin(x) came out 0. Below sqrt(eps) asin(x) = x (1 + x**2/6)
+                # rounds to x itself.
+                angle = tf.where(tf.abs(x) < math.sqrt(_dtypes.eps(x.dtype)), x, angle)
+            return angle
+
+        def backward(dy, y, x):
+            c = tf.clip_by_value(x, -bound, bound)
+            return (sign * dy / tf.sqrt((1.0 - c) * (1.0 + c)),)
+
+        # The inner XLA function is for float32's accuracy (see the module
+        # docstring); float64's kernel is within 1 ULP either way, and the
+        # half dtypes round a float32 result to far fewer digits.
+        return custom_op(_xla.compiled(forward, xla and dtype == tf.float32),
+                         _xla.compiled(backward, xla, eager_plain=True), dtype)
+
+    return build
+
+
+@functools.lru_cache(maxsize=None)
+def _clamped_atanh(dtype: tf.DType, xla: bool):
+    """``atanh(clip(x, -b, b))`` with the gradient of the clipped point: see :func:`atanh`."""
+    bound = _dtypes.below_one(dtype)
+
+    def forward(x):
+        x = tf.clip_by_value(x, -bound, bound)
+        if x.dtype != tf.float64:
+            return tf.math.atanh(x)
+        # |x| as a select, not abs, so that forward-mode autodiff (taken from
+        # this formula) has derivative 1 at x = 0, as logit's does at 1/2.
+        a = tf.where(x < 0.0, -x, x)
+        r = 0.5 * tf.math.log1p(2.0 * a / (1.0 - a))
+        return tf.where(x < 0.0, -r, r)
+
+    def backward(dy, y, x):
+        c = tf.clip_by_value(x, -bound, bound)
+        return (dy / ((1.0 - c) * (1.0 + c)),)
+
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     _xla.compiled(backward, xla, eager_plain=True), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _angle(dtype: tf.DType, xla: bool):
+    """``atan2(y, x)`` with the scaled gradient of :func:`atan2`."""
+    tiny = _dtypes.tiny(dtype)
+
+    def flushed(v):
+        # A subnormal input is a zero of its own sign (C3), in every mode.
+        # TensorFlow's eager kernel takes subnormals as they are
+        # (atan2(1e-45, 1e-45) = pi/4) while XLA flushes them, and its float32
+        # atan2 of two flushed subnormals was NaN, its float64 atan2(5e-324, -1)
+        # -pi (the zero lost its sign). v * 0 keeps the sign.
+        return tf.where(tf.abs(v) < tiny, v * 0.0, v)
+
+    def forward(y, x):
+        return tf.math.atan2(flushed(y), flushed(x))
+
+    def backward(da, a, y, x):
+        s = tf.maximum(tf.abs(x), tf.abs(y))
+        # Where s is 0 (or flushed), infinite or NaN the quotients below are
+        # not formed from it: a safe s of 1 (the double where keeps the second
+        # derivative free of 0/0 too), and the gradient is 0 there, NaN for NaN.
+        # (tf.maximum may drop a NaN operand, so NaN is tested on the inputs;
+        # x + y is NaN exactly there, a NaN without a NaN constant.)
+        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+        live = (s >= tiny) & tf.math.is_finite(s) & ~nan
+        dead = tf.where(nan, x + y, tf.zeros_like(s))
+        s = tf.where(live, s, tf.ones_like(s))
+        u, v = x / s, y / s
+        # da / (u**2 + v**2) first (a divisor in [1, 2]), then / s: a product
+        # with the 1/s folded in (da / (s * w)) overflows for a large da and a
+        # small s, and 0 * inf is NaN where u or v is 0.
+        t = da / (u * u + v * v)
+        dy = tf.where(live, _dtypes.saturate(u * t / s, dtype), dead)
+        dx = tf.where(live, _dtypes.saturate(-v * t / s, dtype), dead)
+        return sum_to_shape(dy, y), sum_to_shape(dx, x)
+
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     _xla.compiled(backward, xla, eager_plain=True), dtype)
