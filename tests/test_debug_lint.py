@@ -101,8 +101,9 @@ NAIVE = {
     "lgamma-at-pole": (lgamma_at_pole, (X,)),
 }
 
-#: Patterns with no safeops op to name: the fix is the user's own clip.
-NO_SAFEOPS_OP = {"inverse-trig-at-one"}
+#: Patterns with no safeops op to name (the fix is the user's own clip): none since safeops.math has
+#: acos, asin and atanh.
+NO_SAFEOPS_OP: set = set()
 
 # --------------------------------------------------------------------------- the safeops equivalents
 
@@ -118,8 +119,8 @@ SAFE = {
     "exp-overflow": (lambda a: tfm.softmax(a) + tfm.reduce_logsumexp(a), (X,)),
     "fractional-pow-at-zero": (lambda a: tf.exp(0.3 * tfm.log(tf.nn.relu6(a))), (X,)),
     "double-where": (lambda a: tf.where(a > 0.0, tfm.log(a), 0.0), (X,)),
-    "inverse-trig-at-one": (lambda a: tf.math.acos(tf.clip_by_value(tf.reduce_sum(
-        tfm.l2_normalize(a, -1) * tfm.l2_normalize(a, -1)[::-1], -1), -1 + 1e-7, 1 - 1e-7)), (X,)),
+    "inverse-trig-at-one": (lambda a: tfm.acos(tf.reduce_sum(
+        tfm.l2_normalize(a, -1) * tfm.l2_normalize(a, -1)[::-1], -1)), (X,)),
     "lgamma-at-pole": (lambda a: tf.reduce_sum(tf.math.lgamma(tfm.softplus(a * 2.0 - 1.0) + 1e-3)), (X,)),
 }
 

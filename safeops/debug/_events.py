@@ -29,10 +29,10 @@ FLOAT16_MAX = _dtypes.max_value(tf.float16)   # 65504: a float16 value beyond it
 
 #: The fix for an inverse trigonometric function at or past +-1 (lint's finding and locate's cause).
 INVERSE_TRIG_FIX = {
-    kind: (f"clip into the open interval: tf.math.{kind.lower()}(tf.clip_by_value(x, -1 + eps, 1 - eps)) "
-           "with eps = 1e-7 in float32, 1e-3 in float16, 1e-2 in bfloat16 (a smaller eps rounds back to 1); "
-           "a clip to [-1, 1] removes the NaN value but not the inf gradient at +-1")
-    for kind in ("Acos", "Asin", "Atanh")}
+    kind: (f"safeops.math.{kind.lower()}(x): {what}, and a finite gradient there (the derivative at the "
+           "nearest number inside); a clip to [-1, 1] removes the NaN value but not the inf gradient at +-1")
+    for kind, what in (("Acos", "the value at x clipped to [-1, 1]"), ("Asin", "the value at x clipped to [-1, 1]"),
+                       ("Atanh", "x clipped to the numbers inside (-1, 1)"))}
 
 
 #: The fix for lgamma or digamma at a pole (lint's finding and locate's cause).

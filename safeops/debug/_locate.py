@@ -539,9 +539,8 @@ def _explain_gradient(op, ins, outs, forward_op, made):
     if ftype == "Atan2":
         return (f"division by x**2 + y**2 = 0 {where} at y = x = 0: d atan2(y, x) = (x dy - y dx) / "
                 f"(x**2 + y**2), and the angle of a zero vector has no derivative; gives {made}",
-                "take the angle of nonzero vectors only: nonzero = x**2 + y**2 > 0; "
-                "tf.where(nonzero, tf.math.atan2(y, tf.where(nonzero, x, 1.0)), 0.0) (the inner where keeps "
-                "the unselected gradient finite)")
+                "safeops.math.atan2(y, x): gradient 0 at the origin, and x**2 + y**2 never formed (it "
+                "underflows to 0 below a length of 1e-19 in float32)")
     if ftype in ("Acos", "Asin", "Atanh"):
         derivative = "1/(1 - x**2)" if ftype == "Atanh" else "1/sqrt(1 - x**2)"
         return (f"{derivative} {where} at x = +-1 (the input reached +-1, a clip to [-1, 1] included); "

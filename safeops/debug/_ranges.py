@@ -195,7 +195,8 @@ _SAFEOPS_RANGES = {"softplus": _NONNEG, "sqrt": _NONNEG, "norm": _NONNEG, "sigmo
                    "softmax": _Range(0.0, 1.0), "log_sigmoid": _Range(-math.inf, 0.0),
                    "log_softmax": _Range(-math.inf, 0.0), "log1mexp": _Range(-math.inf, 0.0),
                    "l2_normalize": _Range(-1.0, 1.0), "reduce_std": _NONNEG,
-                   "reduce_euclidean_norm": _NONNEG}
+                   "reduce_euclidean_norm": _NONNEG, "acos": _Range(0.0, math.pi),
+                   "asin": _Range(-math.pi / 2, math.pi / 2), "atan2": _Range(-math.pi, math.pi)}
 _SAFEOPS_OUTPUT = re.compile(r"(?:^|/)safeops(?:_\d+)?/(\w+)/IdentityN(?:_\d+)?$")
 
 

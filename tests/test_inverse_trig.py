@@ -1,0 +1,257 @@
+"""Edge tests for safeops.math's acos, asin, atanh and atan2 (the contract tests cover the rest).
+
+Each test starts from a place where a model meets the edge: a cosine
+similarity that rounds past 1, a tanh-squashed action that rounds to 1, the
+angle of a zero or very short vector.
+"""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops.debug as debug
+import safeops.math as tfm
+
+from tests._modes import DTYPES, INF, MODES, NAN, derivatives, run
+
+mpmath.mp.dps = 50
+
+ARCS = {"acos": (tfm.acos, -1.0), "asin": (tfm.asin, 1.0)}
+
+
+def below_one(dtype) -> float:
+    return 1.0 - float(np.finfo(dtype.as_numpy_dtype).eps) / 2.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(ARCS))
+def test_arcs_at_and_past_one_are_finite_with_the_boundary_gradient(name, dtype, mode):
+    fn, sign = ARCS[name]
+    x = tf.constant([-INF, -2.0, -1.0, 1.0, 2.0, INF], dtype)
+    y, g, h = derivatives(fn, x, mode)
+    exact = np.array([getattr(math, name)(v) for v in (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)])
+    np.testing.assert_allclose(y, exact, rtol=1e-2)
+    b = below_one(dtype)
+    boundary = sign / math.sqrt((1.0 - b) * (1.0 + b))   # about 1/sqrt(eps)
+    np.testing.assert_allclose(g, boundary, rtol=1e-2)
+    assert np.isfinite(h).all() and (h == 0).all()
+    # One step inside the clamp the derivative is TensorFlow's own (finite there).
+    inside = tf.constant([-b, b], dtype)
+    _, g_inside, _ = derivatives(fn, inside, mode)
+    np.testing.assert_allclose(g_inside, boundary, rtol=1e-2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_angle_between_equal_vectors_trains(mode):
+    # ArcFace-style: the angle between an embedding and itself. The cosine
+    # similarity of normalised equal vectors rounds to 1 or just past it:
+    # TensorFlow's acos gives NaN there (past 1) and an inf gradient (at 1).
+    v = np.random.default_rng(0).standard_normal([256, 7]).astype(np.float32)
+    w = tf.Variable(v)
+
+    def angles(u, acos):
+        n = tf.math.l2_normalize(u, -1)
+        return acos(tf.reduce_sum(n * tf.math.l2_normalize(tf.constant(v), -1), -1))
+
+    cos = tf.reduce_sum(tf.math.l2_normalize(v, -1) * tf.math.l2_normalize(v, -1), -1).numpy()
+    assert (cos > 1).any(), "the sample must contain similarities past 1"
+
+    def loss_and_grad(acos):
+        def body():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(angles(w, acos))
+            return loss, tape.gradient(loss, w)
+        return [t.numpy() for t in run(mode, body)()]
+
+    naive_loss, naive_grad = loss_and_grad(tf.math.acos)
+    assert not (np.isfinite(naive_loss) and np.isfinite(naive_grad).all())
+    loss, grad = loss_and_grad(tfm.acos)
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    assert 0.0 <= loss < 256 * 1e-2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atanh_of_a_saturated_tanh_is_finite(dtype, mode):
+    # The log-likelihood correction of a tanh-squashed policy takes atanh of
+    # the action: tanh(10) is exactly 1 in float32 (and tanh(4) in float16).
+    u = tf.constant([-30.0, -10.0, 0.0, 0.5, 10.0, 30.0], dtype)
+    y, g, h = derivatives(lambda t: tfm.atanh(tf.math.tanh(t)), u, mode)
+    assert np.isfinite(y).all() and np.isfinite(g).all() and np.isfinite(h).all()
+    b = below_one(dtype)
+    np.testing.assert_allclose(y[[0, 5]], [-math.atanh(b), math.atanh(b)], rtol=1e-2)
+    np.testing.assert_allclose(y[3], 0.5, rtol=1e-2)
+    # The chain through tanh: atanh'(tanh u) tanh'(u) is 1 inside the domain.
+    np.testing.assert_allclose(g[2:4], 1.0, rtol=1e-2)
+    x = tf.constant([-INF, -1.0, 1.0, 2.0], dtype)
+    _, gx, _ = derivatives(tfm.atanh, x, mode)
+    np.testing.assert_allclose(gx, 1.0 / ((1.0 - b) * (1.0 + b)), rtol=1e-2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["acos", "asin", "atanh"])
+def test_nan_stays_nan(name, mode):
+    fn = getattr(tfm, name)
+    y, g, _ = derivatives(fn, tf.constant([NAN, 0.5]), mode)
+    assert np.isnan(y[0]) and np.isnan(g[0]) and np.isfinite(y[1]) and np.isfinite(g[1])
+
+
+def test_float64_atanh_within_three_ulp_under_xla():
+    # XLA's own float64 atanh is up to 125 ULP off near -0.41 (its log1p).
+    x = np.linspace(-0.45, -0.35, 2001)
+    exact = np.array([float(mpmath.atanh(mpmath.mpf(float(v)))) for v in x])
+    for fn in (tfm.atanh, tf.function(tfm.atanh, jit_compile=True)):
+        got = fn(tf.constant(x)).numpy()
+        assert (np.abs(got - exact) / np.spacing(np.abs(exact))).max() <= 3
+    got = tf.function(tf.math.atanh, jit_compile=True)(tf.constant(x)).numpy()
+    assert (np.abs(got - exact) / np.spacing(np.abs(exact))).max() > 4, "TensorFlow's XLA atanh was fixed"
+
+
+@pytest.mark.parametrize("name", sorted(ARCS))
+def test_float32_arcs_within_c3_where_tensorflows_kernel_is_not(name):
+    # Every float32 in [0.5, 0.6] (where TensorFlow's kernels are worst), against float64.
+    lo, hi = np.float32(0.5).view(np.int32), np.float32(0.6).view(np.int32)
+    x = np.arange(lo, hi, dtype=np.int32).view(np.float32)
+    exact = getattr(np, "arc" + name[1:])(x.astype(np.float64))
+    spacing = np.spacing(np.abs(exact.astype(np.float32))).astype(np.float64)
+
+    def worst(fn):
+        return (np.abs(fn(tf.constant(x)).numpy().astype(np.float64) - exact) / spacing).max()
+
+    assert worst(ARCS[name][0]) <= 2.5
+    assert worst(tf.function(ARCS[name][0], jit_compile=True)) <= 2.5
+    assert worst(getattr(tf.math, name)) > 4, "TensorFlow's float32 kernel was fixed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atan2_at_the_origin_has_gradient_zero(dtype, mode):
+    y = tf.constant([0.0, 0.0, -0.0, 1.0, 0.0], dtype)
+    x = tf.constant([0.0, -0.0, -0.0, 0.0, 2.0], dtype)
+
+    def body(y, x):
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch([y, x])
+            with tf.GradientTape() as inner:
+                inner.watch([y, x])
+                a = tfm.atan2(y, x)
+            gy, gx = inner.gradient(a, [y, x])
+        return a, gy, gx, outer.gradient(gy, y), outer.gradient(gx, x)
+
+    a, gy, gx, hyy, hxx = [t.numpy().astype(np.float64) for t in run(mode, body)(y, x)]
+    np.testing.assert_allclose(a, [0.0, math.pi, -math.pi, math.pi / 2, 0.0], rtol=1e-2)
+    np.testing.assert_array_equal(gy, [0.0, 0.0, 0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(gx, [0.0, 0.0, 0.0, -1.0, 0.0])
+    assert np.isfinite(hyy).all() and np.isfinite(hxx).all() and hyy[0] == 0 and hxx[0] == 0
+    # TensorFlow's gradient is 0/0 there.
+    with tf.GradientTape() as tape:
+        tape.watch([y, x])
+        naive = tf.math.atan2(y, x)
+    assert np.isnan(tape.gradient(naive, y).numpy()[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_atan2_gradient_of_short_and_long_vectors(mode):
+    # x**2 + y**2 underflows below a length of 1e-19 and overflows above 1.8e19 in float32.
+    y = np.array([3e-30, -2e-38, 3e20, 1e-30, 2e38, 1e-44], np.float32)
+    x = np.array([4e-30, 2e-38, -4e20, -1e30, 1.0, 1.0], np.float32)
+
+    def grads(y, x):
+        with tf.GradientTape() as tape:
+            tape.watch([y, x])
+            a = tfm.atan2(y, x)
+        return tape.gradient(a, [y, x])
+
+    gy, gx = [g.numpy().astype(np.float64) for g in run(mode, grads)(tf.constant(y), tf.constant(x))]
+    for i in range(len(y)):
+        yi, xi = (mpmath.mpf(float(v)) for v in (y[i], x[i]))
+        if i == len(y) - 1:
+            yi = mpmath.mpf(0)   # a subnormal y is 0 (C3)
+        r2 = xi * xi + yi * yi
+        for got, want in ((gy[i], xi / r2), (gx[i], -yi / r2)):
+            want = float(want)
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-37), (i, got, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_atan2_infinities_and_nan(mode):
+    y = tf.constant([INF, 1.0, -INF, NAN, 1.0])
+    x = tf.constant([1.0, -INF, INF, 1.0, NAN])
+
+    def body(y, x):
+        with tf.GradientTape() as tape:
+            tape.watch([y, x])
+            a = tfm.atan2(y, x)
+        return (a, *tape.gradient(a, [y, x]))
+
+    a, gy, gx = [t.numpy() for t in run(mode, body)(y, x)]
+    np.testing.assert_allclose(a[:3], [math.pi / 2, math.pi, -math.pi / 4], rtol=1e-6)
+    np.testing.assert_array_equal(gy[:3], 0.0)
+    np.testing.assert_array_equal(gx[:3], 0.0)
+    assert np.isnan(a[3:]).all() and np.isnan(gy[3:]).all() and np.isnan(gx[3:]).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_atan2_subnormals_are_zeros_of_their_sign(mode):
+    # TensorFlow's XLA atan2 of two float32 subnormals is NaN; its eager kernel takes them as numbers.
+    y = tf.constant([1e-45, 1e-45, -1e-45, 0.0])
+    x = tf.constant([1e-45, -1e-45, -1e-45, 1e-45])
+    a = run(mode, tfm.atan2)(y, x).numpy()
+    np.testing.assert_array_equal(a, np.float32([0.0, math.pi, -math.pi, 0.0]))
+    assert np.isnan(tf.function(tf.math.atan2, jit_compile=True)(y[:1], x[:1]).numpy()).all(), \
+        "TensorFlow's XLA atan2 was fixed"
+
+
+def test_atan2_broadcasts_and_sums_gradients_back():
+    y = tf.constant([[0.0], [2.0]])
+    x = tf.constant([0.0, 1.0, 3.0])
+    with tf.GradientTape() as tape:
+        tape.watch([y, x])
+        a = tfm.atan2(y, x)
+    gy, gx = tape.gradient(a, [y, x])
+    assert a.shape == (2, 3) and gy.shape == (2, 1) and gx.shape == (3,)
+    np.testing.assert_allclose(a.numpy(), tf.math.atan2(y, x).numpy())
+    # x / r2 and -y / r2 summed over the broadcast axis; 0 at the origin (row 0, column 0).
+    np.testing.assert_allclose(gy.numpy(), [[1.0 + 1 / 3], [1 / 5 + 3 / 13]], rtol=1e-6)
+    np.testing.assert_allclose(gx.numpy(), [-2 / 4, -2 / 5, -2 / 13], rtol=1e-6)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(TypeError, match=r"safeops\.math\.acos: x must be"):
+        tfm.acos(tf.constant([1, 2]))
+    with pytest.raises(TypeError, match=r"safeops\.math\.atan2: x must be"):
+        tfm.atan2(tf.constant([1.0]), tf.constant([1]))
+    with pytest.raises(TypeError, match=r"safeops\.math\.atan2"):
+        tfm.atan2(tf.constant([1.0]), tf.constant([1.0], tf.float64))
+    with pytest.raises(ValueError, match=r"safeops\.math\.atan2"):
+        tfm.atan2(tf.zeros([2]), tf.zeros([3]))
+
+
+def test_ragged_rows():
+    x = tf.ragged.constant([[1.0000001, 0.5], [-2.0]])
+    np.testing.assert_allclose(tfm.acos(x).flat_values.numpy(), [0.0, math.acos(0.5), math.pi], rtol=1e-6)
+    a = tfm.atan2(x, x)
+    np.testing.assert_allclose(a.flat_values.numpy(), [math.pi / 4, math.pi / 4, -3 * math.pi / 4], rtol=1e-6)
+
+
+def test_locate_and_lint_name_the_safeops_ops():
+    # Past 1 (NaN value), at 1 after a clip (inf gradient), at 1 (inf value), the origin (0/0 gradient).
+    x = np.array([[np.nextafter(np.float32(1), np.float32(2)), 1.0, 0.0]], np.float32)
+    cases = {"acos": lambda t: tf.reduce_sum(tf.math.acos(t)),
+             "asin": lambda t: tf.reduce_sum(tf.math.asin(tf.clip_by_value(t, -1.0, 1.0))),
+             "atanh": lambda t: tf.reduce_sum(tf.math.atanh(tf.clip_by_value(t, -1.0, 1.0))),
+             "atan2": lambda t: tf.reduce_sum(tf.math.atan2(t[:, 2], t[:, 2]))}
+    for name, fn in cases.items():
+        report = debug.locate_nonfinite(fn, x)
+        assert report.found and report.fix.startswith(f"safeops.math.{name}("), (name, report)
+        safe = getattr(tfm, name)
+        arg = (lambda t: safe(t[:, 2], t[:, 2])) if name == "atan2" else safe
+        assert not debug.locate_nonfinite(lambda t: tf.reduce_sum(arg(t)), x).found
+    findings = debug.lint(lambda t: tf.math.acos(tf.reduce_sum(t * t, -1)), x, print=False)
+    assert [f.pattern for f in findings] == ["inverse-trig-at-one"]
+    assert findings[0].fix.startswith("safeops.math.acos(")
+    assert debug.lint(lambda t: tfm.acos(tf.reduce_sum(t * t, -1)), x, print=False) == []
