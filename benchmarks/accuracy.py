@@ -56,8 +56,10 @@ from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, ftz_ulps, numpy_dtype, relati
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
-         "sqrt")
-BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan")
+         "sqrt", "acos", "asin", "atanh")
+BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2")
+#: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
+UNIT_DOMAIN = ("acos", "asin", "atanh")
 ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std",
         "reduce_euclidean_norm")
 MASKING = ("reduce_logsumexp", "softmax", "log_softmax")
@@ -71,13 +73,15 @@ TF_BUILTINS = {
     "reduce_logsumexp": tf.math.reduce_logsumexp, "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
     "sqrt": tf.math.sqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
-    "reduce_euclidean_norm": tf.math.reduce_euclidean_norm,
+    "reduce_euclidean_norm": tf.math.reduce_euclidean_norm, "acos": tf.math.acos, "asin": tf.math.asin,
+    "atanh": tf.math.atanh, "atan2": tf.math.atan2,
 }
 
 EDGES = {
     "log1p": (-1.0, -0.5, -0.25), "logit": (0.5, 0.25, 0.75, 1.0), "log1mexp": (math.log(2.0),),
     "softplus_inverse": (math.log(4 / 3), math.log(2.0), 15.9, 36.0), "sigmoid": (15.9, 36.0, 87.3, -87.3),
     "log_sigmoid": (13.9, -13.9, 36.0, -36.0), "softplus": (13.9, -13.9, 36.0, -36.0),
+    "acos": (0.5, -0.5), "asin": (0.5, -0.5), "atanh": (0.5, -0.5),
 }
 _COMMON = (0.0, 1.0, -1.0, math.log(2.0), 20.0, -20.0, 50.0, -50.0, 100.0, -100.0, 1e4, -1e4)
 _COTANGENT = np.array([1.0, -0.5, 2.0, -1.5, 0.75, -3.0, 0.25])
@@ -114,6 +118,11 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
     values = np.concatenate([specials, _neighbours(edges, dtype), magnitude, moderate])
     values = _cast(values, dtype)
     values = values[np.isfinite(values.astype(np.float64))][:n]
+    if op in UNIT_DOMAIN:
+        k = len(values) // 4
+        inside = rng.uniform(-1.0, 1.0, k)
+        near_one = (1.0 - np.exp2(rng.uniform(math.log2(eps) - 1, -1, 2 * k))) * rng.choice([-1.0, 1.0], 2 * k)
+        values = _cast(np.concatenate([values[:len(values) - 3 * k], inside, near_one]), dtype)
     if op in UNARY:
         return (values,)
     if op in BINARY:

@@ -218,6 +218,11 @@ def _naive_std(x):
     return tf.sqrt(tf.reduce_mean(tf.square(x - tf.reduce_mean(x, axis=-1, keepdims=True)), axis=-1))
 
 
+def _naive_atan2(y, x):
+    nonzero = x * x + y * y > 0
+    return tf.where(nonzero, tf.math.atan2(y, tf.where(nonzero, x, tf.ones_like(x))), tf.zeros_like(x))
+
+
 # --------------------------------------------------------------------- registry
 
 def _math(name, group, inputs, naive, builtin=None, wrt=(0,), second_order=False, **kwargs):
@@ -296,6 +301,14 @@ def _build_registry() -> list:
                             unsupported=tuple(("builtin", "xla", p) for p in ("fwd", "fwdbwd", "2nd"))),
         _math("reduce_std", "rowwise", _unary(**_LOGIT), _naive_std,
               lambda x: tf.math.reduce_std(x, axis=-1), axis=-1),
+        # The naive forms are the usual guards: a clip into the open interval, a double where.
+        _math("acos", "elementwise", _unary("uniform", low=-1.0, high=1.0),
+              lambda x: tf.math.acos(tf.clip_by_value(x, -1.0 + NAIVE_EPS, 1.0 - NAIVE_EPS)), tf.math.acos),
+        _math("asin", "elementwise", _unary("uniform", low=-1.0, high=1.0),
+              lambda x: tf.math.asin(tf.clip_by_value(x, -1.0 + NAIVE_EPS, 1.0 - NAIVE_EPS)), tf.math.asin),
+        _math("atanh", "elementwise", _unary("uniform", low=-1.0, high=1.0),
+              lambda x: tf.math.atanh(tf.clip_by_value(x, -1.0 + NAIVE_EPS, 1.0 - NAIVE_EPS)), tf.math.atanh),
+        _math("atan2", "elementwise", _binary(_LOGIT, _LOGIT), _naive_atan2, tf.math.atan2, wrt=(0, 1)),
     ]
 
     def nn(name, inputs, naive, builtin, second_order=False, **kwargs):

@@ -100,6 +100,12 @@ CASES = [
          lambda y: 1.0 / y, lambda y: tfm.divide_no_nan(1.0, y)),
     Case("logit(p)", "p = 1", [1.0],
          lambda p: tf.math.log(p / (1.0 - p)), tfm.logit),
+    Case("acos(cosine similarity)", "c = 1.0000001", [1.0000001],
+         tf.math.acos, tfm.acos),
+    Case("atanh(a), a = tanh(u) stored", "a = 1", [1.0],
+         tf.math.atanh, tfm.atanh),
+    Case("atan2(y, x)", "y = x = 0", [0.0],
+         lambda y: tf.math.atan2(y, y), lambda y: tfm.atan2(y, y)),
     Case("keras binary_crossentropy", "p = 1, label 0", [1.0],
          _bce_on_probabilities, _safe_bce_on_probabilities),
 ]

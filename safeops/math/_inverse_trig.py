@@ -159,9 +159,9 @@ def atanh(x, name=None):
 
     Edges:
       * ``|x| >= b`` (±1, beyond, ``±inf``): value ``±atanh(b)`` (±8.66 in
-        float32, ±18.71 in float64, ±4.16 in float16, ±2.77 in bfloat16),
-        gradient ``1/((1 - b)(1 + b))``, about ``2/eps``: 1.7e7 in float32,
-        9.0e15 in float64, 2048 in float16, 256 in bfloat16; positive, so a
+        float32, ±18.71 in float64, ±4.16 in float16, ±3.12 in bfloat16),
+        gradient ``1/((1 - b)(1 + b))``, about ``1/eps``: 8.4e6 in float32,
+        4.5e15 in float64, 1024 in float16, 128 in bfloat16; positive, so a
         step that lowers ``|atanh|`` moves ``x`` back inside.
       * ``atanh(±0)`` is ``±0``. ``NaN``: NaN value and gradient.
       * Second derivative :math:`2x/(1 - x^2)^2`; 0 at clamped points.
@@ -201,19 +201,23 @@ def atan2(y, x, name=None):
               u = x/s,\; v = y/s,
 
     so that :math:`u^2 + v^2 \in [1, 2]` never overflows or underflows,
-    and 0 where :math:`s` is 0 (or subnormal, which TensorFlow flushes).
-    The naive gradient's :math:`x^2 + y^2` is 0 at the origin (``0/0``:
-    NaN), underflows to 0 in float32 below a length of about ``1e-19``
-    (``inf`` where the exact gradient is finite) and overflows above
-    ``1.8e19`` (0 where it is not small: no, it is ``1/length``, so tiny
-    there, and ``inf/inf`` NaN for an infinite entry).
+    and 0 where :math:`s` is 0.
+    TensorFlow's gradient divides by :math:`x^2 + y^2`, which is 0 at the
+    origin (``0/0``: NaN), underflows to 0 in float32 below a length of
+    about ``1e-19`` (``inf`` where the exact gradient, ``1/length``, is
+    finite), and is ``inf`` for an infinite entry (``inf/inf``: NaN).
 
     Edges:
-      * ``x = y = 0`` (either sign, subnormals included): value as
-        TensorFlow's (``0``, ``±pi`` for ``x = -0``), gradient 0 for both:
-        the angle of a zero vector has no derivative, and 0 is the choice
-        that leaves the other terms of a loss in charge, as ``norm``'s
-        gradient at 0 does.
+      * ``x = y = 0``: value as TensorFlow's (``±0``, ``±pi`` for
+        ``x = -0``), gradient 0 for both: the angle of a zero vector has no
+        derivative, and 0 leaves the other terms of a loss in charge, as
+        ``norm``'s gradient at 0 does.
+      * Subnormal ``x`` or ``y``: a zero of its sign (C3), in every mode:
+        TensorFlow's eager kernel takes them as numbers
+        (``atan2(1e-45, 1e-45)`` is ``pi/4``) and its XLA kernel flushes
+        them, with NaN for two float32 subnormals and ``-pi`` for float64
+        ``atan2(5e-324, -1)``. A float16 subnormal too, though float32
+        could hold it, as the clamps of float16 ops do.
       * ``±inf`` in ``x`` or ``y``: value as TensorFlow's, gradient 0 for
         both (the limit of ``x/(x**2 + y**2)`` along any finite partner;
         TensorFlow's is NaN). ``NaN`` in either: NaN value and gradients.
