@@ -180,7 +180,7 @@ def atanh(x, name=None):
 
     >>> import safeops.math as tfm
     >>> tfm.atanh([1.0, 0.5, -2.0]).numpy()
-    array([ 8.664339  ,  0.54930615, -8.664339  ], dtype=float32)
+    array([ 8.66434   ,  0.54930615, -8.66434   ], dtype=float32)
     """
     return _unary(atanh, "safeops.math.atanh", _clamped_atanh, x, name)
 
@@ -242,7 +242,7 @@ def atan2(y, x, name=None):
 
     >>> import tensorflow as tf
     >>> import safeops.math as tfm
-    >>> y = x = tf.constant([0.0, 1.0])
+    >>> y, x = tf.constant([0.0, 1.0]), tf.constant([0.0, 1.0])
     >>> with tf.GradientTape() as tape:
     ...     tape.watch([y, x])
     ...     angle = tfm.atan2(y, x)
