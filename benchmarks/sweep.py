@@ -66,6 +66,11 @@ def _close_pair(rng, n):
     return a.astype(F32), (a + rng.uniform(-20.0, 20.0, n)).astype(F32)
 
 
+def _near_one(rng, n):
+    """Numbers within ``[1e-7, 0.37]`` of 1 or -1: below 1.2e-7 float32 would round some to 1."""
+    return (rng.choice([-1.0, 1.0], n) * (1.0 - np.exp(rng.uniform(-16.0, -1.0, n)))).astype(F32)
+
+
 def _log1mexp64(x):
     a = np.abs(x)
     with np.errstate(divide="ignore"):
@@ -132,6 +137,25 @@ OPS = {
     "sqrt": (1, [
         lambda r, n: (_log_uniform(r, n, -87.0, 88.0),),
     ], np.sqrt),
+    "acos": (1, [
+        lambda r, n: (r.uniform(-1.0, 1.0, n).astype(F32),),
+        lambda r, n: (_near_one(r, n),),
+    ], np.arccos),
+    "asin": (1, [
+        lambda r, n: (r.uniform(-1.0, 1.0, n).astype(F32),),
+        lambda r, n: (_near_one(r, n),),
+        lambda r, n: (_log_uniform(r, n, -87.0, -1.0, r.choice([-1.0, 1.0], n)),),
+    ], np.arcsin),
+    "atanh": (1, [
+        lambda r, n: (r.uniform(-1.0, 1.0, n).astype(F32),),
+        lambda r, n: (_near_one(r, n),),
+        lambda r, n: (_log_uniform(r, n, -87.0, -1.0, r.choice([-1.0, 1.0], n)),),
+    ], np.arctanh),
+    "atan2": (2, [
+        lambda r, n: (r.normal(0.0, 3.0, n).astype(F32), r.normal(0.0, 3.0, n).astype(F32)),
+        lambda r, n: (_log_uniform(r, n, -87.0, 88.0, r.choice([-1.0, 1.0], n)),
+                      _log_uniform(r, n, -87.0, 88.0, r.choice([-1.0, 1.0], n))),
+    ], np.arctan2),
 }
 
 MODES = ("eager", "function", "jit")
@@ -155,6 +179,10 @@ DERIVATIVES = {
     "softplus": lambda x: (_sigmoid64(x),),
     "softplus_inverse": lambda x: (-1.0 / np.expm1(-x),),
     "sqrt": lambda x: (0.5 / np.sqrt(x),),
+    "acos": lambda x: (-1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
+    "asin": lambda x: (1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
+    "atanh": lambda x: (1.0 / ((1.0 - x) * (1.0 + x)),),
+    "atan2": lambda y, x: (x / (x * x + y * y), -y / (x * x + y * y)),
 }
 
 
@@ -274,7 +302,8 @@ def gradient_errors(name: str, args: list, got: list) -> list:
 #: TensorFlow's own op, where it has one.
 BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
             "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
-            "sqrt": "math.sqrt"}
+            "sqrt": "math.sqrt", "acos": "math.acos", "asin": "math.asin", "atanh": "math.atanh",
+            "atan2": "math.atan2"}
 
 
 def _logit_float32(x):
