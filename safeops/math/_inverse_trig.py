@@ -358,14 +358,16 @@ def _angle(dtype: tf.DType, xla: bool):
         nan = tf.math.is_nan(x) | tf.math.is_nan(y)
         live = (s >= tiny) & tf.math.is_finite(s) & ~nan
         dead = tf.where(nan, x + y, tf.zeros_like(s))
-        s = tf.where(live, s, tf.ones_like(s))
-        u, v = x / s, y / s
-        # da / (u**2 + v**2) first (a divisor in [1, 2]), then / s: a product
-        # with the 1/s folded in (da / (s * w)) overflows for a large da and a
-        # small s, and 0 * inf is NaN where u or v is 0.
+        # 1/s is at most 1/tiny (8.5e37 in float32): finite. Two divisions in
+        # all; each quotient below carries a few roundings (under 1e-6).
+        r = 1.0 / tf.where(live, s, tf.ones_like(s))
+        u, v = x * r, y * r
+        # da / (u**2 + v**2) first (a divisor in [1, 2]), then times 1/s: a
+        # product da / (s * w) overflows for a large da and a small s, and
+        # 0 * inf is NaN where u or v is 0.
         t = da / (u * u + v * v)
-        dy = tf.where(live, _dtypes.saturate(u * t / s, dtype), dead)
-        dx = tf.where(live, _dtypes.saturate(-v * t / s, dtype), dead)
+        dy = tf.where(live, _dtypes.saturate(u * t * r, dtype), dead)
+        dx = tf.where(live, _dtypes.saturate(-v * t * r, dtype), dead)
         return sum_to_shape(dy, y), sum_to_shape(dx, x)
 
     return custom_op(forward, _xla.compiled(backward, xla, eager_plain=True), dtype)
