@@ -350,14 +350,12 @@ def _angle(dtype: tf.DType, xla: bool):
 
     def backward(da, a, y, x):
         s = tf.maximum(tf.abs(x), tf.abs(y))
-        # Where s is 0 (or flushed), infinite or NaN the quotients below are
-        # not formed from it: a safe s of 1 (the double where keeps the second
-        # derivative free of 0/0 too), and the gradient is 0 there, NaN for NaN.
-        # (tf.maximum may drop a NaN operand, so NaN is tested on the inputs;
-        # x + y is NaN exactly there, a NaN without a NaN constant.)
-        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
-        live = (s >= tiny) & tf.math.is_finite(s) & ~nan
-        dead = tf.where(nan, x + y, tf.zeros_like(s))
+        # Where s is 0 (or below tiny: flushed) or infinite, the gradient is 0
+        # and the quotients below are not formed from s (a safe s of 1: the
+        # double where keeps the second derivative free of 0/0 too). A NaN s
+        # is live, so that its NaN reaches both gradients; and where
+        # tf.maximum dropped a NaN operand, u or v below is NaN all the same.
+        live = ~((s < tiny) | _dtypes.is_plus_inf(s))
         # 1/s is at most 1/tiny (8.5e37 in float32): finite. Two divisions in
         # all; each quotient below carries a few roundings (under 1e-6).
         r = 1.0 / tf.where(live, s, tf.ones_like(s))
@@ -366,8 +364,8 @@ def _angle(dtype: tf.DType, xla: bool):
         # product da / (s * w) overflows for a large da and a small s, and
         # 0 * inf is NaN where u or v is 0.
         t = da / (u * u + v * v)
-        dy = tf.where(live, _dtypes.saturate(u * t * r, dtype), dead)
-        dx = tf.where(live, _dtypes.saturate(-v * t * r, dtype), dead)
+        dy = tf.where(live, _dtypes.saturate(u * t * r, dtype), tf.zeros_like(s))
+        dx = tf.where(live, _dtypes.saturate(-v * t * r, dtype), tf.zeros_like(s))
         return sum_to_shape(dy, y), sum_to_shape(dx, x)
 
     return custom_op(forward, _xla.compiled(backward, xla, eager_plain=True), dtype)
