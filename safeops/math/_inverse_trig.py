@@ -214,12 +214,14 @@ def atan2(y, x, name=None):
         ``x = -0``), gradient 0 for both: the angle of a zero vector has no
         derivative, and 0 leaves the other terms of a loss in charge, as
         ``norm``'s gradient at 0 does.
-      * Subnormal ``x`` or ``y``: a zero of its sign (C3), in every mode:
-        TensorFlow's eager kernel takes them as numbers
-        (``atan2(1e-45, 1e-45)`` is ``pi/4``) and its XLA kernel flushes
-        them, with NaN for two float32 subnormals and ``-pi`` for float64
-        ``atan2(5e-324, -1)``. A float16 subnormal too, though float32
-        could hold it, as the clamps of float16 ops do.
+      * Subnormal ``x`` or ``y``: a zero of its sign (C3), in every mode
+        (float16's too, which float32 could hold). TensorFlow's CPU kernel
+        takes them as numbers in its vector loop, not always rightly
+        (``atan2(0, 1e-45)`` is ``pi/4``), and flushes them in its scalar
+        loop (tensors under 8 entries, a loop's tail), where two subnormals
+        give NaN; its XLA kernel flushes them, NaN again for two float32
+        subnormals and ``-pi`` for float64 ``atan2(5e-324, -1)``. A pair
+        of them is the origin: gradient 0.
       * ``±inf`` in ``x`` or ``y``: value as TensorFlow's, gradient 0 for
         both (the limit of ``x/(x**2 + y**2)`` along any finite partner;
         TensorFlow's is NaN). ``NaN`` in either: NaN value and gradients.
@@ -338,34 +340,43 @@ def _angle(dtype: tf.DType, xla: bool):
     """``atan2(y, x)`` with the scaled gradient of :func:`atan2`."""
     tiny = _dtypes.tiny(dtype)
 
+    def flushed(y, x):
+        return tuple(tf.where(tf.abs(v) < tiny, v * 0.0, v) for v in (y, x))
+
+    # A subnormal input is made a zero of its own sign (v * 0 keeps the sign)
+    # before TensorFlow's atan2 kernel, in one fused XLA loop: that kernel
+    # takes subnormals as numbers in its vector loop but not always rightly
+    # (atan2(0, 1e-45) came out pi/4, not 0) and flushes them in its scalar
+    # loop (tensors under 8 entries, a loop's tail), where two subnormals gave
+    # 0/0 = NaN; XLA's atan2 flushes them too, with NaN for two float32
+    # subnormals and -pi for float64 atan2(5e-324, -1) (the zero lost its
+    # sign). XLA's own atan2 is not used outside jit_compile: on this CPU it
+    # is ten times slower than TensorFlow's kernel.
+    flush = _xla.compiled(flushed, xla, eager_plain=True)
+
     def forward(y, x):
-        if _xla.in_xla():
-            # XLA flushes subnormal inputs, and its float32 atan2 of two flushed
-            # subnormals was NaN, its float64 atan2(5e-324, -1) -pi (the zero
-            # lost its sign): under XLA a subnormal is made a zero of its own
-            # sign first (v * 0 keeps the sign; fused, no extra pass).
-            # TensorFlow's CPU kernel takes subnormals as the numbers they are.
-            y, x = (tf.where(tf.abs(v) < tiny, v * 0.0, v) for v in (y, x))
-        return tf.math.atan2(y, x)
+        return tf.math.atan2(*flush(y, x))
 
     def backward(da, a, y, x):
         s = tf.maximum(tf.abs(x), tf.abs(y))
         # Where s is 0 (or below tiny: flushed) or infinite, the gradient is 0
         # and the quotients below are not formed from s (a safe s of 1: the
-        # double where keeps the second derivative free of 0/0 too). A NaN s
-        # is live, so that its NaN reaches both gradients; and where
-        # tf.maximum dropped a NaN operand, u or v below is NaN all the same.
+        # double where keeps the second derivative free of 0/0 too); NaN where
+        # x or y is NaN (tf.maximum may drop a NaN operand, so s may be finite,
+        # even tiny, there; x + y is NaN exactly there, with no NaN constant).
         live = ~((s < tiny) | _dtypes.is_plus_inf(s))
-        # 1/s is at most 1/tiny (8.5e37 in float32): finite. Two divisions in
-        # all; each quotient below carries a few roundings (under 1e-6).
-        r = 1.0 / tf.where(live, s, tf.ones_like(s))
-        u, v = x * r, y * r
-        # da / (u**2 + v**2) first (a divisor in [1, 2]), then times 1/s: a
-        # product da / (s * w) overflows for a large da and a small s, and
-        # 0 * inf is NaN where u or v is 0.
+        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+        dead = tf.where(nan, x + y, tf.zeros_like(s))
+        # Quotients by s, not products with 1/s: that is subnormal (flushed to
+        # 0) for s above 1/tiny (8.5e37 in float32).
+        s = tf.where(live, s, tf.ones_like(s))
+        u, v = x / s, y / s
+        # da / (u**2 + v**2) first (a divisor in [1, 2]), then / s: a product
+        # da / (s * w) overflows for a large da and a small s, and 0 * inf is
+        # NaN where u or v is 0.
         t = da / (u * u + v * v)
-        dy = tf.where(live, _dtypes.saturate(u * t * r, dtype), tf.zeros_like(s))
-        dx = tf.where(live, _dtypes.saturate(-v * t * r, dtype), tf.zeros_like(s))
+        dy = tf.where(live, _dtypes.saturate(u * t / s, dtype), dead)
+        dx = tf.where(live, _dtypes.saturate(-v * t / s, dtype), dead)
         return sum_to_shape(dy, y), sum_to_shape(dx, x)
 
     return custom_op(forward, _xla.compiled(backward, xla, eager_plain=True), dtype)
