@@ -112,8 +112,9 @@ def test_float64_atanh_within_three_ulp_under_xla():
 
 
 @pytest.mark.parametrize("name", sorted(ARCS))
-def test_float32_arcs_within_c3_where_tensorflows_kernel_is_not(name):
-    # Every float32 in [0.5, 0.6] (where TensorFlow's kernels are worst), against float64.
+def test_float32_arcs_are_tensorflows_kernel_inside_the_domain(name):
+    # Every float32 in [0.5, 0.6], where TensorFlow's kernels are worst, against float64: safeops'
+    # value is that kernel's (4.5 ULP, the contract tests' one wider allowance), XLA's is within 2.4.
     lo, hi = np.float32(0.5).view(np.int32), np.float32(0.6).view(np.int32)
     x = np.arange(lo, hi, dtype=np.int32).view(np.float32)
     exact = getattr(np, "arc" + name[1:])(x.astype(np.float64))
@@ -122,9 +123,10 @@ def test_float32_arcs_within_c3_where_tensorflows_kernel_is_not(name):
     def worst(fn):
         return (np.abs(fn(tf.constant(x)).numpy().astype(np.float64) - exact) / spacing).max()
 
-    assert worst(ARCS[name][0]) <= 2.5
-    assert worst(tf.function(ARCS[name][0], jit_compile=True)) <= 2.5
-    assert worst(getattr(tf.math, name)) > 4, "TensorFlow's float32 kernel was fixed"
+    fn = ARCS[name][0]
+    np.testing.assert_array_equal(fn(tf.constant(x)).numpy(), getattr(tf.math, name)(tf.constant(x)).numpy())
+    assert 4.0 < worst(fn) <= 4.5
+    assert worst(tf.function(fn, jit_compile=True)) <= 2.5
 
 
 @pytest.mark.parametrize("mode", MODES)
