@@ -159,8 +159,9 @@ def test_atan2_at_the_origin_has_gradient_zero(dtype, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_atan2_gradient_of_short_and_long_vectors(mode):
     # x**2 + y**2 underflows below a length of 1e-19 and overflows above 1.8e19 in float32.
-    y = np.array([3e-30, -2e-38, 3e20, 1e-30, 2e38, 1e-44], np.float32)
-    x = np.array([4e-30, 2e-38, -4e20, -1e30, 1.0, 1.0], np.float32)
+    # (1e-19, -1e-18): y**2 is 1% of the sum and subnormal (found by benchmarks.sweep --gradients).
+    y = np.array([3e-30, -2e-38, 3e20, 1e-30, 2e38, 1.00488473e-19, 1e-44], np.float32)
+    x = np.array([4e-30, 2e-38, -4e20, -1e30, 1.0, -9.95116268e-19, 1.0], np.float32)
 
     def grads(y, x):
         with tf.GradientTape() as tape:
