@@ -10,6 +10,9 @@ import pytest
 from benchmarks import sweep
 from tests.ulp import GRAD_RTOL, VALUE_ULP
 
+#: TensorFlow's float32 acos and asin kernels, kept outside XLA (tests/test_contract.py's one allowance).
+VALUE_BOUND = {"acos": 4.5, "asin": 4.5}
+
 
 @pytest.mark.parametrize("name", sorted(sweep.OPS))
 def test_float32_sweep_within_c3(name):
@@ -18,7 +21,7 @@ def test_float32_sweep_within_c3(name):
     for mode in sweep.MODES:
         r = result[mode]
         assert r["non_finite"] == 0, (name, mode, r)
-        assert r["max_ulp"] <= VALUE_ULP["float32"], (name, mode, r)
+        assert r["max_ulp"] <= VALUE_BOUND.get(name, VALUE_ULP["float32"]), (name, mode, r)
 
 
 @pytest.mark.parametrize("name", sorted(sweep.OPS))
