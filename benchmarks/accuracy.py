@@ -121,7 +121,8 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
     if op in UNIT_DOMAIN:
         k = len(values) // 4
         inside = rng.uniform(-1.0, 1.0, k)
-        near_one = (1.0 - np.exp2(rng.uniform(math.log2(eps) - 1, -1, 2 * k))) * rng.choice([-1.0, 1.0], 2 * k)
+        gap = np.exp2(rng.uniform(math.log2(eps) - 1, -1, 2 * k))
+        near_one = (1.0 - gap) * rng.choice([-1.0, 1.0], 2 * k)
         values = _cast(np.concatenate([values[:len(values) - 3 * k], inside, near_one]), dtype)
     if op in UNARY:
         return (values,)

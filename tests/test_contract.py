@@ -39,9 +39,9 @@ Documented allowances, each narrower than the contract's wording:
 * **TensorFlow's float32 ``acos`` and ``asin``** (the one allowance wider
   than the contract). Their float32 values are TensorFlow's kernels, up to
   4.3 and 4.5 ULP off (every float32 in ``[0.5, 1]`` against float64); XLA's
-  expansions are within 2.4 but 16 times slower on this CPU, and the float64
-  kernels 20 times. 4.5 ULP is accepted for them in float32 (README, Known
-  gaps).
+  expansions are within 2.4 but several times slower on this CPU
+  (``safeops.math._inverse_trig``). 4.5 ULP is accepted for them in float32
+  (README, Known gaps).
 * **flush-to-zero resolution.** TensorFlow flushes subnormal intermediates,
   so an error of at most 4 (1) times ``tiny`` in absolute terms is within
   C3 too (``tests.ulp.ftz_ulps``); this matters only for results within a
@@ -124,7 +124,7 @@ def _xlog_clamp(bound_fn):
 
 
 def _outside_open_unit(sign):
-    """Clamp rule ``|x| >= 1 - eps/2`` (the gradient is taken there): the gradient has ``sign`` at both ends."""
+    """Clamp rule ``|x| >= 1 - eps/2`` (where the gradient is taken): its sign is ``sign`` at both ends."""
     return lambda xs, f: [(np.abs(xs[0]) >= f.below_one, 0, sign)]
 
 

@@ -31,7 +31,8 @@ FLOAT16_MAX = _dtypes.max_value(tf.float16)   # 65504: a float16 value beyond it
 INVERSE_TRIG_FIX = {
     kind: (f"safeops.math.{kind.lower()}(x): {what}, and a finite gradient there (the derivative at the "
            "nearest number inside); a clip to [-1, 1] removes the NaN value but not the inf gradient at +-1")
-    for kind, what in (("Acos", "the value at x clipped to [-1, 1]"), ("Asin", "the value at x clipped to [-1, 1]"),
+    for kind, what in (("Acos", "the value at x clipped to [-1, 1]"),
+                       ("Asin", "the value at x clipped to [-1, 1]"),
                        ("Atanh", "x clipped to the numbers inside (-1, 1)"))}
 
 

@@ -28,10 +28,13 @@ Accuracy with TF 2.21 on CPU. TensorFlow's own float32 ``acos`` and
 ``asin`` kernels are up to 4.3 and 4.5 ULP off (every float32 in
 ``[0.5, 1]``, against float64), over C3's 4, while XLA's expansions of the
 same functions are within 2.3 and 2.4 ULP. safeops keeps TensorFlow's
-kernels outside ``jit_compile`` all the same: XLA's expansions run 16 times
-slower on this CPU (14.6 ms against 0.9 ms for 1e6 float32 entries), and
-the float64 kernels 20 times; the contract tests accept 4.5 ULP for these
-two ops in float32, their one allowance wider than C3. XLA's float64
+kernels outside ``jit_compile`` all the same: with XLA's expansions
+TensorFlow's own ``acos`` forward+backward took 6.6 times as long at 1e7
+entries (111.7 ms against 16.9 ms in a ``tf.function``, one run of
+``python -m benchmarks --filter 'math.(acos|asin)$' --modes graph,xla
+--passes fwdbwd``; ``asin`` 7.0), and a float64 evaluation is slower still;
+the contract tests accept 4.5 ULP for these two ops in float32, their one
+allowance wider than C3. XLA's float64
 ``atanh`` is up to 125 ULP off near ``-0.41`` (its ``log1p``, see
 ``safeops.math._logarithms._log1p``); float64 ``atanh`` is computed as
 ``log1p`` of a nonnegative argument instead (within 3 ULP against mpmath).
@@ -308,8 +311,8 @@ def _arc(value_fn, sign):
             return (sign * dy / tf.sqrt((1.0 - c) * (1.0 + c)),)
 
         # The forward is TensorFlow's kernel, not an inner XLA function: XLA's
-        # float32 acos and asin are more accurate (2.4 ULP against 4.5) but 16
-        # times slower on this CPU (see the module docstring).
+        # float32 acos and asin are more accurate (2.4 ULP against 4.5) but
+        # several times slower on this CPU (see the module docstring).
         return custom_op(forward, _xla.compiled(backward, xla, eager_plain=True), dtype)
 
     return build
@@ -355,7 +358,7 @@ def _angle(dtype: tf.DType, xla: bool):
     # 0/0 = NaN; XLA's atan2 flushes them too, with NaN for two float32
     # subnormals and -pi for float64 atan2(5e-324, -1) (the zero lost its
     # sign). XLA's own atan2 is not used outside jit_compile: on this CPU it
-    # is ten times slower than TensorFlow's kernel.
+    # is several times slower than TensorFlow's kernel, as its acos is.
     flush = _xla.compiled(flushed, xla, eager_plain=True)
 
     def forward(y, x):
