@@ -128,6 +128,17 @@ def log_max(dtype: tf.DType) -> float:
     return float(np.log(max_value(dtype)))
 
 
+def flush_subnormals(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """``x`` with every entry below ``tiny(dtype)`` in magnitude made a zero of its own sign.
+
+    C3 treats subnormal inputs as 0, but a kernel does not always flush
+    them: a bfloat16 or float16 subnormal widened to float32 is normal
+    there, and some kernels take float32 subnormals as numbers (or not, by
+    loop). ``x * 0`` keeps the sign (``atan2`` needs it at its branch cut).
+    """
+    return tf.where(tf.abs(x) < tiny(dtype), x * 0.0, x)
+
+
 def saturate(g: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """Clips ``g`` to the finite range of ``dtype``, keeping NaN.
 

@@ -35,6 +35,7 @@ ZEROS = [[0.0, 0.0, 0.0, 0.0], [0.0, 3.0, -4.0, 0.0]]           # a zero row: no
 LOGITS = [[-100.0, 100.0, 0.0, 80.0], [-1e4, 1e4, 50.0, -50.0]]  # saturated logits
 MODERATE = [[-10.0, 10.0, 0.0, 8.0], [-30.0, 30.0, 5.0, -5.0]]
 NEGATIVE = [[-0.0, -1e-30, -100.0, -1e4], [-1.0, -0.5, -30.0, 0.0]]
+UNIT = [[1.0, -1.0, 0.5, 1.0000001], [-2.0, 0.0, 0.999, -0.5]]    # at and past +-1
 
 
 def _labels(x):
@@ -56,6 +57,11 @@ CASES = {
     "sigmoid": (tfm.sigmoid, LOGITS),
     "logaddexp": (lambda x: tfm.logaddexp(x, -x), LOGITS),
     "divide_no_nan": (lambda x: tfm.divide_no_nan(_labels(x), x), ZEROS),
+    "acos": (tfm.acos, UNIT),
+    "asin": (tfm.asin, UNIT),
+    "atanh": (tfm.atanh, UNIT),
+    "atan2": (lambda x: tfm.atan2(x, tf.reverse(x, [-1])), ZEROS),   # the origin
+    "atan2_large": (lambda x: tfm.atan2(x, tf.reverse(x, [-1])), LOGITS),
     "softmax": (tfm.softmax, LOGITS),
     "log_softmax": (tfm.log_softmax, LOGITS),
     "reduce_logsumexp": (lambda x: tfm.reduce_logsumexp(x, -1), LOGITS),

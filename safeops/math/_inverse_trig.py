@@ -355,12 +355,12 @@ def _angle(dtype: tf.DType, xla: bool):
     tiny = _dtypes.tiny(dtype)
 
     def flushed(y, x):
-        return tuple(tf.where(tf.abs(v) < tiny, v * 0.0, v) for v in (y, x))
+        return _dtypes.flush_subnormals(y, dtype), _dtypes.flush_subnormals(x, dtype)
 
-    # A subnormal input is made a zero of its own sign (v * 0 keeps the sign)
-    # before TensorFlow's atan2 kernel, in one fused XLA loop: that kernel
-    # takes subnormals as numbers in its vector loop but not always rightly
-    # (atan2(0, 1e-45) came out pi/4, not 0) and flushes them in its scalar
+    # A subnormal input is made a zero of its own sign before TensorFlow's
+    # atan2 kernel, in one fused XLA loop: that kernel takes subnormals as
+    # numbers in its vector loop but not always rightly (atan2(0, 1e-45)
+    # came out pi/4, not 0) and flushes them in its scalar
     # loop (tensors under 8 entries, a loop's tail), where two subnormals gave
     # 0/0 = NaN; XLA's atan2 flushes them too, with NaN for two float32
     # subnormals and -pi for float64 atan2(5e-324, -1) (the zero lost its

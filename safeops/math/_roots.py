@@ -180,7 +180,7 @@ def _guarded_quotient(dtype: tf.DType, xla: bool):
     flush = dtype == tf.bfloat16
 
     def flushed(y):
-        return tf.where(tf.abs(y) < _dtypes.tiny(dtype), tf.zeros_like(y), y) if flush else y
+        return _dtypes.flush_subnormals(y, dtype) if flush else y
 
     def forward(x, y):
         y = flushed(y)
