@@ -109,3 +109,7 @@ def atanh(x):
 
 def atan2(y, x):
     return tf.math.atan2(y, x)
+
+
+def pow(x, y):  # noqa: A001 - tf.math.pow's name
+    return tf.math.pow(x, y)

@@ -278,12 +278,33 @@ def _atan2(y, x, f):
     return CTX.atan2(y, x), (x / r2, -y / r2)
 
 
+def _pow(x, y, f, negative_zero=False):
+    """``x ** y`` with :func:`safeops.math.pow`'s clamps; ``negative_zero``: ``x`` is ``-0`` (flushed or not).
+
+    mpmath has no signed zero: at the pole of an integer ``y`` the base is
+    ``-tiny`` for a negative zero, as the op takes it.
+    """
+    tiny = CTX.mpf(f.tiny)
+    integer = y == CTX.floor(y)
+    base = x if integer else max(x, ZERO)
+    pole = base == 0 and y < 0
+    if pole:
+        base = -tiny if (integer and negative_zero) else tiny
+    value = (ONE if y == 0 else ZERO) if base == 0 else CTX.power(base, y)
+    if pole and abs(value) > f.max_value:
+        value = CTX.mpf(math.copysign(f.max_value, value))
+    b = base if integer else max(base, tiny)
+    dx = ZERO if y == 0 else (y if y == 1 else y * CTX.power(b, y - 1)) if b != 0 else ZERO
+    dy = value * CTX.log(base) if base > 0 else ZERO
+    return value, (dx, dy)
+
+
 ELEMENTWISE = {
     "log": _log, "log1p": _log1p, "logit": _logit, "log1mexp": _log1mexp,
     "sigmoid": _sigmoid, "log_sigmoid": _log_sigmoid, "softplus": _softplus,
     "softplus_inverse": _softplus_inverse, "sqrt": _sqrt,
     "xlogy": _xlogy, "xlog1py": _xlog1py, "logaddexp": _logaddexp, "divide_no_nan": _divide_no_nan,
-    "acos": _acos, "asin": _asin, "atanh": _atanh, "atan2": _atan2,
+    "acos": _acos, "asin": _asin, "atanh": _atanh, "atan2": _atan2, "pow": _pow,
 }
 
 
@@ -319,7 +340,11 @@ def elementwise(name: str, *arrays, dtype, flush: bool = True) -> Reference:
             for g in grads:
                 g.append(_NAN)
             continue
-        v, gs = fn(*(_input(x, f, flush) for x in xs), f)
+        inputs = [_input(x, f, flush) for x in xs]
+        if name == "pow":
+            v, gs = fn(*inputs, f, negative_zero=math.copysign(1.0, xs[0]) < 0 and inputs[0] == 0)
+        else:
+            v, gs = fn(*inputs, f)
         if name == "atan2" and _input(xs[0], f, flush) == 0:
             v = CTX.mpf(_atan2_of_zero(*xs, f, flush))
         values.append(v)

@@ -62,7 +62,11 @@ EDGES = {
     "asin": (0.5, -0.5, 0.999, -0.999, 1e-8, 2.0, -2.0),
     "atanh": (0.5, -0.5, 0.999, -0.999, 1e-8, 2.0, -2.0),
     "atan2": (0.5, 2.0, 1e-20, 1e20, 1e-30, 1e30, 1e-160, 1e160),
+    "pow": (0.5, 2.0, 1e-20, 1e20, 1e-30, 1e-160),
 }
+
+#: Exponents people write (``x ** 0.5``, focal ``gamma``, ``deg ** -0.5``), drawn often for ``pow``'s ``y``.
+POW_EXPONENTS = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 1.5, 0.25, 2.5, -1.5, 4.0, 1.0 / 3.0)
 
 
 def cast(values, dtype) -> np.ndarray:
@@ -144,13 +148,17 @@ def vectors(op: str, dtype, min_size: int = 1, max_size: int = 12) -> st.SearchS
 
 @st.composite
 def pairs(draw, op: str, dtype, max_size: int = 12):
-    """Two equally long 1-D arrays for a binary op; ``x`` often 0 for ``xlogy``/``xlog1py``."""
+    """Two equally long 1-D arrays for a binary op; ``x`` often 0 for ``xlogy``/``xlog1py``, ``y`` often a
+    common exponent for ``pow``."""
     n = draw(st.integers(1, max_size))
     first = elements(op, dtype)
     if op in ("xlogy", "xlog1py"):
         first = st.one_of(st.just(0.0), st.just(-0.0), first)
     x = draw(st.lists(first, min_size=n, max_size=n))
-    y = draw(st.lists(elements(op, dtype), min_size=n, max_size=n))
+    second = elements(op, dtype)
+    if op == "pow":
+        second = st.one_of(st.sampled_from(POW_EXPONENTS), st.sampled_from(POW_EXPONENTS), second)
+    y = draw(st.lists(second, min_size=n, max_size=n))
     return cast(x, dtype), cast(y, dtype)
 
 

@@ -128,6 +128,20 @@ def _outside_open_unit(sign):
     return lambda xs, f: [(np.abs(xs[0]) >= f.below_one, 0, sign)]
 
 
+def _pow_clamp(x, y, f):
+    """``pow``'s clamps: a base below ``tiny`` (0, subnormal, negative) with a fractional exponent.
+
+    The gradient w.r.t. ``x`` there is ``y tiny**(y - 1)``: positive for
+    ``0 < y < 1`` (it pushes the base up, into the domain), negative for
+    ``y < 0`` (at the pole). For ``y > 1`` it is about 0, the exact
+    derivative at 0, and not checked.
+    """
+    y = np.where(np.abs(y) < f.tiny, 0.0, y)  # a subnormal exponent is 0 (C3)
+    fractional = y != np.floor(y)
+    below = x < f.tiny
+    return [(below & fractional & (y > 0) & (y < 1), 0, +1), (below & fractional & (y < 0), 0, -1)]
+
+
 SPECS = {s.name: s for s in [
     Spec("log", "unary", ("x",), tf.math.log, clamp=_positive_below(lambda f: f.tiny)),
     Spec("log1p", "unary", ("x",), tf.math.log1p, clamp=_positive_below(lambda f: -f.below_one)),
@@ -158,6 +172,7 @@ SPECS = {s.name: s for s in [
     Spec("asin", "unary", ("x",), tf.math.asin, clamp=_outside_open_unit(+1), float32_ulp=4.5),
     Spec("atanh", "unary", ("x",), tf.math.atanh, clamp=_outside_open_unit(+1)),
     Spec("atan2", "binary", ("y", "x"), tf.math.atan2),
+    Spec("pow", "binary", ("x", "y"), tf.math.pow, clamp=lambda xs, f: _pow_clamp(*xs, f)),
 ]}
 
 OP_NAMES = list(SPECS)

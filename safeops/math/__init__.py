@@ -8,8 +8,9 @@ they are not. Ops that TensorFlow lacks (``logit``, ``log1mexp``,
 The ops live in topic modules: logarithms with clamped domains
 (``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
 softmax family (``_logsumexp``), square roots and safe division
-(``_roots``), norms (``_norms``), the standard deviation (``_moments``) and
-the inverse trigonometric functions (``_inverse_trig``).
+(``_roots``), norms (``_norms``), the standard deviation (``_moments``),
+the inverse trigonometric functions (``_inverse_trig``) and powers
+(``_powers``).
 
 Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
 TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
@@ -25,6 +26,7 @@ from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlo
 from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
 from safeops.math._moments import reduce_std
 from safeops.math._norms import l2_normalize, norm, reduce_euclidean_norm
+from safeops.math._powers import pow
 from safeops.math._roots import divide_no_nan, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
@@ -33,7 +35,7 @@ __all__ = [
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "softmax", "log_softmax",
     "sqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
-    "acos", "asin", "atanh", "atan2",
+    "acos", "asin", "atanh", "atan2", "pow",
 ]
 
 # Registered with Keras as "safeops>name", as the losses are: a Keras layer

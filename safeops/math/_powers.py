@@ -1,0 +1,210 @@
+"""Powers: ``pow``.
+
+``x ** p`` is where many NaNs start that no ``log`` or ``sqrt`` call shows:
+
+* a fractional power at 0 (``x ** 0.5`` for a norm, ``(1 - p) ** gamma``
+  of a focal weight with ``gamma < 1``, ``norm ** (1/p)`` of a p-norm): the
+  value is 0, but the derivative ``p x**(p - 1)`` is ``inf`` there, NaN
+  after the next product with 0;
+* ``x ** 0`` (``tf.pow(x, 0.0)``, a schedule that reaches 0): the value is
+  1 everywhere, and TensorFlow's gradient at ``x = 0`` is ``0 * inf = NaN``;
+* a negative power at 0 (``deg ** -0.5`` of a graph node without edges,
+  ``1 / x**2``): ``inf``, and NaN in the next product with 0;
+* a negative base to a fractional power (``x ** 0.5`` of a rounding error
+  below 0): NaN.
+
+safeops' ``pow`` keeps TensorFlow's value everywhere else and clamps as
+``sqrt`` and ``log`` do (:mod:`safeops.math._roots`,
+:mod:`safeops.math._logarithms`, contract C4): for a fractional exponent
+the domain of the base is ``x >= 0``; at the pole (base 0, exponent below
+0) the base is taken as ``tiny``, the smallest normal number, where the
+value is finite (or saturated) and the gradient is the boundary's.
+
+Accuracy with TF 2.21 on CPU: the value is XLA's ``pow`` (an inner XLA
+function in a ``tf.function`` and eagerly on large tensors, TensorFlow's
+kernel on small eager tensors); on 2 million random float32 points
+(``x = exp(U(-20, 20))``, ``y`` in ``[-4, 4]``) XLA's was within 0.5 ULP
+of float64's and TensorFlow's kernel within 1.4, while XLA's loop took
+half the time of TensorFlow's kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+
+from safeops import _dtypes, _ragged, _validate, _xla
+from safeops._gradient import custom_op, sum_to_shape
+
+
+def pow(x, y, name=None):  # noqa: A001 - tf.math.pow's name
+    r"""``x ** y`` with finite values at the pole and finite gradients everywhere.
+
+    Formula: :math:`x^y`; gradients :math:`y x^{y-1}` (``x``) and
+    :math:`x^y \log x` (``y``), each summed back to its input's shape.
+
+    Stable rewrite: the base is clamped before the power, and the gradient
+    with respect to ``x`` is taken at the base clamped at ``tiny`` (the
+    smallest normal number) when ``y`` is fractional:
+
+    * ``y`` not an integer: :math:`\max(x, 0)^y`, gradient
+      :math:`y \max(x, t)^{y-1}`. TensorFlow's is NaN below 0 and
+      ``inf`` at 0 for :math:`0 < y < 1`; at ``y = 0.5`` the boundary
+      gradient is ``sqrt``'s, :math:`1/(2\sqrt{t})` (4.6e18 in float32).
+    * At the pole, base 0 and :math:`y < 0`: the base is :math:`t` (with
+      the sign of the zero for an integer ``y``), so the value is
+      :math:`t^y`, saturated at the dtype's largest finite value where that
+      overflows (from ``y = -1.02`` on in float32), where TensorFlow's is
+      ``inf``; gradients as at :math:`t`, saturated.
+    * ``y == 0``: value 1 and gradient 0 with respect to ``x`` also at
+      ``x = 0`` (TensorFlow's is :math:`0 \cdot \infty` = NaN there).
+    * Gradient with respect to ``y``: :math:`x^y \log x` for :math:`x > 0`
+      (the clamped base at the pole), 0 where the base is 0 or negative (as
+      TensorFlow's: the power is constant in ``y`` at base 0, and not
+      defined for nearby ``y`` at a negative base).
+
+    Edges:
+      * Values that overflow for finite inputs (``pow(10, 50)`` in float32)
+        are ``inf``, the correctly rounded result, as TensorFlow's; both
+        gradients saturate at the dtype's largest finite value there, and
+        wherever they overflow.
+      * Subnormal ``x`` or ``y``: a zero of its sign (C3; TensorFlow's
+        kernel takes a float32 subnormal base as a number, not rightly:
+        ``pow(1e-45, 0.5)`` was 2.6e-23, where it is 3.7e-23).
+      * ``NaN`` in ``x`` or ``y``: NaN value and gradients, also for
+        ``pow(NaN, 0)`` and ``pow(1, NaN)``, which IEEE 754 (and TensorFlow)
+        make 1; safeops never hides a NaN.
+      * ``±inf`` in ``x`` or ``y``: value as TensorFlow's; gradients the
+        formula's limit, saturated, and 0 where the formula is
+        :math:`0 \cdot \infty` (``pow(0.5, inf)`` with respect to ``x``).
+      * Second derivatives saturate at the dtype's largest finite value; at
+        a clamped base the second derivative with respect to ``x`` is 0.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      y: A float tensor of the same dtype, broadcastable against ``x``; a
+        Python number takes ``x``'s dtype.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the broadcast shape and the dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` or ``y`` is not a float tensor, or their dtypes differ.
+      ValueError: the shapes do not broadcast.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> import safeops.math as tfm
+    >>> x = tf.constant([0.0, 4.0, -1.0])
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(x)
+    ...     z = tfm.pow(x, 0.5)
+    >>> z.numpy()
+    array([0., 2., 0.], dtype=float32)
+    >>> tape.gradient(z, x).numpy()
+    array([4.611686e+18, 2.500000e-01, 4.611686e+18], dtype=float32)
+    """
+    if _ragged.any_ragged(x, y):
+        return _ragged.elementwise(pow, x, y, name=name)
+    op = "safeops.math.pow"
+    with _validate.op_scope(op, name) as scope:
+        x, y = _validate.float_tensors(op, x=x, y=y)
+        _validate.broadcast_shape(op, "x", x, "y", y)
+        dtype = x.dtype
+        z = _power(dtype, _xla.enabled())(_dtypes.to_compute(x), _dtypes.to_compute(y))
+        return scope.output(_dtypes.from_compute(z, dtype))
+
+
+# ----------------------------------------------------------------------------
+# Private helpers.
+
+
+def _negative(x: tf.Tensor) -> tf.Tensor:
+    """The sign bit of ``x`` (true for ``-0.0``), from its bits: ``1/x`` would form an infinity."""
+    bits = tf.int64 if x.dtype == tf.float64 else tf.int32
+    return tf.bitcast(x, bits) < 0
+
+
+def _bases(x, y, dtype):
+    """``(integer, pole, base)``: whether ``y`` is an integer, the pole, and the base the value is taken at.
+
+    ``x`` and ``y`` are flushed (subnormals are zeros of their sign). A
+    fractional ``y`` takes ``max(x, 0)``; at the pole (base 0, ``y < 0``)
+    the base is ``tiny``, with the zero's sign for an integer ``y``.
+    """
+    tiny = _dtypes.tiny(dtype)
+    integer = tf.equal(y, tf.floor(y))   # also for ±inf
+    base = tf.where(integer, x, tf.maximum(x, 0.0))
+    pole = tf.equal(base, 0.0) & (y < 0.0)
+    tinies = tiny * tf.ones_like(base)
+    signed_tiny = tf.where(integer & _negative(base), -tinies, tinies)
+    return integer, pole, tf.where(pole, signed_tiny, base)
+
+
+@functools.lru_cache(maxsize=None)
+def _power(dtype: tf.DType, xla: bool):
+    """``x ** y`` with the clamps and gradients of :func:`pow`."""
+    tiny = _dtypes.tiny(dtype)
+
+    def flushed(x, y):
+        return _dtypes.flush_subnormals(x, dtype), _dtypes.flush_subnormals(y, dtype)
+
+    def forward(x, y):
+        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+        x, y = flushed(x, y)
+        _, pole, base = _bases(x, y, dtype)
+        z = tf.pow(base, y)
+        # Saturated at the pole only: elsewhere an overflow is the correctly
+        # rounded result (pow(10, 50) in float32), as TensorFlow's. y = -inf
+        # at the pole keeps inf, the exact limit.
+        z = tf.where(pole & ~_dtypes.is_minus_inf(y), _dtypes.saturate(z, dtype), z)
+        return tf.where(nan, x + y, z)
+
+    def local(z, x, y):
+        """The two partial derivatives, saturated, with ``0 * inf`` artifacts made 0."""
+        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+        x, y = flushed(x, y)
+        integer, _, base = _bases(x, y, dtype)
+        compute = x.dtype
+        # d/dx: y b**(y - 1) at b = max(base, tiny) for a fractional y (the
+        # domain's boundary), at the (pole-clamped) base for an integer one.
+        b = tf.where(integer, base, tf.maximum(base, tiny))
+        # Saturating the power first keeps y * p free of inf * 0 at y = 0
+        # (p = pow(0, -1)); y = 0 then gives 0, the derivative of a constant.
+        # The sign of b**(y - 1) is taken apart: from |y| = 2**24 on (float32)
+        # y - 1 rounds to an integer of the other parity, and pow(-1, y - 1)
+        # had the wrong sign. b**(y - 1) = b**y / b: negative where exactly
+        # one of b**y and b is.
+        odd = tf.not_equal(2.0 * tf.floor(0.5 * y), y)
+        flip = tf.not_equal(b < 0.0, (b < 0.0) & odd)
+        magnitude = _dtypes.saturate(tf.pow(tf.abs(b), y - 1.0), compute)
+        p = tf.where(flip, -magnitude, magnitude)
+        dx = _dtypes.saturate(y * p, dtype)
+        # d/dy: z log(base) for base > 0, else 0 (TensorFlow's convention);
+        # the double where keeps log(0) out of the second derivative.
+        positive = base > 0.0
+        log_base = tf.where(positive, tf.math.log(tf.where(positive, base, tf.ones_like(base))), 0.0 * base)
+        dy = _dtypes.saturate(z * log_base, dtype)
+        # What is NaN without a NaN operand is 0 * inf, from an infinite input
+        # (pow(0.5, inf): inf * 0 with respect to x): the limit there is 0.
+        def cleaned(d):
+            return tf.where(tf.math.is_nan(d) & ~nan, tf.zeros_like(d), d)
+        return cleaned(dx), cleaned(dy)
+
+    def backward(dz, z, x, y):
+        dx, dy = local(z, x, y)
+        return (sum_to_shape(_dtypes.saturate(dz * dx, dtype), x),
+                sum_to_shape(_dtypes.saturate(dz * dy, dtype), y))
+
+    # One inner XLA loop per pass (XLA's float32 pow is also the faster and
+    # the more accurate here, see the module docstring); the two gradients in
+    # separate calls, so that a tf.function drops the exponent's (a constant
+    # y is the common case: x ** 0.5, (1 - p) ** gamma).
+    # float64 values stay in XLA also for small eager tensors: TensorFlow's
+    # float64 pow kernel is exp(y * log(x)) without extra precision, up to 76
+    # ULP off where |y log x| > 100 (7 ULP from 1 on); XLA's was within 1.
+    return custom_op(_xla.compiled(forward, xla, eager_plain=dtype != tf.float64),
+                     _xla.compiled_gradients(backward, xla, [(0,), (1,)], eager_plain=True), dtype)
