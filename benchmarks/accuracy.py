@@ -51,13 +51,14 @@ import tensorflow as tf  # noqa: E402
 
 import safeops.math as tfm  # noqa: E402
 from tests import naive, reference  # noqa: E402
+from tests.strategies import POW_EXPONENTS  # noqa: E402
 from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, ftz_ulps, numpy_dtype, relative_error, ulp_of  # noqa: E402
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
          "sqrt", "acos", "asin", "atanh")
-BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2")
+BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 #: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
 UNIT_DOMAIN = ("acos", "asin", "atanh")
 ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std",
@@ -74,7 +75,7 @@ TF_BUILTINS = {
     "sqrt": tf.math.sqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
     "reduce_euclidean_norm": tf.math.reduce_euclidean_norm, "acos": tf.math.acos, "asin": tf.math.asin,
-    "atanh": tf.math.atanh, "atan2": tf.math.atan2,
+    "atanh": tf.math.atanh, "atan2": tf.math.atan2, "pow": tf.math.pow,
 }
 
 EDGES = {
@@ -128,6 +129,13 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
         return (values,)
     if op in BINARY:
         other = _cast(rng.permutation(values.astype(np.float64)), dtype)
+        if op == "pow":
+            # Exponents over the whole range overflow or underflow almost always: half
+            # are the usual ones (square roots, focal gammas, inverse powers), a quarter
+            # moderate, a quarter whole-range.
+            k = len(other) // 4
+            usual = rng.choice(POW_EXPONENTS, 2 * k)
+            other = _cast(np.concatenate([usual, rng.uniform(-4.0, 4.0, k), other[3 * k:]]), dtype)
         return values, other
     rows = max(2, len(values) // ROW_LENGTH)
     values = np.resize(values, rows * ROW_LENGTH).astype(np.float64).reshape(rows, ROW_LENGTH)

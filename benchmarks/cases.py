@@ -309,6 +309,15 @@ def _build_registry() -> list:
         _math("atanh", "elementwise", _unary("uniform", low=-1.0, high=1.0),
               lambda x: tf.math.atanh(tf.clip_by_value(x, -1.0 + NAIVE_EPS, 1.0 - NAIVE_EPS)), tf.math.atanh),
         _math("atan2", "elementwise", _binary(_LOGIT, _LOGIT), _naive_atan2, tf.math.atan2, wrt=(0, 1)),
+        # A tensor exponent, and the usual constant one (x ** 0.5, a focal gamma); the naive
+        # guard keeps the base off 0.
+        _math("pow", "elementwise", _binary({"kind": "uniform", "low": 0.0, "high": 4.0},
+                                            {"kind": "uniform", "low": -2.0, "high": 2.0}),
+              lambda x, y: tf.pow(tf.maximum(x, NAIVE_EPS), y), tf.math.pow, wrt=(0, 1)),
+        Case("math.pow_0.5", "elementwise", _unary("uniform", low=0.0, high=4.0),
+             {"safeops": _safeops("math", "pow", y=0.5),
+              "naive": lambda x: tf.pow(tf.maximum(x, NAIVE_EPS), 0.5),
+              "builtin": lambda x: tf.pow(x, 0.5)}),
     ]
 
     def nn(name, inputs, naive, builtin, second_order=False, **kwargs):

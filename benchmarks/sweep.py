@@ -56,6 +56,10 @@ F32 = np.float32
 LN2 = np.log(2.0)
 
 
+#: ``pow``'s usual exponents: square and cube roots, focal gammas, inverse powers.
+_EXPONENTS = (0.5, -0.5, 1.0 / 3.0, 0.25, 1.5, 2.5, 2.0, -1.0, -2.0, 0.0, 3.0)
+
+
 def _log_uniform(rng, n, lo, hi, sign=1.0):
     return (sign * np.exp(rng.uniform(lo, hi, n))).astype(F32)
 
@@ -156,6 +160,11 @@ OPS = {
         lambda r, n: (_log_uniform(r, n, -87.0, 88.0, r.choice([-1.0, 1.0], n)),
                       _log_uniform(r, n, -87.0, 88.0, r.choice([-1.0, 1.0], n))),
     ], np.arctan2),
+    "pow": (2, [
+        lambda r, n: (_log_uniform(r, n, -20.0, 20.0), r.uniform(-4.0, 4.0, n).astype(F32)),
+        lambda r, n: (r.uniform(0.0, 4.0, n).astype(F32), r.choice(_EXPONENTS, n).astype(F32)),
+        lambda r, n: (r.uniform(-4.0, 4.0, n).astype(F32), r.integers(-6, 7, n).astype(F32)),
+    ], np.power),
 }
 
 MODES = ("eager", "function", "jit")
@@ -183,6 +192,7 @@ DERIVATIVES = {
     "asin": lambda x: (1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
     "atanh": lambda x: (1.0 / ((1.0 - x) * (1.0 + x)),),
     "atan2": lambda y, x: (x / (x * x + y * y), -y / (x * x + y * y)),
+    "pow": lambda x, y: (y * np.power(x, y - 1.0), np.power(x, y) * np.log(np.where(x > 0, x, 1.0))),
 }
 
 
@@ -303,7 +313,7 @@ def gradient_errors(name: str, args: list, got: list) -> list:
 BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
             "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
             "sqrt": "math.sqrt", "acos": "math.acos", "asin": "math.asin", "atanh": "math.atanh",
-            "atan2": "math.atan2"}
+            "atan2": "math.atan2", "pow": "math.pow"}
 
 
 def _logit_float32(x):

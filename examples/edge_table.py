@@ -106,6 +106,12 @@ CASES = [
          tf.math.atanh, tfm.atanh),
     Case("atan2(y, x)", "y = x = 0", [0.0],
          lambda y: tf.math.atan2(y, y), lambda y: tfm.atan2(y, y)),
+    Case("x ** 0.5 (a norm)", "x = 0", [0.0],
+         lambda x: tf.pow(x, 0.5), lambda x: tfm.pow(x, 0.5)),
+    Case("x ** 0 (an exponent scheduled to 0)", "x = 0", [0.0],
+         lambda x: tf.pow(x, 0.0), lambda x: tfm.pow(x, 0.0)),
+    Case("deg ** -0.5 (graph normalization)", "deg = 0", [0.0],
+         lambda d: tf.pow(d, -0.5), lambda d: tfm.pow(d, -0.5)),
     Case("keras binary_crossentropy", "p = 1, label 0", [1.0],
          _bce_on_probabilities, _safe_bce_on_probabilities),
 ]

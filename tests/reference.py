@@ -294,7 +294,9 @@ def _pow(x, y, f, negative_zero=False):
     if pole and abs(value) > f.max_value:
         value = CTX.mpf(math.copysign(f.max_value, value))
     b = base if integer else max(base, tiny)
-    dx = ZERO if y == 0 else (y if y == 1 else y * CTX.power(b, y - 1)) if b != 0 else ZERO
+    # b**(y - 1) as b**y / b: y - 1 is not exact at 320 bits for |y| near 1e308, and its
+    # rounding changed the parity of an integer exponent (the sign for a negative b).
+    dx = ZERO if y == 0 else (y if y == 1 else y * CTX.power(b, y) / b) if b != 0 else ZERO
     dy = value * CTX.log(base) if base > 0 else ZERO
     return value, (dx, dy)
 

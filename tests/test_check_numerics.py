@@ -63,6 +63,11 @@ CASES = {
     "atan2": (lambda x: tfm.atan2(x, tf.reverse(x, [-1])), ZEROS),   # the origin
     # Angles in [0, pi]: their sum does not cancel (test_tflite compares it to 1e-5).
     "atan2_large": (lambda x: tfm.atan2(tf.abs(x), tf.reverse(x, [-1])), LOGITS),
+    "pow_root": (lambda x: tfm.pow(x, 0.5), ZEROS),             # 0 and a negative base
+    "pow_zero_exponent": (lambda x: tfm.pow(x, 0.0), ZEROS),     # d/dx 0 at x = 0
+    # tiny ** -1.5 overflows (the gradient); the log keeps float64's 6.7e153 within float32.
+    "pow_pole": (lambda x: tfm.log(tfm.pow(x, -0.5)), ZEROS),
+    "pow_odd": (lambda x: tfm.pow(x, 3.0), MODERATE),
     "softmax": (tfm.softmax, LOGITS),
     "log_softmax": (tfm.log_softmax, LOGITS),
     "reduce_logsumexp": (lambda x: tfm.reduce_logsumexp(x, -1), LOGITS),

@@ -60,6 +60,14 @@ def angle_of_zero_vector(x):
     return tf.reduce_sum(tf.math.atan2(x[:, 0], x[:, 1]))  # locate: angle_of_zero_vector
 
 
+def root_at_zero(x):
+    return tf.reduce_sum(tf.pow(x, 0.5))  # locate: root_at_zero
+
+
+def root_of_negative(x):
+    return tf.reduce_sum(tf.pow(x - 2.0, 0.5))  # locate: root_of_negative
+
+
 def log_cosh(x):
     return tf.reduce_sum(tf.math.log(tf.math.cosh(x)))  # locate: log_cosh
 
@@ -85,6 +93,9 @@ CASES = {
     "angle_of_zero_vector": (angle_of_zero_vector, X, "backward", "RealDiv",
                              ["in the gradient of Atan2 at y = x = 0"]),
     "log_cosh": (log_cosh, X_BIG, "forward", "Cosh", ["Cosh overflow", "largest |input| is 100", "89.42"]),
+    "root_at_zero": (root_at_zero, X, "backward", "Pow", ["in the gradient of Pow at x = 0", "gives inf"]),
+    "root_of_negative": (root_of_negative, X, "forward", "Pow",
+                         ["negative base to a fractional power", "5 negative values"]),
 }
 #: Causes with no safeops op to name (the fix is the user's own clip or mask): none since safeops.math
 #: has acos, asin, atanh and atan2; the fix of each case names its op.

@@ -482,11 +482,11 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
         base, p = ins
         if base.zeros and p.negatives:
             return f"Pow of 0 to a negative power: base has {_count(base.zeros, 'zero')}", \
-                "safeops.math.divide_no_nan, or a positive floor on the base"
+                "safeops.math.pow (the base is taken as tiny at the pole: finite value and gradient)"
         if base.negatives:
             return (f"Pow of a negative base to a fractional power: base has "
-                    f"{_count(base.negatives, 'negative value')} (NaN)", "safeops.math.sqrt for p = 0.5; "
-                                                                        "clamp the base at 0")
+                    f"{_count(base.negatives, 'negative value')} (NaN)",
+                    "safeops.math.pow (the base is clamped at 0 for a fractional power; sqrt for p = 0.5)")
         return f"Pow overflow: base up to {base.max:.4g}", "work in log space: exp(p * safeops.math.log(x))"
     if kind == "Softmax" and x is not None:
         return ("Softmax of a row with +inf or all -inf entries", "safeops.math.softmax (all -inf rows give 0)")
@@ -530,7 +530,7 @@ def _explain_gradient(op, ins, outs, forward_op, made):
                 f"gives {made}", "safeops.math.divide_no_nan(x, y)")
     if ftype == "Pow":
         return (f"p x**(p-1) {where} at x = 0 with p < 1; gives {made}",
-                "safeops.math.sqrt for p = 0.5, else exp(p * safeops.math.log(x))")
+                "safeops.math.pow(x, p): finite gradient at 0 (safeops.math.sqrt for p = 0.5)")
     if ftype == "EuclideanNorm":
         return f"0/0 {where} at a zero vector; gives {made}", "safeops.math.reduce_euclidean_norm"
     if ftype in ("Lgamma", "Digamma"):

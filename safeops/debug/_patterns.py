@@ -255,7 +255,7 @@ def _match(op, ranges, live=None):
             msg = f"x ** {exponent} of a value that can be 0 or negative (range {r}): gradient p x**(p-1) " \
                   "is inf at 0 for p < 1, and the value is NaN for x < 0"
             fix = ("safeops.math.sqrt(x)" if p.size == 1 and float(p.flat[0]) == 0.5
-                   else "tf.exp(p * safeops.math.log(x)) for x >= 0 (finite gradient at 0)")
+                   else "safeops.math.pow(x, p): base clamped at 0, finite gradient there")
             yield _finding("fractional-pow-at-zero", op, msg, fix), op.name
 
 
@@ -298,7 +298,8 @@ def _double_where(op, ranges, live=None):
             fix = {"Sqrt": "safeops.math.sqrt(x) (finite gradient at 0), no tf.where needed",
                    "Log": "safeops.math.log(x) (finite gradient at 0), no tf.where needed",
                    "Log1p": "safeops.math.log1p(x)",
-                   "RealDiv": "safeops.math.divide_no_nan(x, y)", "Div": "safeops.math.divide_no_nan(x, y)"}.get(
+                   "RealDiv": "safeops.math.divide_no_nan(x, y)", "Div": "safeops.math.divide_no_nan(x, y)",
+                   "Pow": "safeops.math.pow(x, p) (finite gradient at 0), no tf.where needed"}.get(
                 hazard.type, "the safeops op")
             fix += "; or make the operand safe too: tf.where(c, f(tf.where(c, x, 1.)), 0.) (the double where)"
             yield _finding("double-where", op, msg, fix), hazard.name

@@ -197,6 +197,7 @@ _SAFEOPS_RANGES = {"softplus": _NONNEG, "sqrt": _NONNEG, "norm": _NONNEG, "sigmo
                    "l2_normalize": _Range(-1.0, 1.0), "reduce_std": _NONNEG,
                    "reduce_euclidean_norm": _NONNEG, "acos": _Range(0.0, math.pi),
                    "asin": _Range(-math.pi / 2, math.pi / 2), "atan2": _Range(-math.pi, math.pi)}
+# (pow's range depends on its exponent's sign and parity: not listed.)
 _SAFEOPS_OUTPUT = re.compile(r"(?:^|/)safeops(?:_\d+)?/(\w+)/IdentityN(?:_\d+)?$")
 
 

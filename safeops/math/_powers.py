@@ -31,6 +31,7 @@ half the time of TensorFlow's kernel.
 from __future__ import annotations
 
 import functools
+import math
 
 import tensorflow as tf
 
@@ -144,6 +145,30 @@ def _bases(x, y, dtype):
     return integer, pole, tf.where(pole, signed_tiny, base)
 
 
+def _odd(y: tf.Tensor) -> tf.Tensor:
+    """Whether ``y`` is an odd integer (false for ±inf and NaN)."""
+    return tf.not_equal(2.0 * tf.floor(0.5 * y), y) & tf.equal(y, tf.floor(y))
+
+
+def _tiny_power(b, e, tiny: float, compute: tf.DType):
+    """``b ** e`` (``b`` finite), and the largest finite value of ``compute`` where ``|b| = tiny`` and it overflows.
+
+    At the pole, and at the clamp of a fractional exponent, the base is
+    ``±tiny`` and the power overflows for exponents below ``e_min =
+    log(max) / log(tiny)`` (-1.016 in float32): there the value is
+    saturated without forming the ``inf`` first, so that
+    ``tf.debugging.enable_check_numerics`` does not stop at it (the exponent
+    is made 0 and the result replaced). ``e_min`` is moved up by a relative
+    ``2**-20`` so that ``tiny ** e`` never rounds past the largest value.
+    The sign is the power's: negative for a negative ``b`` and an odd ``e``.
+    """
+    e_min = _dtypes.log_max(compute) / math.log(tiny) * (1.0 - 2.0 ** -20)
+    over = tf.equal(tf.abs(b), tiny) & (e < e_min)
+    power = tf.pow(b, tf.where(over, 0.0 * e, e))
+    largest = _dtypes.max_value(compute) * tf.ones_like(power)
+    return tf.where(over, tf.where((b < 0.0) & _odd(e), -largest, largest), power)
+
+
 @functools.lru_cache(maxsize=None)
 def _power(dtype: tf.DType, xla: bool):
     """``x ** y`` with the clamps and gradients of :func:`pow`."""
@@ -156,11 +181,11 @@ def _power(dtype: tf.DType, xla: bool):
         nan = tf.math.is_nan(x) | tf.math.is_nan(y)
         x, y = flushed(x, y)
         _, pole, base = _bases(x, y, dtype)
-        z = tf.pow(base, y)
-        # Saturated at the pole only: elsewhere an overflow is the correctly
-        # rounded result (pow(10, 50) in float32), as TensorFlow's. y = -inf
-        # at the pole keeps inf, the exact limit.
-        z = tf.where(pole & ~_dtypes.is_minus_inf(y), _dtypes.saturate(z, dtype), z)
+        # Saturated at the pole only (in the output dtype: float16's 65504 for
+        # a float16 op computed in float32); elsewhere an overflow is the
+        # correctly rounded result (pow(10, 50) in float32), as TensorFlow's.
+        z = _tiny_power(base, y, tiny, x.dtype)
+        z = tf.where(pole, _dtypes.saturate(z, dtype), z)
         return tf.where(nan, x + y, z)
 
     def local(z, x, y):
@@ -170,28 +195,30 @@ def _power(dtype: tf.DType, xla: bool):
         integer, _, base = _bases(x, y, dtype)
         compute = x.dtype
         # d/dx: y b**(y - 1) at b = max(base, tiny) for a fractional y (the
-        # domain's boundary), at the (pole-clamped) base for an integer one.
+        # domain's boundary), at the (pole-clamped) base for an integer one;
+        # at y = 0, the derivative of a constant, 0, at b = 1 (pow(0, -1)
+        # would be an inf that y = 0 then multiplies).
         b = tf.where(integer, base, tf.maximum(base, tiny))
-        # Saturating the power first keeps y * p free of inf * 0 at y = 0
-        # (p = pow(0, -1)); y = 0 then gives 0, the derivative of a constant.
+        b = tf.where(tf.equal(y, 0.0), tf.ones_like(b), b)
         # The sign of b**(y - 1) is taken apart: from |y| = 2**24 on (float32)
         # y - 1 rounds to an integer of the other parity, and pow(-1, y - 1)
         # had the wrong sign. b**(y - 1) = b**y / b: negative where exactly
         # one of b**y and b is.
-        odd = tf.not_equal(2.0 * tf.floor(0.5 * y), y)
-        flip = tf.not_equal(b < 0.0, (b < 0.0) & odd)
-        magnitude = _dtypes.saturate(tf.pow(tf.abs(b), y - 1.0), compute)
-        p = tf.where(flip, -magnitude, magnitude)
-        dx = _dtypes.saturate(y * p, dtype)
+        flip = tf.not_equal(b < 0.0, (b < 0.0) & _odd(y))
+        magnitude = _dtypes.saturate(_tiny_power(tf.abs(b), y - 1.0, tiny, compute), compute)
+        dx = _dtypes.saturate(y * tf.where(flip, -magnitude, magnitude), dtype)
         # d/dy: z log(base) for base > 0, else 0 (TensorFlow's convention);
         # the double where keeps log(0) out of the second derivative.
         positive = base > 0.0
         log_base = tf.where(positive, tf.math.log(tf.where(positive, base, tf.ones_like(base))), 0.0 * base)
         dy = _dtypes.saturate(z * log_base, dtype)
-        # What is NaN without a NaN operand is 0 * inf, from an infinite input
-        # (pow(0.5, inf): inf * 0 with respect to x): the limit there is 0.
+
+        # NaN where an operand is NaN (also d/dx at y = 0, which no formula
+        # above makes NaN). What is NaN without a NaN operand is 0 * inf, from
+        # an infinite input (pow(0.5, inf): inf * 0 with respect to x): the
+        # limit there is 0.
         def cleaned(d):
-            return tf.where(tf.math.is_nan(d) & ~nan, tf.zeros_like(d), d)
+            return tf.where(nan, x + y, tf.where(tf.math.is_nan(d), tf.zeros_like(d), d))
         return cleaned(dx), cleaned(dy)
 
     def backward(dz, z, x, y):
