@@ -318,6 +318,10 @@ def _build_registry() -> list:
              {"safeops": _safeops("math", "pow", y=0.5),
               "naive": lambda x: tf.pow(tf.maximum(x, NAIVE_EPS), 0.5),
               "builtin": lambda x: tf.pow(x, 0.5)}),
+        Case("math.pow_2.5", "elementwise", _unary("uniform", low=0.0, high=4.0),
+             {"safeops": _safeops("math", "pow", y=2.5),
+              "naive": lambda x: tf.pow(tf.maximum(x, NAIVE_EPS), 2.5),
+              "builtin": lambda x: tf.pow(x, 2.5)}),
     ]
 
     def nn(name, inputs, naive, builtin, second_order=False, **kwargs):

@@ -5,6 +5,7 @@ norm or of a focal weight at 0, an exponent scheduled to 0, the degree
 normalization of a graph node without edges, a rounding error below 0.
 """
 
+import functools
 import math
 
 import mpmath
@@ -12,10 +13,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import safeops.debug as debug
 import safeops.math as tfm
 
+from tests import reference, strategies
 from tests._modes import DTYPES, INF, MODES, NAN, derivatives, run
+from tests.test_contract import SPECS, gradient_errors, has_subnormal, value_errors
 
 mpmath.mp.dps = 50
 
@@ -235,3 +241,46 @@ def test_locate_and_lint_name_safeops_pow():
     assert [f.pattern for f in findings] == ["fractional-pow-at-zero"]
     assert findings[0].fix.startswith("safeops.math.pow(")
     assert debug.lint(lambda t: tfm.pow(tf.nn.relu(t), 0.3), x, print=False) == []
+
+
+# ----------------------------------------------------------------------------
+# A Python exponent: the constant-exponent path, checked as the contract tests check the tensor one.
+
+CONSTANT = settings(max_examples=max(4, settings.default.max_examples // 3), deadline=None)
+
+
+@functools.lru_cache(maxsize=None)
+def _constant_evaluator(dtype: str, mode: str, exponent: float):
+    def body(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                z = tfm.pow(x, exponent)   # a Python float: _constant_power (sqrt for 0.5)
+            g = inner.gradient(z, x)
+        return z, g, outer.gradient(g, x)
+
+    return run(mode, body)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", strategies.DTYPES)
+@CONSTANT
+@given(data=st.data())
+def test_python_exponent_within_c3_and_finite(dtype, mode, data):
+    x = data.draw(strategies.vectors("pow", dtype), label="x")
+    exponent = data.draw(st.sampled_from(strategies.POW_EXPONENTS + (-0.25, 0.75, 7.0, -3.5)), label="y")
+    z, g, h = (t.numpy() for t in _constant_evaluator(dtype, mode, exponent)(tf.constant(x)))
+    y = strategies.cast(np.full(x.shape, exponent), dtype)
+    spec = SPECS["pow"]
+    refs = [reference.elementwise("pow", x, y, dtype=dtype)]
+    if has_subnormal([x], dtype) and dtype in ("float16", "bfloat16"):
+        refs.append(reference.elementwise("pow", x, y, dtype=dtype, flush=False))
+    failures = value_errors(spec, (x, y), dtype, z, refs)
+    failures += gradient_errors(spec, (x, y), dtype, (g.astype(np.float64),), refs)
+    assert not failures, "\n".join(failures)
+    exact_inf = np.zeros(z.shape, bool)
+    for ref in refs:
+        exact_inf |= np.isinf(ref.value.astype(np.float64)) & (ref.value.astype(np.float64) == z.astype(np.float64))
+    assert (np.isfinite(z.astype(np.float64)) | exact_inf).all(), (z, x)
+    assert np.isfinite(g.astype(np.float64)).all() and np.isfinite(h.astype(np.float64)).all(), (g, h, x)

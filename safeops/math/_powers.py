@@ -20,12 +20,23 @@ the domain of the base is ``x >= 0``; at the pole (base 0, exponent below
 0) the base is taken as ``tiny``, the smallest normal number, where the
 value is finite (or saturated) and the gradient is the boundary's.
 
-Accuracy with TF 2.21 on CPU: the value is XLA's ``pow`` (an inner XLA
-function in a ``tf.function`` and eagerly on large tensors, TensorFlow's
-kernel on small eager tensors); on 2 million random float32 points
-(``x = exp(U(-20, 20))``, ``y`` in ``[-4, 4]``) XLA's was within 0.5 ULP
-of float64's and TensorFlow's kernel within 1.4, while XLA's loop took
-half the time of TensorFlow's kernel.
+Accuracy with TF 2.21 on CPU: the value is XLA's ``pow``, in an inner XLA
+function in every mode (eager calls too). On 2 million random float32
+points (``x = exp(U(-20, 20))``, ``y`` in ``[-4, 4]``) XLA's was within
+0.5 ULP of float64's and TensorFlow's kernel within 1.4, in half the time.
+TensorFlow's float64 kernel is ``exp(y log x)`` without extra precision:
+up to 76 ULP off where ``|y log x|`` exceeds 100, and 7 from 1 on (XLA's:
+1). Where inner XLA functions are off (``safeops.set_inner_xla(False)``,
+``SAFEOPS_INNER_XLA=0``, while ``enable_check_numerics`` runs) the same
+formulas run on TensorFlow's kernel, with its float64 error (README,
+Known gaps).
+
+A Python number as the exponent (``x ** 0.5``, a focal ``gamma``) is a
+constant of the op: no gradient for it, and XLA and Grappler fold what
+depends on it alone. ``pow(x, 0.5)`` is :func:`safeops.math.sqrt` itself
+(the same clamp and boundary gradient): TensorFlow's Grappler rewrites
+``tf.pow(x, 0.5)`` as ``Sqrt`` too, and a general power there was three
+times as slow.
 """
 
 from __future__ import annotations
@@ -33,10 +44,12 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _ragged, _validate, _xla
 from safeops._gradient import custom_op, sum_to_shape
+from safeops.math._roots import _clamped_sqrt
 
 
 def pow(x, y, name=None):  # noqa: A001 - tf.math.pow's name
@@ -112,10 +125,22 @@ def pow(x, y, name=None):  # noqa: A001 - tf.math.pow's name
         return _ragged.elementwise(pow, x, y, name=name)
     op = "safeops.math.pow"
     with _validate.op_scope(op, name) as scope:
+        # A Python number (x ** 0.5, a focal gamma) cannot be differentiated:
+        # it becomes a constant of the op (see _constant_power).
+        number = isinstance(y, (int, float, np.integer, np.floating)) and not isinstance(y, bool)
         x, y = _validate.float_tensors(op, x=x, y=y)
         _validate.broadcast_shape(op, "x", x, "y", y)
         dtype = x.dtype
-        z = _power(dtype, _xla.enabled())(_dtypes.to_compute(x), _dtypes.to_compute(y))
+        # Rounded to x's dtype first, as the tensor path rounds it (0.1 in bfloat16 is 0.10009766).
+        exponent = float(tf.get_static_value(y)) if number else None
+        if exponent is None or not math.isfinite(exponent):
+            z = _power(dtype, _xla.enabled())(_dtypes.to_compute(x), _dtypes.to_compute(y))
+        elif exponent == 0.5:
+            # The clamped square root of safeops.math.sqrt: the same value and
+            # boundary gradient (y tiny**(y - 1) = 1/(2 sqrt(tiny))) in two kernels.
+            z = _clamped_sqrt(_dtypes.tiny(dtype), dtype)(_dtypes.to_compute(x))
+        else:
+            z = _constant_power(dtype, exponent, _xla.enabled())(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(z, dtype))
 
 
@@ -169,69 +194,102 @@ def _tiny_power(b, e, tiny: float, compute: tf.DType):
     return tf.where(over, tf.where((b < 0.0) & _odd(e), -largest, largest), power)
 
 
+def _flushed(x, y, dtype):
+    return _dtypes.flush_subnormals(x, dtype), _dtypes.flush_subnormals(y, dtype)
+
+
+def _value(x, y, dtype):
+    """``x ** y`` with the clamps of :func:`pow` (compute-dtype operands; ``dtype`` the output's)."""
+    nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+    x, y = _flushed(x, y, dtype)
+    _, pole, base = _bases(x, y, dtype)
+    # Saturated at the pole only (in the output dtype: float16's 65504 for a
+    # float16 op computed in float32); elsewhere an overflow is the correctly
+    # rounded result (pow(10, 50) in float32), as TensorFlow's.
+    z = _tiny_power(base, y, _dtypes.tiny(dtype), x.dtype)
+    z = tf.where(pole, _dtypes.saturate(z, dtype), z)
+    return tf.where(nan, x + y, z)
+
+
+def _partials(z, x, y, dtype, wrt_y=True):
+    """``(d/dx, d/dy)`` of :func:`pow`, saturated, with ``0 * inf`` artifacts made 0 (``d/dy`` None if not ``wrt_y``)."""
+    tiny = _dtypes.tiny(dtype)
+    nan = tf.math.is_nan(x) | tf.math.is_nan(y)
+    x, y = _flushed(x, y, dtype)
+    integer, _, base = _bases(x, y, dtype)
+    compute = x.dtype
+    # d/dx: y b**(y - 1) at b = max(base, tiny) for a fractional y (the
+    # domain's boundary), at the (pole-clamped) base for an integer one; at
+    # y = 0, the derivative of a constant, 0, at b = 1 (pow(0, -1) would be
+    # an inf that y = 0 then multiplies).
+    b = tf.where(integer, base, tf.maximum(base, tiny))
+    b = tf.where(tf.equal(y, 0.0), tf.ones_like(b), b)
+    # The sign of b**(y - 1) is taken apart: from |y| = 2**24 on (float32)
+    # y - 1 rounds to an integer of the other parity, and pow(-1, y - 1) had
+    # the wrong sign. b**(y - 1) = b**y / b: negative where exactly one of
+    # b**y and b is.
+    flip = tf.not_equal(b < 0.0, (b < 0.0) & _odd(y))
+    magnitude = _dtypes.saturate(_tiny_power(tf.abs(b), y - 1.0, tiny, compute), compute)
+    dx = _dtypes.saturate(y * tf.where(flip, -magnitude, magnitude), dtype)
+
+    # NaN where an operand is NaN (also d/dx at y = 0, which no formula above
+    # makes NaN). What is NaN without a NaN operand is 0 * inf, from an
+    # infinite input (pow(0.5, inf): inf * 0 with respect to x): the limit
+    # there is 0.
+    def cleaned(d):
+        return tf.where(nan, x + y, tf.where(tf.math.is_nan(d), tf.zeros_like(d), d))
+
+    if not wrt_y:
+        return cleaned(dx), None
+    # d/dy: z log(base) for base > 0, else 0 (TensorFlow's convention); the
+    # double where keeps log(0) out of the second derivative.
+    positive = base > 0.0
+    log_base = tf.where(positive, tf.math.log(tf.where(positive, base, tf.ones_like(base))), 0.0 * base)
+    dy = _dtypes.saturate(z * log_base, dtype)
+    return cleaned(dx), cleaned(dy)
+
+
 @functools.lru_cache(maxsize=None)
 def _power(dtype: tf.DType, xla: bool):
     """``x ** y`` with the clamps and gradients of :func:`pow`."""
-    tiny = _dtypes.tiny(dtype)
-
-    def flushed(x, y):
-        return _dtypes.flush_subnormals(x, dtype), _dtypes.flush_subnormals(y, dtype)
 
     def forward(x, y):
-        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
-        x, y = flushed(x, y)
-        _, pole, base = _bases(x, y, dtype)
-        # Saturated at the pole only (in the output dtype: float16's 65504 for
-        # a float16 op computed in float32); elsewhere an overflow is the
-        # correctly rounded result (pow(10, 50) in float32), as TensorFlow's.
-        z = _tiny_power(base, y, tiny, x.dtype)
-        z = tf.where(pole, _dtypes.saturate(z, dtype), z)
-        return tf.where(nan, x + y, z)
-
-    def local(z, x, y):
-        """The two partial derivatives, saturated, with ``0 * inf`` artifacts made 0."""
-        nan = tf.math.is_nan(x) | tf.math.is_nan(y)
-        x, y = flushed(x, y)
-        integer, _, base = _bases(x, y, dtype)
-        compute = x.dtype
-        # d/dx: y b**(y - 1) at b = max(base, tiny) for a fractional y (the
-        # domain's boundary), at the (pole-clamped) base for an integer one;
-        # at y = 0, the derivative of a constant, 0, at b = 1 (pow(0, -1)
-        # would be an inf that y = 0 then multiplies).
-        b = tf.where(integer, base, tf.maximum(base, tiny))
-        b = tf.where(tf.equal(y, 0.0), tf.ones_like(b), b)
-        # The sign of b**(y - 1) is taken apart: from |y| = 2**24 on (float32)
-        # y - 1 rounds to an integer of the other parity, and pow(-1, y - 1)
-        # had the wrong sign. b**(y - 1) = b**y / b: negative where exactly
-        # one of b**y and b is.
-        flip = tf.not_equal(b < 0.0, (b < 0.0) & _odd(y))
-        magnitude = _dtypes.saturate(_tiny_power(tf.abs(b), y - 1.0, tiny, compute), compute)
-        dx = _dtypes.saturate(y * tf.where(flip, -magnitude, magnitude), dtype)
-        # d/dy: z log(base) for base > 0, else 0 (TensorFlow's convention);
-        # the double where keeps log(0) out of the second derivative.
-        positive = base > 0.0
-        log_base = tf.where(positive, tf.math.log(tf.where(positive, base, tf.ones_like(base))), 0.0 * base)
-        dy = _dtypes.saturate(z * log_base, dtype)
-
-        # NaN where an operand is NaN (also d/dx at y = 0, which no formula
-        # above makes NaN). What is NaN without a NaN operand is 0 * inf, from
-        # an infinite input (pow(0.5, inf): inf * 0 with respect to x): the
-        # limit there is 0.
-        def cleaned(d):
-            return tf.where(nan, x + y, tf.where(tf.math.is_nan(d), tf.zeros_like(d), d))
-        return cleaned(dx), cleaned(dy)
+        return _value(x, y, dtype)
 
     def backward(dz, z, x, y):
-        dx, dy = local(z, x, y)
+        dx, dy = _partials(z, x, y, dtype)
         return (sum_to_shape(_dtypes.saturate(dz * dx, dtype), x),
                 sum_to_shape(_dtypes.saturate(dz * dy, dtype), y))
 
-    # One inner XLA loop per pass (XLA's float32 pow is also the faster and
-    # the more accurate here, see the module docstring); the two gradients in
-    # separate calls, so that a tf.function drops the exponent's (a constant
-    # y is the common case: x ** 0.5, (1 - p) ** gamma).
-    # float64 values stay in XLA also for small eager tensors: TensorFlow's
-    # float64 pow kernel is exp(y * log(x)) without extra precision, up to 76
-    # ULP off where |y log x| > 100 (7 ULP from 1 on); XLA's was within 1.
-    return custom_op(_xla.compiled(forward, xla, eager_plain=dtype != tf.float64),
-                     _xla.compiled_gradients(backward, xla, [(0,), (1,)], eager_plain=True), dtype)
+    # One inner XLA loop per pass, eagerly too (XLA's float32 pow is also the
+    # faster and the more accurate here, see the module docstring): on 1e3
+    # entries the XLA call took 0.3 ms, the thirty plain kernels 2.1 ms, and
+    # TensorFlow's float64 pow kernel is exp(y * log(x)) without extra
+    # precision, up to 76 ULP off where |y log x| > 100 (XLA's: 1). The two
+    # gradients are separate calls, so that a tf.function drops the
+    # exponent's where no one asks for it.
+    return custom_op(_xla.compiled(forward, xla),
+                     _xla.compiled_gradients(backward, xla, [(0,), (1,)]), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _constant_power(dtype: tf.DType, exponent: float, xla: bool):
+    """``x ** exponent`` for a Python number: the exponent is a constant of the graph and has no gradient.
+
+    The common case (``x ** 2``, ``(1 - p) ** gamma``): XLA and Grappler
+    fold what depends on the exponent alone (whether it is an integer, its
+    parity, ``exponent - 1``) and simplify the power itself where they can
+    (``x ** 2`` is a product), and the backward has one output.
+    """
+
+    def constant(x):
+        return tf.constant(exponent, x.dtype)
+
+    def forward(x):
+        return _value(x, constant(x), dtype)
+
+    def backward(dz, z, x):
+        dx, _ = _partials(z, x, constant(x), dtype, wrt_y=False)
+        return (_dtypes.saturate(dz * dx, dtype),)
+
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla), dtype)
