@@ -224,13 +224,7 @@ def _partials(z, x, y, dtype, wrt_y=True):
     # an inf that y = 0 then multiplies).
     b = tf.where(integer, base, tf.maximum(base, tiny))
     b = tf.where(tf.equal(y, 0.0), tf.ones_like(b), b)
-    # The sign of b**(y - 1) is taken apart: from |y| = 2**24 on (float32)
-    # y - 1 rounds to an integer of the other parity, and pow(-1, y - 1) had
-    # the wrong sign. b**(y - 1) = b**y / b: negative where exactly one of
-    # b**y and b is.
-    flip = tf.not_equal(b < 0.0, (b < 0.0) & _odd(y))
-    magnitude = _dtypes.saturate(_tiny_power(tf.abs(b), y - 1.0, tiny, compute), compute)
-    dx = _dtypes.saturate(y * tf.where(flip, -magnitude, magnitude), dtype)
+    dx = _dtypes.saturate(_slope(z, b, y, tiny, compute), dtype)
 
     # NaN where an operand is NaN (also d/dx at y = 0, which no formula above
     # makes NaN). What is NaN without a NaN operand is 0 * inf, from an
@@ -247,6 +241,51 @@ def _partials(z, x, y, dtype, wrt_y=True):
     log_base = tf.where(positive, tf.math.log(tf.where(positive, base, tf.ones_like(base))), 0.0 * base)
     dy = _dtypes.saturate(z * log_base, dtype)
     return cleaned(dx), cleaned(dy)
+
+
+def _slope(z, b, y, tiny: float, compute: tf.DType):
+    """``y b**(y - 1)`` without an ``inf`` formed where it is finite; ``z = b**y`` is the forward's value.
+
+    Three forms, one ``pow`` between them:
+
+    * where ``z`` is a normal number: ``y z / b`` (``y (z / b)`` for
+      ``|b| >= 1``), 1.5 ULP from ``z``. ``y * pow(b, y - 1)`` lost the
+      digits where ``b**(y - 1)`` is subnormal but the product is not
+      (``b = 4.8e7``, ``y = -3.94``: 1.5e-2 off, the gradient sweep), and
+      overflowed where it exceeds the largest float but the product with
+      ``|y| < 1`` does not (``b = 1.2e-38``, ``y = -0.027``);
+    * at ``|b| = tiny`` (the clamps) where ``tiny**(y - 1)`` overflows:
+      ``y tiny**y / tiny``, with ``y tiny**y``
+      clipped to ``max * tiny`` before the exact product with ``1/tiny`` (a
+      power of two), so the saturated result forms no ``inf`` (which
+      ``enable_check_numerics`` would stop at); the exponent is kept at or
+      above ``e_min`` (:func:`_tiny_power`), below which the exact slope
+      overflows anyway;
+    * elsewhere (``z`` 0, subnormal or ``inf``): ``y * pow(|b|, y - 1)``
+      with the power saturated (where ``z`` overflows, ``|y| > 1``: the
+      slope overflows too).
+
+    The sign of ``b**(y - 1)`` in the last two is taken apart: from
+    ``|y| = 2**24`` on (float32) ``y - 1`` rounds to an integer of the other
+    parity, and ``pow(-1, y - 1)`` had the wrong sign. ``b**(y - 1) =
+    b**y / b`` is negative where exactly one of ``b**y`` and ``b`` is.
+    """
+    largest = _dtypes.max_value(compute)
+    magnitude = tf.abs(b)
+    e_min = _dtypes.log_max(compute) / math.log(tiny) * (1.0 - 2.0 ** -20)
+    at_tiny = tf.equal(magnitude, tiny)
+    over = at_tiny & (y - 1.0 < e_min)   # tiny**(y - 1) overflows
+    y_tiny = tf.maximum(y, e_min)
+    power = _dtypes.saturate(tf.pow(magnitude, tf.where(over, y_tiny, y - 1.0)), compute)
+    at_clamp = tf.where(y < e_min, -largest * tf.ones_like(power),
+                        tf.clip_by_value(y_tiny * power, -largest * tiny, largest * tiny) * (1.0 / tiny))
+    flip = tf.not_equal(b < 0.0, (b < 0.0) & _odd(y))
+    signed = tf.where(over, at_clamp, y * power)
+    signed = tf.where(flip, -signed, signed)
+    normal = (tf.abs(z) >= _dtypes.tiny(compute)) & (tf.abs(z) <= largest) & ~at_tiny
+    divisor = tf.where(tf.equal(b, 0.0), tf.ones_like(b), b)   # b = 0 only where z is 0: never used
+    ratio = tf.where(magnitude >= 1.0, y * (z / divisor), (y * z) / divisor)
+    return tf.where(normal, ratio, signed)
 
 
 @functools.lru_cache(maxsize=None)
