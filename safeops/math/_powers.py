@@ -248,8 +248,9 @@ def _slope(z, b, y, tiny: float, compute: tf.DType):
 
     Three forms, one ``pow`` between them:
 
-    * where ``z`` is a normal number: ``y z / b`` (``y (z / b)`` for
-      ``|b| >= 1``), 1.5 ULP from ``z``. ``y * pow(b, y - 1)`` lost the
+    * where ``z`` is a normal number: ``y z / b``, formed in float64 for a
+      float32 ``z`` and rounded once (``y (z / b)`` for ``|b| >= 1`` in
+      float64 itself), 1.5 ULP from ``z``. ``y * pow(b, y - 1)`` lost the
       digits where ``b**(y - 1)`` is subnormal but the product is not
       (``b = 4.8e7``, ``y = -3.94``: 1.5e-2 off, the gradient sweep), and
       overflowed where it exceeds the largest float but the product with
@@ -284,7 +285,13 @@ def _slope(z, b, y, tiny: float, compute: tf.DType):
     signed = tf.where(flip, -signed, signed)
     normal = (tf.abs(z) >= _dtypes.tiny(compute)) & (tf.abs(z) <= largest) & ~at_tiny
     divisor = tf.where(tf.equal(b, 0.0), tf.ones_like(b), b)   # b = 0 only where z is 0: never used
-    ratio = tf.where(magnitude >= 1.0, y * (z / divisor), (y * z) / divisor)
+    if compute == tf.float64:
+        ratio = tf.where(magnitude >= 1.0, y * (z / divisor), (y * z) / divisor)
+    else:
+        # In float64: y z and z / b can each leave float32's range where the
+        # slope does not (z / b = 1.16e-38, subnormal, at b = 4.8e7, y = -3.94).
+        wide = [tf.cast(t, tf.float64) for t in (y, z, divisor)]
+        ratio = tf.cast(wide[0] * wide[1] / wide[2], compute)
     return tf.where(normal, ratio, signed)
 
 
