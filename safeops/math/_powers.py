@@ -284,7 +284,10 @@ def _slope(z, b, y, tiny: float, compute: tf.DType):
     signed = tf.where(over, at_clamp, y * power)
     signed = tf.where(flip, -signed, signed)
     normal = (tf.abs(z) >= _dtypes.tiny(compute)) & (tf.abs(z) <= largest) & ~at_tiny
-    divisor = tf.where(tf.equal(b, 0.0), tf.ones_like(b), b)   # b = 0 only where z is 0: never used
+    # Where the ratio is not selected (at the clamps, where z is 0 or inf) its
+    # operands are made 1 and 0: it would overflow or be 0/0 there.
+    divisor = tf.where(normal, b, tf.ones_like(b))
+    z = tf.where(normal, z, tf.zeros_like(z))
     if compute == tf.float64:
         ratio = tf.where(magnitude >= 1.0, y * (z / divisor), (y * z) / divisor)
     else:
