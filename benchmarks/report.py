@@ -155,7 +155,7 @@ def targets(data: dict) -> list:
                                          group="elementwise", size=big)))
     xr = per_op(results, "xla", "fwdbwd", "safeops", "roofline", group="elementwise", size=big)
     br = per_op(results, "xla", "fwdbwd", "builtin", "roofline", group="elementwise", size=big)
-    detail = ", ".join(f"{c.split('.')[-1]} {v:.2f}" + (f" (builtin {br[c]:.2f})" if c in br else "")
+    detail = ", ".join(f"{c.split('.', 1)[-1]} {v:.2f}" + (f" (builtin {br[c]:.2f})" if c in br else "")
                        for c, v in sorted(xr.items()))
     add(f"XLA fwd+bwd at {big}: safeops / same-I/O trivial program (memory roofline; reported)",
         _num(geomean(xr.values())), None if not xr else "reported", detail or "-")
