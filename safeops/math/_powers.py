@@ -176,7 +176,7 @@ def _odd(y: tf.Tensor) -> tf.Tensor:
 
 
 def _tiny_power(b, e, tiny: float, compute: tf.DType):
-    """``b ** e`` (``b`` finite), and the largest finite value of ``compute`` where ``|b| = tiny`` and it overflows.
+    """``b ** e`` (``b`` finite); the largest value of ``compute`` where ``|b| = tiny`` and it overflows.
 
     At the pole, and at the clamp of a fractional exponent, the base is
     ``±tiny`` and the power overflows for exponents below ``e_min =
@@ -212,7 +212,7 @@ def _value(x, y, dtype):
 
 
 def _partials(z, x, y, dtype, wrt_y=True):
-    """``(d/dx, d/dy)`` of :func:`pow`, saturated, with ``0 * inf`` artifacts made 0 (``d/dy`` None if not ``wrt_y``)."""
+    """``(d/dx, d/dy)`` of :func:`pow`, saturated, ``0 * inf`` made 0 (``d/dy`` None unless ``wrt_y``)."""
     tiny = _dtypes.tiny(dtype)
     nan = tf.math.is_nan(x) | tf.math.is_nan(y)
     x, y = _flushed(x, y, dtype)
