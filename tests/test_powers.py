@@ -35,6 +35,14 @@ def largest(dtype) -> float:
     return float(dtype.max)
 
 
+def value_and_gradients(x, y):
+    """``pow(x, y)`` and its gradients with respect to both arguments."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, y])
+        z = tfm.pow(x, y)
+    return z, tape.gradient(z, [x, y])
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_root_at_and_below_zero_has_sqrts_boundary_gradient(dtype, mode):
@@ -56,13 +64,7 @@ def test_exponent_zero_has_gradient_zero_at_zero(dtype, mode):
     x = tf.constant([0.0, -2.0, 3.0], dtype)
     y = tf.zeros_like(x)
 
-    def both(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch([x, y])
-            z = tfm.pow(x, y)
-        return z, tape.gradient(z, [x, y])
-
-    z, (gx, gy) = run(mode, both)(x, y)
+    z, (gx, gy) = run(mode, value_and_gradients)(x, y)
     np.testing.assert_array_equal(z.numpy(), [1.0, 1.0, 1.0])
     np.testing.assert_array_equal(gx.numpy(), [0.0, 0.0, 0.0])   # TensorFlow's: NaN at 0
     # d/dy x**y = log(x) at y = 0 for x > 0; 0 at base 0 and for a negative base (TensorFlow's convention).
@@ -76,13 +78,7 @@ def test_pole_takes_the_base_as_tiny(dtype, mode):
     x = tf.constant([0.0, 0.0, -0.0, 0.0], dtype)
     y = tf.constant([-0.5, -1.0, -1.0, -2.0], dtype)
 
-    def both(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch([x, y])
-            z = tfm.pow(x, y)
-        return z, tape.gradient(z, [x, y])
-
-    z, (gx, gy) = run(mode, both)(x, y)
+    z, (gx, gy) = run(mode, value_and_gradients)(x, y)
     z, gx, gy = (t.numpy().astype(np.float64) for t in (z, gx, gy))
     t, top = tiny(dtype), largest(dtype)
     want = [min(t ** -0.5, top), min(t ** -1.0, top), -min(t ** -1.0, top), top]
@@ -168,13 +164,7 @@ def test_nan_and_infinities(mode):
     x = tf.constant([NAN, 1.0, 0.5, 2.0, INF, INF, -INF])
     y = tf.constant([0.0, NAN, INF, INF, -1.0, 0.5, 2.0])
 
-    def both(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch([x, y])
-            z = tfm.pow(x, y)
-        return z, tape.gradient(z, [x, y])
-
-    z, (gx, gy) = run(mode, both)(x, y)
+    z, (gx, gy) = run(mode, value_and_gradients)(x, y)
     z, gx, gy = z.numpy(), gx.numpy(), gy.numpy()
     # pow(NaN, 0) and pow(1, NaN) are 1 by IEEE 754 and in TensorFlow: NaN here, gradients too.
     assert np.isnan(z[:2]).all() and np.isnan(gx[:2]).all() and np.isnan(gy[:2]).all()
