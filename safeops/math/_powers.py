@@ -175,19 +175,26 @@ def _odd(y: tf.Tensor) -> tf.Tensor:
     return tf.not_equal(2.0 * tf.floor(0.5 * y), y) & tf.equal(y, tf.floor(y))
 
 
+def _overflow_exponent(tiny: float, compute: tf.DType) -> float:
+    """``e_min``: below it ``tiny ** e`` overflows ``compute`` (-1.016 for float32's tiny in float32).
+
+    ``log(max) / log(tiny)``, moved up by a relative ``2**-20`` so that
+    ``tiny ** e_min`` never rounds past the largest value.
+    """
+    return _dtypes.log_max(compute) / math.log(tiny) * (1.0 - 2.0 ** -20)
+
+
 def _tiny_power(b, e, tiny: float, compute: tf.DType):
     """``b ** e`` (``b`` finite); the largest value of ``compute`` where ``|b| = tiny`` and it overflows.
 
     At the pole, and at the clamp of a fractional exponent, the base is
-    ``±tiny`` and the power overflows for exponents below ``e_min =
-    log(max) / log(tiny)`` (-1.016 in float32): there the value is
-    saturated without forming the ``inf`` first, so that
-    ``tf.debugging.enable_check_numerics`` does not stop at it (the exponent
-    is made 0 and the result replaced). ``e_min`` is moved up by a relative
-    ``2**-20`` so that ``tiny ** e`` never rounds past the largest value.
+    ``±tiny`` and the power overflows for exponents below ``e_min``
+    (:func:`_overflow_exponent`): there the value is saturated without
+    forming the ``inf`` first, so that ``tf.debugging.enable_check_numerics``
+    does not stop at it (the exponent is made 0 and the result replaced).
     The sign is the power's: negative for a negative ``b`` and an odd ``e``.
     """
-    e_min = _dtypes.log_max(compute) / math.log(tiny) * (1.0 - 2.0 ** -20)
+    e_min = _overflow_exponent(tiny, compute)
     over = tf.equal(tf.abs(b), tiny) & (e < e_min)
     power = tf.pow(b, tf.where(over, 0.0 * e, e))
     largest = _dtypes.max_value(compute) * tf.ones_like(power)
@@ -273,7 +280,7 @@ def _slope(z, b, y, tiny: float, compute: tf.DType):
     """
     largest = _dtypes.max_value(compute)
     magnitude = tf.abs(b)
-    e_min = _dtypes.log_max(compute) / math.log(tiny) * (1.0 - 2.0 ** -20)
+    e_min = _overflow_exponent(tiny, compute)
     at_tiny = tf.equal(magnitude, tiny)
     over = at_tiny & (y - 1.0 < e_min)   # tiny**(y - 1) overflows
     y_tiny = tf.maximum(y, e_min)
@@ -327,8 +334,9 @@ def _constant_power(dtype: tf.DType, exponent: float, xla: bool):
 
     The common case (``x ** 2``, ``(1 - p) ** gamma``): XLA and Grappler
     fold what depends on the exponent alone (whether it is an integer, its
-    parity, ``exponent - 1``) and simplify the power itself where they can
-    (``x ** 2`` is a product), and the backward has one output.
+    parity, ``exponent - 1``), and the backward has one output. With the
+    exponent 2.5 it was 0.67 times ``tf.math.pow`` forward+backward in a
+    ``tf.function`` where a tensor exponent was 0.76 (README speed tables).
     """
 
     def constant(x):
