@@ -75,6 +75,10 @@ def sqrt(x):
     return tf.sqrt(x)
 
 
+def rsqrt(x):
+    return tf.math.rsqrt(x)
+
+
 def norm(tensor, axis=None, keepdims=False):
     return tf.sqrt(tf.reduce_sum(tensor * tensor, axis=axis, keepdims=keepdims))
 

@@ -230,6 +230,11 @@ def _sqrt(x, f):
     return value, (1 / (2 * CTX.sqrt(max(x, CTX.mpf(f.tiny)))),)
 
 
+def _rsqrt(x, f):
+    base = max(x, CTX.mpf(f.tiny))
+    return 1 / CTX.sqrt(base), (-1 / (2 * base * CTX.sqrt(base)),)
+
+
 def _xlogy(x, y, f):
     y = max(y, CTX.mpf(f.tiny))
     log_y = CTX.log(y)
@@ -304,7 +309,7 @@ def _pow(x, y, f, negative_zero=False):
 ELEMENTWISE = {
     "log": _log, "log1p": _log1p, "logit": _logit, "log1mexp": _log1mexp,
     "sigmoid": _sigmoid, "log_sigmoid": _log_sigmoid, "softplus": _softplus,
-    "softplus_inverse": _softplus_inverse, "sqrt": _sqrt,
+    "softplus_inverse": _softplus_inverse, "sqrt": _sqrt, "rsqrt": _rsqrt,
     "xlogy": _xlogy, "xlog1py": _xlog1py, "logaddexp": _logaddexp, "divide_no_nan": _divide_no_nan,
     "acos": _acos, "asin": _asin, "atanh": _atanh, "atan2": _atan2, "pow": _pow,
 }

@@ -163,6 +163,8 @@ SPECS = {s.name: s for s in [
     Spec("softmax", "row", ("logits",), tf.nn.softmax, masks=True),
     Spec("log_softmax", "row", ("logits",), tf.nn.log_softmax, masks=True),
     Spec("sqrt", "unary", ("x",), tf.math.sqrt, clamp=_positive_below(lambda f: 0.0)),
+    # Below tiny: the pole's boundary gradient, saturated, negative (into the domain).
+    Spec("rsqrt", "unary", ("x",), tf.math.rsqrt, clamp=lambda xs, f: [(xs[0] < f.tiny, 0, -1)]),
     Spec("norm", "reduce", ("tensor",), tf.norm),
     Spec("reduce_euclidean_norm", "reduce", ("input_tensor",), tf.math.reduce_euclidean_norm),
     Spec("l2_normalize", "row", ("x",), tf.math.l2_normalize),

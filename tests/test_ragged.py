@@ -10,7 +10,7 @@ import safeops.math as tfm
 from safeops import nn
 
 ROWS = [[1.0, 2.0], [], [3.0, -4.0, 5.0]]
-UNARY = ["log", "log1p", "sigmoid", "log_sigmoid", "softplus", "sqrt"]
+UNARY = ["log", "log1p", "sigmoid", "log_sigmoid", "softplus", "sqrt", "rsqrt"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Edge and reference tests for safeops.math.sqrt, norm, l2_normalize, divide_no_nan."""
+"""Edge and reference tests for safeops.math.sqrt, rsqrt, norm, l2_normalize, divide_no_nan."""
 
 import mpmath
 import numpy as np
@@ -53,6 +53,97 @@ class TestSqrt:
     def test_errors(self):
         with pytest.raises(TypeError, match="x"):
             tfm.sqrt(tf.constant([1, 2]))
+
+
+class TestRsqrt:
+    """``rsqrt``: ``pow(x, -0.5)``'s pole clamp, TensorFlow's kernel elsewhere."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_finite_at_and_below_zero(self, dtype, mode):
+        x = tf.constant([0.0, -0.0, -1.0, 0.25, 4.0, -INF], dtype)
+        y, g, h = derivatives(tfm.rsqrt, x, mode)
+        assert all(np.isfinite(a).all() for a in (y, g, h))
+        tiny, largest = _dtypes.tiny(dtype), _dtypes.max_value(dtype)
+        at_tiny = tiny ** -0.5  # a power of two: exact
+        np.testing.assert_array_equal(y[[0, 1, 2, 5]], at_tiny)
+        np.testing.assert_allclose(y[3:5], [2.0, 0.5], rtol=rtol(dtype))
+        # The boundary gradient -tiny**-1.5 / 2 overflows every dtype: saturated, pointing up.
+        np.testing.assert_allclose(g[[0, 1, 2, 5]], -largest, rtol=1e-5)
+        np.testing.assert_allclose(g[3:5], [-4.0, -1.0 / 16], rtol=rtol(dtype))
+        np.testing.assert_allclose(h[3:5], [24.0, 0.75 / 32], rtol=rtol(dtype))
+        assert (h[[0, 1, 2, 5]] == 0).all()
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+    def test_gradient_where_the_cube_overflows_but_the_gradient_does_not(self, dtype, mode):
+        # -y**3 / 2 with y**3 above the largest value: XLA's RsqrtGrad formed -inf here.
+        x = {tf.float32: 2.0 ** -85.5, tf.float64: 2.5e-206}[dtype]
+        _, g, h = derivatives(tfm.rsqrt, tf.constant([x], dtype), mode)
+        want = float(-mpmath.mpf(float(np.array(x, dtype.as_numpy_dtype))) ** -1.5 / 2)
+        assert abs(want) < _dtypes.max_value(dtype)
+        assert g[0] == pytest.approx(want, rel=1e-5) and np.isfinite(h).all()
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+    def test_is_pow_of_minus_one_half(self, dtype, mode):
+        low, high = {tf.float32: (-100.0, 88.0), tf.float64: (-750.0, 709.0)}[dtype]  # subnormals too
+        x = np.exp(np.random.default_rng(1).uniform(low, high, 200))
+        x = tf.constant(np.concatenate([x, [0.0, -2.0, 1e-45, 3e-39]]), dtype)
+        y, g, _ = derivatives(tfm.rsqrt, x, mode)
+        z, gz, _ = derivatives(lambda t: tfm.pow(t, -0.5), x, mode)
+        np.testing.assert_allclose(y, z, rtol=8 * np.finfo(dtype.as_numpy_dtype).eps)
+        np.testing.assert_allclose(g, gz, rtol=1e-5)
+
+    def test_rms_norm_of_a_padding_row_without_epsilon(self):
+        # x / rms(x): a zero (padding) row is inf * 0 = NaN through tf.math.rsqrt (its gradient
+        # inf), 0 here.
+        x = tf.constant([[3.0, -4.0, 0.0], [0.0, 0.0, 0.0]])
+        w = tf.constant([[1.0, 2.0, 3.0]])
+        results = {}
+        for rsqrt in (tf.math.rsqrt, tfm.rsqrt):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = x * rsqrt(tf.reduce_mean(x * x, -1, keepdims=True))
+                loss = tf.reduce_sum(w * y)
+            results[rsqrt] = y.numpy(), tape.gradient(loss, x).numpy()
+        y, g = results[tf.math.rsqrt]
+        assert np.isnan(y[1]).all() and not np.isfinite(g[1]).any()
+        y, g = results[tfm.rsqrt]
+        assert np.isfinite(g).all() and (y[1] == 0).all()
+        np.testing.assert_allclose(y[0], results[tf.math.rsqrt][0][0], rtol=1e-6)
+        np.testing.assert_allclose(g[0], results[tf.math.rsqrt][1][0], rtol=1e-5, atol=1e-7)
+
+    def test_graph_normalization_with_an_isolated_node_trains(self):
+        # rsqrt(deg) of a node without edges (degree 0): TensorFlow's inf * 0 is NaN.
+        a = tf.constant([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+        features = tf.constant(np.random.default_rng(0).standard_normal([4, 3]).astype(np.float32))
+        w = tf.Variable(tf.ones([3, 2]))
+
+        def loss(rsqrt):
+            d = rsqrt(tf.reduce_sum(a, -1))
+            h = (d[:, None] * a * d[None, :]) @ features @ w
+            return tf.reduce_sum(h * h)
+
+        for rsqrt, finite in ((tf.math.rsqrt, False), (tfm.rsqrt, True)):
+            with tf.GradientTape() as tape:
+                value = loss(rsqrt)
+            g = tape.gradient(value, w)
+            assert bool(np.isfinite(value.numpy()) and np.isfinite(g.numpy()).all()) == finite, rsqrt
+        d = tf.constant([2.0 ** -0.5, 1.0, 1.0])
+        h = (d[:, None] * a[:3, :3] * d[None, :]) @ features[:3] @ w
+        np.testing.assert_allclose(loss(tfm.rsqrt).numpy(), tf.reduce_sum(h * h).numpy(), rtol=1e-6)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_inf_and_nan(self, mode):
+        y, g, _ = derivatives(tfm.rsqrt, tf.constant([INF, NAN]), mode)
+        assert y[0] == 0 and g[0] == 0 and np.isnan(y[1]) and np.isnan(g[1])
+
+    def test_errors(self):
+        with pytest.raises(TypeError, match="x"):
+            tfm.rsqrt(tf.constant([1, 2]))
+        with pytest.raises(TypeError, match="x"):
+            tfm.rsqrt(tf.constant(["a"]))
 
 
 class TestNorm:

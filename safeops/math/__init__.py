@@ -27,14 +27,14 @@ from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
 from safeops.math._moments import reduce_std
 from safeops.math._norms import l2_normalize, norm, reduce_euclidean_norm
 from safeops.math._powers import pow
-from safeops.math._roots import divide_no_nan, sqrt
+from safeops.math._roots import divide_no_nan, rsqrt, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
 __all__ = [
     "log", "log1p", "logit", "xlogy", "xlog1py", "log1mexp", "logaddexp",
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "softmax", "log_softmax",
-    "sqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
+    "sqrt", "rsqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
     "acos", "asin", "atanh", "atan2", "pow",
 ]
 

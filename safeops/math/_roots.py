@@ -1,9 +1,10 @@
-"""Square roots and safe division: ``sqrt`` and ``divide_no_nan``.
+"""Square roots and safe division: ``sqrt``, ``rsqrt`` and ``divide_no_nan``.
 
 At 0 the derivative of the square root is infinite, so ``tf.sqrt``'s
 gradient is ``inf`` there and ``tf.norm`` of a zero vector has a NaN
 gradient (``inf * 0``); safeops clamps the square root's gradient at the
-smallest normal number (contract C4). ``divide_no_nan``'s gradients stay
+smallest normal number (contract C4); ``rsqrt``, infinite at 0, takes its
+value there. ``divide_no_nan``'s gradients stay
 finite where its denominator is 0 or tiny. The norms, which build on the
 same clamped root, live in :mod:`safeops.math._norms`.
 """
@@ -70,6 +71,64 @@ def sqrt(x, name=None):
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
         y = _clamped_sqrt(_dtypes.tiny(x.dtype), x.dtype)(_dtypes.to_compute(x))
+        return scope.output(_dtypes.from_compute(y, x.dtype))
+
+
+def rsqrt(x, name=None):
+    r"""Reciprocal square root that stays finite at 0, with a finite gradient there.
+
+    Formula: :math:`1 / \sqrt{x}`, gradient :math:`-1 / (2 x^{3/2}) =
+    -y^3 / 2`.
+
+    Stable rewrite: :math:`1 / \sqrt{\max(x, t)}` with :math:`t` the
+    smallest normal number of the dtype (the pole clamp of
+    :func:`safeops.math.pow`, whose ``pow(x, -0.5)`` it equals), and the
+    gradient :math:`-y^3 / 2` saturated at the largest finite value. The
+    naive ``tf.math.rsqrt`` is ``inf`` at 0 (``x * rsqrt(sum(x**2))`` of a
+    zero vector, a padding row through a hand-written RMS norm without an
+    epsilon: ``0 * inf = NaN``), ``-inf`` at ``-0``, NaN below 0 where a
+    rounding error lands, and its gradient ``-inf`` at 0.
+    ``rsqrt(x + eps)`` moves every value; the clamp moves none above
+    :math:`t`.
+
+    Edges:
+      * ``x`` in ``[-inf, tiny)`` (0, ``-0``, subnormal, negative): the
+        value at ``tiny``, a power of two: 2**63 = 9.2e18 in float32 and
+        bfloat16, 128 in float16, 2**511 = 6.7e153 in float64; a zero
+        times it is 0. Gradient there: the boundary's,
+        ``-1/(2 tiny**1.5)``, which overflows every dtype and saturates:
+        -3.4e38 in float32 and bfloat16, -65504 in float16, -1.8e308 in
+        float64 (a step against it raises ``x`` into the domain).
+      * ``x`` below about ``2**-86`` (float32; ``2**-683`` in float64,
+        ``2**-11.3`` in float16): the exact gradient overflows and
+        saturates at the same value. Second derivative :math:`3 / (4 x^{5/2})`,
+        saturated; 0 where the gradient saturates (a constant there) and
+        at clamped points.
+      * ``+inf``: value 0, gradient 0. NaN: NaN value and gradient.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.rsqrt([0.0, 4.0, -1.0]).numpy()
+    array([9.223372e+18, 5.000000e-01, 9.223372e+18], dtype=float32)
+    """
+    if _ragged.any_ragged(x):
+        return _ragged.elementwise(rsqrt, x, name=name)
+    op = "safeops.math.rsqrt"
+    with _validate.op_scope(op, name) as scope:
+        x = _validate.float_tensor(x, op, "x")
+        compute = _dtypes.compute_dtype(x.dtype)
+        y = _clamped_rsqrt(_dtypes.tiny(x.dtype), compute, x.dtype)(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
@@ -162,6 +221,35 @@ def _clamped_sqrt(floor: float, dtype: tf.DType):
         lambda dy, y, x: (tf.raw_ops.SqrtGrad(y=tf.maximum(y, root_floor), dy=dy),),
         dtype,
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _clamped_rsqrt(floor: float, compute: tf.DType, dtype: tf.DType):
+    """``1 / sqrt(max(x, floor))`` whose gradient, ``-y**3 / 2``, saturates where it overflows.
+
+    ``floor`` is the smallest normal number of ``dtype``, a power of two with
+    an even exponent: its reciprocal root is exact, and ``tf.maximum``
+    propagates NaN. The backward is ``-0.5 y**3 dy`` of ``c = min(y, cap)``:
+    ``cap``, just below the cube root of twice the largest value of
+    ``compute``, is where ``y**3 / 2`` would overflow (``y`` above 2**43 in
+    float32), so no ``inf`` is formed for ``|dy| <= 1``
+    (``enable_check_numerics`` would stop at one) and the gradient there is
+    the largest value, less 2**-18 of it, before the saturation to
+    ``dtype``. Outside XLA it is TensorFlow's fused ``RsqrtGrad`` kernel
+    (three kernels, as TensorFlow's own gradient is one), which halves
+    ``c`` first; XLA lowers ``RsqrtGrad`` as ``c**3 * (-0.5 dy)``, whose
+    ``c**3`` overflows from the cube root of the largest value on
+    (float64 ``x = 2.5e-206``: ``-inf`` where the gradient is
+    ``-1.27e308``), so there the product is written out, halved first.
+    """
+    cap = (2.0 * _dtypes.max_value(compute)) ** (1.0 / 3.0) * (1.0 - 2.0 ** -20)
+
+    def backward(dy, y, x):
+        c = tf.minimum(y, cap)
+        g = (-0.5 * c) * (c * c) * dy if _xla.in_xla() else tf.raw_ops.RsqrtGrad(y=c, dy=dy)
+        return (_dtypes.saturate(g, dtype),)
+
+    return custom_op(lambda x: tf.math.rsqrt(tf.maximum(x, floor)), backward, dtype)
 
 
 @functools.lru_cache(maxsize=None)
