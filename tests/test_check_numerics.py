@@ -68,6 +68,8 @@ CASES = {
     # tiny ** -1.5 overflows (the gradient); the log keeps float64's 6.7e153 within float32.
     "pow_pole": (lambda x: tfm.log(tfm.pow(x, -0.5)), ZEROS),
     "pow_odd": (lambda x: tfm.pow(x, 3.0), MODERATE),
+    # The saturated gradient at 0; the log keeps float64's 6.7e153 within float32, as for pow_pole.
+    "rsqrt": (lambda x: tfm.log(tfm.rsqrt(x)), ZEROS),
     "softmax": (tfm.softmax, LOGITS),
     "log_softmax": (tfm.log_softmax, LOGITS),
     "reduce_logsumexp": (lambda x: tfm.reduce_logsumexp(x, -1), LOGITS),

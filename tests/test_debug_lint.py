@@ -188,6 +188,12 @@ class TestDetails:
         (finding,) = lint(sqrt_at_zero, X, print=False)
         assert "norm" in finding.message and "safeops.math.norm" in finding.fix
 
+    def test_rsqrt_of_a_sum_of_squares_names_safeops_rsqrt(self):
+        """x * rsqrt(sum(x**2)) without a floor (a hand-written RMS or L2 norm): inf * 0 at a zero row."""
+        (finding,) = lint(lambda a: a * tf.math.rsqrt(tf.reduce_sum(a * a, -1, keepdims=True)), X, print=False)
+        assert finding.op_type == "Rsqrt" and finding.fix.startswith("safeops.math.rsqrt(x)")
+        assert lint(lambda a: a * tfm.rsqrt(tf.reduce_sum(a * a, -1, keepdims=True)), X, print=False) == []
+
     @pytest.mark.parametrize("op", [tf.math.acos, tf.math.asin, tf.math.atanh])
     def test_inverse_trig_clipped_to_the_closed_interval_is_still_reported(self, op):
         """A clip to [-1, 1] makes the value finite but not the gradient at +-1 (inf there)."""

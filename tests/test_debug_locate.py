@@ -68,6 +68,10 @@ def root_of_negative(x):
     return tf.reduce_sum(tf.pow(x - 2.0, 0.5))  # locate: root_of_negative
 
 
+def rsqrt_of_zero_row(x):
+    return tf.reduce_sum(x * tf.math.rsqrt(tf.reduce_sum(x * x, -1, keepdims=True)))  # locate: rsqrt_of_zero_row
+
+
 def log_cosh(x):
     return tf.reduce_sum(tf.math.log(tf.math.cosh(x)))  # locate: log_cosh
 
@@ -96,6 +100,7 @@ CASES = {
     "root_at_zero": (root_at_zero, X, "backward", "Pow", ["in the gradient of Pow at x = 0", "gives inf"]),
     "root_of_negative": (root_of_negative, X, "forward", "Pow",
                          ["negative base to a fractional power", "5 negative values"]),
+    "rsqrt_of_zero_row": (rsqrt_of_zero_row, X, "forward", "Rsqrt", ["Rsqrt of 0 or a negative", "1 zero"]),
 }
 #: Causes with no safeops op to name (the fix is the user's own clip or mask): none since safeops.math
 #: has acos, asin, atanh and atan2; the fix of each case names its op.
@@ -237,11 +242,13 @@ class TestFinite:
         report = locate_nonfinite(log_of_zero, np.array([1.0, 2.0], np.float32))
         assert not report.found and "finite" in str(report)
 
-    @pytest.mark.parametrize("name", ["log_of_zero", "norm_of_zero", "division_by_zero"])
+    @pytest.mark.parametrize("name", ["log_of_zero", "norm_of_zero", "division_by_zero", "rsqrt_of_zero_row"])
     def test_safeops_drop_in_is_finite(self, name):
         safe = {"log_of_zero": lambda x: tf.reduce_sum(tfm.log(x)),
                 "norm_of_zero": lambda x: tf.reduce_sum(tfm.norm(x, axis=-1)),
-                "division_by_zero": lambda x: tf.reduce_sum(tfm.divide_no_nan(x, x - 1.0))}[name]
+                "division_by_zero": lambda x: tf.reduce_sum(tfm.divide_no_nan(x, x - 1.0)),
+                "rsqrt_of_zero_row": lambda x: tf.reduce_sum(
+                    x * tfm.rsqrt(tf.reduce_sum(x * x, -1, keepdims=True)))}[name]
         assert not locate_nonfinite(safe, X).found
 
     def test_constant_masks_are_not_causes(self):

@@ -460,8 +460,9 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
                 "safeops.math.sqrt, and check why the input is negative (a variance from E[x^2] - E[x]^2?)")
     if kind == "Rsqrt" and x is not None:
         return (f"Rsqrt of 0 or a negative number: input has {_count(x.zeros, 'zero')}, "
-                f"{_count(x.negatives, 'negative value')}", "add a positive floor, or safeops.math.sqrt with "
-                                                            "safeops.math.divide_no_nan")
+                f"{_count(x.negatives, 'negative value')}",
+                "safeops.math.rsqrt (finite at 0 and below: 1/sqrt(tiny), which a zero times is 0; finite "
+                "gradient), or add a positive floor")
     if kind in ("Exp", "Expm1") and x is not None:
         return (f"Exp overflow: input max is {x.max:.4g}, above log(max {x.dtype}) "
                 f"= {_dtypes.log_max(x.dtype):.4g}",
@@ -528,6 +529,9 @@ def _explain_gradient(op, ins, outs, forward_op, made):
     if ftype in ("RealDiv", "Div"):
         return (f"division by 0 {where}: d(x/y)/dy = -x/y**2 with {_count(zeros, 'zero')} in the operands; "
                 f"gives {made}", "safeops.math.divide_no_nan(x, y)")
+    if ftype == "Rsqrt":
+        return (f"-1/(2 x**1.5) {where} at x = 0 ({_count(zeros, 'zero')}); gives {made}",
+                "safeops.math.rsqrt: finite value and gradient at 0")
     if ftype == "Pow":
         return (f"p x**(p-1) {where} at x = 0 with p < 1; gives {made}",
                 "safeops.math.pow(x, p): finite gradient at 0 (safeops.math.sqrt for p = 0.5)")

@@ -226,7 +226,7 @@ def _match(op, ranges, live=None):
             what = "standard deviation (sqrt of a variance)" if is_std else what
             if kind == "Rsqrt":
                 msg = f"rsqrt of a value that can be 0 (range {r}): 1/sqrt(0) = inf"
-                fix = "safeops.math.divide_no_nan(1., safeops.math.sqrt(x)), or rsqrt of x plus a positive floor"
+                fix = "safeops.math.rsqrt(x) (finite value and gradient at 0), or rsqrt of x plus a positive floor"
             else:
                 msg = f"{what} of a value that can be 0 (range {r}): " + PATTERNS["sqrt-at-zero"]
                 fix = "safeops.math.norm(x, axis=...)" if is_norm else "safeops.math.sqrt(x)"
@@ -299,7 +299,8 @@ def _double_where(op, ranges, live=None):
                    "Log": "safeops.math.log(x) (finite gradient at 0), no tf.where needed",
                    "Log1p": "safeops.math.log1p(x)",
                    "RealDiv": "safeops.math.divide_no_nan(x, y)", "Div": "safeops.math.divide_no_nan(x, y)",
-                   "Pow": "safeops.math.pow(x, p) (finite gradient at 0), no tf.where needed"}.get(
+                   "Pow": "safeops.math.pow(x, p) (finite gradient at 0), no tf.where needed",
+                   "Rsqrt": "safeops.math.rsqrt(x) (finite value and gradient at 0), no tf.where needed"}.get(
                 hazard.type, "the safeops op")
             fix += "; or make the operand safe too: tf.where(c, f(tf.where(c, x, 1.)), 0.) (the double where)"
             yield _finding("double-where", op, msg, fix), hazard.name

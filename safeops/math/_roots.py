@@ -242,7 +242,7 @@ def _clamped_rsqrt(floor: float, compute: tf.DType, dtype: tf.DType):
     (float64 ``x = 2.5e-206``: ``-inf`` where the gradient is
     ``-1.27e308``), so there the product is written out, halved first.
     """
-    cap = (2.0 * _dtypes.max_value(compute)) ** (1.0 / 3.0) * (1.0 - 2.0 ** -20)
+    cap = 2.0 ** (1.0 / 3.0) * _dtypes.max_value(compute) ** (1.0 / 3.0) * (1.0 - 2.0 ** -20)  # 2 max: inf
 
     def backward(dy, y, x):
         c = tf.minimum(y, cap)
