@@ -57,7 +57,7 @@ from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, ftz_ulps, numpy_dtype, relati
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
-         "sqrt", "acos", "asin", "atanh")
+         "sqrt", "rsqrt", "acos", "asin", "atanh")
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 #: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
 UNIT_DOMAIN = ("acos", "asin", "atanh")
@@ -72,7 +72,7 @@ TF_BUILTINS = {
     "sigmoid": tf.math.sigmoid,
     "log_sigmoid": tf.math.log_sigmoid, "softplus": tf.math.softplus,
     "reduce_logsumexp": tf.math.reduce_logsumexp, "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
-    "sqrt": tf.math.sqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
+    "sqrt": tf.math.sqrt, "rsqrt": tf.math.rsqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
     "reduce_euclidean_norm": tf.math.reduce_euclidean_norm, "acos": tf.math.acos, "asin": tf.math.asin,
     "atanh": tf.math.atanh, "atan2": tf.math.atan2, "pow": tf.math.pow,

@@ -268,6 +268,8 @@ def _build_registry() -> list:
               lambda x: log(tf.exp(x) - 1)),
         _math("sqrt", "elementwise", _unary("uniform", low=0.0, high=4.0),
               lambda x: tf.sqrt(x + NAIVE_EPS), tf.math.sqrt),
+        _math("rsqrt", "elementwise", _unary("uniform", low=0.0, high=4.0),
+              lambda x: tf.math.rsqrt(x + NAIVE_EPS), tf.math.rsqrt),
         _math("divide_no_nan", "elementwise", _binary(_LOGIT, _LOGIT),
               lambda x, y: tf.where(tf.equal(y, 0), tf.zeros_like(x), x / y), tf.math.divide_no_nan,
               wrt=(0, 1)),

@@ -141,6 +141,9 @@ OPS = {
     "sqrt": (1, [
         lambda r, n: (_log_uniform(r, n, -87.0, 88.0),),
     ], np.sqrt),
+    "rsqrt": (1, [
+        lambda r, n: (_log_uniform(r, n, -87.0, 88.0),),
+    ], lambda x: 1.0 / np.sqrt(x)),
     "acos": (1, [
         lambda r, n: (r.uniform(-1.0, 1.0, n).astype(F32),),
         lambda r, n: (_near_one(r, n),),
@@ -188,6 +191,7 @@ DERIVATIVES = {
     "softplus": lambda x: (_sigmoid64(x),),
     "softplus_inverse": lambda x: (-1.0 / np.expm1(-x),),
     "sqrt": lambda x: (0.5 / np.sqrt(x),),
+    "rsqrt": lambda x: (-0.5 / (x * np.sqrt(x)),),
     "acos": lambda x: (-1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
     "asin": lambda x: (1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
     "atanh": lambda x: (1.0 / ((1.0 - x) * (1.0 + x)),),
@@ -312,7 +316,7 @@ def gradient_errors(name: str, args: list, got: list) -> list:
 #: TensorFlow's own op, where it has one.
 BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
             "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
-            "sqrt": "math.sqrt", "acos": "math.acos", "asin": "math.asin", "atanh": "math.atanh",
+            "sqrt": "math.sqrt", "rsqrt": "math.rsqrt", "acos": "math.acos", "asin": "math.asin", "atanh": "math.atanh",
             "atan2": "math.atan2", "pow": "math.pow"}
 
 

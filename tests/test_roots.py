@@ -95,6 +95,21 @@ class TestRsqrt:
         np.testing.assert_allclose(y, z, rtol=8 * np.finfo(dtype.as_numpy_dtype).eps)
         np.testing.assert_allclose(g, gz, rtol=1e-5)
 
+    @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+    def test_long_eager_tensor_runs_the_xla_function_with_the_same_results(self, dtype):
+        # From 2**16 elements an eager call runs the inner XLA function, below it plain kernels.
+        x = np.exp(np.random.default_rng(2).uniform(-90.0, 40.0, 1 << 17))
+        x[::1000] = 0.0
+        x = tf.constant(x, dtype)
+        long = derivatives(tfm.rsqrt, x)[:2]
+        short = [np.concatenate(parts) for parts in zip(*(derivatives(tfm.rsqrt, x[i:i + 4096])[:2]
+                                                          for i in range(0, 1 << 17, 4096)))]
+        # Two rsqrt kernels, each within 2 ULP: values within 4, gradients (-y**3 / 2) within C3.
+        for got, want, tolerance in zip(long, short, (4 * np.finfo(dtype.as_numpy_dtype).eps,
+                                                      {tf.float32: 1e-5, tf.float64: 1e-12}[dtype])):
+            np.testing.assert_allclose(got, want, rtol=tolerance)
+        assert np.isfinite(long[1]).all()
+
     def test_rms_norm_of_a_padding_row_without_epsilon(self):
         # x / rms(x): a zero (padding) row is inf * 0 = NaN through tf.math.rsqrt (its gradient
         # inf), 0 here.
