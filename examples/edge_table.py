@@ -112,7 +112,7 @@ CASES = [
          lambda x: tf.pow(x, 0.0), lambda x: tfm.pow(x, 0.0)),
     Case("deg ** -0.5 (graph normalization)", "deg = 0", [0.0],
          lambda d: tf.pow(d, -0.5), lambda d: tfm.pow(d, -0.5)),
-    Case("rsqrt(mean(x**2)) (RMS norm, no epsilon)", "x = 0", [0.0],
+    Case("x * rsqrt(x**2) (an RMS norm, no epsilon)", "x = 0", [0.0],
          lambda x: x * tf.math.rsqrt(x * x), lambda x: x * tfm.rsqrt(x * x)),
     Case("keras binary_crossentropy", "p = 1, label 0", [1.0],
          _bce_on_probabilities, _safe_bce_on_probabilities),
