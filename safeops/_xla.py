@@ -97,7 +97,7 @@ def _op_callbacks() -> bool:
 EAGER_PLAIN_BELOW = 1 << 16
 
 
-def compiled(fn, xla, eager_plain=False, exact=()):
+def compiled(fn, xla, eager_plain=False, exact=(), graph_plain=False):
     """``fn`` as an inner XLA function, or ``fn`` itself when ``xla`` is false.
 
     ``eager_plain``: for ops of a few kernels (``xlogy``, ``divide_no_nan``),
@@ -106,7 +106,13 @@ def compiled(fn, xla, eager_plain=False, exact=()):
     XLA function eagerly has a fixed cost of its own, larger there than the
     few kernels it fuses (``python -m benchmarks --modes eager``, 1e3
     elements); on large tensors the fused loop wins (no buffer per
-    intermediate). Inside a ``tf.function`` the XLA function is always used.
+    intermediate). Inside a ``tf.function`` the XLA function is used, except
+    with ``graph_plain`` (ops of two kernels, ``sqrt`` and ``rsqrt``) where
+    every input's shape is static and the largest below the same bound:
+    there too the call of an XLA function costs more than the kernels it
+    fuses (1.2 to 1.3 times ``tf.math.sqrt`` forward+backward at 1e3
+    elements, 1.0 as plain ops), while from 1e6 elements on the fused loop
+    was the faster (1.26 against 1.50 at 1e7).
 
     ``exact``: the positions of the arguments whose row maxima the
     function takes (the logits of the row-wise ops); each passes through
@@ -190,7 +196,8 @@ def compiled(fn, xla, eager_plain=False, exact=()):
         return graph_function(*args)
 
     def call(*args):
-        if eager_plain and tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
+        if eager_plain and _largest_size(args) < EAGER_PLAIN_BELOW and (
+                tf.executing_eagerly() or (graph_plain and _all_static(args))):
             return fn(*args)
         return jit(*args)
 
@@ -258,6 +265,11 @@ def _data_dependent_rows(args, depth: int = 8, budget: int = 64) -> bool:
             earlier.extend(op.inputs)
         frontier = earlier
     return False
+
+
+def _all_static(args) -> bool:
+    """Whether every tensor among ``args`` has a fully known shape."""
+    return all(a.shape.is_fully_defined() for a in args if isinstance(getattr(a, "shape", None), tf.TensorShape))
 
 
 def _largest_size(args) -> int:

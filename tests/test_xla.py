@@ -167,6 +167,28 @@ def test_eager_plain_runs_small_eager_calls_as_plain_ops():
     assert seen == [True, False, False]
 
 
+
+def test_graph_plain_runs_small_static_shapes_in_a_tf_function_as_plain_ops():
+    """``graph_plain``: in a tf.function, static shapes below EAGER_PLAIN_BELOW elements run plain ops;
+    a larger static shape, or one not fully known, goes through the XLA function."""
+    def fn(x):
+        return tf.sqrt(x)
+
+    op = _xla.compiled(fn, True, eager_plain=True, graph_plain=True)
+
+    def called(spec):
+        graph = tf.function(op).get_concrete_function(spec).graph
+        types = {o.type for o in graph.get_operations()}
+        return "Sqrt" not in types and bool(types & {"PartitionedCall", "StatefulPartitionedCall"})
+
+    assert not called(tf.TensorSpec([10]))
+    assert called(tf.TensorSpec([_xla.EAGER_PLAIN_BELOW]))
+    assert called(tf.TensorSpec([None]))
+    plain = _xla.compiled(fn, True, eager_plain=True)
+    assert "Sqrt" not in {o.type for o in tf.function(plain).get_concrete_function(
+        tf.TensorSpec([10])).graph.get_operations()}
+
+
 _LABELS = tf.constant([[0.2, 0.3, 0.5], [0.0, 1.0, 0.0]])
 
 

@@ -138,7 +138,7 @@ def pow(x, y, name=None):  # noqa: A001 - tf.math.pow's name
         elif exponent == 0.5:
             # The clamped square root of safeops.math.sqrt: the same value and
             # boundary gradient (y tiny**(y - 1) = 1/(2 sqrt(tiny))) in two kernels.
-            z = _clamped_sqrt(_dtypes.tiny(dtype), dtype)(_dtypes.to_compute(x))
+            z = _clamped_sqrt(_dtypes.tiny(dtype), dtype, _xla.enabled())(_dtypes.to_compute(x))
         else:
             z = _constant_power(dtype, exponent, _xla.enabled())(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(z, dtype))

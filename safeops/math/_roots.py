@@ -70,7 +70,7 @@ def sqrt(x, name=None):
     op = "safeops.math.sqrt"
     with _validate.op_scope(op, name) as scope:
         x = _validate.float_tensor(x, op, "x")
-        y = _clamped_sqrt(_dtypes.tiny(x.dtype), x.dtype)(_dtypes.to_compute(x))
+        y = _clamped_sqrt(_dtypes.tiny(x.dtype), x.dtype, _xla.enabled())(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
@@ -203,7 +203,7 @@ def divide_no_nan(x, y, name=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _clamped_sqrt(floor: float, dtype: tf.DType):
+def _clamped_sqrt(floor: float, dtype: tf.DType, xla: bool = False):
     """``sqrt(max(x, 0))`` whose gradient below ``floor`` is ``1/(2 sqrt(floor))``.
 
     The backward is TensorFlow's fused ``SqrtGrad`` (``dy * 0.5 / y``) of the
@@ -214,13 +214,24 @@ def _clamped_sqrt(floor: float, dtype: tf.DType):
     (``rsqrt`` of a clamped input, two products), and one transcendental
     under XLA, as TensorFlow's own gradient. A NaN ``y`` stays NaN
     (``tf.maximum`` propagates it).
+
+    With ``xla`` each pass is one inner XLA function, except where its
+    shapes are static and small, or in a small eager call
+    (``graph_plain``, ``eager_plain``): the two kernels of each pass were
+    1.5 times TensorFlow's one in a ``tf.function`` at 1e7 elements
+    (forward and forward+backward); fused, 1.05 and 1.3 (``python -m
+    benchmarks --filter 'math\.sqrt$' --modes graph``, this 2-core CPU).
     """
     root_floor = float(np.sqrt(floor))
-    return custom_op(
-        lambda x: tf.sqrt(tf.maximum(x, 0.0)),
-        lambda dy, y, x: (tf.raw_ops.SqrtGrad(y=tf.maximum(y, root_floor), dy=dy),),
-        dtype,
-    )
+
+    def forward(x):
+        return tf.sqrt(tf.maximum(x, 0.0))
+
+    def backward(dy, y, x):
+        return (tf.raw_ops.SqrtGrad(y=tf.maximum(y, root_floor), dy=dy),)
+
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True, graph_plain=True),
+                     _xla.compiled(backward, xla, eager_plain=True, graph_plain=True), dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,8 +252,9 @@ def _clamped_rsqrt(floor: float, compute: tf.DType, dtype: tf.DType, xla: bool):
     ``-inf`` where the gradient is ``-1.27e308``); as plain ops it is
     TensorFlow's fused ``RsqrtGrad`` kernel, which halves ``c`` first.
 
-    With ``xla`` each pass is one inner XLA function (small eager calls
-    run as plain ops, ``eager_plain``): as plain kernels the forward was
+    With ``xla`` each pass is one inner XLA function (small static shapes
+    and small eager calls run as plain ops, as :func:`_clamped_sqrt`'s): as
+    plain kernels the forward was
     two passes over the tensor and the backward three where TensorFlow's
     are one each, 1.75 times ``tf.math.rsqrt`` forward+backward in a
     ``tf.function`` at 1e7 elements; fused, 1.25 (``python -m benchmarks
@@ -258,8 +270,8 @@ def _clamped_rsqrt(floor: float, compute: tf.DType, dtype: tf.DType, xla: bool):
     def forward(x):
         return tf.math.rsqrt(tf.maximum(x, floor))
 
-    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
-                     _xla.compiled(backward, xla, eager_plain=True), dtype)
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True, graph_plain=True),
+                     _xla.compiled(backward, xla, eager_plain=True, graph_plain=True), dtype)
 
 
 @functools.lru_cache(maxsize=None)
