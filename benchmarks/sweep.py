@@ -316,7 +316,8 @@ def gradient_errors(name: str, args: list, got: list) -> list:
 #: TensorFlow's own op, where it has one.
 BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
             "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
-            "sqrt": "math.sqrt", "rsqrt": "math.rsqrt", "acos": "math.acos", "asin": "math.asin", "atanh": "math.atanh",
+            "sqrt": "math.sqrt", "rsqrt": "math.rsqrt", "acos": "math.acos", "asin": "math.asin",
+            "atanh": "math.atanh",
             "atan2": "math.atan2", "pow": "math.pow"}
 
 

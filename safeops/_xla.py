@@ -269,7 +269,8 @@ def _data_dependent_rows(args, depth: int = 8, budget: int = 64) -> bool:
 
 def _all_static(args) -> bool:
     """Whether every tensor among ``args`` has a fully known shape."""
-    return all(a.shape.is_fully_defined() for a in args if isinstance(getattr(a, "shape", None), tf.TensorShape))
+    shapes = [getattr(a, "shape", None) for a in args]
+    return all(s.is_fully_defined() for s in shapes if isinstance(s, tf.TensorShape))
 
 
 def _largest_size(args) -> int:

@@ -69,7 +69,8 @@ def root_of_negative(x):
 
 
 def rsqrt_of_zero_row(x):
-    return tf.reduce_sum(x * tf.math.rsqrt(tf.reduce_sum(x * x, -1, keepdims=True)))  # locate: rsqrt_of_zero_row
+    squares = tf.reduce_sum(x * x, -1, keepdims=True)
+    return tf.reduce_sum(x * tf.math.rsqrt(squares))  # locate: rsqrt_of_zero_row
 
 
 def log_cosh(x):

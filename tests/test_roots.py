@@ -131,7 +131,8 @@ class TestRsqrt:
 
     def test_graph_normalization_with_an_isolated_node_trains(self):
         # rsqrt(deg) of a node without edges (degree 0): TensorFlow's inf * 0 is NaN.
-        a = tf.constant([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+        a = tf.constant([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0],
+                         [0.0, 0.0, 0.0, 0.0]])
         features = tf.constant(np.random.default_rng(0).standard_normal([4, 3]).astype(np.float32))
         w = tf.Variable(tf.ones([3, 2]))
 

@@ -203,7 +203,7 @@ def divide_no_nan(x, y, name=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _clamped_sqrt(floor: float, dtype: tf.DType, xla: bool = False):
+def _clamped_sqrt(floor: float, dtype: tf.DType, xla: bool):
     """``sqrt(max(x, 0))`` whose gradient below ``floor`` is ``1/(2 sqrt(floor))``.
 
     The backward is TensorFlow's fused ``SqrtGrad`` (``dy * 0.5 / y``) of the
@@ -220,7 +220,7 @@ def _clamped_sqrt(floor: float, dtype: tf.DType, xla: bool = False):
     (``graph_plain``, ``eager_plain``): the two kernels of each pass were
     1.5 times TensorFlow's one in a ``tf.function`` at 1e7 elements
     (forward and forward+backward); fused, 1.05 and 1.3 (``python -m
-    benchmarks --filter 'math\.sqrt$' --modes graph``, this 2-core CPU).
+    benchmarks --filter sqrt --modes graph``, this 2-core CPU).
     """
     root_floor = float(np.sqrt(floor))
 
@@ -258,9 +258,10 @@ def _clamped_rsqrt(floor: float, compute: tf.DType, dtype: tf.DType, xla: bool):
     two passes over the tensor and the backward three where TensorFlow's
     are one each, 1.75 times ``tf.math.rsqrt`` forward+backward in a
     ``tf.function`` at 1e7 elements; fused, 1.25 (``python -m benchmarks
-    --filter 'math\.rsqrt$'``, this 2-core CPU).
+    --filter rsqrt``, this 2-core CPU).
     """
-    cap = 2.0 ** (1.0 / 3.0) * _dtypes.max_value(compute) ** (1.0 / 3.0) * (1.0 - 2.0 ** -20)  # 2 max: inf
+    # (2 max) ** (1/3) as a product: 2 max overflows float64.
+    cap = 2.0 ** (1.0 / 3.0) * _dtypes.max_value(compute) ** (1.0 / 3.0) * (1.0 - 2.0 ** -20)
 
     def backward(dy, y, x):
         c = tf.minimum(y, cap)
