@@ -226,8 +226,8 @@ def _match(op, ranges, live=None):
             what = "standard deviation (sqrt of a variance)" if is_std else what
             if kind == "Rsqrt":
                 msg = f"rsqrt of a value that can be 0 (range {r}): 1/sqrt(0) = inf"
-                fix = ("safeops.math.rsqrt(x) (finite value and gradient at 0), or rsqrt of x plus a positive "
-                       "floor")
+                fix = ("safeops.math.rsqrt(x) (finite value and gradient at 0), or rsqrt of x plus a "
+                       "positive floor")
             else:
                 msg = f"{what} of a value that can be 0 (range {r}): " + PATTERNS["sqrt-at-zero"]
                 fix = "safeops.math.norm(x, axis=...)" if is_norm else "safeops.math.sqrt(x)"

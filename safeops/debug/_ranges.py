@@ -193,7 +193,8 @@ _CONSTANT_RANGES = {"Sigmoid": _UNIT_OPEN, "Softmax": _UNIT_OPEN, "Tanh": _Range
 #: (softplus underflows to 0 and sigmoid reaches 0 and 1 in floating point: closed bounds.)
 _SAFEOPS_RANGES = {"softplus": _NONNEG, "sqrt": _NONNEG, "rsqrt": _NONNEG, "norm": _NONNEG,
                    "sigmoid": _Range(0.0, 1.0), "softmax": _Range(0.0, 1.0),
-                   "log_sigmoid": _Range(-math.inf, 0.0), "log_softmax": _Range(-math.inf, 0.0), "log1mexp": _Range(-math.inf, 0.0),
+                   "log_sigmoid": _Range(-math.inf, 0.0), "log_softmax": _Range(-math.inf, 0.0),
+                   "log1mexp": _Range(-math.inf, 0.0),
                    "l2_normalize": _Range(-1.0, 1.0), "reduce_std": _NONNEG,
                    "reduce_euclidean_norm": _NONNEG, "acos": _Range(0.0, math.pi),
                    "asin": _Range(-math.pi / 2, math.pi / 2), "atan2": _Range(-math.pi, math.pi)}
