@@ -95,6 +95,8 @@ def _op_callbacks() -> bool:
 #: Eager calls of a few-kernel op on fewer elements than this run as plain ops
 #: (see :func:`compiled`'s ``eager_plain``).
 EAGER_PLAIN_BELOW = 1 << 16
+#: Inside a tf.function, a ``graph_plain`` op on static shapes below this runs as plain ops.
+GRAPH_PLAIN_BELOW = 1 << 18
 
 
 def compiled(fn, xla, eager_plain=False, exact=(), graph_plain=False):
@@ -108,11 +110,15 @@ def compiled(fn, xla, eager_plain=False, exact=(), graph_plain=False):
     elements); on large tensors the fused loop wins (no buffer per
     intermediate). Inside a ``tf.function`` the XLA function is used, except
     with ``graph_plain`` (ops of two kernels, ``sqrt`` and ``rsqrt``) where
-    every input's shape is static and the largest below the same bound:
-    there too the call of an XLA function costs more than the kernels it
-    fuses (1.2 to 1.3 times ``tf.math.sqrt`` forward+backward at 1e3
-    elements, 1.0 as plain ops), while from 1e6 elements on the fused loop
-    was the faster (1.26 against 1.50 at 1e7).
+    every input's shape is static and the largest has fewer than
+    :data:`GRAPH_PLAIN_BELOW` elements: there too the call of an XLA
+    function costs more than the kernels it fuses (``sqrt`` forward+backward
+    1.2 to 1.3 times ``tf.math.sqrt`` at 1e3 elements, 1.0 as plain ops;
+    ``rsqrt`` forward 1.22 to 1.29 times ``tf.math.rsqrt`` at 1e5, 1.03 as
+    plain ops), while from 1e6 elements on the fused loop was the faster
+    (``rsqrt`` forward 1.03 against 1.29 at 1e6; ``sqrt`` forward+backward
+    1.26 against 1.50 at 1e7). Hand-measured with ``python -m benchmarks
+    --filter sqrt --modes graph``, interleaved, on this 2-core CPU.
 
     ``exact``: the positions of the arguments whose row maxima the
     function takes (the logits of the row-wise ops); each passes through
@@ -196,8 +202,10 @@ def compiled(fn, xla, eager_plain=False, exact=(), graph_plain=False):
         return graph_function(*args)
 
     def call(*args):
-        if eager_plain and _largest_size(args) < EAGER_PLAIN_BELOW and (
-                tf.executing_eagerly() or (graph_plain and _all_static(args))):
+        if eager_plain and tf.executing_eagerly() and _largest_size(args) < EAGER_PLAIN_BELOW:
+            return fn(*args)
+        if graph_plain and not tf.executing_eagerly() and _all_static(args) and (
+                _largest_size(args) < GRAPH_PLAIN_BELOW):
             return fn(*args)
         return jit(*args)
 

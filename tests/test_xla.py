@@ -169,7 +169,7 @@ def test_eager_plain_runs_small_eager_calls_as_plain_ops():
 
 
 def test_graph_plain_runs_small_static_shapes_in_a_tf_function_as_plain_ops():
-    """``graph_plain``: in a tf.function, static shapes below EAGER_PLAIN_BELOW elements run plain ops;
+    """``graph_plain``: in a tf.function, static shapes below GRAPH_PLAIN_BELOW elements run plain ops;
     a larger static shape, or one not fully known, goes through the XLA function."""
     def fn(x):
         return tf.sqrt(x)
@@ -182,7 +182,8 @@ def test_graph_plain_runs_small_static_shapes_in_a_tf_function_as_plain_ops():
         return "Sqrt" not in types and bool(types & {"PartitionedCall", "StatefulPartitionedCall"})
 
     assert not called(tf.TensorSpec([10]))
-    assert called(tf.TensorSpec([_xla.EAGER_PLAIN_BELOW]))
+    assert not called(tf.TensorSpec([_xla.GRAPH_PLAIN_BELOW - 1]))
+    assert called(tf.TensorSpec([_xla.GRAPH_PLAIN_BELOW]))
     assert called(tf.TensorSpec([None]))
     plain = _xla.compiled(fn, True, eager_plain=True)
     assert "Sqrt" not in {o.type for o in tf.function(plain).get_concrete_function(

@@ -217,7 +217,8 @@ def _clamped_sqrt(floor: float, dtype: tf.DType, xla: bool):
 
     With ``xla`` each pass is one inner XLA function, except where its
     shapes are static and small, or in a small eager call
-    (``graph_plain``, ``eager_plain``): the two kernels of each pass were
+    (``graph_plain``, ``eager_plain``; see :func:`safeops._xla.compiled`):
+    the two kernels of each pass were
     1.5 times TensorFlow's one in a ``tf.function`` at 1e7 elements
     (forward and forward+backward); fused, 1.05 and 1.3 (``python -m
     benchmarks --filter sqrt --modes graph``, this 2-core CPU).
