@@ -255,11 +255,11 @@ def _clamped_rsqrt(floor: float, compute: tf.DType, dtype: tf.DType, xla: bool):
 
     With ``xla`` each pass is one inner XLA function (small static shapes
     and small eager calls run as plain ops, as :func:`_clamped_sqrt`'s): as
-    plain kernels the forward was
-    two passes over the tensor and the backward three where TensorFlow's
-    are one each, 1.75 times ``tf.math.rsqrt`` forward+backward in a
-    ``tf.function`` at 1e7 elements; fused, 1.25 (``python -m benchmarks
-    --filter rsqrt``, this 2-core CPU).
+    plain kernels the forward was two passes over the tensor and the
+    backward three where TensorFlow's are one each, 1.75 times
+    ``tf.math.rsqrt`` forward+backward in a ``tf.function`` at 1e7
+    elements; fused, 1.25 (``python -m benchmarks --filter rsqrt``, this
+    2-core CPU).
     """
     # (2 max) ** (1/3) as a product: 2 max overflows float64.
     cap = 2.0 ** (1.0 / 3.0) * _dtypes.max_value(compute) ** (1.0 / 3.0) * (1.0 - 2.0 ** -20)
