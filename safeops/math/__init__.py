@@ -23,7 +23,7 @@ from safeops import _dropin
 
 from safeops.math._inverse_trig import acos, asin, atan2, atanh
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
-from safeops.math._logsumexp import log_softmax, reduce_logsumexp, softmax
+from safeops.math._logsumexp import cumulative_logsumexp, log_softmax, reduce_logsumexp, softmax
 from safeops.math._moments import reduce_std
 from safeops.math._norms import l2_normalize, norm, reduce_euclidean_norm
 from safeops.math._powers import pow
@@ -33,7 +33,7 @@ from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inver
 __all__ = [
     "log", "log1p", "logit", "xlogy", "xlog1py", "log1mexp", "logaddexp",
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
-    "reduce_logsumexp", "softmax", "log_softmax",
+    "reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax",
     "sqrt", "rsqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
     "acos", "asin", "atanh", "atan2", "pow",
 ]

@@ -50,6 +50,7 @@ XLA's CPU code for row reductions, paid for accuracy (C3 before C8).
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _probabilities, _ragged, _validate, _xla
@@ -312,6 +313,175 @@ def log_softmax(logits, axis=None, name=None):
         x, axis = _class_axis(op, logits, axis)
         y = _masked_log_softmax(axis, x.dtype)(_dtypes.to_compute(x))
         return scope.output(_dtypes.from_compute(y, x.dtype))
+
+
+def cumulative_logsumexp(x, axis=0, exclusive=False, reverse=False, name=None):
+    r"""Running log-sum-exp along ``axis``, finite gradients at ``-inf`` masks.
+
+    Formula: :math:`y_j = \log \sum_{i \le j} e^{x_i}` along ``axis``
+    (:math:`i < j` with ``exclusive``, :math:`i \ge j` or :math:`i > j`
+    with ``reverse``), as ``tf.math.cumulative_logsumexp``.
+
+    Stable rewrite: TensorFlow's scan kernel, which adds one entry at a time
+    as :math:`\max(a, b) + \operatorname{log1p}(e^{\min(a, b) - \max(a,
+    b)})`, run in float64 for every input dtype and rounded once. In float32
+    the kernel's rounding accumulates along the axis (16.7 ULP over rows of
+    1000 normal entries of scale 3); in float64 and rounded to float32 the
+    result was within 0.86 ULP. Where the kernel goes wrong it is overruled:
+    a ``+inf`` entry makes every output it enters ``+inf`` (the kernel gives
+    NaN from a second ``+inf`` on, ``inf - inf``), and a NaN makes them NaN
+    (the kernel's maximum drops the NaN and returns finite values: ``[0,
+    NaN, 1]`` gave ``[0, 0.69, 1.55]``). The gradient
+    :math:`\partial L / \partial x_i = \sum_j g_j e^{x_i - y_j}` over the
+    outputs :math:`y_j` that :math:`x_i` enters is TensorFlow's formula,
+    :math:`e^{x_i + c_i}` with :math:`c_i` the opposite running log-sum-exp
+    of :math:`\log g_j - y_j` (positive and negative :math:`g_j` apart), in
+    float64. TensorFlow's gradient is NaN at a ``-inf`` entry that precedes
+    every finite one (``[-inf, 0, 1]``, a padded list in ListMLE or a Cox
+    partial likelihood with ``reverse=True`` and trailing padding) and at
+    the first output of ``exclusive``: there :math:`y_j = -\infty`, the
+    term :math:`\log g_j - y_j` is ``+inf`` and the sum :math:`c_i + x_i` is
+    ``inf - inf``. Here an output :math:`y_j = -\infty` takes no part in the
+    gradient (no finite change of the entries it sums moves it), so the
+    ``-inf`` entries get 0. The negative part's scan runs only when some
+    :math:`g_j < 0`.
+
+    Accuracy: values within 1 ULP in float32 and the half dtypes. float64
+    has the kernel's own rounding, which grows with the length of the axis
+    (12 ULP over rows of 1000 entries). The gradient's exponent
+    :math:`x_i - y_j` is formed from the rounded :math:`y_j`, so its error
+    is a few float64 ULP of :math:`|y_j|`: a relative error below 1e-9 for
+    float32 inputs up to :math:`|x| = 10^6`, but of order
+    :math:`|x| \cdot 10^{-16}` beyond, and in float64 from
+    :math:`|x| \approx 10^3` on more than C3's 1e-12. The gradient's
+    condition number is of that order too (about :math:`2 \max |x|`: an
+    input rounded to its own dtype moves it by :math:`|x|` ULP), so this is
+    the accuracy a perturbed input would give, not C3's.
+
+    Edges:
+      * ``-inf`` entries (masks, padding): contribute nothing, gradient 0;
+        an output that sums only ``-inf`` entries (or none: the first output
+        of ``exclusive``) is ``-inf`` with no gradient.
+      * ``+inf`` entry: every output it enters is ``+inf``; its gradient is
+        the sum of the upstream gradients of those outputs (1 per ``+inf``
+        entry, as :func:`reduce_logsumexp`), 0 at the finite entries there.
+      * ``NaN`` entry: every output it enters is NaN, and so is the
+        gradient of every entry that enters those outputs.
+      * Second derivative: autodiff of the gradient (whose scans are this
+        op), finite for finite inputs.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64) of rank >= 1,
+        or a ``tf.RaggedTensor`` taken along a uniform axis or a ragged one
+        with no ragged axis inside it.
+      axis: The int axis of the scan (default 0, as TensorFlow's), or a
+        scalar integer tensor.
+      exclusive: If true, each output leaves out its own entry.
+      reverse: If true, the scan runs from the end of the axis.
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor, or ``exclusive`` or
+        ``reverse`` is not a bool.
+      ValueError: ``x`` is a scalar or ``axis`` is out of range.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> import safeops.math as tfm
+    >>> x = tf.constant([-float("inf"), 0.0, 1.0])
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(x)
+    ...     y = tfm.cumulative_logsumexp(x)
+    >>> y.numpy()
+    array([     -inf, 0.       , 1.3132616], dtype=float32)
+    >>> tape.gradient(y, x).numpy()
+    array([0.        , 1.2689414 , 0.73105854], dtype=float32)
+    """
+    op = "safeops.math.cumulative_logsumexp"
+    for arg, flag in (("exclusive", exclusive), ("reverse", reverse)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(_validate.message(op, arg, "a bool", repr(flag)))
+    if _ragged.any_ragged(x):
+        return _ragged.along_axis(cumulative_logsumexp, op, "x", x, axis, exclusive=exclusive,
+                                  reverse=reverse, name=name)
+    with _validate.op_scope(op, name) as scope:
+        t = _validate.float_tensor(x, op, "x")
+        if t.shape.rank == 0:
+            raise _validate.ArgumentError(_validate.message(op, "x", "a tensor of rank >= 1", "a scalar"))
+        axis = _validate.static_axis(op, axis, t.shape.rank)
+        wide = tf.cast(t, _dtypes.sum_dtype(t.dtype))
+        y = _cumulative_logsumexp(axis, bool(exclusive), bool(reverse), t.dtype)(wide)
+        return scope.output(tf.cast(y, t.dtype))
+
+
+def _running_logsumexp(x, axis, exclusive, reverse):
+    """TensorFlow's scan kernel with ``+inf`` and NaN entries overruled (see :func:`cumulative_logsumexp`).
+
+    The overruling (a running count of ``+inf`` entries, NaN after a NaN)
+    runs only when ``x`` holds a ``+inf`` or a NaN. Under XLA the kernel is
+    XLA's ``reduce-window``, which gets ``+inf`` right but drops a NaN as
+    TensorFlow's kernel does (``[0, NaN, 1]`` gave ``[0, 0.69, 1.55]`` on
+    this CPU too), so it is overruled there as well.
+    """
+    def kernel(v):
+        return tf.math.cumulative_logsumexp(v, axis, exclusive=exclusive, reverse=reverse)
+
+    unusual = tf.logical_not(x <= _dtypes.max_value(x.dtype))  # +inf or NaN
+
+    def overruled():
+        inf = tf.constant(np.inf, x.dtype)
+        marks = tf.where(tf.math.is_nan(x), tf.constant(np.nan, x.dtype),
+                         tf.cast(_dtypes.is_plus_inf(x), x.dtype))
+        count = tf.math.cumsum(marks, axis, exclusive=exclusive, reverse=reverse)
+        y = kernel(tf.where(unusual, tf.fill(tf.shape(x), -inf), x))
+        return tf.where(count > 0.0, tf.fill(tf.shape(x), inf), y + 0.0 * count)  # count NaN: y NaN
+
+    return tf.cond(tf.reduce_any(unusual), overruled, lambda: kernel(x))
+
+
+@_xla.per_axis(xla=False)
+def _cumulative_logsumexp(axis, exclusive, reverse, dtype):
+    """The float64 scan; gradient ``sum_j g_j exp(x_i - y_j)`` without the ``-inf`` outputs."""
+
+    def forward(x):
+        return _running_logsumexp(x, axis, exclusive, reverse)
+
+    def backward(dy, y, x):
+        opposite = _cumulative_logsumexp(axis, exclusive, not reverse, dtype)
+        lowest = tf.constant(-_dtypes.max_value(y.dtype), y.dtype)
+        # An output of -inf (only -inf entries, or none) is left out: its
+        # log g - y would be +inf. Masked terms are the lowest finite number,
+        # not -inf, so that no infinity is formed for finite inputs.
+        dead = _dtypes.is_minus_inf(y)
+        y_live = tf.where(dead, tf.zeros_like(y), y)
+        ones = tf.ones_like(dy)
+
+        def part(g, skip):
+            # log g with g = 1 where skipped (the double where: no 1/0 at second order); NaN g stays NaN.
+            log_g = tf.math.log(tf.where(skip, ones, g))
+            terms = tf.where(skip | dead, tf.fill(tf.shape(y), lowest), log_g - y_live)
+            return tf.exp(opposite(terms) + x)
+
+        grad = part(dy, dy <= 0.0)
+        negative = dy < 0.0
+        grad = tf.cond(tf.reduce_any(negative), lambda: grad - part(-dy, tf.logical_not(negative)),
+                       lambda: grad)
+
+        # At a +inf entry the exponent is -inf + inf: there the gradient is
+        # the sum of the g_j of the outputs it enters.
+        at_inf = _dtypes.is_plus_inf(x)
+
+        def with_inf_entries():
+            sums = tf.math.cumsum(dy, axis, exclusive=exclusive, reverse=not reverse)
+            return tf.where(at_inf, sums, grad)
+
+        return (tf.cond(tf.reduce_any(at_inf), with_inf_entries, lambda: grad),)
+
+    return custom_op(forward, backward, dtype)
 
 
 # ----------------------------------------------------------------------------
