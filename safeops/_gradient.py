@@ -187,6 +187,15 @@ def _could_record() -> bool:
     return _record is None or _record.could_possibly_record()
 
 
+def recording() -> bool:
+    """Whether a GradientTape or ForwardAccumulator could record the ops built now, eager or in a graph.
+
+    Inside a ``backward``, true when that backward is itself being
+    differentiated (a second derivative); see :func:`_could_record`.
+    """
+    return _could_record()
+
+
 def watched_eagerly(x: tf.Tensor) -> bool:
     """Whether a GradientTape on this thread watches ``x`` (eager; ``True`` where unknown).
 

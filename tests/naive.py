@@ -62,6 +62,10 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, weights=None):
     return tf.math.log(tf.reduce_sum(terms, axis=axis, keepdims=keepdims))
 
 
+def cumulative_logsumexp(x, axis=0, exclusive=False, reverse=False):
+    return tf.math.log(tf.math.cumsum(tf.exp(x), axis=axis, exclusive=exclusive, reverse=reverse))
+
+
 def softmax(logits, axis=-1):
     e = tf.exp(logits)
     return e / tf.reduce_sum(e, axis=axis, keepdims=True)

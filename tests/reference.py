@@ -433,6 +433,28 @@ def _row_logsumexp(row, f, weights, cotangent, epsilon):
     return [lse], (gx, p), ([abs(g) for g in gx], p)
 
 
+def _row_cumulative_logsumexp(row, f, weights, cotangent, epsilon):
+    """Running log-sum-exp ``y_j`` over ``row[:j + 1]``; gradient ``sum_j v_j p_ij`` over the live ``y_j``.
+
+    ``p_ij = e^{x_i - y_j}`` is the prefix's own softmax, formed from its
+    exact shift (:func:`_shifted_probabilities`); an all ``-inf`` prefix has
+    value ``-inf`` and takes no part in the gradient. Scale: the same sum
+    with ``|v_j|``.
+    """
+    values, grad, scale = [], [ZERO] * len(row), [ZERO] * len(row)
+    for j in range(len(row)):
+        found = _shifted_probabilities(row[:j + 1], [ONE] * (j + 1))
+        if found is None:
+            values.append(NEG_INF)
+            continue
+        lse, p = found
+        values.append(lse)
+        for i, pi in enumerate(p):
+            grad[i] += cotangent[j] * pi
+            scale[i] += abs(cotangent[j]) * pi
+    return values, (grad,), (scale,)
+
+
 def _row_softmax(row, f, weights, cotangent, epsilon):
     found = _shifted_probabilities(row, [ONE] * len(row))
     if found is None:
@@ -508,7 +530,8 @@ def _row_l2_normalize(row, f, weights, cotangent, epsilon):
 
 
 ROWWISE = {
-    "reduce_logsumexp": _row_logsumexp, "softmax": _row_softmax, "log_softmax": _row_log_softmax,
+    "reduce_logsumexp": _row_logsumexp, "cumulative_logsumexp": _row_cumulative_logsumexp,
+    "softmax": _row_softmax, "log_softmax": _row_log_softmax,
     "norm": _row_norm, "l2_normalize": _row_l2_normalize, "reduce_std": _row_std,
     "reduce_euclidean_norm": _row_norm,
 }
@@ -517,7 +540,7 @@ ROWWISE = {
 REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")
 
 #: Row ops that take ``-inf`` entries as masks (the others need finite rows).
-MASKING = ("reduce_logsumexp", "softmax", "log_softmax")
+MASKING = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax")
 
 
 def rowwise(name: str, x, dtype, *, weights=None, cotangent=None, epsilon: float = 1e-12,

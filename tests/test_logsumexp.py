@@ -1,4 +1,4 @@
-"""Edge and reference tests for safeops.math.reduce_logsumexp, softmax, log_softmax."""
+"""Edge and reference tests for safeops.math.reduce_logsumexp, cumulative_logsumexp, softmax, log_softmax."""
 
 import mpmath
 import numpy as np
@@ -684,3 +684,224 @@ class TestLongRows:
                 np.testing.assert_array_equal(np.asarray(got[1]), 1.0)
             ulps = np.max(ftz_ulps(value, exact["reduce_logsumexp", name], "float32"))
             assert ulps <= 4, (name, mode, return_sign, ulps)
+
+
+def mp_running_lse(row, exclusive=False, reverse=False):
+    """The running log-sum-exp of ``row`` in mpmath (``-inf`` for an empty prefix)."""
+    row = [float(v) for v in row][::-1] if reverse else [float(v) for v in row]
+    out, total = [], mpmath.mpf(0)
+    for v in row:
+        before = total
+        total += mpmath.exp(mpmath.mpf(v)) if v != -INF else 0
+        s = before if exclusive else total
+        out.append(float(mpmath.log(s)) if s > 0 else -INF)
+    return out[::-1] if reverse else out
+
+
+def mp_running_lse_gradient(row, cotangent):
+    """``sum_j v_j exp(x_i - y_j)`` over the nonempty prefixes ``j >= i``, in mpmath."""
+    x = [mpmath.mpf(float(v)) if v != -INF else None for v in row]
+    grad = []
+    for i in range(len(x)):
+        g = mpmath.mpf(0)
+        for j in range(i, len(x)):
+            live = [v for v in x[:j + 1] if v is not None]
+            if x[i] is None or not live:
+                continue
+            m = max(live)
+            g += mpmath.mpf(float(cotangent[j])) * mpmath.exp(x[i] - m) / mpmath.fsum(mpmath.exp(v - m) for v in live)
+        grad.append(float(g))
+    return np.array(grad)
+
+
+class TestCumulativeLogSumExp:
+    # Padded lists: ListMLE (leading padding after sorting) and Cox partial
+    # likelihoods (reverse=True over sorted times, trailing padding).
+    PADDED = [([-INF, 0.0, 1.0], {}), ([-INF, -INF, 2.0, 0.5], {}), ([0.0, 1.0, -INF], {"reverse": True}),
+              ([-INF, 1.0, 0.0], {"exclusive": True}), ([-INF, -INF], {}), ([-INF, -INF], {"reverse": True})]
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("row, kwargs", PADDED, ids=repr)
+    def test_padding_gets_gradient_zero_where_tensorflow_gives_nan(self, row, kwargs, mode):
+        x = tf.constant(row, tf.float32)
+        v = tf.constant([1.0, -0.5, 2.0, 0.75][:len(row)], tf.float32)
+
+        def grad(op):
+            def body(t):
+                with tf.GradientTape() as tape:
+                    tape.watch(t)
+                    y = op(t, **kwargs)
+                    loss = tf.reduce_sum(tf.where(tf.math.is_finite(y), y, 0.0) * v)
+                return y, tape.gradient(loss, t)
+            return [a.numpy() for a in run(mode, body)(x)]
+
+        y, g = grad(tfm.cumulative_logsumexp)
+        ty, tg = grad(tf.math.cumulative_logsumexp)
+        if mode == "eager":
+            assert np.isnan(tg).any(), "TensorFlow's gradient is no longer NaN here"
+        assert np.isfinite(g).all(), g
+        np.testing.assert_array_equal(g[np.isinf(np.array(row))], 0.0)
+        np.testing.assert_allclose(y, ty, rtol=1e-6)
+        want = mp_running_lse_gradient(row, v.numpy()) if not kwargs else None
+        if want is not None:
+            np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-7)
+        ok = np.isfinite(tg)
+        np.testing.assert_allclose(g[ok], tg[ok], rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_listmle_of_a_padded_list_has_the_gradient_of_the_unpadded_one(self, mode):
+        # ListMLE: sum_j (logsumexp of the scores ranked at j or below) - s_j, scores in rank order.
+        scores = tf.constant([[2.0, 0.5, -1.0, 3.0, -INF, -INF], [1.0, 1.0, 0.0, -2.0, 4.0, 0.5]])
+        valid = tf.math.is_finite(scores)
+
+        def loss(s):
+            lse = tfm.cumulative_logsumexp(s, axis=1, reverse=True)
+            return tf.reduce_sum(tf.where(valid, lse - tf.where(valid, s, 0.0), 0.0))
+
+        def body(s):
+            with tf.GradientTape() as tape:
+                tape.watch(s)
+                value = loss(s)
+            return value, tape.gradient(value, s)
+
+        value, grad = (a.numpy() for a in run(mode, body)(scores))
+        assert np.isfinite(value) and np.isfinite(grad).all()
+        short = tf.constant([[2.0, 0.5, -1.0, 3.0]])
+        with tf.GradientTape() as tape:
+            tape.watch(short)
+            lse = tf.math.cumulative_logsumexp(short, axis=1, reverse=True)
+            want = tf.reduce_sum(lse - short)
+        np.testing.assert_allclose(grad[0, :4], tape.gradient(want, short).numpy()[0], rtol=1e-6)
+        np.testing.assert_array_equal(grad[0, 4:], 0.0)
+
+    @pytest.mark.parametrize("exclusive", [False, True])
+    @pytest.mark.parametrize("reverse", [False, True])
+    def test_long_float32_rows_within_one_ulp_where_tensorflow_is_not(self, exclusive, reverse):
+        x = (np.random.default_rng(7).standard_normal((3, 1000)) * 3).astype(np.float32)
+        want = np.array([mp_running_lse(r, exclusive, reverse) for r in x]).astype(np.float32)
+        got = tfm.cumulative_logsumexp(x, axis=1, exclusive=exclusive, reverse=reverse).numpy()
+        theirs = tf.math.cumulative_logsumexp(x, axis=1, exclusive=exclusive, reverse=reverse).numpy()
+        assert ftz_ulps(got, want, "float32").max() <= 1.0
+        assert ftz_ulps(theirs, want, "float32").max() > 4.0, "TensorFlow's float32 kernel became accurate"
+
+    def test_float64_is_tensorflows_kernel(self):
+        # Documented: float64 has the kernel's own rounding (no wider type to run it in).
+        x = np.random.default_rng(8).standard_normal((2, 300)) * 5
+        for kwargs in ({}, {"exclusive": True, "reverse": True}):
+            np.testing.assert_array_equal(tfm.cumulative_logsumexp(x, axis=1, **kwargs).numpy(),
+                                          tf.math.cumulative_logsumexp(x, axis=1, **kwargs).numpy())
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_gradient_at_a_large_offset(self, mode):
+        # TensorFlow's float32 gradient forms exp(x_i - y_j) as exp(c_i + x_i), c_i ~ -1e4: 6e-4 off here.
+        row = [1e4, 1e4 + 1.0, 1e4 + 2.0, 1e4 - 3.0]
+        v = np.array([1.0, -0.5, 2.0, 1.5], np.float32)
+        x = tf.constant(row, tf.float32)
+
+        def body(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                loss = tf.reduce_sum(tfm.cumulative_logsumexp(t) * v)
+            return tape.gradient(loss, t)
+
+        got = run(mode, body)(x).numpy()
+        np.testing.assert_allclose(got, mp_running_lse_gradient(row, v), rtol=2e-6)
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_plus_inf_and_nan_entries(self, dtype, mode):
+        def body(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                ys = [tfm.cumulative_logsumexp(t, axis=1, **kw) for kw in
+                      ({}, {"reverse": True}, {"exclusive": True})]
+                loss = tf.reduce_sum(tf.where(tf.math.is_inf(ys[0]), tf.zeros_like(ys[0]), ys[0]))
+            return ys, tape.gradient(loss, t)
+
+        x = tf.constant([[INF, 0.0, INF, 1.0], [0.0, NAN, 1.0, 2.0]], dtype)
+        (y, rev, exc), g = run(mode, body)(x)
+        y, rev, exc, g = (tf.cast(a, tf.float64).numpy() for a in (y, rev, exc, g))
+        # TensorFlow's kernel: NaN from the second +inf on, and the NaN dropped.
+        np.testing.assert_array_equal(y[0], [INF] * 4)
+        np.testing.assert_array_equal(rev[0], [INF, INF, INF, 1.0])
+        np.testing.assert_array_equal(exc[0], [-INF, INF, INF, INF])
+        assert y[1, 0] == 0.0 and np.isnan(y[1, 1:]).all()
+        assert np.isnan(rev[1, :2]).all() and np.isfinite(rev[1, 2:]).all()
+        assert exc[1, 0] == -INF and exc[1, 1] == 0.0 and np.isnan(exc[1, 2:]).all()
+        # The +inf row has no finite output, so its loss (finite outputs only) is 0 and so is its gradient;
+        # every entry of the NaN row enters a NaN output.
+        np.testing.assert_array_equal(g[0], 0.0)
+        assert np.isnan(g[1]).all()
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_gradient_at_plus_inf_entries_is_the_sum_of_their_outputs_gradients(self, mode):
+        x = tf.constant([INF, 0.0, INF, 1.0])
+        v = tf.constant([1.0, -0.5, 2.0, 0.25])
+
+        def body(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                loss = tf.reduce_sum(tfm.cumulative_logsumexp(t) * v)
+            return tape.gradient(loss, t)
+
+        np.testing.assert_array_equal(run(mode, body)(x).numpy(), [2.75, 0.0, 2.25, 0.0])
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_finite_value_gradient_second_derivative_with_masks(self, dtype, mode):
+        x = tf.constant([[-INF, 0.0, 1.0, 3.0], [1.0, 2.0, -INF, 0.5], [-INF, -INF, -INF, -INF]], dtype)
+        for kwargs in ({}, {"reverse": True}, {"exclusive": True}):
+            y, g, h = derivatives(lambda t: tfm.cumulative_logsumexp(t, axis=1, **kwargs), x, mode)
+            assert np.isfinite(g).all() and np.isfinite(h).all(), kwargs
+            masked = np.isinf(tf.cast(x, tf.float64).numpy())
+            np.testing.assert_array_equal(g[masked], 0.0)
+            np.testing.assert_array_equal(h[masked], 0.0)
+            # Each finite output's softmax weights sum to 1: the gradient of sum(y) sums to their count.
+            np.testing.assert_allclose(g.sum(axis=1), np.isfinite(y).sum(axis=1),
+                                       rtol=1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-6)
+
+    @pytest.mark.parametrize("axis", [0, 1, -1, 2])
+    @pytest.mark.parametrize("exclusive", [False, True])
+    @pytest.mark.parametrize("reverse", [False, True])
+    def test_equals_tensorflow_on_finite_inputs(self, axis, exclusive, reverse):
+        rng = np.random.default_rng(axis + 3)
+        x = tf.constant(rng.standard_normal((3, 4, 5)) * 2, tf.float32)
+        v = tf.constant(rng.standard_normal((3, 4, 5)), tf.float32)  # both signs
+        kwargs = dict(axis=axis, exclusive=exclusive, reverse=reverse)
+        out = []
+        for op in (tfm.cumulative_logsumexp, tf.math.cumulative_logsumexp):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = op(x, **kwargs)
+                loss = tf.reduce_sum(tf.where(tf.math.is_finite(y), y, 0.0) * v)
+            g = tape.gradient(loss, x)
+            out.append((y.numpy(), np.nan_to_num(g.numpy())))
+        (y, g), (ty, tg) = out
+        np.testing.assert_allclose(y, ty, rtol=2e-6, atol=1e-6)  # TensorFlow's float32 kernel rounds near 0
+        np.testing.assert_allclose(g, tg, rtol=1e-4, atol=1e-5)
+
+    def test_axis_as_a_tensor_inside_tf_function(self):
+        x = tf.constant([[0.0, 1.0], [2.0, -1.0]])
+        f = tf.function(lambda t, a: tfm.cumulative_logsumexp(t, axis=a))
+        for a in (0, 1):
+            np.testing.assert_allclose(f(x, tf.constant(a)).numpy(),
+                                       tf.math.cumulative_logsumexp(x, axis=a).numpy(), rtol=1e-6)
+
+    def test_ragged_rows(self):
+        rt = tf.ragged.constant([[0.0, 1.0, 2.0], [3.0], [-1.0, 4.0]])
+        for kwargs in ({}, {"reverse": True}, {"exclusive": True}):
+            got = tfm.cumulative_logsumexp(rt, axis=1, **kwargs)
+            for row, want in zip(got.to_list(), rt.to_list()):
+                np.testing.assert_allclose(row, mp_running_lse(want, **kwargs), rtol=1e-6)
+
+    def test_errors_name_the_argument(self):
+        with pytest.raises(TypeError, match=r"safeops\.math\.cumulative_logsumexp: exclusive must be a bool"):
+            tfm.cumulative_logsumexp([1.0, 2.0], exclusive=1)
+        with pytest.raises(TypeError, match=r"safeops\.math\.cumulative_logsumexp: reverse must be a bool"):
+            tfm.cumulative_logsumexp([1.0, 2.0], reverse="yes")
+        with pytest.raises(TypeError, match=r"safeops\.math\.cumulative_logsumexp: x must be a floating"):
+            tfm.cumulative_logsumexp([1, 2])
+        with pytest.raises(ValueError, match=r"safeops\.math\.cumulative_logsumexp: x must be a tensor of rank"):
+            tfm.cumulative_logsumexp(1.0)
+        with pytest.raises(ValueError, match=r"safeops\.math\.cumulative_logsumexp: axis must be in \[-2, 2\)"):
+            tfm.cumulative_logsumexp([[1.0, 2.0]], axis=2)

@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _probabilities, _ragged, _validate, _xla
-from safeops._gradient import custom_op, custom_op_with_residuals
+from safeops._gradient import custom_op, custom_op_with_residuals, recording
 from safeops.math import _logarithms
 from safeops._xla import set_inner_xla  # noqa: F401  (re-exported: the switch lives in safeops._xla)
 
@@ -418,11 +418,12 @@ def cumulative_logsumexp(x, axis=0, exclusive=False, reverse=False, name=None):
         return scope.output(tf.cast(y, t.dtype))
 
 
-def _running_logsumexp(x, axis, exclusive, reverse):
+def _running_logsumexp(x, axis, exclusive, reverse, branch=True):
     """TensorFlow's scan kernel with ``+inf`` and NaN entries overruled (see :func:`cumulative_logsumexp`).
 
     The overruling (a running count of ``+inf`` entries, NaN after a NaN)
-    runs only when ``x`` holds a ``+inf`` or a NaN. Under XLA the kernel is
+    runs only when ``x`` holds a ``+inf`` or a NaN (``branch``; always
+    without it). Under XLA the kernel is
     XLA's ``reduce-window``, which gets ``+inf`` right but drops a NaN as
     TensorFlow's kernel does (``[0, NaN, 1]`` gave ``[0, 0.69, 1.55]`` on
     this CPU too), so it is overruled there as well.
@@ -430,7 +431,8 @@ def _running_logsumexp(x, axis, exclusive, reverse):
     def kernel(v):
         return tf.math.cumulative_logsumexp(v, axis, exclusive=exclusive, reverse=reverse)
 
-    unusual = tf.logical_not(x <= _dtypes.max_value(x.dtype))  # +inf or NaN
+    # Not logical_not(x <= max): Grappler rewrites that as x > max, false at NaN.
+    unusual = _dtypes.is_plus_inf(x) | tf.math.is_nan(x)
 
     def overruled():
         inf = tf.constant(np.inf, x.dtype)
@@ -440,6 +442,8 @@ def _running_logsumexp(x, axis, exclusive, reverse):
         y = kernel(tf.where(unusual, tf.fill(tf.shape(x), -inf), x))
         return tf.where(count > 0.0, tf.fill(tf.shape(x), inf), y + 0.0 * count)  # count NaN: y NaN
 
+    if not branch:
+        return overruled()
     return tf.cond(tf.reduce_any(unusual), overruled, lambda: kernel(x))
 
 
@@ -449,6 +453,12 @@ def _cumulative_logsumexp(axis, exclusive, reverse, dtype):
 
     def forward(x):
         return _running_logsumexp(x, axis, exclusive, reverse)
+
+    # The second-order pass recomputes the forward as this plain form
+    # (safeops._gradient._plain) and differentiates it: XLA failed a shape
+    # check on tf.cond's gradient with unknown dimensions
+    # (dynamic_dimension_inference, TF 2.21), so the overruling is unconditional there.
+    forward.python_function = lambda x: _running_logsumexp(x, axis, exclusive, reverse, branch=False)
 
     def backward(dy, y, x):
         opposite = _cumulative_logsumexp(axis, exclusive, not reverse, dtype)
@@ -466,20 +476,29 @@ def _cumulative_logsumexp(axis, exclusive, reverse, dtype):
             terms = tf.where(skip | dead, tf.fill(tf.shape(y), lowest), log_g - y_live)
             return tf.exp(opposite(terms) + x)
 
-        grad = part(dy, dy <= 0.0)
+        positive = part(dy, dy <= 0.0)
         negative = dy < 0.0
-        grad = tf.cond(tf.reduce_any(negative), lambda: grad - part(-dy, tf.logical_not(negative)),
-                       lambda: grad)
-
         # At a +inf entry the exponent is -inf + inf: there the gradient is
         # the sum of the g_j of the outputs it enters.
         at_inf = _dtypes.is_plus_inf(x)
 
-        def with_inf_entries():
-            sums = tf.math.cumsum(dy, axis, exclusive=exclusive, reverse=not reverse)
-            return tf.where(at_inf, sums, grad)
+        def with_negative_part():
+            return positive - part(-dy, tf.logical_not(negative))
 
-        return (tf.cond(tf.reduce_any(at_inf), with_inf_entries, lambda: grad),)
+        def at_inf_entries(grad):
+            return tf.where(at_inf, tf.math.cumsum(dy, axis, exclusive=exclusive, reverse=not reverse), grad)
+
+        if recording():
+            # This pass is being differentiated (a second derivative). A
+            # tf.cond built under a tape differentiates its branches as it
+            # is built, and the negative part's scan is this op, whose
+            # backward would build another tf.cond, without end: every part
+            # is computed.
+            return (at_inf_entries(with_negative_part()),)
+        # The negative part's scan only when some g < 0 (a loss that sums
+        # the outputs has none), the +inf entries' sums only when x has one.
+        grad = tf.cond(tf.reduce_any(negative), with_negative_part, lambda: positive)
+        return (tf.cond(tf.reduce_any(at_inf), lambda: at_inf_entries(grad), lambda: grad),)
 
     return custom_op(forward, backward, dtype)
 
