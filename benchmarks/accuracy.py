@@ -22,11 +22,15 @@ documented clamp applied). Reported per implementation:
   measured in ULP of the largest ``|x|`` (the problem is ill-conditioned
   there, Blanchard, Higham & Higham 2021), as in ``tests/test_contract.py``,
   and within a few ``tiny`` of 0 in units of ``tiny`` (flush-to-zero
-  resolution, ``tests.ulp.ftz_ulps``);
+  resolution, ``tests.ulp.ftz_ulps``); for ``cumulative_logsumexp`` in
+  ULP of the largest ``|x|`` up to each entry;
 * ``grad rel``: the largest relative error of the gradient where the exact
   gradient is representable and not tiny; an error of at most ``tiny`` (a
   subnormal exact gradient flushed to 0, as TensorFlow on CPU does: contract
-  C3) counts 0;
+  C3) counts 0. For ``cumulative_logsumexp`` only the error beyond
+  ``tests.ulp.EXPONENT_ULPS`` float64 ULPs of the row's largest ``|x|`` in
+  each term's exponent counts (its terms ``exp(x_i - y_j)`` are formed from
+  the rounded output ``y_j``, as in ``tests/test_contract.py``);
 * ``non-finite``: results that are ``inf``/NaN where the reference is
   finite, and gradients that are ``inf``/NaN at finite inputs.
 
@@ -52,7 +56,8 @@ import tensorflow as tf  # noqa: E402
 import safeops.math as tfm  # noqa: E402
 from tests import naive, reference  # noqa: E402
 from tests.strategies import POW_EXPONENTS  # noqa: E402
-from tests.ulp import GRAD_RTOL, VALUE_ULP, finfo, ftz_ulps, numpy_dtype, relative_error, ulp_of  # noqa: E402
+from tests.ulp import (GRAD_RTOL, VALUE_ULP, beyond_exponent_slack, exponent_slack, finfo,  # noqa: E402
+                       ftz_ulps, numpy_dtype, relative_error, ulp_of)
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -61,17 +66,20 @@ UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplu
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 #: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
 UNIT_DOMAIN = ("acos", "asin", "atanh")
-ROWS = ("reduce_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std",
+ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std",
         "reduce_euclidean_norm")
-MASKING = ("reduce_logsumexp", "softmax", "log_softmax")
+MASKING = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax")
 REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")
-ILL_CONDITIONED = ("logaddexp", "reduce_logsumexp")
+ILL_CONDITIONED = ("logaddexp", "reduce_logsumexp", "cumulative_logsumexp")
+#: Gradients formed from a rounded output (``tests.ulp.exponent_slack``).
+ROUNDED_EXPONENT = ("cumulative_logsumexp",)
 
 TF_BUILTINS = {
     "log": tf.math.log, "log1p": tf.math.log1p, "xlogy": tf.math.xlogy, "xlog1py": tf.math.xlog1py,
     "sigmoid": tf.math.sigmoid,
     "log_sigmoid": tf.math.log_sigmoid, "softplus": tf.math.softplus,
-    "reduce_logsumexp": tf.math.reduce_logsumexp, "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
+    "reduce_logsumexp": tf.math.reduce_logsumexp, "cumulative_logsumexp": tf.math.cumulative_logsumexp,
+    "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
     "sqrt": tf.math.sqrt, "rsqrt": tf.math.rsqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
     "reduce_euclidean_norm": tf.math.reduce_euclidean_norm, "acos": tf.math.acos, "asin": tf.math.asin,
@@ -213,7 +221,12 @@ def _value_error(op, arrays, dtype, y, refs):
             x = np.abs(np.stack([a.astype(np.float64) for a in arrays])) if op in BINARY \
                 else np.abs(arrays[0].astype(np.float64))
             x = np.where(np.isfinite(x), x, 0.0)
-            scale = x.max(axis=0) if op in BINARY else x.max(axis=-1)
+            if op in BINARY:
+                scale = x.max(axis=0)
+            elif op == "cumulative_logsumexp":
+                scale = np.maximum.accumulate(x, axis=-1)  # y_j sums the entries up to j
+            else:
+                scale = x.max(axis=-1)
             with np.errstate(invalid="ignore"):
                 err = np.abs(y.astype(np.float64) - ref.value.astype(np.float64)) / ulp_of(scale, dtype)
             d = np.where(np.isfinite(err), np.minimum(d, err), d)
@@ -257,7 +270,11 @@ def measure(op: str, dtype: str, n: int) -> list[dict]:
                                & (np.maximum(np.abs(exact), scale) >= f.tiny * 2.0 ** 8) & np.isfinite(g))
                     # Flush-to-zero: a subnormal exact gradient may come out as 0.
                     flushed = np.abs(g - exact) <= f.tiny
-                rel = np.minimum(rel, np.where(applies & ~flushed, relative_error(g, exact, scale), 0.0))
+                if op in ROUNDED_EXPONENT:
+                    off = beyond_exponent_slack(g, exact, scale, exponent_slack(arrays[0]))
+                else:
+                    off = relative_error(g, exact, scale)
+                rel = np.minimum(rel, np.where(applies & ~flushed, off, 0.0))
             if rel.size:
                 worst_grad = max(worst_grad, float(np.max(rel)))
         rows.append({

@@ -135,6 +135,30 @@ def relative_error(got, exact, floor=0.0) -> np.ndarray:
     return np.where(same, 0.0, err)
 
 
+#: The float64 ULPs of a row's largest ``|x|`` that the exponent of a
+#: ``cumulative_logsumexp`` gradient term may carry: ``exp(x_i - y_j)`` is
+#: formed from the output ``y_j``, rounded in float64, and the running
+#: log-sum-exp of a short row rounds a few times (tests/test_contract.py).
+EXPONENT_ULPS = 8
+
+
+def exponent_slack(x) -> np.ndarray:
+    """Per row of ``x`` (kept as a column), the absolute exponent error :data:`EXPONENT_ULPS` allows."""
+    a = np.abs(np.asarray(x, dtype=np.float64))
+    top = np.max(np.where(np.isfinite(a), a, 0.0), axis=-1, keepdims=True) + np.log(a.shape[-1])
+    with np.errstate(over="ignore"):  # NumPy's spacing of the largest float64 is inf (no next number)
+        return EXPONENT_ULPS * np.spacing(np.minimum(top, np.finfo(np.float64).max))
+
+
+def beyond_exponent_slack(got, exact, scale, slack) -> np.ndarray:
+    """:func:`relative_error` of the part of ``|got - exact|`` beyond ``slack`` times the terms' ``scale``."""
+    g, e = np.broadcast_arrays(np.asarray(got, dtype=np.float64), np.asarray(exact, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        excess = np.maximum(np.abs(g - e) - slack * np.asarray(scale, dtype=np.float64), 0.0)
+    return np.where(np.isfinite(g - e), relative_error(e + np.sign(g - e) * excess, e, scale),
+                    relative_error(g, e, scale))
+
+
 def ftz_ulps(got, exact, dtype) -> np.ndarray:
     """C3's value error under flush-to-zero: :func:`value_ulps`, or ``|got - exact| / tiny`` if smaller.
 
