@@ -73,6 +73,9 @@ CASES = {
     "softmax": (tfm.softmax, LOGITS),
     "log_softmax": (tfm.log_softmax, LOGITS),
     "reduce_logsumexp": (lambda x: tfm.reduce_logsumexp(x, -1), LOGITS),
+    # Not exclusive=True: its first output is the sum of no entries, -inf (as TensorFlow's).
+    "cumulative_logsumexp": (lambda x: tfm.cumulative_logsumexp(x, -1), LOGITS),
+    "cumulative_logsumexp_reverse": (lambda x: tfm.cumulative_logsumexp(x, -1, reverse=True), LOGITS),
     "reduce_logsumexp_zero_weights": (lambda x: tfm.reduce_logsumexp(x, -1, weights=_labels(x)), MODERATE),
     # Zero weights on entries 200 and 2e4 above the live one: exp(x - y) overflowed in the backward.
     "reduce_logsumexp_zero_weights_far_above": (
