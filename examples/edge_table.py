@@ -83,6 +83,8 @@ CASES = [
          lambda x: tf.math.log(1.0 - tf.math.sigmoid(x)), lambda x: tfm.log_sigmoid(-x)),
     Case("reduce_logsumexp", "all -inf row", [-math.inf, -math.inf],
          tf.math.reduce_logsumexp, tfm.reduce_logsumexp),
+    Case("cumulative_logsumexp(x)[-1] (a padded list)", "x = [-inf, 0, 1]", [-math.inf, 0.0, 1.0],
+         lambda x: tf.math.cumulative_logsumexp(x)[-1], lambda x: tfm.cumulative_logsumexp(x)[-1]),
     Case("softmax", "all -inf row", [-math.inf, -math.inf],
          lambda x: tf.nn.softmax(x)[0], lambda x: tfm.softmax(x)[0]),
     Case("softmax_cross_entropy", "masked logit -inf", [0.0, -math.inf],
