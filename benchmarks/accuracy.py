@@ -66,8 +66,8 @@ UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplu
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 #: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
 UNIT_DOMAIN = ("acos", "asin", "atanh")
-ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize", "reduce_std",
-        "reduce_euclidean_norm")
+ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize",
+        "reduce_std",        "reduce_euclidean_norm")
 MASKING = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax")
 REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")
 ILL_CONDITIONED = ("logaddexp", "reduce_logsumexp", "cumulative_logsumexp")

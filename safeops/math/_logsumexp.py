@@ -400,7 +400,7 @@ def cumulative_logsumexp(x, axis=0, exclusive=False, reverse=False, name=None):
     >>> y.numpy()
     array([     -inf, 0.       , 1.3132616], dtype=float32)
     >>> tape.gradient(y, x).numpy()
-    array([0.        , 1.2689414 , 0.73105854], dtype=float32)
+    array([0.       , 1.2689414, 0.7310586], dtype=float32)
     """
     op = "safeops.math.cumulative_logsumexp"
     for arg, flag in (("exclusive", exclusive), ("reverse", reverse)):
