@@ -701,16 +701,22 @@ def mp_running_lse(row, exclusive=False, reverse=False):
 def mp_running_lse_gradient(row, cotangent):
     """``sum_j v_j exp(x_i - y_j)`` over the nonempty prefixes ``j >= i``, in mpmath."""
     x = [mpmath.mpf(float(v)) if v != -INF else None for v in row]
+    prefixes = []  # (max, sum of exp(x - max)) of x[:j + 1], None while empty
+    m, total = None, mpmath.mpf(0)
+    for v in x:
+        if v is not None:
+            if m is None or v > m:
+                total = total * mpmath.exp(m - v) if m is not None else total
+                m = v
+            total += mpmath.exp(v - m)
+        prefixes.append(None if m is None else (m, total))
     grad = []
     for i in range(len(x)):
         g = mpmath.mpf(0)
         for j in range(i, len(x)):
-            live = [v for v in x[:j + 1] if v is not None]
-            if x[i] is None or not live:
-                continue
-            m = max(live)
-            total = mpmath.fsum(mpmath.exp(v - m) for v in live)
-            g += mpmath.mpf(float(cotangent[j])) * mpmath.exp(x[i] - m) / total
+            if x[i] is not None and prefixes[j] is not None:
+                m, total = prefixes[j]
+                g += mpmath.mpf(float(cotangent[j])) * mpmath.exp(x[i] - m) / total
         grad.append(float(g))
     return np.array(grad)
 
@@ -910,3 +916,50 @@ class TestCumulativeLogSumExp:
             tfm.cumulative_logsumexp(1.0)
         with pytest.raises(ValueError, match=op + r"axis must be in \[-2, 2\)"):
             tfm.cumulative_logsumexp([[1.0, 2.0]], axis=2)
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("offset", [0.0, 1e6, 1e30])
+    def test_gradient_exact_at_any_magnitude_in_linear_form(self, offset, mode):
+        # A slice spanning at most 500: exp(x_i - y_j) as w_i / S_j from the exact shift by the
+        # slice maximum, no y_j (whose float64 rounding at 1e30 is 1.4e14).
+        row = offset + np.array([0.0, -1.0, 2.5, 2.5, -30.0, 1.0])
+        v = np.array([1.0, -0.5, 2.0, -1.5, 0.75, -3.0])
+        x = tf.constant(row, tf.float64)
+
+        def body(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                loss = tf.reduce_sum(tfm.cumulative_logsumexp(t, reverse=True) * v)
+            return tape.gradient(loss, t)
+
+        got = run(mode, body)(x).numpy()
+        want = mp_running_lse_gradient(row[::-1], v[::-1])[::-1]
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_a_wide_row_takes_the_scan_without_changing_the_others(self, mode):
+        # -1e9 masks (scores + (1 - mask) * -1e9) span more than 500: that row's gradient comes from
+        # the scan's outputs, the other rows' from the linear form, as when computed alone.
+        rows = np.array([[0.5, 2.0, -1.0, 3.0], [1.0, -1e9, -1e9, -1e9]], np.float32)
+        v = np.array([[1.0, -0.5, 2.0, 0.25]] * 2, np.float32)
+
+        def body(t, w):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                loss = tf.reduce_sum(tfm.cumulative_logsumexp(t, axis=1) * w)
+            return tape.gradient(loss, t)
+
+        both = run(mode, body)(tf.constant(rows), tf.constant(v)).numpy()
+        alone = run(mode, body)(tf.constant(rows[:1]), tf.constant(v[:1])).numpy()
+        np.testing.assert_array_equal(both[0], alone[0])
+        np.testing.assert_allclose(both[1], mp_running_lse_gradient(rows[1], v[1]), rtol=1e-6, atol=1e-30)
+
+    def test_float64_gradient_over_a_long_row(self):
+        # The running sums S_j are compensated in float64 (their rounding would grow with the row).
+        x = np.random.default_rng(9).standard_normal(300) * 4
+        v = np.resize([1.0, -0.5, 2.0, -1.5, 0.75], 300)
+        t = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            loss = tf.reduce_sum(tfm.cumulative_logsumexp(t) * v)
+        np.testing.assert_allclose(tape.gradient(loss, t).numpy(), mp_running_lse_gradient(x, v), rtol=1e-12)

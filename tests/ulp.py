@@ -142,12 +142,28 @@ def relative_error(got, exact, floor=0.0) -> np.ndarray:
 EXPONENT_ULPS = 8
 
 
+#: A row whose finite entries span more than this takes the rounded exponent
+#: (``safeops.math._logsumexp._LINEAR_SPAN``); narrower rows get no slack.
+LINEAR_SPAN = 500.0
+
+
 def exponent_slack(x) -> np.ndarray:
-    """Per row of ``x`` (kept as a column), the absolute exponent error :data:`EXPONENT_ULPS` allows."""
-    a = np.abs(np.asarray(x, dtype=np.float64))
-    top = np.max(np.where(np.isfinite(a), a, 0.0), axis=-1, keepdims=True) + np.log(a.shape[-1])
+    """Per row of ``x`` (kept as a column), the absolute exponent error :data:`EXPONENT_ULPS` allows.
+
+    0 for rows whose finite entries span at most :data:`LINEAR_SPAN`
+    (``cumulative_logsumexp``'s gradient does not form ``x_i - y_j`` there).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    a = np.where(finite, np.abs(x), 0.0)
+    top = np.max(a, axis=-1, keepdims=True) + np.log(a.shape[-1])
+    with np.errstate(invalid="ignore"):
+        span = (np.max(np.where(finite, x, -np.inf), axis=-1, keepdims=True)
+                - np.min(np.where(finite, x, np.inf), axis=-1, keepdims=True))
+    unusual = np.any(np.isnan(x) | (x == np.inf), axis=-1, keepdims=True)
     with np.errstate(over="ignore"):  # NumPy's spacing of the largest float64 is inf (no next number)
-        return EXPONENT_ULPS * np.spacing(np.minimum(top, np.finfo(np.float64).max))
+        slack = EXPONENT_ULPS * np.spacing(np.minimum(top, np.finfo(np.float64).max))
+    return np.where((span > LINEAR_SPAN) | unusual, slack, 0.0)
 
 
 def beyond_exponent_slack(got, exact, scale, slack) -> np.ndarray:

@@ -448,9 +448,20 @@ def _running_logsumexp(x, axis, exclusive, reverse, branch=True):
     return tf.cond(tf.reduce_any(unusual), overruled, lambda: kernel(x))
 
 
+# A slice whose finite entries reach further than this below its maximum
+# takes the scan's gradient: e**-500 and the reciprocal of a sum above it
+# (the linear gradient's 1 / S_j, times an upstream gradient) stay far
+# inside float64's range.
+_LINEAR_SPAN = 500.0
+
+
 @_xla.per_axis(xla=False)
 def _cumulative_logsumexp(axis, exclusive, reverse, dtype):
-    """The float64 scan; gradient ``sum_j g_j exp(x_i - y_j)`` without the ``-inf`` outputs."""
+    """The float64 scan; gradient ``sum_j g_j exp(x_i - y_j)`` without the ``-inf`` outputs.
+
+    The gradient in linear form where the slice allows (see
+    :func:`cumulative_logsumexp`), else from the scan's outputs.
+    """
 
     def forward(x):
         return _running_logsumexp(x, axis, exclusive, reverse)
@@ -462,6 +473,39 @@ def _cumulative_logsumexp(axis, exclusive, reverse, dtype):
     forward.python_function = lambda x: _running_logsumexp(x, axis, exclusive, reverse, branch=False)
 
     def backward(dy, y, x):
+        if not isinstance(axis, int):  # an axis known only when the graph runs
+            return scan_backward(dy, y, x)
+        m = tf.reduce_max(x, axis, keepdims=True)
+        wide = tf.math.is_finite(x) & (x < m - _LINEAR_SPAN)
+        unusual = tf.reduce_any(_dtypes.is_plus_inf(x) | tf.math.is_nan(x) | wide, axis, keepdims=True)
+
+        def by_slice():  # the scan's gradient in the unusual slices only (a -1e9 mask in one row)
+            return (tf.where(unusual, scan_backward(dy, y, x)[0], linear_backward(dy, x, m)[0]),)
+
+        if recording():
+            # Built under a tape (a second derivative will be taken): no
+            # tf.cond, whose branches a tape differentiates as they are
+            # built; the scan's branch holds this op, without end.
+            return by_slice()
+        return tf.cond(tf.reduce_any(unusual), by_slice, lambda: linear_backward(dy, x, m))
+
+    def linear_backward(dy, x, m):
+        # exp(x_i - y_j) = w_i / S_j with w_i = exp(x_i - m) (m the slice
+        # maximum, the shift exact as in softmax) and S_j the running sum of
+        # the w: no y_j, so no rounding of |y_j| enters the exponent, and one
+        # reverse running sum of g_j / S_j where the scan form takes two
+        # scans, two logs and two exps. An output of no finite entry (S_j =
+        # 0) is left out. Every finite w is at least e**-500 in the slices
+        # this is kept for (elsewhere it is discarded, NaN or not).
+        z, err = exact_shift(x, tf.stop_gradient(_finite_or_zero(m)))
+        e = tf.exp(z)
+        w = e + tf.math.multiply_no_nan(e, err)
+        total = _running_sum(w, axis, exclusive, reverse, compensated=dtype == tf.float64)
+        live = total > 0.0
+        ratio = tf.where(live, dy / tf.where(live, total, tf.ones_like(total)), tf.zeros_like(dy))
+        return (w * tf.math.cumsum(ratio, axis, exclusive=exclusive, reverse=not reverse),)
+
+    def scan_backward(dy, y, x):
         opposite = _cumulative_logsumexp(axis, exclusive, not reverse, dtype)
         lowest = tf.constant(-_dtypes.max_value(y.dtype), y.dtype)
         # An output of -inf (only -inf entries, or none) is left out: its
@@ -501,7 +545,45 @@ def _cumulative_logsumexp(axis, exclusive, reverse, dtype):
         grad = tf.cond(tf.reduce_any(negative), with_negative_part, lambda: positive)
         return (tf.cond(tf.reduce_any(at_inf), lambda: at_inf_entries(grad), lambda: grad),)
 
+    # Differentiated, the backward is the scan form (no tf.cond).
+    backward.python_function = scan_backward
     return custom_op(forward, backward, dtype)
+
+
+def _positions(x, axis):
+    """The index along ``axis`` of each entry, shaped to broadcast against ``x``."""
+    rank = x.shape.rank
+    return tf.reshape(tf.range(tf.shape(x)[axis]), [-1 if d == axis % rank else 1 for d in range(rank)])
+
+
+def _running_sum(v, axis, exclusive, reverse, compensated):
+    """``cumsum(v)`` along the scan; ``compensated``: with each addition's rounding error added back.
+
+    The running sums ``s_j`` of TensorFlow's kernel are corrected by the
+    running sum of ``d_j = (s_{j-1} + v_j) - s_j``, formed exactly: TwoSum
+    (as in :func:`exact_shift`) gives ``s_{j-1} + v_j = t + e``, and
+    ``t - s_j`` is exact where the two are within a factor 2 (Sterbenz).
+    The ``d_j`` telescope, so ``s_j + sum_{i <= j} d_i`` is the exact
+    running sum whatever order the kernel added in, up to the rounding of
+    that (much smaller) correction: float64 sums as accurate as their
+    terms, not ``n`` roundings off.
+    """
+    if not compensated:
+        return tf.math.cumsum(v, axis, exclusive=exclusive, reverse=reverse)
+    pos = _positions(v, axis)
+    first = tf.equal(pos, tf.shape(v)[axis] - 1) if reverse else tf.equal(pos, 0)
+
+    def shifted(t):  # each entry moved one step along the scan, 0 first
+        return tf.where(first, tf.zeros_like(t), tf.roll(t, -1 if reverse else 1, axis))
+
+    if exclusive:
+        v = shifted(v)
+    s = tf.math.cumsum(v, axis, reverse=reverse)
+    before = shifted(s)
+    t = before + v
+    v_part = t - before
+    e = (before - (t - v_part)) + (v - v_part)
+    return s + tf.math.cumsum((t - s) + e, axis, reverse=reverse)
 
 
 # ----------------------------------------------------------------------------
