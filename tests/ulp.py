@@ -136,9 +136,10 @@ def relative_error(got, exact, floor=0.0) -> np.ndarray:
 
 
 #: The float64 ULPs of a row's largest ``|x|`` that the exponent of a
-#: ``cumulative_logsumexp`` gradient term may carry: ``exp(x_i - y_j)`` is
-#: formed from the output ``y_j``, rounded in float64, and the running
-#: log-sum-exp of a short row rounds a few times (tests/test_contract.py).
+#: ``cumulative_logsumexp`` gradient term may carry in a row that spans more
+#: than :data:`LINEAR_SPAN`: there ``exp(x_i - y_j)`` is formed from the output
+#: ``y_j``, rounded in float64, and the running log-sum-exp of a short row
+#: rounds a few times (tests/test_contract.py).
 EXPONENT_ULPS = 8
 
 

@@ -334,30 +334,36 @@ def cumulative_logsumexp(x, axis=0, exclusive=False, reverse=False, name=None):
     (the kernel's maximum drops the NaN and returns finite values: ``[0,
     NaN, 1]`` gave ``[0, 0.69, 1.55]``). The gradient
     :math:`\partial L / \partial x_i = \sum_j g_j e^{x_i - y_j}` over the
-    outputs :math:`y_j` that :math:`x_i` enters is TensorFlow's formula,
+    outputs :math:`y_j` that :math:`x_i` enters is formed in linear form,
+    :math:`w_i \sum_j g_j / S_j` with :math:`w_i = e^{x_i - m}` (:math:`m`
+    the slice maximum, the shift exact as in :func:`softmax`) and
+    :math:`S_j` the running sum of the :math:`w` (compensated in float64):
+    one reverse running sum, no logarithm, and no :math:`y_j`, whose
+    rounding (a few ULP of :math:`|y_j|`, 1.4e14 at ``1e30``) would enter
+    the exponent. That needs every finite :math:`w_i` well inside float64
+    (:math:`x_i > m - 500`); in a slice that spans further (a ``-1e9``
+    mask), or holds ``+inf`` or NaN, the gradient is TensorFlow's formula,
     :math:`e^{x_i + c_i}` with :math:`c_i` the opposite running log-sum-exp
-    of :math:`\log g_j - y_j` (positive and negative :math:`g_j` apart), in
-    float64. TensorFlow's gradient is NaN at a ``-inf`` entry that precedes
-    every finite one (``[-inf, 0, 1]``, a padded list in ListMLE or a Cox
-    partial likelihood with ``reverse=True`` and trailing padding) and at
-    the first output of ``exclusive``: there :math:`y_j = -\infty`, the
-    term :math:`\log g_j - y_j` is ``+inf`` and the sum :math:`c_i + x_i` is
-    ``inf - inf``. Here an output :math:`y_j = -\infty` takes no part in the
-    gradient (no finite change of the entries it sums moves it), so the
-    ``-inf`` entries get 0. The negative part's scan runs only when some
-    :math:`g_j < 0`.
+    of :math:`\log g_j - y_j` (positive and negative :math:`g_j` apart, the
+    negative part only when some :math:`g_j < 0`), in float64. TensorFlow's
+    gradient is NaN at a ``-inf`` entry that precedes every finite one
+    (``[-inf, 0, 1]``, a padded list in ListMLE or a Cox partial likelihood
+    with ``reverse=True`` and trailing padding) and at the first output of
+    ``exclusive``: there :math:`y_j = -\infty`, the term :math:`\log g_j -
+    y_j` is ``+inf`` and the sum :math:`c_i + x_i` is ``inf - inf``. Here an
+    output :math:`y_j = -\infty` takes no part in the gradient (no finite
+    change of the entries it sums moves it), so the ``-inf`` entries get 0.
 
     Accuracy: values within 1 ULP in float32 and the half dtypes. float64
     has the kernel's own rounding, which grows with the length of the axis
-    (beyond 4 ULP over rows of 1000 entries). The gradient's exponent
-    :math:`x_i - y_j` is formed from the rounded :math:`y_j`, so its error
-    is a few float64 ULP of :math:`|y_j|`: a relative error below 1e-9 for
-    float32 inputs up to :math:`|x| = 10^6`, but of order
-    :math:`|x| \cdot 10^{-16}` beyond, and in float64 from
-    :math:`|x| \approx 10^3` on more than C3's 1e-12. The gradient's
-    condition number is of that order too (about :math:`2 \max |x|`: an
-    input rounded to its own dtype moves it by :math:`|x|` ULP), so this is
-    the accuracy a perturbed input would give, not C3's.
+    (beyond 4 ULP over rows of 1000 entries). Gradients within C3 at any
+    magnitude in the linear form. In the wide slices that take the scan's
+    form, the exponent :math:`x_i - y_j` carries a few float64 ULP of
+    :math:`|y_j|`: a relative error below 1e-9 for float32 inputs up to
+    :math:`|x| = 10^6`, of order :math:`|x| \cdot 10^{-16}` beyond, and in
+    float64 beyond C3's 1e-12 from about :math:`|x| = 10^3`. The gradient's
+    condition number is of that order there (about :math:`2 \max |x|`: an
+    input rounded to its own dtype moves it by :math:`|x|` ULP).
 
     Edges:
       * ``-inf`` entries (masks, padding): contribute nothing, gradient 0;
