@@ -81,6 +81,11 @@ def lgamma_at_pole(a):
     return tf.reduce_sum(tf.math.lgamma(a * 2.0 - 1.0))  # lint: lgamma-at-pole
 
 
+def running_logsumexp_of_mask(a):
+    padded = tf.where(a > 0.5, a, -float("inf"))
+    return tf.math.cumulative_logsumexp(padded, axis=1, reverse=True)  # lint: running-logsumexp-of-mask
+
+
 def inverse_trig_at_one(a):
     u = tfm.l2_normalize(a, -1)
     return tf.math.acos(tf.reduce_sum(u * u[::-1], -1))  # lint: inverse-trig-at-one
@@ -99,6 +104,7 @@ NAIVE = {
     "double-where": (double_where, (X,)),
     "inverse-trig-at-one": (inverse_trig_at_one, (X,)),
     "lgamma-at-pole": (lgamma_at_pole, (X,)),
+    "running-logsumexp-of-mask": (running_logsumexp_of_mask, (X,)),
 }
 
 #: Patterns with no safeops op to name (the fix is the user's own clip): none since safeops.math has
@@ -122,6 +128,8 @@ SAFE = {
     "inverse-trig-at-one": (lambda a: tfm.acos(tf.reduce_sum(
         tfm.l2_normalize(a, -1) * tfm.l2_normalize(a, -1)[::-1], -1)), (X,)),
     "lgamma-at-pole": (lambda a: tf.reduce_sum(tf.math.lgamma(tfm.softplus(a * 2.0 - 1.0) + 1e-3)), (X,)),
+    "running-logsumexp-of-mask": (
+        lambda a: tfm.cumulative_logsumexp(tf.where(a > 0.5, a, -float("inf")), axis=1, reverse=True), (X,)),
 }
 
 # Hand-written code that is safe without safeops: the range analysis must know it.
@@ -138,6 +146,7 @@ KNOWN_SAFE = {
     "the double where": lambda a: tf.where(a > 0.0, tf.math.log(tf.where(a > 0.0, a, 1.0)), 0.0),
     "where on a safe branch": lambda a: tf.where(a > 0.0, tf.math.log(a * a + 1.0), 0.0),
     "divide_no_nan": lambda a: tf.math.divide_no_nan(a, a),
+    "cumulative_logsumexp of a bounded value": lambda a: tf.math.cumulative_logsumexp(tf.tanh(a), axis=1),
     "log of softmax + 1": lambda a: tf.math.log(tf.nn.softmax(a) + 1.0),
     # safeops outputs have known ranges (their forward is an inner XLA call the analysis cannot read)
     "log of safeops softplus + eps": lambda a: tf.math.log(tfm.softplus(a) + 1e-6),

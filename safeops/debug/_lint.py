@@ -35,7 +35,8 @@ Patterns (``Finding.pattern``)
 ``crossentropy-on-probabilities``, ``log-of-softmax``, ``log-of-sigmoid``,
 ``log-of-clip``, ``log-of-nonpositive``, ``division-by-zero``,
 ``sqrt-at-zero``, ``exp-overflow``, ``fractional-pow-at-zero``,
-``double-where``, ``inverse-trig-at-one``, ``lgamma-at-pole``. See
+``double-where``, ``inverse-trig-at-one``, ``lgamma-at-pole``,
+``running-logsumexp-of-mask``. See
 :data:`PATTERNS` for the one-line reason of each.
 
 Modules

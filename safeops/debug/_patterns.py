@@ -43,6 +43,10 @@ PATTERNS = {
                            "similarity lands by rounding (1.0000001), and their gradient is inf at +-1",
     "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: "
                       "a rate, dispersion or concentration from a linear layer crosses them",
+    "running-logsumexp-of-mask": "where an output of tf.math.cumulative_logsumexp sums only -inf entries (padding "
+                                 "ahead of every finite entry of a ranked list, or a masked prefix), "
+                                 "TensorFlow's gradient is inf - inf = NaN at those entries, whatever "
+                                 "that output's own gradient",
 }
 
 
@@ -200,6 +204,17 @@ def _match(op, ranges, live=None):
             return   # positive; or labels (lgamma(y + 1) of counts): no gradient, the data's own range
         msg = f"{kind.lower()} of a value not known to be positive (range {r}): " + PATTERNS["lgamma-at-pole"]
         yield _finding("lgamma-at-pole", op, msg, LGAMMA_FIX), op.name
+        return
+    if kind == "CumulativeLogsumexp":
+        arg = op.inputs[0]
+        r = ranges.get(arg)
+        if r.lo > -math.inf or (live is not None and arg.name not in live):
+            return   # bounded below: no -inf entry; or no gradient reaches it
+        msg = (f"cumulative_logsumexp of a value not bounded below (range {r}): "
+               + PATTERNS["running-logsumexp-of-mask"])
+        yield _finding("running-logsumexp-of-mask", op, msg,
+                       "safeops.math.cumulative_logsumexp: gradient 0 at -inf entries, TensorFlow's "
+                       "value elsewhere"), op.name
         return
     if kind in ("Acos", "Asin", "Atanh"):
         arg = op.inputs[0]
