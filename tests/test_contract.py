@@ -344,7 +344,6 @@ def _largest_magnitude(spec, arrays):
     return np.max(scale, axis=-1)
 
 
-
 def gradient_errors(spec: Spec, arrays, dtype, grads, refs) -> list[str]:
     """C3 on gradients, where the exact gradient is representable and not tiny in absolute terms."""
     f = reference.fmt(dtype)

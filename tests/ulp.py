@@ -151,20 +151,22 @@ LINEAR_SPAN = 500.0
 def exponent_slack(x) -> np.ndarray:
     """Per row of ``x`` (kept as a column), the absolute exponent error :data:`EXPONENT_ULPS` allows.
 
-    0 for rows whose finite entries span at most :data:`LINEAR_SPAN`
-    (``cumulative_logsumexp``'s gradient does not form ``x_i - y_j`` there).
+    0 for rows whose finite entries all lie within :data:`LINEAR_SPAN` of the
+    row's maximum (``cumulative_logsumexp``'s gradient does not form
+    ``x_i - y_j`` there).
     """
     x = np.asarray(x, dtype=np.float64)
     finite = np.isfinite(x)
     a = np.where(finite, np.abs(x), 0.0)
     top = np.max(a, axis=-1, keepdims=True) + np.log(a.shape[-1])
+    # The op's own test, rounding included: an entry below the row's maximum minus the span.
     with np.errstate(invalid="ignore"):
-        span = (np.max(np.where(finite, x, -np.inf), axis=-1, keepdims=True)
-                - np.min(np.where(finite, x, np.inf), axis=-1, keepdims=True))
+        m = np.max(np.where(finite, x, -np.inf), axis=-1, keepdims=True)
+        wide = np.any(finite & (x < m - LINEAR_SPAN), axis=-1, keepdims=True)
     unusual = np.any(np.isnan(x) | (x == np.inf), axis=-1, keepdims=True)
     with np.errstate(over="ignore"):  # NumPy's spacing of the largest float64 is inf (no next number)
         slack = EXPONENT_ULPS * np.spacing(np.minimum(top, np.finfo(np.float64).max))
-    return np.where((span > LINEAR_SPAN) | unusual, slack, 0.0)
+    return np.where(wide | unusual, slack, 0.0)
 
 
 def beyond_exponent_slack(got, exact, scale, slack) -> np.ndarray:

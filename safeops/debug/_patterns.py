@@ -43,10 +43,10 @@ PATTERNS = {
                            "similarity lands by rounding (1.0000001), and their gradient is inf at +-1",
     "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: "
                       "a rate, dispersion or concentration from a linear layer crosses them",
-    "running-logsumexp-of-mask": "where an output of tf.math.cumulative_logsumexp sums only -inf entries (padding "
-                                 "ahead of every finite entry of a ranked list, or a masked prefix), "
-                                 "TensorFlow's gradient is inf - inf = NaN at those entries, whatever "
-                                 "that output's own gradient",
+    "running-logsumexp-of-mask": "where an output of tf.math.cumulative_logsumexp sums only -inf entries "
+                                 "(padding ahead of every finite entry of a ranked list, or a masked "
+                                 "prefix), TensorFlow's gradient is inf - inf = NaN at those entries, "
+                                 "whatever that output's own gradient",
 }
 
 
