@@ -33,7 +33,7 @@ NEEDS_FLEX_OR_REFUSED = {
     "categorical_crossentropy_softmax", "sparse_categorical_crossentropy",
     "sparse_categorical_crossentropy_logits", "categorical_focal_crossentropy_logits",
     "reduce_logsumexp_sign", "reduce_logsumexp_zero_weights", "reduce_logsumexp_zero_weights_far_above",
-    # A float64 scan, and CumulativeLogsumexp is not a TFLite builtin either.
+    # A float64 scan.
     "cumulative_logsumexp", "cumulative_logsumexp_reverse",
     # Per-example means and sums in float64 for float32 inputs (C3 over long rows).
     "binary_crossentropy", "binary_crossentropy_logits", "binary_focal_crossentropy_logits", "gaussian_nll",
