@@ -1,5 +1,7 @@
 """Log-sum-exp and the softmax family: ``reduce_logsumexp``, ``softmax``,
-``log_softmax``.
+``log_softmax``, and the running log-sum-exp ``cumulative_logsumexp``
+(TensorFlow's scan kernel in float64 with a gradient of its own: see
+:func:`cumulative_logsumexp`; what follows is about the other three).
 
 All three shift by the slice maximum before exponentiating, so ``exp`` never
 overflows, and sum the shifted exponentials without the maximum's own term so
