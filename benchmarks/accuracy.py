@@ -63,10 +63,12 @@ from tests.ulp import (GRAD_RTOL, VALUE_ULP, beyond_exponent_slack, exponent_sla
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
-         "sqrt", "rsqrt", "acos", "asin", "atanh")
+         "sqrt", "rsqrt", "acos", "asin", "atanh", "acosh")
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 #: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
 UNIT_DOMAIN = ("acos", "asin", "atanh")
+#: Ops whose domain is [1, inf): three quarters of their sample lies above 1, half of it near 1.
+ABOVE_ONE = ("acosh",)
 ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize",
         "reduce_std",        "reduce_euclidean_norm")
 MASKING = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax")
@@ -84,7 +86,7 @@ TF_BUILTINS = {
     "sqrt": tf.math.sqrt, "rsqrt": tf.math.rsqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
     "reduce_euclidean_norm": tf.math.reduce_euclidean_norm, "acos": tf.math.acos, "asin": tf.math.asin,
-    "atanh": tf.math.atanh, "atan2": tf.math.atan2, "pow": tf.math.pow,
+    "atanh": tf.math.atanh, "acosh": tf.math.acosh, "atan2": tf.math.atan2, "pow": tf.math.pow,
 }
 
 EDGES = {
@@ -92,6 +94,7 @@ EDGES = {
     "softplus_inverse": (math.log(4 / 3), math.log(2.0), 15.9, 36.0), "sigmoid": (15.9, 36.0, 87.3, -87.3),
     "log_sigmoid": (13.9, -13.9, 36.0, -36.0), "softplus": (13.9, -13.9, 36.0, -36.0),
     "acos": (0.5, -0.5), "asin": (0.5, -0.5), "atanh": (0.5, -0.5),
+    "acosh": (2.0, 1.5),
 }
 _COMMON = (0.0, 1.0, -1.0, math.log(2.0), 20.0, -20.0, 50.0, -50.0, 100.0, -100.0, 1e4, -1e4)
 _COTANGENT = np.array([1.0, -0.5, 2.0, -1.5, 0.75, -3.0, 0.25])
@@ -133,6 +136,11 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
         inside = rng.uniform(-1.0, 1.0, k)
         gap = np.exp2(rng.uniform(math.log2(eps) - 1, -1, 2 * k))
         near_one = (1.0 - gap) * rng.choice([-1.0, 1.0], 2 * k)
+        values = _cast(np.concatenate([values[:len(values) - 3 * k], inside, near_one]), dtype)
+    if op in ABOVE_ONE:
+        k = len(values) // 4
+        inside = rng.uniform(1.0, 4.0, k)
+        near_one = 1.0 + np.exp2(rng.uniform(math.log2(eps), -1, 2 * k))
         values = _cast(np.concatenate([values[:len(values) - 3 * k], inside, near_one]), dtype)
     if op in UNARY:
         return (values,)

@@ -158,6 +158,11 @@ OPS = {
         lambda r, n: (_near_one(r, n),),
         lambda r, n: (_log_uniform(r, n, -87.0, -1.0, r.choice([-1.0, 1.0], n)),),
     ], np.arctanh),
+    "acosh": (1, [
+        lambda r, n: (r.uniform(1.0, 4.0, n).astype(F32),),
+        lambda r, n: ((1.0 + np.exp(r.uniform(-16.0, -1.0, n))).astype(F32),),
+        lambda r, n: (_log_uniform(r, n, 0.0, 88.0),),
+    ], np.arccosh),
     "atan2": (2, [
         lambda r, n: (r.normal(0.0, 3.0, n).astype(F32), r.normal(0.0, 3.0, n).astype(F32)),
         lambda r, n: (_log_uniform(r, n, -87.0, 88.0, r.choice([-1.0, 1.0], n)),
@@ -195,6 +200,7 @@ DERIVATIVES = {
     "acos": lambda x: (-1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
     "asin": lambda x: (1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
     "atanh": lambda x: (1.0 / ((1.0 - x) * (1.0 + x)),),
+    "acosh": lambda x: (1.0 / np.sqrt((x - 1.0) * (x + 1.0)),),
     "atan2": lambda y, x: (x / (x * x + y * y), -y / (x * x + y * y)),
     "pow": lambda x, y: (y * np.power(x, y - 1.0), np.power(x, y) * np.log(np.where(x > 0, x, 1.0))),
 }
@@ -317,7 +323,7 @@ def gradient_errors(name: str, args: list, got: list) -> list:
 BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
             "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
             "sqrt": "math.sqrt", "rsqrt": "math.rsqrt", "acos": "math.acos", "asin": "math.asin",
-            "atanh": "math.atanh",
+            "atanh": "math.atanh", "acosh": "math.acosh",
             "atan2": "math.atan2", "pow": "math.pow"}
 
 

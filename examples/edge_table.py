@@ -106,6 +106,8 @@ CASES = [
          tf.math.acos, tfm.acos),
     Case("atanh(a), a = tanh(u) stored", "a = 1", [1.0],
          tf.math.atanh, tfm.atanh),
+    Case("acosh(a) (a hyperbolic distance, u to itself)", "a = 1", [1.0],
+         tf.math.acosh, tfm.acosh),
     Case("atan2(y, x)", "y = x = 0", [0.0],
          lambda y: tf.math.atan2(y, y), lambda y: tfm.atan2(y, y)),
     Case("x ** 0.5 (a norm)", "x = 0", [0.0],

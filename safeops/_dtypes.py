@@ -123,6 +123,11 @@ def below_one(dtype: tf.DType) -> float:
     return 1.0 - eps(dtype) / 2.0
 
 
+def above_one(dtype: tf.DType) -> float:
+    """Smallest number of ``dtype`` above 1 (``1 + eps``): the lower clamp of (1, inf)."""
+    return 1.0 + eps(dtype)
+
+
 def log_max(dtype: tf.DType) -> float:
     """``log(max_value(dtype))``: the largest ``x`` whose ``exp(x)`` is finite."""
     return float(np.log(max_value(dtype)))

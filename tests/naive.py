@@ -115,6 +115,10 @@ def atanh(x):
     return 0.5 * tf.math.log((1.0 + x) / (1.0 - x))
 
 
+def acosh(x):
+    return tf.math.log(x + tf.math.sqrt(x * x - 1.0))
+
+
 def atan2(y, x):
     return tf.math.atan2(y, x)
 

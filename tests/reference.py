@@ -21,7 +21,8 @@ included:
 * **the documented clamp** is applied to the (flushed) input, so clamped
   points have the value and gradient of the clamp boundary (contract C4).
   The bounds follow the dtype policy's definitions: ``tiny`` (smallest
-  normal number) and ``below_one`` (``1 - eps/2``) of the *input* dtype.
+  normal number), ``below_one`` (``1 - eps/2``) and ``above_one`` (``1 + eps``)
+  of the *input* dtype.
 
 Non-finite inputs get a NaN reference and ``defined = False`` (their
 behaviour is named edge by edge in the per-op tests), except ``-inf``
@@ -73,6 +74,11 @@ class Format:
     def below_one(self) -> float:
         """Largest number below 1: ``1 - eps/2`` (the upper clamp of (0, 1))."""
         return 1.0 - self.eps / 2.0
+
+    @property
+    def above_one(self) -> float:
+        """Smallest number above 1: ``1 + eps`` (the lower clamp of (1, inf))."""
+        return 1.0 + self.eps
 
 
 _FORMATS: dict[str, Format] = {}
@@ -275,6 +281,11 @@ def _atanh(x, f):
     return CTX.atanh(x), (1 / ((1 - x) * (1 + x)),)
 
 
+def _acosh(x, f):
+    c = max(x, CTX.mpf(f.above_one))
+    return CTX.acosh(max(x, ONE)), (1 / CTX.sqrt((c - 1) * (c + 1)),)
+
+
 def _atan2(y, x, f):
     """The angle of ``(x, y)``, gradient 0 at the origin; signed zeros are :func:`elementwise`'s."""
     r2 = x * x + y * y
@@ -311,7 +322,7 @@ ELEMENTWISE = {
     "sigmoid": _sigmoid, "log_sigmoid": _log_sigmoid, "softplus": _softplus,
     "softplus_inverse": _softplus_inverse, "sqrt": _sqrt, "rsqrt": _rsqrt,
     "xlogy": _xlogy, "xlog1py": _xlog1py, "logaddexp": _logaddexp, "divide_no_nan": _divide_no_nan,
-    "acos": _acos, "asin": _asin, "atanh": _atanh, "atan2": _atan2, "pow": _pow,
+    "acos": _acos, "asin": _asin, "atanh": _atanh, "acosh": _acosh, "atan2": _atan2, "pow": _pow,
 }
 
 

@@ -36,6 +36,7 @@ LOGITS = [[-100.0, 100.0, 0.0, 80.0], [-1e4, 1e4, 50.0, -50.0]]  # saturated log
 MODERATE = [[-10.0, 10.0, 0.0, 8.0], [-30.0, 30.0, 5.0, -5.0]]
 NEGATIVE = [[-0.0, -1e-30, -100.0, -1e4], [-1.0, -0.5, -30.0, 0.0]]
 UNIT = [[1.0, -1.0, 0.5, 1.0000001], [-2.0, 0.0, 0.999, -0.5]]    # at and past +-1
+AT_ONE = [[1.0, 0.9999999, 2.0, 1e4], [-2.0, 0.0, 1.0000001, 100.0]]  # at and below 1
 
 
 def _labels(x):
@@ -60,6 +61,7 @@ CASES = {
     "acos": (tfm.acos, UNIT),
     "asin": (tfm.asin, UNIT),
     "atanh": (tfm.atanh, UNIT),
+    "acosh": (tfm.acosh, AT_ONE),
     "atan2": (lambda x: tfm.atan2(x, tf.reverse(x, [-1])), ZEROS),   # the origin
     # Angles in [0, pi]: their sum does not cancel (test_tflite compares it to 1e-5).
     "atan2_large": (lambda x: tfm.atan2(tf.abs(x), tf.reverse(x, [-1])), LOGITS),

@@ -194,6 +194,7 @@ SPECS = {s.name: s for s in [
     Spec("acos", "unary", ("x",), tf.math.acos, clamp=_outside_open_unit(-1), float32_ulp=4.5),
     Spec("asin", "unary", ("x",), tf.math.asin, clamp=_outside_open_unit(+1), float32_ulp=4.5),
     Spec("atanh", "unary", ("x",), tf.math.atanh, clamp=_outside_open_unit(+1)),
+    Spec("acosh", "unary", ("x",), tf.math.acosh, clamp=lambda xs, f: [(xs[0] < f.above_one, 0, +1)]),
     Spec("atan2", "binary", ("y", "x"), tf.math.atan2),
     Spec("pow", "binary", ("x", "y"), tf.math.pow, clamp=lambda xs, f: _pow_clamp(*xs, f)),
 ]}

@@ -1,8 +1,9 @@
-"""Edge tests for safeops.math's acos, asin, atanh and atan2 (the contract tests cover the rest).
+"""Edge tests for safeops.math's acos, asin, atanh, acosh and atan2 (the contract tests cover the rest).
 
 Each test starts from a place where a model meets the edge: a cosine
-similarity that rounds past 1, a tanh-squashed action that rounds to 1, the
-angle of a zero or very short vector.
+similarity that rounds past 1, a tanh-squashed action that rounds to 1, a
+hyperbolic distance of a point to itself, the angle of a zero or very short
+vector.
 """
 
 import math
@@ -93,7 +94,104 @@ def test_atanh_of_a_saturated_tanh_is_finite(dtype, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", ["acos", "asin", "atanh"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_acosh_at_and_below_one_is_finite_with_the_boundary_gradient(dtype, mode):
+    x = tf.constant([-INF, -2.0, 0.0, 0.5, 1.0, 2.0, INF], dtype)
+    y, g, h = derivatives(tfm.acosh, x, mode)
+    a = 1.0 + float(np.finfo(dtype.as_numpy_dtype).eps)   # the smallest number above 1
+    boundary = 1.0 / math.sqrt((a - 1.0) * (a + 1.0))     # about 1/sqrt(2 eps): 2048 in float32
+    assert (y[:5] == 0).all() and (g[:5] > 0).all() and (h[:5] == 0).all()
+    np.testing.assert_allclose(g[:5], boundary, rtol=1e-2)
+    np.testing.assert_allclose([y[5], g[5], h[5]], [math.acosh(2.0), 1 / math.sqrt(3.0), -2 / 3 ** 1.5],
+                               rtol=1e-2)
+    assert y[6] == INF and g[6] == 0 and h[6] == 0     # the limits of 1/x and -1/x**2
+    # One step inside the clamp the derivative is the exact one, the boundary's.
+    _, g_inside, _ = derivatives(tfm.acosh, tf.constant([a], dtype), mode)
+    np.testing.assert_allclose(g_inside, boundary, rtol=1e-2)
+
+
+def _poincare_distances(u, acosh):
+    """All pairwise distances of the rows of ``u`` in the Poincare ball (Nickel and Kiela, 2017)."""
+    sq = tf.reduce_sum(u * u, -1)
+    d2 = tf.reduce_sum(tf.square(u[:, None, :] - u[None, :, :]), -1)
+    return acosh(1.0 + 2.0 * d2 / ((1.0 - sq)[:, None] * (1.0 - sq)[None, :]))
+
+
+def _lorentz_distances(u, acosh):
+    """All pairwise distances of the points ``(sqrt(1 + |u|**2), u)`` of the hyperboloid: ``acosh(-<x, y>)``."""
+    x0 = tf.sqrt(1.0 + tf.reduce_sum(u * u, -1, keepdims=True))
+    return acosh(x0 * tf.transpose(x0) - tf.matmul(u, u, transpose_b=True))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("distances", [_poincare_distances, _lorentz_distances])
+def test_hyperbolic_distances_of_points_to_themselves_train(distances, mode):
+    # The diagonal of a pairwise distance matrix: the argument is exactly 1 (Poincare; TensorFlow's
+    # gradient inf there) or rounds below 1 (Lorentz: TensorFlow's value NaN).
+    v = (0.3 * np.random.default_rng(0).standard_normal([64, 5]) / math.sqrt(5.0)).astype(np.float32)
+    w = tf.Variable(v)
+
+    def loss_and_grad(acosh):
+        def body():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(distances(w, acosh))
+            return loss, tape.gradient(loss, w)
+        return [t.numpy() for t in run(mode, body)()]
+
+    naive_loss, naive_grad = loss_and_grad(tf.math.acosh)
+    assert not np.isfinite(naive_grad).all()
+    loss, grad = loss_and_grad(tfm.acosh)
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    if np.isfinite(naive_loss):
+        np.testing.assert_allclose(loss, naive_loss, rtol=1e-6)
+    # The gradient of the off-diagonal distances, each pair once: TensorFlow's wherever it is finite.
+    off = 1.0 - tf.eye(64)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(distances(w, tfm.acosh) * off)
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), _off_diagonal_gradient(distances, w), rtol=1e-4,
+                               atol=1e-5)
+
+
+def _off_diagonal_gradient(distances, w):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.where(tf.eye(64) > 0, 0.0, distances(w, lambda z: tf.math.acosh(
+            tf.where(tf.eye(64) > 0, 2.0, z)))))
+    return tape.gradient(loss, w).numpy()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_acosh_gradient_of_large_inputs_is_one_over_x(mode):
+    # (x - 1)(x + 1) overflows float32 from x = 1.8e19 on, float64's from 1.3e154: the exact derivative,
+    # about 1/x, is a normal number there.
+    for dtype, x in ((tf.float32, [1e19, 1e20, 1e30, 3e37]), (tf.float64, [1e154, 1e160, 1e300])):
+        y, g, _ = derivatives(tfm.acosh, tf.constant(x, dtype), mode)
+        np.testing.assert_allclose(g, 1.0 / np.array(x), rtol=1e-6)
+        np.testing.assert_allclose(y, np.log(2.0 * np.array(x)), rtol=1e-6)
+
+
+def _acosh_ulps(got, x):
+    exact = np.array([float(mpmath.acosh(mpmath.mpf(float(v)))) for v in x])
+    spacing = np.spacing(np.abs(exact).astype(got.dtype)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - exact) / spacing
+
+
+def test_acosh_values_near_one_and_far():
+    # Every float32 in [1, 1.001] (where acosh(x) is about sqrt(2(x - 1))) and a log-spaced sweep:
+    # TensorFlow's kernel within 2 ULP, XLA's expansion within C3's 4 (the docstring's figures; the
+    # float32 sweep, benchmarks.sweep, found XLA's 4.0 at 1.0866).
+    lo, hi = np.float32(1.0).view(np.int32), np.float32(1.001).view(np.int32)
+    x = np.concatenate([np.arange(lo, hi, dtype=np.int32).view(np.float32),
+                        np.geomspace(1.001, 3e38, 4000, dtype=np.float32)])
+    xla = tf.function(tfm.acosh, jit_compile=True)
+    assert _acosh_ulps(tfm.acosh(tf.constant(x)).numpy(), x).max() <= 2.0
+    assert _acosh_ulps(xla(tf.constant(x)).numpy(), x).max() <= 4.0
+    x64 = np.concatenate([1.0 + np.geomspace(1e-15, 1.0, 1500), np.geomspace(2.0, 1e300, 1500)])
+    assert _acosh_ulps(tfm.acosh(tf.constant(x64)).numpy(), x64).max() <= 2.0
+    assert _acosh_ulps(xla(tf.constant(x64)).numpy(), x64).max() <= 4.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["acos", "asin", "atanh", "acosh"])
 def test_nan_stays_nan(name, mode):
     fn = getattr(tfm, name)
     y, g, _ = derivatives(fn, tf.constant([NAN, 0.5]), mode)
@@ -230,6 +328,8 @@ def test_atan2_broadcasts_and_sums_gradients_back():
 def test_errors_name_the_argument():
     with pytest.raises(TypeError, match=r"safeops\.math\.acos: x must be"):
         tfm.acos(tf.constant([1, 2]))
+    with pytest.raises(TypeError, match=r"safeops\.math\.acosh: x must be"):
+        tfm.acosh(tf.constant([1, 2]))
     with pytest.raises(TypeError, match=r"safeops\.math\.atan2: x must be"):
         tfm.atan2(tf.constant([1.0]), tf.constant([1]))
     with pytest.raises(TypeError, match=r"safeops\.math\.atan2"):
@@ -241,16 +341,20 @@ def test_errors_name_the_argument():
 def test_ragged_rows():
     x = tf.ragged.constant([[1.0000001, 0.5], [-2.0]])
     np.testing.assert_allclose(tfm.acos(x).flat_values.numpy(), [0.0, math.acos(0.5), math.pi], rtol=1e-6)
+    np.testing.assert_allclose(tfm.acosh(x).flat_values.numpy(), [math.acosh(float(np.float32(1.0000001))), 0.0, 0.0],
+                               rtol=1e-6)
     a = tfm.atan2(x, x)
     np.testing.assert_allclose(a.flat_values.numpy(), [math.pi / 4, math.pi / 4, -3 * math.pi / 4], rtol=1e-6)
 
 
 def test_locate_and_lint_name_the_safeops_ops():
-    # Past 1 (NaN value), at 1 after a clip (inf gradient), at 1 (inf value), the origin (0/0 gradient).
+    # Past 1 (NaN value), at 1 after a clip (inf gradient), at 1 (inf value), at 1 after a clip (inf
+    # gradient), the origin (0/0 gradient).
     x = np.array([[np.nextafter(np.float32(1), np.float32(2)), 1.0, 0.0]], np.float32)
     cases = {"acos": lambda t: tf.reduce_sum(tf.math.acos(t)),
              "asin": lambda t: tf.reduce_sum(tf.math.asin(tf.clip_by_value(t, -1.0, 1.0))),
              "atanh": lambda t: tf.reduce_sum(tf.math.atanh(tf.clip_by_value(t, -1.0, 1.0))),
+             "acosh": lambda t: tf.reduce_sum(tf.math.acosh(tf.maximum(t, 1.0))),
              "atan2": lambda t: tf.reduce_sum(tf.math.atan2(t[:, 2], t[:, 2]))}
     for name, fn in cases.items():
         report = debug.locate_nonfinite(fn, x)

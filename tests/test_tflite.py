@@ -38,8 +38,8 @@ NEEDS_FLEX_OR_REFUSED = {
     # Per-example means and sums in float64 for float32 inputs (C3 over long rows).
     "binary_crossentropy", "binary_crossentropy_logits", "binary_focal_crossentropy_logits", "gaussian_nll",
     "poisson", "tversky_loss",
-    # TensorFlow's own Acos, Asin and Atanh are not TFLite builtins either (Flex ops).
-    "acos", "asin", "atanh",
+    # TensorFlow's own Acos, Asin, Atanh and Acosh are not TFLite builtins either (Flex ops).
+    "acos", "asin", "atanh", "acosh",
 }
 
 

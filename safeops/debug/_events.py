@@ -34,6 +34,10 @@ INVERSE_TRIG_FIX = {
     for kind, what in (("Acos", "the value at x clipped to [-1, 1]"),
                        ("Asin", "the value at x clipped to [-1, 1]"),
                        ("Atanh", "x clipped to the numbers inside (-1, 1)"))}
+INVERSE_TRIG_FIX["Acosh"] = (
+    "safeops.math.acosh(x): the value at x clipped to [1, inf), and a finite gradient there (the "
+    "derivative at the nearest number above 1); a clip at 1 removes the NaN value but not the inf "
+    "gradient at 1")
 
 
 #: The fix for lgamma or digamma at a pole (lint's finding and locate's cause).

@@ -323,7 +323,7 @@ def _describe_results(traced, names) -> list:
 _GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Reciprocal", "TanhGrad": "Tanh",
             "SigmoidGrad": "Sigmoid", "SoftplusGrad": "Softplus", "ReluGrad": "Relu", "EluGrad": "Elu"}
 _HAZARDOUS_FORWARD = ("Log", "Log1p", "Sqrt", "Rsqrt", "RealDiv", "Div", "Reciprocal", "Pow", "Exp",
-                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Atan2", "Softmax", "EuclideanNorm",
+                      "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Acosh", "Atan2", "Softmax", "EuclideanNorm",
                       "Lgamma", "Digamma")
 
 
@@ -346,7 +346,8 @@ def _differentiated_op(op, forward_ops):
         return read[0].op
     # Reads gradient tensors only (acos' 1/sqrt(1 - x**2) is Reciprocal of
     # Sqrt of Sub of Square(x)): the hazardous consumer of the forward
-    # tensors a few gradient ops back.
+    # tensors a few gradient ops back, else their hazardous producer (acosh's
+    # gradient divides by Sinh of its output).
     frontier, seen = list(op.inputs), set()
     for _ in range(4):
         earlier = []
@@ -359,6 +360,8 @@ def _differentiated_op(op, forward_ops):
                              if c.name in forward_names and c.type in _HAZARDOUS_FORWARD]
                 if hazardous:
                     return hazardous[0]
+                if t.op.type in _HAZARDOUS_FORWARD:
+                    return t.op
             else:
                 earlier.extend(t.op.inputs)
         frontier = earlier
@@ -497,6 +500,10 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
         return (f"{kind} of an input {edge}: input range [{x.min:.9g}, {x.max:.9g}]; a cosine similarity "
                 "or a dot product of normalised vectors lands past +-1 by a rounding error (1.00000012 "
                 "in float32)", INVERSE_TRIG_FIX[kind])
+    if kind == "Acosh" and x is not None:
+        return (f"Acosh of an input below 1 (NaN there): input range [{x.min:.9g}, {x.max:.9g}]; a "
+                "hyperbolic distance's argument (1 + 2|u - v|**2 / ..., or -<u, v> in the Lorentz model) "
+                "lands below 1 by a rounding error where u = v", INVERSE_TRIG_FIX[kind])
     if kind in ("ReduceLogSumExp",):
         return "log-sum-exp of an all -inf slice", "safeops.math.reduce_logsumexp"
     biggest = max((max(abs(s.min), abs(s.max)) for s in ins if not math.isnan(s.min)), default=math.nan)
@@ -549,5 +556,8 @@ def _explain_gradient(op, ins, outs, forward_op, made):
         derivative = "1/(1 - x**2)" if ftype == "Atanh" else "1/sqrt(1 - x**2)"
         return (f"{derivative} {where} at x = +-1 (the input reached +-1, a clip to [-1, 1] included); "
                 f"gives {made}", INVERSE_TRIG_FIX[ftype])
+    if ftype == "Acosh":
+        return (f"1/sqrt(x**2 - 1) {where} at x = 1 (a hyperbolic distance of a point to itself, or an "
+                f"input clipped at 1); gives {made}", INVERSE_TRIG_FIX[ftype])
     return (f"{op.type} {where} ('{forward_op.name}') made {made} from finite values",
             "replace the forward op by its safeops equivalent (safeops.debug.lint lists them)")

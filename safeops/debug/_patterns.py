@@ -3,7 +3,7 @@
 :data:`PATTERNS` (each pattern with its one-line reason), the :class:`Finding`
 a match produces, and the matchers: :func:`_match` recognises a hazardous op
 (log of probabilities, division or sqrt at zero, exp overflow, fractional
-pow, the double ``tf.where``, acos/asin/atanh at +-1, lgamma at a pole) and
+pow, the double ``tf.where``, acos/asin/atanh at +-1 and acosh at 1, lgamma at a pole) and
 builds the finding with its safeops fix, asking the value ranges of
 :mod:`safeops.debug._ranges` whether an operand can be zero.
 """
@@ -40,7 +40,9 @@ PATTERNS = {
     "double-where": "the where masks the value only: backprop still computes the unselected branch's "
                     "gradient (inf or NaN there) and multiplies it by 0, and 0 * inf = NaN",
     "inverse-trig-at-one": "acos and asin are NaN outside [-1, 1] (atanh inf at +-1), where a cosine "
-                           "similarity lands by rounding (1.0000001), and their gradient is inf at +-1",
+                           "similarity lands by rounding (1.0000001), and their gradient is inf at +-1; "
+                           "acosh is NaN below 1, where a hyperbolic distance's argument lands by "
+                           "rounding, and its gradient is inf at 1 (a point's distance to itself)",
     "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: "
                       "a rate, dispersion or concentration from a linear layer crosses them",
     "running-logsumexp-of-mask": "where an output of tf.math.cumulative_logsumexp sums only -inf entries "
@@ -227,6 +229,15 @@ def _match(op, ranges, live=None):
               + PATTERNS["inverse-trig-at-one"]
         yield _finding("inverse-trig-at-one", op, msg, INVERSE_TRIG_FIX[kind]), op.name
         return
+    if kind == "Acosh":
+        arg = op.inputs[0]
+        r = ranges.get(arg)
+        if r.lo > 1 or (r.lo == 1 and r.lo_open) or (r.lo >= 1 and live is not None and arg.name not in live):
+            return   # strictly above 1; or clipped at 1 where no gradient flows (finite value)
+        msg = (f"acosh of a value not known to lie strictly above 1 (range {r}): "
+               + PATTERNS["inverse-trig-at-one"])
+        yield _finding("inverse-trig-at-one", op, msg, INVERSE_TRIG_FIX[kind]), op.name
+        return
     if kind in ("Sqrt", "Rsqrt", "EuclideanNorm"):
         arg = op.inputs[0]
         if kind != "Rsqrt" and live is not None and arg.name not in live:
@@ -292,7 +303,8 @@ def _bounded_by_minimum(op) -> bool:
 
 
 _GRADIENT_HAZARDS = {"Log": 0, "Log1p": 0, "Sqrt": 0, "Rsqrt": 0, "RealDiv": 1, "Div": 1, "Reciprocal": 0,
-                     "Inv": 0, "Pow": 0, "Acos": 0, "Asin": 0}
+                     "Inv": 0, "Pow": 0, "Acos": 0, "Asin": 0,
+                     "Acosh": 0}
 
 
 def _double_where(op, ranges, live=None):

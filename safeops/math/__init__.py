@@ -21,7 +21,7 @@ import tensorflow as _tf
 
 from safeops import _dropin
 
-from safeops.math._inverse_trig import acos, asin, atan2, atanh
+from safeops.math._inverse_trig import acos, acosh, asin, atan2, atanh
 from safeops.math._logarithms import log, log1mexp, log1p, logaddexp, logit, xlog1py, xlogy
 from safeops.math._logsumexp import cumulative_logsumexp, log_softmax, reduce_logsumexp, softmax
 from safeops.math._moments import reduce_std
@@ -35,7 +35,7 @@ __all__ = [
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax",
     "sqrt", "rsqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
-    "acos", "asin", "atanh", "atan2", "pow",
+    "acos", "asin", "atanh", "acosh", "atan2", "pow",
 ]
 
 # Registered with Keras as "safeops>name", as the losses are: a Keras layer

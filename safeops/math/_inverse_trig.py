@@ -1,4 +1,4 @@
-"""Inverse trigonometric and hyperbolic functions: ``acos``, ``asin``, ``atanh``, ``atan2``.
+"""Inverse trigonometric and hyperbolic functions: ``acos``, ``asin``, ``atanh``, ``acosh``, ``atan2``.
 
 Each is finite, with a finite derivative, at the points where
 TensorFlow's is not, and those points are where real models land:
@@ -12,6 +12,13 @@ TensorFlow's is not, and those points are where real models land:
   SAC-style policies), of a correlation (Fisher's z), of a norm in the
   Poincare ball: ``tanh`` rounds to exactly 1 in float32 from 9.01 on, and
   ``atanh(1)`` is ``inf`` with an ``inf`` derivative.
+* ``acosh`` of a hyperbolic distance's argument: the distance between
+  points ``u``, ``v`` of the Poincare ball is ``acosh(1 + 2|u - v|**2 /
+  ((1 - |u|**2)(1 - |v|**2)))``, in the Lorentz model ``acosh(-<u, v>)``
+  (Nickel and Kiela, NeurIPS 2017 and ICML 2018). A point's distance to
+  itself (the diagonal of a pairwise matrix) has the argument exactly 1,
+  where the derivative ``1/sqrt(x**2 - 1)`` is ``inf``, and in the Lorentz
+  model the rounded argument lands below 1: NaN.
 * ``atan2`` of a zero vector (the angle of a 2-d offset, a phase): its
   value is 0, but its gradient ``(x, -y) / (x**2 + y**2)`` is ``0/0``;
   and ``x**2 + y**2`` underflows to 0 in float32 for a vector of length
@@ -20,9 +27,10 @@ TensorFlow's is not, and those points are where real models land:
 Each op that clamps its domain follows contract C4, as ``sqrt`` does at 0
 (:mod:`safeops.math._roots`): the value is taken at the input clamped to
 the closed domain, where it is finite (``acos(1) = 0``), and the gradient
-at the input clamped to the largest numbers of the dtype strictly inside
-(``±below_one``, ``1 - eps/2``), the nearest points where the derivative
-is finite. Every bound comes from :mod:`safeops._dtypes`.
+at the input clamped to the numbers of the dtype strictly inside nearest
+to its ends (``±below_one``, ``1 - eps/2``; ``above_one``, ``1 + eps``, for
+``acosh``), where the derivative is finite. Every bound comes from
+:mod:`safeops._dtypes`.
 
 Accuracy with TF 2.21 on CPU. TensorFlow's own float32 ``acos`` and
 ``asin`` kernels are up to 4.3 and 4.5 ULP off (every float32 in
@@ -40,8 +48,8 @@ allowance wider than C3. XLA's float64
 ``log1p`` of a nonnegative argument instead (within 3 ULP against mpmath).
 float32, 2 million random points per op in eager, graph and XLA modes
 (``python -m benchmarks.sweep --gradients``): ``acos`` and ``asin`` within
-4 ULP (2 under XLA), ``atanh`` 3, ``atan2`` 1; gradients within 2.2e-7
-relative.
+4 ULP (2 under XLA), ``atanh`` 3, ``acosh`` 2 (4 under XLA: 4.0 at
+1.0866), ``atan2`` 1; gradients within 2.2e-7 relative.
 """
 
 from __future__ import annotations
@@ -196,6 +204,53 @@ def atanh(x, name=None):
     return _unary(atanh, "safeops.math.atanh", _clamped_atanh, x, name)
 
 
+def acosh(x, name=None):
+    r"""Inverse hyperbolic cosine with the domain clamped to [1, inf) and a finite gradient at 1.
+
+    Formula: :math:`\operatorname{arcosh} x = \log(x + \sqrt{x^2 - 1})`,
+    gradient :math:`1/\sqrt{x^2 - 1}`.
+
+    Stable rewrite: value :math:`\operatorname{arcosh}(\max(x, 1))`
+    (TensorFlow's kernel, within 2 ULP in float32 and float64 on this CPU;
+    XLA's expansion under ``jit_compile``, within 4, C3's bound), gradient
+    :math:`1/(\sqrt{c - 1}\,\sqrt{c + 1})` with :math:`c = \max(x, a)` and
+    :math:`a` the smallest number of ``x.dtype`` above 1 (``1 + eps``):
+    ``c - 1`` is exact for ``c <= 2``, and the two square roots never
+    overflow, where ``c*c - 1`` does from ``c = 1.8e19`` in float32 (a
+    gradient of 0 where the exact one, ``1/c``, is a normal number).
+    TensorFlow's gradient is ``1/sinh(acosh(x))``: ``inf`` at 1, NaN below
+    (as its value), so a hyperbolic distance of a point to itself, or
+    an argument that rounded below 1, turns a whole step NaN.
+
+    Edges:
+      * ``x <= 1`` (``-inf`` included): value 0, gradient
+        ``1/sqrt((a - 1)(a + 1))``, about ``1/sqrt(2 eps)``: 2048 in
+        float32, 4.7e7 in float64, 22.6 in float16, 8 in bfloat16;
+        positive, so a step that raises ``acosh`` raises ``x``, back into
+        the domain.
+      * ``+inf``: value ``inf``, gradient 0 (the limit of ``1/x``).
+      * ``NaN``: NaN value and gradient.
+      * Second derivative :math:`-x/(x^2 - 1)^{3/2}`; 0 at clamped points.
+
+    Args:
+      x: A float tensor (float16, bfloat16, float32 or float64).
+      name: Optional name scope.
+
+    Returns:
+      A tensor of the shape and dtype of ``x``.
+
+    Raises:
+      TypeError: ``x`` is not a float tensor.
+
+    Example:
+
+    >>> import safeops.math as tfm
+    >>> tfm.acosh([0.9999999, 1.0, 2.0]).numpy()
+    array([0.       , 0.       , 1.316958 ], dtype=float32)
+    """
+    return _unary(acosh, "safeops.math.acosh", _clamped_acosh, x, name)
+
+
 def atan2(y, x, name=None):
     r"""Angle of the vector ``(x, y)``, with a finite gradient at the origin.
 
@@ -347,6 +402,22 @@ def _clamped_atanh(dtype: tf.DType, xla: bool):
     # float64's formula is six kernels as plain ops, one loop in XLA.
     return custom_op(_xla.compiled(forward, xla and dtype == tf.float64, eager_plain=True),
                      _xla.compiled(backward, xla, eager_plain=True), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _clamped_acosh(dtype: tf.DType, xla: bool):
+    """``acosh(max(x, 1))`` with the gradient at ``max(x, 1 + eps)``: see :func:`acosh`."""
+    bound = _dtypes.above_one(dtype)
+
+    def forward(x):
+        # NaN stays NaN: TensorFlow's Maximum and XLA's keep a NaN first operand.
+        return tf.math.acosh(tf.maximum(x, 1.0))
+
+    def backward(dy, y, x):
+        c = tf.maximum(x, bound)
+        return (dy / (tf.sqrt(c - 1.0) * tf.sqrt(c + 1.0)),)
+
+    return custom_op(forward, _xla.compiled(backward, xla, eager_plain=True), dtype)
 
 
 @functools.lru_cache(maxsize=None)
