@@ -213,6 +213,21 @@ class TestDetails:
         assert _patterns(findings) == ["inverse-trig-at-one"], [str(f) for f in findings]
         assert "[-1, 1]" in findings[0].message and findings[0].fix.startswith(f"safeops.math.{op.__name__}(")
 
+    def test_acosh_not_known_above_one_is_reported(self):
+        """acosh at 1 (a hyperbolic distance of a point to itself): inf gradient, even after a clip at 1."""
+        for arg in (lambda a: a, lambda a: tf.maximum(a, 1.0), lambda a: 1.0 + tf.square(a)):
+            findings = lint(lambda a: tf.math.acosh(arg(a)), X, print=False)
+            assert _patterns(findings) == ["inverse-trig-at-one"], [str(f) for f in findings]
+            assert "acosh of a value" in findings[0].message
+            assert findings[0].fix.startswith("safeops.math.acosh(")
+        assert lint(lambda a: tf.math.acosh(2.0 + tf.square(a)), X, print=False) == []
+        assert lint(lambda a: tfm.acosh(a), X, print=False) == []
+        # safeops' acosh and TensorFlow's are non-negative: a log of 1 plus either is not reported.
+        assert lint(lambda a: tf.math.log(1.0 + tfm.acosh(a)), X, print=False) == []
+        assert _patterns(lint(lambda a: tf.math.log(1.0 + tfm.atanh(a)), X, print=False)) == ["log-of-nonpositive"]
+        assert _patterns(lint(lambda a: tf.math.log(1.0 + tf.math.acosh(2.0 + tf.square(a))), X,
+                              print=False)) == []
+
     def test_an_epsilon_added_to_probabilities_is_seen_through(self):
         """log(p + 1e-7), the usual hand-written guard: finite, but the gradient shrinks by p / (p + eps)."""
         findings = lint(lambda y, z: -tf.reduce_sum(y * tf.math.log(tf.nn.softmax(z) + 1e-7), -1), Y, X,

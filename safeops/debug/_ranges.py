@@ -185,7 +185,8 @@ _CONSTANT_RANGES = {"Sigmoid": _UNIT_OPEN, "Softmax": _UNIT_OPEN, "Tanh": _Range
                     "ZerosLike": _Range(0.0, 0.0), "OnesLike": _Range(1.0, 1.0), "Square": _NONNEG,
                     "SquaredDifference": _NONNEG, "Abs": _NONNEG, "EuclideanNorm": _NONNEG,
                     "Elu": _Range(-1.0, math.inf, True), "Selu": _Range(-1.7581, math.inf),
-                    "Softplus": _POSITIVE, "Relu": _NONNEG, "Relu6": _Range(0.0, 6.0)}
+                    "Softplus": _POSITIVE, "Relu": _NONNEG, "Relu6": _Range(0.0, 6.0),
+                    "Acosh": _NONNEG}
 
 
 #: What safeops' own ops return. Their outputs leave through the IdentityN of a custom gradient
@@ -196,7 +197,7 @@ _SAFEOPS_RANGES = {"softplus": _NONNEG, "sqrt": _NONNEG, "rsqrt": _NONNEG, "norm
                    "log_sigmoid": _Range(-math.inf, 0.0), "log_softmax": _Range(-math.inf, 0.0),
                    "log1mexp": _Range(-math.inf, 0.0),
                    "l2_normalize": _Range(-1.0, 1.0), "reduce_std": _NONNEG,
-                   "reduce_euclidean_norm": _NONNEG, "acos": _Range(0.0, math.pi),
+                   "reduce_euclidean_norm": _NONNEG, "acos": _Range(0.0, math.pi), "acosh": _NONNEG,
                    "asin": _Range(-math.pi / 2, math.pi / 2), "atan2": _Range(-math.pi, math.pi)}
 # (pow's range depends on its exponent's sign and parity: not listed.)
 _SAFEOPS_OUTPUT = re.compile(r"(?:^|/)safeops(?:_\d+)?/(\w+)/IdentityN(?:_\d+)?$")
