@@ -76,14 +76,16 @@ def _rank(value: Any):
     return np.ndim(value)
 
 
-def along_axis(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis: int, **kwargs: Any):
+def along_axis(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis: int, *, padding: float = -_INF,
+               **kwargs: Any):
     """A row op ``fn(x, axis=...)`` (softmax, log_softmax) of a ragged tensor along ``axis``.
 
     Past the first ragged axis the op is one per outer row, so it recurses
     into ``rt.values`` (the first two axes merged) with ``axis - 1``; along
     the first ragged axis of a tensor with no other ragged axis the rows are
-    padded with ``-inf`` and cut back; axis 0, or the first ragged axis of a
-    tensor with more, is refused.
+    padded with ``padding`` (``-inf``, the log-sum-exp family's neutral
+    entry; 1 for ``cumprod``) and cut back; axis 0, or the first ragged axis
+    of a tensor with more, is refused.
     """
     rank = rt.shape.rank
     _validate.axis_in_range(op, axis, rank)
@@ -91,10 +93,10 @@ def along_axis(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis: int, 
     if axis >= 2:
         inner = rt.values
         if isinstance(inner, tf.RaggedTensor):
-            return rt.with_values(along_axis(fn, op, arg, inner, axis - 1, **kwargs))
+            return rt.with_values(along_axis(fn, op, arg, inner, axis - 1, padding=padding, **kwargs))
         return rt.with_values(fn(inner, axis=axis - 1, **kwargs))
     if axis == 1 and rt.ragged_rank == 1:
-        dense = fn(_padded(op, arg, rt), axis=1, **kwargs)
+        dense = fn(_padded(op, arg, rt, padding), axis=1, **kwargs)
         # boolean_mask, unlike RaggedTensor.from_tensor, passes gradients back.
         kept = tf.sequence_mask(rt.row_lengths(), tf.shape(dense, out_type=rt.row_splits.dtype)[1])
         return rt.with_values(tf.boolean_mask(dense, kept))
@@ -124,9 +126,9 @@ def reduced(fn: Callable, op: str, arg: str, rt: tf.RaggedTensor, axis, keepdims
     return fn(_padded(op, arg, rt), axis, keepdims, **kwargs)
 
 
-def _padded(op: str, arg: str, rt: tf.RaggedTensor) -> tf.Tensor:
+def _padded(op: str, arg: str, rt: tf.RaggedTensor, padding: float = -_INF) -> tf.Tensor:
     values = _validate.float_tensor(rt.flat_values, op, arg)
-    return rt.with_flat_values(values).to_tensor(default_value=tf.constant(-_INF, values.dtype))
+    return rt.with_flat_values(values).to_tensor(default_value=tf.constant(padding, values.dtype))
 
 
 def loss_over_last_axis(fn: Callable, op: str, y_true: Any, y_pred: Any, mean: bool = False,

@@ -338,6 +338,22 @@ def static_axis(op: str, axis: Any, rank: int | None, arg: str = "axis", many: b
     return int(axis)
 
 
+def scan_flags(op: str, exclusive: Any, reverse: Any) -> tuple[bool, bool]:
+    """``exclusive`` and ``reverse`` of a running scan (``cumprod``, ``cumulative_logsumexp``) as bools."""
+    for arg, flag in (("exclusive", exclusive), ("reverse", reverse)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(message(op, arg, "a bool", repr(flag)))
+    return bool(exclusive), bool(reverse)
+
+
+def scan_input(op: str, x: Any, axis: Any) -> tuple[tf.Tensor, Any]:
+    """``(x, axis)`` of a running scan: a float tensor of rank >= 1 and its axis (see :func:`static_axis`)."""
+    t = float_tensor(x, op, "x")
+    if t.shape.rank == 0:
+        raise ArgumentError(message(op, "x", "a tensor of rank >= 1", "a scalar"))
+    return t, static_axis(op, axis, t.shape.rank)
+
+
 def assert_that(condition: tf.Tensor, op: str, arg: str, expected: str,
                 got: tf.Tensor | Callable[[], tf.Tensor] | None = None, received: str | None = None) -> list:
     """A graph assertion with the standard message, or ``[]`` when checks are off.

@@ -115,6 +115,10 @@ def atanh(x):
     return 0.5 * tf.math.log((1.0 + x) / (1.0 - x))
 
 
+def cumprod(x, axis=0, exclusive=False, reverse=False):
+    return tf.math.cumprod(x, axis=axis, exclusive=exclusive, reverse=reverse)
+
+
 def acosh(x):
     return tf.math.log(x + tf.math.sqrt(x * x - 1.0))
 

@@ -466,6 +466,47 @@ def _row_cumulative_logsumexp(row, f, weights, cotangent, epsilon):
     return values, (grad,), (scale,)
 
 
+def _row_cumprod(row, f, weights, cotangent, epsilon):
+    """Running product ``y_j`` of ``row[:j + 1]``; gradient ``sum_{j >= i} v_j prod_{k <= j, k != i} x_k``.
+
+    Scale: the same sum of absolute values (the terms cancel for mixed
+    signs of ``v``).
+    """
+    values, product = [], ONE
+    for x in row:
+        product *= x
+        values.append(product)
+    grad, scale = [], []
+    for i in range(len(row)):
+        others, g, s = ONE, ZERO, ZERO
+        for j in range(len(row)):
+            if j != i:
+                others *= row[j]
+            if j >= i:
+                g += cotangent[j] * others
+                s += abs(cotangent[j] * others)
+        grad.append(g)
+        scale.append(s)
+    return values, (grad,), (scale,)
+
+
+def cumprod_leaves_float64(row) -> bool:
+    """Whether a running product of ``row`` (mpf) leaves float64's normal range.
+
+    ``safeops.math.cumprod`` keeps the float64 kernel's products there (an
+    ``inf`` or 0 that later factors do not bring back, as TensorFlow's),
+    as documented: such rows have no reference. No row of fewer than eight
+    normal float32 factors gets here.
+    """
+    info = np.finfo(np.float64)
+    product = ONE
+    for x in row:
+        product *= x
+        if product != 0 and not (float(info.tiny) <= abs(product) <= float(info.max)):
+            return True
+    return False
+
+
 def _row_softmax(row, f, weights, cotangent, epsilon):
     found = _shifted_probabilities(row, [ONE] * len(row))
     if found is None:
@@ -542,6 +583,7 @@ def _row_l2_normalize(row, f, weights, cotangent, epsilon):
 
 ROWWISE = {
     "reduce_logsumexp": _row_logsumexp, "cumulative_logsumexp": _row_cumulative_logsumexp,
+    "cumprod": _row_cumprod,
     "softmax": _row_softmax, "log_softmax": _row_log_softmax,
     "norm": _row_norm, "l2_normalize": _row_l2_normalize, "reduce_std": _row_std,
     "reduce_euclidean_norm": _row_norm,
@@ -564,7 +606,8 @@ def rowwise(name: str, x, dtype, *, weights=None, cotangent=None, epsilon: float
     the log-sum-exp family, ``-inf``) are undefined. ``l2_normalize`` rows
     whose sum of squares lies within 1e-3 (relative) of the floor are
     undefined too: the op switches formulas there and rounding decides the
-    side.
+    side; so are ``cumprod`` rows whose running product leaves float64's
+    range (:func:`cumprod_leaves_float64`).
     """
     f = fmt(dtype)
     fn = ROWWISE[name]
@@ -590,6 +633,8 @@ def rowwise(name: str, x, dtype, *, weights=None, cotangent=None, epsilon: float
             s = CTX.fsum(v * v for v in mp_row)
             if abs(s / CTX.mpf(floor) - 1) < 1e-3:
                 mp_row = None
+        if mp_row is not None and name == "cumprod" and cumprod_leaves_float64(mp_row):
+            mp_row = None
         if mp_row is None:
             row_ok[r] = False
             values.append([_NAN] * out_cols)

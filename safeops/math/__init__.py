@@ -9,8 +9,8 @@ The ops live in topic modules: logarithms with clamped domains
 (``_logarithms``), the sigmoid family (``_sigmoid``), log-sum-exp and the
 softmax family (``_logsumexp``), square roots and safe division
 (``_roots``), norms (``_norms``), the standard deviation (``_moments``),
-the inverse trigonometric functions (``_inverse_trig``) and powers
-(``_powers``).
+the inverse trigonometric functions (``_inverse_trig``), powers
+(``_powers``) and running products (``_products``).
 
 Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
 TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
@@ -27,13 +27,14 @@ from safeops.math._logsumexp import cumulative_logsumexp, log_softmax, reduce_lo
 from safeops.math._moments import reduce_std
 from safeops.math._norms import l2_normalize, norm, reduce_euclidean_norm
 from safeops.math._powers import pow
+from safeops.math._products import cumprod
 from safeops.math._roots import divide_no_nan, rsqrt, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
 __all__ = [
     "log", "log1p", "logit", "xlogy", "xlog1py", "log1mexp", "logaddexp",
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
-    "reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax",
+    "reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "cumprod",
     "sqrt", "rsqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
     "acos", "asin", "atanh", "acosh", "atan2", "pow",
 ]

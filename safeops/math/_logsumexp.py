@@ -411,19 +411,14 @@ def cumulative_logsumexp(x, axis=0, exclusive=False, reverse=False, name=None):
     array([0.       , 1.2689414, 0.7310586], dtype=float32)
     """
     op = "safeops.math.cumulative_logsumexp"
-    for arg, flag in (("exclusive", exclusive), ("reverse", reverse)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(_validate.message(op, arg, "a bool", repr(flag)))
+    exclusive, reverse = _validate.scan_flags(op, exclusive, reverse)
     if _ragged.any_ragged(x):
         return _ragged.along_axis(cumulative_logsumexp, op, "x", x, axis, exclusive=exclusive,
                                   reverse=reverse, name=name)
     with _validate.op_scope(op, name) as scope:
-        t = _validate.float_tensor(x, op, "x")
-        if t.shape.rank == 0:
-            raise _validate.ArgumentError(_validate.message(op, "x", "a tensor of rank >= 1", "a scalar"))
-        axis = _validate.static_axis(op, axis, t.shape.rank)
+        t, axis = _validate.scan_input(op, x, axis)
         wide = tf.cast(t, _dtypes.sum_dtype(t.dtype))
-        y = _cumulative_logsumexp(axis, bool(exclusive), bool(reverse), t.dtype)(wide)
+        y = _cumulative_logsumexp(axis, exclusive, reverse, t.dtype)(wide)
         return scope.output(tf.cast(y, t.dtype))
 
 
