@@ -69,7 +69,7 @@ BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 UNIT_DOMAIN = ("acos", "asin", "atanh")
 #: Ops whose domain is [1, inf): three quarters of their sample lies above 1, half of it near 1.
 ABOVE_ONE = ("acosh",)
-ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "norm", "l2_normalize",
+ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "cumprod", "softmax", "log_softmax", "norm", "l2_normalize",
         "reduce_std",        "reduce_euclidean_norm")
 MASKING = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax")
 REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")
@@ -82,6 +82,7 @@ TF_BUILTINS = {
     "sigmoid": tf.math.sigmoid,
     "log_sigmoid": tf.math.log_sigmoid, "softplus": tf.math.softplus,
     "reduce_logsumexp": tf.math.reduce_logsumexp, "cumulative_logsumexp": tf.math.cumulative_logsumexp,
+    "cumprod": tf.math.cumprod,
     "softmax": tf.nn.softmax, "log_softmax": tf.nn.log_softmax,
     "sqrt": tf.math.sqrt, "rsqrt": tf.math.rsqrt, "norm": tf.norm, "l2_normalize": tf.math.l2_normalize,
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,

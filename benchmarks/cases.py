@@ -279,6 +279,9 @@ def _build_registry() -> list:
         _math("cumulative_logsumexp", "rowwise", _unary(**_LOGIT),
               lambda x: log(tf.math.cumsum(tf.exp(x), axis=-1)),
               lambda x: tf.math.cumulative_logsumexp(x, axis=-1), axis=-1),
+        # Transmittance-like factors (1 - alpha of volume rendering); the naive form is its usual guard.
+        _math("cumprod", "rowwise", _unary("uniform", low=0.99, high=1.0),
+              lambda x: tf.math.cumprod(x + 1e-10, axis=-1), lambda x: tf.math.cumprod(x, axis=-1), axis=-1),
         _math("softmax", "rowwise", _unary(**_LOGIT),
               lambda x: tf.exp(x) / tf.reduce_sum(tf.exp(x), axis=-1, keepdims=True), tf.nn.softmax),
         _math("log_softmax", "rowwise", _unary(**_LOGIT), _naive_log_softmax, tf.nn.log_softmax),

@@ -85,6 +85,8 @@ CASES = [
          tf.math.reduce_logsumexp, tfm.reduce_logsumexp),
     Case("cumulative_logsumexp(x)[-1] (a padded list)", "x = [-inf, 0, 1]", [-math.inf, 0.0, 1.0],
          lambda x: tf.math.cumulative_logsumexp(x)[-1], lambda x: tfm.cumulative_logsumexp(x)[-1]),
+    Case("cumprod(x): gradient 0 at the zero factor, x is stuck", "x = [0.5, 0, 3]", [0.5, 0.0, 3.0],
+         tf.math.cumprod, tfm.cumprod),
     Case("softmax", "all -inf row", [-math.inf, -math.inf],
          lambda x: tf.nn.softmax(x)[0], lambda x: tfm.softmax(x)[0]),
     Case("softmax_cross_entropy", "masked logit -inf", [0.0, -math.inf],

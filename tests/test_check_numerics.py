@@ -78,6 +78,9 @@ CASES = {
     # Not exclusive=True: its first output is the sum of no entries, -inf (as TensorFlow's).
     "cumulative_logsumexp": (lambda x: tfm.cumulative_logsumexp(x, -1), LOGITS),
     "cumulative_logsumexp_reverse": (lambda x: tfm.cumulative_logsumexp(x, -1, reverse=True), LOGITS),
+    # Zero factors (the general form of the gradient), and none.
+    "cumprod": (lambda x: tfm.cumprod(x, -1), PROBS),
+    "cumprod_exclusive_reverse": (lambda x: tfm.cumprod(x, -1, exclusive=True, reverse=True), MODERATE),
     "reduce_logsumexp_zero_weights": (lambda x: tfm.reduce_logsumexp(x, -1, weights=_labels(x)), MODERATE),
     # Zero weights on entries 200 and 2e4 above the live one: exp(x - y) overflowed in the backward.
     "reduce_logsumexp_zero_weights_far_above": (

@@ -86,6 +86,11 @@ def running_logsumexp_of_mask(a):
     return tf.math.cumulative_logsumexp(padded, axis=1, reverse=True)  # lint: running-logsumexp-of-mask
 
 
+def cumprod_through_zero(a):
+    hazard = tf.clip_by_value(a, 0.0, 1.0)   # a discrete-time hazard: the survival factor can be 0
+    return tf.math.cumprod(1.0 - hazard, axis=1)  # lint: cumprod-through-zero
+
+
 def inverse_trig_at_one(a):
     u = tfm.l2_normalize(a, -1)
     return tf.math.acos(tf.reduce_sum(u * u[::-1], -1))  # lint: inverse-trig-at-one
@@ -105,6 +110,7 @@ NAIVE = {
     "inverse-trig-at-one": (inverse_trig_at_one, (X,)),
     "lgamma-at-pole": (lgamma_at_pole, (X,)),
     "running-logsumexp-of-mask": (running_logsumexp_of_mask, (X,)),
+    "cumprod-through-zero": (cumprod_through_zero, (X,)),
 }
 
 #: Patterns with no safeops op to name (the fix is the user's own clip): none since safeops.math has
@@ -130,11 +136,13 @@ SAFE = {
     "lgamma-at-pole": (lambda a: tf.reduce_sum(tf.math.lgamma(tfm.softplus(a * 2.0 - 1.0) + 1e-3)), (X,)),
     "running-logsumexp-of-mask": (
         lambda a: tfm.cumulative_logsumexp(tf.where(a > 0.5, a, -float("inf")), axis=1, reverse=True), (X,)),
+    "cumprod-through-zero": (lambda a: tfm.cumprod(1.0 - tf.clip_by_value(a, 0.0, 1.0), axis=1), (X,)),
 }
 
 # Hand-written code that is safe without safeops: the range analysis must know it.
 KNOWN_SAFE = {
     "log of x*x + c": lambda a: tf.math.log(a * a + 1.0),
+    "cumprod of positive factors": lambda a: tf.math.cumprod(tf.sigmoid(a), axis=1),
     "log of abs + c": lambda a: tf.math.log(tf.abs(a) + 1e-3),
     "log of softplus and exp": lambda a: tf.math.log(tf.nn.softplus(a)) + tf.math.log(tf.exp(-tf.abs(a))),
     "division by maximum(x, c)": lambda a: a / tf.maximum(tf.reduce_sum(a * a), 1e-6),

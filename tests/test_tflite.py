@@ -35,6 +35,8 @@ NEEDS_FLEX_OR_REFUSED = {
     "reduce_logsumexp_sign", "reduce_logsumexp_zero_weights", "reduce_logsumexp_zero_weights_far_above",
     # A float64 scan.
     "cumulative_logsumexp", "cumulative_logsumexp_reverse",
+    # A float64 running product.
+    "cumprod", "cumprod_exclusive_reverse",
     # Per-example means and sums in float64 for float32 inputs (C3 over long rows).
     "binary_crossentropy", "binary_crossentropy_logits", "binary_focal_crossentropy_logits", "gaussian_nll",
     "poisson", "tversky_loss",

@@ -136,6 +136,20 @@ _TERM_BOUND = 2.0 ** _SCALE_EXPONENT
 _TINY_TERM = 2.0 ** -960
 
 
+def _last(y, axis, reverse):
+    """The outputs at the end of the scan along ``axis`` (none if the axis is empty)."""
+    n = y.shape[axis] if isinstance(axis, int) else None
+    if n is not None:
+        return tf.gather(y, [0 if reverse else n - 1] if n else [], axis=axis)
+    n = tf.shape(y)[axis]
+    return tf.gather(y, tf.range(0, tf.minimum(n, 1)) if reverse else tf.range(tf.maximum(n - 1, 0), n), axis=axis)
+
+
+def _log_of_largest(v, axis):
+    """``log max |v|`` per slice; ``log(tiny)`` for an all-zero slice (no ``-inf`` for check_numerics)."""
+    return tf.math.log(tf.maximum(tf.reduce_max(tf.abs(v), axis, keepdims=True), _dtypes.tiny(tf.float64)))
+
+
 def _power_of_two(k):
     """``2**k`` for integer-valued float64 ``k`` in ``[-1022, 1023]``, exact (from its bits)."""
     bits = tf.bitwise.left_shift(tf.cast(k, tf.int64) + 1023, tf.constant(52, tf.int64))
@@ -161,9 +175,14 @@ def _quotient_times_power_of_two(s, x, k):
     return _times_power_of_two(s / _times_power_of_two(x, -e), k - e)
 
 
-@_xla.per_axis(xla=False)
-def _cumprod(axis, exclusive, reverse, dtype):
-    """The float64 scan; gradient exact at zero factors (see :func:`cumprod`)."""
+@_xla.per_axis
+def _cumprod(axis, exclusive, reverse, dtype, xla):
+    """The float64 scan; gradient exact at zero factors (see :func:`cumprod`).
+
+    With ``xla``, the elementwise parts of the gradient around its running
+    sum are inner XLA functions (as TensorFlow kernels the range checks
+    alone were ten passes over the float64 products).
+    """
 
     def kernel(v):
         return tf.math.cumprod(v, axis, exclusive=exclusive, reverse=reverse)
@@ -177,7 +196,10 @@ def _cumprod(axis, exclusive, reverse, dtype):
 
     def forward(x):
         y = kernel(x)
-        return tf.cond(tf.reduce_any(tf.math.is_nan(y)), lambda: overruled(x, y), lambda: y)
+        # A NaN output stays NaN to the end of the scan: in a graph the last
+        # outputs tell (an eager gather costs more than the whole check).
+        nan = tf.reduce_any(tf.math.is_nan(y if tf.executing_eagerly() else _last(y, axis, reverse)))
+        return tf.cond(nan, lambda: overruled(x, y), lambda: y)
 
     # Recomputed for a second derivative without tf.cond (XLA failed a shape
     # check on its gradient with unknown dimensions, as cumulative_logsumexp's).
@@ -192,17 +214,29 @@ def _cumprod(axis, exclusive, reverse, dtype):
         # product that overflowed float64 is taken as the largest float64
         # (never inf - inf); 0 where g_j = 0.
         y = _dtypes.saturate(y, y.dtype)
-        log2_top = (tf.math.log(tf.reduce_max(tf.abs(y), axis, keepdims=True))
-                    + tf.math.log(tf.reduce_max(tf.abs(dy), axis, keepdims=True))) / math.log(2.0)
+        log2_top = (_log_of_largest(y, axis) + _log_of_largest(dy, axis)) / math.log(2.0)
         k = tf.clip_by_value(tf.math.ceil(log2_top) - _SCALE_EXPONENT, -1022.0, 1023.0)
         k = tf.where(tf.math.is_nan(k), tf.zeros_like(k), k)
         terms = tf.math.multiply_no_nan(_times_power_of_two(y, -k), dy)
         return tf.math.cumsum(terms, axis, exclusive=exclusive, reverse=not reverse), k
 
+    def products(dy, y, x):
+        # (g y, whether the slices need the general form): a zero factor, a
+        # product beyond _TERM_BOUND or below _TINY_TERM.
+        t = tf.math.multiply_no_nan(y, dy)
+        size = tf.abs(t)
+        return t, tf.reduce_any(tf.equal(x, 0.0) | (size > _TERM_BOUND) | ((size < _TINY_TERM) & (size > 0.0)))
+
+    def quotient(s, x):
+        return _dtypes.saturate(s / x, dtype)
+
+    products_xla = _xla.compiled(products, xla, eager_plain=True)
+    quotient_xla = _xla.compiled(quotient, xla, eager_plain=True)
+
     def plain(t, x):
-        # No zero factor, no product beyond _TERM_BOUND or below _TINY_TERM: TensorFlow's quotient,
-        # exact here.
-        return (_dtypes.saturate(tf.math.cumsum(t, axis, exclusive=exclusive, reverse=not reverse) / x, dtype),)
+        # No zero factor, no product beyond _TERM_BOUND or below _TINY_TERM:
+        # TensorFlow's quotient, exact here.
+        return (quotient_xla(tf.math.cumsum(t, axis, exclusive=exclusive, reverse=not reverse), x),)
 
     def gradient(dy, y, x):
         zero = tf.equal(x, 0.0)
@@ -224,9 +258,7 @@ def _cumprod(axis, exclusive, reverse, dtype):
             # Differentiated (a second derivative): no tf.cond, whose
             # branches a tape differentiates as they are built.
             return gradient(dy, y, x)
-        t = tf.math.multiply_no_nan(y, dy)
-        size = tf.abs(t)
-        unusual = tf.reduce_any(tf.equal(x, 0.0) | (size > _TERM_BOUND) | ((size < _TINY_TERM) & (size > 0.0)))
+        t, unusual = products_xla(dy, y, x)
         return tf.cond(unusual, lambda: gradient(dy, y, x), lambda: plain(t, x))
 
     # The second-order pass differentiates the form without tf.cond.
