@@ -69,7 +69,8 @@ BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 UNIT_DOMAIN = ("acos", "asin", "atanh")
 #: Ops whose domain is [1, inf): three quarters of their sample lies above 1, half of it near 1.
 ABOVE_ONE = ("acosh",)
-ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "cumprod", "softmax", "log_softmax", "norm", "l2_normalize",
+ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "cumprod", "softmax", "log_softmax", "norm",
+        "l2_normalize",
         "reduce_std",        "reduce_euclidean_norm")
 MASKING = ("reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax")
 REDUCING = ("reduce_logsumexp", "norm", "reduce_std", "reduce_euclidean_norm")

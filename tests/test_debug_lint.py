@@ -232,7 +232,8 @@ class TestDetails:
         assert lint(lambda a: tfm.acosh(a), X, print=False) == []
         # safeops' acosh and TensorFlow's are non-negative: a log of 1 plus either is not reported.
         assert lint(lambda a: tf.math.log(1.0 + tfm.acosh(a)), X, print=False) == []
-        assert _patterns(lint(lambda a: tf.math.log(1.0 + tfm.atanh(a)), X, print=False)) == ["log-of-nonpositive"]
+        findings = lint(lambda a: tf.math.log(1.0 + tfm.atanh(a)), X, print=False)
+        assert _patterns(findings) == ["log-of-nonpositive"]
         assert _patterns(lint(lambda a: tf.math.log(1.0 + tf.math.acosh(2.0 + tf.square(a))), X,
                               print=False)) == []
 

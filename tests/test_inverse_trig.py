@@ -118,7 +118,7 @@ def _poincare_distances(u, acosh):
 
 
 def _lorentz_distances(u, acosh):
-    """All pairwise distances of the points ``(sqrt(1 + |u|**2), u)`` of the hyperboloid: ``acosh(-<x, y>)``."""
+    """Pairwise distances of the hyperboloid's points ``(sqrt(1 + |u|**2), u)``: ``acosh(-<x, y>)``."""
     x0 = tf.sqrt(1.0 + tf.reduce_sum(u * u, -1, keepdims=True))
     return acosh(x0 * tf.transpose(x0) - tf.matmul(u, u, transpose_b=True))
 
@@ -148,8 +148,8 @@ def test_hyperbolic_distances_of_points_to_themselves_train(distances, mode):
     off = 1.0 - tf.eye(64)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(distances(w, tfm.acosh) * off)
-    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), _off_diagonal_gradient(distances, w), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), _off_diagonal_gradient(distances, w),
+                               rtol=1e-4, atol=1e-5)
 
 
 def _off_diagonal_gradient(distances, w):
@@ -341,8 +341,8 @@ def test_errors_name_the_argument():
 def test_ragged_rows():
     x = tf.ragged.constant([[1.0000001, 0.5], [-2.0]])
     np.testing.assert_allclose(tfm.acos(x).flat_values.numpy(), [0.0, math.acos(0.5), math.pi], rtol=1e-6)
-    np.testing.assert_allclose(tfm.acosh(x).flat_values.numpy(), [math.acosh(float(np.float32(1.0000001))), 0.0, 0.0],
-                               rtol=1e-6)
+    first = math.acosh(float(np.float32(1.0000001)))
+    np.testing.assert_allclose(tfm.acosh(x).flat_values.numpy(), [first, 0.0, 0.0], rtol=1e-6)
     a = tfm.atan2(x, x)
     np.testing.assert_allclose(a.flat_values.numpy(), [math.pi / 4, math.pi / 4, -3 * math.pi / 4], rtol=1e-6)
 

@@ -31,8 +31,8 @@ def exact_products(row, exclusive=False, reverse=False):
     n = len(x)
     members = [range(j) if exclusive else range(j + 1) for j in range(n)]
     values = np.array([np.prod([x[k] for k in ks]) for ks in members])
-    grad = np.array([sum(v[j] * np.prod([x[k] for k in members[j] if k != i]) for j in range(n) if i in members[j])
-                     for i in range(n)])
+    grad = np.array([sum(v[j] * np.prod([x[k] for k in members[j] if k != i])
+                         for j in range(n) if i in members[j]) for i in range(n)])
     return (values[::-1], grad[::-1]) if reverse else (values, grad)
 
 
@@ -62,7 +62,8 @@ def test_tensorflows_gradient_is_zero_at_the_first_zero():
     # 0/0 = 0, where the exact gradient (the products of the others) is not.
     _, g = value_and_gradient(tf.math.cumprod, tf.constant(ROWS[:1]), "eager")
     _, exact = exact_products(ROWS[0])
-    assert g[0, 1] == 0.0 and exact[1] == 0.5 * (-0.5 + 2.0 * 3.0 - 1.5 * 3.0 * 0.25 + 0.75 * 3.0 * 0.25 * 2.0)
+    assert g[0, 1] == 0.0
+    assert exact[1] == 0.5 * (-0.5 + 2.0 * 3.0 - 1.5 * 3.0 * 0.25 + 0.75 * 3.0 * 0.25 * 2.0)
     _, g = value_and_gradient(tfm.cumprod, tf.constant(ROWS[:1]), "eager")
     np.testing.assert_allclose(g[0], exact, rtol=1e-12)
 

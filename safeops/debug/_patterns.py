@@ -49,11 +49,11 @@ PATTERNS = {
                                  "(padding ahead of every finite entry of a ranked list, or a masked "
                                  "prefix), TensorFlow's gradient is inf - inf = NaN at those entries, "
                                  "whatever that output's own gradient",
-    "cumprod-through-zero": "TensorFlow's gradient of tf.math.cumprod divides by each factor (with div_no_nan): "
-                            "at the factor that zeroed the running product (an opaque sample's 1 - alpha, "
-                            "a stick broken off whole) it is 0, where the exact gradient, the product of "
-                            "the other factors, is not, and a float32 product that overflows midway makes "
-                            "it inf",
+    "cumprod-through-zero": "TensorFlow's gradient of tf.math.cumprod divides by each factor (with "
+                            "div_no_nan): at the factor that zeroed the running product (an opaque "
+                            "sample's 1 - alpha, a stick broken off whole, a hazard of 1) it is 0, where "
+                            "the exact gradient, the product of the other factors, is not; a float32 "
+                            "product that overflows midway makes it inf",
 }
 
 
@@ -227,9 +227,10 @@ def _match(op, ranges, live=None):
         arg = op.inputs[0]
         if not ranges.get(arg).can_be_zero() or (live is not None and arg.name not in live):
             return   # no zero factor; or no gradient reaches it
-        msg = f"cumprod of a value that can be 0 (range {ranges.get(arg)}): " + PATTERNS["cumprod-through-zero"]
-        yield _finding("cumprod-through-zero", op, msg,
-                       "safeops.math.cumprod: the exact gradient at zero factors, products in float64"), op.name
+        msg = (f"cumprod of a value that can be 0 (range {ranges.get(arg)}): "
+               + PATTERNS["cumprod-through-zero"])
+        fix = "safeops.math.cumprod: the exact gradient at zero factors, products in float64"
+        yield _finding("cumprod-through-zero", op, msg, fix), op.name
         return
     if kind in ("Acos", "Asin", "Atanh"):
         arg = op.inputs[0]

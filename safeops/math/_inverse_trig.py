@@ -246,7 +246,7 @@ def acosh(x, name=None):
 
     >>> import safeops.math as tfm
     >>> tfm.acosh([0.9999999, 1.0, 2.0]).numpy()
-    array([0.       , 0.       , 1.316958 ], dtype=float32)
+    array([0.      , 0.      , 1.316958], dtype=float32)
     """
     return _unary(acosh, "safeops.math.acosh", _clamped_acosh, x, name)
 

@@ -113,7 +113,7 @@ def cumprod(x, axis=0, exclusive=False, reverse=False, name=None):
     >>> y.numpy()
     array([0.5, 0. , 0. ], dtype=float32)
     >>> tape.gradient(y, x).numpy()
-    array([1. , 2. , 0. ], dtype=float32)
+    array([1., 2., 0.], dtype=float32)
     """
     op = "safeops.math.cumprod"
     exclusive, reverse = _validate.scan_flags(op, exclusive, reverse)
@@ -142,7 +142,8 @@ def _last(y, axis, reverse):
     if n is not None:
         return tf.gather(y, [0 if reverse else n - 1] if n else [], axis=axis)
     n = tf.shape(y)[axis]
-    return tf.gather(y, tf.range(0, tf.minimum(n, 1)) if reverse else tf.range(tf.maximum(n - 1, 0), n), axis=axis)
+    ends = tf.range(0, tf.minimum(n, 1)) if reverse else tf.range(tf.maximum(n - 1, 0), n)
+    return tf.gather(y, ends, axis=axis)
 
 
 def _log_of_largest(v, axis):
@@ -157,7 +158,11 @@ def _power_of_two(k):
 
 
 def _times_power_of_two(v, k):
-    """``v * 2**k`` for integer-valued float64 ``k`` in ``[-2044, 2046]``: two exact scalings, one rounding."""
+    """``v * 2**k`` for integer-valued float64 ``k`` in ``[-2044, 2046]``: two exact scalings, one rounding.
+
+    (The first keeps ``v`` normal or overflows, as the exact result then
+    does; only the second can round, into the subnormal range.)
+    """
     first = tf.clip_by_value(k, -1022.0, 1023.0)
     return v * _power_of_two(first) * _power_of_two(tf.clip_by_value(k - first, -1022.0, 1023.0))
 
@@ -169,8 +174,8 @@ def _quotient_times_power_of_two(s, x, k):
     subnormal ``x`` has ``e = -1023``), so ``s / m`` is within a factor 2 of
     ``s`` and the power of two is applied last.
     """
-    biased = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.bitcast(x, tf.int64), tf.constant(52, tf.int64)),
-                                    tf.constant(0x7FF, tf.int64))
+    bits = tf.bitwise.right_shift(tf.bitcast(x, tf.int64), tf.constant(52, tf.int64))
+    biased = tf.bitwise.bitwise_and(bits, tf.constant(0x7FF, tf.int64))
     e = tf.cast(biased, tf.float64) - 1023.0
     return _times_power_of_two(s / _times_power_of_two(x, -e), k - e)
 
@@ -225,7 +230,8 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
         # product beyond _TERM_BOUND or below _TINY_TERM.
         t = tf.math.multiply_no_nan(y, dy)
         size = tf.abs(t)
-        return t, tf.reduce_any(tf.equal(x, 0.0) | (size > _TERM_BOUND) | ((size < _TINY_TERM) & (size > 0.0)))
+        unusual = tf.equal(x, 0.0) | (size > _TERM_BOUND) | ((size < _TINY_TERM) & (size > 0.0))
+        return t, tf.reduce_any(unusual)
 
     def quotient(s, x):
         return _dtypes.saturate(s / x, dtype)
