@@ -174,6 +174,23 @@ def test_equals_tensorflow_without_zeros(axis, kwargs):
     np.testing.assert_allclose(g, tg, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, axis", [((4, 1000), -1), ((130, 3), 0), ((2, 97, 3), 1)])
+@pytest.mark.parametrize("kwargs", FLAGS, ids=FLAG_IDS)
+def test_long_axes_gradient_equals_the_scan(shape, axis, kwargs):
+    # Axes of 64 entries or more take the running sum of the gradient by blocked matrix products
+    # (safeops.math._products._running_sum); without zero factors it is TensorFlow's formula.
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.uniform(0.98, 1.02, shape))
+    v = tf.constant(rng.standard_normal(shape))
+    grads = []
+    for op in (tfm.cumprod, tf.math.cumprod):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(op(x, axis=axis, **kwargs) * v)
+        grads.append(tape.gradient(loss, x).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-11, atol=1e-12)
+
+
 def test_axis_as_a_tensor_inside_tf_function():
     x = tf.constant([[0.5, 0.0], [2.0, 3.0]])
     f = tf.function(lambda t, a: tfm.cumprod(t, axis=a))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from safeops import _dtypes, _ragged, _validate, _xla
@@ -63,9 +64,16 @@ def cumprod(x, axis=0, exclusive=False, reverse=False, name=None):
     :math:`y'` the running product of the slice with :math:`x_z` replaced
     by 1 (no division: the product of the other factors, of which the
     later zeros are part); after it, 0 (every product holds :math:`x_z`).
-    TensorFlow's gradient, ``div_no_nan(cumsum(g * y, reverse), x)``, is
-    0 at the first zero (``0/0`` made 0; see the module docstring), where
-    the exact gradient is not, and 0 where a float32 product underflowed.
+    Where a slice holds a zero, or a product :math:`g_j y_j` beyond
+    :math:`2^{1000}` or below :math:`2^{-960}` (float64 inputs near their
+    limits), the products are scaled by a power of two per slice before
+    their running sum and the quotient is formed from the exponents (no
+    intermediate over- or underflow); a ``tf.cond`` keeps the plain quotient
+    for the other calls. TensorFlow's gradient, ``div_no_nan(cumsum(g * y,
+    reverse), x)``, is 0 at the first zero (``0/0`` made 0; see the module
+    docstring), where the exact gradient is not, and 0 where a float32
+    product underflowed. Second derivatives differentiate the general form
+    (finite; its quotient cancels, so they are not accurate to C3).
 
     Edges:
       * A zero factor: value 0 from it on; the gradient with respect to it
@@ -136,6 +144,49 @@ _TERM_BOUND = 2.0 ** _SCALE_EXPONENT
 _TINY_TERM = 2.0 ** -960
 
 
+#: Running sums along an axis at least this long (static) are taken in blocks by matrix products.
+_BLOCKED_FROM = 64
+
+
+def _running_sum(t, axis, exclusive, reverse):
+    """``tf.math.cumsum(t, axis, exclusive, reverse)`` of finite float64 ``t``, by matrix products.
+
+    The axis, of length ``n``, is cut into blocks of ``b`` about ``sqrt(n)``
+    (zero padded): the running sums inside each block are one product with a
+    ``b x b`` triangular matrix of ones, the sums of the blocks before (or
+    after) each block one product of the block totals with a triangular
+    matrix over blocks. On this CPU that took 0.3 ms where TensorFlow's
+    scan kernel took 0.8 (float64, ``[100, 1000]`` along the last axis,
+    hand-measured, interleaved); each output is a sum of at most ``b + n/b``
+    rounded terms, not ``n``. A NaN or ``inf`` would reach every output of
+    its row through the products' zero coefficients: only finite terms come
+    here. Short or unknown axes take the kernel.
+    """
+    n = t.shape[axis] if isinstance(axis, int) else None
+    if n is None or n < _BLOCKED_FROM:
+        return tf.math.cumsum(t, axis, exclusive=exclusive, reverse=reverse)
+    rank = t.shape.rank
+    axis %= rank
+    perm = [d for d in range(rank) if d != axis] + [axis]
+    moved = t if axis == rank - 1 else tf.transpose(t, perm)
+    b = max(8, int(round(math.sqrt(n))))
+    blocks_n = -(-n // b)
+    flat = tf.reshape(moved, [-1, n])
+    if blocks_n * b != n:
+        flat = tf.pad(flat, [[0, 0], [0, blocks_n * b - n]])
+    blocks = tf.reshape(flat, [-1, blocks_n, b])
+    # within[k, i] = 1 where entry k enters output i: k <= i (k < i exclusive), reversed k >= i.
+    def triangle(size, strict):
+        ones = np.ones((size, size))
+        m = np.triu(ones, 1 if strict else 0) if not reverse else np.tril(ones, -1 if strict else 0)
+        return tf.constant(m, t.dtype)
+    within = tf.einsum("mjk,ki->mji", blocks, triangle(b, exclusive))
+    offsets = tf.matmul(tf.reduce_sum(blocks, -1), triangle(blocks_n, True))
+    sums = tf.reshape(within + offsets[:, :, None], [-1, blocks_n * b])[:, :n]
+    sums = tf.reshape(sums, tf.shape(moved))
+    return sums if axis == rank - 1 else tf.transpose(sums, np.argsort(perm))
+
+
 def _last(y, axis, reverse):
     """The outputs at the end of the scan along ``axis`` (none if the axis is empty)."""
     n = y.shape[axis] if isinstance(axis, int) else None
@@ -186,7 +237,8 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
 
     With ``xla``, the elementwise parts of the gradient around its running
     sum are inner XLA functions (as TensorFlow kernels the range checks
-    alone were ten passes over the float64 products).
+    alone were ten passes over the float64 products); that running sum
+    is :func:`_running_sum` (blocked matrix products over long axes).
     """
 
     def kernel(v):
@@ -227,10 +279,12 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
 
     def products(dy, y, x):
         # (g y, whether the slices need the general form): a zero factor, a
-        # product beyond _TERM_BOUND or below _TINY_TERM.
+        # product beyond _TERM_BOUND or below _TINY_TERM, a NaN (kept to the
+        # entries it reaches by the general form's scan kernel).
         t = tf.math.multiply_no_nan(y, dy)
         size = tf.abs(t)
-        unusual = tf.equal(x, 0.0) | (size > _TERM_BOUND) | ((size < _TINY_TERM) & (size > 0.0))
+        unusual = (tf.equal(x, 0.0) | (size > _TERM_BOUND) | ((size < _TINY_TERM) & (size > 0.0))
+                   | tf.math.is_nan(t))
         return t, tf.reduce_any(unusual)
 
     def quotient(s, x):
@@ -242,7 +296,7 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
     def plain(t, x):
         # No zero factor, no product beyond _TERM_BOUND or below _TINY_TERM:
         # TensorFlow's quotient, exact here.
-        return (quotient_xla(tf.math.cumsum(t, axis, exclusive=exclusive, reverse=not reverse), x),)
+        return (quotient_xla(_running_sum(t, axis, exclusive, not reverse), x),)
 
     def gradient(dy, y, x):
         zero = tf.equal(x, 0.0)
