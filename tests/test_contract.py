@@ -52,6 +52,13 @@ Documented allowances, each narrower than the contract's wording:
   (``tests.ulp.exponent_slack``). It matters beyond about ``|x| = 1e9`` for
   float32 inputs and ``1e3`` for float64 ones; the gradient's condition
   number is about ``2 max |x|`` there. Narrower rows get no slack.
+* **running products beyond float64.** ``cumprod`` runs TensorFlow's scan
+  kernel in float64: a row whose running product leaves float64's range
+  midway (``[1e200, 1e200, 1e-200]``) keeps the kernel's ``inf`` or 0
+  from there on (README, Known gaps). Such rows have no reference
+  (``tests.reference.cumprod_leaves_float64``): their values may be
+  ``inf``, their gradients must still be finite. Only float64 inputs
+  reach them in these rows of at most six entries.
 * **flush-to-zero resolution.** TensorFlow flushes subnormal intermediates,
   so an error of at most 4 (1) times ``tiny`` in absolute terms is within
   C3 too (``tests.ulp.ftz_ulps``); this matters only for results within a
