@@ -115,6 +115,11 @@ CASES = {
     "sparse_categorical_crossentropy_logits": (
         lambda x: losses.sparse_categorical_crossentropy(tf.constant([1, 3]), x, from_logits=True), LOGITS),
     "kl_divergence": (lambda x: losses.kl_divergence(_labels(x), x), PROBS),
+    "categorical_generalized_cross_entropy": (
+        lambda x: losses.categorical_generalized_cross_entropy(tf.constant([1, 3]), x, 0.7), PROBS),
+    "categorical_generalized_cross_entropy_logits": (
+        lambda x: losses.categorical_generalized_cross_entropy(tf.constant([1, 3]), x, 0.7, from_logits=True),
+        LOGITS),
     "kl_divergence_with_logits": (lambda x: losses.kl_divergence_with_logits(tf.reverse(x, [-1]), x), LOGITS),
     "poisson": (lambda x: losses.poisson(_labels(x), x), PROBS),
     "binary_focal_crossentropy": (lambda x: losses.binary_focal_crossentropy(_labels(x), x), PROBS),

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import safeops.math as tfm
 from safeops import nn as snn
+from safeops import losses
 from safeops.debug import PATTERNS, Finding, lint
 
 X = tf.ones([4, 3])
@@ -404,6 +405,15 @@ class TestCompiledLoss:
     def test_keras_focal_loss_fix_keeps_the_focal_loss(self, softmax_model):
         (finding,) = lint(softmax_model, X6, Y3, loss="categorical_focal_crossentropy", print=False)
         assert "safeops.losses.categorical_focal_crossentropy(y, logits, from_logits=True)" in finding.fix
+
+    def test_keras_generalized_cross_entropy_points_to_safeops_loss(self, softmax_model):
+        """Keras' (1 - p**q) / q: its gradient is NaN for the row once the labelled probability underflows."""
+        loss = keras.losses.CategoricalGeneralizedCrossEntropy(q=0.7)
+        (finding,) = lint(softmax_model, X6, np.arange(8) % 3, loss=loss, print=False)
+        assert finding.pattern == "fractional-pow-at-zero" and "library code" in finding.location
+        assert "safeops.losses.categorical_generalized_cross_entropy(y, p, q)" in finding.fix
+        assert lint(softmax_model, X6, np.arange(8) % 3, loss=losses.CategoricalGeneralizedCrossEntropy(q=0.7),
+                    print=False) == []
 
 
 class TestTrainingStep:

@@ -106,6 +106,9 @@ def _outside_cases():
         "binary_focal_probabilities": lambda x: sl.binary_focal_crossentropy(y, x),
         "p_norm": lambda x: sm.norm(x, ord=3, axis=-1),
         "kl_divergence": lambda x: sl.kl_divergence(y, x),
+        "generalized_xent_probabilities": lambda x: sl.categorical_generalized_cross_entropy(classes, x, 0.6),
+        "generalized_xent_logits": lambda x: sl.categorical_generalized_cross_entropy(
+            classes, x, 0.6, from_logits=True),
         "kl_divergence_with_logits": lambda x: sl.kl_divergence_with_logits(y, x),
     }
 

@@ -155,6 +155,8 @@ COMPILED = {
     "SparseCategoricalCrossentropy": (
         losses.SparseCategoricalCrossentropy(axis=1, dtype="float64"), "softmax", 3, CLASSES),
     "GaussianNLL": (losses.GaussianNLL(min_variance=1e-2), None, 6, X[:, :3]),
+    "CategoricalGeneralizedCrossEntropy": (
+        losses.CategoricalGeneralizedCrossEntropy(q=0.7), "softmax", 3, CLASSES),
 }
 
 

@@ -95,6 +95,7 @@ NON_DEFAULT = {
     "KLDivergence": dict(name="kl", **_COMMON),
     "Poisson": dict(name="p", reduction="mean_with_sample_weight", dtype="mixed_float16", check_finite=True),
     "GaussianNLL": dict(min_variance=1e-3, name="g", **_COMMON),
+    "CategoricalGeneralizedCrossEntropy": dict(q=0.3, from_logits=True, name="gce", **_COMMON),
     "KLDivergenceWithLogits": dict(axis=0, name="kd", **_COMMON),
     "TverskyLoss": dict(alpha=0.3, beta=0.7, name="t", **_COMMON),
     "InfoNCE": dict(temperature=0.05, name="n", **_COMMON),

@@ -32,6 +32,7 @@ NEEDS_FLEX_OR_REFUSED = {
     "sparse_softmax_cross_entropy_with_logits", "categorical_crossentropy", "categorical_crossentropy_logits",
     "categorical_crossentropy_softmax", "sparse_categorical_crossentropy",
     "sparse_categorical_crossentropy_logits", "categorical_focal_crossentropy_logits",
+    "categorical_generalized_cross_entropy_logits",
     "reduce_logsumexp_sign", "reduce_logsumexp_zero_weights", "reduce_logsumexp_zero_weights_far_above",
     # A float64 scan.
     "cumulative_logsumexp", "cumulative_logsumexp_reverse",
@@ -40,6 +41,8 @@ NEEDS_FLEX_OR_REFUSED = {
     # Per-example means and sums in float64 for float32 inputs (C3 over long rows).
     "binary_crossentropy", "binary_crossentropy_logits", "binary_focal_crossentropy_logits", "gaussian_nll",
     "poisson", "tversky_loss",
+    # The per-example generalized cross-entropy in float64 (C3 where 1 - p**q cancels).
+    "categorical_generalized_cross_entropy",
     # TensorFlow's own Acos, Asin, Atanh and Acosh are not TFLite builtins either (Flex ops).
     "acos", "asin", "atanh", "acosh",
 }

@@ -297,6 +297,10 @@ def _match(op, ranges, live=None):
                   "is inf at 0 for p < 1, and the value is NaN for x < 0"
             fix = ("safeops.math.sqrt(x)" if p.size == 1 and float(p.flat[0]) == 0.5
                    else "safeops.math.pow(x, p): base clamped at 0, finite gradient there")
+            if "categorical_generalized_cross_entropy" in _trace.step_functions(op):
+                # Keras' (1 - p**q) / q on the labelled probability: NaN for the row once p underflows.
+                fix = ("safeops.losses.categorical_generalized_cross_entropy(y, p, q) (or its class "
+                       "CategoricalGeneralizedCrossEntropy): finite gradient at p = 0, exact on logits")
             yield _finding("fractional-pow-at-zero", op, msg, fix), op.name
 
 

@@ -3,8 +3,9 @@
 Functions and ``Loss`` classes with Keras 3's names, arguments, defaults,
 reduction and ``sample_weight`` semantics (binary, categorical and sparse
 categorical cross-entropy, both focal cross-entropies, ``kl_divergence``,
-``poisson``), the same values wherever Keras' are finite and its epsilon
-clip is inactive, and finite values with live gradients where they are not.
+``poisson``, the generalized cross-entropy of noisy-label training), the
+same values wherever Keras' are finite and its epsilon clip is inactive,
+and finite values with live gradients where they are not.
 Two losses Keras lacks (``gaussian_nll``, ``kl_divergence_with_logits``), a
 helper that turns a per-example function into a Keras ``Loss``
 (``loss_class``, ``LossFunctionWrapper``), and two worked examples built
@@ -62,6 +63,10 @@ from safeops.losses._crossentropy import (
 from safeops.losses._divergence import KLDivergence, Poisson, kl_divergence, poisson
 from safeops.losses._examples import InfoNCE, TverskyLoss, info_nce, tversky_loss
 from safeops.losses._extra import GaussianNLL, KLDivergenceWithLogits, gaussian_nll, kl_divergence_with_logits
+from safeops.losses._generalized import (
+    CategoricalGeneralizedCrossEntropy,
+    categorical_generalized_cross_entropy,
+)
 from safeops.losses._focal import (
     BinaryFocalCrossentropy,
     CategoricalFocalCrossentropy,
@@ -77,6 +82,7 @@ __all__ = [
     "binary_focal_crossentropy", "BinaryFocalCrossentropy",
     "categorical_focal_crossentropy", "CategoricalFocalCrossentropy",
     "kl_divergence", "KLDivergence",
+    "categorical_generalized_cross_entropy", "CategoricalGeneralizedCrossEntropy",
     "poisson", "Poisson",
     "gaussian_nll", "GaussianNLL",
     "kl_divergence_with_logits", "KLDivergenceWithLogits",
@@ -205,9 +211,11 @@ _REPLACED = {getattr(_keras.losses, _name): globals()[_name]
 _CLASSES = {_name: _obj for _name, _obj in list(globals().items())
             if _inspect.isclass(_obj) and issubclass(_obj, _keras.losses.Loss)}
 
-# The losses Keras has no name for, by name.
+# The losses Keras' get has no name for, by name (Keras 3.15 exports the
+# generalized cross-entropy but its get refuses both names).
 _ONLY_OURS = {_name: globals()[_name] for _name in (
     "gaussian_nll", "GaussianNLL", "kl_divergence_with_logits", "KLDivergenceWithLogits",
-    "tversky_loss", "TverskyLoss", "info_nce", "InfoNCE")}
+    "tversky_loss", "TverskyLoss", "info_nce", "InfoNCE",
+    "categorical_generalized_cross_entropy", "CategoricalGeneralizedCrossEntropy")}
 
 __getattr__, __dir__ = _dropin.forward_rest(__name__, globals(), lambda: _keras.losses, "keras.losses")

@@ -225,7 +225,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
         pred = _common.Prediction(op, y_pred, from_logits, "softmax", axis)
         rank = pred.values.shape.rank
         axis = _common.check_axis(op, axis, rank)
-        labels = _class_indices(op, y_true)
+        labels = class_indices(op, y_true)
         if labels.shape.rank == rank and labels.shape[axis] == 1:
             labels = tf.squeeze(labels, axis)
         from_probabilities = pred.logits is None
@@ -262,7 +262,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
         return out
 
 
-def _class_indices(op, y_true):
+def class_indices(op, y_true):
     """Integer labels: ints kept, floats truncated and bools cast as Keras does, others refused."""
     y_true = _validate.converted(y_true, op, "y_true", "integer class indices")
     if y_true.dtype.is_integer:

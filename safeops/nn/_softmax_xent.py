@@ -208,26 +208,47 @@ def sparse_xent(labels: tf.Tensor, logits: tf.Tensor, who: tuple[str, str, str])
 
     For the losses, whose users passed ``y_true`` and ``y_pred``.
     """
-    shape_checks = _check_sparse_shapes(who, labels, logits)
-    num_classes = logits.shape[-1]
-    expected = f"in [0, {num_classes})" if num_classes is not None else "in [0, num_classes)"
-    checked = _validate.validation_enabled()
-    if tf.executing_eagerly():
+    if tf.executing_eagerly() and not watched_eagerly(logits):
         # Some thirty small ops (the label check, the flattening, the
         # gathers): eager, each is a dispatch of its own (2 ms a call at
         # [8, 10], TensorFlow's kernel 0.05 ms). With no tape watching
         # the logits the whole loss is one graph call (0.5 ms); under a
-        # tape only the label part is, since a custom gradient inside a
-        # tf.function cannot be differentiated twice eagerly.
+        # tape only the label part is (checked_class_indices), since a
+        # custom gradient inside a tf.function cannot be differentiated
+        # twice eagerly.
+        _check_sparse_shapes(who, labels, logits)
         try:
-            if not watched_eagerly(logits):
-                return _eager_sparse_loss(who, expected, checked, _xla.enabled())(labels, logits)
-            safe_labels, valid = _eager_label_check(who, expected, checked)(labels, tf.shape(logits)[-1])
+            return _eager_sparse_loss(who, _label_range(logits), _validate.validation_enabled(),
+                                      _xla.enabled())(labels, logits)
         except tf.errors.InvalidArgumentError as error:
             raise _validate.eager_failure(error) from None
-        return _sparse_loss_of(labels, logits, safe_labels, valid)
-    safe_labels, valid = _checked_labels(labels, tf.shape(logits)[-1], who, expected, shape_checks, checked)
+    safe_labels, valid = checked_class_indices(labels, logits, who)
     return _sparse_loss_of(labels, logits, safe_labels, valid)
+
+
+def checked_class_indices(labels: tf.Tensor, values: tf.Tensor,
+                          who: tuple[str, str, str]) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(safe_labels, valid)`` for class indices into the last axis of ``values``, checked as here.
+
+    The shape and label checks of :func:`sparse_xent` for a loss that reads
+    ``values`` at the labels itself (the generalized cross-entropy on
+    probabilities): ``safe_labels`` flat, the invalid ones set to 0;
+    ``valid`` their mask (all true wherever the check ran and passed).
+    """
+    shape_checks = _check_sparse_shapes(who, labels, values)
+    expected, checked = _label_range(values), _validate.validation_enabled()
+    if tf.executing_eagerly():
+        try:
+            return _eager_label_check(who, expected, checked)(labels, tf.shape(values)[-1])
+        except tf.errors.InvalidArgumentError as error:
+            raise _validate.eager_failure(error) from None
+    return _checked_labels(labels, tf.shape(values)[-1], who, expected, shape_checks, checked)
+
+
+def _label_range(values: tf.Tensor) -> str:
+    """The labels' range, for the messages: ``"in [0, 5)"``."""
+    num_classes = values.shape[-1]
+    return f"in [0, {num_classes})" if num_classes is not None else "in [0, num_classes)"
 
 
 def _sparse_loss_of(labels, logits, safe_labels, valid):
