@@ -21,6 +21,7 @@ so that no variant spends its time on NaN or inf.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
 from typing import Callable, Sequence
@@ -185,6 +186,15 @@ def _naive_binary_focal(labels, logits, gamma=2.0):
 def _naive_categorical_focal(labels, logits, alpha=0.25, gamma=2.0):
     p = tf.nn.softmax(logits)
     return tf.reduce_sum(-alpha * labels * (1 - p) ** gamma * tf.math.log(p), axis=-1)
+
+
+def _naive_generalized_ce(labels, p, q=0.7):
+    p_label = tf.gather(p, labels, batch_dims=1)
+    return (1.0 - p_label ** q) / q
+
+
+def _on_softmax(fn):
+    return lambda labels, logits: fn(labels, tf.nn.softmax(logits))
 
 
 def _two_distributions(shape, dtype):
@@ -376,6 +386,14 @@ def _build_registry() -> list:
         Case("losses.kl_divergence_close", "crossentropy", _close_distributions,
              {"safeops": _safeops("losses", "kl_divergence"), "naive": _naive_kl,
               "builtin": keras.losses.kl_divergence}, (1,)),
+        # A softmax head and class indices, as compile(loss=CategoricalGeneralizedCrossEntropy(q)) runs it:
+        # safeops recovers the logits from the Softmax op; Keras (and the naive formula) use p ** q.
+        Case("losses.categorical_generalized_cross_entropy", "crossentropy", _sparse_labels_and_logits,
+             {"safeops": _on_softmax(_safeops("losses", "categorical_generalized_cross_entropy", q=0.7)),
+              "naive": _on_softmax(_naive_generalized_ce),
+              "builtin": _on_softmax(functools.partial(keras.losses.categorical_generalized_cross_entropy,
+                                                       q=0.7))},
+             (1,)),
         # Keras has none: teacher and student logits, unrelated (no row cancels, the float64 pass is skipped).
         Case("losses.kl_divergence_with_logits", "crossentropy", _two_logits,
              {"safeops": _safeops("losses", "kl_divergence_with_logits"),

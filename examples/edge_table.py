@@ -70,6 +70,12 @@ def _safe_bce_on_probabilities(p):
     return safeops.losses.binary_crossentropy(y[:, None], p[:, None])
 
 
+def _generalized_on_softmax(module):
+    # A noisy label the model is sure is wrong: its probability underflows to 0.
+    loss = module.categorical_generalized_cross_entropy
+    return lambda x: loss(tf.constant([0]), tf.nn.softmax(x)[None], 0.7)
+
+
 CASES = [
     Case("log(p)", "p = 0", [0.0],
          tf.math.log, tfm.log),
@@ -122,6 +128,8 @@ CASES = [
          lambda x: x * tf.math.rsqrt(x * x), lambda x: x * tfm.rsqrt(x * x)),
     Case("keras binary_crossentropy", "p = 1, label 0", [1.0],
          _bce_on_probabilities, _safe_bce_on_probabilities),
+    Case("keras categorical_generalized_cross_entropy (q = 0.7) of softmax(x)", "x = [0, 120], label 0",
+         [0.0, 120.0], _generalized_on_softmax(keras.losses), _generalized_on_softmax(safeops.losses)),
 ]
 
 

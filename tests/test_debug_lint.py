@@ -412,8 +412,8 @@ class TestCompiledLoss:
         (finding,) = lint(softmax_model, X6, np.arange(8) % 3, loss=loss, print=False)
         assert finding.pattern == "fractional-pow-at-zero" and "library code" in finding.location
         assert "safeops.losses.categorical_generalized_cross_entropy(y, p, q)" in finding.fix
-        assert lint(softmax_model, X6, np.arange(8) % 3, loss=losses.CategoricalGeneralizedCrossEntropy(q=0.7),
-                    print=False) == []
+        ours = losses.CategoricalGeneralizedCrossEntropy(q=0.7)
+        assert lint(softmax_model, X6, np.arange(8) % 3, loss=ours, print=False) == []
 
 
 class TestTrainingStep:

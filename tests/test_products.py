@@ -178,7 +178,7 @@ def test_equals_tensorflow_without_zeros(axis, kwargs):
 @pytest.mark.parametrize("kwargs", FLAGS, ids=FLAG_IDS)
 def test_long_axes_gradient_equals_the_scan(shape, axis, kwargs):
     # Axes of 64 entries or more take the running sum of the gradient by blocked matrix products
-    # (safeops.math._products._running_sum); without zero factors it is TensorFlow's formula.
+    # (safeops.math._products._blocked_running_sum); without zero factors it is TensorFlow's formula.
     rng = np.random.default_rng(2)
     x = tf.constant(rng.uniform(0.98, 1.02, shape))
     v = tf.constant(rng.standard_normal(shape))

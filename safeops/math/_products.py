@@ -148,7 +148,7 @@ _TINY_TERM = 2.0 ** -960
 _BLOCKED_FROM = 64
 
 
-def _running_sum(t, axis, exclusive, reverse):
+def _blocked_running_sum(t, axis, exclusive, reverse):
     """``tf.math.cumsum(t, axis, exclusive, reverse)`` of finite float64 ``t``, by matrix products.
 
     The axis, of length ``n``, is cut into blocks of ``b`` about ``sqrt(n)``
@@ -238,7 +238,7 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
     With ``xla``, the elementwise parts of the gradient around its running
     sum are inner XLA functions (as TensorFlow kernels the range checks
     alone were ten passes over the float64 products); that running sum
-    is :func:`_running_sum` (blocked matrix products over long axes).
+    is :func:`_blocked_running_sum` (blocked matrix products over long axes).
     """
 
     def kernel(v):
@@ -296,7 +296,7 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
     def plain(t, x):
         # No zero factor, no product beyond _TERM_BOUND or below _TINY_TERM:
         # TensorFlow's quotient, exact here.
-        return (quotient_xla(_running_sum(t, axis, exclusive, not reverse), x),)
+        return (quotient_xla(_blocked_running_sum(t, axis, exclusive, not reverse), x),)
 
     def gradient(dy, y, x):
         zero = tf.equal(x, 0.0)
