@@ -394,3 +394,25 @@ def test_output_has_the_dtype_of_y_pred_and_is_rounded_once(dtype):
     else:
         exact = np.array([float(_exact(p64[0, 1], 0.3)[0]), float(_exact(p64[1, 0], 0.3)[0])])
         assert np.max(ulp_distance(value.numpy(), exact, np.float64)) <= VALUE_ULP["float64"]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_through_a_confidently_wrong_label_keeps_the_weights_finite(jit_compile):
+    """One SGD step on a softmax head sure (logit gap 120) that the first example's label is wrong.
+
+    Keras' loss makes the step's gradient NaN, and every weight with it.
+    """
+    x = np.array([[1.0, 1.0], [0.01, 0.0], [0.0, 0.01], [0.01, 0.01]], "float32")
+    y = np.array([0, 1, 1, 1])
+    weights = []
+    for loss in (keras.losses.CategoricalGeneralizedCrossEntropy(q=0.7), GCE(q=0.7)):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+        model.layers[0].set_weights([np.array([[0.0, 60.0, 0.0], [0.0, 60.0, 0.0]], "float32"),
+                                     np.zeros(3, "float32")])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss, jit_compile=jit_compile)
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        weights.append(model.layers[0].get_weights()[0])
+    assert np.all(np.isnan(weights[0]))
+    assert np.all(np.isfinite(weights[1]))
+    # The wrong label's pull is p**q (softmax - onehot) ~ 1e-37; the other examples' move the weights.
+    assert not np.array_equal(weights[1], [[0.0, 60.0, 0.0], [0.0, 60.0, 0.0]])

@@ -113,7 +113,7 @@ def categorical_generalized_cross_entropy(y_true, y_pred, q, *, from_logits=Fals
 
     >>> from safeops import losses
     >>> losses.categorical_generalized_cross_entropy([1, 0], [[0.2, 0.8], [0.0, 1.0]], q=0.5).numpy()
-    array([0.21114562, 2.        ], dtype=float32)
+    array([0.21114561, 2.        ], dtype=float32)
     """
     with _validate.op_scope(_OP, None):
         pred = _common.Prediction(_OP, y_pred, from_logits, "softmax", -1)
