@@ -123,6 +123,21 @@ def acosh(x):
     return tf.math.log(x + tf.math.sqrt(x * x - 1.0))
 
 
+def _in_float32(fn, x):
+    """TensorFlow's CPU kernel has no float16 or bfloat16 version: what people write then."""
+    if x.dtype in (tf.float16, tf.bfloat16):
+        return tf.cast(fn(tf.cast(x, tf.float32)), x.dtype)
+    return fn(x)
+
+
+def erfinv(x):
+    return _in_float32(tf.math.erfinv, x)
+
+
+def ndtri(x):
+    return _in_float32(tf.math.ndtri, x)
+
+
 def atan2(y, x):
     return tf.math.atan2(y, x)
 

@@ -286,6 +286,36 @@ def _acosh(x, f):
     return CTX.acosh(max(x, ONE)), (1 / CTX.sqrt((c - 1) * (c + 1)),)
 
 
+def _erfc_root(u):
+    """``y`` with ``erfc(y) = u`` for ``u`` in ``(0, 1]``; the root of ``log erfc(y) = log u`` for the tails.
+
+    ``erfinv(1 - u)`` needs ``1 - u`` itself, which 320 bits cannot hold for
+    ``u`` below about ``1e-96`` (``ndtri`` reaches ``u = 2 tiny``).
+    """
+    if u > 0.5:
+        return CTX.erfinv(1 - u)
+    start = CTX.sqrt(-CTX.log(u))   # erfc(y) ~ exp(-y**2) / (y sqrt(pi))
+    log_u = CTX.log(u)
+    return CTX.findroot(lambda y: CTX.log(CTX.erfc(y)) - log_u, start)
+
+
+def _erfinv(x, f):
+    b = CTX.mpf(f.below_one)
+    c = min(max(x, -b), b)
+    a = abs(c)
+    y = CTX.erfinv(a) if a < 0.5 else _erfc_root(1 - a)
+    y = -y if c < 0 else y
+    return y, (CTX.sqrt(CTX.pi) / 2 * CTX.exp(y * y),)
+
+
+def _ndtri(p, f):
+    c = min(max(p, CTX.mpf(f.tiny)), CTX.mpf(f.below_one))
+    q = min(c, 1 - c)
+    y = CTX.sqrt(2) * _erfc_root(2 * q)
+    y = -y if c < 0.5 else y
+    return y, (CTX.sqrt(2 * CTX.pi) * CTX.exp(y * y / 2),)
+
+
 def _atan2(y, x, f):
     """The angle of ``(x, y)``, gradient 0 at the origin; signed zeros are :func:`elementwise`'s."""
     r2 = x * x + y * y
@@ -323,6 +353,7 @@ ELEMENTWISE = {
     "softplus_inverse": _softplus_inverse, "sqrt": _sqrt, "rsqrt": _rsqrt,
     "xlogy": _xlogy, "xlog1py": _xlog1py, "logaddexp": _logaddexp, "divide_no_nan": _divide_no_nan,
     "acos": _acos, "asin": _asin, "atanh": _atanh, "acosh": _acosh, "atan2": _atan2, "pow": _pow,
+    "erfinv": _erfinv, "ndtri": _ndtri,
 }
 
 

@@ -67,6 +67,9 @@ EDGES = {
     "acosh": (0.999, 1.0000001, 1.001, 2.0, 1e-8, 1e19, 1e20, 1e154, 1e160),
     "atan2": (0.5, 2.0, 1e-20, 1e20, 1e-30, 1e30, 1e-160, 1e160),
     "pow": (0.5, 2.0, 1e-20, 1e20, 1e-30, 1e-160),
+    # TensorFlow's float32 erfinv is inf at 0.99999994 and 6 ULP off at -0.72; XLA's ndtri -inf at 1.43e-8.
+    "erfinv": (0.5, -0.5, 0.99999994, -0.7221366, 0.9999, 1e-8, 1e-30, 2.0, -2.0),
+    "ndtri": (0.5, 0.25, 0.75, 1.43e-8, 0.975, 0.025, 1e-30, 1e-300, 0.99999994, 2.0, -1.0),
 }
 
 #: Exponents people write (``x ** 0.5``, focal ``gamma``, ``deg ** -0.5``), drawn often for ``pow``'s ``y``.

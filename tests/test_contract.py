@@ -208,6 +208,9 @@ SPECS = {s.name: s for s in [
     Spec("acosh", "unary", ("x",), tf.math.acosh, clamp=lambda xs, f: [(xs[0] < f.above_one, 0, +1)]),
     Spec("atan2", "binary", ("y", "x"), tf.math.atan2),
     Spec("pow", "binary", ("x", "y"), tf.math.pow, clamp=lambda xs, f: _pow_clamp(*xs, f)),
+    Spec("erfinv", "unary", ("x",), tf.math.erfinv, clamp=_outside_open_unit(+1)),
+    Spec("ndtri", "unary", ("x",), tf.math.ndtri,
+         clamp=lambda xs, f: [(xs[0] <= f.tiny, 0, +1), (xs[0] >= f.below_one, 0, +1)]),
 ]}
 
 OP_NAMES = list(SPECS)

@@ -10,7 +10,8 @@ The ops live in topic modules: logarithms with clamped domains
 softmax family (``_logsumexp``), square roots and safe division
 (``_roots``), norms (``_norms``), the standard deviation (``_moments``),
 the inverse trigonometric functions (``_inverse_trig``), powers
-(``_powers``) and running products (``_products``).
+(``_powers``), running products (``_products``) and the inverse error
+function and normal quantile (``_quantiles``).
 
 Every other ``tf.math`` name (``reduce_sum``, ``exp``, ``abs``, ...) is
 TensorFlow's own, looked up on first use (:mod:`safeops._dropin`), so that
@@ -28,6 +29,7 @@ from safeops.math._moments import reduce_std
 from safeops.math._norms import l2_normalize, norm, reduce_euclidean_norm
 from safeops.math._powers import pow
 from safeops.math._products import cumprod
+from safeops.math._quantiles import erfinv, ndtri
 from safeops.math._roots import divide_no_nan, rsqrt, sqrt
 from safeops.math._sigmoid import log_sigmoid, sigmoid, softplus, softplus_inverse
 
@@ -36,7 +38,7 @@ __all__ = [
     "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
     "reduce_logsumexp", "cumulative_logsumexp", "softmax", "log_softmax", "cumprod",
     "sqrt", "rsqrt", "norm", "reduce_euclidean_norm", "l2_normalize", "divide_no_nan", "reduce_std",
-    "acos", "asin", "atanh", "acosh", "atan2", "pow",
+    "acos", "asin", "atanh", "acosh", "atan2", "pow", "erfinv", "ndtri",
 ]
 
 # Registered with Keras as "safeops>name", as the losses are: a Keras layer
