@@ -63,10 +63,12 @@ from tests.ulp import (GRAD_RTOL, VALUE_ULP, beyond_exponent_slack, exponent_sla
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 UNARY = ("log", "log1p", "logit", "log1mexp", "sigmoid", "log_sigmoid", "softplus", "softplus_inverse",
-         "sqrt", "rsqrt", "acos", "asin", "atanh", "acosh")
+         "sqrt", "rsqrt", "acos", "asin", "atanh", "acosh", "erfinv", "ndtri")
 BINARY = ("xlogy", "xlog1py", "logaddexp", "divide_no_nan", "atan2", "pow")
 #: Ops whose domain is [-1, 1]: three quarters of their sample lies inside it.
-UNIT_DOMAIN = ("acos", "asin", "atanh")
+UNIT_DOMAIN = ("acos", "asin", "atanh", "erfinv")
+#: Ops whose domain is [0, 1]: three quarters of their sample lies inside it, half of it near 0 or 1.
+PROBABILITY_DOMAIN = ("ndtri",)
 #: Ops whose domain is [1, inf): three quarters of their sample lies above 1, half of it near 1.
 ABOVE_ONE = ("acosh",)
 ROWS = ("reduce_logsumexp", "cumulative_logsumexp", "cumprod", "softmax", "log_softmax", "norm",
@@ -89,6 +91,7 @@ TF_BUILTINS = {
     "divide_no_nan": tf.math.divide_no_nan, "reduce_std": tf.math.reduce_std,
     "reduce_euclidean_norm": tf.math.reduce_euclidean_norm, "acos": tf.math.acos, "asin": tf.math.asin,
     "atanh": tf.math.atanh, "acosh": tf.math.acosh, "atan2": tf.math.atan2, "pow": tf.math.pow,
+    "erfinv": tf.math.erfinv, "ndtri": tf.math.ndtri,
 }
 
 EDGES = {
@@ -139,6 +142,12 @@ def sample(op: str, dtype: str, n: int, seed: int = 0) -> tuple[np.ndarray, ...]
         gap = np.exp2(rng.uniform(math.log2(eps) - 1, -1, 2 * k))
         near_one = (1.0 - gap) * rng.choice([-1.0, 1.0], 2 * k)
         values = _cast(np.concatenate([values[:len(values) - 3 * k], inside, near_one]), dtype)
+    if op in PROBABILITY_DOMAIN:
+        k = len(values) // 4
+        inside = rng.uniform(0.0, 1.0, k)
+        near_zero = np.exp2(rng.uniform(math.log2(tiny), -1, k))
+        near_one = 1.0 - np.exp2(rng.uniform(math.log2(eps) - 1, -1, k))
+        values = _cast(np.concatenate([values[:len(values) - 3 * k], inside, near_zero, near_one]), dtype)
     if op in ABOVE_ONE:
         k = len(values) // 4
         inside = rng.uniform(1.0, 4.0, k)

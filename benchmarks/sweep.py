@@ -75,6 +75,13 @@ def _near_one(rng, n):
     return (rng.choice([-1.0, 1.0], n) * (1.0 - np.exp(rng.uniform(-16.0, -1.0, n)))).astype(F32)
 
 
+def _special():
+    """SciPy's special functions (float64 erfinv and ndtri): the references of the quantile sweeps."""
+    import scipy.special
+
+    return scipy.special
+
+
 def _log1mexp64(x):
     a = np.abs(x)
     with np.errstate(divide="ignore"):
@@ -163,6 +170,16 @@ OPS = {
         lambda r, n: ((1.0 + np.exp(r.uniform(-16.0, -1.0, n))).astype(F32),),
         lambda r, n: (_log_uniform(r, n, 0.0, 88.0),),
     ], np.arccosh),
+    "erfinv": (1, [
+        lambda r, n: (r.uniform(-1.0, 1.0, n).astype(F32),),
+        lambda r, n: (_near_one(r, n),),
+        lambda r, n: (_log_uniform(r, n, -87.0, -1.0, r.choice([-1.0, 1.0], n)),),
+    ], lambda x: _special().erfinv(x)),
+    "ndtri": (1, [
+        lambda r, n: (r.uniform(0.0, 1.0, n).astype(F32),),
+        lambda r, n: (_log_uniform(r, n, -87.0, -0.7),),
+        lambda r, n: ((1.0 - np.exp(r.uniform(-16.6, -0.7, n))).astype(F32),),
+    ], lambda p: _special().ndtri(p)),
     "atan2": (2, [
         lambda r, n: (r.normal(0.0, 3.0, n).astype(F32), r.normal(0.0, 3.0, n).astype(F32)),
         lambda r, n: (_log_uniform(r, n, -87.0, 88.0, r.choice([-1.0, 1.0], n)),
@@ -201,6 +218,8 @@ DERIVATIVES = {
     "asin": lambda x: (1.0 / np.sqrt((1.0 - x) * (1.0 + x)),),
     "atanh": lambda x: (1.0 / ((1.0 - x) * (1.0 + x)),),
     "acosh": lambda x: (1.0 / np.sqrt((x - 1.0) * (x + 1.0)),),
+    "erfinv": lambda x: (np.sqrt(np.pi) / 2.0 * np.exp(np.square(_special().erfinv(x))),),
+    "ndtri": lambda p: (np.sqrt(2.0 * np.pi) * np.exp(0.5 * np.square(_special().ndtri(p))),),
     "atan2": lambda y, x: (x / (x * x + y * y), -y / (x * x + y * y)),
     "pow": lambda x, y: (y * np.power(x, y - 1.0), np.power(x, y) * np.log(np.where(x > 0, x, 1.0))),
 }
@@ -323,7 +342,7 @@ def gradient_errors(name: str, args: list, got: list) -> list:
 BUILTINS = {"log": "math.log", "log1p": "math.log1p", "xlogy": "math.xlogy", "xlog1py": "math.xlog1py",
             "sigmoid": "math.sigmoid", "log_sigmoid": "math.log_sigmoid", "softplus": "math.softplus",
             "sqrt": "math.sqrt", "rsqrt": "math.rsqrt", "acos": "math.acos", "asin": "math.asin",
-            "atanh": "math.atanh", "acosh": "math.acosh",
+            "atanh": "math.atanh", "acosh": "math.acosh", "erfinv": "math.erfinv", "ndtri": "math.ndtri",
             "atan2": "math.atan2", "pow": "math.pow"}
 
 

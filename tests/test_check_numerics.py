@@ -62,6 +62,8 @@ CASES = {
     "asin": (tfm.asin, UNIT),
     "atanh": (tfm.atanh, UNIT),
     "acosh": (tfm.acosh, AT_ONE),
+    "erfinv": (tfm.erfinv, UNIT),
+    "ndtri": (tfm.ndtri, PROBS),
     "atan2": (lambda x: tfm.atan2(x, tf.reverse(x, [-1])), ZEROS),   # the origin
     # Angles in [0, pi]: their sum does not cancel (test_tflite compares it to 1e-5).
     "atan2_large": (lambda x: tfm.atan2(tf.abs(x), tf.reverse(x, [-1])), LOGITS),

@@ -92,6 +92,11 @@ def cumprod_through_zero(a):
     return tf.math.cumprod(1.0 - hazard, axis=1)  # lint: cumprod-through-zero
 
 
+def quantile_at_the_ends(a):
+    u = tf.sigmoid(a)   # a probability (a CDF value): float32 rounds it to 1 from 17 on
+    return tf.math.ndtri(u)  # lint: quantile-at-the-ends
+
+
 def inverse_trig_at_one(a):
     u = tfm.l2_normalize(a, -1)
     return tf.math.acos(tf.reduce_sum(u * u[::-1], -1))  # lint: inverse-trig-at-one
@@ -112,6 +117,7 @@ NAIVE = {
     "lgamma-at-pole": (lgamma_at_pole, (X,)),
     "running-logsumexp-of-mask": (running_logsumexp_of_mask, (X,)),
     "cumprod-through-zero": (cumprod_through_zero, (X,)),
+    "quantile-at-the-ends": (quantile_at_the_ends, (X,)),
 }
 
 #: Patterns with no safeops op to name (the fix is the user's own clip): none since safeops.math has
@@ -138,6 +144,7 @@ SAFE = {
     "running-logsumexp-of-mask": (
         lambda a: tfm.cumulative_logsumexp(tf.where(a > 0.5, a, -float("inf")), axis=1, reverse=True), (X,)),
     "cumprod-through-zero": (lambda a: tfm.cumprod(1.0 - tf.clip_by_value(a, 0.0, 1.0), axis=1), (X,)),
+    "quantile-at-the-ends": (lambda a: tfm.ndtri(tf.sigmoid(a)) + tfm.erfinv(tf.tanh(a)), (X,)),
 }
 
 # Hand-written code that is safe without safeops: the range analysis must know it.
@@ -221,6 +228,14 @@ class TestDetails:
         findings = lint(lambda a: op(tf.clip_by_value(a, -1.0, 1.0)), X, print=False)
         assert _patterns(findings) == ["inverse-trig-at-one"], [str(f) for f in findings]
         assert "[-1, 1]" in findings[0].message and findings[0].fix.startswith(f"safeops.math.{op.__name__}(")
+
+    def test_erfinv_and_ndtri_at_their_ends_are_reported_inside_is_quiet(self):
+        for fn in (lambda a: tf.math.erfinv(tf.tanh(a)), lambda a: tf.math.ndtri(tf.clip_by_value(a, 0.0, 1.0))):
+            findings = lint(fn, X, print=False)
+            assert _patterns(findings) == ["quantile-at-the-ends"], [str(f) for f in findings]
+            assert findings[0].fix.startswith("safeops.math.")
+        assert lint(lambda a: tf.math.erfinv(0.5 * tf.tanh(a)), X, print=False) == []
+        assert lint(lambda a: tf.math.ndtri(tf.clip_by_value(a, 0.01, 0.99)), X, print=False) == []
 
     def test_acosh_not_known_above_one_is_reported(self):
         """acosh at 1 (a hyperbolic distance of a point to itself): inf gradient, even after a clip at 1."""

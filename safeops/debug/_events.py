@@ -39,6 +39,13 @@ INVERSE_TRIG_FIX["Acosh"] = (
     "derivative at the nearest number above 1); a clip at 1 removes the NaN value but not the inf "
     "gradient at 1")
 
+#: The fix for erfinv or ndtri at the ends of its domain (lint's finding and locate's cause).
+QUANTILE_FIX = {
+    kind: (f"safeops.math.{kind.lower()}(x): the value at x clipped to the numbers inside {domain}, a finite "
+           "gradient there, and correct values in every mode (TensorFlow's erfinv is inf at 0.99999994, "
+           "its ndtri -inf near 1e-8 under jit_compile)")
+    for kind, domain in (("Erfinv", "(-1, 1)"), ("Ndtri", "(0, 1)"))}
+
 
 #: The fix for lgamma or digamma at a pole (lint's finding and locate's cause).
 LGAMMA_FIX = ("a shape, count or concentration parameter (a Poisson or negative-binomial rate, a Gamma "

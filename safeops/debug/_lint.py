@@ -36,7 +36,8 @@ Patterns (``Finding.pattern``)
 ``log-of-clip``, ``log-of-nonpositive``, ``division-by-zero``,
 ``sqrt-at-zero``, ``exp-overflow``, ``fractional-pow-at-zero``,
 ``double-where``, ``inverse-trig-at-one``, ``lgamma-at-pole``,
-``running-logsumexp-of-mask``, ``cumprod-through-zero``. See
+``running-logsumexp-of-mask``, ``cumprod-through-zero``,
+``quantile-at-the-ends``. See
 :data:`PATTERNS` for the one-line reason of each.
 
 Modules

@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from safeops import _dtypes, _validate
 from safeops.debug import _trace
-from safeops.debug._events import FLOAT16_MAX, INVERSE_TRIG_FIX, LGAMMA_FIX, float16_fix
+from safeops.debug._events import FLOAT16_MAX, INVERSE_TRIG_FIX, LGAMMA_FIX, QUANTILE_FIX, float16_fix
 from safeops.debug._patterns import _is_variance
 
 _OP = "safeops.debug.locate_nonfinite"
@@ -324,7 +324,7 @@ _GRAD_OF = {"SqrtGrad": "Sqrt", "RsqrtGrad": "Rsqrt", "ReciprocalGrad": "Recipro
             "SigmoidGrad": "Sigmoid", "SoftplusGrad": "Softplus", "ReluGrad": "Relu", "EluGrad": "Elu"}
 _HAZARDOUS_FORWARD = ("Log", "Log1p", "Sqrt", "Rsqrt", "RealDiv", "Div", "Reciprocal", "Pow", "Exp",
                       "Xlogy", "Xdivy", "Acos", "Asin", "Atanh", "Acosh", "Atan2", "Softmax", "EuclideanNorm",
-                      "Lgamma", "Digamma")
+                      "Lgamma", "Digamma", "Erfinv", "Ndtri")
 
 
 def _differentiated_op(op, forward_ops):
@@ -393,7 +393,7 @@ def _explain(op, ins: list, outs: list, forward_op, variables: dict | None = Non
 
 #: Ops whose inf from finite inputs is a domain edge (log 0, 1/0), not a value outgrowing the dtype.
 _DOMAIN_EDGE = ("Log", "Log1p", "Xlogy", "Xdivy", "Rsqrt", "Sqrt", "Acos", "Asin", "Atanh", "Reciprocal",
-                "Inv", "Lgamma", "Digamma")
+                "Inv", "Lgamma", "Digamma", "Erfinv", "Ndtri")
 
 
 def _float16_overflow(op, ins: list, outs: list, forward_op) -> bool:
@@ -504,6 +504,12 @@ def _explain_op(op, ins: list, outs: list, forward_op, variables: dict | None = 
         return (f"Acosh of an input below 1 (NaN there): input range [{x.min:.9g}, {x.max:.9g}]; a "
                 "hyperbolic distance's argument (1 + 2|u - v|**2 / ..., or -<u, v> in the Lorentz model) "
                 "lands below 1 by a rounding error where u = v", INVERSE_TRIG_FIX[kind])
+    if kind in ("Erfinv", "Ndtri") and x is not None:
+        domain = "(-1, 1)" if kind == "Erfinv" else "(0, 1)"
+        return (f"{kind} gave +-inf on input range [{x.min:.9g}, {x.max:.9g}]: at the ends of {domain} "
+                "(a probability or CDF value that rounded to 0 or 1: Phi(x) of a float32 x above 5.3 is "
+                "1), or just inside them, where TensorFlow's own kernels fail (Erfinv is inf at "
+                "0.99999994, Ndtri -inf near 1e-8 under jit_compile)", QUANTILE_FIX[kind])
     if kind in ("ReduceLogSumExp",):
         return "log-sum-exp of an all -inf slice", "safeops.math.reduce_logsumexp"
     biggest = max((max(abs(s.min), abs(s.max)) for s in ins if not math.isnan(s.min)), default=math.nan)
@@ -556,6 +562,10 @@ def _explain_gradient(op, ins, outs, forward_op, made):
         derivative = "1/(1 - x**2)" if ftype == "Atanh" else "1/sqrt(1 - x**2)"
         return (f"{derivative} {where} at x = +-1 (the input reached +-1, a clip to [-1, 1] included); "
                 f"gives {made}", INVERSE_TRIG_FIX[ftype])
+    if ftype in ("Erfinv", "Ndtri"):
+        derivative = "sqrt(pi)/2 exp(y**2)" if ftype == "Erfinv" else "sqrt(2 pi) exp(y**2 / 2)"
+        return (f"the derivative {derivative} {where} at an infinite output y (an input at an end of the "
+                f"domain, a clip included); gives {made}", QUANTILE_FIX[ftype])
     if ftype == "Acosh":
         return (f"1/sqrt(x**2 - 1) {where} at x = 1 (a hyperbolic distance of a point to itself, or an "
                 f"input clipped at 1); gives {made}", INVERSE_TRIG_FIX[ftype])

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from safeops.debug import _trace
-from safeops.debug._events import INVERSE_TRIG_FIX, LGAMMA_FIX
+from safeops.debug._events import INVERSE_TRIG_FIX, LGAMMA_FIX, QUANTILE_FIX
 from safeops.debug._ranges import _TRANSPARENT, _ancestors, _const_array, _const_value, _producer
 
 #: Each pattern with why it is hazardous, in one line.
@@ -43,6 +43,10 @@ PATTERNS = {
                            "similarity lands by rounding (1.0000001), and their gradient is inf at +-1; "
                            "acosh is NaN below 1, where a hyperbolic distance's argument lands by "
                            "rounding, and its gradient is inf at 1 (a point's distance to itself)",
+    "quantile-at-the-ends": "erfinv is inf at +-1 and ndtri at 0 and 1, with an inf gradient, where a "
+                            "probability lands by rounding (Phi(x) of a float32 x above 5.3 is 1); "
+                            "TensorFlow's own erfinv is inf already at 0.99999994, and under jit_compile "
+                            "its ndtri is -inf near 1e-8",
     "lgamma-at-pole": "lgamma is inf at 0 and at the negative integers, and its gradient digamma NaN there: "
                       "a rate, dispersion or concentration from a linear layer crosses them",
     "running-logsumexp-of-mask": "where an output of tf.math.cumulative_logsumexp sums only -inf entries "
@@ -243,6 +247,16 @@ def _match(op, ranges, live=None):
               + PATTERNS["inverse-trig-at-one"]
         yield _finding("inverse-trig-at-one", op, msg, INVERSE_TRIG_FIX[kind]), op.name
         return
+    if kind in ("Erfinv", "Ndtri"):
+        r = ranges.get(op.inputs[0])
+        lo = -1 if kind == "Erfinv" else 0
+        if r.lo > lo and r.hi < 1:
+            return   # inside, away from the ends (a sigmoid's open (0, 1) still rounds to 0 and 1)
+        domain = "(-1, 1)" if kind == "Erfinv" else "(0, 1)"
+        msg = (f"{kind.lower()} of a value not known to lie strictly inside {domain} (range {r}): "
+               + PATTERNS["quantile-at-the-ends"])
+        yield _finding("quantile-at-the-ends", op, msg, QUANTILE_FIX[kind]), op.name
+        return
     if kind == "Acosh":
         arg = op.inputs[0]
         r = ranges.get(arg)
@@ -322,7 +336,7 @@ def _bounded_by_minimum(op) -> bool:
 
 _GRADIENT_HAZARDS = {"Log": 0, "Log1p": 0, "Sqrt": 0, "Rsqrt": 0, "RealDiv": 1, "Div": 1, "Reciprocal": 0,
                      "Inv": 0, "Pow": 0, "Acos": 0, "Asin": 0,
-                     "Acosh": 0}
+                     "Acosh": 0, "Erfinv": 0, "Ndtri": 0}
 
 
 def _double_where(op, ranges, live=None):

@@ -41,8 +41,8 @@ TensorFlow's own ``acos`` forward+backward took 6.6 times as long at 1e7
 entries (111.7 ms against 16.9 ms in a ``tf.function``, one run of
 ``python -m benchmarks --filter 'math.(acos|asin)$' --modes graph,xla
 --passes fwdbwd``; ``asin`` 7.0), and a float64 evaluation is slower still;
-the contract tests accept 4.5 ULP for these two ops in float32, their one
-allowance wider than C3. XLA's float64
+the contract tests accept 4.5 ULP for these two ops in float32, one of
+their two allowances wider than C3. XLA's float64
 ``atanh`` is up to 125 ULP off near ``-0.41`` (its ``log1p``, see
 ``safeops.math._logarithms._log1p``); float64 ``atanh`` is computed as
 ``log1p`` of a nonnegative argument instead (within 3 ULP against mpmath).
