@@ -35,24 +35,27 @@ floating point where they are used). In float64 for every input dtype:
   within 2e-4), above it Abramowitz and Stegun's rational approximation
   26.2.23 of the normal quantile at :math:`u/2` (absolute error below
   4.5e-4);
-* Halley steps on :math:`f(y) = \operatorname{erf}(y) - a` (below
-  :math:`a = 1/2`) or :math:`u - \operatorname{erfc}(y)` (above, where
-  ``erf`` would cancel): :math:`t = f/f'`, :math:`y \leftarrow y - t/(1 +
-  y t)`, since :math:`f''/f' = -2y`. The tail's residual is taken relative,
-  :math:`t = \tfrac{\sqrt\pi}{2}(1 - \operatorname{erfc}(y)/u)\,e^{y^2 +
-  \log u}`, so that near float64's ``tiny`` the difference is not a
-  subnormal that the CPU flushes to 0. Convergence is cubic: one step
-  brings the first guess within about 1e-9 relative, enough for float32
-  and narrower outputs, which are rounded once; float64 takes two.
+* Halley steps on :math:`f(y) = \operatorname{erf}(y) - a` or
+  :math:`u - \operatorname{erfc}(y)`: :math:`t = f/f'`, :math:`y \leftarrow
+  y - t/(1 + y t)`, since :math:`f''/f' = -2y`. The ``erfc`` residual is
+  taken relative, :math:`t = \tfrac{\sqrt\pi}{2}(1 -
+  \operatorname{erfc}(y)/u)\,e^{y^2 + \log u}`, so that near float64's
+  ``tiny`` the difference is not a subnormal that the CPU flushes to 0.
+  Convergence is cubic: one step brings the first guess within about 1e-9
+  relative. float32 and narrower outputs take that one step, on ``erfc``
+  alone (below :math:`a = 0.05` the series alone), and are rounded once;
+  float64 takes two, on ``erf`` up to :math:`a = 0.9` and ``erfc``
+  beyond: the error of :math:`y` is the function's relative error times
+  :math:`a/(f'y)` or :math:`u/(f'y)`, and TensorFlow's float64 ``erfc`` is
+  up to 9 ULP off for :math:`y` in ``[0.45, 3]`` (``erf`` 1 under XLA, 2
+  as a plain kernel): the two meet near :math:`a = 0.9`.
 
 Accuracy against mpmath (``tests/test_quantiles.py``, the contract tests):
 float32 and narrower within 1 ULP in every mode; float64 within 2 ULP
 through XLA (the default: the forward is an inner XLA function, and plain
 in an outer ``jit_compile``), within 5 as plain TensorFlow ops (inner XLA
-off, ``enable_check_numerics``), whose float64 ``erf`` kernel is 2 ULP
-off where XLA's is 1. The residual is ``erf(y) - a`` up to ``a = 0.9``,
-past the switch of the first guess at 1/2: TensorFlow's float64 ``erfc``
-is up to 9 ULP off for ``y`` in ``[0.45, 3]``.
+off, ``enable_check_numerics``). Speed: float64 ``erfc`` and ``exp`` per
+entry, several times TensorFlow's float32 kernels (README, Known gaps).
 
 The ends are clamped as in :mod:`safeops._dtypes`' policy (contract C4):
 ``erfinv`` at :math:`\pm b`, ``ndtri`` at ``[tiny, b]``, with :math:`b`
@@ -86,6 +89,8 @@ _AS_DENOMINATOR = (1.432788, 0.189269, 0.001308)
 # erfc is up to 9 ULP off for y in [0.45, 3] (erf within 1 under XLA, 2 outside), so the two
 # products meet at a = 0.9 (y = 1.16), about 2.7 ULP each.
 _ERF_RESIDUAL_BELOW = 0.9
+# Below this a the series is the float32 (and narrower) result itself.
+_SERIES_BELOW = 0.05
 
 
 def erfinv(x, name=None):
@@ -189,11 +194,19 @@ def _unary(public, op, build, x, name):
         return scope.output(_dtypes.from_compute(y, x.dtype))
 
 
-def _root_of_erf(a: tf.Tensor, u: tf.Tensor, steps: int) -> tf.Tensor:
-    """``y >= 0`` with ``erf(y) = a`` and ``erfc(y) = u`` (float64; ``a`` in ``[0, 1)``, ``u = 1 - a`` exact).
+def _root_of_erf(a: tf.Tensor, u: tf.Tensor, float64_output: bool) -> tf.Tensor:
+    """``y >= 0`` with ``erf(y) = a`` and ``erfc(y) = u`` (float64; ``a`` in ``[0, 1)``, ``u = 1 - a``).
 
     ``u`` must be exact where ``a >= 1/2`` (it is: ``1 - a`` by Sterbenz,
     or ``2q`` of a tail probability); ``a`` where ``a < 1/2``.
+
+    ``float64_output``: two Halley steps, on ``erf`` up to ``a = 0.9``. Else
+    (float32 and narrower outputs) one step on ``erfc`` alone, which is
+    within a thousandth of a float32 ULP there (``erfc``'s 9 ULP times
+    ``u / (f' y)``, at most 1.1e-13 relative for ``a >= 0.05``), and below
+    ``a = 0.05`` the series alone (its first omitted term is
+    ``0.073 a**8`` relative, 3e-12): XLA's float64 ``erf`` and ``erfc``
+    together cost three times ``erfc`` alone.
     """
     central = a < 0.5
     a2 = a * a
@@ -204,30 +217,30 @@ def _root_of_erf(a: tf.Tensor, u: tf.Tensor, steps: int) -> tf.Tensor:
     c, d = _AS_NUMERATOR, _AS_DENOMINATOR
     z = t - (c[0] + t * (c[1] + t * c[2])) / (1.0 + t * (d[0] + t * (d[1] + t * d[2])))
     y = tf.where(central, series, z / _SQRT_TWO)
+    if not float64_output:
+        # u - erfc(y) relative to u where u is the tail's, absolute in the centre (u there is 1 - a).
+        u = tf.where(central, 1.0 - a, u)
+        newton = _HALF_SQRT_PI * (1.0 - tf.math.erfc(y) / u) * tf.exp(y * y + tf.math.log(u))
+        return tf.where(a < _SERIES_BELOW, series, y - newton / (1.0 + y * newton))
     by_erf = a < _ERF_RESIDUAL_BELOW
     exponent_shift = tf.where(by_erf, tf.zeros_like(log_u), log_u)
-    for _ in range(steps):
+    for _ in range(2):
         residual = tf.where(by_erf, tf.math.erf(y) - a, 1.0 - tf.math.erfc(y) / u)
         newton = _HALF_SQRT_PI * residual * tf.exp(y * y + exponent_shift)
         y = y - newton / (1.0 + y * newton)
     return y
 
 
-def _steps(dtype: tf.DType) -> int:
-    """Halley steps for outputs of ``dtype``: one from the first guess is within 1e-9 relative."""
-    return 2 if dtype == tf.float64 else 1
-
-
 @functools.lru_cache(maxsize=None)
 def _erfinv(dtype: tf.DType, xla: bool):
     """``erfinv(clip(x, -b, b))`` with the derivative at the clipped point: see :func:`erfinv`."""
     bound = _dtypes.below_one(dtype)
-    steps = _steps(dtype)
+    wide = dtype == tf.float64
 
     def forward(x):
         x64 = tf.cast(x, tf.float64)
         a = tf.minimum(tf.abs(x64), bound)   # NaN stays NaN
-        y = _root_of_erf(a, 1.0 - a, steps)
+        y = _root_of_erf(a, 1.0 - a, wide)
         # erfinv(-0) is -0: x itself where it is zero (and where it is NaN).
         return tf.cast(tf.where(x64 < 0.0, -y, tf.where(x64 > 0.0, y, x64)), x.dtype)
 
@@ -243,12 +256,12 @@ def _erfinv(dtype: tf.DType, xla: bool):
 def _ndtri(dtype: tf.DType, xla: bool):
     """``ndtri(clip(p, tiny, b))`` with the derivative at the clipped point: see :func:`ndtri`."""
     low, high = _dtypes.tiny(dtype), _dtypes.below_one(dtype)
-    steps = _steps(dtype)
+    wide = dtype == tf.float64
 
     def forward(p):
         p64 = tf.raw_ops.ClipByValue(t=tf.cast(p, tf.float64), clip_value_min=low, clip_value_max=high)
         q = tf.where(p64 > 0.5, 1.0 - p64, p64)   # exact: Sterbenz
-        y = _SQRT_TWO * _root_of_erf(tf.abs(2.0 * p64 - 1.0), 2.0 * q, steps)
+        y = _SQRT_TWO * _root_of_erf(tf.abs(2.0 * p64 - 1.0), 2.0 * q, wide)
         return tf.cast(tf.where(p64 < 0.5, -y, y), p.dtype)   # ndtri(1/2) is +0
 
     def backward(dy, y, p):
