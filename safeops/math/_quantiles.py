@@ -72,8 +72,10 @@ import math
 
 import tensorflow as tf
 
-from safeops import _dtypes, _ragged, _validate, _xla
+from safeops import _dtypes, _xla
 from safeops._gradient import custom_op
+# The shared body of the clamped unary ops: ragged rows, validation, half-precision widening.
+from safeops.math._inverse_trig import _unary
 
 _HALF_SQRT_PI = math.sqrt(math.pi) / 2.0
 _SQRT_TWO = math.sqrt(2.0)
@@ -184,16 +186,6 @@ def ndtri(x, name=None):
     return _unary(ndtri, "safeops.math.ndtri", _ndtri, x, name)
 
 
-def _unary(public, op, build, x, name):
-    """Ragged rows, validation, half-precision widening: as the other clamped unary ops."""
-    if _ragged.any_ragged(x):
-        return _ragged.elementwise(public, x, name=name)
-    with _validate.op_scope(op, name) as scope:
-        x = _validate.float_tensor(x, op, "x")
-        y = build(x.dtype, _xla.enabled())(_dtypes.to_compute(x))
-        return scope.output(_dtypes.from_compute(y, x.dtype))
-
-
 def _root_of_erf(a: tf.Tensor, u: tf.Tensor, float64_output: bool) -> tf.Tensor:
     """``y >= 0`` with ``erf(y) = a`` and ``erfc(y) = u`` (float64; ``a`` in ``[0, 1)``, ``u = 1 - a``).
 
@@ -231,6 +223,15 @@ def _root_of_erf(a: tf.Tensor, u: tf.Tensor, float64_output: bool) -> tf.Tensor:
     return y
 
 
+def _joined(forward, backward, dtype: tf.DType, xla: bool):
+    """The op of ``forward`` and ``backward``; the forward is one XLA loop in eager mode too.
+
+    TensorFlow's own float64 ``erf`` kernel is 2 ULP off where XLA's is 1,
+    and float64 results came out up to 5 ULP off through it (2 through XLA's).
+    """
+    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla, eager_plain=True), dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _erfinv(dtype: tf.DType, xla: bool):
     """``erfinv(clip(x, -b, b))`` with the derivative at the clipped point: see :func:`erfinv`."""
@@ -247,9 +248,7 @@ def _erfinv(dtype: tf.DType, xla: bool):
     def backward(dy, y, x):
         return (dy * _HALF_SQRT_PI * tf.exp(y * y),)
 
-    # The forward as one XLA loop in eager mode too: TensorFlow's own float64 erf kernel is 2 ULP off
-    # where XLA's is 1, and float64 results came out up to 5 ULP off through it (2 through XLA's).
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla, eager_plain=True), dtype)
+    return _joined(forward, backward, dtype, xla)
 
 
 @functools.lru_cache(maxsize=None)
@@ -270,6 +269,4 @@ def _ndtri(dtype: tf.DType, xla: bool):
         y64 = tf.cast(y, tf.float64)
         return (dy * tf.cast(_SQRT_TWO_PI * tf.exp(0.5 * y64 * y64), dy.dtype),)
 
-    # The forward as one XLA loop in eager mode too: TensorFlow's own float64 erf kernel is 2 ULP off
-    # where XLA's is 1, and float64 results came out up to 5 ULP off through it (2 through XLA's).
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla, eager_plain=True), dtype)
+    return _joined(forward, backward, dtype, xla)
