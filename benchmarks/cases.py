@@ -331,7 +331,8 @@ def _build_registry() -> list:
               lambda x: tf.math.acosh(tf.maximum(x, 1.0 + NAIVE_EPS)), tf.math.acosh),
         # Uniforms and probabilities; the naive forms clip into the open interval.
         _math("erfinv", "elementwise", _unary("uniform", low=-1.0, high=1.0),
-              lambda x: tf.math.erfinv(tf.clip_by_value(x, -1.0 + NAIVE_EPS, 1.0 - NAIVE_EPS)), tf.math.erfinv),
+              lambda x: tf.math.erfinv(tf.clip_by_value(x, -1.0 + NAIVE_EPS, 1.0 - NAIVE_EPS)),
+              tf.math.erfinv),
         _math("ndtri", "elementwise", _unary("uniform", low=0.0, high=1.0),
               lambda x: tf.math.ndtri(tf.clip_by_value(x, NAIVE_EPS, 1.0 - NAIVE_EPS)), tf.math.ndtri),
         _math("atan2", "elementwise", _binary(_LOGIT, _LOGIT), _naive_atan2, tf.math.atan2, wrt=(0, 1)),

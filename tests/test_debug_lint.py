@@ -230,7 +230,8 @@ class TestDetails:
         assert "[-1, 1]" in findings[0].message and findings[0].fix.startswith(f"safeops.math.{op.__name__}(")
 
     def test_erfinv_and_ndtri_at_their_ends_are_reported_inside_is_quiet(self):
-        for fn in (lambda a: tf.math.erfinv(tf.tanh(a)), lambda a: tf.math.ndtri(tf.clip_by_value(a, 0.0, 1.0))):
+        for fn in (lambda a: tf.math.erfinv(tf.tanh(a)),
+                   lambda a: tf.math.ndtri(tf.clip_by_value(a, 0.0, 1.0))):
             findings = lint(fn, X, print=False)
             assert _patterns(findings) == ["quantile-at-the-ends"], [str(f) for f in findings]
             assert findings[0].fix.startswith("safeops.math.")

@@ -145,7 +145,7 @@ def test_gaussian_copula_of_a_saturated_cdf_keeps_a_finite_gradient(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_gaussian_from_a_uniform_through_erfinv(mode):
-    """``sqrt(2) erfinv(2u - 1)`` of a uniform ``u`` that reaches 1: TensorFlow's value and gradient are inf."""
+    """``sqrt(2) erfinv(2u - 1)`` of a uniform ``u`` that reaches 1: TensorFlow's value and gradient inf."""
     u = tf.constant([0.25, 0.5, 0.999, 0.99999994, 1.0])
 
     def gaussian(erfinv):
