@@ -11,10 +11,10 @@ error :math:`1 - p` at :math:`q = 1`. It is meant for labels that are wrong,
 and a model that learns the clean labels predicts a probability near 0 for
 the wrong one: exactly where Keras' formula (TensorFlow backend, Keras
 3.15) loses the gradient. Its derivative :math:`-p^{q-1}` is ``-inf`` at
-``p = 0`` (a softmax that underflowed: float32 at a logit gap beyond about
-104, float16 beyond about 17), and the softmax's backward multiplies it by
-``p = 0``: NaN for every logit of the row, which the optimizer writes into
-every weight.
+``p = 0`` (a softmax that underflowed: TensorFlow's float32 kernel gives 0
+from a logit gap of about 87, float16 from about 17), and the softmax's
+backward multiplies it by ``p = 0``: NaN for every logit of the row, which
+the optimizer writes into every weight.
 
 Stable rewrite, in float64 for every input dtype (the per-example values
 only, one per row):
