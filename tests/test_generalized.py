@@ -139,6 +139,9 @@ def test_underflowed_softmax_gives_keras_nan_and_safeops_the_exact_gradient(mode
     """
     z = tf.constant([[0.0, 120.0, 0.0], [0.0, 20.0, 0.0]])
     labels = tf.constant([0, 0])
+    # The gaps the docs quote: TensorFlow's softmax is 0 from about 87 in float32, 18 in float16.
+    assert float(tf.nn.softmax([0.0, 88.0])[0]) == 0.0 < float(tf.nn.softmax([0.0, 86.0])[0])
+    assert float(tf.nn.softmax(tf.constant([0.0, 18.0], tf.float16))[0]) == 0.0
 
     def keras_loss(z):
         return keras.losses.categorical_generalized_cross_entropy(labels, tf.nn.softmax(z), 0.7)
