@@ -98,8 +98,8 @@ pytestmark = pytest.mark.contract
 
 DTYPES = strategies.DTYPES
 
-#: 76 (op, dtype) cases per property: a third of the profile's examples each
-#: (10 in ``ci``, 200 in ``thorough``) keeps this file near 3 minutes in ``ci``.
+#: 124 (op, dtype) cases per property (31 ops): a third of the profile's examples
+#: each (10 in ``ci``, 200 in ``thorough``) keeps this file to minutes in ``ci``.
 PER_CASE = settings(max_examples=max(6, settings.default.max_examples // 3))
 
 
