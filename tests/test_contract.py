@@ -54,8 +54,9 @@ Documented allowances, each narrower than the contract's wording:
   number is about ``2 max |x|`` there. Narrower rows get no slack.
 * **float64 ``erfinv`` and ``ndtri`` as plain TensorFlow ops.** Their
   residuals are TensorFlow's float64 ``erf`` and ``erfc``: through XLA's
-  (the default, inner XLA functions) the results are within 2 to 3 ULP, but
-  as plain kernels (``SAFEOPS_INNER_XLA=0``, under check-numerics) within 5
+  (inner XLA functions in a ``tf.function``) the results are within 2 to 3
+  ULP, but as plain kernels (eager calls below 65536 entries,
+  ``SAFEOPS_INNER_XLA=0``, under check-numerics) within 5
   (3 of 15000 points in ``[0.55, 0.95]``; TensorFlow's ``erf`` kernel is 2
   ULP off where XLA's is 1). 5 ULP is accepted for them in float64 (README,
   "Where C3's 4 ULP is not met"). The second allowance wider than C3.

@@ -52,9 +52,9 @@ floating point where they are used). In float64 for every input dtype:
 
 Accuracy against mpmath (``tests/test_quantiles.py``, the contract tests):
 float32 and narrower within 1 ULP in every mode; float64 within 2 ULP
-through XLA (the default: the forward is an inner XLA function, and plain
-in an outer ``jit_compile``), within 5 as plain TensorFlow ops (inner XLA
-off, ``enable_check_numerics``). Speed: float64 ``erfc`` and ``exp`` per
+through XLA (inside a ``tf.function``, eager calls of 65536 entries or
+more, an outer ``jit_compile``), within 5 as plain TensorFlow ops (eager
+calls on fewer entries, inner XLA off, ``enable_check_numerics``). Speed: float64 ``erfc`` and ``exp`` per
 entry, several times TensorFlow's float32 kernels (README, Known gaps).
 
 The ends are clamped as in :mod:`safeops._dtypes`' policy (contract C4):
@@ -224,12 +224,19 @@ def _root_of_erf(a: tf.Tensor, u: tf.Tensor, float64_output: bool) -> tf.Tensor:
 
 
 def _joined(forward, backward, dtype: tf.DType, xla: bool):
-    """The op of ``forward`` and ``backward``; the forward is one XLA loop in eager mode too.
+    """The op of ``forward`` and ``backward``, each an inner XLA function (plain ops eagerly below 65536 entries).
 
-    TensorFlow's own float64 ``erf`` kernel is 2 ULP off where XLA's is 1,
-    and float64 results came out up to 5 ULP off through it (2 through XLA's).
+    Through TensorFlow's own float64 ``erf`` kernel, 2 ULP off where XLA's
+    is 1, float64 results come out up to 5 ULP off (2 through XLA's). The
+    forward was an XLA call in eager mode at every size for that, but each
+    new input shape is a compile, and the contract tests' eager calls of
+    many lengths took the process to Linux's limit of memory mappings
+    (``vm.max_map_count``; a worker crashed): eager calls below
+    :data:`safeops._xla.EAGER_PLAIN_BELOW` entries run plain ops, as the
+    other few-kernel ops' do.
     """
-    return custom_op(_xla.compiled(forward, xla), _xla.compiled(backward, xla, eager_plain=True), dtype)
+    return custom_op(_xla.compiled(forward, xla, eager_plain=True),
+                     _xla.compiled(backward, xla, eager_plain=True), dtype)
 
 
 @functools.lru_cache(maxsize=None)
