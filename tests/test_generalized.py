@@ -21,7 +21,9 @@ MODES = ["eager", "function", "xla"]
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 gce = losses.categorical_generalized_cross_entropy
 GCE = losses.CategoricalGeneralizedCrossEntropy
-mpmath.mp.dps = 50
+#: A private mpmath context (the global one is other tests' business).
+MP = mpmath.MPContext()
+MP.dps = 50
 
 
 def _run(mode, fn, *args):
@@ -45,8 +47,8 @@ def _loss_and_grad(fn, x, mode="eager"):
 
 def _exact(p, q):
     """``(1 - p**q) / q`` and its derivative ``-p**(q - 1)`` in mpmath (``p`` as the float it is)."""
-    p, q = mpmath.mpf(float(p)), mpmath.mpf(float(q))
-    return (1 - p ** q) / q, (-(p ** (q - 1)) if p > 0 else -mpmath.inf)
+    p, q = MP.mpf(float(p)), MP.mpf(float(q))
+    return (1 - p ** q) / q, (-(p ** (q - 1)) if p > 0 else -MP.inf)
 
 
 # ----------------------------------------------------------------------------
@@ -270,8 +272,8 @@ def test_gradient_with_respect_to_a_tensor_q(mode):
         return loss, tape.gradient(loss, q)
 
     loss, dq = _run(mode, step, q)
-    mq = mpmath.mpf(0.4)
-    exact = mpmath.diff(lambda t: (1 - mpmath.mpf(0.3) ** t) / t + 1 / t, mq)
+    mq = MP.mpf(0.4)
+    exact = MP.diff(lambda t: (1 - MP.mpf(0.3) ** t) / t + 1 / t, mq)
     # p = 0 contributes d(1/q)/dq = -1/q**2 (the clamp's c**q log c is below 1e-300); p = 1 nothing.
     np.testing.assert_allclose(float(dq), float(exact), rtol=1e-12)
     assert float(loss) == pytest.approx((1 - 0.3 ** 0.4) / 0.4 + 2.5, rel=1e-14)
