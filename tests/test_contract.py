@@ -59,7 +59,7 @@ Documented allowances, each narrower than the contract's wording:
   ``SAFEOPS_INNER_XLA=0``, under check-numerics) within 5
   (3 of 15000 points in ``[0.55, 0.95]``; TensorFlow's ``erf`` kernel is 2
   ULP off where XLA's is 1). 5 ULP is accepted for them in float64 (README,
-  "Where C3's 4 ULP is not met"). The second allowance wider than C3.
+  Known gaps). The second allowance wider than C3.
 * **running products beyond float64.** ``cumprod`` runs TensorFlow's scan
   kernel in float64: a row whose running product leaves float64's range
   midway (``[1e200, 1e200, 1e-200]``) keeps the kernel's ``inf`` or 0
