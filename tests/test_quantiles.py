@@ -185,3 +185,91 @@ def test_locate_names_the_safeops_op_and_is_quiet_on_it(name):
     report = debug.locate_nonfinite(lambda t: tf.reduce_sum(getattr(tf.math, name)(t)), x)
     assert report.found and report.fix.startswith(f"safeops.math.{name}(x)"), report
     assert not debug.locate_nonfinite(lambda t: tf.reduce_sum(getattr(tfm, name)(t)), x).found
+
+
+# ----------------------------------------------------------------------------
+# The first guess: its fitted polynomials and the seams between them.
+
+
+def _fit_script():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "fit_quantiles.py"
+    spec = importlib.util.spec_from_file_location("fit_quantiles", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_first_guess_coefficients_are_the_fit_scripts_and_within_1e_9():
+    from safeops.math import _quantiles
+
+    script = _fit_script()
+    for name, variable, lower, upper, degree, divided in script.REGIONS:
+        powers, error = script.fit(variable, lower, upper, degree, divided)
+        stored = np.array(getattr(_quantiles, name))
+        assert stored.shape == (degree + 1,), name
+        # A least-squares solve: other BLAS builds may move the last digits.
+        np.testing.assert_allclose(stored, powers, rtol=0, atol=1e-13, err_msg=name)
+        assert error < 1e-9, (name, error)
+
+
+def _seams(dtype):
+    """``(name, inputs)`` on both sides of each seam between the fits: ``w = 6.25`` and ``s = 9.4``.
+
+    ``w = 6.25`` as ``erfinv(1 - u)`` and ``ndtri(u / 2)``; the tails as
+    ``ndtri(u / 2)`` where the dtype reaches it (float32's ``tiny`` stops
+    at ``s = 9.27``; float64's at 26.6, inside the last fit).
+    """
+    step = 1e-4 if dtype == np.float32 else 1e-11   # relative, in u: above an input's rounding
+    k = np.arange(-40, 41)
+    out = []
+    for w, names in ((6.25, ("erfinv", "ndtri")), (9.4 ** 2, ("ndtri",))):
+        u = math.exp(-w) / (1 + math.sqrt(-math.expm1(-w)))   # 1 - a, for a = sqrt(1 - exp(-w))
+        us = u * (1 + k * step)
+        if us.min() / 2 < np.finfo(dtype).tiny:
+            continue
+        for name in names:
+            inputs = (1 - us) if name == "erfinv" else us / 2
+            out.append((name, np.sort(inputs.astype(dtype))))
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_seams_between_the_fits_are_exact_and_monotone(dtype, mode):
+    """81 inputs around each seam: float32 within 1 ULP, float64 within 4, non-decreasing."""
+    bound = 1 if dtype == np.float32 else 4
+    seams = _seams(dtype)
+    assert [name for name, _ in seams] == (
+        ["erfinv", "ndtri"] + ([] if dtype == np.float32 else ["ndtri"]))
+    for name, inputs in seams:
+        value, _ = _value_and_grad(getattr(tfm, name), inputs, mode)
+        exact, _ = _reference(name, inputs, dtype)
+        assert np.max(ulp_distance(value.astype(dtype), exact.astype(dtype), dtype)) <= bound, name
+        assert np.all(np.diff(value) >= 0), name
+
+
+def test_float64_erfinv_of_tiny_inputs_is_the_series():
+    """Down to float64's tiny the step's correction would be subnormal; the series is used there."""
+    a = np.logspace(-307, -4.5, 200)
+    value, _ = _value_and_grad(tfm.erfinv, np.concatenate([a, -a]))
+    exact, _ = _reference("erfinv", np.concatenate([a, -a]), np.float64)
+    assert np.max(ulp_distance(value, exact, np.float64)) <= 1
+
+
+def test_the_float64_log_under_xla_is_within_1e_13_relative_and_keeps_nan():
+    """``_quantiles._log``, which replaces XLA's slow float64 ``log``, over the first guess's range."""
+    from safeops.math import _quantiles
+
+    rng = np.random.default_rng(5)
+    q = np.concatenate([np.logspace(-307.6, 0, 20000), rng.uniform(0.5, 2.0, 20000),
+                        [np.finfo(np.float64).tiny, 1.0, np.sqrt(2.0), np.nextafter(np.sqrt(2.0), 0), 2.0]])
+    got = tf.function(_quantiles._log, jit_compile=True, autograph=False)(tf.constant(q)).numpy()
+    exact = np.log(q)     # numpy's log is correctly rounded or within 1 ULP
+    assert np.max(np.abs(got - exact) / np.maximum(np.abs(exact), 1e-300)) < 1e-13
+    assert got[q == 1.0][0] == 0.0
+    log = tf.function(_quantiles._log, jit_compile=True, autograph=False)
+    nan = log(tf.constant([np.nan, 0.5], tf.float64))
+    assert np.isnan(nan[0].numpy()) and nan[1].numpy() == np.log(0.5)
