@@ -611,3 +611,32 @@ def test_float64_long_rows_within_c3(float64_long_rows, name, mode):
     want = np.asarray(want, dtype=np.float64)
     ulps = np.abs(got - want) / np.spacing(np.abs(want))
     assert ulps.max() <= 4, ulps.max()
+
+
+def test_computed_once_is_the_value_bit_for_bit_and_the_gradient_reads_it():
+    """``_xla.computed_once``: ``y / (1 + 0 y)`` under XLA, the same bits (signed zeros, NaN; a
+    subnormal may be flushed); under an outer jit_compile ``erfinv``'s gradient loop then reads the
+    forward's output."""
+    import re
+
+    tiny = np.finfo(np.float32).tiny
+    y = tf.constant([0.0, -0.0, tiny / 4, -3.4e38, 1.5, np.nan], tf.float32)
+    got = tf.function(_xla.computed_once, jit_compile=True, autograph=False)(y).numpy()
+    keep = [0, 1, 3, 4]
+    np.testing.assert_array_equal(got.view(np.int32)[keep], y.numpy().view(np.int32)[keep])
+    assert got[2] in (0.0, tiny / 4)   # XLA's CPU division flushes a subnormal (C3 allows it)
+    assert np.isnan(got[5])
+    assert tf.function(_xla.computed_once)(y).numpy().view(np.int32)[1] == y.numpy().view(np.int32)[1]
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tfm.erfinv(x)
+        return out, tape.gradient(out, x)
+
+    x = tf.constant(np.linspace(-0.99, 0.99, 4096, dtype=np.float32))
+    hlo = tf.function(step, jit_compile=True).experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    value, gradient = re.search(r"ROOT \S+ = .*tuple\((%\S+), (%\S+)\)", entry).groups()
+    producer = re.search(re.escape(gradient) + r" = [^\n]*fusion\(([^)]*)\)", entry).group(1)
+    assert value in [operand.strip() for operand in producer.split(",")], entry

@@ -63,8 +63,11 @@ float32 and narrower within 1 ULP in every mode; float64 within 3 ULP
 through XLA (inside a ``tf.function``, eager calls of 65536 entries or
 more, an outer ``jit_compile``), within 5 as plain TensorFlow ops (eager
 calls on fewer entries, inner XLA off, ``enable_check_numerics``). Speed:
-a float64 ``log``, ``sqrt`` and the polynomials per entry (and for float64
-an ``erf`` or ``erfc`` and an ``exp``); README, Known gaps.
+a float64 ``log`` (under XLA by reduction, :func:`_log`), ``sqrt`` and the
+polynomials per entry (float64 adds an ``erf`` or ``erfc`` and an
+``exp``); the output passes through :func:`safeops._xla.computed_once`, so
+that under an outer ``jit_compile`` the gradient reads it instead of
+computing the forward a second time. README, Known gaps.
 
 The ends are clamped as in :mod:`safeops._dtypes`' policy (contract C4):
 ``erfinv`` at :math:`\pm b`, ``ndtri`` at ``[tiny, b]``, with :math:`b`
@@ -250,12 +253,16 @@ def _log(q: tf.Tensor) -> tf.Tensor:
     high = m > _SQRT_TWO
     m = tf.where(high, 0.5 * m, m)
     e = tf.cast(exponent, tf.float64) + tf.cast(high, tf.float64)
-    z = (m - 1.0) / (m + 1.0)
-    z2 = z * z
+    # z and z**2 as two quotients, each read once: XLA keeps a quotient read twice in a buffer of its
+    # own (a float64 pass over memory), where each one read once fuses into the loop.
+    above, below = m - 1.0, m + 1.0
+    z = above / below
+    z2 = (above * above) / (below * below)
     series = tf.fill(tf.shape(z), tf.constant(1.0 / 15.0, tf.float64))
     for k in (13, 11, 9, 7, 5, 3, 1):
         series = series * z2 + 1.0 / k
-    return tf.where(tf.math.is_nan(q), q, e * _LOG_TWO + 2.0 * z * series)
+    # + (q - q): NaN stays NaN (its bits would make a finite m), and q's only other reader is cheap.
+    return e * _LOG_TWO + 2.0 * z * series + (q - q)
 
 
 def _first_guess(a: tf.Tensor, u: tf.Tensor, far_tail: bool) -> tf.Tensor:
@@ -334,7 +341,8 @@ def _erfinv(dtype: tf.DType, xla: bool):
         a = tf.minimum(tf.abs(x64), bound)   # NaN stays NaN
         y = _root_of_erf(a, 1.0 - a, wide)
         # erfinv(-0) is -0: x itself where it is zero (and where it is NaN).
-        return tf.cast(tf.where(x64 < 0.0, -y, tf.where(x64 > 0.0, y, x64)), x.dtype)
+        # The gradient reads the output: computed once under an outer jit_compile (_xla.computed_once).
+        return _xla.computed_once(tf.cast(tf.where(x64 < 0.0, -y, tf.where(x64 > 0.0, y, x64)), x.dtype))
 
     def backward(dy, y, x):
         return (dy * _HALF_SQRT_PI * tf.exp(y * y),)
@@ -352,7 +360,7 @@ def _ndtri(dtype: tf.DType, xla: bool):
         p64 = tf.raw_ops.ClipByValue(t=tf.cast(p, tf.float64), clip_value_min=low, clip_value_max=high)
         q = tf.where(p64 > 0.5, 1.0 - p64, p64)   # exact: Sterbenz
         y = _SQRT_TWO * _root_of_erf(tf.abs(2.0 * p64 - 1.0), 2.0 * q, wide, far_tail=wide)
-        return tf.cast(tf.where(p64 < 0.5, -y, y), p.dtype)   # ndtri(1/2) is +0
+        return _xla.computed_once(tf.cast(tf.where(p64 < 0.5, -y, y), p.dtype))   # ndtri(1/2) is +0
 
     def backward(dy, y, p):
         # exp(y**2 / 2) in float64: at y = -12.95 (p = tiny) float32's rounding of y**2 / 2 alone is
