@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import safeops
 import safeops.math as tfm
 from safeops import losses
+from tests._modes import run as in_mode, value_and_grad
 
 MODES = ["eager", "function", "xla"]
 PAIRS = [
@@ -27,23 +28,6 @@ PAIRS = [
     ("poisson", "Poisson"),
 ]
 TINY32 = float(np.finfo(np.float32).tiny)
-
-
-def _in_mode(mode, fn):
-    return fn if mode == "eager" else tf.function(fn, jit_compile=(mode == "xla"))
-
-
-def _value_and_grad(fn, wrt, mode="eager"):
-    """``fn(wrt)`` and the gradient of its sum with respect to ``wrt``, run in ``mode``."""
-
-    def run(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return y, tape.gradient(y, x)
-
-    y, g = _in_mode(mode, run)(tf.convert_to_tensor(wrt))
-    return y.numpy().astype(np.float64), g.numpy().astype(np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -291,10 +275,10 @@ def test_focal_with_logits_is_exact_where_keras_is_not():
     y, z = [[0.0, 1.0, 0.0, 0.0]], [[1e4, 0.0, -1e4, 0.0]]
     keras_value = float(keras.losses.categorical_focal_crossentropy(y, z, from_logits=True)[0])
     assert keras_value < 5.0  # measured 3.99-4.03: Keras' clip at 1e-7
-    value, grad = _value_and_grad(lambda z: losses.categorical_focal_crossentropy(y, z, from_logits=True), z)
+    value, grad = value_and_grad(lambda z: losses.categorical_focal_crossentropy(y, z, from_logits=True), z)
     np.testing.assert_allclose(value, [2500.0], rtol=1e-6)
     np.testing.assert_allclose(grad, [[0.25, -0.25, 0.0, 0.0]], atol=1e-6)
-    value, grad = _value_and_grad(lambda z: losses.binary_focal_crossentropy([[1.0]], z, from_logits=True),
+    value, grad = value_and_grad(lambda z: losses.binary_focal_crossentropy([[1.0]], z, from_logits=True),
                                   [[-1e4]])
     np.testing.assert_allclose(value, [1e4], rtol=1e-6)
     np.testing.assert_allclose(grad, [[-1.0]], atol=1e-6)
@@ -308,7 +292,7 @@ def test_logit_paths_exact_at_huge_logits(mode):
         ("sparse_categorical_crossentropy", [1], [[1e4, -1e4]], 2e4),
     ]:
         fn = getattr(losses, name)
-        value, grad = _value_and_grad(lambda z: fn(y, z, from_logits=True), z, mode)
+        value, grad = value_and_grad(lambda z: fn(y, z, from_logits=True), z, mode)
         np.testing.assert_allclose(value, [exact], rtol=1e-6)
         assert np.all(np.isfinite(grad)) and np.abs(grad).max() == pytest.approx(1.0)
 
@@ -327,7 +311,7 @@ def test_probability_path_is_finite_with_live_gradient_at_saturation(function, c
     else:
         y, p = [[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]
     y = np.asarray(y)
-    value, grad = _value_and_grad(lambda p: fn(y, p), tf.constant(p, dtype))
+    value, grad = value_and_grad(lambda p: fn(y, p), tf.constant(p, dtype))
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), (value, grad)
     assert np.any(grad != 0)
     if function in ("sparse_categorical_crossentropy", "binary_focal_crossentropy",
@@ -339,7 +323,7 @@ def test_probability_path_is_finite_with_live_gradient_at_saturation(function, c
     live = (y != p) if function in ("binary_crossentropy", "poisson") else (y > 0) & (p == 0)
     assert np.all(grad[live] != 0), grad
     if function != "poisson":
-        keras_grad = _value_and_grad(lambda p: getattr(keras.losses, function)(y, p), p)[1]
+        keras_grad = value_and_grad(lambda p: getattr(keras.losses, function)(y, p), p)[1]
         assert np.any(keras_grad[live] == 0) or not np.all(np.isfinite(keras_grad))
 
 
@@ -361,16 +345,16 @@ def test_half_precision_zeros_at_unlabelled_classes_leave_the_normaliser(dtype, 
     exact = -np.log(rounded[[0, 1], labels] / rounded.sum(-1))
     ulp = np.spacing(exact.astype(dtype.as_numpy_dtype)).astype(np.float64)
     for fn in fns:
-        got = _in_mode(mode, fn)(p).numpy().astype(np.float64)
+        got = in_mode(mode, fn)(p).numpy().astype(np.float64)
         np.testing.assert_array_less(np.abs(got - exact), ulp * 1.01)
     zeros = tf.zeros([1, 3], dtype)
-    uniform = _in_mode(mode, lambda p: losses.categorical_crossentropy([[0.0, 1.0, 0.0]], p))(zeros)
+    uniform = in_mode(mode, lambda p: losses.categorical_crossentropy([[0.0, 1.0, 0.0]], p))(zeros)
     assert float(uniform[0]) == pytest.approx(np.log(3), rel=1e-2)
 
 
 def test_probability_path_values_at_the_clamp():
     y, p = [[1.0, 0.0]], [[0.0, 1.0]]
-    value, grad = _value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
+    value, grad = value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
     log_tiny, log_half_eps = -np.log(TINY32), -np.log(np.finfo(np.float32).eps / 2)
     np.testing.assert_allclose(value, [(log_tiny + log_half_eps) / 2], rtol=1e-6)
     np.testing.assert_allclose(grad, [[-0.5 / TINY32, 0.5 * 2 / np.finfo(np.float32).eps]], rtol=1e-5)
@@ -396,7 +380,7 @@ def _bce_from(activation, dtype, mode):
     def loss(z):
         return losses.binary_crossentropy([[1.0]], activation(tf.cast(z, dtype)))
 
-    return _value_and_grad(loss, tf.constant([[-100.0]]), mode)
+    return value_and_grad(loss, tf.constant([[-100.0]]), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -423,7 +407,7 @@ def test_raw_tf_sigmoid_recovered_in_graphs_clamped_in_eager(dtype):
     # Eager: no op, no attribute. The clamped log of the dtype: finite value,
     # finite nonzero gradient with respect to the probability.
     p = tf.sigmoid(tf.constant([[-100.0]], dtype))
-    value, grad = _value_and_grad(lambda p: losses.binary_crossentropy([[1.0]], p), p)
+    value, grad = value_and_grad(lambda p: losses.binary_crossentropy([[1.0]], p), p)
     tiny = float(np.finfo(dtype.as_numpy_dtype).tiny)
     np.testing.assert_allclose(value, [-np.log(tiny)], rtol=1e-3)
     assert np.isfinite(grad).all() and grad[0, 0] < 0
@@ -433,17 +417,17 @@ def test_raw_tf_sigmoid_recovered_in_graphs_clamped_in_eager(dtype):
 def test_safeops_math_outputs_carry_their_logits_and_plain_probabilities_are_clamped(mode):
     """safeops' own softmax and sigmoid outputs were scored as probabilities, even in a graph."""
     z = tf.constant([[-200.0, 0.0]])
-    value, grad = _value_and_grad(lambda z: losses.categorical_crossentropy([[1.0, 0.0]], tfm.softmax(z)), z,
+    value, grad = value_and_grad(lambda z: losses.categorical_crossentropy([[1.0, 0.0]], tfm.softmax(z)), z,
                                   mode)
     np.testing.assert_allclose(value, [200.0], rtol=1e-6)
     np.testing.assert_allclose(grad, [[-1.0, 1.0]], rtol=1e-6)
-    value, grad = _value_and_grad(lambda z: losses.binary_crossentropy([[1.0, 0.0]], tfm.sigmoid(z)), z,
+    value, grad = value_and_grad(lambda z: losses.binary_crossentropy([[1.0, 0.0]], tfm.sigmoid(z)), z,
                                   mode)
     np.testing.assert_allclose(value, [(200.0 + np.log(2.0)) / 2], rtol=1e-6)
     np.testing.assert_allclose(grad, [[-0.5, 0.25]], rtol=1e-6)
     # Probabilities given as a function's argument carry no logits: the clamped log, live gradient.
     p = tfm.softmax(z)
-    value, grad = _value_and_grad(lambda p: losses.categorical_crossentropy([[1.0, 0.0]], p),
+    value, grad = value_and_grad(lambda p: losses.categorical_crossentropy([[1.0, 0.0]], p),
                                   tf.identity(p), mode)
     np.testing.assert_allclose(value, [-np.log(TINY32)], rtol=1e-5)
     assert np.isfinite(grad).all() and grad[0, 0] < 0
@@ -455,7 +439,7 @@ def test_float16_output_cast_by_the_caller_is_recovered_in_graphs(mode):
         p = tf.cast(tf.sigmoid(tf.cast(z, tf.float16)), tf.float32)
         return losses.binary_crossentropy([[1.0]], p)
 
-    value, grad = _value_and_grad(loss, tf.constant([[-100.0]]), mode)
+    value, grad = value_and_grad(loss, tf.constant([[-100.0]]), mode)
     np.testing.assert_allclose(value, [100.0], rtol=1e-3)
     np.testing.assert_allclose(grad, [[-1.0]], rtol=1e-3)
 
@@ -465,7 +449,7 @@ def test_loss_class_keeps_float16_logits_that_keras_loses(mode):
     y = tf.constant([[1.0]])
 
     def run(loss):
-        return _value_and_grad(lambda z: loss(y, keras.activations.sigmoid(tf.cast(z, tf.float16))),
+        return value_and_grad(lambda z: loss(y, keras.activations.sigmoid(tf.cast(z, tf.float16))),
                                tf.constant([[-100.0]]), mode)
 
     value, grad = run(losses.BinaryCrossentropy())
@@ -500,7 +484,7 @@ def test_float16_predictions_under_loss_scaling_keep_their_gradient(name, y, p, 
                 value = tf.cast(tf.reduce_sum(loss(tf.constant([[y]]), pred)), tf.float32) * scale
             return tape.gradient(value, pred)
 
-        got = float(_in_mode(mode, grad)(pred)[0, 0])
+        got = float(in_mode(mode, grad)(pred)[0, 0])
         assert got == pytest.approx(exact, rel=2e-3), (loss, got, exact)
 
 
@@ -740,7 +724,7 @@ def test_a_check_finds_the_bad_entry_only_when_it_fails(mode):
         with tf.control_dependencies(deps):
             return tf.identity(x)
 
-    fn = _in_mode(mode, check)
+    fn = in_mode(mode, check)
     np.testing.assert_array_equal(fn(tf.constant([1.0, 2.0, 3.0, 4.0]), "bad index"), [1, 2, 3, 4])
     if mode == "eager":
         assert not calls
@@ -748,7 +732,7 @@ def test_a_check_finds_the_bad_entry_only_when_it_fails(mode):
         fn(tf.constant([1.0, -2.0, 3.0, -5.0]), "min")
     # The probability check of a loss names its first bad entry the same way.
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)y_pred must be probabilities.*got.*1\.5"):
-        _in_mode(mode, losses.binary_crossentropy)(tf.constant([[1.0, 0.0, 1.0]]),
+        in_mode(mode, losses.binary_crossentropy)(tf.constant([[1.0, 0.0, 1.0]]),
                                                    tf.constant([[0.5, 1.5, 2.5]]))
 
 
@@ -763,11 +747,11 @@ def test_gaussian_nll_formula_floor_and_gradient():
     pred = np.concatenate([mean, s], -1).astype("float32")
     np.testing.assert_allclose(losses.gaussian_nll(y, pred), expected, rtol=1e-6)
     # The floor: a log-variance of -inf is the floor, with a finite live gradient.
-    value, grad = _value_and_grad(lambda p: losses.gaussian_nll([[1.0]], p), [[0.0, -np.inf]])
+    value, grad = value_and_grad(lambda p: losses.gaussian_nll([[1.0]], p), [[0.0, -np.inf]])
     floor = float(np.finfo(np.float32).eps)
     np.testing.assert_allclose(value, [0.5 * (np.log(2 * np.pi) + np.log(floor) + 1 / floor)], rtol=1e-5)
     np.testing.assert_allclose(grad, [[-1 / floor, 0.5 * (1 - 1 / floor)]], rtol=1e-5)
-    value, _ = _value_and_grad(lambda p: losses.gaussian_nll([[0.0]], p, min_variance=1e-2), [[0.0, -50.0]])
+    value, _ = value_and_grad(lambda p: losses.gaussian_nll([[0.0]], p, min_variance=1e-2), [[0.0, -50.0]])
     np.testing.assert_allclose(value, [0.5 * (np.log(2 * np.pi) + np.log(1e-2))], rtol=1e-5)
     with pytest.raises(ValueError, match="2 d"):
         losses.gaussian_nll(tf.zeros([2, 3]), tf.zeros([2, 3]))
@@ -782,7 +766,7 @@ def test_gaussian_nll_half_precision_is_finite_and_second_order_works():
     assert value.dtype == tf.float32
     floor = float(np.finfo(np.float16).eps)  # the floor of y_pred's own dtype
     np.testing.assert_allclose(value, 0.5 * (np.log(2 * np.pi) + np.log(floor) + 144 / floor), rtol=1e-5)
-    grad = _value_and_grad(lambda p: losses.gaussian_nll(tf.constant([[8.0]], tf.float16), p),
+    grad = value_and_grad(lambda p: losses.gaussian_nll(tf.constant([[8.0]], tf.float16), p),
                            tf.constant([[0.0, -30.0]], tf.float16))[1]
     assert np.isfinite(grad).all() and np.all(grad != 0)
     x = tf.constant([[0.0, 0.5]], tf.float64)
@@ -803,7 +787,7 @@ def test_kl_divergence_with_logits_matches_naive_and_handles_masks(data):
     np.testing.assert_allclose(losses.kl_divergence_with_logits(t, s), naive, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(losses.kl_divergence_with_logits(t, t), 0.0, atol=1e-6)
     masked = [[0.0, -np.inf, 1.0]]
-    value, grad = _value_and_grad(lambda s: losses.kl_divergence_with_logits(masked, s), [[0.0, -np.inf, 1.0]])
+    value, grad = value_and_grad(lambda s: losses.kl_divergence_with_logits(masked, s), [[0.0, -np.inf, 1.0]])
     np.testing.assert_allclose(value, [0.0], atol=1e-6)
     assert np.all(np.isfinite(grad))
     assert float(losses.kl_divergence_with_logits([[0.0, 0.0]], [[0.0, -np.inf]])[0]) == np.inf
@@ -846,14 +830,14 @@ def test_kl_divergence_with_logits_of_close_distributions_is_within_c3(dtype, mo
         rows.append((t, t + rng.normal(size=3) * 10 ** rng.uniform(-5, -1)))
     t = np.array([r[0] for r in rows], dtype)
     s = np.array([r[1] for r in rows], dtype)
-    value, grad = _value_and_grad(lambda z: losses.kl_divergence_with_logits(tf.constant(t), z),
+    value, grad = value_and_grad(lambda z: losses.kl_divergence_with_logits(tf.constant(t), z),
                                   tf.constant(s), mode)
     want = np.array([_kl_reference(a, b) for a, b in zip(t, s)])
     ulps = np.abs(value.astype(np.float64) - want) / np.spacing(np.abs(want.astype(dtype))).astype(np.float64)
     assert ulps.max() <= 4, ulps
     # Alone in its batch (for float64 inputs, a row away from cancellation keeps the plain sum).
     for i in (0, 2, 4):
-        alone, _ = _value_and_grad(lambda z: losses.kl_divergence_with_logits(tf.constant(t[i:i + 1]), z),
+        alone, _ = value_and_grad(lambda z: losses.kl_divergence_with_logits(tf.constant(t[i:i + 1]), z),
                                    tf.constant(s[i:i + 1]), mode)
         ulp = np.spacing(abs(want[i].astype(dtype)))
         assert abs(float(alone[0]) - want[i]) <= 4 * ulp, (i, alone, want[i])
@@ -1028,7 +1012,7 @@ def test_property_bce_from_logits_equals_naive_and_keras_where_finite(pairs):
 def test_property_bce_on_probabilities_finite_and_live(pairs):
     y = np.array([[a for a, _ in pairs]], "float32")
     p = np.array([[b for _, b in pairs]], "float32")
-    value, grad = _value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
+    value, grad = value_and_grad(lambda p: losses.binary_crossentropy(y, p), p)
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
     assert np.all(grad[y != p] != 0)  # live wherever the prediction is not already perfect
     naive = _naive_bce(y, p)
@@ -1045,10 +1029,10 @@ def test_property_categorical_and_focal_from_logits(logits, draw):
     k = draw.draw(st.integers(0, len(logits) - 1))
     y = np.eye(len(logits), dtype="float32")[[k]]
     log_p = z.astype(np.float64) - np.logaddexp.reduce(z.astype(np.float64), -1)
-    value, grad = _value_and_grad(lambda z: losses.categorical_crossentropy(y, z, from_logits=True), z)
+    value, grad = value_and_grad(lambda z: losses.categorical_crossentropy(y, z, from_logits=True), z)
     np.testing.assert_allclose(value, -log_p[:, k], rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(grad))
-    focal, fgrad = _value_and_grad(lambda z: losses.categorical_focal_crossentropy(y, z, from_logits=True), z)
+    focal, fgrad = value_and_grad(lambda z: losses.categorical_focal_crossentropy(y, z, from_logits=True), z)
     p_k = np.exp(log_p[0, k])
     np.testing.assert_allclose(focal, [0.25 * (1 - p_k) ** 2 * -log_p[0, k]], rtol=1e-4, atol=1e-6)
     assert np.all(np.isfinite(fgrad))
@@ -1067,7 +1051,7 @@ def test_label_gradient_saturates_at_a_mask_logit(name, kwargs, dtype):
     # float16's range long before that; a learned target gets it saturated.
     logits = tf.constant([[-np.inf, 2.0, 0.5], [1.0, 2.0, -np.inf], [-20.0, 3.0, 0.0]], dtype)
     labels = tf.constant([[0.0, 0.7, 0.3], [0.2, 0.8, 0.0], [0.1, 0.6, 0.3]], dtype)
-    value, grad = _value_and_grad(
+    value, grad = value_and_grad(
         lambda y: getattr(losses, name)(y, logits, from_logits=True, **kwargs), labels)
     assert np.isfinite(value).all()
     grad = grad.astype(np.float64)
@@ -1120,7 +1104,7 @@ def test_probability_gradient_at_a_zero_probability_is_the_normalisers_in_every_
     y = np.eye(3)[classes]
     fn = getattr(losses, name)
     labels = classes if name.startswith("sparse") else y
-    value, grad = _value_and_grad(lambda q: fn(labels, q), tf.constant(p, dtype), mode)
+    value, grad = value_and_grad(lambda q: fn(labels, q), tf.constant(p, dtype), mode)
     rounded = tf.cast(tf.constant(p, dtype), tf.float64).numpy()
     # Labelled classes clamp at the dtype's tiny, unlabelled ones at the compute dtype's
     # (float32 for the half dtypes), unless the whole row is below tiny.
@@ -1169,7 +1153,7 @@ def test_info_nce_keeps_the_tiny_loss_of_a_confident_match(dtype, mode):
     cases = [(np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]), t) for t in (0.05, 0.02)]
     cases += [(np.concatenate([half, half], -1), t) for t in (2.0 ** -4, 2.0 ** -6)]
     cases += [(np.concatenate([half, axes], -1), t) for t in (2.0 ** -3, 2.0 ** -5)]
-    fn = _in_mode(mode, lambda e, t: losses.info_nce(None, e, temperature=t))
+    fn = in_mode(mode, lambda e, t: losses.info_nce(None, e, temperature=t))
     for e, t in cases:
         got = fn(tf.constant(e, dtype), t).numpy().astype(np.float64)
         a, b = e[:, : e.shape[1] // 2], e[:, e.shape[1] // 2:]
@@ -1197,7 +1181,7 @@ def test_gaussian_nll_gradient_saturates_where_the_loss_overflows(mode, dtype, r
     """C1: a residual whose squared scale overflows gave the loss inf (rounded) and the log-variance a
     gradient of -inf, which turns an optimizer step NaN; it saturates at -max now."""
     y = tf.constant([[0.0]], dtype)
-    value, grad = _value_and_grad(lambda p: losses.gaussian_nll(y, p),
+    value, grad = value_and_grad(lambda p: losses.gaussian_nll(y, p),
                                   tf.constant([[residual, -50.0]], dtype), mode)
     assert np.isposinf(value).all()
     assert np.isfinite(grad).all() and grad[0, 1] == -np.finfo(dtype).max and grad[0, 0] > 0
@@ -1236,7 +1220,7 @@ def test_tversky_refuses_bad_dtypes_and_shapes_naming_the_argument():
 def test_tversky_refuses_probabilities_outside_the_unit_interval(mode, arg, y, p, bad):
     """A silent value before (a negative loss for y_true = 1.3); eager and inside tf.function."""
     for fn in (losses.tversky_loss, losses.TverskyLoss()):
-        run = _in_mode(mode, lambda y, p: fn(y, p))  # noqa: B023
+        run = in_mode(mode, lambda y, p: fn(y, p))  # noqa: B023
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match=rf"(?s){_TVERSKY}: {arg} must be probabilities in \[0, 1\].*got.*{bad}"):
             run(tf.constant(y), tf.constant(p))
@@ -1358,7 +1342,7 @@ def test_info_nce_refuses_non_float_and_badly_laid_out_y_pred():
 @pytest.mark.parametrize("mode", MODES)
 def test_info_nce_shape_check_runs_at_trace_time_and_spares_unknown_dimensions(mode):
     with pytest.raises(ValueError, match=_INFO_NCE_SHAPE):
-        _in_mode(mode, lambda e: losses.info_nce(None, e))(tf.zeros([3, 7]))
+        in_mode(mode, lambda e: losses.info_nce(None, e))(tf.zeros([3, 7]))
     spec = [tf.TensorSpec([None, None], tf.float32)]
     unknown = tf.function(lambda e: losses.info_nce(None, e), input_signature=spec,
                           jit_compile=(mode == "xla"))

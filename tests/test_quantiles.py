@@ -12,25 +12,11 @@ import tensorflow as tf
 import safeops.math as tfm
 from safeops import debug
 from tests import reference
+from tests._modes import run as in_mode, value_and_grad
 from tests.ulp import GRAD_RTOL, finfo, ulp_distance
 
 MODES = ["eager", "function", "xla"]
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
-
-
-def in_mode(mode, fn):
-    return fn if mode == "eager" else tf.function(fn, jit_compile=(mode == "xla"), autograph=False)
-
-
-def _value_and_grad(fn, x, mode="eager"):
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return y, tape.gradient(y, x)
-
-    y, g = in_mode(mode, step)(tf.convert_to_tensor(x))
-    return y.numpy().astype(np.float64), g.numpy().astype(np.float64)
 
 
 def _reference(name, xs, dtype):
@@ -77,7 +63,7 @@ def test_dense_samples_against_mpmath(dtype, mode):
     p = np.concatenate([near_one, tiny_side, rng.uniform(0, 1, 300)]).astype(dtype)
     bound = 1 if dtype == np.float32 else 4
     for name, xs in (("erfinv", x), ("ndtri", p)):
-        value, grad = _value_and_grad(getattr(tfm, name), xs, mode)
+        value, grad = value_and_grad(getattr(tfm, name), xs, mode)
         exact, exact_grad = _reference(name, xs, dtype)
         assert np.max(ulp_distance(value.astype(dtype), exact.astype(dtype), dtype)) <= bound, name
         np.testing.assert_allclose(grad, exact_grad, rtol=GRAD_RTOL[np.dtype(dtype).name], err_msg=name)
@@ -93,14 +79,14 @@ def test_ends_have_the_clamps_value_and_a_finite_positive_gradient(dtype, mode):
     info = finfo(dtype)
     b = 1.0 - float(info.eps) / 2
     x = tf.constant([1.0, -1.0, 2.0, -np.inf, np.inf, b, -b], dtype)
-    value, grad = _value_and_grad(tfm.erfinv, x, mode)
+    value, grad = value_and_grad(tfm.erfinv, x, mode)
     at_b, grad_b = _reference("erfinv", np.array([b]), dtype)
     np.testing.assert_array_equal(value, [at_b[0], -at_b[0], at_b[0], -at_b[0], at_b[0], at_b[0], -at_b[0]])
     assert np.all(np.isfinite(grad)) and np.all(grad > 0)
     np.testing.assert_allclose(grad, grad_b[0], rtol=GRAD_RTOL[dtype.name] * 2)
 
     p = tf.constant([0.0, -1.0, -np.inf, float(info.tiny), 1.0, 2.0, np.inf, b], dtype)
-    value, grad = _value_and_grad(tfm.ndtri, p, mode)
+    value, grad = value_and_grad(tfm.ndtri, p, mode)
     low, grad_low = _reference("ndtri", np.array([float(info.tiny)]), dtype)
     high, grad_high = _reference("ndtri", np.array([b]), dtype)
     np.testing.assert_array_equal(value, [low[0]] * 4 + [high[0]] * 4)
@@ -111,12 +97,12 @@ def test_ends_have_the_clamps_value_and_a_finite_positive_gradient(dtype, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_signed_zeros_nan_and_the_centre(mode):
-    value, grad = _value_and_grad(tfm.erfinv, tf.constant([0.0, -0.0, np.nan]), mode)
+    value, grad = value_and_grad(tfm.erfinv, tf.constant([0.0, -0.0, np.nan]), mode)
     assert value[0] == 0 and math.copysign(1, value[0]) == 1
     assert value[1] == 0 and math.copysign(1, value[1]) == -1
     assert np.isnan(value[2]) and np.isnan(grad[2])
     np.testing.assert_allclose(grad[:2], math.sqrt(math.pi) / 2, rtol=1e-7)
-    value, grad = _value_and_grad(tfm.ndtri, tf.constant([0.5, np.nan]), mode)
+    value, grad = value_and_grad(tfm.ndtri, tf.constant([0.5, np.nan]), mode)
     assert value[0] == 0 and math.copysign(1, value[0]) == 1
     assert np.isnan(value[1]) and np.isnan(grad[1])
     np.testing.assert_allclose(grad[0], math.sqrt(2 * math.pi), rtol=1e-7)
@@ -134,9 +120,9 @@ def test_gaussian_copula_of_a_saturated_cdf_keeps_a_finite_gradient(mode):
     def copula(ndtri):
         return lambda x: ndtri(0.5 * tf.math.erfc(-x / math.sqrt(2.0)))
 
-    theirs, their_grad = _value_and_grad(copula(tf.math.ndtri), x, mode)
+    theirs, their_grad = value_and_grad(copula(tf.math.ndtri), x, mode)
     assert np.isinf(theirs[-1]) and not np.all(np.isfinite(their_grad))
-    value, grad = _value_and_grad(copula(tfm.ndtri), x, mode)
+    value, grad = value_and_grad(copula(tfm.ndtri), x, mode)
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(value[:3], [-3.0, 0.5, 4.0], rtol=1e-4)   # Phi(4) rounded: 6e-8 / phi(4)
     np.testing.assert_allclose(grad[:3], 1.0, rtol=2e-3)   # Phi's own float32 rounding, amplified
@@ -151,12 +137,12 @@ def test_gaussian_from_a_uniform_through_erfinv(mode):
     def gaussian(erfinv):
         return lambda u: math.sqrt(2.0) * erfinv(2.0 * u - 1.0)
 
-    value, grad = _value_and_grad(gaussian(tfm.erfinv), u, mode)
+    value, grad = value_and_grad(gaussian(tfm.erfinv), u, mode)
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)) and np.all(grad > 0)
     exact = [float(reference.CTX.sqrt(2) * reference.CTX.erfinv(2 * reference.CTX.mpf(float(v)) - 1))
              for v in u.numpy()[:4]]
     np.testing.assert_allclose(value[:4], exact, rtol=1e-6)
-    theirs, their_grad = _value_and_grad(gaussian(tf.math.erfinv), u, mode)
+    theirs, their_grad = value_and_grad(gaussian(tf.math.erfinv), u, mode)
     assert np.isinf(theirs[-1]) and np.isinf(their_grad[-1])
 
 
@@ -245,7 +231,7 @@ def test_the_seams_between_the_fits_are_exact_and_monotone(dtype, mode):
     assert [name for name, _ in seams] == (
         ["erfinv", "ndtri"] + ([] if dtype == np.float32 else ["ndtri"]))
     for name, inputs in seams:
-        value, _ = _value_and_grad(getattr(tfm, name), inputs, mode)
+        value, _ = value_and_grad(getattr(tfm, name), inputs, mode)
         exact, _ = _reference(name, inputs, dtype)
         assert np.max(ulp_distance(value.astype(dtype), exact.astype(dtype), dtype)) <= bound, name
         assert np.all(np.diff(value) >= 0), name
@@ -254,7 +240,7 @@ def test_the_seams_between_the_fits_are_exact_and_monotone(dtype, mode):
 def test_float64_erfinv_of_tiny_inputs_is_the_series():
     """Down to float64's tiny the step's correction would be subnormal; the series is used there."""
     a = np.logspace(-307, -4.5, 200)
-    value, _ = _value_and_grad(tfm.erfinv, np.concatenate([a, -a]))
+    value, _ = value_and_grad(tfm.erfinv, np.concatenate([a, -a]))
     exact, _ = _reference("erfinv", np.concatenate([a, -a]), np.float64)
     assert np.max(ulp_distance(value, exact, np.float64)) <= 1
 

@@ -45,7 +45,7 @@ NEEDS_FLEX_OR_REFUSED = {
     "categorical_generalized_cross_entropy",
     # TensorFlow's own Acos, Asin, Atanh and Acosh are not TFLite builtins either (Flex ops).
     "acos", "asin", "atanh", "acosh",
-    # Float64 Halley steps.
+    # Float64 evaluation.
     "erfinv", "ndtri",
 }
 
