@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import safeops
 from safeops import losses
+from tests._modes import value_and_grad
 from ulp import GRAD_RTOL, VALUE_ULP, finfo, ulp_distance
 
 MODES = ["eager", "function", "xla"]
@@ -30,19 +31,6 @@ def _run(mode, fn, *args):
     if mode != "eager":
         fn = tf.function(fn, jit_compile=(mode == "xla"), autograph=False)
     return fn(*args)
-
-
-def _loss_and_grad(fn, x, mode="eager"):
-    """``fn(x)`` and the gradient of its sum with respect to ``x``, in ``mode``, as float64 arrays."""
-
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return y, tape.gradient(y, x)
-
-    y, g = _run(mode, step, tf.convert_to_tensor(x))
-    return y.numpy().astype(np.float64), g.numpy().astype(np.float64)
 
 
 def _exact(p, q):
@@ -148,9 +136,9 @@ def test_underflowed_softmax_gives_keras_nan_and_safeops_the_exact_gradient(mode
     def keras_loss(z):
         return keras.losses.categorical_generalized_cross_entropy(labels, tf.nn.softmax(z), 0.7)
 
-    _, keras_grad = _loss_and_grad(keras_loss, z, mode)
+    _, keras_grad = value_and_grad(keras_loss, z, mode)
     assert np.all(np.isnan(keras_grad[0])) and np.all(np.isfinite(keras_grad[1]))
-    value, grad = _loss_and_grad(lambda z: gce(labels, tf.nn.softmax(z), 0.7), z, mode)
+    value, grad = value_and_grad(lambda z: gce(labels, tf.nn.softmax(z), 0.7), z, mode)
     assert np.all(np.isfinite(grad))
     p = np.exp(np.float64(-120.0)) / (1 + 2 * np.exp(np.float64(-120.0)))
     np.testing.assert_allclose(value[0], (1 - p ** 0.7) / 0.7, rtol=1e-7)
@@ -166,7 +154,7 @@ def test_underflowed_softmax_gives_keras_nan_and_safeops_the_exact_gradient(mode
 @pytest.mark.parametrize("mode", MODES)
 def test_from_logits_is_exact_where_the_probability_underflows(mode):
     z = np.array([[0.0, 1e4, -1e4], [3.0, -1.0, 0.5]], "float32")
-    value, grad = _loss_and_grad(lambda z: gce([2, 0], z, 0.5, from_logits=True), z, mode)
+    value, grad = value_and_grad(lambda z: gce([2, 0], z, 0.5, from_logits=True), z, mode)
     np.testing.assert_allclose(value[0], 2.0, rtol=1e-7)   # p = exp(-2e4): 1/q
     np.testing.assert_array_equal(grad[0], 0.0)           # p**q = exp(-1e4) underflows in float64 too
     log_p = z[1].astype(np.float64) - np.log(np.exp(z[1].astype(np.float64)).sum())
@@ -179,7 +167,7 @@ def test_from_logits_is_exact_where_the_probability_underflows(mode):
 def test_from_logits_with_a_minus_inf_mask(mode):
     """A label on a masked class costs 1/q with zero gradient; a mask elsewhere costs nothing."""
     z = np.array([[-np.inf, 1.0, 2.0], [0.5, -np.inf, 1.5]], "float32")
-    value, grad = _loss_and_grad(lambda z: gce([0, 2], z, 0.25, from_logits=True), z, mode)
+    value, grad = value_and_grad(lambda z: gce([0, 2], z, 0.25, from_logits=True), z, mode)
     assert value[0] == 4.0 and np.all(grad[0] == 0.0)
     p = np.exp(1.5) / (np.exp(0.5) + np.exp(1.5))
     np.testing.assert_allclose(value[1], (1 - p ** 0.25) / 0.25, rtol=1e-6)
@@ -192,7 +180,7 @@ def test_from_logits_with_a_minus_inf_mask(mode):
 def test_boundary_gradient_at_a_zero_probability_in_every_dtype(q, dtype, mode):
     """C4: at p = 0 the gradient is the one at the clamp ``tiny``: finite, negative; value 1/q."""
     p = tf.constant([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]], dtype)
-    value, grad = _loss_and_grad(lambda p: gce([0, 1, 0], p, q), p, mode)
+    value, grad = value_and_grad(lambda p: gce([0, 1, 0], p, q), p, mode)
     info = finfo(dtype)
     exact = tf.cast(np.array([1.0 / q, (1 - 0.5 ** q) / q, 0.0]), dtype).numpy().astype(np.float64)
     np.testing.assert_allclose(value, exact, rtol=float(info.eps) * (4 if dtype == tf.float64 else 1))
@@ -250,7 +238,7 @@ def test_property_value_and_gradient_against_mpmath(p, q, dtype):
     p = np.asarray(p, dtype)
     p = np.where(p < np.finfo(dtype).tiny, 0.0, p).astype(dtype)   # subnormals are 0 (C3)
     rows = np.stack([p, 1 - p], -1).astype(dtype)
-    value, grad = _loss_and_grad(lambda r: gce(tf.zeros([len(p)], tf.int32), r, q), rows)
+    value, grad = value_and_grad(lambda r: gce(tf.zeros([len(p)], tf.int32), r, q), rows)
     exact = [_exact(v, q) for v in p]
     exact_value = np.array([float(e[0]) for e in exact], dtype)
     assert np.max(ulp_distance(value.astype(dtype), exact_value, dtype)) <= VALUE_ULP[np.dtype(dtype).name]
@@ -304,7 +292,7 @@ def test_second_derivatives_are_finite(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_nan_propagates_from_the_labelled_probability_and_from_q(mode):
     p = tf.constant([[np.nan, 0.5], [0.5, np.nan]])
-    value, grad = _loss_and_grad(lambda p: gce([0, 0], p, 0.5), p, mode)
+    value, grad = value_and_grad(lambda p: gce([0, 0], p, 0.5), p, mode)
     assert np.isnan(value[0]) and np.isnan(grad[0, 0])
     # A NaN at an unlabelled class does not enter the loss (Keras: NaN * 0 makes the row NaN).
     assert value[1] == pytest.approx(2 - 2 * np.sqrt(0.5)) and grad[1, 1] == 0.0
