@@ -425,8 +425,9 @@ def computed_once(y: tf.Tensor) -> tf.Tensor:
     to a buffer once. Under an outer ``jit_compile`` an op whose gradient
     reads its output (``erfinv``'s :math:`e^{y^2}`) had its whole forward
     computed twice, once for the output and once inside the gradient's
-    loop: ``erfinv`` forward+backward took 20 ms on 1e6 float32 entries,
-    12 with ``y / (1 + 0 y)`` (one hand-measured run, interleaved medians).
+    loop: ``erfinv`` forward+backward took 20 ms on 1e6 float32 entries
+    against TensorFlow's 8.3, and 12 against 7.9 with ``y / (1 + 0 y)``
+    (two hand-measured runs, each interleaved with TensorFlow's kernel).
     The quotient is ``y`` bit for bit (a division by exactly 1; NaN stays
     NaN), except a subnormal ``y``, which XLA's CPU division flushes to 0
     (C3 allows it); an infinite ``y`` would turn NaN, hence finite ``y`` only. XLA

@@ -1,6 +1,6 @@
 """Fit the first guesses of ``safeops.math.erfinv`` and ``ndtri`` (``safeops/math/_quantiles.py``).
 
-Usage: ``python tools/fit_quantiles.py`` (numpy and mpmath; about a minute).
+Usage: ``python tools/fit_quantiles.py`` (numpy and mpmath; a few seconds).
 It prints the three coefficient tuples the module holds and each fit's
 largest relative error against mpmath on a grid five times denser than the
 fit's nodes.
