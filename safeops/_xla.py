@@ -430,9 +430,9 @@ def computed_once(y: tf.Tensor) -> tf.Tensor:
     (two hand-measured runs, each interleaved with TensorFlow's kernel).
     The quotient is ``y`` bit for bit (a division by exactly 1; NaN stays
     NaN), except a subnormal ``y``, which XLA's CPU division flushes to 0
-    (C3 allows it); an infinite ``y`` would turn NaN, hence finite ``y`` only. XLA
-    does not fold ``0 * y`` (it is NaN for an infinite ``y``). Outside XLA,
-    ``y`` itself.
+    (C3 allows it). An infinite ``y`` would turn NaN, hence finite ``y``
+    only; XLA does not fold ``0 * y`` (NaN for an infinite ``y``). Outside
+    XLA, ``y`` itself.
     """
     if not in_xla():
         return y

@@ -224,7 +224,6 @@ SPECS = {s.name: s for s in [
 ]}
 
 
-
 def _shard(names: list) -> list:
     """This process's share of the ops: ``SAFEOPS_CONTRACT_SHARD=i/n`` (every op when unset).
 

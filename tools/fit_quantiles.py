@@ -51,6 +51,7 @@ def erfinv_of_w(w: float) -> tuple[float, float]:
 
 
 def target(variable: str, divided: bool, v: float) -> float:
+    """The fitted function at ``v`` (``w``, or ``s`` with ``w = s**2``): ``erfinv(a)``, or over ``a``."""
     w = v if variable == "w" else v * v
     if divided and w == 0.0:
         return float(CTX.sqrt(CTX.pi) / 2)
@@ -59,6 +60,7 @@ def target(variable: str, divided: bool, v: float) -> float:
 
 
 def fit(variable, lower, upper, degree, divided, nodes=300):
+    """``(coefficients in powers of t, largest relative error)`` of one region (``t``: its variable on [-1, 1])."""
     k = np.arange(nodes)
     v = lower + (np.cos(np.pi * (k + 0.5) / nodes) + 1.0) / 2.0 * (upper - lower)
     f = np.array([target(variable, divided, x) for x in v])

@@ -311,7 +311,7 @@ def _root_of_erf(a: tf.Tensor, u: tf.Tensor, float64_output: bool, far_tail: boo
     # u - erfc(y) relative to u, so that near float64's tiny the difference is not a subnormal that
     # the CPU flushes to 0; erf(y) - a absolute.
     residual = tf.where(by_erf, tf.math.erf(y) - a, 1.0 - tf.math.erfc(y) / u)
-    newton = _HALF_SQRT_PI * residual * tf.exp(y * y + tf.math.log(u))
+    newton = _HALF_SQRT_PI * residual * tf.exp(y * y + _log(u))   # u: 1, or normal (>= 2 tiny)
     return y - newton / (1.0 + y * newton)
 
 
