@@ -60,7 +60,7 @@ def target(variable: str, divided: bool, v: float) -> float:
 
 
 def fit(variable, lower, upper, degree, divided, nodes=300):
-    """``(coefficients in powers of t, largest relative error)`` of one region (``t``: its variable on [-1, 1])."""
+    """``(coefficients, largest relative error)`` of one region, in powers of its variable on [-1, 1]."""
     k = np.arange(nodes)
     v = lower + (np.cos(np.pi * (k + 0.5) / nodes) + 1.0) / 2.0 * (upper - lower)
     f = np.array([target(variable, divided, x) for x in v])
