@@ -40,7 +40,7 @@ REGIONS = (
 
 
 def erfinv_of_w(w: float) -> tuple[float, float]:
-    """``(erfinv(a), a)`` for ``a = sqrt(1 - exp(-w))``, the tails as the root of ``log erfc(y) = log(1 - a)``."""
+    """``(erfinv(a), a)`` for ``a = sqrt(1 - exp(-w))``; tails: the root of ``log erfc(y) = log(1 - a)``."""
     w = CTX.mpf(w)
     a = CTX.sqrt(-CTX.expm1(-w))
     if a < 0.5:

@@ -316,7 +316,7 @@ def _root_of_erf(a: tf.Tensor, u: tf.Tensor, float64_output: bool, far_tail: boo
 
 
 def _joined(forward, backward, dtype: tf.DType, xla: bool):
-    """The op of ``forward`` and ``backward``, each an inner XLA function (plain ops eagerly below 65536 entries).
+    """The op of ``forward`` and ``backward``, each an inner XLA function (plain ops in small eager calls).
 
     Through TensorFlow's own float64 ``erf`` kernel, 2 ULP off where XLA's
     is 1, float64 results come out up to 5 ULP off (2 through XLA's). The
