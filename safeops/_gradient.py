@@ -58,6 +58,10 @@ try:
     from tensorflow.python.eager import record as _record
 except ImportError:  # pragma: no cover - a TensorFlow without the module
     _record = None
+try:  # the tape set's count of gradient orders (see backprop_only)
+    from tensorflow.python import pywrap_tfe as _pywrap_tfe
+except ImportError:  # pragma: no cover
+    _pywrap_tfe = None
 
 Forward = Callable[..., tf.Tensor]
 Backward = Callable[..., Sequence[tf.Tensor]]
@@ -194,6 +198,28 @@ def recording() -> bool:
     differentiated (a second derivative); see :func:`_could_record`.
     """
     return _could_record()
+
+
+def backprop_only(tensors) -> bool | None:
+    """How the tapes on this thread would record an eager op of ``tensors``.
+
+    ``None``: nothing records it. ``True``: first-order ``GradientTape``s
+    only, which differentiate a custom-gradient op through its own gradient
+    function, never through the ops of its forward. ``False``: anything else
+    (nested tapes, a ``ForwardAccumulator``, whose JVP goes through those
+    ops, or a TensorFlow without these tests). TensorFlow's own tests
+    (``TFE_Py_TapeSetPossibleGradientTypes``, 0, 1 or 2 orders, counts an
+    accumulator as one; ``should_record_backprop`` sees tapes only), as in
+    :func:`_could_record`.
+    """
+    if _record is None or _pywrap_tfe is None:
+        return False
+    if not _record.could_possibly_record():
+        return None
+    orders = _pywrap_tfe.TFE_Py_TapeSetPossibleGradientTypes(list(tensors))
+    if orders == 0:
+        return None
+    return orders == 1 and bool(_record.should_record_backprop(list(tensors)))
 
 
 def watched_eagerly(x: tf.Tensor) -> bool:

@@ -640,3 +640,68 @@ def test_computed_once_is_the_value_bit_for_bit_and_the_gradient_reads_it():
     value, gradient = re.search(r"ROOT \S+ = .*tuple\((%\S+), (%\S+)\)", entry).groups()
     producer = re.search(re.escape(gradient) + r" = [^\n]*fusion\(([^)]*)\)", entry).group(1)
     assert value in [operand.strip() for operand in producer.split(",")], entry
+
+
+def test_eager_graph_traces_once_per_dtype_and_rank_and_leaves_accumulators_the_ops():
+    """``eager_graph``: small eager calls run one uncompiled trace per dtype and rank, every dimension
+    unknown; a first-order tape does not record the call (the op's custom gradient stands for it); under
+    a ForwardAccumulator or nested tapes the function runs op by op, so the JVP goes through it."""
+    seen = []
+
+    def fn(x):
+        seen.append((tf.executing_eagerly(), x.shape.as_list()))
+        return x * x
+
+    op = _xla.compiled(fn, True, eager_plain=True, eager_graph=True)
+    for n in (3, 5, 7):
+        np.testing.assert_array_equal(op(tf.fill([n], 3.0)), np.full([n], 9.0))
+    op(tf.ones([2, 3]))
+    op(tf.ones([4], tf.float64))
+    op(tf.constant(2.0))
+    assert seen == [(False, [None]), (False, [None, None]), (False, [None]), (False, [])]
+    assert op.python_function is fn
+    x = tf.constant([1.0, 2.0])
+    seen.clear()
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = op(x)
+    np.testing.assert_array_equal(y, [1.0, 4.0])
+    assert tape.gradient(y, x) is None and seen == []
+    with tf.autodiff.ForwardAccumulator(x, tf.constant([1.0, 1.0])) as accumulator:
+        y = op(x)
+    np.testing.assert_array_equal(accumulator.jvp(y), [2.0, 4.0])
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = op(x)
+        dx = inner.gradient(y, x)
+    np.testing.assert_array_equal(dx, [2.0, 4.0])
+    np.testing.assert_array_equal(outer.gradient(dx, x), [2.0, 2.0])
+    assert seen == [(True, [2]), (True, [2])]
+    op(tf.ones([_xla.EAGER_PLAIN_BELOW]))   # the XLA function: a trace of the static shape
+    assert seen[-1] == (False, [_xla.EAGER_PLAIN_BELOW])
+
+
+@pytest.mark.parametrize("name", ["erfinv", "ndtri"])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_quantiles_eager_graph_calls_equal_their_ops_one_by_one(name, dtype):
+    """Small eager calls of erfinv/ndtri (one graph function) give the bits of their ops run one by one
+    (under a ForwardAccumulator), and a first-order tape's gradient is the op's own."""
+    op = getattr(tfm, name)
+    rng = np.random.default_rng(7)
+    low = -1.0 if name == "erfinv" else 0.0
+    x = tf.constant(np.concatenate([rng.uniform(low, 1.0, 997), [low, 1.0, np.nan]]), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = op(x)
+    dx = tape.gradient(y, x)
+    with tf.autodiff.ForwardAccumulator(x, tf.ones_like(x)):
+        one_by_one = op(x)
+    bits = "u8" if dtype == tf.float64 else "u4"
+    np.testing.assert_array_equal(y.numpy().view(bits), one_by_one.numpy().view(bits))
+    y64 = tf.cast(y, tf.float64)
+    scale = math.sqrt(math.pi) / 2 if name == "erfinv" else math.sqrt(2 * math.pi)
+    exponent = y64 * y64 if name == "erfinv" else y64 * y64 / 2
+    np.testing.assert_allclose(dx[:-1], (scale * tf.exp(exponent))[:-1], rtol=1e-5)
+    assert np.isnan(dx[-1])
