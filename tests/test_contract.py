@@ -887,3 +887,27 @@ def test_eager_value_without_a_tape_equals_the_recorded_one(name, dtype):
             y = _call(spec, "safeops", *xs)
         np.testing.assert_array_equal(_bits(y), _bits(recorded))
         assert acc.jvp(y) is not None
+
+
+@pytest.mark.parametrize("name, dtype", CASES, ids=CASE_IDS)
+def test_a_second_eager_call_builds_nothing(name, dtype, monkeypatch):
+    # Ops are built once per dtype (and cached): an op rebuilt at every call
+    # pays its construction eagerly each time, and its inner XLA functions,
+    # new objects, compile again for every call (acos and asin did so).
+    spec = SPECS[name]
+    xs = [tf.constant(a, dtype=tf.as_dtype(dtype)) for a in fixed_sample(spec, dtype)]
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        _call(spec, "safeops", *xs)
+    built = []
+    real = tf.function
+
+    def counted(*args, **kwargs):
+        built.append(args[0] if args else kwargs.get("func"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tf, "function", counted)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        _call(spec, "safeops", *xs)
+    assert built == [], f"{name} built {len(built)} tf.function(s) again: {built}"

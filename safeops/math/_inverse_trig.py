@@ -112,7 +112,7 @@ def acos(x, name=None):
     >>> tfm.acos([1.0000001, 0.0, -1.0]).numpy()
     array([0.       , 1.5707964, 3.1415927], dtype=float32)
     """
-    return _unary(acos, "safeops.math.acos", _arc(tf.math.acos, -1.0), x, name)
+    return _unary(acos, "safeops.math.acos", _acos, x, name)
 
 
 def asin(x, name=None):
@@ -154,7 +154,7 @@ def asin(x, name=None):
     >>> tfm.asin([1.0000001, 0.5, -2.0]).numpy()
     array([ 1.5707964,  0.5235988, -1.5707964], dtype=float32)
     """
-    return _unary(asin, "safeops.math.asin", _arc(tf.math.asin, 1.0), x, name)
+    return _unary(asin, "safeops.math.asin", _asin, x, name)
 
 
 def atanh(x, name=None):
@@ -378,6 +378,12 @@ def _arc(value_fn, sign):
         return custom_op(forward, _xla.compiled(backward, xla, eager_plain=True), dtype)
 
     return build
+
+
+# Built once: each call of _arc has a cache of its own (called per op call, it rebuilt the op, and its
+# inner XLA functions compiled again, at every eager call).
+_acos = _arc(tf.math.acos, -1.0)
+_asin = _arc(tf.math.asin, 1.0)
 
 
 @functools.lru_cache(maxsize=None)
