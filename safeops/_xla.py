@@ -126,11 +126,12 @@ def compiled(fn, xla, eager_plain=False, exact=(), graph_plain=False, eager_grap
 
     ``eager_graph``: with ``eager_plain``, those small eager calls run ``fn``
     as one uncompiled graph function (:func:`graph_call`) instead of op by
-    op. Only for functions of many kernels: a graph call costs about 60 us
-    here, against about 25 us per eager op (``erfinv``'s forward, some
-    ninety ops: 2.1 ms eagerly on 1000 entries, 0.16 ms as a graph), while
-    for a function of a few kernels (``sqrt``, ``softplus``, ``xlogy``) it
-    was the slower path.
+    op. Only for functions of many kernels: the call of a one-op graph
+    function costs about 170 us here (0.05 ms for ``sqrt`` op by op), and
+    an eager op about 25 us (``erfinv``'s forward, some ninety ops: 2.2 ms
+    op by op on 1000 entries, 0.22 ms as a graph); for functions of a few
+    kernels (``softplus``, ``xlogy``, ``divide_no_nan``) it was the slower
+    path (hand-measured medians on this 2-core CPU).
 
     ``exact``: the positions of the arguments whose row maxima the
     function takes (the logits of the row-wise ops); each passes through
