@@ -691,7 +691,9 @@ def test_quantiles_eager_graph_calls_equal_their_ops_one_by_one(name, dtype):
     op = getattr(tfm, name)
     rng = np.random.default_rng(7)
     low = -1.0 if name == "erfinv" else 0.0
-    x = tf.constant(np.concatenate([rng.uniform(low, 1.0, 997), [low, 1.0, np.nan]]), dtype)
+    # Both ends too: float64 erfinv's series below 1e-4 and its erfc residual near 1.
+    ends = [10.0 ** -rng.uniform(4.0, 30.0, 100), 1.0 - 10.0 ** -rng.uniform(1.0, 15.0, 100)]
+    x = tf.constant(np.concatenate([rng.uniform(low, 1.0, 797), *ends, [low, 1.0, np.nan]]), dtype)
     with tf.GradientTape() as tape:
         tape.watch(x)
         y = op(x)
