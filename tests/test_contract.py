@@ -919,3 +919,44 @@ def test_a_second_eager_call_builds_nothing(name, dtype, monkeypatch):
         tape.watch(xs)
         _call(spec, "safeops", *xs)
     assert built == [], f"{name} built {len(built)} tf.function(s) or custom op(s) again: {built}"
+
+
+def _empty_calls(spec):
+    """(arrays, kwargs) with no entries: an empty batch, and (row ops) an empty axis."""
+    half = lambda *shape: np.full(shape, 0.5, np.float32)  # noqa: E731
+    if spec.kind == "unary":
+        return [((half(0),), {}), ((half(0, 3),), {})]
+    if spec.kind == "binary":
+        return [((half(0), half(0)), {}), ((half(0, 3), half(3)), {})]
+    return [((half(0, 3),), {"axis": -1}), ((half(3, 0),), {"axis": -1}), ((half(3, 0),), {"axis": 0})]
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_empty_inputs_as_in_tensorflow(name):
+    # A batch can be empty (a dataset's last shard under a distribution
+    # strategy, a mask that selects nothing): the value is TensorFlow's, in
+    # shape and dtype and, for a reduction over an empty axis, in value (-inf
+    # for a log-sum-exp, NaN for a standard deviation, 0 for a norm), and the
+    # gradient has the input's shape. cumprod's graph path once built an
+    # index list that TensorFlow converted to float32 there (a TypeError).
+    spec = SPECS[name]
+    original = spec.original or spec.naive
+    for arrays, kwargs in _empty_calls(spec):
+        xs = [tf.constant(a) for a in arrays]
+        want = original(*xs, **kwargs)
+
+        def body(*xs):
+            with tf.GradientTape() as tape:
+                tape.watch(xs)
+                y = spec.fn(*xs, **kwargs)
+                loss = tf.reduce_sum(y)
+            return y, tape.gradient(loss, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        for mode in MODES:
+            where = f"{name}{[a.shape for a in arrays]} {kwargs} ({mode})"
+            run = body if mode == "eager" else tf.function(body, jit_compile=mode == "jit", autograph=False)
+            y, grads = run(*xs)
+            assert (y.shape, y.dtype) == (want.shape, want.dtype), where
+            np.testing.assert_array_equal(y.numpy(), want.numpy(), err_msg=where)
+            for x, g in zip(xs, grads):
+                assert g.shape == x.shape and g.dtype == x.dtype, where

@@ -191,7 +191,8 @@ def _last(y, axis, reverse):
     """The outputs at the end of the scan along ``axis`` (none if the axis is empty)."""
     n = y.shape[axis] if isinstance(axis, int) else None
     if n is not None:
-        return tf.gather(y, [0 if reverse else n - 1] if n else [], axis=axis)
+        # An empty list of indices would convert to float32: the index dtype is given.
+        return tf.gather(y, tf.constant([0 if reverse else n - 1] if n else [], tf.int32), axis=axis)
     n = tf.shape(y)[axis]
     ends = tf.range(0, tf.minimum(n, 1)) if reverse else tf.range(tf.maximum(n - 1, 0), n)
     return tf.gather(y, ends, axis=axis)
