@@ -296,18 +296,30 @@ def test_atan2_infinities_and_nan(mode):
     assert np.isnan(a[3:]).all() and np.isnan(gy[3:]).all() and np.isnan(gx[3:]).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("n", [4, 40])
-@pytest.mark.parametrize("mode", MODES)
-def test_atan2_subnormals_are_zeros_of_their_sign(mode, n):
+@pytest.mark.parametrize("mode", MODES + ["dataset"])
+def test_atan2_subnormals_are_zeros_of_their_sign(mode, n, dtype):
     # TensorFlow's kernel is NaN at pairs of float32 subnormals in its scalar
     # loop (4 entries; a vector loop's tail) and pi/4 at (0, 1e-45) in its
-    # vector loop; its XLA kernel is NaN at such pairs too.
-    y = np.resize(np.float32([1e-45, 1e-45, -1e-45, 0.0]), n)
-    x = np.resize(np.float32([1e-45, -1e-45, -1e-45, 1e-45]), n)
-    a = run(mode, tfm.atan2)(tf.constant(y), tf.constant(x)).numpy()
-    np.testing.assert_array_equal(a, np.resize(np.float32([0.0, math.pi, -math.pi, 0.0]), n))
-    assert np.isnan(tf.math.atan2(y[:4], x[:4]).numpy()).any(), "TensorFlow's atan2 was fixed"
-    if n == 40:   # the vector loop's atan2(0, 1e-45)
+    # vector loop; its XLA kernel is NaN at such pairs too. Outside XLA
+    # float32 and float64 are flushed by a product with 1 in the CPU kernels'
+    # flush-to-zero mode (_dtypes.times_one), which holds on tf.data's
+    # threads too ("dataset"); float16 subnormals are normal once widened.
+    small = np.finfo(dtype).smallest_subnormal
+    y = np.resize(np.array([small, small, -small, 0.0, -7 * small], dtype), n)
+    x = np.resize(np.array([small, -small, -small, small, 1.0], dtype), n)
+    if mode == "dataset":
+        data = tf.data.Dataset.from_tensors((tf.constant(y), tf.constant(x))).map(tfm.atan2)
+        a = next(iter(data)).numpy()
+    else:
+        a = run(mode, tfm.atan2)(tf.constant(y), tf.constant(x)).numpy()
+    want = np.resize(np.array([0.0, math.pi, -math.pi, 0.0, -0.0], dtype), n)
+    np.testing.assert_array_equal(a, want)
+    np.testing.assert_array_equal(np.signbit(a), np.signbit(want))
+    if dtype == "float32":
+        assert np.isnan(tf.math.atan2(y[:4], x[:4]).numpy()).any(), "TensorFlow's atan2 was fixed"
+    if dtype == "float32" and n == 40:   # the vector loop's atan2(0, 1e-45)
         assert tf.math.atan2(y, x).numpy()[3] != 0, "TensorFlow's atan2 was fixed"
 
 

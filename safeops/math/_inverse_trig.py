@@ -290,7 +290,10 @@ def atan2(y, x, name=None):
         loop (tensors under 8 entries, a loop's tail), where two subnormals
         give NaN; its XLA kernel flushes them, NaN again for two float32
         subnormals and ``-pi`` for float64 ``atan2(5e-324, -1)``. A pair
-        of them is the origin: gradient 0.
+        of them is the origin: gradient 0. (float32 and float64 ones are
+        flushed by the CPU kernels' flush-to-zero mode, outside
+        ``jit_compile``; a GPU kernel, which keeps them, takes them as
+        numbers there.)
       * ``±inf`` in ``x`` or ``y``: value as TensorFlow's, gradient 0 for
         both (the limit of ``x/(x**2 + y**2)`` along any finite partner;
         TensorFlow's is NaN). ``NaN`` in either: NaN value and gradients.
@@ -435,17 +438,26 @@ def _angle(dtype: tf.DType, xla: bool):
         return _dtypes.flush_subnormals(y, dtype), _dtypes.flush_subnormals(x, dtype)
 
     # A subnormal input is made a zero of its own sign before TensorFlow's
-    # atan2 kernel, in one fused XLA loop: that kernel takes subnormals as
-    # numbers in its vector loop but not always rightly (atan2(0, 1e-45)
-    # came out pi/4, not 0) and flushes them in its scalar
-    # loop (tensors under 8 entries, a loop's tail), where two subnormals gave
-    # 0/0 = NaN; XLA's atan2 flushes them too, with NaN for two float32
-    # subnormals and -pi for float64 atan2(5e-324, -1) (the zero lost its
-    # sign). XLA's own atan2 is not used outside jit_compile: on this CPU it
-    # is several times slower than TensorFlow's kernel, as its acos is.
+    # atan2 kernel: that kernel takes subnormals as numbers in its vector loop
+    # but not always rightly (atan2(0, 1e-45) came out pi/4, not 0) and
+    # flushes them in its scalar loop (tensors under 8 entries, a loop's
+    # tail), where two subnormals gave 0/0 = NaN; XLA's atan2 flushes them
+    # too, with NaN for two float32 subnormals and -pi for float64
+    # atan2(5e-324, -1) (the zero lost its sign). Outside XLA a float32 or
+    # float64 input is flushed by a product with 1 (_dtypes.times_one: one
+    # kernel each); as an inner XLA call the flush made the forward 1.45
+    # times TensorFlow's atan2 at 1e5 entries in a tf.function, 1.28 with
+    # the products (hand-measured, interleaved, this 2-core CPU). Half
+    # dtypes, widened to float32, and XLA take the select of
+    # _dtypes.flush_subnormals (fused there). XLA's own atan2 is not used
+    # outside jit_compile: on this CPU it is several times slower than
+    # TensorFlow's kernel, as its acos is.
     flush = _xla.compiled(flushed, xla, eager_plain=True)
+    by_kernel = dtype in (tf.float32, tf.float64)
 
     def forward(y, x):
+        if by_kernel and not _xla.in_xla():
+            return tf.math.atan2(_dtypes.times_one(y), _dtypes.times_one(x))
         return tf.math.atan2(*flush(y, x))
 
     def backward(da, a, y, x):
