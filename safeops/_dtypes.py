@@ -158,7 +158,8 @@ def times_one(x: tf.Tensor) -> tf.Tensor:
     and with it the flush. Only the input's own dtype is flushed (not a
     float16 subnormal widened to float32, which is normal there), and a
     GPU kernel, which keeps subnormals, leaves them as they are; XLA
-    simplifies the product away (use :func:`flush_subnormals` there).
+    simplifies the product away (use :func:`flush_subnormals` there; ops
+    that TensorFlow's auto-clustering hands to XLA lose the flush too).
     """
     one = tf.constant(1.0, x.dtype)
     if not tf.executing_eagerly():
