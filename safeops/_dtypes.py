@@ -152,7 +152,7 @@ def times_one(x: tf.Tensor) -> tf.Tensor:
     x86 DAZ and FTZ flags, or FZ on Arm), so a product with 1 flushes in one
     pass, where :func:`flush_subnormals` takes four kernels (or an XLA
     call, whose launch inside a graph cost more than the whole ``atan2``
-    kernel at 1e5 entries, hand-measured). Exact otherwise: ``±0``, ``±inf``
+    kernel at 1e5 entries, hand-measured on a 2-core Intel Xeon). Exact otherwise: ``±0``, ``±inf``
     and NaN pass unchanged. In a graph the 1 is a ``PlaceholderWithDefault``,
     which Grappler does not fold: it removes a product with a constant 1,
     and with it the flush. Only the input's own dtype is flushed (not a

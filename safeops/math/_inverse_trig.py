@@ -447,7 +447,7 @@ def _angle(dtype: tf.DType, xla: bool):
     # float64 input is flushed by a product with 1 (_dtypes.times_one: one
     # kernel each); as an inner XLA call the flush made the forward 1.45
     # times TensorFlow's atan2 at 1e5 entries in a tf.function, 1.28 with
-    # the products (hand-measured, interleaved, this 2-core CPU). Half
+    # the products (hand-measured, interleaved, on a 2-core Intel Xeon). Half
     # dtypes, widened to float32, and XLA take the select of
     # _dtypes.flush_subnormals (fused there). XLA's own atan2 is not used
     # outside jit_compile: on this CPU it is several times slower than
