@@ -308,7 +308,8 @@ def _cumprod(axis, exclusive, reverse, dtype, xla):
         # 1.63 to 1.98 times TensorFlow's cumprod (4.1 to 5.0 ms), merged
         # 1.44 to 1.72 (3.3 to 4.0 ms), in four runs of each, alternating
         # (python -m benchmarks --filter cumprod --quick --repeats 15, on a
-        # 2-core Intel Xeon: a noisy machine).
+        # 2-core Intel Xeon: a noisy machine; two of the four before the
+        # selects above).
         t, unusual = products(dy, y, x)
         t = tf.where(unusual, tf.zeros_like(t), t)
         x = tf.where(unusual, tf.ones_like(x), x)
