@@ -149,13 +149,14 @@ def times_one(x: tf.Tensor) -> tf.Tensor:
 
     TensorFlow runs its CPU kernels with subnormal operands read as 0 and
     subnormal results flushed (its thread pools and eager calls set the
-    x86 DAZ and FTZ flags, or FZ on Arm), so a product with 1 flushes in one
-    pass, where :func:`flush_subnormals` takes four kernels (or an XLA
+    x86 DAZ and FTZ flags, or FZ on Arm), so a product with 1 flushes in
+    one pass, where :func:`flush_subnormals` takes four kernels (or an XLA
     call, whose launch inside a graph cost more than the whole ``atan2``
-    kernel at 1e5 entries, hand-measured on a 2-core Intel Xeon). Exact otherwise: ``±0``, ``±inf``
-    and NaN pass unchanged. In a graph the 1 is a ``PlaceholderWithDefault``,
-    which Grappler does not fold: it removes a product with a constant 1,
-    and with it the flush. Only the input's own dtype is flushed (not a
+    kernel at 1e5 entries, hand-measured on a 2-core Intel Xeon). Exact
+    otherwise: ``±0``, ``±inf`` and NaN pass unchanged (tested through
+    ``atan2`` in eager calls, graphs and on tf.data's threads). In a graph
+    the 1 is a ``PlaceholderWithDefault``, which Grappler does not fold: it
+    removes a product with a constant 1, and with it the flush. Only the input's own dtype is flushed (not a
     float16 subnormal widened to float32, which is normal there), and a
     GPU kernel, which keeps subnormals, leaves them as they are; XLA
     simplifies the product away (use :func:`flush_subnormals` there; ops
