@@ -323,6 +323,28 @@ def test_atan2_subnormals_are_zeros_of_their_sign(mode, n, dtype):
         assert tf.math.atan2(y, x).numpy()[3] != 0, "TensorFlow's atan2 was fixed"
 
 
+def test_atan2_saved_model_keeps_the_flush(tmp_path):
+    # The flush's 1 is a PlaceholderWithDefault inside the function's graph
+    # (_dtypes.times_one): it survives export and reload, as does the gradient.
+    class Angle(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None])] * 2)
+        def angle(self, y, x):
+            with tf.GradientTape() as tape:
+                tape.watch([y, x])
+                a = tfm.atan2(y, x)
+            return a, tape.gradient(a, [y, x])
+
+    tf.saved_model.save(Angle(), str(tmp_path))
+    reloaded = tf.saved_model.load(str(tmp_path))
+    y = np.resize(np.float32([0.0, 1e-45, 1.0]), 40)
+    x = np.resize(np.float32([1e-45, -1e-45, 1.0]), 40)
+    a, (gy, gx) = reloaded.angle(tf.constant(y), tf.constant(x))
+    np.testing.assert_array_equal(a.numpy()[:2], np.float32([0.0, math.pi]))
+    np.testing.assert_allclose(a.numpy()[2], math.pi / 4, rtol=1e-6)
+    np.testing.assert_array_equal(gy.numpy()[:3], [0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(gx.numpy()[:3], [0.0, 0.0, -0.5])
+
+
 def test_atan2_broadcasts_and_sums_gradients_back():
     y = tf.constant([[0.0], [2.0]])
     x = tf.constant([0.0, 1.0, 3.0])
