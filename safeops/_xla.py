@@ -131,7 +131,7 @@ def compiled(fn, xla, eager_plain=False, exact=(), graph_plain=False, eager_grap
     an eager op about 25 us (``erfinv``'s forward, some ninety ops: 2.2 ms
     op by op on 1000 entries, 0.22 ms as a graph); for functions of a few
     kernels (``softplus``, ``xlogy``, ``divide_no_nan``) it was the slower
-    path (hand-measured medians on this 2-core CPU).
+    path (hand-measured medians on a 2-core AMD EPYC).
 
     ``exact``: the positions of the arguments whose row maxima the
     function takes (the logits of the row-wise ops); each passes through
